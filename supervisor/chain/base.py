@@ -1,0 +1,71 @@
+"""The governance chain's vocabulary: a call, an interceptor, ``next``.
+
+The chain is an ordered list of small interceptors, each ``async (call, next)``,
+built in exactly one function (``supervisor.chain.build.build_chain``). Adding a
+check means adding one class. Interceptors record what they decided on the
+``CallState`` (verdict, rule, reservation, cost); the audit interceptor turns
+that into exactly one audit record per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Binding", "CallState", "Interceptor", "Next"]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Who is calling, as the supervisor bound it to the socket (never from a frame)."""
+
+    tenant_id: str
+    run_id: str
+    bundle: str
+    bundle_version: str
+    project_id: str | None = None
+    user_id: str | None = None
+    role: str = "member"
+    key_id: str | None = None
+    bundle_policy: Any = None  # the bundle's narrowing policy layer (supervisor.policy), or None
+
+
+@dataclass
+class CallState:
+    """One tool call travelling down the chain."""
+
+    binding: Binding
+    tool_name: str
+    raw_args: dict[str, Any]
+    request_id: int | str | None = None
+    idempotency_key: str | None = None  # as given by the bundle, or None
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+
+    # filled in along the chain
+    tool: Any = None  # the supervisor.tools.base.Tool
+    args: Any = None  # the validated ToolArgs
+    args_hash: str | None = None  # sha256 of canonical JSON of the raw args
+    resource: str | None = None  # resolved resource the policy matched on
+    policy_version: str | None = None
+    verdict: str | None = None  # allow deny require_approval delay downgrade
+    rule_id: str | None = None
+    reason: str | None = None
+    dedupe_key: str | None = None
+    deduped: bool = False
+    reservation_id: str | None = None
+    reserved_micro: int = 0
+    cost_micro: int = 0
+    approval_id: str | None = None
+    outcome: str | None = None  # audit kind: tool.allowed tool.denied tool.deduped rate.limited ...
+    error: Any = None  # the StockadeError that ended the call, if any
+    extra: dict[str, Any] = field(default_factory=dict)  # interceptor-private notes (go into audit detail)
+
+
+Next = Callable[[CallState], Awaitable[dict[str, Any]]]
+
+
+class Interceptor(Protocol):
+    async def __call__(self, call: CallState, next: Next) -> dict[str, Any]: ...

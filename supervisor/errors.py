@@ -1,0 +1,126 @@
+"""The one error hierarchy and the one table mapping codes to HTTP status.
+
+Every error has a stable dotted ``code`` and a ``retryable`` flag. The same
+code travels over the socket to the in-sandbox SDK (``ToolError.code``), into
+SSE ``run.failed`` / ``tool.result`` events and into problem+json bodies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ERRORS", "ErrorSpec", "StockadeError", "spec_for"]
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    code: str
+    http_status: int
+    retryable: bool
+    title: str
+
+
+def _t(*specs: ErrorSpec) -> dict[str, ErrorSpec]:
+    return {s.code: s for s in specs}
+
+
+# The one table. Add a row to add an error; never rename a code.
+ERRORS: dict[str, ErrorSpec] = _t(
+    ErrorSpec("input.invalid", 422, False, "Invalid input"),
+    ErrorSpec("input.too_large", 413, False, "Payload too large"),
+    ErrorSpec("input.unsupported_media", 415, False, "Unsupported media type"),
+    ErrorSpec("auth.missing", 401, False, "Authentication required"),
+    ErrorSpec("auth.invalid", 401, False, "Invalid API key"),
+    ErrorSpec("auth.forbidden", 403, False, "Forbidden for this role"),
+    ErrorSpec("not_found", 404, False, "Not found"),
+    ErrorSpec("conflict", 409, False, "Conflict"),
+    ErrorSpec("idempotency.mismatch", 422, False, "Idempotency key reused with a different body"),
+    ErrorSpec("idempotency.in_progress", 409, True, "A request with this idempotency key is in progress"),
+    ErrorSpec("policy.denied", 403, False, "Denied by policy"),
+    ErrorSpec("policy.invalid", 422, False, "Invalid policy"),
+    ErrorSpec("policy.unavailable", 503, True, "Policy unavailable"),
+    ErrorSpec("budget.exceeded", 402, False, "Budget exceeded"),
+    ErrorSpec("ledger.unavailable", 503, True, "Ledger unavailable"),
+    ErrorSpec("rate.limited", 429, True, "Rate limited"),
+    ErrorSpec("rate.unavailable", 503, True, "Rate limiter unavailable"),
+    ErrorSpec("approval.rejected", 403, False, "Approval rejected"),
+    ErrorSpec("approval.expired", 403, False, "Approval expired"),
+    ErrorSpec("approval.already_decided", 409, False, "Approval already decided"),
+    ErrorSpec("audit.unavailable", 503, True, "Audit log unavailable"),
+    ErrorSpec("tool.unknown", 404, False, "Unknown tool"),
+    ErrorSpec("tool.failed", 502, True, "Tool failed"),
+    ErrorSpec("tool.timeout", 504, True, "Tool timed out"),
+    ErrorSpec("tool.unavailable", 503, True, "Tool unavailable"),
+    ErrorSpec("tool.quarantined", 403, False, "Tool definition changed; quarantined"),
+    ErrorSpec("egress.blocked", 403, False, "Egress to this address is blocked"),
+    ErrorSpec("storage.escape", 403, False, "Path escapes the storage root"),
+    ErrorSpec("storage.not_found", 404, False, "No such file"),
+    ErrorSpec("storage.quota", 413, False, "Storage quota exceeded"),
+    ErrorSpec("llm.unconfigured", 503, False, "LLM provider not configured"),
+    ErrorSpec("llm.provider_error", 502, True, "LLM provider error"),
+    ErrorSpec("llm.circuit_open", 503, True, "LLM provider circuit open"),
+    ErrorSpec("bundle.invalid", 422, False, "Invalid bundle"),
+    ErrorSpec("bundle.not_found", 404, False, "Bundle not found"),
+    ErrorSpec("archive.absolute_path", 422, False, "Archive member has an absolute path"),
+    ErrorSpec("archive.path_traversal", 422, False, "Archive member escapes the bundle"),
+    ErrorSpec("archive.link", 422, False, "Archive member is a link pointing out"),
+    ErrorSpec("archive.special_file", 422, False, "Archive member is a device or special file"),
+    ErrorSpec("archive.too_many_files", 422, False, "Archive has too many files"),
+    ErrorSpec("archive.too_large", 413, False, "Archive unpacks too large"),
+    ErrorSpec("archive.invalid", 422, False, "Not a valid tar.gz or zip archive"),
+    ErrorSpec("run.not_cancelable", 409, False, "Run already ended"),
+    ErrorSpec("run.timed_out", 408, False, "Run timed out"),
+    ErrorSpec("run.canceled", 409, False, "Run canceled"),
+    ErrorSpec("run.failed", 500, False, "Run failed"),
+    ErrorSpec("run.worker_lost", 500, True, "The worker running this run was lost"),
+    ErrorSpec("limit.memory", 507, False, "Sandbox memory limit reached"),
+    ErrorSpec("limit.cpu", 408, False, "Sandbox CPU limit reached"),
+    ErrorSpec("limit.output", 413, False, "Sandbox output limit reached"),
+    ErrorSpec("limit.events", 429, False, "Sandbox event rate limit reached"),
+    ErrorSpec("limit.disk", 507, False, "Sandbox disk limit reached"),
+    ErrorSpec("sandbox.unavailable", 503, False, "Sandbox backend unavailable"),
+    ErrorSpec("sandbox.crashed", 500, False, "Sandbox exited abnormally"),
+    ErrorSpec("peer.rejected", 403, False, "Socket peer is not this run's sandbox"),
+    ErrorSpec("frame.invalid", 400, False, "Malformed frame"),
+    ErrorSpec("frame.too_large", 413, False, "Frame too large"),
+    ErrorSpec("frame.identity", 403, False, "Frame names another tenant or run"),
+    ErrorSpec("store.unavailable", 503, True, "Store unavailable"),
+    ErrorSpec("internal", 500, True, "Internal error"),
+)
+
+
+def spec_for(code: str) -> ErrorSpec:
+    return ERRORS.get(code) or ERRORS["internal"]
+
+
+class StockadeError(Exception):
+    """Base of every error Stockade raises on purpose.
+
+    ``detail`` is a human sentence safe to show the tenant; ``extra`` holds
+    structured members (``tier``, ``retry_after``, ``rule_id`` ...) that are
+    copied into problem+json bodies and tool error frames.
+    """
+
+    def __init__(self, code: str, detail: str = "", **extra: Any) -> None:
+        if code not in ERRORS:
+            raise ValueError(f"unknown error code {code!r}: add it to ERRORS")
+        self.code = code
+        self.detail = detail or ERRORS[code].title
+        self.extra = extra
+        super().__init__(f"{code}: {self.detail}")
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return ERRORS[self.code]
+
+    @property
+    def retryable(self) -> bool:
+        return self.spec.retryable
+
+    @property
+    def http_status(self) -> int:
+        return self.spec.http_status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.detail, "retryable": self.retryable, **self.extra}

@@ -1,0 +1,144 @@
+"""The one settings class (prefix ``STOCKADE_``), parsed once in ``main()``.
+
+Nothing below the entry points reads ``os.environ``; the parsed ``Settings``
+object is passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+
+class SettingsError(Exception):
+    """Invalid settings; the message is one line naming the setting and the problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="ignore", frozen=True)
+
+    # --- where state lives
+    data_dir: Path = Path("./.stockade")
+    database_url: str | None = None  # None -> SQLite in data_dir; postgresql://... -> PostgreSQL
+    redis_url: str | None = None  # None -> in-memory limits/queues/event tail
+    redis_prefix: str = "stockade:"
+    db_pool_min: int = Field(2, ge=1, le=200)
+    db_pool_max: int = Field(10, ge=1, le=500)
+    bundles_dir: Path = Path("./bundles")
+    watch_bundles: bool = True
+
+    # --- HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    cors_origins: list[str] = []
+
+    # --- workers
+    worker_id: str | None = None  # default: hostname:pid
+    worker_concurrency: int = Field(16, ge=1, le=4096)
+    queue_visibility_s: float = Field(30.0, gt=0)
+    run_timeout_max_s: float = Field(3600.0, gt=0)
+    run_timeout_default_s: float = Field(300.0, gt=0)
+    reservation_ttl_s: float = Field(120.0, gt=0)
+    approval_ttl_s: float = Field(3600.0, gt=0)
+    sweep_interval_s: float = Field(5.0, gt=0)
+
+    # --- secrets (never enter a sandbox)
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    audit_key: SecretStr | None = None  # HMAC key for the audit chain; default: generated into data_dir
+    signing_key_file: Path | None = None  # Ed25519 private key (PEM) for receipts; default: data_dir
+
+    # --- LLM
+    llm_pricing_file: Path | None = None  # JSON/YAML table overriding the shipped per-token prices
+    llm_timeout_s: float = Field(120.0, gt=0)
+    llm_max_retries: int = Field(2, ge=0, le=10)
+
+    # --- HTTP egress
+    egress_allow_private: list[str] = []  # CIDRs an operator opens, e.g. ["10.1.0.0/16"]
+    egress_max_bytes: int = Field(5 * 1024 * 1024, ge=1)
+    egress_timeout_s: float = Field(20.0, gt=0)
+    egress_max_redirects: int = Field(5, ge=0, le=20)
+
+    # --- rate limits (defaults; tenants may override)
+    rate_tenant_per_s: float = Field(200.0, gt=0)
+    rate_tenant_burst: int = Field(400, ge=1)
+    rate_user_per_s: float = Field(50.0, gt=0)
+    rate_user_burst: int = Field(100, ge=1)
+    rate_tool_per_s: float = Field(100.0, gt=0)
+    rate_tool_burst: int = Field(200, ge=1)
+    rate_tenant_per_hour: int = Field(200_000, ge=1)
+    rate_llm_tokens_per_min: int = Field(200_000, ge=1)
+
+    # --- sandbox
+    sandbox_backend: Literal["bwrap"] = "bwrap"
+    sandbox_bwrap: str = "bwrap"
+    sandbox_python: str | None = None  # interpreter inside the jail; default: the running one
+    sandbox_uid_base: int = Field(200_000, ge=1000)
+    sandbox_uid_count: int = Field(1024, ge=1)
+    sandbox_memory_mb: int = Field(512, ge=16)
+    sandbox_max_procs: int = Field(64, ge=1)
+    sandbox_max_open_files: int = Field(256, ge=16)
+    sandbox_max_file_mb: int = Field(64, ge=1)
+    sandbox_cpu_s: int = Field(300, ge=1)
+    sandbox_workdir_mb: int = Field(256, ge=1)
+    sandbox_tmpfs_mb: int = Field(64, ge=1)
+    sandbox_max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    sandbox_max_events_per_s: int = Field(500, ge=1)
+    sandbox_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
+    sandbox_warm_pool: int = Field(0, ge=0, le=64)
+
+    # --- bundles
+    bundle_max_files: int = Field(1000, ge=1)
+    bundle_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+    # --- storage tool
+    storage_quota_mb: int = Field(100, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not (v.startswith("postgresql://") or v.startswith("postgres://") or v.startswith("sqlite:///")):
+            raise ValueError("must start with postgresql:// or sqlite:///")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not (v.startswith("redis://") or v.startswith("rediss://") or v.startswith("unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url is not None and not self.database_url.startswith("sqlite:///")
+
+    @property
+    def sqlite_path(self) -> Path:
+        if self.database_url and self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url[len("sqlite:///") :])
+        return self.data_dir / "stockade.db"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Parse the environment once. Raises SettingsError with one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        name = "STOCKADE_" + loc.upper()
+        raise SettingsError(f"invalid setting {name}: {err.get('msg', 'invalid value')}") from None

@@ -1,0 +1,64 @@
+"""What every tool is: a typed argument model, a risk tier, a price, a runner.
+
+Tools run in the supervisor (never in the sandbox) and hold the secrets the
+sandbox never sees. The governance chain validates ``args`` against
+``args_model`` (bad arguments -> ``input.invalid`` before policy), asks
+``resource`` for the *resolved* resource the policy matches on, reserves
+``estimate_micro`` against the budgets, then calls ``run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Emit", "Tool", "ToolArgs", "ToolContext", "ToolResult"]
+
+# emit(type, data) appends an event to the run's stream, e.g. emit("message.delta", {"channel": "answer", "text": "Hi"})
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class ToolArgs(BaseModel):
+    """Base of every tool's argument model: strict, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass
+class ToolContext:
+    tenant_id: str
+    run_id: str
+    user_id: str | None
+    project_id: str | None
+    emit: Emit
+    services: Any = None  # supervisor.services.Services (settings, stores); typed loosely to avoid a cycle
+    stream_chunk: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # to the bundle, for async iteration
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    result: dict[str, Any]
+    cost_micro: int = 0  # actual cost, settled against the reservation
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class Tool(Protocol):
+    name: ClassVar[str]
+    args_model: ClassVar[type[ToolArgs]]
+    risk: ClassVar[str]  # "low" | "medium" | "high"
+    default_price_micro: ClassVar[int]
+    timeout_s: ClassVar[float]
+    side_effects: ClassVar[bool]  # True: derived idempotency keys dedupe repeats within a run
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        """The resolved resource the policy matches (normalised URL, resolved storage path), or None."""
+        ...
+
+    def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
+        """Worst-case cost in micro-USD, or None to use the policy/default price."""
+        ...
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult: ...

@@ -1,0 +1,115 @@
+"""Shared fixtures: a fresh PostgreSQL database and Redis key prefix per test run.
+
+PostgreSQL and Redis are real (never mocked). Set STOCKADE_TEST_DATABASE_URL /
+STOCKADE_TEST_REDIS_URL to point elsewhere. With STOCKADE_REQUIRE_SERVICES=1
+(``make test``, CI) an unreachable service fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PG_ADMIN_URL = os.environ.get("STOCKADE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("STOCKADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE = os.environ.get("STOCKADE_REQUIRE_SERVICES") == "1"
+RUN_TAG = f"{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _need(url: str, port: int, what: str) -> None:
+    if not _reachable(url, port):
+        msg = f"{what} is not reachable at {url}"
+        if REQUIRE:
+            pytest.fail(msg + " (make test starts it; see deployment/bin/ensure-services)", pytrace=False)
+        pytest.skip(msg)  # only outside make test / CI
+
+
+def _with_db(url: str, db: str) -> str:
+    p = urlsplit(url)
+    return urlunsplit((p.scheme, p.netloc, "/" + db, p.query, p.fragment))
+
+
+async def _create_db(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_db(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh database for this test run, dropped at the end."""
+    _need(PG_ADMIN_URL, 5432, "PostgreSQL")
+    name = f"stockade_test_{RUN_TAG}"
+    asyncio.run(_create_db(name))
+    yield _with_db(PG_ADMIN_URL, name)
+    asyncio.run(_drop_db(name))
+
+
+@pytest.fixture
+def fresh_pg_url():
+    """A fresh, empty database for one test (migrations, RLS)."""
+    _need(PG_ADMIN_URL, 5432, "PostgreSQL")
+    name = f"stockade_test_{RUN_TAG}_{secrets.token_hex(3)}"
+    asyncio.run(_create_db(name))
+    yield _with_db(PG_ADMIN_URL, name)
+    asyncio.run(_drop_db(name))
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    _need(REDIS_URL, 6379, "Redis")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url):
+    """A fresh key prefix per test; its keys are deleted afterwards."""
+    prefix = f"stockade-test:{RUN_TAG}:{secrets.token_hex(4)}:"
+    yield prefix
+
+    async def _cleanup() -> None:
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(redis_url)
+        try:
+            keys = [k async for k in r.scan_iter(match=prefix + "*", count=1000)]
+            if keys:
+                await r.delete(*keys)
+        finally:
+            await r.aclose()
+
+    asyncio.run(_cleanup())
