@@ -63,6 +63,10 @@ class CallState:
     error: Any = None  # the StockadeError that ended the call, if any
     extra: dict[str, Any] = field(default_factory=dict)  # interceptor-private notes (go into audit detail)
 
+    # provided by the supervisor when it builds the call
+    services: Any = None  # supervisor.services.Services: settings + every store port + tool registry
+    emit: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None  # append an event to the run's stream
+
 
 Next = Callable[[CallState], Awaitable[dict[str, Any]]]
 

@@ -23,7 +23,7 @@ from supervisor.stores.records import (
 
 __all__ = [
     "ApprovalStore", "AuditLog", "BundleStore", "EventBus", "IdempotencyStore", "Ledger",
-    "RateLimiter", "RunQueue", "RunStore", "TenantStore",
+    "PolicyStore", "RateLimiter", "RunQueue", "RunStore", "TenantStore",
 ]
 
 
@@ -163,3 +163,13 @@ class BundleStore(Protocol):
     async def latest(self, tenant_id: str | None, name: str) -> dict[str, Any] | None: ...
     async def get_version(self, tenant_id: str | None, name: str, digest: str) -> dict[str, Any] | None: ...
     async def list(self, tenant_id: str) -> list[dict[str, Any]]: ...  # the tenant's own + platform bundles
+
+
+class PolicyStore(Protocol):
+    """The tenant's current policy document (YAML text) and its content-hash version.
+
+    History is kept (append-only versions); ``get`` returns the newest.
+    """
+
+    async def get(self, tenant_id: str) -> tuple[str, str] | None: ...  # (yaml_text, version)
+    async def put(self, tenant_id: str, yaml_text: str, version: str) -> None: ...
