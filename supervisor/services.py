@@ -1,0 +1,43 @@
+"""The wiring: settings plus one adapter per port, chosen once at start-up and injected.
+
+``open_services(settings)`` (supervisor.factory) builds it; tests build it the
+same way against SQLite/memory or PostgreSQL/Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.settings import Settings
+from supervisor.stores.ports import (
+    ApprovalStore, AuditLog, BundleStore, EventBus, IdempotencyStore, Ledger, PolicyStore,
+    RateLimiter, RunQueue, RunStore, TenantStore,
+)
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    tenants: TenantStore
+    runs: RunStore
+    events: EventBus
+    queue: RunQueue
+    audit: AuditLog
+    approvals: ApprovalStore
+    idempotency: IdempotencyStore
+    ledger: Ledger
+    rate: RateLimiter
+    bundles: BundleStore
+    policies: PolicyStore
+    kb: Any = None  # knowledge-base store (supervisor.stores.*.kb)
+    tools: Any = None  # supervisor.tools.registry.ToolRegistry
+    extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Any] = field(default_factory=list)  # async callables run by close()
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            await close()
+        self.closers.clear()
