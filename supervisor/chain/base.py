@@ -30,6 +30,7 @@ class Binding:
     role: str = "member"
     key_id: str | None = None
     bundle_policy: Any = None  # the bundle's narrowing policy layer (supervisor.policy), or None
+    bundle_tools: tuple[str, ...] | None = None  # globs from bundle.yaml ``tools``; None = not declared
 
 
 @dataclass
@@ -46,6 +47,8 @@ class CallState:
 
     # filled in along the chain
     tool: Any = None  # the supervisor.tools.base.Tool
+    tool_ctx: Any = None  # the supervisor.tools.base.ToolContext handed to tool.run
+    stream: bool = False  # the bundle iterates chunks (ctx.stream)
     args: Any = None  # the validated ToolArgs
     args_hash: str | None = None  # sha256 of canonical JSON of the raw args
     resource: str | None = None  # resolved resource the policy matched on

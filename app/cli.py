@@ -1,0 +1,215 @@
+"""``stockade``: one CLI for servers and operators. Errors: one line on stderr, non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import StockadeError
+from supervisor.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stockade", description="Self-hosted runtime for AI agents.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, helptext in (("serve", "all-in-one server (API + workers)"), ("api", "API replica"), ("worker", "worker replica")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--host")
+        sp.add_argument("--port", type=int)
+        sp.add_argument("--data-dir")
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("demo", help="create the demo tenant if none exists and print its key")
+    t = sub.add_parser("tenant", help="tenants").add_subparsers(dest="sub", required=True)
+    tc = t.add_parser("create")
+    tc.add_argument("name")
+    tc.add_argument("--budget-usd", type=float)
+    k = sub.add_parser("key", help="API keys").add_subparsers(dest="sub", required=True)
+    kc = k.add_parser("create")
+    kc.add_argument("--tenant", required=True, help="tenant id or name")
+    kc.add_argument("--role", default="member", choices=["admin", "member", "approver", "viewer"])
+    kc.add_argument("--user")
+    kc.add_argument("--project")
+    b = sub.add_parser("bundle", help="bundles").add_subparsers(dest="sub", required=True)
+    bp = b.add_parser("push")
+    bp.add_argument("dir")
+    bp.add_argument("--tenant", required=True, help="tenant id or name")
+    pol = sub.add_parser("policy", help="policies").add_subparsers(dest="sub", required=True)
+    pv = pol.add_parser("validate")
+    pv.add_argument("file")
+    a = sub.add_parser("audit", help="audit log").add_subparsers(dest="sub", required=True)
+    av = a.add_parser("verify")
+    av.add_argument("--tenant", help="tenant id or name (default: every tenant)")
+    r = sub.add_parser("receipt", help="run receipts").add_subparsers(dest="sub", required=True)
+    rv = r.add_parser("verify")
+    rv.add_argument("file", help="receipt JSON (- for stdin)")
+    rv.add_argument("--public-key", required=True, help="PEM file of the published key")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for attr, key in (("host", "host"), ("port", "port"), ("data_dir", "data_dir")):
+        v = getattr(args, attr, None)
+        if v is not None:
+            overrides[key] = v
+    try:
+        if args.cmd == "policy":
+            return _policy_validate(args.file)
+        if args.cmd == "receipt":
+            return _receipt_verify(args.file, args.public_key)
+        settings = load_settings(**overrides)
+        if args.cmd in ("serve", "api", "worker"):
+            from app.server import run_server
+
+            try:
+                asyncio.run(run_server(settings, api=args.cmd != "worker", workers=args.cmd != "api"))
+            except KeyboardInterrupt:
+                pass
+            return 0
+        return asyncio.run(_admin(settings, args))
+    except SettingsError as exc:
+        return _fail(str(exc))
+    except StockadeError as exc:
+        return _fail(f"{exc.code}: {exc.detail}")
+    except (OSError, ValueError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _fail(msg: str) -> int:
+    print(f"stockade: {msg}", file=sys.stderr)
+    return 1
+
+
+async def _tenant_id(services: Any, ref: str) -> str:
+    t = await services.tenants.get_tenant(ref) or await services.tenants.get_tenant_by_name(ref)
+    if t is None:
+        raise StockadeError("not_found", f"no tenant {ref!r}")
+    return t.id
+
+
+async def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    from supervisor.runtime import open_runtime
+    from supervisor.tenancy import create_key, create_tenant
+
+    rt = await open_runtime(settings)
+    s = rt.services
+    try:
+        if args.cmd == "migrate":
+            print(json.dumps({"migrated": True, "database": "postgresql" if settings.uses_postgres else str(settings.sqlite_path)}))
+            return 0
+        if args.cmd == "demo":
+            return await _demo(rt, settings)
+        if args.cmd == "tenant":
+            tenant, key = await create_tenant(s, args.name, budget_usd=args.budget_usd)
+            print(json.dumps({"tenant_id": tenant.id, "name": tenant.name, "api_key": key.secret}))
+            return 0
+        if args.cmd == "key":
+            tid = await _tenant_id(s, args.tenant)
+            nk = await create_key(s, tid, args.role, user_id=args.user, project_id=args.project)
+            print(json.dumps({"tenant_id": tid, "key_id": nk.key.id, "role": nk.key.role, "api_key": nk.secret}))
+            return 0
+        if args.cmd == "bundle":
+            tid = await _tenant_id(s, args.tenant)
+            src = Path(args.dir)
+            if not src.is_dir():
+                raise StockadeError("bundle.invalid", f"{src} is not a directory")
+            v = await rt.registry.register_dir(src, tid)
+            print(json.dumps({"name": v.name, "version": v.version, "digest": v.digest, "tenant_id": tid}))
+            return 0
+        if args.cmd == "audit":
+            return await _audit_verify(rt, args.tenant)
+    finally:
+        await rt.stop()
+    return 2
+
+
+async def _demo(rt: Any, settings: Settings) -> int:
+    from supervisor.tenancy import create_key, create_tenant
+
+    s = rt.services
+    tenant = await s.tenants.get_tenant_by_name("demo")
+    if tenant is None:
+        tenant, nk = await create_tenant(s, "demo", budget_usd=10.0)
+    else:
+        nk = await create_key(s, tenant.id, "admin")
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"\nStockade is starting on {url}  (web UI: {url}/ui/)")
+    print(f"demo tenant {tenant.id}; API key (shown once): {nk.secret}\n")
+    print(f"  curl -s -X POST {url}/v1/runs -H 'Authorization: Bearer {nk.secret}' "
+          f"-H 'Content-Type: application/json' -d '{{\"bundle\":\"echo\",\"input\":\"hello stockade\"}}'")
+    print(f"  curl -N {url}/v1/runs/<run id>/events -H 'Authorization: Bearer {nk.secret}'\n", flush=True)
+    return 0
+
+
+async def _audit_verify(rt: Any, tenant_ref: str | None) -> int:
+    from supervisor.audit.chain import verify_chain
+
+    s = rt.services
+    tenants = [await _tenant_id(s, tenant_ref)] if tenant_ref else await s.audit.tenants()
+    total = 0
+    for tid in tenants:
+        async def records(tid: str = tid):
+            after = 0
+            while True:
+                page = await s.audit.list(tid, after_seq=after, limit=1000)
+                for rec in page:
+                    yield rec
+                if len(page) < 1000:
+                    return
+                after = page[-1].seq
+
+        recs = [r async for r in records()]
+        total += len(recs)
+        brk = verify_chain(tid, recs, rt.sealer)
+        if brk is None:
+            head = await s.audit.head(tid)
+            if head is not None and recs and recs[-1].seq != head.seq:
+                print(f"stockade: audit chain broken: tenant {tid}: records end at {recs[-1].seq} but the head is {head.seq} (records deleted)", file=sys.stderr)
+                return 1
+        if brk is not None:
+            print(f"stockade: audit chain broken: {brk}", file=sys.stderr)
+            return 1
+    print(json.dumps({"verified": True, "tenants": len(tenants), "records": total}))
+    return 0
+
+
+def _policy_validate(path: str) -> int:
+    from supervisor.policy import validate_policy_text
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"cannot read {path}: {exc}")
+    errors = validate_policy_text(text)
+    if errors:
+        for e in errors:
+            print(f"{path}: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid")
+    return 0
+
+
+def _receipt_verify(path: str, key_path: str) -> int:
+    from supervisor.audit.receipts import verify_receipt
+
+    try:
+        data = sys.stdin.read() if path == "-" else Path(path).read_text()
+        receipt = json.loads(data)
+        pem = Path(key_path).read_text()
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot read receipt or key: {exc}")
+    if not isinstance(receipt, dict) or not verify_receipt(receipt, pem):
+        return _fail("receipt signature is INVALID")
+    print(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", []))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

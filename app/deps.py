@@ -1,0 +1,36 @@
+"""Request dependencies: the runtime, the authenticated principal, role checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, Request
+
+from supervisor.errors import StockadeError
+from supervisor.tenancy import Principal, authenticate
+
+__all__ = ["principal", "require_role", "runtime"]
+
+
+def runtime(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+async def principal(request: Request) -> Principal:
+    p = await authenticate(request.app.state.runtime.services, request.headers.get("authorization"))
+    request.state.principal = p
+    return p
+
+
+def require_role(*roles: str) -> Callable[..., Any]:
+    async def dep(p: Principal = Depends(principal)) -> Principal:
+        if p.role not in roles:
+            raise StockadeError("auth.forbidden", f"this needs a key with role {' or '.join(roles)}")
+        return p
+
+    return dep
+
+
+READ_ROLES = ("admin", "member", "approver", "viewer")
+WRITE_ROLES = ("admin", "member")

@@ -1,0 +1,76 @@
+"""The ingress plane: FastAPI app over a supervisor Runtime."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from starlette.middleware.cors import CORSMiddleware
+
+from app.metrics import Metrics
+from app.problems import install_problem_handlers, problem
+from app.routes import approvals, bundles, health, runs, tenant_admin
+
+__all__ = ["create_app"]
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+
+
+def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
+    app = FastAPI(title="Stockade", version="0.1.0",
+                  description="Self-hosted, multi-tenant runtime for AI agents. Errors are RFC 9457 problem+json with a stable `code`.")
+    rt.metrics = getattr(rt, "metrics", None) or Metrics()
+    rt.role_worker = role_worker
+    app.state.runtime = rt
+    install_problem_handlers(app)
+    max_body = rt.settings.max_body_bytes
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return problem("input.invalid", "bad Content-Length", request.url.path)
+            if int(length) > max_body:
+                return problem("input.too_large", f"request bodies are at most {max_body} bytes", request.url.path)
+        elif request.method in ("POST", "PUT", "PATCH") and request.headers.get("transfer-encoding"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body:
+                    return problem("input.too_large", f"request bodies are at most {max_body} bytes", request.url.path)
+            request._body = body  # starlette reads the cached body
+        response = await call_next(request)
+        rt.metrics.requests.labels(request.method, str(response.status_code)).inc()
+        rt.metrics.latency.labels(request.method).observe(time.perf_counter() - start)
+        return response
+
+    if rt.settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=rt.settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Idempotent-Replayed"])
+    for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router):
+        app.include_router(r)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Any:
+        return RedirectResponse("/ui/")
+
+    @app.get("/ui/", include_in_schema=False)
+    async def ui_index() -> Any:
+        index = UI_DIR / "index.html"
+        if not index.exists():
+            return JSONResponse({"detail": "ui not built"}, status_code=404)
+        return FileResponse(index, media_type="text/html")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def ui_file(name: str) -> Any:
+        path = (UI_DIR / name).resolve()
+        if path.parent != UI_DIR or not path.is_file():
+            return problem("not_found", "no such file", f"/ui/{name}")
+        return FileResponse(path)
+
+    return app

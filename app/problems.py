@@ -1,0 +1,61 @@
+"""RFC 9457 problem+json for every error, with the stable ``code`` from the one error table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from supervisor.errors import StockadeError, spec_for
+
+__all__ = ["install_problem_handlers", "problem"]
+
+log = logging.getLogger("stockade.api")
+
+_HTTP_CODES = {400: "input.invalid", 401: "auth.missing", 403: "auth.forbidden", 404: "not_found",
+               405: "input.invalid", 409: "conflict", 413: "input.too_large", 415: "input.unsupported_media",
+               422: "input.invalid"}
+
+
+def problem(code: str, detail: str, instance: str | None = None, **extra: Any) -> JSONResponse:
+    spec = spec_for(code)
+    body: dict[str, Any] = {
+        "type": f"https://stockade.dev/errors/{code}", "title": spec.title, "status": spec.http_status,
+        "detail": detail, "code": code, "retryable": spec.retryable,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if k not in body})
+    headers = {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(max(1, int(float(extra["retry_after"]) + 0.999)))
+    if spec.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=spec.http_status, media_type="application/problem+json", headers=headers)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StockadeError)
+    async def _stockade(request: Request, exc: StockadeError) -> JSONResponse:
+        return problem(exc.code, exc.detail, request.url.path, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+                  for e in exc.errors()[:20]]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        return problem("input.invalid", f"{'.'.join(first['loc'])}: {first['msg']}", request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "internal")
+        return problem(code, str(exc.detail), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem("internal", "internal error", request.url.path)

@@ -1,0 +1,71 @@
+"""Human-in-the-loop: list pending approvals, decide once (admin or approver keys)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import READ_ROLES, require_role, runtime
+from supervisor.errors import StockadeError
+from supervisor.stores.records import Approval
+from supervisor.tenancy import Principal
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    decision: Literal["approve", "reject"]
+    reason: str | None = Field(default=None, max_length=2000)
+    args_hash: str | None = Field(default=None, max_length=128)  # optional: bind to what the approver saw
+
+
+def approval_json(a: Approval) -> dict[str, Any]:
+    return {
+        "id": a.id, "object": "approval", "run_id": a.run_id, "tool": a.tool, "args": a.args,
+        "args_hash": a.args_hash, "rule_id": a.rule_id, "reason": a.reason, "status": a.status,
+        "created_at": a.created_at, "expires_at": a.expires_at, "decided_at": a.decided_at,
+        "decided_by": a.decided_by, "decision_reason": a.decision_reason,
+    }
+
+
+@router.get("")
+async def list_approvals(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
+                         status: Literal["pending", "approved", "rejected", "expired"] | None = Query(None),
+                         limit: int = Query(100, ge=1, le=500)) -> dict[str, Any]:
+    items = await rt.services.approvals.list(p.tenant_id, status=status, limit=limit)
+    return {"data": [approval_json(a) for a in items]}
+
+
+@router.get("/{approval_id}")
+async def get_approval(approval_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
+    a = await rt.services.approvals.get(p.tenant_id, approval_id)
+    if a is None:
+        raise StockadeError("not_found", f"no approval {approval_id}")
+    return approval_json(a)
+
+
+@router.post("/{approval_id}/decision")
+async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
+                 p: Principal = Depends(require_role("admin", "approver"))) -> dict[str, Any]:
+    s = rt.services
+    a = await s.approvals.get(p.tenant_id, approval_id)
+    if a is None:
+        raise StockadeError("not_found", f"no approval {approval_id}")
+    if body.args_hash is not None and body.args_hash != a.args_hash:
+        raise StockadeError("conflict", "the arguments changed since you looked: args_hash does not match")
+    if a.status != "pending":
+        raise StockadeError("approval.already_decided", f"approval {approval_id} is already {a.status}")
+    status = "approved" if body.decision == "approve" else "rejected"
+    # the decision is audited first: if it cannot be recorded, it is not made
+    await rt.recorder.record(p.tenant_id, f"approval.{status}", run_id=a.run_id, tool=a.tool, args_hash=a.args_hash,
+                             rule_id=a.rule_id, detail={"approval_id": a.id, "approver_key_id": p.key_id,
+                                                        "reason": body.reason})
+    decided = await s.approvals.decide(p.tenant_id, approval_id, status=status, decided_by=p.key_id,
+                                       reason=body.reason, now=time.time())
+    return approval_json(decided)

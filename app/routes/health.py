@@ -1,0 +1,59 @@
+"""Liveness, readiness (store, queue, sandbox backend), Prometheus metrics, the receipt public key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import runtime
+from supervisor.audit.keys import public_key_pem
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(rt: Any = Depends(runtime)) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    ok = True
+    try:
+        ping = rt.services.extras["db"].ping()
+        if hasattr(ping, "__await__"):
+            await ping
+        checks["store"] = "ok"
+    except Exception as exc:
+        ok, checks["store"] = False, f"unavailable: {type(exc).__name__}"
+    try:
+        checks["queue"] = {"status": "ok", "depth": await rt.services.queue.depth()}
+    except Exception as exc:
+        ok, checks["queue"] = False, f"unavailable: {type(exc).__name__}"
+    if rt.role_worker:
+        if rt.sandbox_problems:
+            ok = False
+            checks["sandbox"] = {"status": "unavailable", "problems": rt.sandbox_problems}
+        else:
+            checks["sandbox"] = "ok"
+    return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(rt: Any = Depends(runtime)) -> Response:
+    try:
+        rt.metrics.queue_depth.set(await rt.services.queue.depth())
+    except Exception:
+        pass
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/receipts/public-key")
+async def receipt_public_key(rt: Any = Depends(runtime)) -> PlainTextResponse:
+    return PlainTextResponse(public_key_pem(rt.signing_key), media_type="application/x-pem-file")

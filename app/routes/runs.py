@@ -1,0 +1,161 @@
+"""Runs: create (with Idempotency-Key), read, cancel, stream, receipt."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import READ_ROLES, WRITE_ROLES, require_role, runtime
+from app.sse import event_stream
+from supervisor.audit.canonical import canonical, sha256_hex
+from supervisor.audit.receipts import build_receipt, sign_receipt
+from supervisor.errors import StockadeError
+from supervisor.events import finish_run_anywhere
+from supervisor.ids import new_id
+from supervisor.stores.records import TERMINAL_STATUSES, Run
+from supervisor.tenancy import Principal
+
+__all__ = ["router", "run_json"]
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+class CreateRun(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    bundle: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    input: str = Field(max_length=256 * 1024)
+    conversation_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    user_id: str | None = Field(default=None, max_length=64)
+    project_id: str | None = Field(default=None, max_length=64)
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": run.id, "object": "run", "status": run.status, "bundle": run.bundle,
+        "bundle_version": run.bundle_version, "input": run.input, "conversation_id": run.conversation_id,
+        "project_id": run.project_id, "user_id": run.user_id, "created_at": run.created_at,
+        "started_at": run.started_at, "ended_at": run.ended_at, "output": run.output,
+        "events_url": f"/v1/runs/{run.id}/events", "last_seq": run.last_seq,
+    }
+    if run.error_code:
+        out["error"] = {"code": run.error_code, "message": run.error_message}
+    return out
+
+
+async def _load(rt: Any, p: Principal, run_id: str) -> Run:
+    run = await rt.services.runs.get_run(p.tenant_id, run_id)
+    if run is None:
+        raise StockadeError("not_found", f"no run {run_id}")
+    return run
+
+
+@router.post("", status_code=201)
+async def create_run(body: CreateRun, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*WRITE_ROLES)),
+                     idempotency_key: str | None = Header(default=None, max_length=255)) -> JSONResponse:
+    s = rt.services
+    user_id = p.user_id or body.user_id
+    project_id = p.project_id or body.project_id
+    if p.user_id and body.user_id and body.user_id != p.user_id:
+        raise StockadeError("auth.forbidden", "this key is bound to another user")
+    if p.project_id and body.project_id and body.project_id != p.project_id:
+        raise StockadeError("auth.forbidden", "this key is bound to another project")
+    if body.user_id and not p.user_id and await s.tenants.get_user(p.tenant_id, body.user_id) is None:
+        raise StockadeError("not_found", f"no user {body.user_id}")
+    if body.project_id and not p.project_id and await s.tenants.get_project(p.tenant_id, body.project_id) is None:
+        raise StockadeError("not_found", f"no project {body.project_id}")
+    request_hash = sha256_hex(canonical(body.model_dump()))
+    if idempotency_key is not None:
+        existing = await _by_key(s, p.tenant_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, request_hash)
+    version = await rt.registry.resolve(p.tenant_id, body.bundle)
+    run = Run(
+        id=new_id("run_"), tenant_id=p.tenant_id, bundle=version.name, bundle_version=version.digest,
+        input=body.input, status="queued", created_at=time.time(), project_id=project_id, user_id=user_id,
+        key_id=p.key_id, conversation_id=body.conversation_id or None, idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    stored, created = await s.runs.create_run(run)
+    if not created:
+        return _replay(stored, request_hash)
+    await s.queue.enqueue(stored.tenant_id, stored.id)
+    rt.metrics.runs_created.inc()
+    return JSONResponse(run_json(stored), status_code=201)
+
+
+async def _by_key(s: Any, tenant_id: str, key: str) -> Run | None:
+    getter = getattr(s.runs, "get_run_by_idempotency_key", None)
+    return await getter(tenant_id, key) if getter else None
+
+
+def _replay(run: Run, request_hash: str) -> JSONResponse:
+    if run.request_hash != request_hash:
+        raise StockadeError("idempotency.mismatch", "this Idempotency-Key was used with a different request body")
+    return JSONResponse(run_json(run), status_code=201, headers={"Idempotent-Replayed": "true"})
+
+
+@router.get("")
+async def list_runs(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
+                    limit: int = Query(50, ge=1, le=200), before: float | None = None) -> dict[str, Any]:
+    runs = await rt.services.runs.list_runs(p.tenant_id, limit=limit, before=before)
+    return {"data": [run_json(r) for r in runs], "next_before": runs[-1].created_at if len(runs) == limit else None}
+
+
+@router.get("/{run_id}")
+async def get_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
+    return run_json(await _load(rt, p, run_id))
+
+
+@router.post("/{run_id}/cancel")
+async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*WRITE_ROLES))) -> dict[str, Any]:
+    s = rt.services
+    run = await _load(rt, p, run_id)
+    if run.status in TERMINAL_STATUSES:
+        raise StockadeError("run.not_cancelable", f"run {run_id} already ended ({run.status})")
+    ev = await finish_run_anywhere(s.runs, s.events, p.tenant_id, run_id, "canceled",
+                                   {"code": "run.canceled", "message": "canceled by the client"},
+                                   ended_at=time.time(), error_code="run.canceled", error_message="canceled by the client")
+    if ev is None:
+        raise StockadeError("run.not_cancelable", f"run {run_id} already ended")
+    # the worker hosting it sees the terminal status within a poll and kills the sandbox; reservations go too
+    try:
+        await s.ledger.release_run(p.tenant_id, run_id)
+    except StockadeError:
+        pass
+    return run_json(await _load(rt, p, run_id))
+
+
+@router.get("/{run_id}/events")
+async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
+                     p: Principal = Depends(require_role(*READ_ROLES)),
+                     after: int | None = Query(None, ge=0), last_event_id: str | None = Header(default=None)) -> StreamingResponse:
+    run = await _load(rt, p, run_id)
+    cursor = after or 0
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise StockadeError("input.invalid", "Last-Event-ID must be a sequence number")
+        cursor = int(last_event_id.strip())
+    return StreamingResponse(
+        event_stream(rt, request, run.tenant_id, run.id, cursor),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
+    )
+
+
+@router.get("/{run_id}/receipt")
+async def run_receipt(run_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
+    run = await _load(rt, p, run_id)
+    audit = rt.services.audit
+    records, after = [], 0
+    while True:
+        page = await audit.list(p.tenant_id, after_seq=after, limit=500, run_id=run_id)
+        records.extend(page)
+        if len(page) < 500:
+            break
+        after = page[-1].seq
+    head = await audit.head(p.tenant_id)
+    return sign_receipt(build_receipt(run, records, head), rt.signing_key)

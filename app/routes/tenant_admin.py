@@ -1,0 +1,163 @@
+"""Budgets, policy, ledger, audit, keys, projects and users of the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import READ_ROLES, require_role, runtime
+from supervisor.errors import StockadeError
+from supervisor.tenancy import Principal, create_key
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["tenant"])
+MAX_POLICY_BYTES = 256 * 1024
+
+
+class Cap(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    scope: Literal["tenant", "project", "user"]
+    scope_id: str | None = Field(default=None, max_length=64)
+    cap_usd: float = Field(ge=0, le=1e9, allow_inf_nan=False)
+    period: Literal["month", "lifetime"] = "month"
+
+
+class PutBudgets(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    budgets: list[Cap] = Field(min_length=1, max_length=100)
+
+
+def _account_json(a: Any) -> dict[str, Any]:
+    return {"scope": a.scope, "scope_id": a.scope_id, "period": a.period, "period_key": a.period_key,
+            "cap_usd": a.cap_micro / 1e6, "spent_usd": a.spent_micro / 1e6, "reserved_usd": a.reserved_micro / 1e6,
+            "remaining_usd": max(0, a.cap_micro - a.spent_micro - a.reserved_micro) / 1e6}
+
+
+@router.get("/budgets")
+async def get_budgets(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
+    import time
+
+    return {"data": [_account_json(a) for a in await rt.services.ledger.accounts(p.tenant_id, time.time())]}
+
+
+@router.put("/budgets")
+async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    s = rt.services
+    resolved = []
+    for cap in body.budgets:  # validate every entry before writing any
+        sid = p.tenant_id if cap.scope == "tenant" else cap.scope_id
+        if cap.scope == "tenant" and cap.scope_id not in (None, p.tenant_id):
+            raise StockadeError("input.invalid", "a tenant budget's scope_id is the tenant itself")
+        if sid is None:
+            raise StockadeError("input.invalid", f"a {cap.scope} budget needs scope_id")
+        if cap.scope == "project" and await s.tenants.get_project(p.tenant_id, sid) is None:
+            raise StockadeError("not_found", f"no project {sid}")
+        if cap.scope == "user" and await s.tenants.get_user(p.tenant_id, sid) is None:
+            raise StockadeError("not_found", f"no user {sid}")
+        resolved.append((cap, sid))
+    for cap, sid in resolved:
+        await s.ledger.set_cap(p.tenant_id, cap.scope, sid, int(round(cap.cap_usd * 1_000_000)), cap.period)
+    return await get_budgets(rt, p)
+
+
+@router.get("/policy")
+async def get_policy(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> PlainTextResponse:
+    from supervisor.policy import default_policy_text
+
+    got = await rt.services.policies.get(p.tenant_id)
+    text, version = got if got else (default_policy_text(), "default")
+    return PlainTextResponse(text, media_type="application/yaml", headers={"Policy-Version": version})
+
+
+@router.put("/policy")
+async def put_policy(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    from supervisor.policy import PolicyError, load_policy
+
+    raw = await request.body()
+    if len(raw) > MAX_POLICY_BYTES:
+        raise StockadeError("input.too_large", f"a policy is at most {MAX_POLICY_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StockadeError("policy.invalid", "the policy must be UTF-8 YAML") from None
+    try:
+        policy = load_policy(text, source="policy")
+    except PolicyError as exc:
+        raise StockadeError("policy.invalid", exc.detail, errors=getattr(exc, "errors", [])) from None
+    await rt.services.policies.put(p.tenant_id, text, policy.version)
+    await rt.recorder.record(p.tenant_id, "policy.updated", policy_version=policy.version,
+                             detail={"key_id": p.key_id, "rules": len(policy.rules)})
+    return {"version": policy.version, "rules": len(policy.rules)}
+
+
+def _page(items: list[Any], fn: Any, cursor_attr: str, limit: int) -> dict[str, Any]:
+    return {"data": [fn(i) for i in items], "next_after": getattr(items[-1], cursor_attr) if len(items) == limit else None}
+
+
+@router.get("/ledger")
+async def get_ledger(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
+                     after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    items = await rt.services.ledger.entries(p.tenant_id, after_id=after, limit=limit)
+    return _page(items, lambda e: {"id": e.id, "scope": e.scope, "scope_id": e.scope_id, "period_key": e.period_key,
+                                   "amount_usd": e.amount_micro / 1e6, "reservation_id": e.reservation_id,
+                                   "run_id": e.run_id, "tool": e.tool, "ts": e.ts, "detail": e.detail}, "id", limit)
+
+
+@router.get("/audit")
+async def get_audit(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
+                    after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                    run_id: str | None = None) -> dict[str, Any]:
+    items = await rt.services.audit.list(p.tenant_id, after_seq=after, limit=limit, run_id=run_id)
+    return _page(items, lambda r: {"seq": r.seq, "ts": r.ts, "kind": r.kind, "run_id": r.run_id, "tool": r.tool,
+                                   "args_hash": r.args_hash, "rule_id": r.rule_id, "policy_version": r.policy_version,
+                                   "code": r.code, "cost_usd": r.cost_micro / 1e6, "detail": r.detail,
+                                   "prev_hash": r.prev_hash, "hash": r.hash}, "seq", limit)
+
+
+class NewKeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["admin", "member", "approver", "viewer"] = "member"
+    user_id: str | None = Field(default=None, max_length=64)
+    project_id: str | None = Field(default=None, max_length=64)
+
+
+@router.post("/keys", status_code=201)
+async def post_key(body: NewKeyBody, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    nk = await create_key(rt.services, p.tenant_id, body.role, user_id=body.user_id, project_id=body.project_id)
+    return {"id": nk.key.id, "api_key": nk.secret, "role": nk.key.role, "user_id": nk.key.user_id,
+            "project_id": nk.key.project_id}
+
+
+@router.get("/keys")
+async def list_keys(rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    keys = await rt.services.tenants.list_keys(p.tenant_id)
+    return {"data": [{"id": k.id, "prefix": k.prefix, "role": k.role, "user_id": k.user_id, "project_id": k.project_id,
+                      "created_at": k.created_at, "revoked_at": k.revoked_at} for k in keys]}
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    if not await rt.services.tenants.revoke_key(p.tenant_id, key_id):
+        raise StockadeError("not_found", f"no key {key_id}")
+    return {"id": key_id, "revoked": True}
+
+
+class NameBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=100)
+
+
+@router.post("/projects", status_code=201)
+async def post_project(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    pr = await rt.services.tenants.create_project(p.tenant_id, body.name)
+    return {"id": pr.id, "name": pr.name}
+
+
+@router.post("/users", status_code=201)
+async def post_user(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    u = await rt.services.tenants.create_user(p.tenant_id, body.name)
+    return {"id": u.id, "name": u.name}

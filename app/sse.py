@@ -1,0 +1,109 @@
+"""SSE: replay from the store after the cursor, then the live tail from the bus.
+
+Frames are pre-encoded and everything pending is joined into one write
+(FACTS.md: ~30x under load, 12-100x on replay). ``id`` is the per-run seq;
+gaps in the live tail are filled from the store, so a client never misses an
+event. The stream ends after the terminal event; comment keep-alives every 15 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+
+from supervisor.stores.records import Event
+
+__all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
+
+KEEPALIVE_S = 15.0
+TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_out"})
+PAGE = 1000
+
+
+def encode_event(e: Event) -> bytes:
+    data = json.dumps(e.to_wire(), separators=(",", ":"), ensure_ascii=False)
+    return f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
+
+
+async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, cursor: int) -> AsyncIterator[bytes]:
+    runs, bus = rt.services.runs, rt.services.events
+    metrics = rt.metrics
+    metrics.sse_subscribers.inc()
+    try:
+        yield b": stream of run " + run_id.encode() + b"\nretry: 1000\n\n"
+        # 1. replay what the store has
+        while True:
+            events = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+            if events:
+                yield b"".join(encode_event(e) for e in events)
+                cursor = events[-1].seq
+                if events[-1].type in TERMINAL:
+                    return
+            if len(events) < PAGE:
+                break
+        # 2. live tail; a batch arrives per wake-up, joined into one write
+        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        pump = asyncio.create_task(_pump(bus, run_id, cursor, queue))
+        try:
+            while True:
+                try:
+                    batch = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield b": keep-alive\n\n"
+                    # the bus may have missed a publish (e.g. a restarted node): check the store
+                    batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+                    if not batch:
+                        continue
+                if isinstance(batch, BaseException):
+                    pump = asyncio.create_task(_pump(bus, run_id, cursor, queue, delay=1.0))
+                    batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+                    if not batch:
+                        continue
+                out: list[bytes] = []
+                done = False
+                for e in batch:
+                    if e.seq <= cursor:
+                        continue
+                    if e.seq != cursor + 1:  # the bus skipped some: fill from the durable log
+                        for g in await runs.events_after(tenant_id, run_id, cursor, limit=e.seq - cursor - 1):
+                            out.append(encode_event(g))
+                            cursor = g.seq
+                    out.append(encode_event(e))
+                    cursor = e.seq
+                    if e.type in TERMINAL:
+                        done = True
+                        break
+                if out:
+                    yield b"".join(out)
+                if done:
+                    return
+        finally:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+    finally:
+        metrics.sse_subscribers.dec()
+
+
+async def _pump(bus: Any, run_id: str, after: int, queue: asyncio.Queue, delay: float = 0.0) -> None:
+    if delay:
+        await asyncio.sleep(delay)  # back off before re-subscribing to a failing bus
+    try:
+        batches = getattr(bus, "tail_batches", None)
+        if batches is not None:
+            async for batch in batches(run_id, after):
+                await queue.put(list(batch))
+        else:
+            async for e in bus.tail(run_id, after):
+                await queue.put([e])
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # bus down: the consumer falls back to the store
+        await queue.put(exc)

@@ -1,0 +1,96 @@
+"""The sandbox end of the run's socket: one connection, concurrent calls by id."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .wire import HEADER, MAX_FRAME, FrameError, decode_body, encode
+
+__all__ = ["Connection"]
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future] = {}
+        self._streams: dict[int, asyncio.Queue] = {}
+        self._reader_task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self.max_frame = MAX_FRAME
+        self.closed_reason: str | None = None
+
+    @classmethod
+    async def open(cls, path: str) -> Connection:
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME + 16)
+        return cls(reader, writer)
+
+    async def handshake(self) -> dict[str, Any]:
+        await self._send({"type": "hello"})
+        welcome = await self._read()
+        if welcome.get("type") != "welcome":
+            raise FrameError("frame.invalid", f"expected welcome, got {welcome.get('type')!r}")
+        self.max_frame = int(welcome.get("max_frame", MAX_FRAME))
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        return welcome
+
+    async def _read(self) -> dict[str, Any]:
+        head = await self._reader.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(head)
+        if size > self.max_frame + 1024:
+            raise FrameError("frame.too_large", "reply frame too large")
+        return decode_body(await self._reader.readexactly(size))
+
+    async def _send(self, obj: dict[str, Any]) -> None:
+        data = encode(obj, self.max_frame)
+        async with self._lock:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = await self._read()
+                rid = msg.get("id")
+                kind = msg["type"]
+                if kind == "chunk" and rid in self._streams:
+                    self._streams[rid].put_nowait(msg.get("data"))
+                    continue
+                fut = self._pending.pop(rid, None) if isinstance(rid, int) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+                elif kind == "error" and rid is None:
+                    self.closed_reason = f"{msg.get('code')}: {msg.get('message')}"
+        except (asyncio.IncompleteReadError, ConnectionError, FrameError) as exc:
+            self.closed_reason = self.closed_reason or f"connection closed ({type(exc).__name__})"
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(self.closed_reason or "supervisor closed the connection"))
+            self._pending.clear()
+            for q in self._streams.values():
+                q.put_nowait(None)
+
+    async def request(self, obj: dict[str, Any], stream: asyncio.Queue | None = None) -> dict[str, Any]:
+        self._next_id += 1
+        rid = self._next_id
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        if stream is not None:
+            self._streams[rid] = stream
+        try:
+            await self._send({**obj, "id": rid})
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+            self._streams.pop(rid, None)
+
+    async def notify(self, obj: dict[str, Any]) -> None:
+        await self._send(obj)
+
+    async def close(self) -> None:
+        if self._reader_task:
+            self._reader_task.cancel()
+        self._writer.close()

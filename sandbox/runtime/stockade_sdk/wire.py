@@ -1,0 +1,53 @@
+"""The socket wire protocol, shared by the in-sandbox SDK and the supervisor.
+
+Standard library only: this file runs inside the jail.
+
+A frame is a 4-byte big-endian unsigned length followed by that many bytes of
+UTF-8 JSON encoding one object. Every object carries ``"v": 1`` and a
+``"type"``. Frames over the negotiated cap are a protocol error. See
+``supervisor/README.md`` for the message types.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+__all__ = ["HEADER", "MAX_FRAME", "VERSION", "FrameError", "decode_body", "encode"]
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+MAX_FRAME = 1024 * 1024  # default cap; the supervisor announces its own in ``welcome``
+
+
+class FrameError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode(obj: dict, max_frame: int = MAX_FRAME) -> bytes:
+    obj.setdefault("v", VERSION)
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    if len(body) > max_frame:
+        raise FrameError("frame.too_large", f"frame of {len(body)} bytes exceeds {max_frame}")
+    return HEADER.pack(len(body)) + body
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_body(body: bytes) -> dict:
+    try:
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError("frame.invalid", f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FrameError("frame.invalid", "frame must be a JSON object")
+    if obj.get("v") != VERSION:
+        raise FrameError("frame.invalid", f"unsupported protocol version {obj.get('v')!r}")
+    if not isinstance(obj.get("type"), str):
+        raise FrameError("frame.invalid", "frame has no type")
+    return obj

@@ -1,0 +1,77 @@
+"""The per-tenant audit hash chain.
+
+Each record's ``hash`` is sha256 over the canonical record (its fields, its
+sequence number, the tenant and the previous record's hash); its ``mac`` is
+HMAC-SHA256 of that hash under a key only the supervisor holds. Someone who can
+write to the database can recompute hashes, but not MACs: a changed, deleted,
+inserted or reordered record breaks verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.audit.canonical import canonical, sha256_hex
+from supervisor.stores.records import AuditRecord
+
+__all__ = ["GENESIS", "ChainBreak", "Sealer", "record_hash", "verify_chain"]
+
+GENESIS = "0" * 64
+FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
+
+
+def record_hash(tenant_id: str, seq: int, prev_hash: str, fields: dict[str, Any]) -> str:
+    body = {k: fields.get(k) for k in FIELDS}
+    body.update(tenant_id=tenant_id, seq=seq, prev_hash=prev_hash)
+    return sha256_hex(canonical(body))
+
+
+class Sealer:
+    """Computes (hash, mac) for the store's ``AuditLog.append`` under the chain lock."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("audit key must be at least 16 bytes")
+        self._key = key
+
+    def mac(self, digest: str) -> str:
+        return hmac.new(self._key, digest.encode(), hashlib.sha256).hexdigest()
+
+    def for_tenant(self, tenant_id: str):
+        def seal(prev_hash: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:
+            digest = record_hash(tenant_id, seq, prev_hash, fields)
+            return digest, self.mac(digest)
+
+        return seal
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    tenant_id: str
+    seq: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"tenant {self.tenant_id}: record {self.seq}: {self.problem}"
+
+
+def verify_chain(tenant_id: str, records: Iterable[AuditRecord], sealer: Sealer) -> ChainBreak | None:
+    """First bad record, or None when the chain is intact (records in seq order)."""
+    prev_hash, expected_seq = GENESIS, 1
+    for rec in records:
+        if rec.seq != expected_seq:
+            return ChainBreak(tenant_id, rec.seq, f"sequence gap: expected {expected_seq} (record deleted or inserted)")
+        if rec.prev_hash != prev_hash:
+            return ChainBreak(tenant_id, rec.seq, "prev_hash does not link to the previous record (reordered or removed)")
+        fields = {k: getattr(rec, k) for k in FIELDS}
+        digest = record_hash(tenant_id, rec.seq, rec.prev_hash, fields)
+        if digest != rec.hash:
+            return ChainBreak(tenant_id, rec.seq, "content does not match its hash (record changed)")
+        if not hmac.compare_digest(sealer.mac(digest), rec.mac):
+            return ChainBreak(tenant_id, rec.seq, "MAC invalid (record forged without the supervisor's key)")
+        prev_hash, expected_seq = rec.hash, rec.seq + 1
+    return None

@@ -1,0 +1,75 @@
+"""Signed run receipts: ordered spans + chain head, Ed25519 over canonical JSON.
+
+Offline check: ``verify_receipt(receipt, public_key_pem)`` (or ``stockade
+receipt verify FILE --public-key PEM``): strip ``signature``, canonicalise,
+verify the Ed25519 signature with the published key.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from supervisor.audit.canonical import canonical
+from supervisor.stores.records import AuditRecord, Run
+
+__all__ = ["build_receipt", "sign_receipt", "verify_receipt"]
+
+SPAN_KINDS_SKIP = frozenset()
+
+
+def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None) -> dict[str, Any]:
+    spans = []
+    for r in records:
+        spans.append({
+            "seq": r.seq,
+            "ts": r.ts,
+            "kind": r.kind,
+            "tool": r.tool,
+            "args_hash": r.args_hash,
+            "verdict": (r.detail or {}).get("verdict"),
+            "rule_id": r.rule_id,
+            "code": r.code,
+            "cost_usd": r.cost_micro / 1_000_000,
+            "duration_ms": (r.detail or {}).get("duration_ms"),
+            "policy_version": r.policy_version,
+            "audit_hash": r.hash,
+        })
+    return {
+        "receipt_version": 1,
+        "run_id": run.id,
+        "tenant_id": run.tenant_id,
+        "bundle": run.bundle,
+        "bundle_version": run.bundle_version,
+        "status": run.status,
+        "created_at": run.created_at,
+        "ended_at": run.ended_at,
+        "spans": spans,
+        "total_cost_usd": sum(r.cost_micro for r in records) / 1_000_000,
+        "chain_head": {"seq": head.seq, "hash": head.hash} if head else None,
+    }
+
+
+def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    body = {k: v for k, v in receipt.items() if k != "signature"}
+    sig = key.sign(canonical(body))
+    return {**body, "signature": {"alg": "Ed25519", "value": base64.b64encode(sig).decode()}}
+
+
+def verify_receipt(receipt: dict[str, Any], public_key_pem: str | bytes) -> bool:
+    sig = receipt.get("signature") or {}
+    if sig.get("alg") != "Ed25519":
+        return False
+    key = serialization.load_pem_public_key(public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem)
+    if not isinstance(key, Ed25519PublicKey):
+        return False
+    body = {k: v for k, v in receipt.items() if k != "signature"}
+    try:
+        key.verify(base64.b64decode(sig.get("value", "")), canonical(body))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

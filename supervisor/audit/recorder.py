@@ -1,0 +1,38 @@
+"""Writes one audit record through the AuditLog port, sealed with the supervisor's key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from supervisor.audit.chain import Sealer
+from supervisor.errors import StockadeError
+from supervisor.stores.ports import AuditLog
+from supervisor.stores.records import AuditRecord
+
+__all__ = ["AuditRecorder"]
+
+
+class AuditRecorder:
+    def __init__(self, log: AuditLog, sealer: Sealer) -> None:
+        self.log = log
+        self.sealer = sealer
+
+    async def record(
+        self, tenant_id: str, kind: str, *, run_id: str | None = None, tool: str | None = None,
+        args_hash: str | None = None, rule_id: str | None = None, policy_version: str | None = None,
+        code: str | None = None, cost_micro: int = 0, detail: dict[str, Any] | None = None,
+    ) -> AuditRecord:
+        fields = {
+            "ts": round(time.time(), 6), "kind": kind, "run_id": run_id, "tool": tool, "args_hash": args_hash,
+            "rule_id": rule_id, "policy_version": policy_version, "code": code, "cost_micro": int(cost_micro),
+            "detail": detail or {},
+        }
+        try:
+            return await self.log.append(tenant_id, fields, self.sealer.for_tenant(tenant_id))
+        except StockadeError as exc:
+            if exc.code == "audit.unavailable":
+                raise
+            raise StockadeError("audit.unavailable", f"audit record could not be written ({exc.code})") from exc
+        except Exception as exc:
+            raise StockadeError("audit.unavailable", "audit record could not be written") from exc

@@ -1,0 +1,79 @@
+"""Step 6: ``require_approval`` suspends the call until an approver decides.
+
+The approval is durable; the decision arrives through the ApprovalStore (any
+API process may take it), which this step polls — no in-process event is the
+signal. The decision binds to the hash of the exact arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from supervisor.chain.base import CallState, Next
+from supervisor.errors import StockadeError
+from supervisor.ids import new_id
+from supervisor.stores.records import Approval
+
+__all__ = ["ApprovalInterceptor"]
+
+POLL_S = (0.05, 0.1, 0.2, 0.25)
+
+
+class ApprovalInterceptor:
+    async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
+        if call.verdict != "require_approval":
+            return await next(call)
+        s = call.services
+        b = call.binding
+        now = time.time()
+        approval = await s.approvals.create(Approval(
+            id=new_id("apr_"), tenant_id=b.tenant_id, run_id=b.run_id, tool=call.tool_name,
+            args_hash=call.args_hash or "", args=call.raw_args, rule_id=call.rule_id, reason=call.reason,
+            status="pending", created_at=now, expires_at=now + s.settings.approval_ttl_s,
+        ))
+        call.approval_id = approval.id
+        await s.runs.set_status(b.tenant_id, b.run_id, "waiting_approval")
+        await self._emit(call, "approval.requested", {
+            "approval_id": approval.id, "tool": call.tool_name, "args": call.raw_args, "args_hash": approval.args_hash,
+            "rule_id": call.rule_id, "reason": call.reason, "expires_at": approval.expires_at,
+        })
+        decided = await self._wait(call, approval)
+        await s.runs.set_status(b.tenant_id, b.run_id, "running")
+        await self._emit(call, "approval.resolved", {
+            "approval_id": decided.id, "decision": decided.status, "decided_by": decided.decided_by,
+            "reason": decided.decision_reason,
+        })
+        call.extra["approval"] = {"id": decided.id, "status": decided.status, "decided_by": decided.decided_by}
+        if decided.status == "approved" and decided.args_hash == call.args_hash:
+            call.verdict = "allow"
+            return await next(call)
+        call.outcome = "approval.rejected"
+        if decided.status == "expired":
+            raise StockadeError("approval.rejected", "the approval request expired without a decision", approval_id=decided.id)
+        raise StockadeError("approval.rejected", decided.decision_reason or "rejected by an approver", approval_id=decided.id)
+
+    async def _wait(self, call: CallState, approval: Approval) -> Approval:
+        s = call.services
+        step = 0
+        while True:
+            current = await s.approvals.get(approval.tenant_id, approval.id)
+            if current is not None and current.status != "pending":
+                return current
+            now = time.time()
+            if now >= approval.expires_at:
+                try:
+                    return await s.approvals.decide(
+                        approval.tenant_id, approval.id, status="expired", decided_by=None,
+                        reason="expired without a decision", now=now,
+                    )
+                except StockadeError:
+                    continue  # decided concurrently; read it again
+            await asyncio.sleep(POLL_S[min(step, len(POLL_S) - 1)])
+            step += 1
+
+    @staticmethod
+    async def _emit(call: CallState, type: str, data: dict[str, Any]) -> None:
+        if call.emit is not None:
+            await call.emit(type, data)

@@ -1,0 +1,107 @@
+"""Audit: the outermost step records every outcome; the gate before execute records the allow.
+
+One record per decision: refusals (denied, invalid, deduped, rate-limited, over
+budget, rejected) get one record from ``AuditInterceptor``. An allowed call gets
+its ``tool.allowed`` record from ``AuditGate`` *before* it executes — if that
+record cannot be written the call does not run — and its outcome
+(``tool.completed`` / ``tool.failed`` with the settled cost) afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from supervisor.audit.recorder import AuditRecorder
+from supervisor.chain.base import CallState, Next
+from supervisor.errors import StockadeError
+
+__all__ = ["AuditGate", "AuditInterceptor"]
+
+log = logging.getLogger("stockade.audit")
+
+_KIND_BY_CODE = {
+    "policy.denied": "tool.denied",
+    "input.invalid": "tool.invalid",
+    "tool.unknown": "tool.invalid",
+    "idempotency.mismatch": "tool.invalid",
+    "rate.limited": "rate.limited",
+    "rate.unavailable": "rate.unavailable",
+    "budget.exceeded": "budget.exceeded",
+    "ledger.unavailable": "ledger.unavailable",
+    "approval.rejected": "approval.rejected",
+    "policy.unavailable": "policy.unavailable",
+    "audit.unavailable": "audit.unavailable",
+}
+
+
+def _detail(call: CallState, **more: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "verdict": call.verdict, "reason": call.reason, "resource": call.resource,
+        "request_id": call.request_id, "duration_ms": round((time.monotonic() - call.started_mono) * 1000, 3),
+    }
+    if call.approval_id:
+        d["approval_id"] = call.approval_id
+    if call.reservation_id:
+        d["reservation_id"] = call.reservation_id
+        d["reserved_micro"] = call.reserved_micro
+    if call.dedupe_key:
+        d["idempotency_key"] = call.dedupe_key
+    for k in ("downgraded", "approval", "budget_tier"):
+        if k in call.extra:
+            d[k] = call.extra[k]
+    d.update(more)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+async def _write(recorder: AuditRecorder, call: CallState, kind: str, code: str | None, **more: Any):
+    b = call.binding
+    return await recorder.record(
+        b.tenant_id, kind, run_id=b.run_id, tool=call.tool_name, args_hash=call.args_hash, rule_id=call.rule_id,
+        policy_version=call.policy_version, code=code, cost_micro=call.cost_micro if kind != "tool.allowed" else 0,
+        detail=_detail(call, **more),
+    )
+
+
+class AuditInterceptor:
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self.recorder = recorder
+
+    async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
+        try:
+            result = await next(call)
+        except StockadeError as exc:
+            call.error = exc
+            kind = call.outcome or _KIND_BY_CODE.get(exc.code, "tool.failed")
+            await self._safe(call, kind, exc.code, message=exc.detail)
+            raise
+        except Exception as exc:
+            call.error = exc
+            await self._safe(call, "tool.failed", "internal")
+            raise
+        kind = "tool.deduped" if call.deduped else "tool.completed"
+        rec = await self._safe(call, kind, None)
+        if rec is not None:
+            call.extra["audit_hash"] = rec.hash
+        return result
+
+    async def _safe(self, call: CallState, kind: str, code: str | None, **more: Any):
+        try:
+            return await _write(self.recorder, call, kind, code, **more)
+        except StockadeError:
+            # The outcome happened (a refusal, or an execution already admitted by the gate's record);
+            # losing its second record is logged loudly, never silently swallowed.
+            log.error("audit outcome record %s for run %s could not be written", kind, call.binding.run_id)
+            return None
+
+
+class AuditGate:
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self.recorder = recorder
+
+    async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
+        call.verdict = call.verdict or "allow"
+        rec = await _write(self.recorder, call, "tool.allowed", None)  # raises audit.unavailable: nothing runs
+        call.extra["allowed_hash"] = rec.hash
+        return await next(call)

@@ -1,0 +1,52 @@
+"""Step 1: the tool exists, the bundle declared it, the arguments fit its schema; resolve the resource."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from pydantic import ValidationError
+
+from supervisor.audit.canonical import args_hash
+from supervisor.chain.base import CallState, Next
+from supervisor.errors import StockadeError
+from supervisor.tools.base import ToolContext
+
+__all__ = ["ValidateInterceptor", "validation_message"]
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "args"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+class ValidateInterceptor:
+    async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
+        services = call.services
+        b = call.binding
+        if not isinstance(call.raw_args, dict):
+            raise StockadeError("input.invalid", "args must be a JSON object")
+        tool = await services.tools.get(call.tool_name, b.tenant_id)
+        call.tool = tool
+        call.args_hash = args_hash(call.tool_name, call.raw_args)
+        if b.bundle_tools is not None and not any(fnmatch.fnmatchcase(call.tool_name, g) for g in b.bundle_tools):
+            call.verdict, call.rule_id = "deny", "bundle.tools"
+            call.outcome = "tool.denied"
+            raise StockadeError("policy.denied", f"bundle {b.bundle} does not declare tool {call.tool_name!r} in bundle.yaml", rule_id="bundle.tools")
+        try:
+            call.args = tool.args_model.model_validate(call.raw_args)
+        except ValidationError as exc:
+            raise StockadeError("input.invalid", f"{call.tool_name}: {validation_message(exc)}") from None
+        call.tool_ctx = ToolContext(
+            tenant_id=b.tenant_id, run_id=b.run_id, user_id=b.user_id, project_id=b.project_id,
+            emit=call.emit or _no_emit, services=services, stream_chunk=call.extra.get("stream_chunk"),
+        )
+        call.resource = tool.resource(call.args, call.tool_ctx)
+        return await next(call)
+
+
+async def _no_emit(type: str, data: dict[str, Any]) -> None:
+    return None

@@ -1,0 +1,1 @@
+"""Run execution on a worker: claim, sandbox, socket, chain, finish."""

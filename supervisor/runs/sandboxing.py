@@ -1,0 +1,103 @@
+"""From a run to a SandboxSpec: paths, limits (settings narrowed by the bundle), env."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sandbox.runtime as _runtime_pkg
+from sandbox.spec import Limits, SandboxSpec
+from supervisor.settings import Settings
+
+__all__ = ["RunDirs", "RUNTIME_DIR", "build_spec", "limits_for", "make_run_dirs"]
+
+RUNTIME_DIR = Path(_runtime_pkg.__file__).resolve().parent
+SOCKET_NAME = "s"
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    root: Path
+    work: Path
+    sock_dir: Path
+
+    @property
+    def socket_path(self) -> Path:
+        return self.sock_dir / SOCKET_NAME
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | None) -> RunDirs:
+    root = (settings.data_dir / "runs" / run_id).resolve()
+    if root.exists():
+        shutil.rmtree(root, ignore_errors=True)
+    work, sock = root / "work", root / "sock"
+    root.mkdir(parents=True, mode=0o711)
+    work.mkdir(mode=0o700)
+    sock.mkdir(mode=0o700)
+    if uid is not None and os.geteuid() == 0:
+        # only the run's own uid may enter its work and socket directories
+        for p in (work, sock):
+            os.chown(p, uid, gid if gid is not None else uid)
+    return RunDirs(root=root, work=work, sock_dir=sock)
+
+
+def limits_for(settings: Settings, manifest_limits: dict[str, Any] | None) -> tuple[Limits, float]:
+    """Settings are the ceiling; a bundle may only ask for less. Returns (limits, wall timeout)."""
+    m = manifest_limits or {}
+
+    def narrow(key: str, default: float) -> Any:
+        v = m.get(key)
+        return min(default, v) if isinstance(v, (int, float)) and v > 0 else default
+
+    timeout = narrow("timeout_s", settings.run_timeout_max_s)
+    if "timeout_s" not in m:
+        timeout = min(settings.run_timeout_default_s, settings.run_timeout_max_s)
+    limits = Limits(
+        memory_mb=int(narrow("memory_mb", settings.sandbox_memory_mb)),
+        max_procs=int(narrow("max_procs", settings.sandbox_max_procs)),
+        max_open_files=int(narrow("max_open_files", settings.sandbox_max_open_files)),
+        max_file_mb=int(narrow("max_file_mb", settings.sandbox_max_file_mb)),
+        cpu_s=int(narrow("cpu_s", settings.sandbox_cpu_s)),
+        wall_s=float(timeout) + 5.0,  # the worker's own timer fires first; this is the backstop
+        workdir_mb=int(narrow("workdir_mb", settings.sandbox_workdir_mb)),
+        tmpfs_mb=int(narrow("tmpfs_mb", settings.sandbox_tmpfs_mb)),
+    )
+    return limits, float(timeout)
+
+
+def sandbox_python(settings: Settings) -> str:
+    return settings.sandbox_python or os.path.realpath(sys.executable)
+
+
+def build_spec(
+    settings: Settings, dirs: RunDirs, bundle_dir: Path, entrypoint_env: dict[str, str], limits: Limits,
+    uid: int | None, gid: int | None,
+) -> SandboxSpec:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/work",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "STOCKADE_SOCKET": f"/run/stockade/{SOCKET_NAME}",
+        **entrypoint_env,
+    }
+    return SandboxSpec(
+        argv=(sandbox_python(settings), "-I", "-S", "/runtime/boot.py"),
+        work_dir=dirs.work,
+        bundle_dir=bundle_dir,
+        runtime_dir=RUNTIME_DIR,
+        socket_dir=dirs.sock_dir,
+        env=env,
+        limits=limits,
+        uid=uid,
+        gid=gid,
+        python_home=Path(sys.base_prefix),
+    )

@@ -1,0 +1,288 @@
+"""The worker: claims queued runs and carries each from sandbox launch to its one terminal event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from sandbox.launcher import launch
+from supervisor.audit.recorder import AuditRecorder
+from supervisor.chain.base import Binding
+from supervisor.chain.build import Chain
+from supervisor.errors import StockadeError
+from supervisor.events import RunEmitter
+from supervisor.peer import verify_peer
+from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
+from supervisor.session import RunSession
+from supervisor.stores.records import TERMINAL_STATUSES, Job, Run
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("stockade.worker")
+CANCEL_POLL_S = 0.25
+
+
+class Worker:
+    def __init__(self, services: Any, chain: Chain, recorder: AuditRecorder, registry: Any, *,
+                 worker_id: str, uid_pool: Any = None, bundle_policy_loader: Any = None) -> None:
+        self.s = services
+        self.chain = chain
+        self.recorder = recorder
+        self.registry = registry
+        self.worker_id = worker_id
+        self.uid_pool = uid_pool
+        self.bundle_policy_loader = bundle_policy_loader
+        self.settings = services.settings
+        self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
+
+    # ------------------------------------------------------------------ loop
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._slots.acquire()
+            try:
+                job = await self.s.queue.claim(self.worker_id, timeout_s=1.0)
+            except StockadeError:
+                self._slots.release()
+                log.warning("queue unavailable; retrying")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            if job is None:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._guarded(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        await self.drain()
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def drain(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _guarded(self, job: Job) -> None:
+        try:
+            await self.execute(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("run %s: worker error", job.run_id)
+            with contextlib.suppress(Exception):
+                await self.s.queue.requeue(job) if job.attempts < 3 else await self.s.queue.fail(job)
+
+    # ------------------------------------------------------------------ one run
+    async def execute(self, job: Job) -> None:
+        s = self.s
+        run = await s.runs.get_run_any_tenant(job.run_id)
+        if run is None or run.status in TERMINAL_STATUSES:
+            await s.queue.ack(job)
+            return
+        emitter = RunEmitter(s.runs, s.events, run.tenant_id, run.id)
+        if run.status != "queued":
+            # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
+            await emitter.finish("failed", {"code": "run.worker_lost", "message": "the worker running this run was lost"},
+                                 ended_at=time.time(), error_code="run.worker_lost",
+                                 error_message="the worker running this run was lost")
+            await self._release(run)
+            await s.queue.ack(job)
+            return
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
+        try:
+            await self._execute(run, emitter)
+        finally:
+            heartbeat.cancel()
+            await self._release(run)
+            await s.queue.ack(job)
+
+    async def _heartbeat(self, job: Job) -> None:
+        every = max(0.05, self.settings.queue_visibility_s / 3)
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                await self.s.queue.extend(job)
+
+    async def _release(self, run: Run) -> None:
+        with contextlib.suppress(Exception):
+            await self.s.ledger.release_run(run.tenant_id, run.id)
+
+    async def _fail(self, emitter: RunEmitter, code: str, message: str, **extra: Any) -> None:
+        await emitter.finish("failed", {"code": code, "message": message, **extra}, ended_at=time.time(),
+                             error_code=code, error_message=message)
+
+    async def _execute(self, run: Run, emitter: RunEmitter) -> None:
+        s = self.s
+        try:
+            version = await self.registry.get(run.tenant_id, run.bundle, run.bundle_version)
+        except StockadeError:
+            try:
+                version = await self.registry.get(None, run.bundle, run.bundle_version)
+            except StockadeError as exc:
+                await self._fail(emitter, exc.code, exc.detail)
+                return
+        if await s.runs.set_status(run.tenant_id, run.id, "running", started_at=time.time(), worker_id=self.worker_id) is None:
+            return  # canceled while queued
+        await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})
+        manifest = version.manifest
+        limits, timeout = limits_for(self.settings, _dump(getattr(manifest, "limits", None)))
+        uid = self.uid_pool.acquire() if self.uid_pool is not None else None
+        gid = uid
+        dirs = make_run_dirs(self.settings, run.id, uid, gid)
+        proc = None
+        server = None
+        killer: dict[str, str] = {}
+        try:
+            history = []
+            if run.conversation_id:
+                history = await s.runs.conversation_history(run.tenant_id, run.conversation_id, run.id)
+            binding = Binding(
+                tenant_id=run.tenant_id, run_id=run.id, bundle=run.bundle, bundle_version=run.bundle_version,
+                project_id=run.project_id, user_id=run.user_id, key_id=run.key_id,
+                role=await self._role(run), bundle_policy=self._bundle_policy(version),
+                bundle_tools=tuple(getattr(manifest, "tools", None) or ()),
+            )
+            welcome = {"run_id": run.id, "bundle": run.bundle, "input": run.input, "history": history,
+                       "conversation_id": run.conversation_id, "entrypoint": getattr(manifest, "entrypoint", "main.py")}
+            launched = asyncio.Event()
+            sessions: list[RunSession] = []
+            box: dict[str, Any] = {}
+
+            def on_limit(code: str) -> None:
+                killer.setdefault("code", code)
+                if box.get("proc") is not None:
+                    box["proc"].kill()
+
+            async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await launched.wait()
+                sock: socket.socket = writer.get_extra_info("socket")
+                try:
+                    verify_peer(sock, expected_uid=uid, sandbox_pid=box["proc"].pid)
+                    if sessions:
+                        raise StockadeError("peer.rejected", "the run already has a connection")
+                except StockadeError as exc:
+                    await self.recorder.record(run.tenant_id, "peer.rejected", run_id=run.id, code="peer.rejected",
+                                               detail={"message": exc.detail})
+                    writer.close()
+                    return
+                self.started[run.id] = time.monotonic()
+                sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
+                                  emitter=emitter, welcome=welcome, on_limit=on_limit)
+                sessions.append(sess)
+                await sess.serve(reader, writer)
+
+            server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
+                                                     limit=self.settings.sandbox_max_frame_bytes + 16)
+            os.chmod(dirs.socket_path, 0o600)
+            if uid is not None and os.geteuid() == 0:
+                os.chown(dirs.socket_path, uid, gid)
+            spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
+            try:
+                proc = await launch(spec)
+            except StockadeError as exc:
+                await self._fail(emitter, exc.code, exc.detail)
+                return
+            box["proc"] = proc
+            launched.set()
+            status, data = await self._supervise(run, proc, timeout, sessions, killer)
+            fields: dict[str, Any] = {"ended_at": time.time()}
+            if status != "succeeded":
+                fields.update(error_code=data.get("code"), error_message=data.get("message"))
+            await emitter.finish(status, data, **fields)
+        finally:
+            if proc is not None:
+                proc.kill()
+            if server is not None:
+                server.close()
+            dirs.remove()
+            if uid is not None and self.uid_pool is not None:
+                self.uid_pool.release(uid)
+
+    async def _supervise(self, run: Run, proc: Any, timeout: float, sessions: list[RunSession],
+                         killer: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        waiter = asyncio.ensure_future(proc.wait())
+        canceled = asyncio.ensure_future(self._watch_cancel(run))
+        try:
+            done, _ = await asyncio.wait({waiter, canceled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            canceled.cancel()
+        if waiter not in done:
+            proc.kill()
+            exit_info = await waiter
+            if canceled in done:
+                return "canceled", {"code": "run.canceled", "message": "canceled"}
+            return "timed_out", {"code": "run.timed_out", "message": f"the run exceeded its {timeout:g}s time limit"}
+        exit_info = waiter.result()
+        if sessions:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sessions[0].finished.wait(), 2.0)
+        outcome = sessions[0].outcome if sessions else None
+        limit = killer.get("code") or (outcome.limit if outcome else None) or getattr(exit_info, "reason", None)
+        if limit:
+            if limit == "limit.wall":
+                return "timed_out", {"code": "run.timed_out", "message": "the run exceeded its time limit"}
+            return "failed", {"code": limit, "message": _limit_message(limit)}
+        if outcome is not None and outcome.status == "ok":
+            return "succeeded", {}
+        if outcome is not None and outcome.status == "error":
+            return "failed", {"code": outcome.code or "run.failed", "message": f"{outcome.error_type}: {outcome.message}",
+                              "error_type": outcome.error_type, "traceback": outcome.traceback}
+        tail = (getattr(exit_info, "stderr_tail", b"") or b"").decode(errors="replace")[-2000:]
+        return "failed", {"code": "sandbox.crashed",
+                          "message": f"the sandbox exited (code {getattr(exit_info, 'returncode', None)}) without finishing",
+                          "stderr": tail}
+
+    async def _watch_cancel(self, run: Run) -> None:
+        """Returns when the run was ended elsewhere (API cancel); polling the store works across processes."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            with contextlib.suppress(StockadeError):
+                cur = await self.s.runs.get_run(run.tenant_id, run.id)
+                if cur is not None and cur.status in TERMINAL_STATUSES:
+                    return
+
+    async def _role(self, run: Run) -> str:
+        if not run.key_id:
+            return "member"
+        with contextlib.suppress(Exception):
+            for k in await self.s.tenants.list_keys(run.tenant_id):
+                if k.id == run.key_id:
+                    return k.role
+        return "member"
+
+    def _bundle_policy(self, version: Any) -> Any:
+        raw = getattr(version.manifest, "policy", None)
+        if not raw or self.bundle_policy_loader is None:
+            return None
+        return self.bundle_policy_loader(_dump(raw), source=f"bundle {version.name}")
+
+
+def _dump(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(exclude_none=True)
+    return obj
+
+
+def _limit_message(code: str) -> str:
+    return {
+        "limit.memory": "the sandbox ran out of memory",
+        "limit.cpu": "the sandbox used up its CPU time",
+        "limit.output": "the run emitted more output than allowed",
+        "limit.events": "the run emitted events faster than allowed",
+        "limit.disk": "the sandbox exceeded its file size limit",
+    }.get(code, code)

@@ -1,0 +1,133 @@
+"""A running supervisor node: services, the chain, the bundle registry, workers, sweeper, watcher.
+
+``stockade serve`` starts every role in one process; ``stockade api`` only
+the API's needs (no workers); ``stockade worker`` only workers and sweeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.audit.chain import Sealer
+from supervisor.audit.keys import load_audit_key, load_signing_key
+from supervisor.audit.recorder import AuditRecorder
+from supervisor.chain.build import build_chain
+from supervisor.factory import open_services
+from supervisor.services import Services
+from supervisor.settings import Settings
+from supervisor.stores.records import TERMINAL_STATUSES
+
+__all__ = ["Runtime", "open_runtime"]
+
+log = logging.getLogger("stockade.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    services: Services
+    recorder: AuditRecorder
+    sealer: Sealer
+    signing_key: Any
+    registry: Any
+    chain: Any
+    worker: Any = None
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    sandbox_problems: list[str] = field(default_factory=list)
+
+    async def start(self, *, workers: bool, watch: bool) -> None:
+        from supervisor.bundles.watcher import load_bundles_dir, watch_bundles_dir
+
+        if self.settings.bundles_dir.is_dir():
+            await load_bundles_dir(self.registry, self.settings.bundles_dir)
+            if watch and self.settings.watch_bundles:
+                self.tasks.append(asyncio.create_task(
+                    watch_bundles_dir(self.registry, self.settings.bundles_dir, stop=self.stop_event)))
+        if workers:
+            from sandbox.checks import check_backend
+
+            self.sandbox_problems = check_backend(self.settings.sandbox_bwrap)
+            if self.sandbox_problems:
+                log.error("sandbox backend not ready, no bundle will run: %s", "; ".join(self.sandbox_problems))
+            await self._recover()
+            self.worker = self._make_worker()
+            self.tasks.append(asyncio.create_task(self.worker.run_forever(self.stop_event)))
+            self.tasks.append(asyncio.create_task(self._sweeper()))
+
+    def _make_worker(self) -> Any:
+        from supervisor.runs.worker import Worker
+
+        uid_pool = None
+        if os.geteuid() == 0:
+            from sandbox.identity import UidPool
+
+            uid_pool = UidPool(self.settings.sandbox_uid_base, self.settings.sandbox_uid_count)
+        try:
+            from supervisor.policy import load_bundle_policy
+        except ImportError:  # pragma: no cover
+            load_bundle_policy = None
+        wid = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        return Worker(self.services, self.chain, self.recorder, self.registry, worker_id=wid, uid_pool=uid_pool,
+                      bundle_policy_loader=load_bundle_policy)
+
+    async def _recover(self) -> None:
+        """Embedded queue lives in memory: after a restart, queue what was queued again; runs that were
+        executing in this process are lost (never re-run: side effects may have happened)."""
+        if self.settings.redis_url:
+            return
+        from supervisor.events import finish_run_anywhere
+
+        s = self.services
+        for run in await s.runs.list_runs_by_status(("queued",)):
+            await s.queue.enqueue(run.tenant_id, run.id)
+        for run in await s.runs.list_runs_by_status(("running", "waiting_approval")):
+            await finish_run_anywhere(s.runs, s.events, run.tenant_id, run.id, "failed",
+                                      {"code": "run.worker_lost", "message": "the server restarted during this run"},
+                                      ended_at=time.time(), error_code="run.worker_lost")
+            with contextlib.suppress(Exception):
+                await s.ledger.release_run(run.tenant_id, run.id)
+
+    async def _sweeper(self) -> None:
+        s = self.services
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), self.settings.sweep_interval_s)
+            now = time.time()
+            try:
+                await s.ledger.sweep(now)
+                await s.approvals.expire_due(now)
+            except Exception:
+                log.warning("sweep failed", exc_info=True)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        await self.services.close()
+
+    def is_terminal(self, status: str) -> bool:
+        return status in TERMINAL_STATUSES
+
+
+async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+    from supervisor.bundles.registry import BundleRegistry
+
+    services = await open_services(settings, migrate=migrate)
+    sealer = Sealer(load_audit_key(settings))
+    recorder = AuditRecorder(services.audit, sealer)
+    chain, _ = build_chain(recorder)
+    registry = BundleRegistry(services.bundles, settings.data_dir / "bundles",
+                              max_files=settings.bundle_max_files, max_bytes=settings.bundle_max_bytes)
+    services.extras["registry"] = registry
+    return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
+                   signing_key=load_signing_key(settings), registry=registry, chain=chain)

@@ -1,0 +1,231 @@
+"""One sandbox connection: frames in, governed calls through the chain, events out.
+
+Identity is the supervisor's binding of this socket to its run (checked against
+the kernel's peer credentials before the first frame is read); nothing in a
+frame can change it. A malformed, oversized or out-of-order frame gets an error
+frame, an audit record and a closed connection, never a crashed supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.audit.recorder import AuditRecorder
+from supervisor.chain.base import Binding, CallState
+from supervisor.chain.build import Chain
+from supervisor.errors import StockadeError
+from supervisor.events import RunEmitter
+from supervisor.wire import HEADER, FrameError, decode_body, encode
+
+__all__ = ["BUNDLE_EVENT_TYPES", "RunSession", "SessionOutcome"]
+
+log = logging.getLogger("stockade.session")
+
+# What a bundle may put on its run's stream; run.* / tool.* / approval.* / usage come from the supervisor only.
+BUNDLE_EVENT_TYPES = frozenset({"message.delta", "status", "followups", "citation", "custom"})
+IDENTITY_KEYS = ("tenant", "tenant_id", "run", "run_id", "user", "user_id", "project", "project_id")
+MAX_IN_FLIGHT = 64
+
+
+@dataclass
+class SessionOutcome:
+    status: str | None = None  # "ok" | "error" from the done frame
+    error_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    code: str | None = None
+    limit: str | None = None  # limit.output / limit.events / frame.* that ended the run
+
+
+class RunSession:
+    def __init__(
+        self, *, services: Any, chain: Chain, recorder: AuditRecorder, binding: Binding,
+        emitter: RunEmitter, welcome: dict[str, Any], on_limit: Any = None,
+    ) -> None:
+        self.services = services
+        self.chain = chain
+        self.recorder = recorder
+        self.binding = binding
+        self.emitter = emitter
+        self.welcome = welcome
+        self.on_limit = on_limit  # callable(code) -> None: the worker kills the sandbox
+        s = services.settings
+        self.max_frame = s.sandbox_max_frame_bytes
+        self.max_output = s.sandbox_max_output_bytes
+        self.events_per_s = s.sandbox_max_events_per_s
+        self.outcome = SessionOutcome()
+        self._writer: asyncio.StreamWriter | None = None
+        self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._bucket = float(self.events_per_s)
+        self._bucket_t = time.monotonic()
+        self.finished = asyncio.Event()
+
+    # ------------------------------------------------------------------ framing
+    async def _read_frame(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        head = await reader.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(head)
+        if size > self.max_frame:
+            raise FrameError("frame.too_large", f"frame of {size} bytes exceeds the {self.max_frame}-byte cap")
+        return decode_body(await reader.readexactly(size))
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        if self._writer is None or self._writer.is_closing():
+            return
+        data = encode(obj, max(self.max_frame, 16 * 1024 * 1024))
+        async with self._write_lock:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    # ------------------------------------------------------------------ main loop
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        try:
+            hello = await self._read_frame(reader)
+            if hello.get("type") != "hello":
+                raise FrameError("frame.invalid", "the first frame must be hello")
+            await self.send({"type": "welcome", "max_frame": self.max_frame, **self.welcome})
+            while True:
+                frame = await self._read_frame(reader)
+                if not await self._dispatch(frame):
+                    break
+        except FrameError as exc:
+            await self._protocol_error(exc.code, exc.message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the sandbox went away; the worker sees the exit
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            writer.close()
+            self.finished.set()
+
+    async def _dispatch(self, frame: dict[str, Any]) -> bool:
+        kind = frame["type"]
+        for key in IDENTITY_KEYS:
+            if key in frame:
+                await self._audit_frame("frame.identity", f"frame names {key!r}; identity comes from the socket")
+                await self.send({"type": "error", "id": frame.get("id"), "code": "frame.identity",
+                                 "message": "frames may not name a tenant, run, user or project", "retryable": False})
+                return True
+        if kind == "call":
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._call(frame))
+            self._tasks.add(task)
+            task.add_done_callback(self._call_done)
+            return True
+        if kind == "emit":
+            await self._emit(frame)
+            return True
+        if kind == "done":
+            self._done(frame)
+            return False
+        raise FrameError("frame.invalid", f"unknown frame type {kind!r}")
+
+    def _call_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    # ------------------------------------------------------------------ calls
+    async def _call(self, frame: dict[str, Any]) -> None:
+        rid = frame.get("id")
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            await self.send({"type": "error", "id": None, "code": "frame.invalid", "message": "call needs an integer id"})
+            await self._audit_frame("frame.invalid", "call without an integer id")
+            return
+        key = frame.get("idempotency_key")
+        call = CallState(
+            binding=self.binding, tool_name=frame.get("tool"), raw_args=frame.get("args", {}), request_id=rid,
+            idempotency_key=key if isinstance(key, str) and key else None, services=self.services,
+            emit=self.emitter.emit, stream=bool(frame.get("stream")),
+        )
+        if isinstance(key, str) and len(key) > 255:
+            call.idempotency_key = None
+        tool_label = call.tool_name if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
+        if call.stream:
+            async def chunk(data: dict[str, Any]) -> None:
+                await self.send({"type": "chunk", "id": rid, "data": data})
+            call.extra["stream_chunk"] = chunk
+        await self.emitter.emit("tool.call", {"request_id": rid, "tool": tool_label})
+        try:
+            result = await self.chain(call)
+        except StockadeError as exc:
+            await self.emitter.emit("tool.result", self._result_event(call, tool_label, code=exc.code))
+            await self.send({"type": "error", "id": rid, **exc.to_dict()})
+            return
+        except Exception:
+            log.exception("chain failed for run %s", self.binding.run_id)
+            await self.emitter.emit("tool.result", self._result_event(call, tool_label, code="internal"))
+            await self.send({"type": "error", "id": rid, "code": "internal", "message": "internal error", "retryable": True})
+            return
+        await self.emitter.emit("tool.result", self._result_event(call, tool_label))
+        await self.send({"type": "result", "id": rid, "result": result, "deduped": call.deduped})
+
+    @staticmethod
+    def _result_event(call: CallState, tool: str, code: str | None = None) -> dict[str, Any]:
+        ev: dict[str, Any] = {
+            "request_id": call.request_id, "tool": tool, "verdict": call.verdict or ("deny" if code else "allow"),
+            "rule_id": call.rule_id, "cost_usd": call.cost_micro / 1_000_000, "deduped": call.deduped,
+            "duration_ms": round((time.monotonic() - call.started_mono) * 1000, 3),
+        }
+        if code:
+            ev["code"] = code
+        return ev
+
+    # ------------------------------------------------------------------ emits
+    async def _emit(self, frame: dict[str, Any]) -> None:
+        etype, data = frame.get("event"), frame.get("data")
+        if etype not in BUNDLE_EVENT_TYPES or not isinstance(data, dict):
+            await self._audit_frame("frame.invalid", f"bundles may not emit {str(etype)[:64]!r}")
+            await self.send({"type": "error", "id": None, "code": "input.invalid",
+                             "message": f"event type must be one of {sorted(BUNDLE_EVENT_TYPES)}"})
+            return
+        if etype == "message.delta" and (data.get("channel") not in ("answer", "thinking") or not isinstance(data.get("text"), str)):
+            await self.send({"type": "error", "id": None, "code": "input.invalid", "message": "message.delta needs channel answer|thinking and text"})
+            return
+        now = time.monotonic()
+        self._bucket = min(float(self.events_per_s), self._bucket + (now - self._bucket_t) * self.events_per_s)
+        self._bucket_t = now
+        if self._bucket < 1.0:
+            return await self._limit("limit.events", f"more than {self.events_per_s} events per second")
+        self._bucket -= 1.0
+        size = len(encode({"d": data}, 1 << 30))
+        self.emitter.bytes_emitted += size
+        if self.emitter.bytes_emitted > self.max_output:
+            return await self._limit("limit.output", f"emitted more than {self.max_output} bytes")
+        data = {k: v for k, v in data.items() if k not in ("run_id", "seq", "type")}
+        await self.emitter.emit(etype, data)
+
+    def _done(self, frame: dict[str, Any]) -> None:
+        o = self.outcome
+        o.status = "ok" if frame.get("status") == "ok" else "error"
+        for k in ("error_type", "message", "traceback", "code"):
+            v = frame.get(k)
+            if isinstance(v, str):
+                setattr(o, k, v[:16000])
+
+    async def _limit(self, code: str, message: str) -> None:
+        if self.outcome.limit is None:
+            self.outcome.limit = code
+            await self._audit_frame(code, message)
+            if self.on_limit is not None:
+                self.on_limit(code)
+
+    # ------------------------------------------------------------------ protocol errors
+    async def _protocol_error(self, code: str, message: str) -> None:
+        await self._audit_frame(code, message)
+        try:
+            await self.send({"type": "error", "id": None, "code": code, "message": message, "retryable": False})
+        except (ConnectionError, FrameError):
+            pass
+
+    async def _audit_frame(self, kind: str, message: str) -> None:
+        try:
+            await self.recorder.record(self.binding.tenant_id, kind, run_id=self.binding.run_id, code=kind,
+                                       detail={"message": message[:500]})
+        except StockadeError:
+            log.error("could not audit %s for run %s", kind, self.binding.run_id)

@@ -1,0 +1,74 @@
+"""Tenants and keys as the CLI and the API create them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.errors import StockadeError
+from supervisor.ids import new_id
+from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
+from supervisor.stores.records import ROLES, ApiKey, Tenant
+
+__all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    key_id: str
+    role: str
+    user_id: str | None = None
+    project_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: ApiKey
+    secret: str  # shown once
+
+
+async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user_id: str | None = None,
+                     project_id: str | None = None) -> NewKey:
+    if role not in ROLES:
+        raise StockadeError("input.invalid", f"role must be one of {', '.join(ROLES)}")
+    if await services.tenants.get_tenant(tenant_id) is None:
+        raise StockadeError("not_found", f"no tenant {tenant_id}")
+    if user_id is not None and await services.tenants.get_user(tenant_id, user_id) is None:
+        raise StockadeError("not_found", f"no user {user_id}")
+    if project_id is not None and await services.tenants.get_project(tenant_id, project_id) is None:
+        raise StockadeError("not_found", f"no project {project_id}")
+    secret = generate_key()
+    key = await services.tenants.create_key(
+        tenant_id, key_id=new_id("key_"), key_hash=hash_key(secret), prefix=key_display_prefix(secret), role=role,
+        user_id=user_id, project_id=project_id,
+    )
+    return NewKey(key=key, secret=secret)
+
+
+async def create_tenant(services: Any, name: str, *, budget_usd: float | None = None) -> tuple[Tenant, NewKey]:
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters")
+    tenant = await services.tenants.create_tenant(name)
+    if budget_usd is not None:
+        if not (budget_usd >= 0) or budget_usd > 1e9:
+            raise StockadeError("input.invalid", "--budget-usd must be a non-negative number")
+        await services.ledger.set_cap(tenant.id, "tenant", tenant.id, int(round(budget_usd * 1_000_000)), "month")
+    key = await create_key(services, tenant.id, "admin")
+    return tenant, key
+
+
+async def authenticate(services: Any, authorization: str | None) -> Principal:
+    if not authorization:
+        raise StockadeError("auth.missing", "send Authorization: Bearer <api key>")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise StockadeError("auth.missing", "send Authorization: Bearer <api key>")
+    if not well_formed(token):
+        raise StockadeError("auth.invalid", "the API key is malformed")
+    key = await services.tenants.find_key(hash_key(token))
+    if key is None or key.revoked_at is not None:
+        raise StockadeError("auth.invalid", "the API key is unknown or revoked")
+    return Principal(tenant_id=key.tenant_id, key_id=key.id, role=key.role, user_id=key.user_id, project_id=key.project_id)
