@@ -1,0 +1,7 @@
+def helper(x):
+    return {}[x]
+
+
+async def main(ctx):
+    await ctx.answer("about to fail")
+    helper("missing-key")

@@ -1,0 +1,4 @@
+async def main(ctx):
+    chunk = "x" * 60000
+    while True:
+        await ctx.answer(chunk)

@@ -1,0 +1,123 @@
+"""A real Stockade node in the test's event loop: runtime + uvicorn on a free port + an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from app.main import create_app
+from supervisor.runtime import Runtime, open_runtime
+from supervisor.settings import Settings
+from supervisor.tenancy import create_tenant
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+
+
+def make_data_dir() -> Path:
+    """A data dir the sandbox uids may traverse (pytest's tmp dirs are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="stockade-test-"))
+    os.chmod(d, 0o711)
+    return d
+
+
+@dataclass
+class Node:
+    rt: Runtime
+    server: uvicorn.Server
+    task: asyncio.Task
+    base_url: str
+    data_dir: Path
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def client(self, key: str | None = None, **kw: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        c = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30.0, **kw)
+        self.clients.append(c)
+        return c
+
+    async def tenant(self, name: str | None = None, budget_usd: float | None = None) -> tuple[str, str]:
+        import secrets
+
+        t, k = await create_tenant(self.rt.services, name or f"t-{secrets.token_hex(4)}", budget_usd=budget_usd)
+        return t.id, k.secret
+
+    async def stop(self) -> None:
+        for c in self.clients:
+            await c.aclose()
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 5)
+        await self.rt.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+async def start_node(settings: Settings, *, workers: bool = True, api: bool = True) -> Node:
+    rt = await open_runtime(settings)
+    await rt.start(workers=workers, watch=settings.watch_bundles)
+    app = create_app(rt, role_worker=workers)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Node(rt=rt, server=server, task=task, base_url=f"http://127.0.0.1:{port}", data_dir=settings.data_dir)
+
+
+def settings_for(kind: str, data_dir: Path, *, pg_url: str | None = None, redis_url: str | None = None,
+                 redis_prefix: str | None = None, **extra: Any) -> Settings:
+    base: dict[str, Any] = dict(data_dir=data_dir, bundles_dir=BUNDLES, watch_bundles=False, sweep_interval_s=0.5,
+                                audit_key="test-audit-key-0123456789abcdef")
+    if kind == "production":
+        base.update(database_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix)
+    base.update(extra)
+    return Settings(**base)
+
+
+@dataclass
+class SSE:
+    id: int | None
+    event: str
+    data: dict[str, Any]
+
+
+async def read_sse(client: httpx.AsyncClient, path: str, *, headers: dict[str, str] | None = None,
+                   stop_after: int | None = None) -> AsyncIterator[SSE]:
+    """Parse an SSE stream; yields events, skips comments."""
+    async with client.stream("GET", path, headers=headers or {}) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        cur: dict[str, Any] = {}
+        n = 0
+        async for line in resp.aiter_lines():
+            if line.startswith(":"):
+                continue
+            if line == "":
+                if "data" in cur:
+                    yield SSE(int(cur["id"]) if "id" in cur else None, cur.get("event", "message"), json.loads(cur["data"]))
+                    n += 1
+                    if stop_after is not None and n >= stop_after:
+                        return
+                cur = {}
+                continue
+            k, _, v = line.partition(":")
+            cur[k] = v[1:] if v.startswith(" ") else v
+
+
+async def collect(client: httpx.AsyncClient, run_id: str, after: int | None = None, **kw: Any) -> list[SSE]:
+    path = f"/v1/runs/{run_id}/events" + (f"?after={after}" if after is not None else "")
+    return [e async for e in read_sse(client, path, **kw)]

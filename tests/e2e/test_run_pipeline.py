@@ -1,0 +1,221 @@
+"""The run pipeline end to end through real HTTP, on both stacks (embedded; PostgreSQL + Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import collect, read_sse
+
+TEST_BUNDLES = Path(__file__).parent / "bundles"
+TERMINAL = {"run.completed", "run.failed", "run.canceled", "run.timed_out"}
+
+
+async def push(node, tenant_id: str, name: str):
+    return await node.rt.registry.register_dir(TEST_BUNDLES / name, tenant_id)
+
+
+async def start(client, bundle: str, text: str, **extra) -> dict:
+    r = await client.post("/v1/runs", json={"bundle": bundle, "input": text, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def check_stream(events) -> None:
+    assert [e.id for e in events] == list(range(1, len(events) + 1)), "ids are gap-free from 1"
+    assert [e.data["seq"] for e in events] == [e.id for e in events]
+    assert sum(e.event in TERMINAL for e in events) == 1 and events[-1].event in TERMINAL
+
+
+async def test_echo_streams_word_by_word(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    run = await start(c, "echo", "the quick brown fox")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[0].event == "run.started"
+    answer = "".join(e.data["text"] for e in events if e.event == "message.delta" and e.data["channel"] == "answer")
+    assert answer.split() == ["the", "quick", "brown", "fox"]
+    assert events[-1].event == "run.completed"
+    got = (await c.get(f"/v1/runs/{run['id']}")).json()
+    assert got["status"] == "succeeded" and got["output"].split() == answer.split()
+
+
+async def test_replay_after_n_and_last_event_id(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    run = await start(c, "echo", "one two three four five six")
+    full = await collect(c, run["id"])
+    for n in (0, 1, 3, len(full) - 1):
+        again = await collect(c, run["id"], after=n)
+        assert [e.id for e in again] == list(range(n + 1, len(full) + 1))
+        hdr = [e async for e in read_sse(c, f"/v1/runs/{run['id']}/events", headers={"Last-Event-ID": str(n)})]
+        assert [e.id for e in hdr] == [e.id for e in again]
+        assert [e.data for e in hdr] == [e.data for e in again]
+
+
+async def test_client_hangs_up_and_misses_nothing(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "sleeper")
+    c = node.client(key)
+    run = await start(c, "sleeper", "0.5")
+    first = [e async for e in read_sse(c, f"/v1/runs/{run['id']}/events", stop_after=2)]  # hang up mid-run
+    assert [e.id for e in first] == [1, 2]
+    rest = [e async for e in read_sse(c, f"/v1/runs/{run['id']}/events", headers={"Last-Event-ID": "2"})]
+    check_stream(first + rest)
+    assert rest[-1].event == "run.completed"
+
+
+async def test_cancel_kills_within_a_second(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "sleeper")
+    c = node.client(key)
+    run = await start(c, "sleeper", "60")
+    it = read_sse(c, f"/v1/runs/{run['id']}/events")
+    async for e in it:
+        if e.event == "message.delta":
+            break
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    r = await c.post(f"/v1/runs/{run['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.canceled"
+    # the sandbox is gone: the worker releases the run within a second
+    for _ in range(200):
+        if not any(p.name == run["id"] for p in (node.data_dir / "runs").glob("*")):
+            break
+        await asyncio.sleep(0.01)
+    assert loop.time() - t0 < 1.5
+    assert not (node.data_dir / "runs" / run["id"]).exists()
+    r = await c.post(f"/v1/runs/{run['id']}/cancel")
+    assert r.status_code == 409 and r.json()["code"] == "run.not_cancelable"
+
+
+async def test_timeout_ends_timed_out(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "sleeper")  # limits.timeout_s: 2
+    c = node.client(key)
+    run = await start(c, "sleeper", "30")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.timed_out"
+    assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "timed_out"
+
+
+async def test_crash_reports_bundle_traceback_only(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "crasher")
+    c = node.client(key)
+    run = await start(c, "crasher", "")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    last = events[-1]
+    assert last.event == "run.failed"
+    assert last.data["error_type"] == "KeyError" and "missing-key" in last.data["message"]
+    tb = last.data["traceback"]
+    assert "/bundle/main.py" in tb and "helper" in tb
+    assert "boot.py" not in tb and "stockade_sdk" not in tb and "supervisor" not in tb
+
+
+async def test_concurrent_runs_never_mix(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    texts = [" ".join(f"r{i}w{j}" for j in range(12)) for i in range(4)]
+    runs = await asyncio.gather(*(start(c, "echo", t) for t in texts))
+    streams = await asyncio.gather(*(collect(c, r["id"]) for r in runs))
+    for run, text, events in zip(runs, texts, streams, strict=True):
+        check_stream(events)
+        assert all(e.data["run_id"] == run["id"] for e in events)
+        answer = "".join(e.data["text"] for e in events if e.event == "message.delta")
+        assert answer.split() == text.split()
+
+
+async def test_other_tenant_gets_404(node):
+    _, key_a = await node.tenant()
+    _, key_b = await node.tenant()
+    a, b = node.client(key_a), node.client(key_b)
+    run = await start(a, "echo", "secret words")
+    await collect(a, run["id"])
+    for path in (f"/v1/runs/{run['id']}", f"/v1/runs/{run['id']}/events", f"/v1/runs/{run['id']}/receipt"):
+        r = await b.get(path)
+        assert r.status_code == 404 and r.json()["code"] == "not_found", path
+    r = await b.post(f"/v1/runs/{run['id']}/cancel")
+    assert r.status_code == 404
+
+
+async def test_idempotency_key_stripe_semantics(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    body = {"bundle": "echo", "input": "once"}
+    r1 = await c.post("/v1/runs", json=body, headers={"Idempotency-Key": "abc-1"})
+    r2 = await c.post("/v1/runs", json=body, headers={"Idempotency-Key": "abc-1"})
+    assert r1.status_code == 201 and r2.status_code == 201
+    assert r1.json()["id"] == r2.json()["id"] and r2.headers.get("Idempotent-Replayed") == "true"
+    r3 = await c.post("/v1/runs", json={"bundle": "echo", "input": "different"}, headers={"Idempotency-Key": "abc-1"})
+    assert r3.status_code == 422 and r3.json()["code"] == "idempotency.mismatch"
+    await collect(c, r1.json()["id"])
+
+
+async def test_hello_tools_calls_echo_through_the_chain(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    run = await start(c, "hello-tools", "hi")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.completed", events[-1]
+    kinds = [e.event for e in events]
+    assert "tool.call" in kinds and "tool.result" in kinds and "custom" in kinds
+    result = next(e for e in events if e.event == "tool.result")
+    assert result.data["tool"] == "echo" and result.data["verdict"] == "allow"
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    assert [r["kind"] for r in audit] == ["tool.allowed", "tool.completed"]
+
+
+async def test_history_in_a_conversation(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "caller")
+    c = node.client(key)
+    r1 = await start(c, "echo", "first turn", conversation_id="conv-1")
+    await collect(c, r1["id"])
+    r2 = await start(c, "echo", "second turn", conversation_id="conv-1")
+    await collect(c, r2["id"])
+    # the runtime hands ctx.history to the bundle; the store's view is what it receives
+    hist = await node.rt.services.runs.conversation_history(tid, "conv-1", r2["id"])
+    assert hist[0] == {"role": "user", "content": "first turn"}
+    assert hist[1]["role"] == "assistant" and hist[1]["content"].split() == ["first", "turn"]
+
+
+async def test_output_flood_hits_the_limit(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "flooder")
+    c = node.client(key)
+    run = await start(c, "flooder", "")
+    events = await collect(c, run["id"])
+    assert events[-1].event == "run.failed" and events[-1].data["code"] in ("limit.output", "limit.events")
+
+
+async def test_bad_requests_change_nothing(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    cases = [
+        (b"{not json", 422), (json.dumps({"bundle": "echo"}).encode(), 422),
+        (json.dumps({"bundle": "echo", "input": 5}).encode(), 422),
+        (json.dumps({"bundle": "echo", "input": "x", "evil": 1}).encode(), 422),
+        (json.dumps({"bundle": "../etc", "input": "x"}).encode(), 422),
+        (json.dumps({"bundle": "nope", "input": "x"}).encode(), 404),
+    ]
+    for body, status in cases:
+        r = await c.post("/v1/runs", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == status, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"]
+    assert (await c.get("/v1/runs")).json()["data"] == []
+    r = await node.client().get("/v1/runs")
+    assert r.status_code == 401 and r.json()["code"] == "auth.missing"
+    r = await node.client("stk_" + "a" * 38).get("/v1/runs")
+    assert r.status_code == 401 and r.json()["code"] == "auth.invalid"
