@@ -14,7 +14,7 @@ from app.metrics import Metrics
 from app.problems import install_problem_handlers, problem
 from app.routes import approvals, bundles, health, runs, tenant_admin
 
-__all__ = ["create_app"]
+__all__ = ["build_asgi", "create_app"]
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
@@ -74,3 +74,11 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
         return FileResponse(path)
 
     return app
+
+
+def build_asgi(rt: Any, *, role_worker: bool = True) -> Any:
+    """The served ASGI app: FastAPI with Socket.IO mounted at /socket.io."""
+    from app.socketio_stream import mount_socketio
+
+    app = create_app(rt, role_worker=role_worker)
+    return mount_socketio(app, rt)

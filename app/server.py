@@ -9,7 +9,7 @@ import signal
 
 import uvicorn
 
-from app.main import create_app
+from app.main import build_asgi
 from supervisor.runtime import open_runtime
 from supervisor.settings import Settings
 
@@ -22,7 +22,7 @@ async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
     await rt.start(workers=workers, watch=workers)
     try:
         if api:
-            app = create_app(rt, role_worker=workers)
+            app = build_asgi(rt, role_worker=workers)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                                     lifespan="off", timeout_graceful_shutdown=3, proxy_headers=True)
             await uvicorn.Server(config).serve()

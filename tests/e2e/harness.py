@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from app.main import create_app
+from app.main import build_asgi
 from supervisor.runtime import Runtime, open_runtime
 from supervisor.settings import Settings
 from supervisor.tenancy import create_tenant
@@ -66,7 +66,7 @@ class Node:
 async def start_node(settings: Settings, *, workers: bool = True, api: bool = True) -> Node:
     rt = await open_runtime(settings)
     await rt.start(workers=workers, watch=settings.watch_bundles)
-    app = create_app(rt, role_worker=workers)
+    app = build_asgi(rt, role_worker=workers)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
