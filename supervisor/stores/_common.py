@@ -1,0 +1,117 @@
+"""Dialect-neutral pieces shared by the SQLite and PostgreSQL adapters.
+
+Kept in one place so both adapters validate input and shape records the same
+way (the contract suite runs against both).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any
+
+from supervisor.errors import StockadeError
+from supervisor.stores.records import (
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    ApiKey,
+    Approval,
+    AuditRecord,
+    IdempotencyEntry,
+    Run,
+)
+
+__all__ = [
+    "APIKEY_COLS", "APPROVAL_COLS", "APPROVAL_DECISIONS", "APPROVAL_STATUSES", "AUDIT_COLS", "GENESIS_HASH", "bundle_dict",
+    "IDEM_COLS", "RUN_COLS", "UPDATABLE_RUN_FIELDS", "check_limit", "check_name", "check_new_run_status",
+    "check_run_fields", "decision_outcome", "dumps", "normalize_audit_fields",
+]
+
+
+def _cols(cls: type) -> str:
+    return ", ".join(f.name for f in fields(cls))
+
+
+# Column names equal record field names, so rows map straight onto records.
+RUN_COLS = _cols(Run)
+APIKEY_COLS = _cols(ApiKey)
+AUDIT_COLS = _cols(AuditRecord)
+APPROVAL_COLS = _cols(Approval)
+IDEM_COLS = _cols(IdempotencyEntry)
+
+GENESIS_HASH = "0" * 64  # prev_hash of a chain's first record
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
+APPROVAL_DECISIONS = frozenset({"approved", "rejected", "expired"})
+
+# Columns callers may set through RunStore.set_status/finish_run **fields.
+UPDATABLE_RUN_FIELDS = frozenset(
+    {"started_at", "ended_at", "output", "error_code", "error_message", "worker_id", "bundle_version"}
+)
+_AUDIT_FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
+
+
+def dumps(value: Any, what: str = "value") -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StockadeError("input.invalid", f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def check_limit(n: int) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise StockadeError("input.invalid", "limit must be a non-negative integer")
+    return min(n, 100_000)
+
+
+def check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise StockadeError("input.invalid", f"{what} name must be a non-empty string")
+    return name
+
+
+def check_new_run_status(status: str) -> None:
+    if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
+        raise StockadeError("input.invalid", f"a new run cannot have status {status!r}")
+
+
+def check_run_fields(fields: dict[str, Any]) -> list[str]:
+    """Sorted names of the **fields to set; refuses anything but UPDATABLE_RUN_FIELDS."""
+    unknown = set(fields) - UPDATABLE_RUN_FIELDS
+    if unknown:
+        raise StockadeError("input.invalid", f"run fields cannot be set: {', '.join(sorted(unknown))}")
+    return sorted(fields)
+
+
+def normalize_audit_fields(fields: dict[str, Any], now: float) -> dict[str, Any]:
+    """The full field set that is stored and handed to ``seal`` (missing keys filled with defaults:
+    ``ts`` = now, ``cost_micro`` = 0, ``detail`` = {}, the rest None)."""
+    unknown = set(fields) - set(_AUDIT_FIELDS)
+    if unknown:
+        raise StockadeError("input.invalid", f"unknown audit fields: {', '.join(sorted(unknown))}")
+    if not isinstance(fields.get("kind"), str) or not fields["kind"]:
+        raise StockadeError("input.invalid", "an audit record needs a kind")
+    out = {k: fields.get(k) for k in _AUDIT_FIELDS}
+    out["ts"] = float(fields["ts"]) if fields.get("ts") is not None else now
+    out["cost_micro"] = int(fields.get("cost_micro") or 0)
+    out["detail"] = dict(fields.get("detail") or {})
+    return out
+
+
+def bundle_dict(row: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tenant_id": row["tenant_id"], "platform": row["tenant_id"] is None, "name": row["name"],
+        "version": row["version"], "digest": row["digest"], "manifest": manifest, "created_at": row["created_at"],
+    }
+
+
+def decision_outcome(row: Approval | None, requested: str, existed: Approval | None) -> Approval:
+    """Turn the result of the conditional UPDATE into the return value or the error."""
+    if row is not None and row.status == requested:
+        return row
+    if row is not None:  # it was pending but past due: we just expired it
+        raise StockadeError("approval.expired", "the approval expired before the decision", status="expired")
+    if existed is None:
+        raise StockadeError("not_found", "no such approval")
+    if existed.status == "expired":
+        raise StockadeError("approval.expired", "the approval already expired", status="expired")
+    raise StockadeError("approval.already_decided", f"the approval was already {existed.status}", status=existed.status)

@@ -1,0 +1,90 @@
+"""PostgreSQL ApprovalStore: pending -> approved/rejected/expired exactly once.
+
+Same semantics as the SQLite adapter (``decision_outcome``):
+a second decision raises ``approval.already_decided``; deciding an expired
+approval raises ``approval.expired``. The conditional ``UPDATE … WHERE status =
+'pending'`` is the arbiter: concurrent deciders queue on the row lock and all
+but the first find it no longer pending.
+"""
+
+from __future__ import annotations
+
+from supervisor.errors import StockadeError
+from supervisor.stores._common import APPROVAL_COLS, APPROVAL_DECISIONS, APPROVAL_STATUSES, decision_outcome, dumps
+from supervisor.stores._common import check_limit as _limit
+from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error, to_approval
+from supervisor.stores.postgres.db import PgDB
+from supervisor.stores.records import Approval
+
+__all__ = ["PgApprovalStore"]
+
+_PAST_DUE = "$1::text <> 'expired' AND expires_at <= $2::float8"
+_DECIDE = f"""UPDATE approvals SET
+    status = CASE WHEN {_PAST_DUE} THEN 'expired' ELSE $1::text END,
+    decided_by = CASE WHEN {_PAST_DUE} THEN NULL ELSE $3::text END,
+    decision_reason = CASE WHEN {_PAST_DUE} THEN NULL ELSE $4::text END,
+    decided_at = $2::float8
+  WHERE tenant_id = $5 AND id = $6 AND status = 'pending'
+  RETURNING {APPROVAL_COLS}"""
+
+
+class PgApprovalStore:
+    def __init__(self, db: PgDB) -> None:
+        self._db = db
+
+    async def create(self, approval: Approval) -> Approval:
+        if approval.status not in APPROVAL_STATUSES:
+            raise StockadeError("input.invalid", f"unknown approval status {approval.status!r}")
+        args = dumps(approval.args, "approval args")
+        async with self._db.tenant_tx(approval.tenant_id) as c:
+            try:
+                await c.execute(
+                    f"INSERT INTO approvals ({APPROVAL_COLS}) VALUES"
+                    " ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    approval.id, approval.tenant_id, approval.run_id, approval.tool, approval.args_hash, args,
+                    approval.rule_id, approval.reason, approval.status, approval.created_at, approval.expires_at,
+                    approval.decided_at, approval.decided_by, approval.decision_reason,
+                )
+            except CONSTRAINT_ERRORS as exc:
+                raise constraint_error(exc) from None
+        return approval
+
+    async def get(self, tenant_id: str, approval_id: str) -> Approval | None:
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow(
+                f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = $1 AND id = $2", tenant_id, approval_id
+            )
+        return to_approval(row) if row else None
+
+    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100) -> list[Approval]:
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch(
+                f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)"
+                " ORDER BY created_at DESC, id DESC LIMIT $3",
+                tenant_id, status, _limit(limit),
+            )
+        return [to_approval(r) for r in rows]
+
+    async def decide(
+        self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float
+    ) -> Approval:
+        if status not in APPROVAL_DECISIONS:
+            raise StockadeError("input.invalid", "a decision is approved, rejected or expired")
+        existed = None
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow(_DECIDE, status, now, decided_by, reason, tenant_id, approval_id)
+            if row is None:
+                existed = await c.fetchrow(
+                    f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = $1 AND id = $2", tenant_id, approval_id
+                )
+        # Raised after the commit so that an expiry found on the way is kept.
+        return decision_outcome(to_approval(row) if row else None, status, to_approval(existed) if existed else None)
+
+    async def expire_due(self, now: float) -> list[Approval]:
+        async with self._db.system_tx() as c:
+            rows = await c.fetch(
+                "UPDATE approvals SET status = 'expired', decided_at = $1 WHERE status = 'pending' AND expires_at <= $1"
+                f" RETURNING {APPROVAL_COLS}",
+                now,
+            )
+        return [to_approval(r) for r in rows]

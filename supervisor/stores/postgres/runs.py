@@ -1,0 +1,170 @@
+"""PostgreSQL RunStore: runs, conversations and the durable per-run event log.
+
+Each write is one statement inside a tenant transaction: the event insert and
+the ``runs.last_seq`` bump share a data-modifying CTE, so seqs are gap-free
+under any number of writers (the runs row lock orders them), and a run that
+turned terminal is re-checked after the lock wait (at most one terminal event).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+from supervisor.errors import StockadeError
+from supervisor.stores._common import RUN_COLS, check_new_run_status, check_run_fields, dumps
+from supervisor.stores._common import check_limit as _limit
+from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error, to_run
+from supervisor.stores.postgres.db import PgDB
+from supervisor.stores.records import RUN_STATUSES, TERMINAL_STATUSES, Event, Run
+
+__all__ = ["PgRunStore"]
+
+_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+_RUN_FIELDS = [f.name for f in dataclasses.fields(Run)]
+_INSERT_RUN = (
+    f"INSERT INTO runs ({RUN_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(_RUN_FIELDS)))})"
+    f" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id"
+)
+
+
+def _sets(fields: dict[str, Any], first: int) -> tuple[str, list[Any]]:
+    names = check_run_fields(fields)
+    return "".join(f", {n} = ${first + i}" for i, n in enumerate(names)), [fields[n] for n in names]
+
+
+class PgRunStore:
+    def __init__(self, db: PgDB) -> None:
+        self._db = db
+
+    async def create_run(self, run: Run) -> tuple[Run, bool]:
+        check_new_run_status(run.status)
+        run = dataclasses.replace(run, last_seq=0)
+        async with self._db.tenant_tx(run.tenant_id) as c:
+            try:
+                inserted = await c.fetchval(_INSERT_RUN, *dataclasses.astuple(run))
+            except CONSTRAINT_ERRORS as exc:
+                raise constraint_error(exc) from None
+            if inserted is None:  # the idempotency key is taken: hand back the first run
+                row = await c.fetchrow(
+                    f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND idempotency_key = $2",
+                    run.tenant_id, run.idempotency_key,
+                )
+                return to_run(row), False
+        return run, True
+
+    async def get_run(self, tenant_id: str, run_id: str) -> Run | None:
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow(f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND id = $2", tenant_id, run_id)
+        return to_run(row) if row else None
+
+    async def get_run_any_tenant(self, run_id: str) -> Run | None:
+        async with self._db.system_tx() as c:
+            row = await c.fetchrow(f"SELECT {RUN_COLS} FROM runs WHERE id = $1", run_id)
+        return to_run(row) if row else None
+
+    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None) -> list[Run]:
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch(
+                f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND ($2::float8 IS NULL OR created_at < $2)"
+                " ORDER BY created_at DESC, id DESC LIMIT $3",
+                tenant_id, before, _limit(limit),
+            )
+        return [to_run(r) for r in rows]
+
+    async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]:
+        if not statuses or any(s not in RUN_STATUSES for s in statuses):
+            raise StockadeError("input.invalid", f"statuses must be among {', '.join(RUN_STATUSES)}")
+        async with self._db.system_tx() as c:
+            rows = await c.fetch(
+                f"SELECT {RUN_COLS} FROM runs WHERE status = ANY($1::text[]) ORDER BY created_at, id LIMIT $2",
+                list(statuses), _limit(limit),
+            )
+        return [to_run(r) for r in rows]
+
+    async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
+        if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
+            raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")
+        sets, params = _sets(fields, 4)
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow(
+                f"UPDATE runs SET status = $3{sets} WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL}"
+                f" RETURNING {RUN_COLS}",
+                tenant_id, run_id, status, *params,
+            )
+            if row is None and not await self._exists(c, tenant_id, run_id):
+                raise StockadeError("not_found", "no such run")
+        return to_run(row) if row else None
+
+    @staticmethod
+    async def _exists(c: Any, tenant_id: str, run_id: str) -> bool:
+        return await c.fetchval("SELECT 1 FROM runs WHERE tenant_id = $1 AND id = $2", tenant_id, run_id) is not None
+
+    async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
+        payload = dumps(data, "event data")
+        ts = time.time()
+        async with self._db.tenant_tx(tenant_id) as c:
+            seq = await c.fetchval(
+                "WITH r AS (UPDATE runs SET last_seq = last_seq + 1"
+                f"   WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL} RETURNING tenant_id, id, last_seq)"
+                " INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts)"
+                " SELECT tenant_id, id, last_seq, $3, $4::text::jsonb, $5 FROM r RETURNING seq",
+                tenant_id, run_id, type, payload, ts,
+            )
+            if seq is None:
+                if await self._exists(c, tenant_id, run_id):
+                    raise StockadeError("conflict", "the run has ended; no more events")
+                raise StockadeError("not_found", "no such run")
+        return Event(run_id, seq, type, json.loads(payload), ts)
+
+    async def finish_run(
+        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], **fields: Any
+    ) -> Event | None:
+        if status not in TERMINAL_STATUSES:
+            raise StockadeError("input.invalid", f"finish_run takes a terminal status, not {status!r}")
+        payload = dumps(data, "event data")
+        ts = time.time()
+        fields.setdefault("ended_at", ts)
+        sets, params = _sets(fields, 7)
+        async with self._db.tenant_tx(tenant_id) as c:
+            seq = await c.fetchval(
+                f"WITH r AS (UPDATE runs SET status = $3, last_seq = last_seq + 1{sets}"
+                f"   WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL} RETURNING tenant_id, id, last_seq)"
+                " INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts)"
+                " SELECT tenant_id, id, last_seq, $4, $5::text::jsonb, $6 FROM r RETURNING seq",
+                tenant_id, run_id, status, event_type, payload, ts, *params,
+            )
+            if seq is None:
+                if await self._exists(c, tenant_id, run_id):
+                    return None
+                raise StockadeError("not_found", "no such run")
+        return Event(run_id, seq, event_type, json.loads(payload), ts)
+
+    async def events_after(self, tenant_id: str, run_id: str, after: int, limit: int = 1000) -> list[Event]:
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch(
+                "SELECT run_id, seq, type, data, ts FROM run_events WHERE tenant_id = $1 AND run_id = $2 AND seq > $3"
+                " ORDER BY seq LIMIT $4",
+                tenant_id, run_id, after, _limit(limit),
+            )
+        return [Event(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
+        """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown)."""
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch(
+                "SELECT r.input, r.output FROM runs r"
+                " LEFT JOIN runs a ON a.tenant_id = $1 AND a.id = $3"
+                " WHERE r.tenant_id = $1 AND r.conversation_id = $2 AND r.id <> $3"
+                "   AND (a.id IS NULL OR (r.created_at, r.id) < (a.created_at, a.id))"
+                " ORDER BY r.created_at, r.id",
+                tenant_id, conversation_id, before_run,
+            )
+        turns: list[dict[str, str]] = []
+        for r in rows:
+            turns.append({"role": "user", "content": r[0]})
+            if r[1]:
+                turns.append({"role": "assistant", "content": r[1]})
+        return turns

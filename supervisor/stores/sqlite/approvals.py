@@ -1,0 +1,93 @@
+"""SQLite ApprovalStore: pending -> approved/rejected/expired exactly once.
+
+Decision semantics (both adapters): a second decision raises
+``approval.already_decided``; deciding an approval that expired — swept by
+``expire_due`` or simply past ``expires_at`` (it is then marked expired, and
+that change is kept) — raises ``approval.expired``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from supervisor.errors import StockadeError
+from supervisor.stores._common import APPROVAL_COLS, APPROVAL_DECISIONS, APPROVAL_STATUSES, decision_outcome, dumps
+from supervisor.stores._common import check_limit as _limit
+from supervisor.stores.records import Approval
+from supervisor.stores.sqlite._rows import integrity_error, to_approval
+from supervisor.stores.sqlite.db import SqliteDB
+
+__all__ = ["SqliteApprovalStore"]
+
+
+# Past due, a decision other than "expired" turns into "expired" (decided_by/reason dropped).
+_DECIDE = f"""UPDATE approvals SET
+    status = CASE WHEN ?1 <> 'expired' AND expires_at <= ?2 THEN 'expired' ELSE ?1 END,
+    decided_by = CASE WHEN ?1 <> 'expired' AND expires_at <= ?2 THEN NULL ELSE ?3 END,
+    decision_reason = CASE WHEN ?1 <> 'expired' AND expires_at <= ?2 THEN NULL ELSE ?4 END,
+    decided_at = ?2
+  WHERE tenant_id = ?5 AND id = ?6 AND status = 'pending'
+  RETURNING {APPROVAL_COLS}"""
+
+
+class SqliteApprovalStore:
+    def __init__(self, db: SqliteDB) -> None:
+        self._db = db
+
+    async def create(self, approval: Approval) -> Approval:
+        if approval.status not in APPROVAL_STATUSES:
+            raise StockadeError("input.invalid", f"unknown approval status {approval.status!r}")
+        args = dumps(approval.args, "approval args")
+        try:
+            self._db.execute(
+                f"INSERT INTO approvals ({APPROVAL_COLS}) VALUES ({', '.join('?' * 14)})",
+                (approval.id, approval.tenant_id, approval.run_id, approval.tool, approval.args_hash, args,
+                 approval.rule_id, approval.reason, approval.status, approval.created_at, approval.expires_at,
+                 approval.decided_at, approval.decided_by, approval.decision_reason),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise integrity_error(exc) from None
+        return approval
+
+    async def get(self, tenant_id: str, approval_id: str) -> Approval | None:
+        row = self._db.query_one(
+            f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? AND id = ?", (tenant_id, approval_id)
+        )
+        return to_approval(row) if row else None
+
+    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100) -> list[Approval]:
+        if status is None:
+            rows = self._db.query(
+                f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                (tenant_id, _limit(limit)),
+            )
+        else:
+            rows = self._db.query(
+                f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? AND status = ?"
+                " ORDER BY created_at DESC, id DESC LIMIT ?",
+                (tenant_id, status, _limit(limit)),
+            )
+        return [to_approval(r) for r in rows]
+
+    async def decide(
+        self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float
+    ) -> Approval:
+        if status not in APPROVAL_DECISIONS:
+            raise StockadeError("input.invalid", "a decision is approved, rejected or expired")
+        existed = None
+        with self._db.tx() as c:
+            row = c.execute(_DECIDE, (status, now, decided_by, reason, tenant_id, approval_id)).fetchone()
+            if row is None:
+                existed = c.execute(
+                    f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? AND id = ?", (tenant_id, approval_id)
+                ).fetchone()
+        # Raised after the commit so that an expiry found on the way is kept.
+        return decision_outcome(to_approval(row) if row else None, status, to_approval(existed) if existed else None)
+
+    async def expire_due(self, now: float) -> list[Approval]:
+        rows = self._db.query(
+            "UPDATE approvals SET status = 'expired', decided_at = ? WHERE status = 'pending' AND expires_at <= ?"
+            f" RETURNING {APPROVAL_COLS}",
+            (now, now),
+        )
+        return [to_approval(r) for r in rows]

@@ -1,0 +1,173 @@
+"""SQLite RunStore: runs, conversations and the durable per-run event log.
+
+Sequence numbers come from ``runs.last_seq``, bumped in the same
+``BEGIN IMMEDIATE`` transaction as the event insert, so they are gap-free even
+with several processes writing the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from typing import Any
+
+from supervisor.errors import StockadeError
+from supervisor.stores._common import RUN_COLS, check_new_run_status, check_run_fields, dumps
+from supervisor.stores._common import check_limit as _limit
+from supervisor.stores.records import RUN_STATUSES, TERMINAL_STATUSES, Event, Run
+from supervisor.stores.sqlite._rows import integrity_error, to_run
+from supervisor.stores.sqlite.db import SqliteDB
+
+__all__ = ["SqliteRunStore"]
+
+_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+
+
+def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    names = check_run_fields(fields)
+    return "".join(f", {n} = ?" for n in names), [fields[n] for n in names]
+
+
+class SqliteRunStore:
+    def __init__(self, db: SqliteDB) -> None:
+        self._db = db
+
+    def _exists(self, c: sqlite3.Connection, tenant_id: str, run_id: str) -> bool:
+        return c.execute("SELECT 1 FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, run_id)).fetchone() is not None
+
+    async def create_run(self, run: Run) -> tuple[Run, bool]:
+        check_new_run_status(run.status)
+        run = dataclasses.replace(run, last_seq=0)
+        values = dataclasses.astuple(run)
+        with self._db.tx() as c:
+            if run.idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND idempotency_key = ?",
+                    (run.tenant_id, run.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return to_run(row), False
+            try:
+                c.execute(f"INSERT INTO runs ({RUN_COLS}) VALUES ({', '.join('?' * len(values))})", values)
+            except sqlite3.IntegrityError as exc:
+                raise integrity_error(exc) from None
+        return run, True
+
+    async def get_run(self, tenant_id: str, run_id: str) -> Run | None:
+        row = self._db.query_one(f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, run_id))
+        return to_run(row) if row else None
+
+    async def get_run_any_tenant(self, run_id: str) -> Run | None:
+        row = self._db.query_one(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run_id,))
+        return to_run(row) if row else None
+
+    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None) -> list[Run]:
+        n = _limit(limit)
+        if before is None:
+            rows = self._db.query(
+                f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                (tenant_id, n),
+            )
+        else:
+            rows = self._db.query(
+                f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND created_at < ?"
+                " ORDER BY created_at DESC, id DESC LIMIT ?",
+                (tenant_id, before, n),
+            )
+        return [to_run(r) for r in rows]
+
+    async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]:
+        if not statuses or any(s not in RUN_STATUSES for s in statuses):
+            raise StockadeError("input.invalid", f"statuses must be among {', '.join(RUN_STATUSES)}")
+        marks = ", ".join("?" * len(statuses))
+        rows = self._db.query(
+            f"SELECT {RUN_COLS} FROM runs WHERE status IN ({marks}) ORDER BY created_at, id LIMIT ?",
+            (*statuses, _limit(limit)),
+        )
+        return [to_run(r) for r in rows]
+
+    async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
+        if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
+            raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")
+        sets, params = _assignments(fields)
+        with self._db.tx() as c:
+            row = c.execute(
+                f"UPDATE runs SET status = ?{sets} WHERE tenant_id = ? AND id = ? AND status NOT IN {_TERMINAL_SQL}"
+                f" RETURNING {RUN_COLS}",
+                (status, *params, tenant_id, run_id),
+            ).fetchone()
+            if row is None and not self._exists(c, tenant_id, run_id):
+                raise StockadeError("not_found", "no such run")
+        return to_run(row) if row else None
+
+    async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
+        payload = dumps(data, "event data")
+        ts = time.time()
+        with self._db.tx() as c:
+            row = c.execute(
+                f"UPDATE runs SET last_seq = last_seq + 1 WHERE tenant_id = ? AND id = ? AND status NOT IN {_TERMINAL_SQL}"
+                " RETURNING last_seq",
+                (tenant_id, run_id),
+            ).fetchone()
+            if row is None:
+                if self._exists(c, tenant_id, run_id):
+                    raise StockadeError("conflict", "the run has ended; no more events")
+                raise StockadeError("not_found", "no such run")
+            seq = row[0]
+            c.execute(
+                "INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant_id, run_id, seq, type, payload, ts),
+            )
+        return Event(run_id, seq, type, json.loads(payload), ts)
+
+    async def finish_run(
+        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], **fields: Any
+    ) -> Event | None:
+        if status not in TERMINAL_STATUSES:
+            raise StockadeError("input.invalid", f"finish_run takes a terminal status, not {status!r}")
+        payload = dumps(data, "event data")
+        ts = time.time()
+        fields.setdefault("ended_at", ts)
+        sets, params = _assignments(fields)
+        with self._db.tx() as c:
+            row = c.execute(
+                f"UPDATE runs SET status = ?, last_seq = last_seq + 1{sets}"
+                f" WHERE tenant_id = ? AND id = ? AND status NOT IN {_TERMINAL_SQL} RETURNING last_seq",
+                (status, *params, tenant_id, run_id),
+            ).fetchone()
+            if row is None:
+                if self._exists(c, tenant_id, run_id):
+                    return None
+                raise StockadeError("not_found", "no such run")
+            seq = row[0]
+            c.execute(
+                "INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant_id, run_id, seq, event_type, payload, ts),
+            )
+        return Event(run_id, seq, event_type, json.loads(payload), ts)
+
+    async def events_after(self, tenant_id: str, run_id: str, after: int, limit: int = 1000) -> list[Event]:
+        rows = self._db.query(
+            "SELECT run_id, seq, type, data, ts FROM run_events WHERE tenant_id = ? AND run_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (tenant_id, run_id, after, _limit(limit)),
+        )
+        return [Event(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
+        """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown)."""
+        anchor = self._db.query_one("SELECT created_at, id FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, before_run))
+        sql = "SELECT input, output FROM runs WHERE tenant_id = ? AND conversation_id = ? AND id <> ?"
+        params: list[Any] = [tenant_id, conversation_id, before_run]
+        if anchor is not None:
+            sql += " AND (created_at, id) < (?, ?)"
+            params += [anchor[0], anchor[1]]
+        turns: list[dict[str, str]] = []
+        for r in self._db.query(sql + " ORDER BY created_at, id", params):
+            turns.append({"role": "user", "content": r[0]})
+            if r[1]:
+                turns.append({"role": "assistant", "content": r[1]})
+        return turns
+

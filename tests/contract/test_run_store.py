@@ -1,0 +1,264 @@
+"""RunStore contract: runs, conversations and the gap-free per-run event log."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from supervisor.errors import StockadeError
+from tests.contract._helpers import make_run, store
+
+
+@pytest.fixture
+async def ctx(sql_db):
+    return sql_db, store(sql_db, "RunStore"), await sql_db.new_tenant()
+
+
+async def test_create_get_and_tenant_isolation(ctx):
+    sql_db, runs, t = ctx
+    other = await sql_db.new_tenant()
+    run = make_run(t, project_id="prj_1", user_id="usr_1", key_id="key_1", conversation_id="c1")
+    created, new = await runs.create_run(run)
+    assert new is True and created == run
+    assert await runs.get_run(t, run.id) == run
+    assert await runs.get_run(other, run.id) is None
+    assert await runs.get_run_any_tenant(run.id) == run
+    assert await runs.get_run_any_tenant("run_nope") is None
+
+
+async def test_create_run_honours_idempotency_key(ctx):
+    _, runs, t = ctx
+    first, new = await runs.create_run(make_run(t, idempotency_key="k1", request_hash="h1"))
+    again, new2 = await runs.create_run(make_run(t, idempotency_key="k1", request_hash="h2"))
+    assert new and not new2 and again == first
+    # the same key in another tenant is independent; runs without a key never collide
+    _, new3 = await runs.create_run(make_run(t))
+    _, new4 = await runs.create_run(make_run(t))
+    assert new3 and new4
+
+
+async def test_concurrent_create_with_one_key_creates_one_run(ctx):
+    _, runs, t = ctx
+    barrier = asyncio.Barrier(8)
+
+    async def create(i: int):
+        await barrier.wait()
+        return await runs.create_run(make_run(t, idempotency_key="same", input=f"in{i}"))
+
+    results = await asyncio.gather(*(create(i) for i in range(8)))
+    assert sum(1 for _, new in results if new) == 1
+    assert len({r.id for r, _ in results}) == 1
+
+
+async def test_create_run_bad_input_changes_nothing(ctx):
+    _, runs, t = ctx
+    with pytest.raises(StockadeError) as err:
+        await runs.create_run(make_run("ten_missing"))
+    assert err.value.code == "not_found"
+    with pytest.raises(StockadeError) as err:
+        await runs.create_run(make_run(t, status="succeeded"))
+    assert err.value.code == "input.invalid"
+    run = make_run(t)
+    await runs.create_run(run)
+    with pytest.raises(StockadeError) as err:
+        await runs.create_run(make_run(t, id=run.id))
+    assert err.value.code == "conflict"
+    assert len(await runs.list_runs(t)) == 1
+
+
+async def test_list_runs_newest_first_with_cursor(ctx):
+    _, runs, t = ctx
+    made = [make_run(t, created_at=1000.0 + i) for i in range(5)]
+    for r in made:
+        await runs.create_run(r)
+    listed = await runs.list_runs(t, limit=3)
+    assert [r.id for r in listed] == [made[4].id, made[3].id, made[2].id]
+    older = await runs.list_runs(t, limit=10, before=listed[-1].created_at)
+    assert [r.id for r in older] == [made[1].id, made[0].id]
+
+
+async def test_list_runs_by_status_spans_tenants(ctx):
+    sql_db, runs, t = ctx
+    other = await sql_db.new_tenant()
+    a, b = make_run(t, status="queued"), make_run(other, status="running")
+    await runs.create_run(a)
+    await runs.create_run(b)
+    ids = {r.id for r in await runs.list_runs_by_status(("queued", "running"), limit=100_000)}
+    assert {a.id, b.id} <= ids
+    with pytest.raises(StockadeError):
+        await runs.list_runs_by_status(("bogus",))
+
+
+async def test_set_status_updates_fields_and_refuses_terminal(ctx):
+    _, runs, t = ctx
+    run = make_run(t)
+    await runs.create_run(run)
+    moved = await runs.set_status(t, run.id, "running", started_at=1234.5, worker_id="w1")
+    assert moved is not None and moved.status == "running" and moved.started_at == 1234.5 and moved.worker_id == "w1"
+    with pytest.raises(StockadeError) as err:
+        await runs.set_status(t, run.id, "succeeded")
+    assert err.value.code == "input.invalid"
+    with pytest.raises(StockadeError) as err:
+        await runs.set_status(t, run.id, "running", last_seq=99)
+    assert err.value.code == "input.invalid"
+    with pytest.raises(StockadeError) as err:
+        await runs.set_status(t, "run_missing", "running")
+    assert err.value.code == "not_found"
+    await runs.finish_run(t, run.id, "succeeded", "run.completed", {})
+    assert await runs.set_status(t, run.id, "running") is None
+    assert (await runs.get_run(t, run.id)).status == "succeeded"
+
+
+async def test_events_are_sequenced_replayable_and_scoped(ctx):
+    sql_db, runs, t = ctx
+    other = await sql_db.new_tenant()
+    run = make_run(t)
+    await runs.create_run(run)
+    e1 = await runs.append_event(t, run.id, "run.started", {})
+    e2 = await runs.append_event(t, run.id, "message.delta", {"channel": "answer", "text": "Hé"})
+    assert (e1.seq, e2.seq) == (1, 2)
+    assert e2.to_wire() == {"run_id": run.id, "seq": 2, "type": "message.delta", "channel": "answer", "text": "Hé"}
+    assert [e.seq for e in await runs.events_after(t, run.id, 0)] == [1, 2]
+    assert await runs.events_after(t, run.id, 1) == [e2]
+    assert await runs.events_after(t, run.id, 0, limit=1) == [e1]
+    assert await runs.events_after(other, run.id, 0) == []
+    with pytest.raises(StockadeError) as err:
+        await runs.append_event(other, run.id, "x", {})
+    assert err.value.code == "not_found"
+    with pytest.raises(StockadeError) as err:
+        await runs.append_event(t, run.id, "x", {"bad": object()})
+    assert err.value.code == "input.invalid"
+    assert (await runs.get_run(t, run.id)).last_seq == 2
+
+
+async def test_finish_run_appends_exactly_one_terminal_event(ctx):
+    _, runs, t = ctx
+    run = make_run(t)
+    await runs.create_run(run)
+    await runs.append_event(t, run.id, "run.started", {})
+    end = await runs.finish_run(t, run.id, "failed", "run.failed", {"code": "tool.failed"},
+                                error_code="tool.failed", error_message="boom", output="partial")
+    assert end is not None and end.seq == 2 and end.type == "run.failed"
+    got = await runs.get_run(t, run.id)
+    assert got.status == "failed" and got.error_code == "tool.failed" and got.output == "partial"
+    assert got.ended_at is not None and got.last_seq == 2
+    assert await runs.finish_run(t, run.id, "succeeded", "run.completed", {}) is None
+    with pytest.raises(StockadeError) as err:
+        await runs.append_event(t, run.id, "message.delta", {})
+    assert err.value.code == "conflict"
+    assert [e.type for e in await runs.events_after(t, run.id, 0)] == ["run.started", "run.failed"]
+    with pytest.raises(StockadeError) as err:
+        await runs.finish_run(t, run.id, "running", "x", {})
+    assert err.value.code == "input.invalid"
+    with pytest.raises(StockadeError) as err:
+        await runs.finish_run(t, "run_missing", "failed", "run.failed", {})
+    assert err.value.code == "not_found"
+
+
+async def test_concurrent_appends_are_gap_free(ctx):
+    _, runs, t = ctx
+    run = make_run(t)
+    await runs.create_run(run)
+    writers, per = 8, 15
+    barrier = asyncio.Barrier(writers)
+
+    async def writer(w: int) -> list[int]:
+        await barrier.wait()
+        return [(await runs.append_event(t, run.id, "custom", {"w": w, "i": i})).seq for i in range(per)]
+
+    seqs = [s for chunk in await asyncio.gather(*(writer(w) for w in range(writers))) for s in chunk]
+    assert sorted(seqs) == list(range(1, writers * per + 1))
+    stored = await runs.events_after(t, run.id, 0, limit=10_000)
+    assert [e.seq for e in stored] == list(range(1, writers * per + 1))
+    # every writer's own events keep their order
+    for w in range(writers):
+        assert [e.data["i"] for e in stored if e.data["w"] == w] == list(range(per))
+
+
+@pytest.mark.timeout(60)
+async def test_several_processes_append_gap_free_and_finish_once(ctx):
+    """Independent handles on one database (as separate processes have): seqs stay gap-free and of
+    several racing finishers exactly one wins. SQLite handles run in real threads, each with its own
+    loop (a SQLite call never yields, so only threads can interleave them); PostgreSQL pools stay on
+    this loop, where they interleave at every round trip."""
+    sql_db, runs, t = ctx
+    run = make_run(t)
+    await runs.create_run(run)
+    handles = [await sql_db.reopen() for _ in range(3)]
+    stores = [store(sql_db, "RunStore", h) for h in handles]
+    per = 20
+    results: list[list[int]] = [[] for _ in stores]
+    finished: list[object] = [None] * len(stores)
+
+    async def work(i: int, wait: Callable[[], Awaitable[object]]) -> None:
+        await wait()
+        for k in range(per):
+            results[i].append((await stores[i].append_event(t, run.id, "custom", {"k": k})).seq)
+        await wait()
+        finished[i] = await stores[i].finish_run(t, run.id, "succeeded", "run.completed", {"by": i})
+
+    try:
+        if sql_db.is_pg:
+            barrier = asyncio.Barrier(len(stores))
+            await asyncio.gather(*(work(i, barrier.wait) for i in range(len(stores))))
+        else:
+            tbarrier = threading.Barrier(len(stores))
+
+            async def twait() -> None:
+                tbarrier.wait(timeout=30)
+
+            await asyncio.gather(*(asyncio.to_thread(asyncio.run, work(i, twait)) for i in range(len(stores))))
+    finally:
+        for h in handles:
+            await h.close()
+    all_seqs = sorted(s for r in results for s in r)
+    assert all_seqs == list(range(1, len(stores) * per + 1))
+    winners = [f for f in finished if f is not None]
+    assert len(winners) == 1 and winners[0].seq == len(stores) * per + 1
+    events = await runs.events_after(t, run.id, 0, limit=10_000)
+    assert [e.type for e in events].count("run.completed") == 1
+    assert [e.seq for e in events] == list(range(1, len(stores) * per + 2))
+
+
+async def test_two_concurrent_finishers_one_terminal_event(ctx):
+    _, runs, t = ctx
+    for _ in range(5):
+        run = make_run(t)
+        await runs.create_run(run)
+        barrier = asyncio.Barrier(2)
+
+        async def finish(barrier: asyncio.Barrier, run_id: str, status: str, etype: str):
+            await barrier.wait()
+            return await runs.finish_run(t, run_id, status, etype, {})
+
+        a, b = await asyncio.gather(finish(barrier, run.id, "succeeded", "run.completed"),
+                                    finish(barrier, run.id, "canceled", "run.canceled"))
+        assert (a is None) != (b is None)
+        events = await runs.events_after(t, run.id, 0)
+        assert len(events) == 1 and events[0].type in ("run.completed", "run.canceled")
+        winner = a or b
+        assert (await runs.get_run(t, run.id)).status == ("succeeded" if winner.type == "run.completed" else "canceled")
+
+
+async def test_conversation_history(ctx):
+    _, runs, t = ctx
+    r1 = make_run(t, conversation_id="conv", input="hi", created_at=10.0)
+    r2 = make_run(t, conversation_id="conv", input="and then?", created_at=20.0)
+    r3 = make_run(t, conversation_id="conv", input="third", created_at=30.0)
+    r4 = make_run(t, conversation_id="elsewhere", input="x", created_at=15.0)
+    for r in (r1, r2, r3, r4):
+        await runs.create_run(r)
+    await runs.finish_run(t, r1.id, "succeeded", "run.completed", {}, output="hello!")
+    await runs.finish_run(t, r2.id, "failed", "run.failed", {})  # no output: only the user turn
+    assert await runs.conversation_history(t, "conv", r3.id) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello!"},
+        {"role": "user", "content": "and then?"},
+    ]
+    assert await runs.conversation_history(t, "conv", r2.id) == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},
+    ]
+    assert await runs.conversation_history(t, "conv", r1.id) == []
