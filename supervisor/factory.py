@@ -37,7 +37,7 @@ async def _open_sql(settings: Settings, migrate: bool) -> dict[str, Any]:
         from supervisor.stores import sqlite as sq
         from supervisor.stores.sqlite.db import open_sqlite
 
-        db = await open_sqlite(settings.sqlite_path)
+        db = await open_sqlite(settings.sqlite_path, migrate=migrate)
         mod, kb_cls = sq, _kb("sqlite")
         prefix = "Sqlite"
     ledger_mod = __import__(f"supervisor.stores.{'postgres' if prefix == 'Pg' else 'sqlite'}.ledger", fromlist=["x"])

@@ -65,11 +65,7 @@ class Runtime:
     def _make_worker(self) -> Any:
         from supervisor.runs.worker import Worker
 
-        uid_pool = None
-        if os.geteuid() == 0:
-            from sandbox.identity import UidPool
-
-            uid_pool = UidPool(self.settings.sandbox_uid_base, self.settings.sandbox_uid_count)
+        uid_pool = self.services.extras.get("uid_pool")
         try:
             from supervisor.policy import load_bundle_policy
         except ImportError:  # pragma: no cover
@@ -129,5 +125,10 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     registry = BundleRegistry(services.bundles, settings.data_dir / "bundles",
                               max_files=settings.bundle_max_files, max_bytes=settings.bundle_max_bytes)
     services.extras["registry"] = registry
+    if os.geteuid() == 0:
+        from sandbox.identity import UidPool
+
+        # one pool per node: bundle sandboxes and code.run sandboxes never share a uid
+        services.extras["uid_pool"] = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
                    signing_key=load_signing_key(settings), registry=registry, chain=chain)

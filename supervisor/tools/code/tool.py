@@ -1,0 +1,140 @@
+"""``code.run``: Python source in, stdout/stderr/exit status/produced files out.
+
+The code runs in its own sandbox, never the calling bundle's: a fresh work dir,
+no socket (no door at all), no network, tighter limits than a bundle, and its
+own pool uid. Produced files (new or changed in the work dir) come back as
+text (or base64 for binary), capped in count and size.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from supervisor.errors import StockadeError
+from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
+
+__all__ = ["CodeRunTool"]
+
+MAX_OUTPUT = 64 * 1024
+MAX_FILES = 20
+MAX_FILE_BYTES = 256 * 1024
+
+
+class CodeRunArgs(ToolArgs):
+    code: str = Field(min_length=1, max_length=200_000)
+    language: str = Field(default="python", pattern=r"^python$")
+    stdin: str = Field(default="", max_length=1_000_000)
+    files: dict[str, str] = Field(default_factory=dict, max_length=50)  # inputs written into the work dir
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+
+
+class CodeRunTool:
+    name: ClassVar[str] = "code.run"
+    args_model: ClassVar[type[ToolArgs]] = CodeRunArgs
+    risk: ClassVar[str] = "medium"
+    default_price_micro: ClassVar[int] = 0
+    timeout_s: ClassVar[float] = 75.0
+    side_effects: ClassVar[bool] = False
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        return None
+
+    def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
+        return None
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        from sandbox.launcher import launch
+        from sandbox.spec import Limits, SandboxSpec
+
+        assert isinstance(args, CodeRunArgs)
+        settings = ctx.services.settings
+        pool = ctx.services.extras.get("uid_pool")
+        uid = pool.acquire() if pool is not None else None
+        base = settings.data_dir / "coderun"
+        base.mkdir(parents=True, exist_ok=True, mode=0o711)
+        work = Path(tempfile.mkdtemp(prefix="code-", dir=base))
+        try:
+            os.chmod(work, 0o700)
+            _write_inputs(work, args)
+            if uid is not None and os.geteuid() == 0:
+                for p in [work, *work.rglob("*")]:
+                    os.chown(p, uid, uid)
+            before = _snapshot(work)
+            limits = Limits(
+                memory_mb=min(256, settings.sandbox_memory_mb), max_procs=min(16, settings.sandbox_max_procs),
+                max_open_files=64, max_file_mb=min(16, settings.sandbox_max_file_mb), cpu_s=int(min(args.timeout_s, 30)) + 1,
+                wall_s=float(args.timeout_s), workdir_mb=min(64, settings.sandbox_workdir_mb), tmpfs_mb=16,
+            )
+            spec = SandboxSpec(
+                argv=(settings.sandbox_python or os.path.realpath(sys.executable), "-I", "-S", "/work/main.py"),
+                work_dir=work, bundle_dir=None, runtime_dir=None, socket_dir=None,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work", "PYTHONDONTWRITEBYTECODE": "1"},
+                limits=limits, uid=uid, gid=uid, hostname="code", python_home=Path(sys.base_prefix),
+            )
+            proc = await launch(spec, stdin=args.stdin.encode())
+            info = await proc.wait()
+            files = _produced(work, before)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if uid is not None and pool is not None:
+                pool.release(uid)
+        result: dict[str, Any] = {
+            "exit_code": info.returncode,
+            "signal": info.signal,
+            "stdout": _text(info.stdout_tail),
+            "stderr": _text(info.stderr_tail),
+            "files": files,
+        }
+        if info.reason:
+            result["limit"] = info.reason
+        return ToolResult(result=result)
+
+
+def _write_inputs(work: Path, args: CodeRunArgs) -> None:
+    (work / "main.py").write_text(args.code, encoding="utf-8")
+    for name, content in args.files.items():
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or name in ("main.py",) or "\x00" in name:
+            raise StockadeError("input.invalid", f"bad input file name {name!r}")
+        dest = work / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(content, encoding="utf-8")
+
+
+def _snapshot(work: Path) -> dict[str, tuple[int, float]]:
+    out = {}
+    for p in work.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            out[str(p.relative_to(work))] = (st.st_size, st.st_mtime)
+    return out
+
+
+def _produced(work: Path, before: dict[str, tuple[int, float]]) -> list[dict[str, Any]]:
+    files = []
+    for rel, sig in sorted(_snapshot(work).items()):
+        if before.get(rel) == sig or rel == "main.py":
+            continue
+        if len(files) >= MAX_FILES:
+            break
+        p = work / rel
+        data = p.read_bytes()[:MAX_FILE_BYTES]
+        entry: dict[str, Any] = {"path": rel, "size": p.stat().st_size, "truncated": p.stat().st_size > MAX_FILE_BYTES}
+        try:
+            entry["text"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            entry["base64"] = base64.b64encode(data).decode()
+        files.append(entry)
+    return files
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"")[-MAX_OUTPUT:].decode("utf-8", errors="replace")
