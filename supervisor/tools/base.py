@@ -36,6 +36,7 @@ class ToolContext:
     emit: Emit
     services: Any = None  # supervisor.services.Services (settings, stores); typed loosely to avoid a cycle
     stream_chunk: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # to the bundle, for async iteration
+    llm_prices: Any = None  # the tenant policy's ``llm_prices`` overrides, if any
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,6 @@ async def test_unknown_tenant_leaves_no_files(sql: Sql, tmp_path: Path) -> None:
     assert [p for p in sql.registry.root.glob("*/*/*") if p.is_dir()] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store contract: put_version of an existing digest does not make it latest again, so reverting an "
-    "edit (A -> B -> A) keeps B current; the registry needs re-registration to bump it (see report)",
-)
 async def test_reverting_an_edit_makes_the_old_content_current(sql: Sql, tmp_path: Path) -> None:
     name = unique("revert")
     src = write_bundle(tmp_path / "src", name=name, version="1", text="one")

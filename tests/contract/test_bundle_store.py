@@ -29,9 +29,10 @@ async def test_put_latest_get_version(ctx):
     first = await bundles.get_version(t, "bot", "sha256:aaa")
     assert first["version"] == "1.0" and first["manifest"] == manifest("bot", "1.0")  # immutable
     assert await bundles.get_version(t, "bot", "sha256:zzz") is None
-    # re-registering an older digest does not make it "latest" again: it already exists
+    # re-registering an older digest stores nothing new, but makes it current again (a reverted edit)
     assert await bundles.put_version(t, "bot", "1.0", "sha256:aaa", manifest("bot", "1.0")) is False
-    assert (await bundles.latest(t, "bot"))["digest"] == "sha256:bbb"
+    assert (await bundles.latest(t, "bot"))["digest"] == "sha256:aaa"
+    assert (await bundles.get_version(t, "bot", "sha256:aaa"))["version"] == "1.0"
 
 
 async def test_platform_bundles_and_tenant_isolation(ctx):

@@ -46,6 +46,13 @@ class PgBundleStore:
                     " ON CONFLICT DO NOTHING",
                     tenant_id, name, version, digest, payload, time.time(),
                 )
+                if status != "INSERT 0 1":
+                    # an earlier version registered again: it becomes the current one (its content is unchanged)
+                    await c.execute(
+                        "UPDATE bundle_versions SET touched = nextval('bundle_touch')"
+                        " WHERE coalesce(tenant_id, '') = $1 AND name = $2 AND digest = $3",
+                        tenant_id or "", name, digest,
+                    )
             except CONSTRAINT_ERRORS as exc:
                 raise constraint_error(exc) from None
         return status == "INSERT 0 1"
@@ -54,7 +61,7 @@ class PgBundleStore:
         async with self._tx(tenant_id) as c:
             row = await c.fetchrow(
                 f"SELECT {_COLS} FROM bundle_versions WHERE coalesce(tenant_id, '') = $1 AND name = $2"
-                " ORDER BY id DESC LIMIT 1",
+                " ORDER BY touched DESC LIMIT 1",
                 tenant_id or "", name,
             )
         return _dict(row) if row else None
@@ -73,7 +80,7 @@ class PgBundleStore:
             rows = await c.fetch(
                 f"SELECT DISTINCT ON (name, tenant_id IS NULL) {_COLS} FROM bundle_versions"
                 " WHERE tenant_id = $1 OR tenant_id IS NULL"
-                " ORDER BY name, tenant_id IS NULL, id DESC",
+                " ORDER BY name, tenant_id IS NULL, touched DESC",
                 tenant_id,
             )
         return [_dict(r) for r in rows]

@@ -37,18 +37,27 @@ class SqliteBundleStore:
         if not digest:
             raise StockadeError("input.invalid", "a bundle version needs a digest")
         payload = dumps(manifest, "bundle manifest")
+        touch = "(SELECT coalesce(max(touched), 0) + 1 FROM bundle_versions)"
         try:
-            cur = self._db.execute(
-                f"INSERT INTO bundle_versions ({_COLS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (tenant_id, name, version, digest, payload, time.time()),
-            )
+            with self._db.tx():
+                cur = self._db.execute(
+                    f"INSERT INTO bundle_versions ({_COLS}, touched) VALUES (?, ?, ?, ?, ?, ?, {touch}) ON CONFLICT DO NOTHING",
+                    (tenant_id, name, version, digest, payload, time.time()),
+                )
+                if cur.rowcount == 1:
+                    return True
+                # an earlier version registered again: it becomes the current one (its content is unchanged)
+                self._db.execute(
+                    f"UPDATE bundle_versions SET touched = {touch} WHERE coalesce(tenant_id, '') = ? AND name = ? AND digest = ?",
+                    (tenant_id or "", name, digest),
+                )
+                return False
         except sqlite3.IntegrityError:
             raise StockadeError("not_found", "unknown tenant") from None
-        return cur.rowcount == 1
 
     async def latest(self, tenant_id: str | None, name: str) -> dict[str, Any] | None:
         row = self._db.query_one(
-            f"SELECT {_COLS} FROM bundle_versions WHERE coalesce(tenant_id, '') = ? AND name = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {_COLS} FROM bundle_versions WHERE coalesce(tenant_id, '') = ? AND name = ? ORDER BY touched DESC LIMIT 1",
             (tenant_id or "", name),
         )
         return _dict(row) if row else None
@@ -64,7 +73,7 @@ class SqliteBundleStore:
         """Latest version of each of the tenant's own bundles and each platform bundle, by name (own first)."""
         rows = self._db.query(
             f"SELECT {_COLS} FROM bundle_versions b WHERE (tenant_id = ? OR tenant_id IS NULL)"
-            " AND id = (SELECT max(id) FROM bundle_versions x"
+            " AND touched = (SELECT max(touched) FROM bundle_versions x"
             "           WHERE coalesce(x.tenant_id, '') = coalesce(b.tenant_id, '') AND x.name = b.name)"
             " ORDER BY name, tenant_id IS NULL",
             (tenant_id,),

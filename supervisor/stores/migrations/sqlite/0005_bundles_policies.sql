@@ -6,11 +6,12 @@ CREATE TABLE bundle_versions (
     version     TEXT NOT NULL,
     digest      TEXT NOT NULL,
     manifest    TEXT NOT NULL,  -- JSON
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    touched     INTEGER NOT NULL  -- orders "latest": re-registering an earlier digest makes it current again
 ) STRICT;
 -- NULL tenant_id (platform) must collide with itself, hence the coalesce.
 CREATE UNIQUE INDEX bundle_versions_digest ON bundle_versions (coalesce(tenant_id, ''), name, digest);
-CREATE INDEX bundle_versions_latest ON bundle_versions (coalesce(tenant_id, ''), name, id DESC);
+CREATE INDEX bundle_versions_latest ON bundle_versions (coalesce(tenant_id, ''), name, touched DESC);
 
 CREATE TABLE policies (
     id          INTEGER PRIMARY KEY,

@@ -1,0 +1,94 @@
+"""SDK clients, built once per (provider, event loop) and reused, so HTTP connections are pooled.
+
+The keys live here and in the SDK clients only; nothing of them reaches a
+sandbox. Every constructor argument the SDKs would otherwise read from the
+environment (key, base URL, telemetry) is passed explicitly, and the SDKs' own
+retries are off (``max_retries=0``): the tool's retry policy is the only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.errors import StockadeError
+
+__all__ = ["ClientPool", "Endpoint", "endpoint_for"]
+
+OPENAI_URL = "https://api.openai.com/v1"
+ANTHROPIC_URL = "https://api.anthropic.com"
+# OpenAI-compatible local servers (Ollama, vLLM, LM Studio) take any key; the SDKs insist on one
+NO_KEY = "stockade-no-key"
+
+UNCONFIGURED = (
+    "No LLM provider is configured for {model}: set STOCKADE_OPENAI_API_KEY for OpenAI "
+    "(or STOCKADE_OPENAI_BASE_URL for an OpenAI-compatible server such as vLLM or Ollama), "
+    "or STOCKADE_ANTHROPIC_API_KEY for Anthropic, then restart Stockade."
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    provider: str
+    base_url: str
+    api_key: str
+    official: bool  # the provider's own API (not an OpenAI-compatible stand-in)
+
+
+def endpoint_for(settings: Any, provider: str, model: str) -> Endpoint:
+    """Where ``provider`` calls go, or ``llm.unconfigured`` with one sentence on how to configure it."""
+    if provider == "openai":
+        key, base = settings.openai_api_key, settings.openai_base_url
+        default = OPENAI_URL
+    else:
+        key, base = settings.anthropic_api_key, settings.anthropic_base_url
+        default = ANTHROPIC_URL
+    secret = key.get_secret_value() if key is not None else ""
+    if not secret and not base:
+        raise StockadeError("llm.unconfigured", UNCONFIGURED.format(model=model), provider=provider)
+    base_url = (base or default).rstrip("/")
+    return Endpoint(provider, base_url, secret or NO_KEY, official=base_url == default)
+
+
+class ClientPool:
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        # httpx connections belong to the loop that opened them: one set of clients per loop
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Endpoint, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, ep: Endpoint) -> Any:
+        clients = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(ep)
+        if client is None:
+            client = clients[ep] = self._make(ep)
+        return client
+
+    def _make(self, ep: Endpoint) -> Any:
+        if ep.provider == "openai":
+            import openai
+
+            return openai.AsyncOpenAI(
+                api_key=ep.api_key,
+                base_url=ep.base_url,
+                max_retries=0,
+                timeout=openai.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+            )
+        import anthropic
+
+        return anthropic.AsyncAnthropic(
+            api_key=ep.api_key,
+            base_url=ep.base_url,
+            max_retries=0,
+            timeout=anthropic.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+            open_telemetry=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the clients of the running loop (clients of other loops die with their loop)."""
+        clients = self._by_loop.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
+            await client.close()

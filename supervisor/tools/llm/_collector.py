@@ -1,0 +1,103 @@
+"""What one provider call produced: text, thinking, tool calls and token usage, gathered as deltas arrive.
+
+Streaming deltas go out immediately: to the run's stream (``message.delta`` on
+the ``answer`` / ``thinking`` channel) and, when the lead wired one, to the
+bundle's async iterator (``ctx.stream_chunk``). ``started`` turns true with the
+first content from the provider; from then on a failure is never retried
+(a retry would repeat the answer) and is charged for what was generated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.tools.base import ToolContext
+from supervisor.tools.llm._tokens import estimate_tokens
+
+__all__ = ["Collector"]
+
+
+@dataclass
+class _ToolCallAcc:
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class Collector:
+    ctx: ToolContext
+    stream: bool
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    calls: dict[Any, _ToolCallAcc] = field(default_factory=dict)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    output_final: bool = False  # output_tokens is the provider's final count, not a running one
+    stop_reason: str | None = None
+    started: bool = False
+
+    async def delta(self, channel: str, text: str | None) -> None:
+        if not text:
+            return
+        self.started = True
+        (self.text if channel == "answer" else self.thinking).append(text)
+        if not self.stream:
+            return
+        chunk = {"channel": channel, "text": text}
+        await self.ctx.emit("message.delta", chunk)
+        if self.ctx.stream_chunk is not None:
+            await self.ctx.stream_chunk(dict(chunk))
+
+    def tool_call(
+        self,
+        key: Any,
+        id: str | None = None,
+        name: str | None = None,
+        arguments: str | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        self.started = True
+        acc = self.calls.setdefault(key, _ToolCallAcc())
+        if id:
+            acc.id = id
+        if name:
+            acc.name = name
+        if arguments is not None:
+            acc.arguments = arguments if replace else acc.arguments + arguments
+
+    def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *, final: bool) -> None:
+        if input_tokens is not None:
+            self.input_tokens = max(self.input_tokens or 0, int(input_tokens))
+        if output_tokens is not None:
+            self.output_tokens = int(output_tokens)
+            self.output_final = final
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        out = []
+        for acc in self.calls.values():
+            try:
+                args: Any = json.loads(acc.arguments) if acc.arguments.strip() else {}
+            except ValueError:
+                args = acc.arguments  # the model wrote broken JSON: hand it over as it is
+            out.append({"id": acc.id, "name": acc.name, "arguments": args})
+        return out
+
+    def settled_usage(self, input_estimate: int) -> tuple[int, int, bool]:
+        """(input, output, estimated): the provider's numbers, or our estimate where it gave none.
+
+        After a mid-stream failure the running output count lags what was sent,
+        so the larger of it and an estimate from the generated text is used.
+        """
+        estimated = self.input_tokens is None
+        inp = self.input_tokens if self.input_tokens is not None else input_estimate
+        generated = (
+            "".join(self.text) + "".join(self.thinking) + "".join(c.arguments + c.name for c in self.calls.values())
+        )
+        guess = estimate_tokens(generated)
+        if self.output_tokens is not None and self.output_final:
+            return inp, self.output_tokens, estimated
+        return inp, max(self.output_tokens or 0, guess), True

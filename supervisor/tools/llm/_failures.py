@@ -1,0 +1,129 @@
+"""What a provider failure means for us: retry or not, count against the breaker or not, what to tell the tenant.
+
+Both SDKs share the same exception shape (``APIStatusError`` with ``status_code``,
+``APIConnectionError``, ``APITimeoutError``), so one classifier serves both.
+Provider messages are scrubbed of the key and truncated; for authentication
+failures they are dropped altogether (OpenAI echoes a masked key in them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from dataclasses import dataclass
+
+__all__ = ["Failure", "ProviderStreamError", "backoff_s", "classify"]
+
+_MAX_MESSAGE = 300
+
+
+class ProviderStreamError(Exception):
+    """The provider reported a failure inside a 200 stream (Responses ``error`` / ``response.failed`` events)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    retryable: bool  # worth another attempt (if no output has gone out yet)
+    unhealthy: bool  # counts as a failure of the provider for the circuit breaker
+    message: str  # safe to show the tenant
+    status: int | None = None
+    retry_after: float | None = None
+    timeout: bool = False
+
+
+def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -> Failure | None:
+    """A ``Failure`` for provider/transport errors; None for anything else (cancellation, our own errors)."""
+    import anthropic
+    import openai
+
+    env = "STOCKADE_OPENAI_API_KEY" if provider == "openai" else "STOCKADE_ANTHROPIC_API_KEY"
+    timeouts, transport = _transport_errors()
+    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, *timeouts)):
+        return Failure(True, True, f"the {provider} API did not answer in time", timeout=True)
+    # the anthropic SDK lets the HTTP library's errors out of a stream unwrapped
+    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, *transport)):
+        return Failure(True, True, f"lost the connection to the {provider} API")
+    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
+        status = int(exc.status_code)
+        if status < 400:  # an error event inside a 200 stream (Anthropic "overloaded_error" mid-answer)
+            return Failure(True, True, f"the {provider} API reported an error: {_scrub(_message_of(exc), secrets)}")
+        if status in (401, 403):
+            return Failure(
+                False,
+                False,
+                f"the {provider} API rejected the configured credentials (HTTP {status}); check {env}",
+                status=status,
+            )
+        detail = _scrub(_message_of(exc), secrets)
+        if status == 429 or status == 408 or status == 409 or status >= 500:
+            return Failure(
+                True,
+                True,
+                f"the {provider} API failed (HTTP {status}): {detail}",
+                status=status,
+                retry_after=_retry_after(exc),
+            )
+        return Failure(False, False, f"the {provider} API refused the request (HTTP {status}): {detail}", status=status)
+    if isinstance(exc, (openai.APIError, anthropic.APIError, ProviderStreamError)):
+        # an error event inside a stream: the upstream broke after it had accepted the request
+        return Failure(True, True, f"the {provider} API reported an error: {_scrub(str(exc), secrets)}")
+    return None
+
+
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    timeouts: list[type[BaseException]] = []
+    transport: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):  # newer SDKs ride on httpx2, older ones on httpx
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        timeouts.append(mod.TimeoutException)
+        transport.append(mod.TransportError)
+    return tuple(timeouts), tuple(transport)
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter (a random half to all of each step).
+
+    A provider's Retry-After is honoured up to the cap.
+    """
+    ceiling = min(cap_s, base_s * (2**attempt))
+    delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+    if retry_after is not None:
+        delay = max(delay, min(max(0.0, retry_after), cap_s))
+    return delay
+
+
+def _message_of(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        message = err.get("message") if isinstance(err, dict) else None
+        if isinstance(message, str):
+            return message
+    return str(getattr(exc, "message", "") or exc)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return float(raw) * scale
+        except ValueError:
+            return None  # an HTTP date: ignore, our own backoff applies
+    return None
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "[redacted]")
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"

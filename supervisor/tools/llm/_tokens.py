@@ -1,0 +1,32 @@
+"""Token estimates without a tokenizer, for budget reservations and for usage a provider did not report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from supervisor.tools.llm.args import LlmChatArgs
+
+__all__ = ["estimate_tokens", "input_estimate"]
+
+PER_MESSAGE = 4  # role markers and separators a chat template adds per message
+PER_REQUEST = 8
+TOOL_USE_OVERHEAD = 400  # providers add a tool-use system prompt (Anthropic documents ~350 tokens)
+
+
+def estimate_tokens(text: str) -> int:
+    """chars/4 (rounded up) for ASCII, and one token per non-ASCII char: CJK and emoji cost about that much."""
+    non_ascii = sum(1 for c in text if ord(c) > 127)
+    return math.ceil((len(text) - non_ascii) / 4) + non_ascii
+
+
+def input_estimate(args: LlmChatArgs) -> int:
+    """Input tokens of ``args`` as a provider would count them, erring high."""
+    parts = [args.system or ""]
+    for m in args.messages:
+        parts.append(m.content)
+        parts.extend(c.name + json.dumps(c.arguments) for c in m.tool_calls or [])
+    total = sum(estimate_tokens(p) for p in parts) + PER_MESSAGE * len(args.messages) + PER_REQUEST
+    if args.tools:
+        total += estimate_tokens(json.dumps([t.model_dump() for t in args.tools])) + TOOL_USE_OVERHEAD
+    return total

@@ -1,0 +1,217 @@
+"""``llm.chat``: one governed call to an LLM provider, streamed, metered and priced.
+
+Failure policy, in one place (the SDKs' own retries are off):
+- a retryable failure (429, 5xx, connection, timeout) before any output is
+  retried with exponential backoff and jitter, ``settings.llm_max_retries`` times;
+- once output has started, nothing is retried (the answer would repeat): the
+  call fails with ``llm.provider_error`` carrying ``partial_usage`` and
+  ``cost_micro``, so the budget step commits what was really spent;
+- a circuit breaker per provider fails calls fast while the provider is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar
+
+from supervisor.errors import StockadeError
+from supervisor.settings import SettingsError
+from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
+from supervisor.tools.llm._anthropic import call_anthropic
+from supervisor.tools.llm._clients import ClientPool, Endpoint, endpoint_for
+from supervisor.tools.llm._collector import Collector
+from supervisor.tools.llm._failures import Failure, backoff_s, classify
+from supervisor.tools.llm._openai_chat import call_chat
+from supervisor.tools.llm._openai_responses import call_responses
+from supervisor.tools.llm._tokens import input_estimate
+from supervisor.tools.llm.args import PROVIDERS, LlmChatArgs
+from supervisor.tools.llm.breaker import CircuitBreaker
+from supervisor.tools.llm.pricing import LlmPricing, Price
+
+__all__ = ["LlmChatTool", "make_llm_tool"]
+
+log = logging.getLogger("stockade.tools.llm")
+
+ProviderCall = Callable[[Any, LlmChatArgs, Endpoint, Collector], Awaitable[None]]
+_CALLS: dict[tuple[str, str], ProviderCall] = {
+    ("openai", "chat"): call_chat,
+    ("openai", "responses"): call_responses,
+    ("anthropic", "chat"): call_anthropic,
+}
+
+
+class LlmChatTool:
+    name: ClassVar[str] = "llm.chat"
+    args_model: ClassVar[type[ToolArgs]] = LlmChatArgs
+    risk: ClassVar[str] = "medium"  # spends money and sends tenant data to a third party; touches nothing else
+    default_price_micro: ClassVar[int] = 0  # priced per token: estimate_micro / ToolResult.cost_micro
+    timeout_s: ClassVar[float] = 900.0  # long generations stream for minutes; stalls are caught by llm_timeout_s
+    side_effects: ClassVar[bool] = False  # the same prompt twice is two answers, never a duplicate action
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        pricing: LlmPricing | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 8.0,
+        breaker_threshold: int = 5,
+        breaker_cooldown_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.pricing = pricing if pricing is not None else LlmPricing.load(settings.llm_pricing_file)
+        self.max_retries = int(settings.llm_max_retries)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.clients = ClientPool(float(settings.llm_timeout_s))
+        self.breakers = {
+            p: CircuitBreaker(p, threshold=breaker_threshold, cooldown_s=breaker_cooldown_s, clock=clock)
+            for p in PROVIDERS
+        }
+        keys = (settings.openai_api_key, settings.anthropic_api_key)
+        self._secrets = tuple(k.get_secret_value() for k in keys if k is not None)
+
+    # --- the Tool protocol
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        return _as_args(args).model  # policies can match "anthropic/*" or a single model
+
+    def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
+        """Worst case: the whole prompt (estimated high) plus ``max_tokens`` of output."""
+        a = _as_args(args)
+        return self._price(a.model, ctx).cost_micro(input_estimate(a), a.max_tokens)
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        a = _as_args(args)
+        ep = endpoint_for(self.settings, a.provider, a.model)
+        price = self._price(a.model, ctx)
+        call = _CALLS[(a.provider, a.api)]
+        client = self.clients.get(ep)
+        breaker = self.breakers[a.provider]
+        attempt = 0
+        while True:
+            breaker.before_call()
+            col = Collector(ctx, a.stream)
+            try:
+                await call(client, a, ep, col)
+            except StockadeError as err:  # from ctx.emit / stream_chunk (a run limit, a cancelled stream)
+                breaker.release()
+                if col.started:
+                    usage, cost = self._partial(a, col, price)
+                    err.extra.setdefault("partial_usage", usage)
+                    err.extra.setdefault("cost_micro", cost)
+                raise
+            except Exception as exc:
+                failure = self._failure(exc, a.provider, breaker)
+                if col.started:
+                    raise self._mid_stream_error(a, col, price, failure) from exc
+                if not failure.retryable or attempt >= self.max_retries:
+                    raise self._final_error(a, failure, attempt + 1) from exc
+                delay = backoff_s(attempt, self.backoff_base_s, self.backoff_cap_s, failure.retry_after)
+                log.info(
+                    "llm.chat %s attempt %d failed (%s); retrying in %.2fs",
+                    a.model,
+                    attempt + 1,
+                    failure.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            except BaseException:  # cancellation: says nothing about the provider
+                breaker.release()
+                raise
+            breaker.record_success()
+            return self._result(a, col, price, attempt + 1)
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
+
+    # --- helpers
+
+    def _price(self, model: str, ctx: ToolContext) -> Price:
+        overrides: Mapping[str, Mapping[str, float]] | None = getattr(ctx, "llm_prices", None)
+        try:
+            return self.pricing.price_for(model, overrides)
+        except SettingsError as exc:
+            raise StockadeError("policy.invalid", f"LLM price overrides are invalid: {exc}") from None
+
+    def _failure(self, exc: Exception, provider: str, breaker: CircuitBreaker) -> Failure:
+        failure = classify(exc, provider, self._secrets)
+        if failure is None:  # not an API error: a reply the SDK could not make sense of, or our own bug
+            log.warning("llm.chat: unexpected error from the %s adapter", provider, exc_info=exc)
+            breaker.release()
+            return Failure(False, False, f"unexpected reply from the {provider} API ({type(exc).__name__})")
+        if failure.unhealthy:
+            breaker.record_failure()
+        else:
+            breaker.record_success()  # the provider answered; it was this request it refused
+        return failure
+
+    def _partial(self, a: LlmChatArgs, col: Collector, price: Price) -> tuple[dict[str, int], int]:
+        inp, out, _ = col.settled_usage(input_estimate(a))
+        return {"input_tokens": inp, "output_tokens": out}, price.cost_micro(inp, out)
+
+    def _mid_stream_error(self, a: LlmChatArgs, col: Collector, price: Price, failure: Failure) -> StockadeError:
+        usage, cost = self._partial(a, col, price)
+        return StockadeError(
+            "llm.provider_error",
+            f"{failure.message}, after part of the answer had arrived; not retried so the answer is not repeated",
+            provider=a.provider,
+            partial_usage=usage,
+            cost_micro=cost,
+        )
+
+    def _final_error(self, a: LlmChatArgs, failure: Failure, attempts: int) -> StockadeError:
+        tried = f" ({attempts} attempts)" if attempts > 1 else ""
+        extra: dict[str, Any] = {"provider": a.provider, "attempts": attempts}
+        if failure.status is not None:
+            extra["status"] = failure.status
+        if failure.timeout:
+            return StockadeError(
+                "tool.timeout",
+                f"{failure.message}{tried}; STOCKADE_LLM_TIMEOUT_S is {self.settings.llm_timeout_s:g} s",
+                **extra,
+            )
+        if not failure.retryable:
+            extra["retryable"] = False  # the code's default says retryable; this request will never succeed
+        return StockadeError("llm.provider_error", failure.message + tried, **extra)
+
+    def _result(self, a: LlmChatArgs, col: Collector, price: Price, attempts: int) -> ToolResult:
+        inp, out, estimated = col.settled_usage(input_estimate(a))
+        cost = price.cost_micro(inp, out)
+        result: dict[str, Any] = {
+            "text": "".join(col.text),
+            "model": a.model,
+            "usage": {"input_tokens": inp, "output_tokens": out},
+            "cost_usd": cost / 1_000_000,
+            "stop_reason": col.stop_reason,
+        }
+        if col.calls:
+            result["tool_calls"] = col.tool_calls()
+        if col.thinking:
+            result["thinking"] = "".join(col.thinking)
+        usage = {
+            "provider": a.provider,
+            "model": a.model,
+            "input_tokens": inp,
+            "output_tokens": out,
+            "attempts": attempts,
+            "estimated": estimated,
+        }
+        return ToolResult(result=result, cost_micro=cost, usage=usage)
+
+
+def _as_args(args: ToolArgs | Mapping[str, Any]) -> LlmChatArgs:
+    if isinstance(args, LlmChatArgs):
+        return args
+    raw = args.model_dump() if isinstance(args, ToolArgs) else dict(args)
+    return LlmChatArgs.model_validate(raw)
+
+
+def make_llm_tool(settings: Any) -> LlmChatTool:
+    return LlmChatTool(settings)
