@@ -16,6 +16,8 @@ log = logging.getLogger("stockade.tools")
 
 async def execute(call: CallState) -> dict[str, Any]:
     tool = call.tool
+    if call.tool_ctx is not None and call.extra.get("llm_prices"):
+        call.tool_ctx.llm_prices = call.extra["llm_prices"]
     try:
         res = await asyncio.wait_for(tool.run(call.args, call.tool_ctx), timeout=float(tool.timeout_s))
     except StockadeError as exc:
