@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -15,6 +16,7 @@ from supervisor.tenancy import Principal, create_key
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["tenant"])
+_DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "supervisor" / "policy" / "default.yaml"
 MAX_POLICY_BYTES = 256 * 1024
 
 
@@ -66,10 +68,13 @@ async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal
 
 @router.get("/policy")
 async def get_policy(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> PlainTextResponse:
-    from supervisor.policy import default_policy_text
-
     got = await rt.services.policies.get(p.tenant_id)
-    text, version = got if got else (default_policy_text(), "default")
+    if got:
+        text, version = got
+    else:
+        from supervisor.policy import default_policy
+
+        text, version = _DEFAULT_POLICY.read_text(encoding="utf-8"), default_policy().version
     return PlainTextResponse(text, media_type="application/yaml", headers={"Policy-Version": version})
 
 
