@@ -54,6 +54,8 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("tool.unavailable", 503, True, "Tool unavailable"),
     ErrorSpec("tool.quarantined", 403, False, "Tool definition changed; quarantined"),
     ErrorSpec("egress.blocked", 403, False, "Egress to this address is blocked"),
+    ErrorSpec("egress.too_large", 502, False, "Response larger than the egress size cap"),
+    ErrorSpec("egress.too_many_redirects", 502, False, "Too many redirects"),
     ErrorSpec("storage.escape", 403, False, "Path escapes the storage root"),
     ErrorSpec("storage.not_found", 404, False, "No such file"),
     ErrorSpec("storage.quota", 413, False, "Storage quota exceeded"),

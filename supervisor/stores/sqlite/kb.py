@@ -1,0 +1,170 @@
+"""SQLite KbStore: FTS5 with bm25 ranking, one index per tenant.
+
+Why one FTS5 table per tenant (``kb_fts_<hash>``, external content over
+``kb_docs``): bm25 weighs terms by corpus statistics (document count, term
+frequency across documents). In a shared index those statistics include other
+tenants' documents, so a tenant could learn from score changes whether some
+word appears in another tenant's knowledge base. Separate indexes make scores
+depend on the tenant's own documents only.
+
+User queries are never passed to FTS5 as syntax: they are translated from the
+web-search dialect PostgreSQL's ``websearch_to_tsquery`` accepts (words AND-ed,
+``"phrases"``, ``or``, ``-word``) into FTS5 with every term double-quoted, so no
+user text can produce an FTS5 syntax error or reach a column filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import time
+
+from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, check_doc, check_search
+from supervisor.stores.sqlite._rows import integrity_error
+from supervisor.stores.sqlite.db import SqliteDB
+
+__all__ = ["SqliteKbStore", "fts_query"]
+
+# PostgreSQL's english stop-word list (snowball english.stop): dropped from queries as PostgreSQL does.
+_STOP = frozenset("""
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers herself
+it its itself they them their theirs themselves what which who whom this that these those am is are was were be
+been being have has had having do does did doing a an the and but if or because as until while of at by for with
+about against between into through during before after above below to from up down in out on off over under again
+further then once here there when where why how all any both each few more most other some such no nor not only own
+same so than too very s t can will just don should now
+""".split())
+_TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+_WORD = re.compile(r"\w+")
+_TOKENIZER = "porter unicode61 remove_diacritics 2"
+
+
+def _phrase(terms: list[str]) -> str:
+    return '"' + " ".join(terms) + '"'  # \w+ terms hold no quote characters
+
+
+def fts_query(text: str) -> str | None:
+    """Web-search syntax -> a safe FTS5 expression; None if nothing searchable remains."""
+    groups: list[tuple[list[str], list[str]]] = [([], [])]  # OR-separated (positives, negatives)
+    for m in _TOKEN.finditer(text):
+        neg_phrase, phrase, word = m.group(1), m.group(2), m.group(3)
+        if word is not None:
+            if word.lower() == "or":
+                if groups[-1][0] or groups[-1][1]:
+                    groups.append(([], []))
+                continue
+            negative = word.startswith("-")
+            terms = [t for t in _WORD.findall(word.lower()) if t not in _STOP]
+        else:
+            negative = bool(neg_phrase)
+            terms = _WORD.findall(phrase.lower())
+            if all(t in _STOP for t in terms):
+                terms = []
+        if terms:
+            (groups[-1][1] if negative else groups[-1][0]).append(_phrase(terms))
+    exprs: list[str] = []
+    for positives, negatives in groups:
+        if not positives:
+            continue  # a purely negative group would match everything else; PostgreSQL ranks it 0 too
+        expr = " AND ".join(positives)
+        if negatives:
+            expr = f"({expr}) NOT ({' OR '.join(negatives)})"
+        exprs.append(f"({expr})")
+    return " OR ".join(exprs) if exprs else None
+
+
+def _fts_table(tenant_id: str) -> str:
+    return "kb_fts_" + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:24]
+
+
+class SqliteKbStore:
+    def __init__(self, db: SqliteDB) -> None:
+        self._db = db
+        self._ready: set[str] = set()
+
+    def _ensure_index(self, conn: sqlite3.Connection, table: str) -> None:
+        """Create the tenant's index inside the caller's transaction (remembered only after it commits)."""
+        if table not in self._ready:
+            conn.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5("
+                f"title, body, content='kb_docs', content_rowid='id', tokenize='{_TOKENIZER}')"
+            )
+
+    def _index_exists(self, table: str) -> bool:
+        if table in self._ready:
+            return True
+        found = self._db.query_one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        if found:
+            self._ready.add(table)
+        return found is not None
+
+    async def add(
+        self, tenant_id: str, text: str, *, title: str | None = None, source: str | None = None,
+        doc_id: str | None = None,
+    ) -> str:
+        doc_id = check_doc(text, title, source, doc_id)
+        table = _fts_table(tenant_id)
+        now = time.time()
+        try:
+            with self._db.tx() as c:
+                self._ensure_index(c, table)
+                old = c.execute(
+                    "SELECT id, title, body FROM kb_docs WHERE tenant_id = ? AND doc_id = ?", (tenant_id, doc_id)
+                ).fetchone()
+                if old is not None:
+                    c.execute(
+                        f"INSERT INTO {table} ({table}, rowid, title, body) VALUES ('delete', ?, ?, ?)",
+                        (old["id"], old["title"], old["body"]),
+                    )
+                    c.execute(
+                        "UPDATE kb_docs SET title = ?, source = ?, body = ?, updated_at = ? WHERE id = ?",
+                        (title, source, text, now, old["id"]),
+                    )
+                    rowid = old["id"]
+                else:
+                    rowid = c.execute(
+                        "INSERT INTO kb_docs (tenant_id, doc_id, title, source, body, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (tenant_id, doc_id, title, source, text, now, now),
+                    ).lastrowid
+                c.execute(f"INSERT INTO {table} (rowid, title, body) VALUES (?, ?, ?)", (rowid, title, text))
+        except sqlite3.IntegrityError as exc:
+            raise integrity_error(exc) from None
+        self._ready.add(table)
+        return doc_id
+
+    async def search(self, tenant_id: str, query: str, *, limit: int = 5) -> list[KbHit]:
+        check_search(query, limit)
+        expr = fts_query(query)
+        table = _fts_table(tenant_id)
+        if expr is None or not self._index_exists(table):
+            return []
+        rows = self._db.query(
+            f"SELECT d.doc_id, d.title, d.source,"
+            f" snippet({table}, 1, '{SNIPPET_MARK}', '{SNIPPET_MARK}', '…', 24) AS snip,"
+            f" bm25({table}, 2.0, 1.0) AS rank"
+            f" FROM {table} JOIN kb_docs d ON d.id = {table}.rowid"
+            f" WHERE {table} MATCH ? AND d.tenant_id = ?"
+            f" ORDER BY rank, d.doc_id LIMIT ?",
+            (expr, tenant_id, limit),
+        )
+        # bm25 is "lower is better" and negative; flip it so a higher score is a better match
+        return [KbHit(r["doc_id"], r["title"], r["source"], r["snip"], -float(r["rank"])) for r in rows]
+
+    async def delete(self, tenant_id: str, doc_id: str) -> bool:
+        table = _fts_table(tenant_id)
+        with self._db.tx() as c:
+            old = c.execute(
+                "SELECT id, title, body FROM kb_docs WHERE tenant_id = ? AND doc_id = ?", (tenant_id, doc_id)
+            ).fetchone()
+            if old is None:
+                return False
+            self._ensure_index(c, table)
+            c.execute(
+                f"INSERT INTO {table} ({table}, rowid, title, body) VALUES ('delete', ?, ?, ?)",
+                (old["id"], old["title"], old["body"]),
+            )
+            c.execute("DELETE FROM kb_docs WHERE id = ?", (old["id"],))
+        self._ready.add(table)
+        return True

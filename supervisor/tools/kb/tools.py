@@ -1,0 +1,86 @@
+"""``kb.add`` / ``kb.search``: the tenant's knowledge base (``services.kb``, a ``KbStore``).
+
+The tenant comes from the run's binding. Results carry document ids so a
+bundle can emit ``citation`` events pointing at them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from supervisor.errors import StockadeError
+from supervisor.stores.kb_port import (
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    MAX_SOURCE_CHARS,
+    MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS,
+    KbStore,
+)
+from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
+
+__all__ = ["KbAddArgs", "KbAddTool", "KbSearchArgs", "KbSearchTool"]
+
+
+class KbAddArgs(ToolArgs):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
+    source: str | None = Field(None, max_length=MAX_SOURCE_CHARS)
+    doc_id: str | None = Field(None, min_length=1, max_length=200)
+
+
+class KbSearchArgs(ToolArgs):
+    query: str = Field(max_length=MAX_QUERY_CHARS)
+    limit: int = Field(5, ge=1, le=MAX_LIMIT)
+
+
+def _store(ctx: ToolContext) -> KbStore:
+    kb = getattr(ctx.services, "kb", None)
+    if kb is None:
+        raise StockadeError("tool.unavailable", "the knowledge base store is not configured")
+    return kb  # type: ignore[no-any-return]
+
+
+class _KbTool:
+    default_price_micro: ClassVar[int] = 0  # local store; operators price it in the policy if they wish
+    timeout_s: ClassVar[float] = 30.0
+
+    def __init__(self, settings: Any = None) -> None:
+        pass
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        return None
+
+    def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
+        return None
+
+
+class KbAddTool(_KbTool):
+    name: ClassVar[str] = "kb.add"
+    args_model: ClassVar[type[ToolArgs]] = KbAddArgs
+    risk: ClassVar[str] = "medium"  # persists text other runs will read (and may trust)
+    side_effects: ClassVar[bool] = True  # without a doc_id a repeat would add a duplicate
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        assert isinstance(args, KbAddArgs)
+        return f"kb://{args.doc_id}" if args.doc_id else None
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        assert isinstance(args, KbAddArgs)
+        doc_id = await _store(ctx).add(ctx.tenant_id, args.text, title=args.title, source=args.source, doc_id=args.doc_id)
+        return ToolResult({"doc_id": doc_id})
+
+
+class KbSearchTool(_KbTool):
+    name: ClassVar[str] = "kb.search"
+    args_model: ClassVar[type[ToolArgs]] = KbSearchArgs
+    risk: ClassVar[str] = "low"
+    side_effects: ClassVar[bool] = False
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        assert isinstance(args, KbSearchArgs)
+        hits = await _store(ctx).search(ctx.tenant_id, args.query, limit=args.limit)
+        return ToolResult({"results": [asdict(h) for h in hits]})

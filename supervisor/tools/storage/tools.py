@@ -1,0 +1,151 @@
+"""``storage.read/write/list/delete/rollback``: tenant- and user-scoped files.
+
+Scope: ``user`` (``u/<user_id>``, the default when the run has a user) or
+``shared`` (every user of the tenant; the default when it has none). The
+tenant comes from the run's binding, never from the arguments. The policy
+matches ``storage://u/<user>/<path>`` / ``storage://shared/<path>`` built from
+the *resolved* path (see ``supervisor.resources.paths``).
+
+File work is blocking and runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from supervisor.errors import StockadeError
+from supervisor.resources.paths import MAX_KEY_CHARS, storage_resource
+from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
+from supervisor.tools.storage._area import Located, TenantArea
+
+__all__ = [
+    "StorageDeleteTool", "StorageListTool", "StoragePathArgs", "StorageReadTool", "StorageRollbackTool",
+    "StorageWriteArgs", "StorageWriteTool",
+]
+
+Scope = Literal["user", "shared"]
+
+
+class StoragePathArgs(ToolArgs):
+    path: str = Field(max_length=MAX_KEY_CHARS)
+    scope: Scope | None = None
+
+
+class StorageListArgs(ToolArgs):
+    path: str = Field("", max_length=MAX_KEY_CHARS)
+    scope: Scope | None = None
+
+
+class StorageWriteArgs(ToolArgs):
+    path: str = Field(max_length=MAX_KEY_CHARS)
+    content: str
+    scope: Scope | None = None
+
+
+def _scope_key(args: Any, ctx: ToolContext) -> tuple[str, str | None]:
+    """("u/<user>", user) or ("shared", None)."""
+    scope = args.scope or ("user" if ctx.user_id else "shared")
+    if scope == "user":
+        if not ctx.user_id:
+            raise StockadeError("input.invalid", "scope 'user' needs a run started by a user; use scope 'shared'")
+        return f"u/{ctx.user_id}", ctx.user_id
+    return "shared", None
+
+
+def _area(ctx: ToolContext) -> TenantArea:
+    s = ctx.services.settings
+    return TenantArea(Path(s.data_dir), ctx.tenant_id, int(s.storage_quota_mb) * 1024 * 1024)
+
+
+class _StorageTool:
+    risk: ClassVar[str] = "low"
+    default_price_micro: ClassVar[int] = 0  # local disk; operators price it in the policy if they wish
+    timeout_s: ClassVar[float] = 30.0
+    side_effects: ClassVar[bool] = False
+    _allow_root: ClassVar[bool] = False
+
+    def __init__(self, settings: Any = None) -> None:
+        pass
+
+    def _locate(self, args: Any, ctx: ToolContext) -> Located:
+        scope, _user = _scope_key(args, ctx)
+        return _area(ctx).locate(scope, args.path, allow_root=self._allow_root)
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        _scope, user = _scope_key(args, ctx)
+        return storage_resource(ctx.tenant_id, user, self._locate(args, ctx).rel)
+
+    def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
+        return None
+
+    @staticmethod
+    def _out(loc: Located, **extra: Any) -> dict[str, Any]:
+        return {"path": loc.rel, "scope": "shared" if loc.scope == "shared" else "user", **extra}
+
+
+class StorageReadTool(_StorageTool):
+    name: ClassVar[str] = "storage.read"
+    args_model: ClassVar[type[ToolArgs]] = StoragePathArgs
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        area, loc = _area(ctx), self._locate(args, ctx)
+        # the result travels back in one socket frame; leave room for JSON escaping
+        cap = max(1024, int(ctx.services.settings.sandbox_max_frame_bytes) // 2)
+        data = await asyncio.to_thread(area.read, loc, cap)
+        return ToolResult(self._out(loc, content=data.decode("utf-8", errors="replace"), size=len(data)))
+
+
+class StorageWriteTool(_StorageTool):
+    name: ClassVar[str] = "storage.write"
+    args_model: ClassVar[type[ToolArgs]] = StorageWriteArgs
+    risk: ClassVar[str] = "medium"
+    side_effects: ClassVar[bool] = True
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        assert isinstance(args, StorageWriteArgs)
+        area, loc = _area(ctx), self._locate(args, ctx)
+        try:
+            data = args.content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StockadeError("input.invalid", "content is not valid Unicode text (lone surrogate)") from None
+        created = await asyncio.to_thread(area.write, loc, data)
+        return ToolResult(self._out(loc, size=len(data), created=created), usage={"bytes_written": len(data)})
+
+
+class StorageListTool(_StorageTool):
+    name: ClassVar[str] = "storage.list"
+    args_model: ClassVar[type[ToolArgs]] = StorageListArgs
+    _allow_root: ClassVar[bool] = True
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        area, loc = _area(ctx), self._locate(args, ctx)
+        entries, truncated = await asyncio.to_thread(area.list, loc)
+        return ToolResult(self._out(loc, entries=entries, truncated=truncated))
+
+
+class StorageDeleteTool(_StorageTool):
+    name: ClassVar[str] = "storage.delete"
+    args_model: ClassVar[type[ToolArgs]] = StoragePathArgs
+    risk: ClassVar[str] = "medium"
+    side_effects: ClassVar[bool] = True
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        area, loc = _area(ctx), self._locate(args, ctx)
+        await asyncio.to_thread(area.delete, loc)
+        return ToolResult(self._out(loc, deleted=True))
+
+
+class StorageRollbackTool(_StorageTool):
+    name: ClassVar[str] = "storage.rollback"
+    args_model: ClassVar[type[ToolArgs]] = StoragePathArgs
+    risk: ClassVar[str] = "medium"
+    side_effects: ClassVar[bool] = True
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        area, loc = _area(ctx), self._locate(args, ctx)
+        outcome = await asyncio.to_thread(area.rollback, loc)
+        return ToolResult(self._out(loc, outcome=outcome))

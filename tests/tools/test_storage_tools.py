@@ -1,0 +1,305 @@
+"""storage.* on a real directory: round trips, escapes, symlinks, quota, rollback, tenant isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from supervisor.errors import StockadeError
+from supervisor.settings import Settings
+from supervisor.tools.storage import (
+    StorageDeleteTool,
+    StorageListTool,
+    StorageReadTool,
+    StorageRollbackTool,
+    StorageWriteTool,
+    tools,
+)
+from tests.tools.test_http_helpers import make_ctx
+
+pytestmark = pytest.mark.timeout(30)
+
+READ, WRITE, LIST, DELETE, ROLLBACK = (StorageReadTool(), StorageWriteTool(), StorageListTool(), StorageDeleteTool(),
+                                       StorageRollbackTool())
+
+
+def _settings(tmp_path: Path, **kw: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", **kw)
+
+
+async def _run(tool: Any, settings: Settings, *, tenant: str = "ten_a", user: str | None = "usr_1",
+               **args: Any) -> dict[str, Any]:
+    ctx = make_ctx(settings, tenant=tenant, user=user)
+    parsed = tool.args_model.model_validate(args)
+    tool.resource(parsed, ctx)  # what the chain does before policy: must not raise for valid input
+    return (await tool.run(parsed, ctx)).result
+
+
+def _root(tmp_path: Path, tenant: str = "ten_a", scope: str = "u/usr_1") -> Path:
+    return tmp_path / "data" / "storage" / tenant / scope
+
+
+async def test_write_read_list_delete_round_trip(tmp_path):
+    s = _settings(tmp_path)
+    out = await _run(WRITE, s, path="notes/a.txt", content="héllo")
+    assert out == {"path": "notes/a.txt", "scope": "user", "size": 6, "created": True}
+    assert (_root(tmp_path) / "notes" / "a.txt").read_text() == "héllo"
+    assert (await _run(READ, s, path="notes//./a.txt"))["content"] == "héllo"
+    await _run(WRITE, s, path="notes/b.txt", content="bb")
+    listing = await _run(LIST, s, path="notes")
+    assert listing["entries"] == [{"name": "a.txt", "type": "file", "size": 6}, {"name": "b.txt", "type": "file", "size": 2}]
+    assert (await _run(LIST, s))["entries"] == [{"name": "notes", "type": "dir", "size": 0}]
+    assert (await _run(DELETE, s, path="notes/a.txt"))["deleted"] is True
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="notes/a.txt")
+    assert ei.value.code == "storage.not_found"
+    with pytest.raises(StockadeError) as ei:
+        await _run(DELETE, s, path="notes/a.txt")
+    assert ei.value.code == "storage.not_found"
+
+
+async def test_scopes_user_shared_and_default(tmp_path):
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="x", content="mine")
+    await _run(WRITE, s, path="x", content="ours", scope="shared")
+    assert (await _run(READ, s, path="x"))["content"] == "mine"
+    assert (await _run(READ, s, path="x", user="usr_2", scope="shared"))["content"] == "ours"
+    assert (await _run(READ, s, path="x", user=None))["content"] == "ours"  # no user: shared by default
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="x", user="usr_2")  # another user's private scope is a different directory
+    assert ei.value.code == "storage.not_found"
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="x", user=None, scope="user")
+    assert ei.value.code == "input.invalid"
+
+
+def test_resource_is_built_from_the_resolved_path(tmp_path):
+    s = _settings(tmp_path)
+    ctx = make_ctx(s)
+    args = WRITE.args_model.model_validate({"path": "a/./b//c.txt", "content": ""})
+    assert WRITE.resource(args, ctx) == "storage://u/usr_1/a/b/c.txt"
+    args = READ.args_model.model_validate({"path": "docs/r.md", "scope": "shared"})
+    assert READ.resource(args, ctx) == "storage://shared/docs/r.md"
+    assert LIST.resource(LIST.args_model.model_validate({}), ctx) == "storage://u/usr_1/"
+
+
+@pytest.mark.parametrize("path,code", [
+    ("ws/../secret", "storage.escape"),
+    ("../ten_b/u/usr_1/x", "storage.escape"),
+    ("../../../../etc/passwd", "storage.escape"),
+    ("/etc/passwd", "storage.escape"),
+    ("a\\..\\..\\b", "storage.escape"),
+    ("..", "storage.escape"),
+    ("a/b/..", "storage.escape"),
+    ("x\x00.txt", "input.invalid"),
+    ("a\nb", "input.invalid"),
+    ("", "input.invalid"),
+    ("./", "input.invalid"),
+    ("a" * 256, "input.invalid"),
+])
+async def test_hostile_paths_refused_and_nothing_written(tmp_path, path, code):
+    s = _settings(tmp_path)
+    for tool, extra in ((WRITE, {"content": "x"}), (READ, {}), (DELETE, {}), (ROLLBACK, {})):
+        with pytest.raises(StockadeError) as ei:
+            await _run(tool, s, path=path, **extra)
+        assert ei.value.code == code, (tool.name, path)
+    assert not (tmp_path / "secret").exists()
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.name != ".lock"] if (tmp_path / "data").exists() else []
+    assert files == []
+
+
+async def test_percent_dot_dot_is_a_literal_name_inside_the_root(tmp_path):
+    s = _settings(tmp_path)
+    out = await _run(WRITE, s, path="%2e%2e/x", content="lit")
+    assert out["path"] == "%2e%2e/x"
+    assert (_root(tmp_path) / "%2e%2e" / "x").read_text() == "lit"
+
+
+async def test_symlinks_planted_inside_the_root_cannot_lead_out(tmp_path):
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="keep.txt", content="k")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("top secret")
+    root = _root(tmp_path)
+    os.symlink(outside, root / "dirlink")
+    os.symlink(outside / "secret.txt", root / "filelink")
+    os.symlink("/etc/passwd", root / "passwd")
+    for tool, path, extra in ((READ, "dirlink/secret.txt", {}), (READ, "filelink", {}), (READ, "passwd", {}),
+                              (WRITE, "dirlink/new.txt", {"content": "x"}), (WRITE, "filelink", {"content": "x"}),
+                              (DELETE, "filelink", {}), (LIST, "dirlink", {})):
+        with pytest.raises(StockadeError) as ei:
+            await _run(tool, s, path=path, **extra)
+        assert ei.value.code == "storage.escape", (tool.name, path)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "top secret"
+    # a link that stays inside is followed, and the policy sees the real path
+    os.symlink(root / "keep.txt", root / "alias")
+    assert (await _run(READ, s, path="alias"))["content"] == "k"
+    ctx = make_ctx(s)
+    assert READ.resource(READ.args_model.model_validate({"path": "alias"}), ctx) == "storage://u/usr_1/keep.txt"
+
+
+async def test_scope_directory_replaced_by_a_link_is_refused(tmp_path):
+    s = _settings(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_text("o")
+    tenant_dir = tmp_path / "data" / "storage" / "ten_a" / "u"
+    tenant_dir.mkdir(parents=True)
+    os.symlink(outside, tenant_dir / "usr_1")
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="x")
+    assert ei.value.code == "storage.escape"
+
+
+async def test_tenant_a_cannot_reach_tenant_b(tmp_path):
+    s = _settings(tmp_path)
+    await _run(WRITE, s, tenant="ten_b", path="secret.txt", content="B only")
+    await _run(WRITE, s, tenant="ten_b", path="shared.txt", content="B shared", scope="shared")
+    for path in ("secret.txt", "../../ten_b/u/usr_1/secret.txt", "../../../ten_b/shared/shared.txt",
+                 "/" + str(_root(tmp_path, "ten_b")) + "/secret.txt"):
+        for scope in (None, "shared"):
+            args: dict[str, Any] = {"path": path}
+            if scope:
+                args["scope"] = scope
+            with pytest.raises(StockadeError) as ei:
+                await _run(READ, s, tenant="ten_a", **args)
+            assert ei.value.code in ("storage.not_found", "storage.escape")
+    assert (await _run(LIST, s, tenant="ten_a"))["entries"] == []
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, tenant="../ten_b", path="secret.txt")
+    assert ei.value.code == "input.invalid"
+
+
+async def test_rollback_undoes_overwrite_delete_and_create(tmp_path):
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="doc.txt", content="v1")
+    await _run(WRITE, s, path="doc.txt", content="v2")
+    await _run(WRITE, s, path="doc.txt", content="v3")
+    assert (await _run(ROLLBACK, s, path="doc.txt"))["outcome"] == "restored"
+    assert (await _run(READ, s, path="doc.txt"))["content"] == "v2"
+    await _run(DELETE, s, path="doc.txt")
+    assert (await _run(ROLLBACK, s, path="doc.txt"))["outcome"] == "restored"
+    assert (await _run(READ, s, path="doc.txt"))["content"] == "v2"
+    assert (await _run(ROLLBACK, s, path="doc.txt"))["outcome"] == "restored"
+    assert (await _run(READ, s, path="doc.txt"))["content"] == "v1"
+    assert (await _run(ROLLBACK, s, path="doc.txt"))["outcome"] == "removed"  # v1 was a creation
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="doc.txt")
+    assert ei.value.code == "storage.not_found"
+    with pytest.raises(StockadeError) as ei:
+        await _run(ROLLBACK, s, path="doc.txt")
+    assert ei.value.code == "storage.not_found"
+    assert (await _run(LIST, s))["entries"] == []  # snapshots are not visible as files
+
+
+async def test_snapshots_unreachable_by_keys(tmp_path):
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="a", content="1")
+    await _run(WRITE, s, path="a", content="2")
+    for path in (".versions", "../.versions", "../../.versions"):
+        with pytest.raises(StockadeError):
+            await _run(LIST, s, path=path)
+
+
+async def test_quota_counts_snapshots_drops_oldest_history_then_refuses(tmp_path):
+    s = _settings(tmp_path, storage_quota_mb=1)
+    mb = 1024 * 1024
+    await _run(WRITE, s, path="big", content="a" * (600 * 1024))
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="other", content="b" * (500 * 1024))  # 1100 kB live > 1 MB
+    assert ei.value.code == "storage.quota"
+    assert not (_root(tmp_path) / "other").exists()
+    # overwrite: the old 600 kB version becomes a snapshot and still counts...
+    await _run(WRITE, s, path="big", content="c" * (300 * 1024))
+    # ... until a write needs the room: the oldest snapshot is dropped, the live data is kept
+    await _run(WRITE, s, path="other", content="d" * (500 * 1024))
+    assert (_root(tmp_path) / "big").stat().st_size == 300 * 1024
+    with pytest.raises(StockadeError):
+        await _run(WRITE, s, path="huge", content="e" * (2 * mb))
+    # the shared scope counts against the same tenant quota
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="more", content="f" * (400 * 1024), scope="shared")
+    assert ei.value.code == "storage.quota"
+
+
+async def test_concurrent_writers_respect_the_quota(tmp_path):
+    s = _settings(tmp_path, storage_quota_mb=1)
+    chunk = "z" * (300 * 1024)
+    results = await asyncio.gather(*(_run(WRITE, s, path=f"f{i}", content=chunk) for i in range(6)),
+                                   return_exceptions=True)
+    ok = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, StockadeError)]
+    assert len(ok) == 3 and len(refused) == 3 and all(e.code == "storage.quota" for e in refused)
+
+
+async def test_write_is_atomic_no_temp_files_left(tmp_path):
+    s = _settings(tmp_path)
+    for i in range(5):
+        await _run(WRITE, s, path="a.txt", content=str(i) * 1000)
+    assert list((tmp_path / "data" / "storage" / "ten_a" / ".tmp").iterdir()) == []
+    assert (await _run(READ, s, path="a.txt"))["content"] == "4" * 1000
+
+
+async def test_file_directory_conflicts_are_input_invalid(tmp_path):
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="a/b", content="x")
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="a", content="y")
+    assert ei.value.code == "input.invalid"
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="a/b/c", content="y")
+    assert ei.value.code == "input.invalid"
+    # refused writes left no snapshot behind: only the marker of the first creation exists
+    assert len(list((tmp_path / "data").rglob("*.absent"))) == 1
+    assert (await _run(READ, s, path="a/b"))["content"] == "x"
+
+
+async def test_read_cap(tmp_path):
+    s = _settings(tmp_path, sandbox_max_frame_bytes=4096)
+    await _run(WRITE, s, path="big", content="x" * 5000)
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="big")
+    assert ei.value.code == "input.too_large"
+
+
+def test_args_and_metadata():
+    with pytest.raises(ValidationError):
+        WRITE.args_model.model_validate({"path": "a", "content": 5})
+    with pytest.raises(ValidationError):
+        READ.args_model.model_validate({"path": "a", "scope": "tenant"})
+    with pytest.raises(ValidationError):
+        READ.args_model.model_validate({"path": "a", "extra": 1})
+    by_name = {t.name: t for t in tools()}
+    assert set(by_name) == {"storage.read", "storage.write", "storage.list", "storage.delete", "storage.rollback"}
+    assert by_name["storage.read"].risk == "low" and by_name["storage.list"].risk == "low"
+    assert by_name["storage.write"].risk == "medium" and by_name["storage.delete"].risk == "medium"
+    assert by_name["storage.write"].side_effects and not by_name["storage.read"].side_effects
+
+
+async def test_usage_counter_matches_a_full_walk_and_picks_up_outside_changes(tmp_path, monkeypatch):
+    from supervisor.tools.storage import _area
+
+    s = _settings(tmp_path, storage_quota_mb=1)
+    area = _area.TenantArea(tmp_path / "data", "ten_a", 1024 * 1024)
+    for i in range(14):  # more than MAX_VERSIONS overwrites: trimming frees bytes
+        await _run(WRITE, s, path="a.txt", content="a" * (1000 + i))
+    await _run(WRITE, s, path="d/b.txt", content="b" * 5000)
+    await _run(DELETE, s, path="d/b.txt")
+    await _run(ROLLBACK, s, path="d/b.txt")
+    await _run(ROLLBACK, s, path="a.txt")
+    await _run(WRITE, s, path="c.txt", content="c" * 700, scope="shared")
+    await _run(ROLLBACK, s, path="c.txt", scope="shared")
+    assert area._usage_get() == area.usage()
+    # a file put there by hand is counted once the counter is older than its time-to-live
+    (_root(tmp_path) / "manual.bin").write_bytes(b"m" * 900_000)
+    monkeypatch.setattr(_area, "_USAGE_TTL_S", 0.0)
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="more", content="x" * 200_000)
+    assert ei.value.code == "storage.quota"
