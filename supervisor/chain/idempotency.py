@@ -20,12 +20,19 @@ __all__ = ["IdempotencyInterceptor"]
 WAIT_STEP_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
+def _has_side_effects(call: CallState) -> bool:
+    per_call = getattr(call.tool, "side_effects_for", None)  # e.g. http.request: POST yes, GET no
+    if per_call is not None:
+        return bool(per_call(call.args))
+    return bool(getattr(call.tool, "side_effects", False))
+
+
 class IdempotencyInterceptor:
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
         b = call.binding
         if call.idempotency_key is not None:
             key = f"k:{call.tool_name}:{call.idempotency_key}"
-        elif getattr(call.tool, "side_effects", False):
+        elif _has_side_effects(call):
             key = f"d:{b.run_id}:{call.args_hash}"
         else:
             return await next(call)
