@@ -1,0 +1,72 @@
+"""The policy engine (pure domain: no web framework, no database driver, nothing executed).
+
+Policy language
+===============
+
+A tenant's policy is one YAML document (``PUT /v1/policy``)::
+
+    version: 1                     # required, must be 1
+    rules:                         # in order; first match wins; no match = deny
+      - id: no-huge-echo           # unique; [A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}
+        tool: echo                 # tool glob (or a list): * matches anything, dots too
+        resource: "/ws/**"         # optional glob over the RESOLVED resource: ** crosses /, * does not
+        role: [admin, member]      # optional principal matchers, a value or a list:
+        user: u_123                #   role, user, project (a call without a user/project
+        project: p_1               #   never matches a user/project matcher)
+        when:                      # optional; every condition must hold
+          args.n: {gt: 100}        # eq ne in not_in gt gte lt lte contains matches
+        content: "(?i)password"    # optional RE2 pattern(s) searched in every argument string and key
+        velocity: {max: 5, per_s: 60, scope: run}   # matches when this call would be the 6th in 60 s
+        order: {after: kb.search}  # matches while no kb.search has completed in this run
+        # order: {not_after: storage.read}  # matches once storage.read passed policy in this run
+        verdict: deny              # allow | deny | require_approval | delay | downgrade
+        reason: too big            # shown to the bundle and recorded in the audit log
+        # delay_s: 5               # with verdict delay (0 < s <= 60): wait, then continue
+        # downgrade: {args.model: openai/gpt-4.1-mini}  # with verdict downgrade: replace arguments
+    prices: {echo: 0.001, "mcp.*": 0.01}   # USD per call; exact name first, else first matching glob
+    llm_prices: {openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}}
+    limits: {tenant_per_s: 20, tenant_burst: 40}   # rate-limit overrides (supervisor.limits names)
+    egress: {}                     # reserved; no keys yet
+
+Unknown keys anywhere are errors. Matching and its types are strict (see
+``conditions``): ``"2000"`` is not a number, booleans are not numbers, NaN and
+inf never compare true, a missing path never matches. Tool names must be
+ASCII ``[a-z0-9_.-]{1,128}``; look-alikes (``Echo``, full-width, zero-width
+joiners, NUL, trailing space) are refused, never normalised.
+
+Layers: the shipped default (``default.yaml``: allows echo, llm.chat, kb.*,
+storage.*, code.run; no egress) applies to a tenant without a policy; a
+tenant policy *replaces* it. A bundle's ``policy: {rules: [...]}`` can only
+narrow: see ``evaluate_layers``. Every verdict names its rule id and layer
+(``rule_id`` None = no rule matched).
+
+Bounds (policies are untrusted input): documents <= 512 KiB, nesting <= 32,
+no YAML tags/anchors/aliases/merge keys, <= 1000 rules, <= 4096 conditions,
+<= 32 rules using regexes; a pattern <= 512 characters, no nested
+quantifiers, backreferences or lookaround, run by RE2 (linear time; stdlib
+``re`` needs 7 s for ``.*a.*b`` on 4 KB). One evaluation scans <= 1 Mi
+characters / 10,000 argument values and spends <= 2**27 regex units
+(characters x program size, < ~0.5 s worst case) and <= 100,000 other steps;
+a rule that cannot be decided within that denies the call, naming itself.
+Large arguments meeting regex rules are evaluated on a thread (RE2 releases
+the GIL). The version of a policy is the sha256 of its canonical JSON form.
+"""
+
+from __future__ import annotations
+
+from supervisor.policy.evaluate import evaluate, evaluate_layers
+from supervisor.policy.loader import (
+    PolicyError,
+    default_policy,
+    load_bundle_policy,
+    load_policy,
+    validate_policy_text,
+)
+from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, VERDICTS, Policy, PolicyRequest, Rule, Verdict
+from supervisor.policy.names import is_valid_tool_name
+
+__all__ = [
+    "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Policy", "PolicyError", "PolicyRequest", "Rule", "Verdict",
+    "default_policy", "evaluate", "evaluate_layers", "is_valid_tool_name", "load_bundle_policy", "load_policy",
+    "validate_policy_text",
+]

@@ -1,0 +1,268 @@
+"""Step 2: the policy decides (tenant layer, narrowed by the bundle layer); fails closed.
+
+Inputs: the tenant's stored policy (``services.policies``; none -> the
+shipped default), parsed once per version and kept in a small LRU cache (the
+cached text is compared too, so a store that mislabels a version can never
+serve another document's rules); the bundle layer from the binding; the
+resolved resource from the validation step; and the run's call history,
+kept here in memory.
+
+History semantics (what velocity and order count):
+
+* a call is recorded when it passes policy (before any delay or approval),
+  so concurrent calls of a run see each other - velocity cannot be beaten by
+  firing calls in parallel, and ``not_after`` counts an attempt as soon as it
+  was let through;
+* ``after: A`` needs A to have *completed* (returned a result): A that was
+  denied, rejected by an approver or failed does not unlock B.
+
+Limitations: histories live in this process. A run is served by one worker,
+so per-run velocity and order are exact; per-user velocity counts only calls
+seen by this process (the cross-node limit is the Redis rate limiter). Memory
+is bounded: ``max_runs`` / ``max_users`` least recently used entries, each at
+most ``MAX_VELOCITY`` timestamps per tool. Evicting a run forgets its
+history (``forget_run`` drops it when the run ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from supervisor.chain.base import CallState, Next
+from supervisor.errors import StockadeError
+from supervisor.policy import (
+    Policy,
+    PolicyError,
+    PolicyRequest,
+    Verdict,
+    default_policy,
+    evaluate_layers,
+    is_valid_tool_name,
+    load_policy,
+)
+from supervisor.policy.schema import MAX_VELOCITY
+
+__all__ = ["PolicyInterceptor"]
+
+log = logging.getLogger("stockade.policy")
+
+OFFLOAD_CHARS = 64 * 1024  # argument text above which a policy with regex rules is evaluated on a thread
+
+
+@dataclass
+class _Log:
+    """One run's (or one principal's) history: per-tool timestamps plus the tool sets order needs."""
+
+    per_tool: dict[str, deque[tuple[str, float]]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # passed policy
+    completed: set[str] = field(default_factory=set)  # returned a result
+    # Decide-and-record is atomic per run, also when the evaluation runs on a thread.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def of(self, tool: str) -> deque[tuple[str, float]]:
+        d = self.per_tool.get(tool)
+        if d is None:
+            # Velocity needs at most MAX_VELOCITY of a tool's newest timestamps; other tools
+            # have their own deques, so a flood of cheap calls cannot push these out.
+            d = self.per_tool[tool] = deque(maxlen=MAX_VELOCITY)
+        return d
+
+
+class _Lru(OrderedDict[Any, _Log]):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def touch(self, key: Any) -> _Log:
+        entry = self.get(key)
+        if entry is None:
+            entry = self[key] = _Log()
+            while len(self) > self.limit:
+                self.popitem(last=False)
+        else:
+            self.move_to_end(key)
+        return entry
+
+
+class PolicyInterceptor:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        max_runs: int = 4096, max_users: int = 4096, cache_size: int = 128,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._runs = _Lru(max_runs)
+        self._users = _Lru(max_users)
+        self._cache: OrderedDict[str, tuple[str, Policy]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def forget_run(self, tenant_id: str, run_id: str) -> None:
+        """Drop a finished run's history."""
+        self._runs.pop((tenant_id, run_id), None)
+
+    async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
+        b = call.binding
+        tool = call.tool_name
+        if not is_valid_tool_name(tool):
+            # Refused, never normalised: "Echo", "ｅcho", "e\u200dcho" must not reach an echo rule.
+            raise StockadeError("input.invalid", "tool names are 1-128 characters of a-z 0-9 _ . - (ASCII)")
+        tenant = await self._tenant_policy(call)
+        bundle = b.bundle_policy
+        if bundle is not None and not isinstance(bundle, Policy):
+            raise self._unavailable(call, "the bundle's policy layer is not a compiled policy")
+        call.policy_version = tenant.version
+        call.extra["prices"] = dict(tenant.prices)
+        call.extra["llm_prices"] = {k: dict(v) for k, v in tenant.llm_prices.items()}
+        call.extra["rate_overrides"] = dict(tenant.limits)
+
+        run = self._runs.touch((b.tenant_id, b.run_id))
+        user = self._users.touch((b.tenant_id, _principal(b)))
+        args = _args_of(call)
+        async with run.lock:
+            now = self._clock()
+            # Snapshots: the engine may run on a thread while other calls append.
+            req = PolicyRequest(
+                tool=tool, args=args, resource=call.resource, role=b.role, user=b.user_id,
+                project=b.project_id, history=tuple(run.of(tool)), user_history=tuple(user.of(tool)), now=now,
+                seen=frozenset(run.seen), completed=frozenset(run.completed),
+            )
+            try:
+                if (tenant.has_patterns or (bundle is not None and bundle.has_patterns)) and _large(args):
+                    # Regex work grows with the arguments; RE2 releases the GIL, so the loop stays free.
+                    v = await asyncio.to_thread(evaluate_layers, tenant, bundle, req)
+                else:
+                    v = evaluate_layers(tenant, bundle, req)
+            except Exception as exc:  # an engine bug must not open the door
+                log.exception("policy evaluation failed")
+                raise self._unavailable(call, "the policy could not be evaluated") from exc
+            call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
+            call.extra["policy_layer"] = v.layer
+            if v.verdict == "deny":
+                raise self._deny(call, v.reason or "denied by policy", v)
+            if v.replacements:
+                self._downgrade(call, v)
+            run.of(tool).append((tool, now))
+            run.seen.add(tool)
+            user.of(tool).append((tool, now))
+        if v.delay_s > 0:
+            call.extra["delayed_s"] = v.delay_s
+            await self._sleep(v.delay_s)
+        result = await next(call)
+        run.completed.add(tool)
+        return result
+
+    async def _tenant_policy(self, call: CallState) -> Policy:
+        tenant_id = call.binding.tenant_id
+        try:
+            stored = await call.services.policies.get(tenant_id)
+        except Exception as exc:
+            log.warning("policy store failed for tenant %s: %r", tenant_id, exc)
+            raise self._unavailable(call, "the tenant's policy could not be read") from exc
+        if stored is None:
+            try:
+                return default_policy()
+            except PolicyError as exc:  # a broken shipped file: refuse every call rather than guess
+                log.error("shipped default policy is invalid: %s", exc.errors)
+                raise self._unavailable(call, "the default policy is invalid") from None
+        text, version = stored
+        hit = self._cache.get(version)
+        if hit is not None and hit[0] == text:
+            self._cache.move_to_end(version)
+            return hit[1]
+        try:
+            policy = load_policy(text, source="tenant policy")
+        except PolicyError as exc:
+            log.error("stored policy of tenant %s is invalid: %s", tenant_id, exc.errors[:3])
+            raise self._unavailable(call, "the tenant's stored policy is invalid") from None
+        self._cache[version] = (text, policy)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return policy
+
+    def _downgrade(self, call: CallState, v: Verdict) -> None:
+        repl = copy.deepcopy(dict(v.replacements))  # never hand the rule's own objects to a tool
+        old_raw = call.raw_args if isinstance(call.raw_args, dict) else {}
+        new_raw = {**old_raw, **repl}
+        new_args = call.args
+        model = getattr(call.tool, "args_model", None)
+        if model is not None:
+            try:  # replacements go through the tool's schema like any argument
+                new_args = model.model_validate(new_raw)
+            except ValidationError as exc:
+                raise self._deny(call, f"downgrade by rule {v.rule_id} produced invalid arguments: "
+                                       f"{exc.errors()[0].get('msg')}", v) from None
+        elif new_args is not None and hasattr(new_args, "model_copy"):
+            new_args = new_args.model_copy(update=repl)
+        if call.tool is not None and new_args is not None:
+            # The policy judged the old resource; a replacement must not move the call elsewhere.
+            if call.tool.resource(new_args, call.tool_ctx) != call.resource:
+                raise self._deny(call, f"downgrade by rule {v.rule_id} would change the call's resource", v)
+        call.extra["downgraded"] = {
+            "rule_id": v.rule_id, "layer": v.layer,
+            "args": {k: {"from": _brief(old_raw.get(k)), "to": _brief(val)} for k, val in repl.items()},
+        }
+        call.raw_args, call.args = new_raw, new_args
+
+    @staticmethod
+    def _deny(call: CallState, reason: str, v: Verdict) -> StockadeError:
+        call.verdict, call.rule_id, call.reason = "deny", v.rule_id, reason
+        call.outcome = "tool.denied"
+        return StockadeError("policy.denied", reason, rule_id=v.rule_id, layer=v.layer)
+
+    @staticmethod
+    def _unavailable(call: CallState, why: str) -> StockadeError:
+        call.outcome = "policy.unavailable"
+        return StockadeError("policy.unavailable", f"{why}; the call was not run")
+
+
+def _principal(b: Any) -> str:
+    if b.user_id:
+        return "u." + b.user_id
+    if b.key_id:
+        return "k." + b.key_id
+    return "r." + b.run_id
+
+
+def _args_of(call: CallState) -> Any:
+    # The validated arguments, defaults included: what the tool will actually see.
+    args = call.args
+    if args is not None and hasattr(args, "model_dump"):
+        return args.model_dump(by_alias=True)
+    return call.raw_args
+
+
+def _large(args: Any, limit: int = OFFLOAD_CHARS) -> bool:
+    """More than ``limit`` characters of text (or a very large structure): worth a thread."""
+    total, nodes, todo = 0, 0, [args]
+    while todo:
+        v = todo.pop()
+        nodes += 1
+        if nodes > 4096:
+            return True
+        if isinstance(v, str):
+            total += len(v)
+            if total > limit:
+                return True
+        elif isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list | tuple):
+            todo.extend(v)
+    return False
+
+
+def _brief(v: Any) -> Any:
+    if v is None or isinstance(v, bool | int | float):
+        return v
+    if isinstance(v, str) and len(v) <= 200:
+        return v
+    return f"<{type(v).__name__}>"

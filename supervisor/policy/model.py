@@ -1,0 +1,133 @@
+"""The compiled policy: frozen rules, the request the engine judges and the verdict it returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.policy._glob import Glob, tool_glob
+from supervisor.policy.conditions import compile_condition
+
+__all__ = [
+    "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Condition", "Order", "Policy", "PolicyRequest", "Rule",
+    "Velocity", "Verdict",
+]
+
+VERDICTS = ("allow", "deny", "require_approval", "delay", "downgrade")
+# Layer combination keeps the most restrictive verdict.
+RESTRICTIVENESS = {"allow": 0, "downgrade": 1, "delay": 2, "require_approval": 3, "deny": 4}
+NO_MATCH = "no matching rule"
+
+
+@dataclass(frozen=True)
+class Condition:
+    path: tuple[str, ...]  # below ``args``
+    op: str
+    operand: Any
+    regex: Any = None  # compiled RE2 program for ``matches``
+    regex_cost: int = 1  # its program size: the per-character cost charged to the budget
+    check: Any = None  # conditions.compile_condition(...): (value, budget) -> bool
+
+    def __post_init__(self) -> None:
+        if self.check is None:
+            object.__setattr__(self, "check", compile_condition(self.op, self.operand, self.regex, self.regex_cost))
+
+
+@dataclass(frozen=True)
+class Velocity:
+    max: int
+    per_s: float
+    scope: str  # run | user
+
+
+@dataclass(frozen=True)
+class Order:
+    after: Glob | None = None  # the rule matches while no such tool has completed in the run
+    not_after: Glob | None = None  # the rule matches once such a tool has passed policy in the run
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    tools: tuple[Glob, ...]
+    verdict: str
+    reason: str | None = None
+    resources: tuple[Glob, ...] | None = None
+    conditions: tuple[Condition, ...] = ()
+    roles: frozenset[str] | None = None
+    users: frozenset[str] | None = None
+    projects: frozenset[str] | None = None
+    content: Any = None  # one RE2 program for all the rule's content patterns
+    content_cost: int = 1
+    velocity: Velocity | None = None
+    order: Order | None = None
+    delay_s: float = 0.0
+    replacements: Mapping[str, Any] = field(default_factory=dict)  # top-level argument name -> new value (downgrade)
+    line: int | None = None
+
+    def matches_tool(self, tool: str) -> bool:
+        return any(g.matches(tool) for g in self.tools)
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """A validated policy document. ``version`` is the sha256 of its canonical JSON form."""
+
+    rules: tuple[Rule, ...]
+    version: str
+    layer: str = "tenant"  # default | tenant | bundle
+    source: str = "policy"
+    prices: Mapping[str, float] = field(default_factory=dict)  # tool name or glob -> USD per call
+    llm_prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # model id -> {input_per_mtok, output_per_mtok}
+    limits: Mapping[str, float | int] = field(default_factory=dict)  # rate-limit overrides (supervisor.limits names)
+    has_patterns: bool = False  # some rule uses content or matches (regex work grows with argument size)
+    _by_tool: dict[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def rules_for_tool(self, tool: str) -> tuple[Rule, ...]:
+        """The rules whose tool glob matches ``tool``, in order (memoised per tool name)."""
+        hit = self._by_tool.get(tool)
+        if hit is None:
+            hit = tuple(r for r in self.rules if r.matches_tool(tool))
+            if len(self._by_tool) >= 4096:  # callers pass only valid names, but stay bounded anyway
+                self._by_tool.clear()
+            self._by_tool[tool] = hit
+        return hit
+
+    def price_for(self, tool: str) -> float | None:
+        """USD per call: the exact name's price, else the first glob (document order) that matches."""
+        if tool in self.prices:
+            return self.prices[tool]
+        for pattern, price in self.prices.items():
+            if "*" in pattern and tool_glob(pattern).matches(tool):
+                return price
+        return None
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """One call as the engine sees it. Histories are chronological ``(tool, ts)`` pairs on the
+    same clock as ``now`` of earlier calls that passed policy."""
+
+    tool: str
+    args: Mapping[str, Any]
+    resource: str | None
+    role: str
+    user: str | None
+    project: str | None
+    history: Sequence[tuple[str, float]]  # this run (velocity scope run, not_after when ``seen`` is None)
+    user_history: Sequence[tuple[str, float]] = ()  # this user, across runs (velocity scope user)
+    now: float = field(default_factory=time.monotonic)
+    seen: Collection[str] | None = None  # every tool that passed policy in this run; None: tools in history
+    completed: Collection[str] | None = None  # tools that completed in this run (``after``); None: as seen
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    rule_id: str | None
+    reason: str | None
+    layer: str | None
+    delay_s: float = 0
+    replacements: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,276 @@
+"""The engine against adversarial tables: names, resources, types, paths, order of rules."""
+
+from __future__ import annotations
+
+import math
+from textwrap import dedent
+from typing import Any
+
+import pytest
+
+from supervisor.policy import NO_MATCH, PolicyRequest, evaluate, is_valid_tool_name, load_policy
+
+
+def req(tool: str = "echo", args: dict[str, Any] | None = None, *, resource: str | None = None,
+        role: str = "member", user: str | None = None, project: str | None = None,
+        history: tuple[tuple[str, float], ...] = (), **kw: Any) -> PolicyRequest:
+    return PolicyRequest(tool=tool, args=args or {}, resource=resource, role=role, user=user, project=project,
+                         history=history, **kw)
+
+
+def policy(body: str):
+    return load_policy("version: 1\nrules:\n" + dedent(body))
+
+
+# --- tool names -----------------------------------------------------------------------------------
+
+ECHO_ONLY = policy("""\
+    - id: echo
+      tool: echo
+      verdict: allow
+    - id: everything-else
+      tool: "*"
+      verdict: allow
+    """)
+
+
+@pytest.mark.parametrize("name", [
+    "Echo", "ECHO", "ｅcho", "e\u200dcho", "e\u200bcho", "\u200becho", "echo\x00", "echo ", " echo", "echo\n",
+    "ech\u043e",  # Cyrillic o
+    "échο", "", "e" * 129, "echo/..", "echo*", "ec?o",
+])
+def test_tool_name_look_alikes_never_match(name):
+    assert not is_valid_tool_name(name)
+    v = evaluate(ECHO_ONLY, req(name))
+    assert (v.verdict, v.rule_id) == ("deny", None)  # not even the catch-all "*" rule
+    assert v.reason == "invalid tool name"
+
+
+@pytest.mark.parametrize("name", ["echo", "kb.search", "mcp.github.create_issue", "a-b_c.d", "x" * 128])
+def test_valid_tool_names(name):
+    assert is_valid_tool_name(name)
+    assert evaluate(ECHO_ONLY, req(name)).verdict == "allow"
+
+
+@pytest.mark.parametrize("pattern, tool, hit", [
+    ("kb.*", "kb.search", True), ("kb.*", "kb.", True), ("kb.*", "kb", False), ("kb.*", "kbx.search", False),
+    ("mcp.github.*", "mcp.github.create_issue", True), ("mcp.github.*", "mcp.gitlab.x", False),
+    ("mcp.*.create", "mcp.github.create", True), ("mcp.*.create", "mcp.github.created", False),
+    ("*.search", "kb.search", True), ("echo", "echo2", False), ("echo", "echo", True),
+])
+def test_tool_globs(pattern, tool, hit):
+    p = policy(f"- id: r\n  tool: '{pattern}'\n  verdict: allow\n")
+    assert (evaluate(p, req(tool)).rule_id == "r") is hit
+
+
+# --- resources -------------------------------------------------------------------------------------
+
+WS = policy("""\
+    - id: ws
+      tool: storage.*
+      resource: "/ws/**"
+      verdict: allow
+    - id: ws-top
+      tool: storage.*
+      resource: "/top/*"
+      verdict: allow
+    - id: api
+      tool: http.request
+      resource: "https://api.example.com/v1/**"
+      verdict: allow
+    """)
+
+
+@pytest.mark.parametrize("tool, resource, rule", [
+    ("storage.read", "/ws/a", "ws"),
+    ("storage.read", "/ws/a/b/c.txt", "ws"),
+    ("storage.read", "/ws/", "ws"),
+    ("storage.read", "/ws", None),
+    ("storage.read", "/wsx", None),
+    ("storage.read", "/ws-evil/a", None),
+    ("storage.read", "/secret", None),
+    ("storage.read", "/ws/../secret", "ws"),  # globs give ".." no meaning; resolved resources never contain it
+    ("storage.read", "/WS/a", None),
+    ("storage.read", None, None),  # a tool without a resource never matches a resource rule
+    ("storage.read", "/top/a", "ws-top"),
+    ("storage.read", "/top/a/b", None),  # * does not cross /
+    ("storage.read", "/top/", "ws-top"),
+    ("http.request", "https://api.example.com/v1/x?q=1", "api"),
+    ("http.request", "https://api.example.com/v1", None),
+    ("http.request", "https://api.example.com/v2/x", None),
+    ("http.request", "https://api.example.com.evil.net/v1/x", None),
+    ("http.request", "https://evil.net/https://api.example.com/v1/x", None),
+    ("http.request", "http://api.example.com/v1/x", None),
+])
+def test_resource_globs_match_only_the_resolved_string(tool, resource, rule):
+    v = evaluate(WS, req(tool, resource=resource))
+    assert v.rule_id == rule
+    assert v.verdict == ("allow" if rule else "deny")
+
+
+def test_resource_glob_is_literal_apart_from_stars():
+    p = policy("- id: q\n  tool: http.request\n  resource: 'https://a.example/s?q=[x].*'\n  verdict: allow\n")
+    assert evaluate(p, req("http.request", resource="https://a.example/s?q=[x].anything")).rule_id == "q"
+    assert evaluate(p, req("http.request", resource="https://a.example/sXq=[x].y")).rule_id is None
+    assert evaluate(p, req("http.request", resource="https://a.example/s?q=x.y")).rule_id is None
+
+
+# --- conditions and type confusion -----------------------------------------------------------------
+
+def cond(spec: str) -> Any:
+    return policy(f"- id: c\n  tool: echo\n  when:\n    args.v: {spec}\n  verdict: deny\n")
+
+
+NAN, INF = float("nan"), float("1e309")
+TYPE_TABLE = [
+    # (condition, value, holds)
+    ("{gt: 1000}", 2000, True), ("{gt: 1000}", 2000.5, True), ("{gt: 1000}", 1000, False),
+    ("{gt: 1000}", "2000", False), ("{gt: 1000}", None, False), ("{gt: 1000}", True, False),
+    ("{gt: 0}", True, False), ("{gt: 1000}", [2000], False), ("{gt: 1000}", {"v": 2000}, False),
+    ("{gt: 1000}", NAN, False), ("{gt: 1000}", INF, False), ("{lt: 1000}", -INF, False),
+    ("{lt: 1000}", NAN, False), ("{lt: 0}", -1, True), ("{lte: -1}", -1, True), ("{gte: 0}", -1, False),
+    ("{gt: 1000}", 10**400, True),
+    ("{eq: 1}", True, False), ("{eq: true}", 1, False), ("{eq: 0}", False, False), ("{eq: 1}", 1.0, True),
+    ("{eq: '1'}", 1, False), ("{eq: null}", None, True), ("{eq: null}", 0, False), ("{eq: null}", "", False),
+    ("{eq: [1, 2]}", [1, 2], True), ("{eq: [1, 2]}", [1, True], False), ("{eq: [1, 2]}", [1, 2, 3], False),
+    ("{eq: {a: 1}}", {"a": 1}, True), ("{eq: {a: 1}}", {"a": True}, False), ("{eq: {a: 1}}", {"a": 1, "b": 2}, False),
+    ("{eq: 5}", NAN, False), ("{ne: 5}", NAN, False), ("{ne: 5}", INF, False), ("{ne: 5}", "5", False),
+    ("{ne: 5}", None, False), ("{ne: 5}", 6, True), ("{ne: 5}", 5, False), ("{ne: [1]}", [NAN], False),
+    ("{ne: prod}", "dev", True), ("{ne: prod}", ["prod"], False),
+    ("{in: [a, b]}", "a", True), ("{in: [a, b]}", "c", False), ("{in: [1, 2]}", True, False),
+    ("{in: [1, 2]}", "1", False), ("{in: [null]}", None, True), ("{in: [1]}", NAN, False),
+    ("{not_in: [a, b]}", "c", True), ("{not_in: [a, b]}", "a", False), ("{not_in: [a, b]}", 5, False),
+    ("{not_in: [1, 2]}", True, False), ("{not_in: [1, 2]}", NAN, False), ("{not_in: [1, 2]}", INF, False),
+    ("{not_in: [1, 2]}", 3, True), ("{not_in: [a]}", None, False), ("{not_in: [a]}", ["b"], False),
+    ("{contains: secret}", "a secret here", True), ("{contains: secret}", "SECRET", False),
+    ("{contains: secret}", ["secret"], True), ("{contains: secret}", ["a secret"], False),
+    ("{contains: 1}", [True], False), ("{contains: 1}", [1.0, 2], True), ("{contains: x}", {"x": 1}, False),
+    ("{contains: x}", None, False), ("{contains: 1}", "1", False),
+    ("{matches: '^[a-z]+$'}", "abc", True), ("{matches: '^[a-z]+$'}", "abc1", False),
+    ("{matches: '^1$'}", 1, False), ("{matches: 'x'}", ["x"], False), ("{matches: 'a.c'}", "a\ud800c", True),
+    ("{gt: 1, lt: 10}", 5, True), ("{gt: 1, lt: 10}", 10, False),
+]
+
+
+@pytest.mark.parametrize("spec, value, holds", TYPE_TABLE)
+def test_strict_types(spec, value, holds):
+    v = evaluate(cond(spec), req(args={"v": value}))
+    assert v.rule_id == ("c" if holds else None), (spec, value)
+
+
+@pytest.mark.parametrize("args", [
+    {}, {"w": 5000}, {"v": {}}, {"V": 5000}, {"v ": 5000},
+])
+def test_missing_path_never_matches_not_even_ne(args):
+    for spec in ("{gt: 1}", "{ne: 1}", "{not_in: [1]}", "{eq: null}", "{ne: null}"):
+        assert evaluate(cond(spec), req(args=args)).rule_id is None, (spec, args)
+
+
+def test_nested_paths_and_list_indexes():
+    p = policy("""\
+        - id: deep
+          tool: llm.chat
+          when:
+            args.messages.0.role: {eq: system}
+            args.options.temperature: {gt: 1}
+          verdict: deny
+        """)
+    hit = {"messages": [{"role": "system"}], "options": {"temperature": 1.5}}
+    assert evaluate(p, req("llm.chat", hit)).rule_id == "deep"
+    for args in [
+        {"messages": [{"role": "user"}], "options": {"temperature": 1.5}},
+        {"messages": [], "options": {"temperature": 1.5}},
+        {"messages": {"0": {"role": "system"}}, "options": {"temperature": 1.5}},  # a dict key "0" is a key
+        {"messages": "system", "options": {"temperature": 1.5}},
+        {"messages": [{"role": "system"}], "options": {"temperature": "2"}},
+        {"messages": [{"role": "system"}], "options": 2},
+    ]:
+        v = evaluate(p, req("llm.chat", args))
+        assert v.rule_id in (None, "deep")
+        assert (v.rule_id == "deep") is (args["messages"] == {"0": {"role": "system"}}), args
+
+
+# --- order of rules, no match -----------------------------------------------------------------------
+
+def test_first_match_wins_and_no_match_denies():
+    p = policy("""\
+        - id: no-huge
+          tool: echo
+          when: {args.n: {gt: 100}}
+          verdict: deny
+          reason: too big
+        - id: big
+          tool: echo
+          when: {args.n: {gt: 10}}
+          verdict: require_approval
+        - id: echo
+          tool: echo
+          verdict: allow
+        - id: never-reached
+          tool: echo
+          verdict: deny
+        """)
+    assert (evaluate(p, req(args={"n": 101})).verdict, evaluate(p, req(args={"n": 101})).reason) == ("deny", "too big")
+    assert evaluate(p, req(args={"n": 11})).rule_id == "big"
+    assert evaluate(p, req(args={"n": 11})).verdict == "require_approval"
+    assert evaluate(p, req(args={"n": 1})).rule_id == "echo"
+    v = evaluate(p, req("kb.search"))
+    assert (v.verdict, v.rule_id, v.reason, v.layer) == ("deny", None, NO_MATCH, "tenant")
+    empty = load_policy("version: 1\nrules: []\n")
+    assert evaluate(empty, req()).verdict == "deny"
+
+
+def test_principal_matchers():
+    p = policy("""\
+        - id: admins
+          tool: echo
+          role: admin
+          verdict: allow
+        - id: alice-in-p1
+          tool: echo
+          user: [alice, bob]
+          project: p1
+          verdict: allow
+        """)
+    assert evaluate(p, req(role="admin")).rule_id == "admins"
+    assert evaluate(p, req(role="Admin")).rule_id is None
+    assert evaluate(p, req(user="alice", project="p1")).rule_id == "alice-in-p1"
+    assert evaluate(p, req(user="bob", project="p1")).rule_id == "alice-in-p1"
+    assert evaluate(p, req(user="alice", project="p2")).rule_id is None
+    assert evaluate(p, req(user="alice", project=None)).rule_id is None
+    assert evaluate(p, req(user=None, project="p1")).rule_id is None
+
+
+def test_verdict_payloads():
+    p = policy("""\
+        - id: slow
+          tool: echo
+          verdict: delay
+          delay_s: 2.5
+          reason: cool down
+        - id: cheap
+          tool: llm.chat
+          verdict: downgrade
+          downgrade: {args.model: openai/gpt-4.1-mini, args.max_tokens: 256}
+        """)
+    v = evaluate(p, req())
+    assert (v.verdict, v.delay_s, v.reason, v.replacements) == ("delay", 2.5, "cool down", {})
+    v = evaluate(p, req("llm.chat"))
+    assert v.verdict == "downgrade" and v.replacements == {"model": "openai/gpt-4.1-mini", "max_tokens": 256}
+    assert math.isclose(v.delay_s, 0)
+
+
+def test_surrogates_in_resources_cannot_dodge_a_deny_glob():
+    # os.fsdecode turns undecodable bytes of a file name into lone surrogates
+    p = policy("""\
+        - id: no-secret
+          tool: storage.read
+          resource: "/ws/*/secret"
+          verdict: deny
+        - id: ws
+          tool: storage.read
+          resource: "/ws/**"
+          verdict: allow
+        """)
+    assert evaluate(p, req("storage.read", resource="/ws/\udcff/secret")).rule_id == "no-secret"
+    assert evaluate(p, req("storage.read", resource="/ws/\udcff/other")).rule_id == "ws"

@@ -1,0 +1,288 @@
+"""Policy documents are untrusted input: every bad one is refused with a line number, nothing runs."""
+
+from __future__ import annotations
+
+import time
+from textwrap import dedent
+
+import pytest
+
+from supervisor.errors import StockadeError
+from supervisor.limits import LIMIT_NAMES as LIMITER_NAMES
+from supervisor.policy import (
+    PolicyError,
+    default_policy,
+    load_bundle_policy,
+    load_policy,
+    validate_policy_text,
+)
+from supervisor.policy.cli import validate_file, validate_main
+from supervisor.policy.schema import LIMIT_NAMES
+
+GOOD = dedent("""\
+    version: 1
+    rules:
+      - id: no-huge-echo
+        tool: echo
+        when:
+          args.n: {gt: 100}
+        verdict: deny
+        reason: too big
+      - id: echo
+        tool: echo
+        verdict: allow
+    prices:
+      echo: 0.001
+    """)
+
+
+def errors(text: str) -> list[str]:
+    return validate_policy_text(dedent(text))
+
+
+def test_good_policy_loads_and_has_a_content_hash_version():
+    p = load_policy(GOOD)
+    assert [r.id for r in p.rules] == ["no-huge-echo", "echo"]
+    assert len(p.version) == 64 and int(p.version, 16) >= 0
+    assert p.prices == {"echo": 0.001}
+    assert validate_policy_text(GOOD) == []
+    # comments and layout are not content; a changed value is
+    same = "# a comment\n" + GOOD.replace("prices:\n  echo: 0.001", "prices: {echo: 0.001}")
+    assert load_policy(same).version == p.version
+    assert load_policy(GOOD.replace("0.001", "0.002")).version != p.version
+
+
+def test_bad_verdict_is_reported_at_its_line():
+    text = """\
+        version: 1
+        rules:
+          - id: a
+            tool: echo
+            when:
+              args.n: {gt: 3}
+            verdict: permit
+        """
+    errs = errors(text)
+    assert len(errs) == 1
+    assert errs[0].startswith("line 7: rules[0].verdict:")
+    assert "permit" in errs[0]
+    with pytest.raises(PolicyError) as exc:
+        load_policy(dedent(text))
+    assert isinstance(exc.value, StockadeError)
+    assert exc.value.code == "policy.invalid"
+    assert exc.value.errors == errs
+    assert exc.value.to_dict()["errors"] == errs
+
+
+def test_every_error_is_collected_with_its_own_line():
+    errs = errors("""\
+        version: 1
+        rules:
+          - id: a
+            tool: echo
+            verdict: allow
+            colour: red
+          - id: a
+            tool: echo
+            verdict: deny
+        prices: {echo: -1}
+        """)
+    # schema errors first; duplicate ids are a second pass (the document must parse first)
+    assert errs == [
+        "line 6: rules[0]: unknown key 'colour'",
+        "line 10: prices.echo: Input should be greater than or equal to 0",
+    ]
+    errs = errors("""\
+        version: 1
+        rules:
+          - id: a
+            tool: echo
+            verdict: allow
+          - id: a
+            tool: echo
+            verdict: deny
+        """)
+    assert errs == ["line 6: rules[1].id: duplicate rule id 'a' (first used by rules[0])"]
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("version: 2\nrules: []\n", 1, "version"),
+    ("rules: []\n", 1, "missing required key 'version'"),
+    ("version: 1\n", 1, "missing required key 'rules'"),
+    ("version: 1\nrules: []\nextra: 1\n", 3, "unknown key 'extra'"),
+    ("version: 1\nrules: {}\n", 2, "must be a list"),
+    ("version: 1\nrules:\n  - just-a-string\n", 3, "must be a mapping"),
+    ("version: 1\nrules:\n  - id: a\n    tool: 5\n    verdict: allow\n", 4, "tool"),
+    ("version: 1\nrules:\n  - id: a\n    tool: Echo\n    verdict: allow\n", 4, "a-z 0-9"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n", 3, "missing required key 'verdict'"),
+    ("version: 1\nrules:\n  - id: 'bad id'\n    tool: echo\n    verdict: allow\n", 3, "not a valid name"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: delay\n", 3, "delay_s"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: delay\n    delay_s: 61\n", 6, "less than or equal to 60"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    delay_s: 1\n", 3, "delay_s"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: downgrade\n", 3, "downgrade"),
+    ("version: 1\nrules:\n  - id: a\n    tool: llm.chat\n    verdict: downgrade\n    downgrade: {model: x}\n", 6, "not a valid name"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when: {n: {gt: 1}}\n", 6, "not a valid name"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {bigger: 1}\n", 7, "unknown key 'bigger'"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {}\n", 7, "at least one operator"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {gt: '2000'}\n", 7, "finite number"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {gt: true}\n", 7, "finite number"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {eq: .nan}\n", 7, "finite"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {in: 3}\n", 7, "list"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    velocity: {max: 0, per_s: 1}\n", 6, "greater than or equal to 1"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    velocity: {max: 2, per_s: 1, scope: tenant}\n", 6, "scope"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    order: {after: a, not_after: b}\n", 6, "exactly one"),
+    ("version: 1\nrules: []\nprices: {echo: .inf}\n", 3, "finite"),
+    ("version: 1\nrules: []\nprices: {Echo: 1}\n", 3, "a-z 0-9"),
+    ("version: 1\nrules: []\nllm_prices: {m: {input_per_mtok: 1}}\n", 3, "output_per_mtok"),
+    ("version: 1\nrules: []\nlimits: {tenant_burst: 1.5}\n", 3, "whole number"),
+    ("version: 1\nrules: []\nlimits: {tenant_per_s: 0}\n", 3, "greater than 0"),
+    ("version: 1\nrules: []\nlimits: {tenant_per_s: '5'}\n", 3, "number"),
+    ("version: 1\nrules: []\nlimits: {requests: 5}\n", 3, "unknown key 'requests'"),
+    ("version: 1\nrules: []\negress: {allow: ['*']}\n", 3, "unknown key 'allow'"),
+])
+def test_bad_documents_name_the_line(text, line, fragment):
+    errs = validate_policy_text(text)
+    assert errs, text
+    assert errs[0].startswith(f"line {line}: "), errs
+    assert fragment in " ".join(errs), errs
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("version: 1\nrules: !!python/object/apply:os.system ['true']\n", 2, "not allowed"),
+    ("version: 1\nrules:\n  - !!python/object:builtins.dict {id: a}\n", 3, "not allowed"),
+    ("version: 1\nrules: []\nprices: {echo: !!float '1'}\n", 1, ""),  # explicit JSON tags are fine
+    ("version: 1\nrules: []\nx: 2024-01-01\n", 3, "!!timestamp"),
+    ("version: 1\nrules: []\nx: !!binary aGVsbG8=\n", 3, "!!binary"),
+    ("version: 1\nrules: !!set {a}\n", 2, "!!set"),
+    ("base: &b {tool: echo}\nversion: 1\nrules: [*b]\n", 1, "aliases"),
+    ("version: 1\nrules:\n  - <<: {tool: echo}\n    id: a\n", 3, "merge keys"),
+    ("version: 1\nversion: 1\nrules: []\n", 2, "duplicate key 'version'"),
+    ("version: 1\nrules: []\n---\nversion: 1\n", 3, "one YAML document"),
+    ("version: 1\nrules: [\n", 3, "YAML syntax error"),
+    ("version: 1\n1: x\nrules: []\n", 2, "keys must be strings"),
+    ("version: 1\nrules: []\nx: 'a\x00b'\n", 3, "NUL"),
+])
+def test_yaml_tricks_are_refused_with_lines(text, line, fragment):
+    errs = validate_policy_text(text)
+    if not fragment:  # the control case: only the unknown-key complaint, never a tag refusal
+        assert errs == []
+        return
+    assert errs and errs[0].startswith(f"line {line}: "), errs
+    assert fragment in errs[0]
+
+
+def test_python_tags_never_execute(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f"version: 1\nrules: !!python/object/apply:os.system ['touch {marker}']\n"
+    with pytest.raises(PolicyError):
+        load_policy(text)
+    assert not marker.exists()
+
+
+def test_a_10_mb_document_is_refused_quickly():
+    big = "version: 1\nrules: []\n" + "# " + "x" * (10 * 1024 * 1024) + "\n"
+    t0 = time.perf_counter()
+    errs = validate_policy_text(big)
+    assert errs == ["line 1: policy document is larger than 524288 bytes"]
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_deep_nesting_and_billion_laughs_are_bounded():
+    deep = "version: 1\nrules: []\nx: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert "nested deeper" in validate_policy_text(deep)[0]
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
+             "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+    assert "aliases" in validate_policy_text(laughs)[0]
+    assert "digits" in validate_policy_text("version: 1\nrules: []\nx: " + "9" * 5000)[0]
+
+
+def test_regex_rules():
+    base = "version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: deny\n    content: '{}'\n"
+    assert validate_policy_text(base.format("(?i)password")) == []
+    for bad, fragment in [
+        ("(a+)+", "nested quantifiers"),
+        (r"(\w+\.)*x", "nested quantifiers"),
+        ("(a*)*b", "nested quantifiers"),
+        (r"(a)\1", "backreferences"),
+        ("(?=a)b", "lookahead"),
+        ("a{5000}", "above 1000"),
+        ("[", "invalid regular expression"),
+        ("x" * 513, "longer than 512"),
+        (r"\Z", "RE2"),
+    ]:
+        errs = validate_policy_text(base.format(bad.replace("'", "''")))  # YAML single quotes: \\ is literal
+        assert errs and errs[0].startswith("line 6: rules[0].content: "), (bad, errs)
+        assert fragment in errs[0], (bad, errs)
+    matches = "version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: deny\n    when:\n      args.q: {matches: '(x+)+y'}\n"
+    assert "nested quantifiers" in validate_policy_text(matches)[0]
+
+
+def test_too_many_regex_rules_are_refused():
+    rules = "".join(f"  - id: r{i}\n    tool: echo\n    verdict: deny\n    content: 'x{i}'\n" for i in range(33))
+    errs = validate_policy_text("version: 1\nrules:\n" + rules)
+    assert errs == ["line " + str(2 + 32 * 4 + 1) + ": rules[32]: at most 32 rules may use content or matches"]
+
+
+def test_limit_names_match_the_rate_limiter():
+    assert LIMIT_NAMES == LIMITER_NAMES
+
+
+def test_sections_are_exposed():
+    p = load_policy(dedent("""\
+        version: 1
+        rules: []
+        prices: {echo: 0, "mcp.*": 0.01, "mcp.github.*": 0.02}
+        llm_prices:
+          openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}
+        limits: {tenant_per_s: 2.5, tenant_burst: 5, llm_tokens_per_min: 1000}
+        egress: {}
+        """))
+    assert p.price_for("echo") == 0 and p.price_for("mcp.github.x") == 0.01  # first matching glob
+    assert p.price_for("kb.search") is None
+    assert dict(p.llm_prices["openai/gpt-4.1-mini"]) == {"input_per_mtok": 0.4, "output_per_mtok": 1.6}
+    assert dict(p.limits) == {"tenant_per_s": 2.5, "tenant_burst": 5, "llm_tokens_per_min": 1000}
+    assert p.layer == "tenant"
+
+
+def test_default_policy():
+    p = default_policy()
+    assert p.layer == "default"
+    assert [r.id for r in p.rules] == ["default.echo", "default.llm", "default.kb", "default.storage", "default.code"]
+    assert all(r.verdict == "allow" for r in p.rules)
+    assert p.price_for("storage.write") is not None and p.price_for("echo") == 0.0
+    assert "openai/gpt-4.1-mini" in p.llm_prices
+    assert default_policy() is p
+
+
+def test_bundle_policy_layer():
+    assert load_bundle_policy(None, source="bundle b") is None
+    assert load_bundle_policy({}, source="bundle b") is None
+    p = load_bundle_policy({"rules": [{"id": "x", "tool": "echo", "verdict": "deny"}]}, source="bundle b")
+    assert p is not None and p.layer == "bundle" and p.rules[0].id == "x"
+    with pytest.raises(PolicyError) as exc:
+        load_bundle_policy({"rules": [], "prices": {"echo": 0}}, source="bundle b")
+    assert exc.value.errors == ["unknown key 'prices'"]
+    assert "bundle b" in exc.value.detail
+    with pytest.raises(PolicyError) as exc:
+        load_bundle_policy({"rules": [{"id": "x", "tool": "echo", "verdict": "allow", "delay_s": float("nan")}]},
+                           source="bundle b")
+    assert exc.value.errors[0].startswith("rules[0].delay_s:")
+    with pytest.raises(PolicyError):
+        load_bundle_policy(["rules"], source="bundle b")  # type: ignore[arg-type]
+
+
+def test_cli(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("verdict: deny", "verdict: nope"))
+    assert validate_file(good) == []
+    assert validate_main(str(good)) == 0
+    assert validate_main(str(bad)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{bad}: line 7: rules[0].verdict: Input should be 'allow', 'deny', 'require_approval', "
+                   f"'delay' or 'downgrade' (got 'nope')"]
+    assert validate_main(str(tmp_path / "missing.yaml")) == 2
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"version: 1\nrules: []\n# caf\xe9\n")
+    assert validate_file(latin) == ["line 3: the file is not UTF-8 text"]
