@@ -28,6 +28,7 @@ run: venv sysdeps
 	@$(BIN)/stockade serve
 
 test: venv sysdeps services
+	@deployment/bin/ensure-browser
 	@deployment/bin/run-tests $(BIN)/python
 
 lint: venv

@@ -181,19 +181,9 @@ async def _audit_verify(rt: Any, tenant_ref: str | None) -> int:
 
 
 def _policy_validate(path: str) -> int:
-    from supervisor.policy import validate_policy_text
+    from supervisor.policy.cli import validate_main
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return _fail(f"cannot read {path}: {exc}")
-    errors = validate_policy_text(text)
-    if errors:
-        for e in errors:
-            print(f"{path}: {e}", file=sys.stderr)
-        return 1
-    print(f"{path}: valid")
-    return 0
+    return validate_main(path)
 
 
 def _receipt_verify(path: str, key_path: str) -> int:

@@ -38,6 +38,7 @@ class Runtime:
     signing_key: Any
     registry: Any
     chain: Any
+    interceptors: list[Any] = field(default_factory=list)
     worker: Any = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -71,8 +72,9 @@ class Runtime:
         except ImportError:  # pragma: no cover
             load_bundle_policy = None
         wid = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        forget = [i.forget_run for i in self.interceptors if hasattr(i, "forget_run")]
         return Worker(self.services, self.chain, self.recorder, self.registry, worker_id=wid, uid_pool=uid_pool,
-                      bundle_policy_loader=load_bundle_policy)
+                      bundle_policy_loader=load_bundle_policy, on_run_end=forget)
 
     async def _recover(self) -> None:
         """Embedded queue lives in memory: after a restart, queue what was queued again; runs that were
@@ -121,7 +123,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     services = await open_services(settings, migrate=migrate)
     sealer = Sealer(load_audit_key(settings))
     recorder = AuditRecorder(services.audit, sealer)
-    chain, _ = build_chain(recorder)
+    chain, interceptors = build_chain(recorder)
     registry = BundleRegistry(services.bundles, settings.data_dir / "bundles",
                               max_files=settings.bundle_max_files, max_bytes=settings.bundle_max_bytes)
     services.extras["registry"] = registry
@@ -131,4 +133,5 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         # one pool per node: bundle sandboxes and code.run sandboxes never share a uid
         services.extras["uid_pool"] = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
-                   signing_key=load_signing_key(settings), registry=registry, chain=chain)
+                   signing_key=load_signing_key(settings), registry=registry, chain=chain,
+                   interceptors=interceptors)

@@ -48,7 +48,7 @@ def _detail(call: CallState, **more: Any) -> dict[str, Any]:
         d["reserved_micro"] = call.reserved_micro
     if call.dedupe_key:
         d["idempotency_key"] = call.dedupe_key
-    for k in ("downgraded", "approval", "budget_tier"):
+    for k in ("downgraded", "approval", "budget_tier", "policy_layer", "delayed_s", "rate_limit"):
         if k in call.extra:
             d[k] = call.extra[k]
     d.update(more)

@@ -29,7 +29,8 @@ CANCEL_POLL_S = 0.25
 
 class Worker:
     def __init__(self, services: Any, chain: Chain, recorder: AuditRecorder, registry: Any, *,
-                 worker_id: str, uid_pool: Any = None, bundle_policy_loader: Any = None) -> None:
+                 worker_id: str, uid_pool: Any = None, bundle_policy_loader: Any = None,
+                 on_run_end: list[Any] | None = None) -> None:
         self.s = services
         self.chain = chain
         self.recorder = recorder
@@ -37,6 +38,7 @@ class Worker:
         self.worker_id = worker_id
         self.uid_pool = uid_pool
         self.bundle_policy_loader = bundle_policy_loader
+        self.on_run_end = on_run_end or []  # per-run state holders (policy velocity/order history)
         self.settings = services.settings
         self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
         self._tasks: set[asyncio.Task] = set()
@@ -108,6 +110,9 @@ class Worker:
             heartbeat.cancel()
             await self._release(run)
             await s.queue.ack(job)
+            self.started.pop(run.id, None)
+            for forget in self.on_run_end:
+                forget(run.tenant_id, run.id)
 
     async def _heartbeat(self, job: Job) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)
