@@ -21,6 +21,7 @@ from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
 from supervisor.factory import open_services
 from supervisor.services import Services
+from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 from supervisor.stores.records import TERMINAL_STATUSES
 
@@ -124,6 +125,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     sealer = Sealer(load_audit_key(settings))
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
+    _install_redirect_guard(services, interceptors)
     registry = BundleRegistry(services.bundles, settings.data_dir / "bundles",
                               max_files=settings.bundle_max_files, max_bytes=settings.bundle_max_bytes)
     services.extras["registry"] = registry
@@ -135,3 +137,19 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
                    signing_key=load_signing_key(settings), registry=registry, chain=chain,
                    interceptors=interceptors)
+
+
+def _install_redirect_guard(services: Services, interceptors: list[Any]) -> None:
+    """http.request re-runs the policy on every redirect hop through the chain's own policy step."""
+    from supervisor.chain.policy import PolicyInterceptor
+
+    policy = next((i for i in interceptors if isinstance(i, PolicyInterceptor)), None)
+    if policy is None:
+        return
+
+    async def guard(url_text: str, ctx: Any) -> None:
+        if ctx.call is None:
+            raise StockadeError("policy.unavailable", "redirect hop without a governed call")
+        await policy.recheck_resource(ctx.call, url_text)
+
+    services.extras["http.redirect_guard"] = guard

@@ -160,6 +160,23 @@ class PolicyInterceptor:
         run.completed.add(tool)
         return result
 
+    async def recheck_resource(self, call: CallState, resource: str) -> None:
+        """A tool's later hop (an HTTP redirect) must pass the same policy as its first URL.
+
+        Only ``allow`` lets the hop through: a redirect cannot wait for a human, so a hop that
+        would need approval (or a downgrade) is denied.
+        """
+        b = call.binding
+        tenant = await self._tenant_policy(call)
+        req = PolicyRequest(
+            tool=call.tool_name, args=_args_of(call), resource=resource, role=b.role, user=b.user_id,
+            project=b.project_id, history=(), now=self._clock(),
+        )
+        v = evaluate_layers(tenant, b.bundle_policy if isinstance(b.bundle_policy, Policy) else None, req)
+        if v.verdict not in ("allow", "delay"):
+            raise StockadeError("policy.denied", f"redirect to {resource} is not allowed by policy ({v.reason or v.verdict})",
+                                rule_id=v.rule_id)
+
     async def _tenant_policy(self, call: CallState) -> Policy:
         tenant_id = call.binding.tenant_id
         try:

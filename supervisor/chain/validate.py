@@ -44,6 +44,7 @@ class ValidateInterceptor:
             tenant_id=b.tenant_id, run_id=b.run_id, user_id=b.user_id, project_id=b.project_id,
             emit=call.emit or _no_emit, services=services, stream_chunk=call.extra.get("stream_chunk"),
         )
+        call.tool_ctx.call = call
         call.resource = tool.resource(call.args, call.tool_ctx)
         return await next(call)
 

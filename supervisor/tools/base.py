@@ -37,6 +37,7 @@ class ToolContext:
     services: Any = None  # supervisor.services.Services (settings, stores); typed loosely to avoid a cycle
     stream_chunk: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # to the bundle, for async iteration
     llm_prices: Any = None  # the tenant policy's ``llm_prices`` overrides, if any
+    call: Any = None  # the chain's CallState, for tools that re-check policy on later hops (redirects)
 
 
 @dataclass(frozen=True)
