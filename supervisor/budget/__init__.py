@@ -1,0 +1,24 @@
+"""Budget arithmetic: amounts, periods, tiers and worst-case estimates.
+
+Pure domain code (no database driver, no web framework). The ledger adapters
+(``supervisor.stores.*.ledger``) and the budget step of the governance chain
+(``supervisor.chain.budget``) build on it.
+
+Tiers: every call is metered against the tenant, and the run's project and user
+when it has them. A tier with a cap row is *capped* (reservations are refused
+past it); a tier without one is *uncapped* — its spend is still recorded (so a
+cap set mid-month starts from the real figure) but never checked.
+"""
+
+from supervisor.budget.amounts import MAX_MICRO, MICRO_PER_USD, micro_to_usd, usd_to_micro
+from supervisor.budget.estimate import CostEstimate, estimate_cost, worst_case_micro
+from supervisor.budget.exceeded import exceeded_error
+from supervisor.budget.periods import LIFETIME, PERIODS, period_key
+from supervisor.budget.scopes import TIERS, check_amount, check_cap, check_scopes, scopes_for, tier_order
+from supervisor.budget.settle import WARN_PCT, AccountState, Settled, settle
+
+__all__ = [
+    "LIFETIME", "MAX_MICRO", "MICRO_PER_USD", "PERIODS", "TIERS", "WARN_PCT", "AccountState", "CostEstimate", "Settled", "check_amount", "check_cap",
+    "check_scopes", "estimate_cost", "exceeded_error", "micro_to_usd", "period_key", "scopes_for", "settle", "tier_order",
+    "usd_to_micro", "worst_case_micro",
+]

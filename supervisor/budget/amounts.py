@@ -1,0 +1,43 @@
+"""Money as integer micro-USD: exact sums, no float drift across millions of entries."""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from supervisor.errors import StockadeError
+
+__all__ = ["MAX_MICRO", "MICRO_PER_USD", "micro_to_usd", "usd_to_micro"]
+
+MICRO_PER_USD = 1_000_000
+# A bigint column holds 9.2e18 micro-USD; a single amount is kept far below so that sums of
+# spent + reserved + amount can never overflow in SQL.
+MAX_MICRO = 10**15  # 1e9 USD
+
+
+def usd_to_micro(usd: float | int | str | Decimal) -> int:
+    """USD (as written in a policy or an API body) -> micro-USD, rounded half-up.
+
+    Goes through ``Decimal(str(x))`` so that ``0.001`` becomes exactly 1000, not 999.
+    """
+    if isinstance(usd, bool):
+        raise StockadeError("input.invalid", "an amount must be a number, not a boolean")
+    if isinstance(usd, float) and not math.isfinite(usd):
+        raise StockadeError("input.invalid", "an amount must be a finite number")
+    try:
+        d = usd if isinstance(usd, Decimal) else Decimal(str(usd).strip())
+    except (InvalidOperation, ValueError):
+        raise StockadeError("input.invalid", f"{usd!r} is not an amount in USD") from None
+    if not d.is_finite():
+        raise StockadeError("input.invalid", "an amount must be a finite number")
+    micro = int((d * MICRO_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    if micro < 0:
+        raise StockadeError("input.invalid", "an amount cannot be negative")
+    if micro > MAX_MICRO:
+        raise StockadeError("input.invalid", f"an amount cannot exceed {MAX_MICRO // MICRO_PER_USD} USD")
+    return micro
+
+
+def micro_to_usd(micro: int) -> float:
+    """For display and JSON (``cost_usd``); never fed back into arithmetic."""
+    return micro / MICRO_PER_USD
