@@ -112,6 +112,11 @@ class Runtime:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
+        for icpt in self.interceptors:  # settlements still in flight (budget commits) finish first
+            drain = getattr(icpt, "drain", None)
+            if drain is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(drain(), 5.0)
         await self.services.close()
 
     def is_terminal(self, status: str) -> bool:
