@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import sandbox.runtime as _runtime_pkg
 from sandbox.spec import Limits, SandboxSpec
 from supervisor.settings import Settings
 
-__all__ = ["RunDirs", "RUNTIME_DIR", "build_spec", "limits_for", "make_run_dirs"]
+__all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "make_run_dirs", "sandbox_python"]
 
 RUNTIME_DIR = Path(_runtime_pkg.__file__).resolve().parent
 SOCKET_NAME = "s"
@@ -72,8 +71,11 @@ def limits_for(settings: Settings, manifest_limits: dict[str, Any] | None) -> tu
     return limits, float(timeout)
 
 
-def sandbox_python(settings: Settings) -> str:
-    return settings.sandbox_python or os.path.realpath(sys.executable)
+def sandbox_python(settings: Settings, uid: int | None, gid: int | None) -> tuple[str, Path]:
+    """(interpreter, installation to bind): one the run's uid can reach (a pyenv under /root is not)."""
+    from sandbox.interpreter import find_interpreter
+
+    return find_interpreter(settings.sandbox_python, uid=uid, gid=gid)
 
 
 def build_spec(
@@ -89,8 +91,9 @@ def build_spec(
         "STOCKADE_SOCKET": f"/run/stockade/{SOCKET_NAME}",
         **entrypoint_env,
     }
+    python, home = sandbox_python(settings, uid, gid)
     return SandboxSpec(
-        argv=(sandbox_python(settings), "-I", "-S", "/runtime/boot.py"),
+        argv=(python, "-I", "-S", "/runtime/boot.py"),
         work_dir=dirs.work,
         bundle_dir=bundle_dir,
         runtime_dir=RUNTIME_DIR,
@@ -99,5 +102,5 @@ def build_spec(
         limits=limits,
         uid=uid,
         gid=gid,
-        python_home=Path(sys.base_prefix),
+        python_home=home,
     )

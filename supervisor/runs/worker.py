@@ -10,6 +10,7 @@ import socket
 import time
 from typing import Any
 
+from sandbox.errors import SandboxError
 from sandbox.launcher import launch
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.base import Binding
@@ -194,10 +195,11 @@ class Worker:
             os.chmod(dirs.socket_path, 0o600)
             if uid is not None and os.geteuid() == 0:
                 os.chown(dirs.socket_path, uid, gid)
-            spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
             try:
+                spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
                 proc = await launch(spec)
-            except StockadeError as exc:
+            except (StockadeError, SandboxError) as exc:
+                log.error("run %s: sandbox could not start: %s", run.id, exc.detail)
                 await self._fail(emitter, exc.code, exc.detail)
                 return
             box["proc"] = proc

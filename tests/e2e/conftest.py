@@ -14,7 +14,7 @@ def stack_kind(request):
 async def node(stack_kind, request):
     """A whole Stockade node (API + worker) on SQLite/memory or PostgreSQL/Redis."""
     extra = getattr(request, "param", {}) or {}
-    marker = request.node.get_closestmarker("node_settings")
+    marker = request.node.get_closest_marker("node_settings")
     if marker:
         extra = {**marker.kwargs}
     if stack_kind == "production":

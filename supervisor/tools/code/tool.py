@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,8 +50,10 @@ class CodeRunTool:
         return None
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        from sandbox.errors import SandboxError
         from sandbox.launcher import launch
         from sandbox.spec import Limits, SandboxSpec
+        from supervisor.runs.sandboxing import sandbox_python
 
         assert isinstance(args, CodeRunArgs)
         settings = ctx.services.settings
@@ -73,13 +74,18 @@ class CodeRunTool:
                 max_open_files=64, max_file_mb=min(16, settings.sandbox_max_file_mb), cpu_s=int(min(args.timeout_s, 30)) + 1,
                 wall_s=float(args.timeout_s), workdir_mb=min(64, settings.sandbox_workdir_mb), tmpfs_mb=16,
             )
+            python, home = sandbox_python(settings, uid, uid)
             spec = SandboxSpec(
-                argv=(settings.sandbox_python or os.path.realpath(sys.executable), "-I", "-S", "/work/main.py"),
+                argv=(python, "-I", "-S", "/work/main.py"),
                 work_dir=work, bundle_dir=None, runtime_dir=None, socket_dir=None,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work", "PYTHONDONTWRITEBYTECODE": "1"},
-                limits=limits, uid=uid, gid=uid, hostname="code", python_home=Path(sys.base_prefix),
+                limits=limits, uid=uid, gid=uid, hostname="code", python_home=home,
             )
-            proc = await launch(spec, stdin=args.stdin.encode())
+            try:
+                proc = await launch(spec, stdin=args.stdin.encode())
+            except SandboxError as exc:
+                raise StockadeError(exc.code if exc.code in ("sandbox.unavailable", "input.invalid") else "tool.unavailable",
+                                    exc.detail) from None
             info = await proc.wait()
             files = _produced(work, before)
         finally:
