@@ -11,21 +11,21 @@ def stack_kind(request):
 
 
 @pytest.fixture
-async def node(stack_kind, request):
-    """A whole Stockade node (API + worker) on SQLite/memory or PostgreSQL/Redis."""
-    extra = getattr(request, "param", {}) or {}
+def node_config(stack_kind, request):
+    """Settings for the node. Sync on purpose: ``pg_url`` creates its database with asyncio.run."""
     marker = request.node.get_closest_marker("node_settings")
-    if marker:
-        extra = {**marker.kwargs}
+    extra = dict(marker.kwargs) if marker else {}
     if stack_kind == "production":
-        pg_url = request.getfixturevalue("pg_url")
-        redis_url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-        settings = settings_for("production", make_data_dir(), pg_url=pg_url, redis_url=redis_url,
-                                redis_prefix=prefix, **extra)
-    else:
-        settings = settings_for("embedded", make_data_dir(), **extra)
-    n = await start_node(settings)
+        return settings_for("production", make_data_dir(), pg_url=request.getfixturevalue("pg_url"),
+                            redis_url=request.getfixturevalue("redis_url"),
+                            redis_prefix=request.getfixturevalue("redis_prefix"), **extra)
+    return settings_for("embedded", make_data_dir(), **extra)
+
+
+@pytest.fixture
+async def node(node_config):
+    """A whole Stockade node (API + worker) on SQLite/memory or PostgreSQL/Redis."""
+    n = await start_node(node_config)
     try:
         yield n
     finally:
