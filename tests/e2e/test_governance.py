@@ -1,0 +1,214 @@
+"""Policies, approvals, dedupe, budgets, audit and receipts — from a bundle, through the API, on both stacks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from supervisor.audit.receipts import verify_receipt
+from tests.e2e.harness import collect, read_sse
+from tests.e2e.test_run_pipeline import check_stream, push, start
+
+ROOT = Path(__file__).resolve().parents[2]
+
+POLICY = """
+version: 1
+rules:
+  - id: no-big-echo
+    tool: echo
+    when: {args.n: {gt: 100}}
+    verdict: deny
+    reason: too big
+  - id: echo-needs-human
+    tool: echo
+    when: {args.n: {gt: 10}}
+    verdict: require_approval
+    reason: a human looks at n > 10
+  - id: echo
+    tool: echo
+    verdict: allow
+prices:
+  echo: 0.001
+"""
+
+
+def plan(*calls, concurrent: bool = False) -> str:
+    return json.dumps({"calls": list(calls), "concurrent": concurrent})
+
+
+async def results_of(client, run_id: str) -> tuple[list, list]:
+    events = await collect(client, run_id)
+    check_stream(events)
+    custom = [e for e in events if e.event == "custom" and e.data.get("name") == "results"]
+    return (custom[0].data["data"] if custom else None), events
+
+
+async def setup(node, policy: str = POLICY):
+    tid, key = await node.tenant()
+    await push(node, tid, "caller")
+    c = node.client(key)
+    r = await c.put("/v1/policy", content=policy, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 200, r.text
+    return tid, key, c
+
+
+async def test_policy_verdicts_reach_the_bundle_and_the_audit(node):
+    tid, _, c = await setup(node)
+    run = await start(c, "caller", plan(
+        {"tool": "echo", "args": {"n": 1}},
+        {"tool": "echo", "args": {"n": 500}},
+        {"tool": "Echo", "args": {"n": 1}},
+        {"tool": "ｅcho", "args": {"n": 1}},
+        {"tool": "echo", "args": {"n": "2000"}},  # a string is not a number: no deny rule matches, allow rule does
+        {"tool": "http.request", "args": {"method": "GET", "url": "http://169.254.169.254/"}},
+        {"tool": "nope.tool", "args": {}},
+    ))
+    results, events = await results_of(c, run["id"])
+    assert results[0] == {"ok": {"n": 1}}
+    assert results[1]["error"] == "policy.denied" and results[1]["extra"]["rule_id"] == "no-big-echo"
+    assert results[2]["error"] == "input.invalid" and results[3]["error"] == "input.invalid"
+    assert results[4] == {"ok": {"n": "2000"}}
+    assert results[5]["error"] == "policy.denied"  # no egress rule in this policy
+    assert results[6]["error"] == "tool.unknown"
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    kinds = [a["kind"] for a in audit]
+    assert kinds.count("tool.denied") == 2 and kinds.count("tool.invalid") == 3
+    denied = [a for a in audit if a["kind"] == "tool.denied"]
+    assert {a["rule_id"] for a in denied} == {"no-big-echo", None}
+    assert all(a["policy_version"] for a in audit if a["kind"] in ("tool.allowed", "tool.denied"))
+
+
+async def test_invalid_policy_is_refused_and_the_old_one_kept(node):
+    _, _, c = await setup(node)
+    before = (await c.get("/v1/policy")).text
+    r = await c.put("/v1/policy", content="version: 1\nrules:\n  - id: x\n    tool: echo\n    verdict: maybe\n",
+                    headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 422 and r.json()["code"] == "policy.invalid"
+    assert any("line 5" in e for e in r.json()["errors"])
+    assert (await c.get("/v1/policy")).text == before
+
+
+async def test_approval_flow_approve_and_reject(node):
+    tid, admin_key, c = await setup(node)
+    member = (await c.post("/v1/keys", json={"role": "member"})).json()["api_key"]
+    approver = (await c.post("/v1/keys", json={"role": "approver"})).json()["api_key"]
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}, {"tool": "echo", "args": {"n": 60}}))
+    stream = read_sse(c, f"/v1/runs/{run['id']}/events")
+    decisions = [("approve", 50), ("reject", 60)]
+    seen = []
+    async for e in stream:
+        seen.append(e)
+        if e.event == "approval.requested":
+            assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "waiting_approval"
+            pending = (await c.get("/v1/approvals", params={"status": "pending"})).json()["data"]
+            assert [p["id"] for p in pending] == [e.data["approval_id"]]
+            decision, n = decisions.pop(0)
+            assert pending[0]["args"] == {"n": n}
+            # a member may not decide; an approver may, once
+            r = await node.client(member).post(f"/v1/approvals/{pending[0]['id']}/decision", json={"decision": decision})
+            assert r.status_code == 403 and r.json()["code"] == "auth.forbidden"
+            r = await node.client(approver).post(f"/v1/approvals/{pending[0]['id']}/decision",
+                                                 json={"decision": decision, "reason": "checked"})
+            assert r.status_code == 200 and r.json()["status"] == ("approved" if decision == "approve" else "rejected")
+            r = await node.client(approver).post(f"/v1/approvals/{pending[0]['id']}/decision", json={"decision": "approve"})
+            assert r.status_code == 409 and r.json()["code"] == "approval.already_decided"
+        if e.event.startswith("run.") and e.event != "run.started":
+            break
+    check_stream(seen)
+    results = next(e for e in seen if e.event == "custom").data["data"]
+    assert results[0] == {"ok": {"n": 50}}
+    assert results[1]["error"] == "approval.rejected"
+    resolved = [e.data["decision"] for e in seen if e.event == "approval.resolved"]
+    assert resolved == ["approved", "rejected"]
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    kinds = [a["kind"] for a in audit]
+    assert "approval.approved" in kinds and "approval.rejected" in kinds
+    approver_rec = next(a for a in audit if a["kind"] == "approval.approved")
+    assert approver_rec["detail"]["approver_key_id"].startswith("key_")
+
+
+async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
+    _, _, c = await setup(node)
+    run = await start(c, "caller", plan(
+        *[{"tool": "echo", "args": {"n": 3}, "key": "order-1"} for _ in range(5)], concurrent=True))
+    results, events = await results_of(c, run["id"])
+    assert all(r == {"ok": {"n": 3}} for r in results)
+    tool_results = [e.data for e in events if e.event == "tool.result"]
+    assert sum(1 for t in tool_results if not t["deduped"]) == 1
+    assert sum(1 for t in tool_results if t["deduped"]) == 4
+    ledger = (await c.get("/v1/ledger")).json()["data"]
+    assert round(sum(e["amount_usd"] for e in ledger if e["scope"] == "tenant"), 6) == 0.001
+    r2 = await start(c, "caller", plan({"tool": "echo", "args": {"n": 4}, "key": "order-1"}))
+    results2, _ = await results_of(c, r2["id"])
+    assert results2[0]["error"] == "idempotency.mismatch"
+
+
+async def test_concurrent_runs_never_overspend_a_small_cap(node):
+    tid, _, c = await setup(node)
+    r = await c.put("/v1/budgets", json={"budgets": [{"scope": "tenant", "cap_usd": 0.01}]})
+    assert r.status_code == 200, r.text
+    runs = await asyncio.gather(*(
+        start(c, "caller", plan(*[{"tool": "echo", "args": {"n": 1, "i": i, "r": k}} for i in range(6)], concurrent=True))
+        for k in range(4)))
+    executed = exceeded = 0
+    for run in runs:
+        results, _ = await results_of(c, run["id"])
+        executed += sum(1 for x in results if "ok" in x)
+        exceeded += sum(1 for x in results if x.get("error") == "budget.exceeded")
+    assert executed == 10 and exceeded == 14  # cap / price, exactly
+    budgets = (await c.get("/v1/budgets")).json()["data"]
+    assert budgets[0]["spent_usd"] == 0.01 and budgets[0]["reserved_usd"] == 0
+
+
+async def test_audit_chain_verifies_and_receipt_is_signed(node):
+    tid, _, c = await setup(node)
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 1}}, {"tool": "echo", "args": {"n": 500}}))
+    await results_of(c, run["id"])
+    receipt = (await c.get(f"/v1/runs/{run['id']}/receipt")).json()
+    pem = (await c.get("/v1/receipts/public-key")).text
+    assert verify_receipt(receipt, pem)
+    assert [s["kind"] for s in receipt["spans"]] == ["tool.allowed", "tool.completed", "tool.denied"]
+    assert receipt["spans"][2]["rule_id"] == "no-big-echo"
+    forged = json.loads(json.dumps(receipt))
+    forged["total_cost_usd"] = 0
+    assert not verify_receipt(forged, pem)
+    audit = node.rt.services.audit
+    from supervisor.audit.chain import verify_chain
+
+    records = await audit.list(tid, limit=1000)
+    assert verify_chain(tid, records, node.rt.sealer) is None
+
+
+def test_cli_audit_verify_detects_tampering(tmp_path):
+    """The offline verifier: intact → 0; a record changed in the database → non-zero naming it."""
+    import sqlite3
+
+    env = {"STOCKADE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "STOCKADE_BUNDLES_DIR": str(tmp_path / "none")}
+    cli = [sys.executable, "-m", "app.cli"]
+    out = subprocess.run(cli + ["tenant", "create", "acme"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    tid = json.loads(out.stdout)["tenant_id"]
+
+    async def write_records() -> None:
+        from supervisor.runtime import open_runtime
+        from supervisor.settings import Settings
+
+        rt = await open_runtime(Settings(data_dir=tmp_path, bundles_dir=tmp_path / "none"))
+        for i in range(5):
+            await rt.recorder.record(tid, "tool.allowed", tool="echo", detail={"i": i})
+        await rt.stop()
+
+    asyncio.run(write_records())
+    ok = subprocess.run(cli + ["audit", "verify", "--tenant", tid], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    db = sqlite3.connect(tmp_path / "stockade.db")
+    # an attacker with write access to the file drops the guard triggers and rewrites a record
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("UPDATE audit_log SET detail = '{\"i\": 99}' WHERE tenant_id = ? AND seq = 3", (tid,))
+    db.commit()
+    db.close()
+    bad = subprocess.run(cli + ["audit", "verify", "--tenant", tid], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "record 3" in bad.stderr and "Traceback" not in bad.stderr
