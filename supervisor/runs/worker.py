@@ -188,7 +188,10 @@ class Worker:
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
                                   emitter=emitter, welcome=welcome, on_limit=on_limit)
                 sessions.append(sess)
-                await sess.serve(reader, writer)
+                try:
+                    await sess.serve(reader, writer)
+                except asyncio.CancelledError:  # the run ended (cancel/timeout) while the sandbox was still talking
+                    writer.close()
 
             server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
                                                      limit=self.settings.sandbox_max_frame_bytes + 16)

@@ -1,0 +1,141 @@
+"""Bundle upload over HTTP (hostile archives included), push from the CLI, hot-loading in a running node."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import collect, make_data_dir, settings_for, start_node
+from tests.e2e.test_run_pipeline import start
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = b"async def main(ctx):\n    await ctx.answer('uploaded ' + ctx.input)\n"
+
+
+def targz(members: list[tuple[str, bytes | None, dict]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data, opts in members:
+            info = tarfile.TarInfo(name)
+            for k, v in opts.items():
+                setattr(info, k, v)
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def good(name: str = "uploaded") -> bytes:
+    manifest = f"name: {name}\nversion: '1'\ndescription: test\ntools: []\n".encode()
+    return targz([(f"{name}/bundle.yaml", manifest, {}), (f"{name}/main.py", MAIN, {})])
+
+
+async def test_upload_run_and_hostile_archives(node):
+    _, key = await node.tenant()
+    c = node.client(key)
+    r = await c.post("/v1/bundles", content=good(), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "uploaded" and r.json()["digest"].startswith("sha256:")
+    names = [b["name"] for b in (await c.get("/v1/bundles")).json()["data"]]
+    assert "uploaded" in names and "echo" in names
+    run = await start(c, "uploaded", "ok")
+    events = await collect(c, run["id"])
+    assert events[-1].event == "run.completed"
+    assert "".join(e.data.get("text", "") for e in events) == "uploaded ok"
+
+    manifest = b"name: evil\nversion: '1'\ntools: []\n"
+    hostile = {
+        "archive.absolute_path": targz([("/etc/evil.py", b"x", {}), ("bundle.yaml", manifest, {}), ("main.py", MAIN, {})]),
+        "archive.path_traversal": targz([("evil/../../x.py", b"x", {}), ("evil/bundle.yaml", manifest, {})]),
+        "archive.link": targz([("evil/bundle.yaml", manifest, {}), ("evil/main.py", None,
+                                                                    {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"})]),
+        "archive.special_file": targz([("evil/bundle.yaml", manifest, {}), ("evil/dev", None, {"type": tarfile.CHRTYPE})]),
+        "archive.invalid": b"\x1f\x8bnot really gzip at all" * 10,
+    }
+    before = (await c.get("/v1/bundles")).json()["data"]
+    for code, blob in hostile.items():
+        r = await c.post("/v1/bundles", content=blob, headers={"Content-Type": "application/gzip"})
+        assert r.status_code in (413, 422) and r.json()["code"] == code, (code, r.text)
+    assert (await c.get("/v1/bundles")).json()["data"] == before
+    r = await c.post("/v1/bundles", content=good(), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+async def test_tenant_bundle_invisible_to_other_tenants(node):
+    _, key_a = await node.tenant()
+    _, key_b = await node.tenant()
+    a, b = node.client(key_a), node.client(key_b)
+    assert (await a.post("/v1/bundles", content=good("private-one"), headers={"Content-Type": "application/gzip"})).status_code == 201
+    assert "private-one" not in [x["name"] for x in (await b.get("/v1/bundles")).json()["data"]]
+    r = await b.post("/v1/runs", json={"bundle": "private-one", "input": "x"})
+    assert r.status_code == 404 and r.json()["code"] == "bundle.not_found"
+
+
+@pytest.mark.timeout(60)
+async def test_hot_load_registers_a_new_version_while_runs_keep_theirs(tmp_path):
+    bundles = tmp_path / "bundles"
+    (bundles / "live").mkdir(parents=True)
+    (bundles / "live" / "bundle.yaml").write_text("name: live\nversion: '1'\ntools: []\nlimits: {timeout_s: 5}\n")
+    (bundles / "live" / "main.py").write_text(
+        "import asyncio\nasync def main(ctx):\n    await asyncio.sleep(float(ctx.input))\n    await ctx.answer('v1')\n")
+    node = await start_node(settings_for("embedded", make_data_dir(), bundles_dir=bundles, watch_bundles=True))
+    try:
+        _, key = await node.tenant()
+        c = node.client(key)
+        slow = await start(c, "live", "1.0")  # pinned to v1 at creation
+        (bundles / "live" / "main.py").write_text("async def main(ctx):\n    await ctx.answer('v2')\n")
+        for _ in range(100):
+            run = await start(c, "live", "0")
+            events = await collect(c, run["id"])
+            if "".join(e.data.get("text", "") for e in events) == "v2":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the edit was not hot-loaded within 10 s")
+        old = await collect(c, slow["id"])
+        assert "".join(e.data.get("text", "") for e in old) == "v1"
+    finally:
+        await node.stop()
+
+
+def test_cli_commands_and_errors(tmp_path):
+    env = {"STOCKADE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "STOCKADE_BUNDLES_DIR": str(tmp_path / "none")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True)
+
+    out = cli("tenant", "create", "acme", "--budget-usd", "5")
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    assert created["api_key"].startswith("stk_") and created["tenant_id"].startswith("ten_")
+    k = cli("key", "create", "--tenant", "acme", "--role", "approver")
+    assert k.returncode == 0 and json.loads(k.stdout)["role"] == "approver"
+    push = cli("bundle", "push", str(ROOT / "bundles" / "echo"), "--tenant", "acme")
+    assert push.returncode == 0 and json.loads(push.stdout)["name"] == "echo"
+    assert cli("migrate").returncode == 0
+    for args, needle in [
+        (("tenant", "create", "acme"), "conflict"),
+        (("key", "create", "--tenant", "nobody"), "not_found"),
+        (("bundle", "push", str(tmp_path / "missing"), "--tenant", "acme"), "bundle.invalid"),
+    ]:
+        bad = cli(*args)
+        assert bad.returncode != 0 and needle in bad.stderr, (args, bad.stderr)
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n")
+    assert cli("policy", "validate", str(policy)).returncode == 0
+    policy.write_text("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: perhaps\n")
+    bad = cli("policy", "validate", str(policy))
+    assert bad.returncode == 1 and "line 5" in bad.stderr
+    env["STOCKADE_PORT"] = "not-a-port"
+    bad = cli("migrate")
+    assert bad.returncode != 0 and "STOCKADE_PORT" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

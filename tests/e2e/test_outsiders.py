@@ -1,0 +1,121 @@
+"""Who may talk to a run's socket (nobody but its sandbox), and what a lost worker leaves behind (nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import collect, read_sse, settings_for, start_node
+from tests.e2e.test_run_pipeline import check_stream, push, start
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _wait_for(pred, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+def _connect_and_read(path: str) -> bytes:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect(path)
+    data = b""
+    try:
+        s.sendall(b'\x00\x00\x00\x13{"v":1,"type":"hello"}')
+        while chunk := s.recv(65536):
+            data += chunk
+    except TimeoutError:
+        data += b"<timeout>"
+    except (ConnectionResetError, BrokenPipeError):
+        data += b"<reset>"
+    finally:
+        s.close()
+    return data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play the other uid")
+async def test_outsider_processes_get_nothing_from_a_runs_socket(node):
+    tid, key = await node.tenant()
+    await push(node, tid, "sleeper")
+    c = node.client(key)
+    run = await start(c, "sleeper", "1.5")
+    sock = node.data_dir / "runs" / run["id"] / "sock" / "s"
+    async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+        if e.event == "message.delta":
+            break
+    assert sock.exists()
+    # root on the host, outside the sandbox: the kernel names it, the supervisor refuses it
+    got = await asyncio.to_thread(_connect_and_read, str(sock))
+    assert b"welcome" not in got and b"run_id" not in got
+    # another uid cannot even reach the socket's directory
+    code = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1]); print('connected')\nexcept OSError as e: print(type(e).__name__)"
+    out = subprocess.run(["/usr/bin/python3", "-I", "-c", code, str(sock)], user=65534, group=65534, extra_groups=[],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout.strip() == "PermissionError", out
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.completed"
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    assert any(a["kind"] == "peer.rejected" for a in audit)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_worker_killed_mid_call_fails_the_run_and_releases_its_reservation(node_config, stack_kind):
+    """A separate `stockade worker` process is SIGKILLed while its run's priced call is in flight."""
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0, "reservation_ttl_s": 2.0})
+    api = await start_node(settings, workers=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
+    env.update({
+        "STOCKADE_DATABASE_URL": settings.database_url, "STOCKADE_REDIS_URL": settings.redis_url,
+        "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
+        "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
+        "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value(), "STOCKADE_QUEUE_VISIBILITY_S": "1",
+        "STOCKADE_RESERVATION_TTL_S": "2", "STOCKADE_LOG_LEVEL": "warning",
+    })
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    second = None
+    try:
+        tid, key = await api.tenant(budget_usd=1.0)
+        await push(api, tid, "slowtool")
+        c = api.client(key)
+        run = await start(c, "slowtool", "20")
+        async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+            if e.event == "tool.call":
+                break
+        await _wait_for(lambda: True)
+        for _ in range(200):  # the reservation is held while code.run sleeps
+            held = [b for b in (await c.get("/v1/budgets")).json()["data"] if b["reserved_usd"] > 0]
+            if held:
+                break
+            await asyncio.sleep(0.05)
+        assert held, "the priced call never reserved"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        second = await start_node(settings, api=True, workers=True)  # another node picks the job up again
+        events = await asyncio.wait_for(collect(c, run["id"]), 30)
+        check_stream(events)
+        assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost"
+        budgets = (await c.get("/v1/budgets")).json()["data"]
+        assert all(b["reserved_usd"] == 0 for b in budgets)
+        assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "failed"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        if second is not None:
+            await second.stop()
+        await api.stop()
