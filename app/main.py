@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app.metrics import Metrics
 from app.problems import install_problem_handlers, problem
-from app.routes import approvals, bundles, health, runs, tenant_admin
+from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
 
 __all__ = ["build_asgi", "create_app"]
 
@@ -52,7 +52,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
     if rt.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=rt.settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Idempotent-Replayed"])
-    for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router):
+    for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router, mcp.router):
         app.include_router(r)
 
     @app.get("/", include_in_schema=False)

@@ -61,11 +61,11 @@ class Context:
         await self.emit("citation", doc_id=doc_id, title=title, source=source, snippet=snippet)
 
     # --- governed calls
-    async def call(self, tool: str, idempotency_key: str | None = None, **args: Any) -> Any:
+    async def call(self, tool: str, /, idempotency_key: str | None = None, **args: Any) -> Any:
         reply = await self._conn.request(self._frame(tool, idempotency_key, args, stream=False))
         return self._unwrap(reply)
 
-    async def stream(self, tool: str, idempotency_key: str | None = None, **args: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, tool: str, /, idempotency_key: str | None = None, **args: Any) -> AsyncIterator[dict[str, Any]]:
         """Iterate a streaming tool's chunks (e.g. llm.chat deltas); the last item is ``{"result": ...}``."""
         queue: asyncio.Queue = asyncio.Queue()
         task = asyncio.ensure_future(self._conn.request(self._frame(tool, idempotency_key, args, stream=True), queue))

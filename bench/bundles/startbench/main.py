@@ -1,0 +1,5 @@
+import time
+
+
+async def main(ctx):
+    await ctx.emit("custom", name="entered", data=time.time())
