@@ -1,0 +1,26 @@
+"""Namespaces and privileges: every namespace bwrap can make, no capabilities, no way back in."""
+
+from __future__ import annotations
+
+from sandbox import _bwrap
+from sandbox._plan import Plan
+from sandbox.spec import SandboxSpec
+
+__all__ = ["apply"]
+
+
+def apply(spec: SandboxSpec, plan: Plan) -> None:
+    # user, pid, net, ipc, uts, mount, cgroup. A new network namespace has only a downed
+    # loopback: no route anywhere, and abstract Unix sockets of the host are not visible.
+    plan.add("--unshare-all", "--unshare-user")
+    if _bwrap.supports(plan.bwrap, "--disable-userns"):
+        # max_user_namespaces=0 inside; seccomp refuses unshare/clone(CLONE_NEW*) as well
+        plan.add("--disable-userns")
+    plan.add(
+        "--uid", str(plan.identity.uid),  # the same number inside and out: files in /work read the same
+        "--gid", str(plan.identity.gid),
+        "--hostname", spec.hostname,
+        "--die-with-parent",  # the supervisor going away takes the sandbox with it
+        "--new-session",  # setsid: no controlling terminal to inject keystrokes into (TIOCSTI)
+        "--cap-drop", "ALL",
+    )

@@ -1,0 +1,279 @@
+"""Start a sandbox from a spec and watch it: exit, wall clock, work-dir bytes, output volume.
+
+The launcher forks bwrap as the run's host uid with an empty environment, only
+the fds the plan owns, and every rlimit already in place; it reaps bwrap itself
+through a pidfd (no child-watcher thread) and can kill the whole pid namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from sandbox import _cgroup, _diskwatch, _environment, _limits
+from sandbox._exit import ExitInfo, classify
+from sandbox._output import Tail
+from sandbox._plan import Plan
+from sandbox.errors import SandboxError
+from sandbox.pipeline import build_plan
+from sandbox.spec import SandboxSpec
+
+__all__ = ["ExitInfo", "SandboxProcess", "launch"]
+
+TAIL_BYTES = 64 * 1024
+DISK_CHECK_S = 0.5
+MAX_WORK_ENTRIES = 100_000  # inodes under /work; past this the run ends with limit.disk
+
+
+class SandboxProcess:
+    """A running sandbox. ``pid`` is bwrap's pid on the host (the root of the sandbox's process tree)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], plan: Plan, spec: SandboxSpec, cgroups: _cgroup.Placement | None,
+                 info_fd: int, stdin: bytes | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._popen = popen
+        self.pid: int = popen.pid
+        self.uid: int = plan.identity.uid
+        self.gid: int = plan.identity.gid
+        self.started_at: float = time.monotonic()
+        self.spec = spec
+        self._cgroups = cgroups
+        self._pidfd = os.pidfd_open(popen.pid)
+        self._init_pid: int | None = None  # pid 1 of the sandbox, as the host sees it (from --info-fd)
+        self._info = bytearray()
+        self._info_fd: int | None = info_fd
+        self._imposed: str | None = None
+        self._ns_gone = False
+        self._status: int | None = None
+        self._done = self._loop.create_future()
+        self._out = Tail(TAIL_BYTES)
+        self._err = Tail(TAIL_BYTES)
+        self._open_pipes = 0
+        self._stdin = memoryview(stdin or b"")
+        self._timer = self._loop.call_later(spec.limits.wall_s, self._impose, "limit.wall")
+        self._disk_task = self._loop.create_task(self._watch_disk())
+        self._loop.add_reader(self._pidfd, self._on_exit)
+        os.set_blocking(info_fd, False)
+        self._loop.add_reader(info_fd, self._on_info)
+        for pipe, tail in ((popen.stdout, self._out), (popen.stderr, self._err)):
+            assert pipe is not None
+            os.set_blocking(pipe.fileno(), False)
+            self._open_pipes += 1
+            self._loop.add_reader(pipe.fileno(), self._on_output, pipe, tail)
+        if popen.stdin is not None:
+            os.set_blocking(popen.stdin.fileno(), False)
+            self._loop.add_writer(popen.stdin.fileno(), self._on_stdin)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def init_pid(self) -> int | None:
+        return self._init_pid
+
+    async def wait(self) -> ExitInfo:
+        return await asyncio.shield(self._done)
+
+    def kill(self) -> None:
+        """SIGKILL bwrap and the sandbox's pid 1; the kernel then kills every process in the pid namespace."""
+        if self._status is not None:
+            return
+        self._read_info()
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        if self._init_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._init_pid, signal.SIGKILL)
+        for child in _children(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ watchers
+    def _impose(self, reason: str) -> None:
+        if self._status is None and self._imposed is None:
+            self._imposed = reason
+        self.kill()
+
+    def _on_info(self) -> None:
+        self._read_info()
+
+    def _read_info(self) -> None:
+        fd = self._info_fd
+        if fd is None:
+            return
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            self._info += chunk
+            if b"}" in chunk:
+                break
+        with contextlib.suppress(ValueError):
+            pid = int(json.loads(bytes(self._info).split(b"}")[0] + b"}")["child-pid"])
+            self._init_pid = pid
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._info_fd = None
+
+    def _on_output(self, pipe: object, tail: Tail) -> None:
+        fd = pipe.fileno()  # type: ignore[attr-defined]
+        if not tail.feed(fd):
+            self._loop.remove_reader(fd)
+            pipe.close()  # type: ignore[attr-defined]
+            self._open_pipes -= 1
+            self._maybe_finish()
+            return
+        if self._out.total + self._err.total > self.spec.limits.max_output_bytes:
+            self._impose("limit.output")
+
+    def _on_stdin(self) -> None:
+        pipe = self._popen.stdin
+        assert pipe is not None
+        try:
+            while self._stdin:
+                self._stdin = self._stdin[os.write(pipe.fileno(), self._stdin[:65536]):]
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._loop.remove_writer(pipe.fileno())
+        pipe.close()
+
+    async def _watch_disk(self) -> None:
+        limit = self.spec.limits.workdir_mb * 1024 * 1024
+        root = str(self.spec.work_dir)
+        while self._status is None:
+            await asyncio.sleep(DISK_CHECK_S)
+            used, entries = await self._loop.run_in_executor(None, _diskwatch.usage, root, MAX_WORK_ENTRIES)
+            if used > limit or entries > MAX_WORK_ENTRIES:
+                self._impose("limit.disk")
+                return
+
+    def _on_exit(self) -> None:
+        try:
+            pid, status, _ru = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8
+        if pid == 0:
+            return
+        self._loop.remove_reader(self._pidfd)
+        self._status = status
+        self._popen.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not try again
+        self._timer.cancel()
+        self._disk_task.cancel()
+        self._read_info()
+        if self._init_pid is not None:
+            # bwrap's pid 1 dies with it (PDEATHSIG); make sure, so nothing of the sandbox outlives wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._init_pid, signal.SIGKILL)
+        self._loop.create_task(self._finish_after_ns())
+
+    async def _finish_after_ns(self) -> None:
+        if self._init_pid is not None:
+            # pid 1 of a namespace exits only after every process in it is gone
+            await _pid_gone(self._loop, self._init_pid)
+        self._ns_gone = True
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._done.done() or self._status is None or not self._ns_gone:
+            return
+        if self._open_pipes:
+            # the namespace is gone, so the pipes hit EOF now; drain what is left synchronously
+            for pipe, tail in ((self._popen.stdout, self._out), (self._popen.stderr, self._err)):
+                if pipe is not None and not pipe.closed:
+                    fd = pipe.fileno()
+                    while tail.feed(fd):
+                        pass
+                    self._loop.remove_reader(fd)
+                    pipe.close()
+            self._open_pipes = 0
+        if self._popen.stdin is not None and not self._popen.stdin.closed:
+            self._loop.remove_writer(self._popen.stdin.fileno())
+            with contextlib.suppress(OSError):
+                self._popen.stdin.close()
+        os.close(self._pidfd)
+        memory_oom = self._cgroups.oom_killed() if self._cgroups else False
+        if self._cgroups:
+            self._cgroups.remove()
+        elapsed = time.monotonic() - self.started_at
+        assert self._status is not None
+        code, sig, reason = classify(wait_status=self._status, imposed=self._imposed, cpu_s=self.spec.limits.cpu_s,
+                                     elapsed_s=elapsed, memory_oom=memory_oom, stderr_tail=self._err.value())
+        self._done.set_result(ExitInfo(returncode=code, signal=sig, reason=reason, stdout_tail=self._out.value(),
+                                       stderr_tail=self._err.value(), elapsed_s=elapsed,
+                                       output_bytes=self._out.total + self._err.total))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+async def _pid_gone(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        gone = loop.create_future()
+        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+        try:
+            await asyncio.wait_for(gone, 5.0)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
+
+def spawn(plan: Plan, *, stdin: int | None, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+    """Fork bwrap with the plan: run's uid, empty environment, only the plan's fds, limits already set."""
+    ident = plan.identity
+    argv = plan.argv()
+    kwargs: dict[str, object] = {}
+    if ident.switch:
+        kwargs.update(user=ident.uid, group=ident.gid, extra_groups=[])
+    return subprocess.Popen(
+        argv, executable=plan.bwrap, env=dict(_environment.BWRAP_ENV), stdin=stdin, stdout=stdout, stderr=stderr,
+        close_fds=True, pass_fds=tuple(plan.fds), cwd="/", start_new_session=True,
+        preexec_fn=_limits.preexec(plan), **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def launch(spec: SandboxSpec, *, stdin: bytes | None = None, bwrap: str = "bwrap") -> SandboxProcess:
+    """Start the sandbox. Fails closed: anything that would weaken isolation raises SandboxError."""
+    asyncio.get_running_loop()
+    plan = build_plan(spec, bwrap)
+    cgroups: _cgroup.Placement | None = None
+    info_r = -1
+    try:
+        cgroups = _cgroup.place(spec, plan)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        plan.add("--info-fd", str(plan.own_fd(info_w)))
+        try:
+            popen = spawn(plan, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError("sandbox.unavailable", f"bubblewrap could not be started: {exc}") from exc
+    except BaseException:
+        if info_r >= 0:
+            os.close(info_r)
+        if cgroups:
+            cgroups.remove()
+        plan.close()
+        raise
+    plan.close()  # bwrap has its copies
+    return SandboxProcess(popen, plan, spec, cgroups, info_r, stdin)
