@@ -101,4 +101,7 @@ async def main(production: bool) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--production", action="store_true")
+    import uvloop
+
+    uvloop.install()  # as `stockade serve` runs (uvicorn[standard] brings uvloop)
     asyncio.run(main(ap.parse_args().production))

@@ -156,7 +156,7 @@ function render(ev, v) {
       break;
     }
     case "approval.requested": {
-      v.bubble.insertBefore(el("div", "tool", `⏸ waiting for approval of ${ev.tool}: ${ev.reason || ev.rule_id || ""}`), v.answer);
+      v.bubble.insertBefore(el("div", "tool", `‖ waiting for approval of ${ev.tool}: ${ev.reason || ev.rule_id || ""}`), v.answer);
       refreshSide();
       break;
     }
