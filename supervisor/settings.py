@@ -104,6 +104,12 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("data_dir", "bundles_dir", "llm_pricing_file", "signing_key_file")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # resolved once, here: sandboxes bind these paths, and bwrap needs them absolute
+        return None if v is None else v.expanduser().resolve()
+
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:
