@@ -1,0 +1,44 @@
+"""Settings: parsed once, paths absolute, bad values named in one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from supervisor.settings import Settings, SettingsError, load_settings
+
+
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Settings(data_dir=Path(".stockade"), bundles_dir=Path("bundles"))
+    assert s.data_dir == tmp_path / ".stockade" and s.data_dir.is_absolute()
+    assert s.bundles_dir == tmp_path / "bundles"
+    assert s.sqlite_path == tmp_path / ".stockade" / "stockade.db"
+
+
+@pytest.mark.parametrize("name,value,needle", [
+    ("STOCKADE_PORT", "eighty", "STOCKADE_PORT"),
+    ("STOCKADE_PORT", "70000", "STOCKADE_PORT"),
+    ("STOCKADE_DATABASE_URL", "mysql://x", "STOCKADE_DATABASE_URL"),
+    ("STOCKADE_REDIS_URL", "http://x", "STOCKADE_REDIS_URL"),
+    ("STOCKADE_SANDBOX_MEMORY_MB", "-5", "STOCKADE_SANDBOX_MEMORY_MB"),
+    ("STOCKADE_LOG_LEVEL", "loud", "STOCKADE_LOG_LEVEL"),
+])
+def test_bad_settings_one_line(monkeypatch, name, value, needle):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    msg = str(exc.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_backend_selection(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("STOCKADE_"):
+            monkeypatch.delenv(k)
+    s = load_settings()
+    assert not s.uses_postgres and s.redis_url is None
+    s = load_settings(database_url="postgresql://u@h/db", redis_url="redis://h:6379/0")
+    assert s.uses_postgres and s.redis_url == "redis://h:6379/0"
