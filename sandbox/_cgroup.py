@@ -112,7 +112,7 @@ def place(spec: SandboxSpec, plan: Plan) -> Placement | None:
                                       "memory.swappiness": 0}, ident.uid, ident.gid, n)
         if memory_dir:
             made.append(memory_dir)
-        pids_dir = _make("pids", {"pids.max": lim.max_procs + 2}, ident.uid, ident.gid, n)
+        pids_dir = _make("pids", {"pids.max": lim.max_procs + 1}, ident.uid, ident.gid, n)
         if pids_dir:
             made.append(pids_dir)
     except OSError:

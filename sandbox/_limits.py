@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+from collections.abc import Callable
 
 from sandbox._plan import Plan, Rlimit
 from sandbox.spec import SandboxSpec
@@ -36,7 +37,7 @@ def _own_tasks(uid: int) -> int:
 def apply(spec: SandboxSpec, plan: Plan) -> None:
     lim = spec.limits
     cpu = max(1, math.ceil(lim.cpu_s))
-    nproc = lim.max_procs + 2  # bwrap's monitor and its pid 1 run as the same uid
+    nproc = lim.max_procs + 1  # bwrap's host process runs as the same uid
     if not plan.identity.switch:
         # RLIMIT_NPROC counts every task of the uid, up the user-namespace chain. Without root the
         # sandbox shares the supervisor's uid, so the budget is what the uid runs now plus max_procs.
@@ -53,7 +54,7 @@ def apply(spec: SandboxSpec, plan: Plan) -> None:
     ]
 
 
-def preexec(plan: Plan):  # type: ignore[no-untyped-def]
+def preexec(plan: Plan) -> Callable[[], None]:
     """The function the forked child runs before exec (after the uid switch): join cgroups, set limits."""
     rlimits = [(r.resource, (r.soft, r.hard)) for r in plan.rlimits]
     procs = list(plan.cgroup_procs)

@@ -23,4 +23,8 @@ def apply(spec: SandboxSpec, plan: Plan) -> None:
         "--die-with-parent",  # the supervisor going away takes the sandbox with it
         "--new-session",  # setsid: no controlling terminal to inject keystrokes into (TIOCSTI)
         "--cap-drop", "ALL",
+        # The command itself is pid 1: no unsandboxed bwrap reaper inside, and bwrap's host process reaps
+        # it directly. (With bwrap's own pid 1, that reaper outlives the host process as an orphan zombie
+        # for the host's init to collect, still counted against the run uid's RLIMIT_NPROC.)
+        "--as-pid-1",
     )

@@ -29,5 +29,12 @@ class Tail:
             del self.buf[: len(self.buf) - self.keep]
         return True
 
+    def drain(self, fd: int) -> None:
+        """Read what is buffered now, without waiting for EOF."""
+        while True:
+            before = self.total
+            if not self.feed(fd) or self.total == before:
+                return
+
     def value(self) -> bytes:
         return bytes(self.buf)

@@ -46,6 +46,7 @@ class SandboxProcess:
         self._cgroups = cgroups
         self._pidfd = os.pidfd_open(popen.pid)
         self._init_pid: int | None = None  # pid 1 of the sandbox, as the host sees it (from --info-fd)
+        self._init_pidfd: int | None = None  # held so a signal can never reach a process that reused the pid
         self._info = bytearray()
         self._info_fd: int | None = info_fd
         self._imposed: str | None = None
@@ -83,14 +84,15 @@ class SandboxProcess:
         if self._status is not None:
             return
         self._read_info()
-        with contextlib.suppress(ProcessLookupError, OSError):
-            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-        if self._init_pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._init_pid, signal.SIGKILL)
-        for child in _children(self.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(child, signal.SIGKILL)
+        _pidfd_kill(self._pidfd)
+        if self._init_pidfd is not None:
+            _pidfd_kill(self._init_pidfd)
+        else:
+            for child in _children(self.pid):  # bwrap has not told us its child yet
+                fd = _child_pidfd(child, self.pid)
+                if fd is not None:
+                    _pidfd_kill(fd)
+                    os.close(fd)
 
     # ------------------------------------------------------------------ watchers
     def _impose(self, reason: str) -> None:
@@ -117,9 +119,10 @@ class SandboxProcess:
             self._info += chunk
             if b"}" in chunk:
                 break
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             pid = int(json.loads(bytes(self._info).split(b"}")[0] + b"}")["child-pid"])
             self._init_pid = pid
+            self._init_pidfd = _child_pidfd(pid, self.pid)
         self._loop.remove_reader(fd)
         os.close(fd)
         self._info_fd = None
@@ -171,16 +174,17 @@ class SandboxProcess:
         self._timer.cancel()
         self._disk_task.cancel()
         self._read_info()
-        if self._init_pid is not None:
-            # bwrap's pid 1 dies with it (PDEATHSIG); make sure, so nothing of the sandbox outlives wait()
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._init_pid, signal.SIGKILL)
+        if self._init_pidfd is not None:
+            # pid 1 dies with bwrap (PDEATHSIG) or was reaped by it; make sure, so nothing outlives wait()
+            _pidfd_kill(self._init_pidfd)
         self._loop.create_task(self._finish_after_ns())
 
     async def _finish_after_ns(self) -> None:
-        if self._init_pid is not None:
+        if self._init_pidfd is not None:
             # pid 1 of a namespace exits only after every process in it is gone
-            await _pid_gone(self._loop, self._init_pid)
+            await _pidfd_gone(self._loop, self._init_pidfd)
+            os.close(self._init_pidfd)
+            self._init_pidfd = None
         self._ns_gone = True
         self._maybe_finish()
 
@@ -188,12 +192,11 @@ class SandboxProcess:
         if self._done.done() or self._status is None or not self._ns_gone:
             return
         if self._open_pipes:
-            # the namespace is gone, so the pipes hit EOF now; drain what is left synchronously
+            # the namespace is gone: take what is still buffered in the pipes, then stop listening
             for pipe, tail in ((self._popen.stdout, self._out), (self._popen.stderr, self._err)):
                 if pipe is not None and not pipe.closed:
                     fd = pipe.fileno()
-                    while tail.feed(fd):
-                        pass
+                    tail.drain(fd)
                     self._loop.remove_reader(fd)
                     pipe.close()
             self._open_pipes = 0
@@ -221,22 +224,36 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-async def _pid_gone(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+def _child_pidfd(pid: int, parent: int) -> int | None:
+    """A pidfd for ``pid`` only if it is (still) ``parent``'s child; ``parent`` is unreaped, so no pid reuse."""
     try:
         fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
+    except OSError:
+        return None
     try:
-        gone = loop.create_future()
-        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
-        try:
-            await asyncio.wait_for(gone, 5.0)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            loop.remove_reader(fd)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:") and int(line.split()[1]) == parent:
+                return fd
+    except (OSError, ValueError, IndexError):
+        pass
+    os.close(fd)
+    return None
+
+
+def _pidfd_kill(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+
+
+async def _pidfd_gone(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    gone = loop.create_future()
+    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await asyncio.wait_for(gone, 5.0)
+    except TimeoutError:
+        pass
     finally:
-        os.close(fd)
+        loop.remove_reader(fd)
 
 
 def spawn(plan: Plan, *, stdin: int | None, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
