@@ -175,11 +175,14 @@ class Worker:
             async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 await launched.wait()
                 sock: socket.socket = writer.get_extra_info("socket")
+                peer = None
                 try:
-                    verify_peer(sock, expected_uid=uid, sandbox_pid=box["proc"].pid)
+                    peer = verify_peer(sock, expected_uid=uid, sandbox_pid=box["proc"].pid)
                     if sessions:
                         raise StockadeError("peer.rejected", "the run already has a connection")
                 except StockadeError as exc:
+                    if peer is not None:
+                        peer.close()
                     await self.recorder.record(run.tenant_id, "peer.rejected", run_id=run.id, code="peer.rejected",
                                                detail={"message": exc.detail})
                     writer.close()
@@ -192,6 +195,8 @@ class Worker:
                     await sess.serve(reader, writer)
                 except asyncio.CancelledError:  # the run ended (cancel/timeout) while the sandbox was still talking
                     writer.close()
+                finally:
+                    peer.close()  # the pidfd is held for the connection's lifetime
 
             server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
                                                      limit=self.settings.sandbox_max_frame_bytes + 16)
@@ -200,7 +205,7 @@ class Worker:
                 os.chown(dirs.socket_path, uid, gid)
             try:
                 spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
-                proc = await launch(spec)
+                proc = await launch(spec, bwrap=self.settings.sandbox_bwrap)
             except (StockadeError, SandboxError) as exc:
                 log.error("run %s: sandbox could not start: %s", run.id, exc.detail)
                 await self._fail(emitter, exc.code, exc.detail)

@@ -82,7 +82,7 @@ class CodeRunTool:
                 limits=limits, uid=uid, gid=uid, hostname="code", python_home=home,
             )
             try:
-                proc = await launch(spec, stdin=args.stdin.encode())
+                proc = await launch(spec, stdin=args.stdin.encode(), bwrap=settings.sandbox_bwrap)
             except SandboxError as exc:
                 raise StockadeError(exc.code if exc.code in ("sandbox.unavailable", "input.invalid") else "tool.unavailable",
                                     exc.detail) from None

@@ -122,7 +122,14 @@ def _parse(data: Any, where: str) -> tuple[Price | None, dict[str, Price]]:
     return default, {str(k): _price(v, f"{where}: {k}") for k, v in models_raw.items()}
 
 
+# The policy document and the shipped table spell these ``input_per_mtok`` / ``output_per_mtok``;
+# the short forms are accepted too. Both mean USD per million tokens.
+_ALIASES = {"input_per_mtok": "input", "output_per_mtok": "output"}
+
+
 def _price(raw: Any, where: str) -> Price:
+    if isinstance(raw, Mapping):
+        raw = {_ALIASES.get(k, k): v for k, v in raw.items()}
     if not isinstance(raw, Mapping) or set(raw) - {"input", "output"} or not {"input", "output"} <= set(raw):
         raise SettingsError(f"invalid {where}: expected {{input: USD per 1M tokens, output: USD per 1M tokens}}")
     try:
