@@ -76,6 +76,11 @@ class SandboxProcess:
     def init_pid(self) -> int | None:
         return self._init_pid
 
+    @property
+    def exited(self) -> bool:
+        """True once the sandbox has ended (``wait()`` returns at once)."""
+        return self._done.done()
+
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._done)
 

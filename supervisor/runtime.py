@@ -19,9 +19,9 @@ from supervisor.audit.chain import Sealer
 from supervisor.audit.keys import load_audit_key, load_signing_key
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
+from supervisor.errors import StockadeError
 from supervisor.factory import open_services
 from supervisor.services import Services
-from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 from supervisor.stores.records import TERMINAL_STATUSES
 
@@ -41,6 +41,7 @@ class Runtime:
     chain: Any
     interceptors: list[Any] = field(default_factory=list)
     worker: Any = None
+    warm: Any = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     sandbox_problems: list[str] = field(default_factory=list)
@@ -60,6 +61,11 @@ class Runtime:
             if self.sandbox_problems:
                 log.error("sandbox backend not ready, no bundle will run: %s", "; ".join(self.sandbox_problems))
             await self._recover()
+            if self.settings.sandbox_warm_pool > 0 and not self.sandbox_problems:
+                from supervisor.runs.warm import WarmPool
+
+                self.warm = WarmPool(self.settings, self.services.extras.get("uid_pool"))
+                self.warm.start()
             self.worker = self._make_worker()
             self.tasks.append(asyncio.create_task(self.worker.run_forever(self.stop_event)))
             self.tasks.append(asyncio.create_task(self._sweeper()))
@@ -75,7 +81,7 @@ class Runtime:
         wid = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         forget = [i.forget_run for i in self.interceptors if hasattr(i, "forget_run")]
         return Worker(self.services, self.chain, self.recorder, self.registry, worker_id=wid, uid_pool=uid_pool,
-                      bundle_policy_loader=load_bundle_policy, on_run_end=forget)
+                      bundle_policy_loader=load_bundle_policy, on_run_end=forget, warm=self.warm)
 
     async def _recover(self) -> None:
         """Embedded queue lives in memory: after a restart, queue what was queued again; runs that were
@@ -112,6 +118,8 @@ class Runtime:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
+        if self.warm is not None:
+            await self.warm.close()
         for icpt in self.interceptors:  # settlements still in flight (budget commits) finish first
             drain = getattr(icpt, "drain", None)
             if drain is not None:

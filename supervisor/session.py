@@ -83,12 +83,14 @@ class RunSession:
             await self._writer.drain()
 
     # ------------------------------------------------------------------ main loop
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, greeted: bool = False) -> None:
+        """``greeted``: a warm sandbox's ``hello`` was already read when its slot was prepared."""
         self._writer = writer
         try:
-            hello = await self._read_frame(reader)
-            if hello.get("type") != "hello":
-                raise FrameError("frame.invalid", "the first frame must be hello")
+            if not greeted:
+                hello = await self._read_frame(reader)
+                if hello.get("type") != "hello":
+                    raise FrameError("frame.invalid", "the first frame must be hello")
             await self.send({"type": "welcome", "max_frame": self.max_frame, **self.welcome})
             while True:
                 frame = await self._read_frame(reader)

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     sandbox_max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     sandbox_max_events_per_s: int = Field(500, ge=1)
     sandbox_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
-    sandbox_warm_pool: int = Field(0, ge=0, le=64)
+    sandbox_warm_pool: int = Field(2, ge=0, le=64)  # sandboxes launched ahead (Python + SDK imported), used once
 
     # --- bundles
     bundle_max_files: int = Field(1000, ge=1)

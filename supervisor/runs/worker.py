@@ -19,6 +19,7 @@ from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
 from supervisor.peer import verify_peer
 from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
+from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
 from supervisor.stores.records import TERMINAL_STATUSES, Job, Run
 
@@ -31,7 +32,7 @@ CANCEL_POLL_S = 0.25
 class Worker:
     def __init__(self, services: Any, chain: Chain, recorder: AuditRecorder, registry: Any, *,
                  worker_id: str, uid_pool: Any = None, bundle_policy_loader: Any = None,
-                 on_run_end: list[Any] | None = None) -> None:
+                 on_run_end: list[Any] | None = None, warm: Any = None) -> None:
         self.s = services
         self.chain = chain
         self.recorder = recorder
@@ -40,6 +41,7 @@ class Worker:
         self.uid_pool = uid_pool
         self.bundle_policy_loader = bundle_policy_loader
         self.on_run_end = on_run_end or []  # per-run state holders (policy velocity/order history)
+        self.warm = warm  # supervisor.runs.warm.WarmPool, or None
         self.settings = services.settings
         self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
         self._tasks: set[asyncio.Task] = set()
@@ -144,12 +146,18 @@ class Worker:
             return  # canceled while queued
         await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})
         manifest = version.manifest
-        limits, timeout = limits_for(self.settings, _dump(getattr(manifest, "limits", None)))
-        uid = self.uid_pool.acquire() if self.uid_pool is not None else None
-        gid = uid
-        dirs = make_run_dirs(self.settings, run.id, uid, gid)
+        manifest_limits = _dump(getattr(manifest, "limits", None))
+        limits, timeout = limits_for(self.settings, manifest_limits)
+        slot = self.warm.take() if self.warm is not None and self.warm.eligible(manifest_limits) else None
+        if slot is not None:
+            uid, gid, dirs = slot.uid, slot.gid, slot.dirs
+        else:
+            uid = self.uid_pool.acquire() if self.uid_pool is not None else None
+            gid = uid
+            dirs = make_run_dirs(self.settings, run.id, uid, gid)
         proc = None
         server = None
+        warm_task: asyncio.Task | None = None
         killer: dict[str, str] = {}
         try:
             history = []
@@ -198,20 +206,38 @@ class Worker:
                 finally:
                     peer.close()  # the pidfd is held for the connection's lifetime
 
-            server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
-                                                     limit=self.settings.sandbox_max_frame_bytes + 16)
-            os.chmod(dirs.socket_path, 0o600)
-            if uid is not None and os.geteuid() == 0:
-                os.chown(dirs.socket_path, uid, gid)
-            try:
-                spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
-                proc = await launch(spec, bwrap=self.settings.sandbox_bwrap)
-            except (StockadeError, SandboxError) as exc:
-                log.error("run %s: sandbox could not start: %s", run.id, exc.detail)
-                await self._fail(emitter, exc.code, exc.detail)
-                return
-            box["proc"] = proc
-            launched.set()
+            if slot is not None:
+                proc, server = slot.proc, slot.server
+                box["proc"] = proc
+                await asyncio.to_thread(copy_bundle, version.path, slot.bundle_dir)
+                reader, writer, peer = slot.conn.result()
+                self.started[run.id] = time.monotonic()
+                sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
+                                  emitter=emitter, welcome=welcome, on_limit=on_limit)
+                sessions.append(sess)
+
+                async def serve_warm() -> None:
+                    try:
+                        await sess.serve(reader, writer, greeted=True)
+                    finally:
+                        peer.close()
+
+                warm_task = asyncio.get_running_loop().create_task(serve_warm())
+            else:
+                server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
+                                                         limit=self.settings.sandbox_max_frame_bytes + 16)
+                os.chmod(dirs.socket_path, 0o600)
+                if uid is not None and os.geteuid() == 0:
+                    os.chown(dirs.socket_path, uid, gid)
+                try:
+                    spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
+                    proc = await launch(spec, bwrap=self.settings.sandbox_bwrap)
+                except (StockadeError, SandboxError) as exc:
+                    log.error("run %s: sandbox could not start: %s", run.id, exc.detail)
+                    await self._fail(emitter, exc.code, exc.detail)
+                    return
+                box["proc"] = proc
+                launched.set()
             status, data = await self._supervise(run, proc, timeout, sessions, killer)
             fields: dict[str, Any] = {"ended_at": time.time()}
             if status != "succeeded":
@@ -220,18 +246,20 @@ class Worker:
         finally:
             if proc is not None:
                 proc.kill()
+            if warm_task is not None and not warm_task.done():
+                warm_task.cancel()
             if server is not None:
                 server.close()
             dirs.remove()
             if uid is not None and self.uid_pool is not None:
                 self.uid_pool.release(uid)
 
-    async def _supervise(self, run: Run, proc: Any, timeout: float, sessions: list[RunSession],
+    async def _supervise(self, run: Run, proc: Any, limit_s: float, sessions: list[RunSession],
                          killer: dict[str, str]) -> tuple[str, dict[str, Any]]:
         waiter = asyncio.ensure_future(proc.wait())
         canceled = asyncio.ensure_future(self._watch_cancel(run))
         try:
-            done, _ = await asyncio.wait({waiter, canceled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({waiter, canceled}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             canceled.cancel()
         if waiter not in done:
@@ -239,7 +267,7 @@ class Worker:
             exit_info = await waiter
             if canceled in done:
                 return "canceled", {"code": "run.canceled", "message": "canceled"}
-            return "timed_out", {"code": "run.timed_out", "message": f"the run exceeded its {timeout:g}s time limit"}
+            return "timed_out", {"code": "run.timed_out", "message": f"the run exceeded its {limit_s:g}s time limit"}
         exit_info = waiter.result()
         if sessions:
             with contextlib.suppress(asyncio.TimeoutError):

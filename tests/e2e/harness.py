@@ -82,6 +82,7 @@ async def start_node(settings: Settings, *, workers: bool = True, api: bool = Tr
 def settings_for(kind: str, data_dir: Path, *, pg_url: str | None = None, redis_url: str | None = None,
                  redis_prefix: str | None = None, **extra: Any) -> Settings:
     base: dict[str, Any] = dict(data_dir=data_dir, bundles_dir=BUNDLES, watch_bundles=False, sweep_interval_s=0.5,
+                                sandbox_warm_pool=0,  # cold starts unless a test asks for the warm pool
                                 audit_key="test-audit-key-0123456789abcdef")
     if kind == "production":
         base.update(database_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix)

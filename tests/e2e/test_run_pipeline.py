@@ -219,3 +219,24 @@ async def test_bad_requests_change_nothing(node):
     assert r.status_code == 401 and r.json()["code"] == "auth.missing"
     r = await node.client("stk_" + "a" * 38).get("/v1/runs")
     assert r.status_code == 401 and r.json()["code"] == "auth.invalid"
+
+
+@pytest.mark.node_settings(sandbox_warm_pool=2)
+async def test_warm_pool_runs_are_isolated_and_used_once(node):
+    """Warm sandboxes: the same stream as cold ones; each slot serves one run; bundles differ per run."""
+    tid, key = await node.tenant()
+    await push(node, tid, "crasher")
+    c = node.client(key)
+    texts = [f"warm run {i}" for i in range(5)]
+    runs = [await start(c, "echo", t) for t in texts]
+    for run, text in zip(runs, texts, strict=True):
+        events = await collect(c, run["id"])
+        check_stream(events)
+        assert "".join(e.data["text"] for e in events if e.event == "message.delta").split() == text.split()
+    crash = await start(c, "crasher", "")
+    events = await collect(c, crash["id"])
+    assert events[-1].event == "run.failed" and events[-1].data["error_type"] == "KeyError"
+    warm = node.rt.warm
+    assert warm is not None and warm.size == 2
+    slots = list(warm._ready)
+    assert len({s.uid for s in slots}) == len(slots)  # a uid per slot, none reused by a finished run while live
