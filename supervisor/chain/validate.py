@@ -46,6 +46,9 @@ class ValidateInterceptor:
         )
         call.tool_ctx.call = call
         call.resource = tool.resource(call.args, call.tool_ctx)
+        tokens = getattr(tool, "estimate_tokens", None)
+        if tokens is not None:  # LLM calls: the per-user token-throughput limit charges this
+            call.extra["llm_tokens"] = int(tokens(call.args))
         return await next(call)
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from supervisor.audit.receipts import verify_receipt
 from tests.e2e.harness import collect, read_sse
 from tests.e2e.test_run_pipeline import check_stream, push, start
@@ -212,3 +214,26 @@ def test_cli_audit_verify_detects_tampering(tmp_path):
     db.close()
     bad = subprocess.run(cli + ["audit", "verify", "--tenant", tid], env=env, cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "record 3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.node_settings(approval_ttl_s=1.0)
+async def test_unanswered_approval_expires_to_rejected(node):
+    _, _, c = await setup(node)
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}))
+    results, events = await results_of(c, run["id"])
+    assert results[0]["error"] == "approval.rejected" and "expired" in results[0]["message"]
+    assert [e.data["decision"] for e in events if e.event == "approval.resolved"] == ["expired"]
+    approvals = (await c.get("/v1/approvals", params={"status": "expired"})).json()["data"]
+    assert len(approvals) == 1
+
+
+async def test_revoked_key_stops_working(node):
+    _, _, c = await setup(node)
+    made = (await c.post("/v1/keys", json={"role": "viewer"})).json()
+    viewer = node.client(made["api_key"])
+    assert (await viewer.get("/v1/runs")).status_code == 200
+    r = await viewer.post("/v1/runs", json={"bundle": "echo", "input": "x"})
+    assert r.status_code == 403 and r.json()["code"] == "auth.forbidden"
+    assert (await c.delete(f"/v1/keys/{made['id']}")).status_code == 200
+    r = await viewer.get("/v1/runs")
+    assert r.status_code == 401 and r.json()["code"] == "auth.invalid"

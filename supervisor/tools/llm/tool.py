@@ -80,6 +80,12 @@ class LlmChatTool:
     def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
         return _as_args(args).model  # policies can match "anthropic/*" or a single model
 
+    def estimate_tokens(self, args: ToolArgs) -> int:
+        """Worst-case tokens of one call (prompt estimate + ``max_tokens``): what the per-user
+        token-throughput rate limit charges before the call runs."""
+        a = _as_args(args)
+        return input_estimate(a) + a.max_tokens
+
     def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
         """Worst case: the whole prompt (estimated high) plus ``max_tokens`` of output."""
         a = _as_args(args)
