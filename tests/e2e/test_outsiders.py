@@ -119,3 +119,39 @@ async def test_worker_killed_mid_call_fails_the_run_and_releases_its_reservation
         if second is not None:
             await second.stop()
         await api.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_rate_limit_holds_across_two_supervisor_nodes(node_config, stack_kind):
+    """Two nodes (each with its own worker, Redis client and DB pool) run one tenant's runs; its burst is global."""
+    a = await start_node(node_config.model_copy(update={"worker_id": "node-a"}))
+    b = await start_node(node_config.model_copy(update={"worker_id": "node-b"}))
+    try:
+        tid, key = await a.tenant()
+        await push(a, tid, "caller")
+        c = a.client(key)
+        policy = ("version: 1\nrules:\n  - id: echo\n    tool: echo\n    verdict: allow\n"
+                  "limits: {tenant_per_s: 0.01, tenant_burst: 12}\n")
+        assert (await c.put("/v1/policy", content=policy, headers={"Content-Type": "application/yaml"})).status_code == 200
+        import json as _json
+
+        plan = _json.dumps({"calls": [{"tool": "echo", "args": {"i": i}} for i in range(6)], "concurrent": True})
+        runs = [await start(c, "caller", plan) for _ in range(6)]
+        allowed = limited = 0
+        workers = set()
+        t0 = asyncio.get_running_loop().time()
+        for run in runs:
+            events = await collect(c, run["id"])
+            check_stream(events)
+            results = next(e for e in events if e.event == "custom").data["data"]
+            allowed += sum(1 for r in results if "ok" in r)
+            limited += sum(1 for r in results if r.get("error") == "rate.limited")
+            workers.add((await a.rt.services.runs.get_run(tid, run["id"])).worker_id)
+        elapsed = asyncio.get_running_loop().time() - t0
+        assert allowed + limited == 36
+        assert 12 <= allowed <= 12 + int(0.01 * elapsed) + 1, (allowed, elapsed)
+        assert len(workers) == 2, workers  # both nodes really executed runs
+    finally:
+        await b.stop()
+        await a.stop()
