@@ -94,6 +94,10 @@ async def put_policy(request: Request, rt: Any = Depends(runtime), p: Principal 
     except PolicyError as exc:
         raise StockadeError("policy.invalid", exc.detail, errors=getattr(exc, "errors", [])) from None
     await rt.services.policies.put(p.tenant_id, text, policy.version)
+    for icpt in getattr(rt, "interceptors", ()):  # this process applies it at once; others within a second
+        forget = getattr(icpt, "forget_tenant", None)
+        if forget is not None:
+            forget(p.tenant_id)
     await rt.recorder.record(p.tenant_id, "policy.updated", policy_version=policy.version,
                              detail={"key_id": p.key_id, "rules": len(policy.rules)})
     return {"version": policy.version, "rules": len(policy.rules)}

@@ -96,7 +96,7 @@ class _Lru(OrderedDict[Any, _Log]):
 class PolicyInterceptor:
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        max_runs: int = 4096, max_users: int = 4096, cache_size: int = 128,
+        max_runs: int = 4096, max_users: int = 4096, cache_size: int = 128, stored_ttl_s: float = 1.0,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
@@ -104,6 +104,15 @@ class PolicyInterceptor:
         self._users = _Lru(max_users)
         self._cache: OrderedDict[str, tuple[str, Policy]] = OrderedDict()
         self._cache_size = cache_size
+        # The tenant's stored document, re-read at most every ``stored_ttl_s``: one store round trip per
+        # call was a whole PostgreSQL transaction. A PUT through this process invalidates at once
+        # (forget_tenant); other processes see it within the TTL.
+        self._stored_ttl_s = stored_ttl_s
+        self._stored: OrderedDict[str, tuple[float, tuple[str, str] | None]] = OrderedDict()
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """The tenant's policy changed: read it again on the next call."""
+        self._stored.pop(tenant_id, None)
 
     def forget_run(self, tenant_id: str, run_id: str) -> None:
         """Drop a finished run's history."""
@@ -177,10 +186,22 @@ class PolicyInterceptor:
             raise StockadeError("policy.denied", f"redirect to {resource} is not allowed by policy ({v.reason or v.verdict})",
                                 rule_id=v.rule_id)
 
+    async def _stored_policy(self, call: CallState, tenant_id: str) -> tuple[str, str] | None:
+        now = time.monotonic()
+        hit = self._stored.get(tenant_id)
+        if hit is not None and now - hit[0] < self._stored_ttl_s:
+            return hit[1]
+        stored = await call.services.policies.get(tenant_id)
+        self._stored[tenant_id] = (now, stored)
+        self._stored.move_to_end(tenant_id)
+        while len(self._stored) > self._cache_size * 8:
+            self._stored.popitem(last=False)
+        return stored
+
     async def _tenant_policy(self, call: CallState) -> Policy:
         tenant_id = call.binding.tenant_id
         try:
-            stored = await call.services.policies.get(tenant_id)
+            stored = await self._stored_policy(call, tenant_id)
         except Exception as exc:
             log.warning("policy store failed for tenant %s: %r", tenant_id, exc)
             raise self._unavailable(call, "the tenant's policy could not be read") from exc

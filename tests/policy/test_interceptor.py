@@ -89,7 +89,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def step(clock: Clock) -> PolicyInterceptor:
-    return PolicyInterceptor(clock=clock)
+    return PolicyInterceptor(clock=clock, stored_ttl_s=0)  # read the store on every call (the TTL has its own test)
 
 
 def make_call(store: FakePolicyStore, tool: str = "echo", args: dict[str, Any] | None = None, *,
@@ -406,3 +406,19 @@ async def test_large_arguments_with_regex_rules_are_evaluated_off_the_loop(step,
     call = make_call(store, "echo", {"t": "x" * 200_000})
     await step(call, Next())
     assert call.rule_id == "e" and len(threads) == 2
+
+
+async def test_stored_policy_is_cached_briefly_and_forgotten_on_change(store):
+    cached = PolicyInterceptor(stored_ttl_s=60)
+    text = "version: 1\nrules:\n  - {id: e, tool: echo, verdict: allow}\n"
+    await store.set("t1", text)
+    nxt = Next()
+    for _ in range(3):
+        await cached(make_call(store, "echo"), nxt)
+    assert store.gets == 1
+    await store.set("t1", "version: 1\nrules:\n  - {id: d, tool: echo, verdict: deny}\n")
+    cached.forget_tenant("t1")
+    call = make_call(store, "echo")
+    with pytest.raises(StockadeError) as exc:
+        await cached(call, nxt)
+    assert exc.value.code == "policy.denied" and call.rule_id == "d" and store.gets == 2

@@ -106,13 +106,19 @@ class PgDB:
                 raise
             await conn.execute("COMMIT")
 
-    def tenant_tx(self, tenant_id: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        """``async with db.tenant_tx(t) as conn:`` — a transaction as ``stockade_app`` with RLS scoped to ``t``."""
+    def tenant_tx(self, tenant_id: str, *, durable: bool = True) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """``async with db.tenant_tx(t) as conn:`` — a transaction as ``stockade_app`` with RLS scoped to ``t``.
+
+        ``durable=False`` commits without waiting for the WAL flush (``synchronous_commit = off``): still
+        atomic and ordered, but a server crash may lose the last few hundred milliseconds of such commits.
+        Only for run events (their live copy is on the bus); never for audit, ledger or approvals.
+        """
         if not isinstance(tenant_id, str) or not tenant_id:
             raise StockadeError("input.invalid", "tenant id must be a non-empty string")
+        relaxed = "" if durable else ", set_config('synchronous_commit','off',true)"
         return self._tx(
             "BEGIN; SELECT set_config('role','stockade_app',true),"
-            f" set_config('stockade.tenant_id',{_literal(tenant_id)},true)"
+            f" set_config('stockade.tenant_id',{_literal(tenant_id)},true){relaxed}"
         )
 
     def system_tx(self) -> AbstractAsyncContextManager[asyncpg.Connection]:

@@ -105,7 +105,8 @@ class PgRunStore:
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         payload = dumps(data, "event data")
         ts = time.time()
-        async with self._db.tenant_tx(tenant_id) as c:
+        # events are not money or audit: their commit need not wait for the WAL flush (see PgDB.tenant_tx)
+        async with self._db.tenant_tx(tenant_id, durable=False) as c:
             seq = await c.fetchval(
                 "WITH r AS (UPDATE runs SET last_seq = last_seq + 1"
                 f"   WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL} RETURNING tenant_id, id, last_seq)"
