@@ -143,6 +143,9 @@ async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
     assert sum(1 for t in tool_results if t["deduped"]) == 4
     ledger = (await c.get("/v1/ledger")).json()["data"]
     assert round(sum(e["amount_usd"] for e in ledger if e["scope"] == "tenant"), 6) == 0.001
+    r1b = await start(c, "caller", plan({"tool": "echo", "args": {"n": 3}, "key": "order-1", "meta": True}))
+    meta, _ = await results_of(c, r1b["id"])
+    assert meta[0] == {"meta": {"result": {"n": 3}, "deduped": True}}  # the bundle can tell it did not re-run
     r2 = await start(c, "caller", plan({"tool": "echo", "args": {"n": 4}, "key": "order-1"}))
     results2, _ = await results_of(c, r2["id"])
     assert results2[0]["error"] == "idempotency.mismatch"

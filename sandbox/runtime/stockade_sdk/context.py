@@ -65,6 +65,12 @@ class Context:
         reply = await self._conn.request(self._frame(tool, idempotency_key, args, stream=False))
         return self._unwrap(reply)
 
+    async def call_meta(self, tool: str, /, idempotency_key: str | None = None, **args: Any) -> dict[str, Any]:
+        """Like ``call``, with what the supervisor knows about it: ``{"result": ..., "deduped": bool}``
+        (``deduped``: an earlier call with the same idempotency key ran; this is its result, nothing re-ran)."""
+        reply = await self._conn.request(self._frame(tool, idempotency_key, args, stream=False))
+        return {"result": self._unwrap(reply), "deduped": bool(reply.get("deduped"))}
+
     async def stream(self, tool: str, /, idempotency_key: str | None = None, **args: Any) -> AsyncIterator[dict[str, Any]]:
         """Iterate a streaming tool's chunks (e.g. llm.chat deltas); the last item is ``{"result": ...}``."""
         queue: asyncio.Queue = asyncio.Queue()

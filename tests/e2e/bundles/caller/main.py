@@ -6,6 +6,8 @@ from stockade_sdk import ToolError
 
 async def one(ctx, spec):
     try:
+        if spec.get("meta"):
+            return {"meta": await ctx.call_meta(spec["tool"], idempotency_key=spec.get("key"), **spec.get("args", {}))}
         res = await ctx.call(spec["tool"], idempotency_key=spec.get("key"), **spec.get("args", {}))
         return {"ok": res}
     except ToolError as exc:
