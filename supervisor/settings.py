@@ -110,6 +110,15 @@ class Settings(BaseSettings):
         # resolved once, here: sandboxes bind these paths, and bwrap needs them absolute
         return None if v is None else v.expanduser().resolve()
 
+    @field_validator("audit_key", mode="before")
+    @classmethod
+    def _audit_key(cls, v: object) -> object:
+        if v in (None, ""):
+            return None  # unset: generated once into the data dir
+        if isinstance(v, str) and len(v) < 16:
+            raise ValueError("must be at least 16 characters (it keys the audit chain's MACs)")
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:

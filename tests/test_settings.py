@@ -42,3 +42,10 @@ def test_backend_selection(monkeypatch):
     assert not s.uses_postgres and s.redis_url is None
     s = load_settings(database_url="postgresql://u@h/db", redis_url="redis://h:6379/0")
     assert s.uses_postgres and s.redis_url == "redis://h:6379/0"
+
+
+def test_audit_key_empty_means_unset_and_short_is_refused():
+    assert Settings(audit_key="").audit_key is None
+    with pytest.raises(SettingsError) as exc:
+        load_settings(audit_key="short")
+    assert "STOCKADE_AUDIT_KEY" in str(exc.value)

@@ -89,16 +89,21 @@ def _special(name: str) -> StockadeError:
                          f"archive member {name[:200]!r} is a device, fifo or other special file", member=name[:200])
 
 
+# ``tarfile.data_filter`` (Python >= 3.11.4) is a second layer behind our own member checks. Debian 12
+# ships 3.11.2 without it; there the first layer (every member vetted before anything is written) stands alone.
+_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
 _FILTER_CODES: tuple[tuple[type[Exception], str], ...] = (
     (tarfile.AbsolutePathError, "archive.absolute_path"),
     (tarfile.OutsideDestinationError, "archive.path_traversal"),
     (tarfile.SpecialFileError, "archive.special_file"),
     (tarfile.AbsoluteLinkError, "archive.link"),
     (tarfile.LinkOutsideDestinationError, "archive.link"),
-)
+) if _HAS_DATA_FILTER else ()
 
 
 def _second_layer(info: tarfile.TarInfo, dest: Path) -> None:
+    if not _HAS_DATA_FILTER:
+        return
     try:
         tarfile.data_filter(info, str(dest))
     except tarfile.FilterError as exc:
