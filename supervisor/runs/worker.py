@@ -100,6 +100,7 @@ class Worker:
         emitter = RunEmitter(s.runs, s.events, run.tenant_id, run.id)
         if run.status != "queued":
             # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
+            await self._release(run)  # settled before the terminal event: a client that sees the end sees it all
             await emitter.finish("failed", {"code": "run.worker_lost", "message": "the worker running this run was lost"},
                                  ended_at=time.time(), error_code="run.worker_lost",
                                  error_message="the worker running this run was lost")
@@ -239,6 +240,8 @@ class Worker:
                 box["proc"] = proc
                 launched.set()
             status, data = await self._supervise(run, proc, timeout, sessions, killer)
+            proc.kill()  # nothing of the run may still be calling tools once its reservations are released
+            await self._release(run)
             fields: dict[str, Any] = {"ended_at": time.time()}
             if status != "succeeded":
                 fields.update(error_code=data.get("code"), error_message=data.get("message"))
