@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
 
 __all__ = ["build_asgi", "create_app"]
 
-UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+def _ui_dir() -> Path:
+    """The source tree's ui/ (editable installs, the repo), else what a wheel installed under share/."""
+    here = Path(__file__).resolve().parent.parent / "ui"
+    if (here / "index.html").is_file():
+        return here
+    return Path(sys.prefix) / "share" / "stockade" / "ui"
+
+
+UI_DIR = _ui_dir()
 
 
 def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
