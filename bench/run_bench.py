@@ -97,7 +97,7 @@ async def main(production: bool, warm: int) -> None:
         flat = [x for xs in many for x in xs]
         show("echo round trip, 8 concurrent runs", flat, "µs", 1e6)
         print(f"{'':<44} {len(flat) / dt:,.0f} calls/s total")
-        print(f"(python -I -S floor on this machine is ~8.5 ms, bwrap + python -I -S ~12-13 ms: FACTS.md)")
+        print("(python -I -S floor on this machine is ~8.5 ms, bwrap + python -I -S ~12-13 ms: FACTS.md)")
         _ = statistics
     finally:
         await node.stop()

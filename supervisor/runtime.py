@@ -23,7 +23,6 @@ from supervisor.errors import StockadeError
 from supervisor.factory import open_services
 from supervisor.services import Services
 from supervisor.settings import Settings
-from supervisor.stores.records import TERMINAL_STATUSES
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -126,9 +125,6 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(drain(), 5.0)
         await self.services.close()
-
-    def is_terminal(self, status: str) -> bool:
-        return status in TERMINAL_STATUSES
 
 
 async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:

@@ -11,8 +11,17 @@ from typing import Any
 
 from supervisor.settings import Settings
 from supervisor.stores.ports import (
-    ApprovalStore, AuditLog, BundleStore, EventBus, IdempotencyStore, Ledger, PolicyStore,
-    RateLimiter, RunQueue, RunStore, TenantStore,
+    ApprovalStore,
+    AuditLog,
+    BundleStore,
+    EventBus,
+    IdempotencyStore,
+    Ledger,
+    PolicyStore,
+    RateLimiter,
+    RunQueue,
+    RunStore,
+    TenantStore,
 )
 
 __all__ = ["Services"]

@@ -19,9 +19,6 @@ from supervisor.stores.records import AuditRecord, Run
 
 __all__ = ["build_receipt", "sign_receipt", "verify_receipt"]
 
-SPAN_KINDS_SKIP = frozenset()
-
-
 def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None) -> dict[str, Any]:
     spans = []
     for r in records:

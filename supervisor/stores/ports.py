@@ -17,8 +17,21 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from supervisor.stores.records import (
-    ApiKey, Approval, AuditRecord, BudgetAccount, Event, IdempotencyEntry, Job, LedgerEntry,
-    Project, RateDecision, RateRule, Reservation, Run, Tenant, User,
+    ApiKey,
+    Approval,
+    AuditRecord,
+    BudgetAccount,
+    Event,
+    IdempotencyEntry,
+    Job,
+    LedgerEntry,
+    Project,
+    RateDecision,
+    RateRule,
+    Reservation,
+    Run,
+    Tenant,
+    User,
 )
 
 __all__ = [

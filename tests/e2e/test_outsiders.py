@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import collect, read_sse, settings_for, start_node
+from tests.e2e.harness import collect, read_sse, start_node
 from tests.e2e.test_run_pipeline import check_stream, push, start
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _wait_for(pred, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 def _connect_and_read(path: str) -> bytes:
@@ -96,7 +87,6 @@ async def test_worker_killed_mid_call_fails_the_run_and_releases_its_reservation
         async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
             if e.event == "tool.call":
                 break
-        await _wait_for(lambda: True)
         for _ in range(200):  # the reservation is held while code.run sleeps
             held = [b for b in (await c.get("/v1/budgets")).json()["data"] if b["reserved_usd"] > 0]
             if held:

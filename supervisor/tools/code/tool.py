@@ -8,6 +8,7 @@ text (or base64 for binary), capped in count and size.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -60,15 +61,10 @@ class CodeRunTool:
         pool = ctx.services.extras.get("uid_pool")
         uid = pool.acquire() if pool is not None else None
         base = settings.data_dir / "coderun"
-        base.mkdir(parents=True, exist_ok=True, mode=0o711)
+        base.mkdir(parents=True, exist_ok=True, mode=0o711)  # noqa: ASYNC240 - one mkdir, no I/O wait worth a thread
         work = Path(tempfile.mkdtemp(prefix="code-", dir=base))
         try:
-            os.chmod(work, 0o700)
-            _write_inputs(work, args)
-            if uid is not None and os.geteuid() == 0:
-                for p in [work, *work.rglob("*")]:
-                    os.chown(p, uid, uid)
-            before = _snapshot(work)
+            before = await asyncio.to_thread(_prepare, work, args, uid)
             limits = Limits(
                 memory_mb=min(256, settings.sandbox_memory_mb), max_procs=min(16, settings.sandbox_max_procs),
                 max_open_files=64, max_file_mb=min(16, settings.sandbox_max_file_mb), cpu_s=int(min(args.timeout_s, 30)) + 1,
@@ -87,7 +83,7 @@ class CodeRunTool:
                 raise StockadeError(exc.code if exc.code in ("sandbox.unavailable", "input.invalid") else "tool.unavailable",
                                     exc.detail) from None
             info = await proc.wait()
-            files = _produced(work, before)
+            files = await asyncio.to_thread(_produced, work, before)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if uid is not None and pool is not None:
@@ -102,6 +98,16 @@ class CodeRunTool:
         if info.reason:
             result["limit"] = info.reason
         return ToolResult(result=result)
+
+
+def _prepare(work: Path, args: CodeRunArgs, uid: int | None) -> dict[str, tuple[int, float]]:
+    """Write the inputs, hand the dir to the run's uid, snapshot it (file I/O: off the event loop)."""
+    os.chmod(work, 0o700)
+    _write_inputs(work, args)
+    if uid is not None and os.geteuid() == 0:
+        for p in [work, *work.rglob("*")]:
+            os.chown(p, uid, uid)
+    return _snapshot(work)
 
 
 def _write_inputs(work: Path, args: CodeRunArgs) -> None:

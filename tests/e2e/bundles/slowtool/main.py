@@ -1,4 +1,4 @@
 async def main(ctx):
     await ctx.answer("calling")
-    res = await ctx.call("code.run", code="import time\ntime.sleep(%s)\nprint('slept')" % ctx.input, timeout_s=30)
+    res = await ctx.call("code.run", code=f"import time\ntime.sleep({float(ctx.input)})\nprint('slept')", timeout_s=30)
     await ctx.answer(" " + res["stdout"].strip())
