@@ -5,8 +5,16 @@
 -- Why the mutating operations are stored functions: each is ONE round trip
 -- (FACTS.md: 2 plpgsql calls per reserve+commit ~1.4x the client-side SQL),
 -- which matters because the hot tenant row is locked through the commit flush.
--- Lock order (deadlock freedom, FACTS.md): a reservation row before account
--- rows; account rows always in ascending id, taken by one
+-- Why an account is two rows (a hold row and a settlement row): one shared
+-- tenant row serialises every reservation of that tenant, and the lock is held
+-- through the commit's WAL flush (FACTS.md). With one row, reserve AND commit
+-- queue on it (two flushes per call); split, reserves queue on the hold row and
+-- settlements on the settlement row, in parallel. Safe because a settlement or
+-- release only ever LOWERS usage (charge <= the amount it releases), so a
+-- reserve that reads a slightly old settlement row over-counts, never under-counts;
+-- the one path that raises usage (a late charge) takes the hold locks too.
+-- Lock order (deadlock freedom, FACTS.md): a reservation row, then hold rows,
+-- then settlement rows; rows of one table always in ascending id, taken by one
 -- "... ORDER BY id FOR UPDATE" before any UPDATE touches them.
 
 CREATE TABLE budget_caps (
@@ -20,21 +28,40 @@ CREATE TABLE budget_caps (
 );
 SELECT stockade_tenant_rls('budget_caps');
 
--- Every tier a call is metered against gets a row, capped or not (a cap set
--- mid-month then starts from the real spend). warned: the 80 % warning of this
--- period was already announced.
-CREATE TABLE budget_accounts (
+-- Every tier a call is metered against gets an account, capped or not (a cap set
+-- mid-month then starts from the real spend). held_micro: every amount ever
+-- reserved (only reserve adds to it); released_micro: every amount a settlement
+-- or release gave back. reserved = held - released. warned: the 80 % warning of
+-- this period was already announced.
+CREATE TABLE budget_account_holds (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id       text NOT NULL REFERENCES tenants (id),
     scope           text NOT NULL CHECK (scope IN ('tenant', 'project', 'user')),
     scope_id        text NOT NULL,
     period_key      text NOT NULL,
-    spent_micro     bigint NOT NULL DEFAULT 0 CHECK (spent_micro >= 0),
-    reserved_micro  bigint NOT NULL DEFAULT 0 CHECK (reserved_micro >= 0),
-    warned          boolean NOT NULL DEFAULT false,
+    held_micro      bigint NOT NULL DEFAULT 0 CHECK (held_micro >= 0),
     UNIQUE (tenant_id, scope, scope_id, period_key)
 );
-SELECT stockade_tenant_rls('budget_accounts');
+SELECT stockade_tenant_rls('budget_account_holds');
+
+-- Created in the same transaction as its hold row (account_id = its id); no FK:
+-- a KEY SHARE lock on the hot hold row from every settlement would re-join the queues.
+CREATE TABLE budget_account_settlements (
+    account_id      bigint PRIMARY KEY,
+    tenant_id       text NOT NULL,
+    spent_micro     bigint NOT NULL DEFAULT 0 CHECK (spent_micro >= 0),
+    released_micro  bigint NOT NULL DEFAULT 0 CHECK (released_micro >= 0),
+    warned          boolean NOT NULL DEFAULT false
+);
+SELECT stockade_tenant_rls('budget_account_settlements');
+
+-- The account as readers know it. One statement reads both rows from one snapshot,
+-- in which every release counted was preceded by its hold, so reserved >= 0.
+-- security_invoker: the callers' row-level security applies through the view.
+CREATE VIEW budget_accounts WITH (security_invoker = true) AS
+SELECT h.id, h.tenant_id, h.scope, h.scope_id, h.period_key, s.spent_micro,
+       h.held_micro - s.released_micro AS reserved_micro, s.warned
+  FROM budget_account_holds h JOIN budget_account_settlements s ON s.account_id = h.id;
 
 -- No foreign key to tenants here: every reserve inserts a row, and a KEY SHARE
 -- lock on the one hot tenant row from every concurrent reserver would turn it
@@ -77,8 +104,12 @@ SELECT stockade_tenant_rls('ledger_entries');
 -- Money records are never rewritten: entries are append-only, accounts and
 -- reservations change state but are never deleted.
 REVOKE UPDATE, DELETE, TRUNCATE ON ledger_entries FROM stockade_app, stockade_system;
-REVOKE DELETE, TRUNCATE ON budget_accounts, budget_reservations FROM stockade_app, stockade_system;
-GRANT SELECT, INSERT, UPDATE ON budget_caps, budget_accounts, budget_reservations TO stockade_app, stockade_system;
+REVOKE DELETE, TRUNCATE ON budget_account_holds, budget_account_settlements, budget_reservations
+    FROM stockade_app, stockade_system;
+GRANT SELECT, INSERT, UPDATE ON budget_caps, budget_account_holds, budget_account_settlements, budget_reservations
+    TO stockade_app, stockade_system;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON budget_accounts FROM stockade_app, stockade_system;
+GRANT SELECT ON budget_accounts TO stockade_app, stockade_system;
 GRANT SELECT, INSERT ON ledger_entries TO stockade_app, stockade_system;
 
 CREATE FUNCTION stockade_ledger_append_only() RETURNS trigger
@@ -111,12 +142,10 @@ RETURNS TABLE (r_status text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_ids bigint[];
-    v_head bigint;
     v_bad_scope text;  -- the tightest tier the amount does not fit in, if any
     v_bad_id text;
     v_bad_cap bigint;
     v_bad_head bigint;
-    acc record;
 BEGIN
     IF p_tenant IS NULL OR p_tenant = '' THEN
         RAISE EXCEPTION 'tenant id required' USING ERRCODE = 'invalid_parameter_value';
@@ -127,21 +156,26 @@ BEGIN
     SELECT array_agg(a.id ORDER BY a.id) INTO v_ids
       FROM unnest(p_scopes, p_scope_ids) AS s(scope, scope_id)
       LEFT JOIN budget_caps c ON c.tenant_id = p_tenant AND c.scope = s.scope AND c.scope_id = s.scope_id
-      JOIN budget_accounts a ON a.tenant_id = p_tenant AND a.scope = s.scope AND a.scope_id = s.scope_id
+      JOIN budget_account_holds a ON a.tenant_id = p_tenant AND a.scope = s.scope AND a.scope_id = s.scope_id
                             AND a.period_key = CASE WHEN c.period = 'lifetime' THEN 'lifetime' ELSE p_month END;
     IF coalesce(cardinality(v_ids), 0) <> cardinality(p_scopes) THEN
         -- First use of a tier in this period: create its row at zero, in one fixed order so
         -- that two first users wait for each other instead of locking each other out.
-        INSERT INTO budget_accounts (tenant_id, scope, scope_id, period_key)
-        SELECT p_tenant, s.scope, s.scope_id, CASE WHEN c.period = 'lifetime' THEN 'lifetime' ELSE p_month END
-          FROM unnest(p_scopes, p_scope_ids) AS s(scope, scope_id)
-          LEFT JOIN budget_caps c ON c.tenant_id = p_tenant AND c.scope = s.scope AND c.scope_id = s.scope_id
-         ORDER BY 2, 3, 4
-        ON CONFLICT (tenant_id, scope, scope_id, period_key) DO NOTHING;
+        -- Its settlement row is written in the same statement (same transaction: both or neither).
+        WITH n AS (
+            INSERT INTO budget_account_holds (tenant_id, scope, scope_id, period_key)
+            SELECT p_tenant, s.scope, s.scope_id, CASE WHEN c.period = 'lifetime' THEN 'lifetime' ELSE p_month END
+              FROM unnest(p_scopes, p_scope_ids) AS s(scope, scope_id)
+              LEFT JOIN budget_caps c ON c.tenant_id = p_tenant AND c.scope = s.scope AND c.scope_id = s.scope_id
+             ORDER BY 2, 3, 4
+            ON CONFLICT (tenant_id, scope, scope_id, period_key) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO budget_account_settlements (account_id, tenant_id) SELECT n.id, p_tenant FROM n ORDER BY n.id;
         SELECT array_agg(a.id ORDER BY a.id) INTO v_ids
           FROM unnest(p_scopes, p_scope_ids) AS s(scope, scope_id)
           LEFT JOIN budget_caps c ON c.tenant_id = p_tenant AND c.scope = s.scope AND c.scope_id = s.scope_id
-          JOIN budget_accounts a ON a.tenant_id = p_tenant AND a.scope = s.scope AND a.scope_id = s.scope_id
+          JOIN budget_account_holds a ON a.tenant_id = p_tenant AND a.scope = s.scope AND a.scope_id = s.scope_id
                                 AND a.period_key = CASE WHEN c.period = 'lifetime' THEN 'lifetime' ELSE p_month END;
         IF coalesce(cardinality(v_ids), 0) <> cardinality(p_scopes) THEN
             RAISE EXCEPTION 'budget accounts missing for tenant %', p_tenant USING ERRCODE = 'internal_error';
@@ -154,35 +188,36 @@ BEGIN
         RETURN QUERY SELECT 'duplicate'::text;
         RETURN;
     END IF;
-    -- Lock in ascending id order (FACTS.md: one order, no deadlock). FOR UPDATE hands back
-    -- the latest committed values of the rows it locked; the check reads those.
-    FOR acc IN
-        SELECT a.scope, a.scope_id, a.spent_micro, a.reserved_micro, c.cap_micro
-          FROM budget_accounts a
-          LEFT JOIN budget_caps c ON c.tenant_id = a.tenant_id AND c.scope = a.scope AND c.scope_id = a.scope_id
-                                 AND (c.period = 'lifetime') = (a.period_key = 'lifetime')
-         WHERE a.id = ANY (v_ids)
-         ORDER BY a.id
-           FOR UPDATE OF a
-    LOOP
-        IF acc.cap_micro IS NOT NULL THEN
-            v_head := acc.cap_micro - acc.spent_micro - acc.reserved_micro;
-            IF p_amount > v_head AND (v_bad_scope IS NULL OR v_head < v_bad_head
-                    OR (v_head = v_bad_head AND array_position(ARRAY['tenant', 'project', 'user'], acc.scope)
-                                              < array_position(ARRAY['tenant', 'project', 'user'], v_bad_scope))) THEN
-                v_bad_scope := acc.scope;
-                v_bad_id := acc.scope_id;
-                v_bad_cap := acc.cap_micro;
-                v_bad_head := v_head;
-            END IF;
-        END IF;
-    END LOOP;
-    IF v_bad_scope IS NOT NULL THEN
+    -- Lock the hold rows in ascending id order (FACTS.md: one order, no deadlock). The check
+    -- is the NEXT statement on purpose: its snapshot is taken after the locks are ours, so it
+    -- sees every commit before them, including a late charge (which holds these locks too).
+    -- Settlements committed after it only lower usage: reading them late over-counts.
+    PERFORM 1 FROM budget_account_holds h WHERE h.id = ANY (v_ids) ORDER BY h.id FOR UPDATE;
+    -- One statement: check every capped tier and add the hold only when no tier refuses.
+    -- The tightest refusing tier: least headroom, then tenant before project before user.
+    WITH l AS MATERIALIZED (
+        SELECT h.id, h.scope, h.scope_id, c.cap_micro AS cap,
+               c.cap_micro - st.spent_micro - (h.held_micro - st.released_micro) AS head
+          FROM budget_account_holds h
+          JOIN budget_account_settlements st ON st.account_id = h.id
+          LEFT JOIN budget_caps c ON c.tenant_id = h.tenant_id AND c.scope = h.scope AND c.scope_id = h.scope_id
+                                 AND (c.period = 'lifetime') = (h.period_key = 'lifetime')
+         WHERE h.id = ANY (v_ids)
+    ), bad AS MATERIALIZED (
+        SELECT l.scope, l.scope_id, l.cap, l.head FROM l
+         WHERE l.cap IS NOT NULL AND p_amount > l.head
+         ORDER BY l.head, array_position(ARRAY['tenant', 'project', 'user'], l.scope), l.scope_id
+         LIMIT 1
+    ), u AS (
+        UPDATE budget_account_holds h SET held_micro = h.held_micro + p_amount
+          FROM l WHERE h.id = l.id AND NOT EXISTS (SELECT 1 FROM bad)
+    )
+    SELECT bad.scope, bad.scope_id, bad.cap, bad.head INTO v_bad_scope, v_bad_id, v_bad_cap, v_bad_head FROM bad;
+    IF v_bad_scope IS NOT NULL THEN  -- raising aborts the transaction: the hold above never happened
         RAISE EXCEPTION 'budget exceeded' USING ERRCODE = 'SB001',
             DETAIL = json_build_object('scope', v_bad_scope, 'scope_id', v_bad_id, 'cap', v_bad_cap,
                                        'remaining', greatest(v_bad_head, 0))::text;
     END IF;
-    UPDATE budget_accounts a SET reserved_micro = a.reserved_micro + p_amount WHERE a.id = ANY (v_ids);
     RETURN QUERY SELECT 'ok'::text;
 END
 $$;
@@ -231,8 +266,9 @@ BEGIN
     v_due := least(p_actual, v_res.amount_micro);
     v_charge := v_due;
     v_release := CASE WHEN v_late THEN 0 ELSE v_res.amount_micro END;
-    IF v_late THEN  -- rare path: lock first, then measure the headroom left under every cap
-        PERFORM 1 FROM budget_accounts a WHERE a.id = ANY (v_res.account_ids) ORDER BY a.id FOR UPDATE;
+    IF v_late THEN  -- rare path: it RAISES usage, so it queues with reserves: take the hold
+        -- locks first, then measure (next statement, fresh snapshot) the headroom under every cap
+        PERFORM 1 FROM budget_account_holds h WHERE h.id = ANY (v_res.account_ids) ORDER BY h.id FOR UPDATE;
         SELECT min(c.cap_micro - a.spent_micro - a.reserved_micro) INTO v_head
           FROM budget_accounts a
           JOIN budget_caps c ON c.tenant_id = a.tenant_id AND c.scope = a.scope AND c.scope_id = a.scope_id
@@ -245,23 +281,27 @@ BEGIN
     -- The reservation row is ours already; mark it before taking the account locks.
     UPDATE budget_reservations r SET state = 'committed', settled_at = p_now, charged_micro = v_charge
      WHERE r.tenant_id = p_tenant AND r.id = p_rid;
-    -- One statement: lock the accounts in id order, update them from the locked (latest)
-    -- values, and write one entry per tier (warning_pct: this charge crossed 80 % first).
+    -- One statement: lock the settlement rows (not the hold rows reserves queue on) in id
+    -- order, update them from the locked (latest) values, and write one entry per tier
+    -- (warning_pct: this charge crossed 80 % first). spent is exact; the hold row is read
+    -- unlocked, so reserved/remaining in the entry detail are as of this statement's start.
     RETURN QUERY
     WITH l AS MATERIALIZED (
-        SELECT a.id, a.scope, a.scope_id, a.period_key, a.spent_micro + v_charge AS spent,
-               a.reserved_micro - v_release AS reserved, c.cap_micro AS cap,
-               coalesce(v_charge > 0 AND c.cap_micro > 0 AND NOT a.warned
-                        AND (a.spent_micro + v_charge) * 5 >= c.cap_micro * 4, false) AS warn
-          FROM budget_accounts a
-          LEFT JOIN budget_caps c ON c.tenant_id = a.tenant_id AND c.scope = a.scope AND c.scope_id = a.scope_id
-                                 AND (c.period = 'lifetime') = (a.period_key = 'lifetime')
-         WHERE a.id = ANY (v_res.account_ids)
-         ORDER BY a.id
-           FOR UPDATE OF a
+        SELECT st.account_id AS id, h.scope, h.scope_id, h.period_key, st.spent_micro + v_charge AS spent,
+               greatest(h.held_micro - st.released_micro - v_release, 0) AS reserved, c.cap_micro AS cap,
+               coalesce(v_charge > 0 AND c.cap_micro > 0 AND NOT st.warned
+                        AND (st.spent_micro + v_charge) * 5 >= c.cap_micro * 4, false) AS warn
+          FROM budget_account_settlements st
+          JOIN budget_account_holds h ON h.id = st.account_id
+          LEFT JOIN budget_caps c ON c.tenant_id = h.tenant_id AND c.scope = h.scope AND c.scope_id = h.scope_id
+                                 AND (c.period = 'lifetime') = (h.period_key = 'lifetime')
+         WHERE st.account_id = ANY (v_res.account_ids)
+         ORDER BY st.account_id
+           FOR UPDATE OF st
     ), u AS (
-        UPDATE budget_accounts a SET spent_micro = l.spent, reserved_micro = l.reserved, warned = a.warned OR l.warn
-          FROM l WHERE a.id = l.id
+        UPDATE budget_account_settlements st
+           SET spent_micro = l.spent, released_micro = st.released_micro + v_release, warned = st.warned OR l.warn
+          FROM l WHERE st.account_id = l.id
     ), e AS (
         INSERT INTO ledger_entries (tenant_id, account_id, scope, scope_id, period_key, amount_micro,
                                     reservation_id, run_id, tool, ts, detail)
@@ -305,12 +345,14 @@ BEGIN
              CROSS JOIN LATERAL unnest(r.account_ids) AS u(account_id)
              WHERE r.state = 'held'
              GROUP BY u.account_id) x;
+    -- A release only lowers usage: the settlement rows suffice (in id order).
     WITH l AS MATERIALIZED (
-        SELECT a.id FROM budget_accounts a WHERE a.id = ANY (v_acc) ORDER BY a.id FOR UPDATE
+        SELECT st.account_id AS id FROM budget_account_settlements st
+         WHERE st.account_id = ANY (v_acc) ORDER BY st.account_id FOR UPDATE
     )
-    UPDATE budget_accounts a SET reserved_micro = a.reserved_micro - x.total
+    UPDATE budget_account_settlements st SET released_micro = st.released_micro + x.total
       FROM l JOIN unnest(v_acc, v_amt) AS x(id, total) ON x.id = l.id
-     WHERE a.id = l.id;
+     WHERE st.account_id = l.id;
     UPDATE budget_reservations r SET state = 'released', settled_at = p_now
       FROM unnest(p_tenants, p_ids) AS k(tenant_id, id)
      WHERE r.tenant_id = k.tenant_id AND r.id = k.id AND r.state = 'held';
