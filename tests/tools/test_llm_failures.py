@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from supervisor.errors import StockadeError
@@ -28,18 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server: FakeLLMServer) -> FakeLLMServer:
-    server.reset()
-    return server
 
 
 def make_tool(srv: FakeLLMServer, clock: Clock | None = None, **settings: object) -> LlmChatTool:

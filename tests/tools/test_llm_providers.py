@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -20,18 +19,6 @@ pytestmark = [
 OPENAI_KEY = "sk-test-openai-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-0123456789"
 MODELS = ["openai/gpt-4.1-mini", "openai/gpt-4.1-mini@responses", "anthropic/claude-sonnet-4-5"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server: FakeLLMServer) -> FakeLLMServer:
-    server.reset()
-    return server
 
 
 def settings_for(srv: FakeLLMServer, **kw: object) -> Settings:
