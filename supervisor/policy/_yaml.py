@@ -83,7 +83,10 @@ def load_yaml(text: str) -> LoadedYaml:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise YamlProblem(line, f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}") from None
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "nesting depth" in problem:  # libyaml >= 0.2.5 / PyYAML 6.0.3 stop a deep flow collection while scanning
+            raise YamlProblem(line, f"document nested deeper than {MAX_DEPTH} levels") from None
+        raise YamlProblem(line, f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise YamlProblem(1, f"YAML error: {str(exc).splitlines()[0]}") from None
     return out
