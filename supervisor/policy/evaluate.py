@@ -67,7 +67,7 @@ def _decide(policy: Policy, req: PolicyRequest, budget: Budget) -> Verdict | Non
     if not is_valid_tool_name(req.tool):
         return Verdict("deny", None, "invalid tool name", policy.layer)
     ctx = _Ctx(req, budget)
-    for rule in policy.rules_for_tool(req.tool):
+    for rule in policy.index_for_tool(req.tool).candidates(req.resource):
         try:
             hit = _matches(rule, req, ctx)
         except Undecidable as exc:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.policy._glob import Glob, tool_glob
+from supervisor.policy._regex import _SURROGATE
 from supervisor.policy.conditions import compile_condition
 
 __all__ = [
     "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Condition", "Order", "Policy", "PolicyRequest", "Rule",
-    "Velocity", "Verdict",
+    "RuleIndex", "Velocity", "Verdict",
 ]
 
 VERDICTS = ("allow", "deny", "require_approval", "delay", "downgrade")
@@ -83,17 +84,20 @@ class Policy:
     llm_prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # model id -> {input_per_mtok, output_per_mtok}
     limits: Mapping[str, float | int] = field(default_factory=dict)  # rate-limit overrides (supervisor.limits names)
     has_patterns: bool = False  # some rule uses content or matches (regex work grows with argument size)
-    _by_tool: dict[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _by_tool: dict[str, RuleIndex] = field(default_factory=dict, repr=False, compare=False)
 
-    def rules_for_tool(self, tool: str) -> tuple[Rule, ...]:
-        """The rules whose tool glob matches ``tool``, in order (memoised per tool name)."""
+    def index_for_tool(self, tool: str) -> RuleIndex:
+        """The rules whose tool glob matches ``tool``, in order, indexed (memoised per tool name)."""
         hit = self._by_tool.get(tool)
         if hit is None:
-            hit = tuple(r for r in self.rules if r.matches_tool(tool))
+            hit = RuleIndex(tuple(r for r in self.rules if r.matches_tool(tool)))
             if len(self._by_tool) >= 4096:  # callers pass only valid names, but stay bounded anyway
                 self._by_tool.clear()
             self._by_tool[tool] = hit
         return hit
+
+    def rules_for_tool(self, tool: str) -> tuple[Rule, ...]:
+        return self.index_for_tool(tool).rules
 
     def price_for(self, tool: str) -> float | None:
         """USD per call: the exact name's price, else the first glob (document order) that matches."""
@@ -103,6 +107,54 @@ class Policy:
             if "*" in pattern and tool_glob(pattern).matches(tool):
                 return price
         return None
+
+
+class RuleIndex:
+    """One tool's rules, in order, plus an index that skips rules whose resource cannot match.
+
+    A resource glob matches only resources that start with its literal head
+    (the pattern up to its first ``*``; the whole pattern when it has none),
+    so each rule is filed under the heads of its resource globs, by length.
+    ``candidates(resource)`` looks up the resource's prefixes of those lengths
+    and returns, in rule order, a superset of the rules that can match it: every
+    rule is still checked in full by the evaluator, so the index can only skip
+    work, never change a verdict. With 99 rules over ``/workspace/pN/**`` and the
+    resource ``/etc/passwd`` one rule is left to check instead of a hundred.
+    """
+
+    __slots__ = ("_by_len", "_plain", "_unindexed", "rules")
+
+    _MIN_RULES = 8  # below this a straight scan is as fast
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self._unindexed = len(rules) < self._MIN_RULES
+        # rules with no resource matcher are candidates for every resource
+        self._plain = tuple(i for i, r in enumerate(rules) if r.resources is None)
+        by_len: dict[int, dict[str, list[int]]] = {}
+        for i, r in enumerate(rules):
+            for g in r.resources or ():
+                head = g.pattern.split("*", 1)[0]
+                by_len.setdefault(len(head), {}).setdefault(head, []).append(i)
+        self._by_len = tuple(sorted(by_len.items()))
+
+    def candidates(self, resource: Any) -> Sequence[Rule]:
+        rules = self.rules
+        if self._unindexed:
+            return rules
+        if type(resource) is not str:
+            return [rules[i] for i in self._plain]  # a resource matcher never matches a non-string
+        if not resource.isascii() and _SURROGATE.search(resource):
+            return rules  # regex globs see lone surrogates as U+FFFD: no prefix shortcut for those
+        found = set(self._plain)
+        n = len(resource)
+        for length, heads in self._by_len:
+            if length > n:
+                break
+            hit = heads.get(resource[:length])
+            if hit is not None:
+                found.update(hit)
+        return [rules[i] for i in sorted(found)]
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def test_worst_case_policy_stays_bounded():
     # a normal-sized argument is scanned by every rule and reaches the allow
     t0 = time.perf_counter()
     assert evaluate(p, req(args={"t": text[:20_000]})).rule_id == "ok"
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 3.0  # ~0.4 s on a quiet machine; bounded, not benchmarked
 
 
 def test_step_budget_bounds_python_level_work():
