@@ -72,3 +72,29 @@ def test_records_of_another_tenant_do_not_verify():
 def test_short_keys_refused():
     with pytest.raises(ValueError):
         Sealer(b"short")
+
+
+@pytest.mark.timeout(30)
+async def test_sqlite_appenders_in_two_processes_never_fork_the_chain(tmp_path):
+    """Two connections to one file (as the server and a CLI process have): each caches its own head,
+    so the second writer's cached head is stale every other append; the primary key must turn that
+    into a re-read and a re-seal, never two records with one seq or a record linking to the wrong one."""
+    from supervisor.audit import AuditRecorder
+    from supervisor.stores.sqlite import SqliteAuditLog, open_sqlite
+
+    path = tmp_path / "s.db"
+    db_a, db_b = await open_sqlite(path), await open_sqlite(path)
+    try:
+        db_a.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0)")
+        a, b = AuditRecorder(SqliteAuditLog(db_a), KEY), AuditRecorder(SqliteAuditLog(db_b), KEY)
+        seqs = []
+        for i in range(30):
+            rec = await (a if i % 3 else b).record("ten_a", "tool.allowed", tool="echo", detail={"i": i})
+            seqs.append(rec.seq)
+        assert seqs == list(range(1, 31))
+        records = await SqliteAuditLog(db_a).list("ten_a", limit=100)
+        assert [r.detail["i"] for r in records] == list(range(30))
+        assert verify_chain("ten_a", records, KEY) is None
+    finally:
+        await db_a.close()
+        await db_b.close()

@@ -1,7 +1,15 @@
 """SQLite AuditLog: per-tenant hash chain, append-only (triggers refuse UPDATE/DELETE).
 
-The chain head is read, sealed and advanced inside one ``BEGIN IMMEDIATE``
-transaction, which is the per-tenant lock (and more) on SQLite.
+An append is ONE ``INSERT`` in the database's group commit (``SqliteDB.write``:
+concurrent appends share a transaction). The record is sealed against the
+chain head this process last wrote (cached per tenant, dropped when a write
+transaction rolls back: ``SqliteDB.generation``), and the primary key
+``(tenant_id, seq)`` is the lock. If another process (a CLI next to the
+server) appended meanwhile, its record already holds that ``seq``: the insert
+fails on the key, the head is re-read and the record sealed again. Two
+records can therefore never claim the same place in a chain, and nothing is
+written that does not link to the record before it. (The earlier head row,
+``SELECT`` + insert + upsert per record, cost ~2.5x as much.)
 """
 
 from __future__ import annotations
@@ -32,35 +40,53 @@ def _audit_errors() -> Iterator[None]:
         raise
 
 
+_INSERT = f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ({', '.join('?' * 15)})"
+_HEAD = "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1"
+_RETRIES = 16  # lost races in a row before giving up (each means another process appended)
+
+
 class SqliteAuditLog:
     def __init__(self, db: SqliteDB) -> None:
         self._db = db
+        # tenant -> (db.generation, seq, hash) of the last record this process wrote
+        self._heads: dict[str, tuple[int, int, str]] = {}
 
     async def append(
         self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any]], tuple[str, str]]
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
         detail_json = dumps(f["detail"], "audit detail")
-        with _audit_errors(), self._db.tx() as c:
-            head = c.execute("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?", (tenant_id,)).fetchone()
-            prev_hash, seq = (head[1], head[0] + 1) if head else (GENESIS_HASH, 1)
-            digest, mac = seal(prev_hash, seq, f)
-            try:
-                c.execute(
-                    f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ({', '.join('?' * 15)})",
-                    (tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"], f["rule_id"],
-                     f["policy_version"], f["code"], f["cost_micro"], detail_json, prev_hash, digest, mac),
-                )
-            except sqlite3.IntegrityError as exc:
-                if "FOREIGN KEY" in str(exc):
-                    raise StockadeError("not_found", "unknown tenant") from None
-                raise
-            c.execute(
-                "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES (?, ?, ?)"
-                " ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (tenant_id, seq, digest),
-            )
-        return AuditRecord(tenant_id=tenant_id, seq=seq, prev_hash=prev_hash, hash=digest, mac=mac, **f)
+        db = self._db
+
+        def insert(c: sqlite3.Connection) -> AuditRecord:
+            cached = self._heads.get(tenant_id)
+            head = cached[1:] if cached is not None and cached[0] == db.generation else None
+            for _ in range(_RETRIES):
+                if head is None:
+                    row = c.execute(_HEAD, (tenant_id,)).fetchone()
+                    head = (row[0], row[1]) if row else (0, GENESIS_HASH)
+                seq, prev_hash = head[0] + 1, head[1]
+                digest, mac = seal(prev_hash, seq, f)
+                try:
+                    c.execute(_INSERT, (
+                        tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"], f["rule_id"],
+                        f["policy_version"], f["code"], f["cost_micro"], detail_json, prev_hash, digest, mac,
+                    ))
+                except sqlite3.IntegrityError as exc:
+                    if "FOREIGN KEY" in str(exc):
+                        raise StockadeError("not_found", "unknown tenant") from None
+                    if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
+                        raise
+                    head = None  # another process took this seq: re-read the head, seal again
+                    continue
+                # valid while no write transaction rolls back (generation), i.e. once this one commits
+                self._heads[tenant_id] = (db.generation, seq, digest)
+                return AuditRecord(tenant_id=tenant_id, seq=seq, prev_hash=prev_hash, hash=digest, mac=mac, **f)
+            self._heads.pop(tenant_id, None)
+            raise StockadeError("audit.unavailable", "the audit chain is too contended to append to")
+
+        with _audit_errors():
+            return await db.write(insert, one_statement=True)
 
     async def list(
         self, tenant_id: str, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None
@@ -83,4 +109,4 @@ class SqliteAuditLog:
 
     async def tenants(self) -> list[str]:
         with _audit_errors():
-            return [r[0] for r in self._db.query("SELECT tenant_id FROM audit_heads ORDER BY tenant_id")]
+            return [r[0] for r in self._db.query("SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id")]

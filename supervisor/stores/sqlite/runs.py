@@ -105,7 +105,8 @@ class SqliteRunStore:
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         payload = dumps(data, "event data")
         ts = time.time()
-        with self._db.tx() as c:
+
+        def append(c: sqlite3.Connection) -> int:
             row = c.execute(
                 f"UPDATE runs SET last_seq = last_seq + 1 WHERE tenant_id = ? AND id = ? AND status NOT IN {_TERMINAL_SQL}"
                 " RETURNING last_seq",
@@ -115,11 +116,13 @@ class SqliteRunStore:
                 if self._exists(c, tenant_id, run_id):
                     raise StockadeError("conflict", "the run has ended; no more events")
                 raise StockadeError("not_found", "no such run")
-            seq = row[0]
             c.execute(
                 "INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                (tenant_id, run_id, seq, type, payload, ts),
+                (tenant_id, run_id, row[0], type, payload, ts),
             )
+            return int(row[0])
+
+        seq = await self._db.write(append)  # group commit with this loop turn's other writes
         return Event(run_id, seq, type, json.loads(payload), ts)
 
     async def finish_run(
