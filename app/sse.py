@@ -25,8 +25,11 @@ TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_
 PAGE = 1000
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per event
+
+
 def encode_event(e: Event) -> bytes:
-    data = json.dumps(e.to_wire(), separators=(",", ":"), ensure_ascii=False)
+    data = _ENCODER.encode(e.to_wire())
     return f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
 
 

@@ -9,8 +9,12 @@ from typing import Any
 __all__ = ["canonical", "sha256_hex", "args_hash"]
 
 
+# One encoder, built once: json.dumps with non-default options constructs a new one per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -9,7 +9,6 @@ inserted or reordered record breaks verification.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ class Sealer:
         self._key = key
 
     def mac(self, digest: str) -> str:
-        return hmac.new(self._key, digest.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, digest.encode(), "sha256").hex()  # == hmac.new(...).hexdigest(), one C call
 
     def for_tenant(self, tenant_id: str):
         def seal(prev_hash: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:

@@ -50,9 +50,12 @@ UPDATABLE_RUN_FIELDS = frozenset(
 _AUDIT_FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # built once
+
+
 def dumps(value: Any, what: str = "value") -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise StockadeError("input.invalid", f"{what} is not JSON-serialisable: {exc}") from None
 

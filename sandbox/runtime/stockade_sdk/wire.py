@@ -27,9 +27,13 @@ class FrameError(Exception):
         self.message = message
 
 
+# Built once: json.dumps/json.loads with options construct a new encoder/decoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(obj: dict, max_frame: int = MAX_FRAME) -> bytes:
     obj.setdefault("v", VERSION)
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    body = _ENCODER.encode(obj).encode()
     if len(body) > max_frame:
         raise FrameError("frame.too_large", f"frame of {len(body)} bytes exceeds {max_frame}")
     return HEADER.pack(len(body)) + body
@@ -39,9 +43,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_body(body: bytes) -> dict:
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError("frame.invalid", f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

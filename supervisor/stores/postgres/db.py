@@ -48,6 +48,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _ACQUIRE_TIMEOUT_S = 10.0
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per value
 
 
 def _literal(value: str) -> str:
@@ -62,7 +63,7 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -46,6 +46,8 @@ log = logging.getLogger("stockade.events.redis")
 
 _WHAT = "The live event stream is unavailable"
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # built once, not per event
+
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
@@ -88,7 +90,7 @@ class RedisEventBus:
         if event.seq < 1:
             raise ValueError("event seq starts at 1")
         key = self._prefix + event.run_id
-        payload = json.dumps({"t": event.type, "d": event.data, "ts": event.ts}, separators=(",", ":"), default=str)
+        payload = _ENCODER.encode({"t": event.type, "d": event.data, "ts": event.ts})
         with unavailable("store.unavailable", _WHAT):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0", maxlen=self._max_per_run, approximate=True)
