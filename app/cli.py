@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return _receipt_verify(args.file, args.public_key)
         settings = load_settings(**overrides)
         if args.cmd in ("serve", "api", "worker"):
-            from app.server import run_server
+            from app.server import run, run_server
 
             try:
-                asyncio.run(run_server(settings, api=args.cmd != "worker", workers=args.cmd != "api"))
+                run(run_server(settings, api=args.cmd != "worker", workers=args.cmd != "api"))
             except KeyboardInterrupt:
                 pass
             return 0

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import pytest
+import uvloop
 
 from tests.e2e.harness import make_data_dir, settings_for, start_node
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Whole nodes run on uvloop here, as ``stockade serve`` runs them (app.server.run)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(params=["embedded", "production"])
