@@ -136,12 +136,15 @@ class PolicyInterceptor:
         run = self._runs.touch((b.tenant_id, b.run_id))
         user = self._users.touch((b.tenant_id, _principal(b)))
         args = _args_of(call)
+        counts = tenant.has_velocity or (bundle is not None and bundle.has_velocity)
         async with run.lock:
             now = self._clock()
-            # Snapshots: the engine may run on a thread while other calls append.
+            # Snapshots: the engine may run on a thread while other calls append. Histories (up to
+            # MAX_VELOCITY entries each) are copied only when some rule counts calls.
             req = PolicyRequest(
                 tool=tool, args=args, resource=call.resource, role=b.role, user=b.user_id,
-                project=b.project_id, history=tuple(run.of(tool)), user_history=tuple(user.of(tool)), now=now,
+                project=b.project_id, history=tuple(run.of(tool)) if counts else (),
+                user_history=tuple(user.of(tool)) if counts else (), now=now,
                 seen=frozenset(run.seen), completed=frozenset(run.completed),
             )
             try:

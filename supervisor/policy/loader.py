@@ -93,6 +93,7 @@ def _build(model: Any, loaded: LoadedYaml, *, source: str, layer: str, lines: bo
         llm_prices=MappingProxyType({k: MappingProxyType(v.model_dump()) for k, v in getattr(doc, "llm_prices", {}).items()}),
         limits=MappingProxyType(limits),
         has_patterns=any(r.content is not None or any(c.op == "matches" for c in r.conditions) for r in rules),
+        has_velocity=any(r.velocity is not None for r in rules),
     )
 
 

@@ -84,6 +84,7 @@ class Policy:
     llm_prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # model id -> {input_per_mtok, output_per_mtok}
     limits: Mapping[str, float | int] = field(default_factory=dict)  # rate-limit overrides (supervisor.limits names)
     has_patterns: bool = False  # some rule uses content or matches (regex work grows with argument size)
+    has_velocity: bool = False  # some rule counts calls (only then does the caller need to pass histories)
     _by_tool: dict[str, RuleIndex] = field(default_factory=dict, repr=False, compare=False)
 
     def index_for_tool(self, tool: str) -> RuleIndex:
