@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.middleware.cors import CORSMiddleware
 
+from app.guard import Guard
 from app.metrics import Metrics
 from app.problems import install_problem_handlers, problem
 from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
@@ -37,32 +37,12 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
     install_problem_handlers(app)
     max_body = rt.settings.max_body_bytes
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return problem("input.invalid", "bad Content-Length", request.url.path)
-            if int(length) > max_body:
-                return problem("input.too_large", f"request bodies are at most {max_body} bytes", request.url.path)
-        elif request.method in ("POST", "PUT", "PATCH") and request.headers.get("transfer-encoding"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_body:
-                    return problem("input.too_large", f"request bodies are at most {max_body} bytes", request.url.path)
-            request._body = body  # starlette reads the cached body
-        response = await call_next(request)
-        rt.metrics.requests.labels(request.method, str(response.status_code)).inc()
-        rt.metrics.latency.labels(request.method).observe(time.perf_counter() - start)
-        return response
-
     if rt.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=rt.settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Idempotent-Replayed"])
     for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router, mcp.router):
         app.include_router(r)
+    app.add_middleware(Guard, max_body=max_body, metrics=rt.metrics)  # outermost: before CORS and routing
 
     @app.get("/", include_in_schema=False)
     async def root() -> Any:

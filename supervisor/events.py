@@ -22,27 +22,67 @@ TERMINAL_EVENTS = {
 
 
 class RunEmitter:
-    """One per run on its worker: serialises appends so seq order == publish order."""
+    """One per run on its worker: appends in the order they were asked for, so seq order ==
+    call order == publish order.
+
+    Order is fixed when ``emit``/``emit_nowait``/``finish`` is *called* (each takes its place
+    behind the previous one synchronously), not when a task first runs. ``emit_nowait`` returns a
+    future of the stored event without making the caller wait: the tool step announces
+    ``tool.call`` this way, so the event is written in the same group commit as the call's
+    ``tool.allowed`` audit record, and the call does not execute until it is stored.
+    """
 
     def __init__(self, runs: RunStore, bus: EventBus, tenant_id: str, run_id: str) -> None:
         self._runs = runs
         self._bus = bus
         self.tenant_id = tenant_id
         self.run_id = run_id
-        self._lock = asyncio.Lock()
+        self._tail: asyncio.Future[None] | None = None  # resolved when the last one in line is done
+        self._pending: set[asyncio.Task[Any]] = set()
         self.answer_parts: list[str] = []
         self.bytes_emitted = 0
 
+    def _take_place(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        before, mine = self._tail, asyncio.get_running_loop().create_future()
+        self._tail = mine
+        return before, mine
+
+    async def _in_turn(self, before: asyncio.Future[None] | None, mine: asyncio.Future[None], op: Any) -> Any:
+        try:
+            if before is not None and not before.done():
+                await asyncio.shield(before)  # if we are canceled, the ones behind us still wait for it
+            return await op()
+        finally:
+            mine.set_result(None)
+
     async def emit(self, type: str, data: dict[str, Any]) -> Event:
-        async with self._lock:
-            event = await self._runs.append_event(self.tenant_id, self.run_id, type, data)
-            if type == "message.delta" and data.get("channel") == "answer":
-                self.answer_parts.append(str(data.get("text", "")))
-            await self._publish(event)
-            return event
+        before, mine = self._take_place()
+        return await self._in_turn(before, mine, lambda: self._append(type, data))
+
+    def emit_nowait(self, type: str, data: dict[str, Any]) -> asyncio.Future[Event]:
+        """Append in order, in the background; the returned future holds the stored event (or the error)."""
+        before, mine = self._take_place()
+        task = asyncio.ensure_future(self._in_turn(before, mine, lambda: self._append(type, data)))
+        self._pending.add(task)
+        task.add_done_callback(self._nowait_done)
+        return task
+
+    def _nowait_done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("background event append for %s failed: %s", self.run_id, task.exception())
+
+    async def _append(self, type: str, data: dict[str, Any]) -> Event:
+        event = await self._runs.append_event(self.tenant_id, self.run_id, type, data)
+        if type == "message.delta" and data.get("channel") == "answer":
+            self.answer_parts.append(str(data.get("text", "")))
+        await self._publish(event)
+        return event
 
     async def finish(self, status: str, data: dict[str, Any], **fields: Any) -> Event | None:
-        async with self._lock:
+        before, mine = self._take_place()  # behind every event asked for before it
+
+        async def op() -> Event | None:
             fields.setdefault("output", "".join(self.answer_parts))
             event = await self._runs.finish_run(
                 self.tenant_id, self.run_id, status, TERMINAL_EVENTS[status], data, **fields
@@ -50,6 +90,8 @@ class RunEmitter:
             if event is not None:
                 await self._publish(event)
             return event
+
+        return await self._in_turn(before, mine, op)
 
     async def _publish(self, event: Event) -> None:
         try:

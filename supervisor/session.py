@@ -152,19 +152,23 @@ class RunSession:
             async def chunk(data: dict[str, Any]) -> None:
                 await self.send({"type": "chunk", "id": rid, "data": data})
             call.extra["stream_chunk"] = chunk
-        await self.emitter.emit("tool.call", {"request_id": rid, "tool": tool_label})
+        # In order but not waited for here: tool.call is stored in the same group commit as the
+        # call's tool.allowed record and the audit gate waits for it before the tool runs;
+        # tool.result is stored behind it while the bundle already has its answer (events of
+        # this run asked for later - the bundle's own, the terminal one - still come after it).
+        call.announced = self.emitter.emit_nowait("tool.call", {"request_id": rid, "tool": tool_label})
         try:
             result = await self.chain(call)
         except StockadeError as exc:
-            await self.emitter.emit("tool.result", self._result_event(call, tool_label, code=exc.code))
+            self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label, code=exc.code))
             await self.send({"type": "error", "id": rid, **exc.to_dict()})
             return
         except Exception:
             log.exception("chain failed for run %s", self.binding.run_id)
-            await self.emitter.emit("tool.result", self._result_event(call, tool_label, code="internal"))
+            self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label, code="internal"))
             await self.send({"type": "error", "id": rid, "code": "internal", "message": "internal error", "retryable": True})
             return
-        await self.emitter.emit("tool.result", self._result_event(call, tool_label))
+        self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label))
         await self.send({"type": "result", "id": rid, "result": result, "deduped": call.deduped})
 
     @staticmethod

@@ -69,6 +69,7 @@ class CallState:
     # provided by the supervisor when it builds the call
     services: Any = None  # supervisor.services.Services: settings + every store port + tool registry
     emit: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None  # append an event to the run's stream
+    announced: Awaitable[Any] | None = None  # the stored tool.call event; the audit gate awaits it before execute
 
 
 Next = Callable[[CallState], Awaitable[dict[str, Any]]]

@@ -1,0 +1,85 @@
+"""Request guard and metrics as a plain ASGI middleware.
+
+Bodies over ``max_body_bytes`` are refused before the app reads them (by
+Content-Length, or while a chunked body arrives); every request is counted
+and its time to the response headers observed. Plain ASGI on purpose:
+Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) relays every
+chunk of a streaming response through an extra task and memory stream, which
+on an SSE stream of a busy run cost more than the stream itself.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app.problems import problem
+
+__all__ = ["Guard"]
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class Guard:
+    def __init__(self, app: Any, *, max_body: int, metrics: Any) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method = scope["method"]
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await self._refuse(scope, receive, send, "input.invalid", "bad Content-Length", start)
+            if int(length) > self.max_body:
+                return await self._refuse(scope, receive, send, "input.too_large",
+                                          f"request bodies are at most {self.max_body} bytes", start)
+        elif method in ("POST", "PUT", "PATCH") and headers.get(b"transfer-encoding"):
+            body, more = bytearray(), True
+            while more:
+                msg = await receive()
+                if msg["type"] != "http.request":  # the client went away
+                    return
+                body += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(body) > self.max_body:
+                    return await self._refuse(scope, receive, send, "input.too_large",
+                                              f"request bodies are at most {self.max_body} bytes", start)
+            receive = _replay(bytes(body), receive)
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._observe(method, message["status"], start)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+    async def _refuse(self, scope: Scope, receive: Any, send: Any, code: str, detail: str, start: float) -> None:
+        response = problem(code, detail, scope.get("path"))
+        self._observe(scope["method"], response.status_code, start)
+        await response(scope, receive, send)
+
+    def _observe(self, method: str, status: int, start: float) -> None:
+        self.metrics.requests.labels(method, str(status)).inc()
+        self.metrics.latency.labels(method).observe(time.perf_counter() - start)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands the app the body already read, then the client's later messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
