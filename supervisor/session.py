@@ -157,6 +157,7 @@ class RunSession:
         # tool.result is stored behind it while the bundle already has its answer (events of
         # this run asked for later - the bundle's own, the terminal one - still come after it).
         call.announced = self.emitter.emit_nowait("tool.call", {"request_id": rid, "tool": tool_label})
+        call.after_reply = []
         try:
             result = await self.chain(call)
         except StockadeError as exc:
@@ -170,6 +171,8 @@ class RunSession:
             return
         self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label))
         await self.send({"type": "result", "id": rid, "result": result, "deduped": call.deduped})
+        for job in call.after_reply:
+            await job()
 
     @staticmethod
     def _result_event(call: CallState, tool: str, code: str | None = None) -> dict[str, Any]:

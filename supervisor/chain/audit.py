@@ -4,7 +4,9 @@ One record per decision: refusals (denied, invalid, deduped, rate-limited, over
 budget, rejected) get one record from ``AuditInterceptor``. An allowed call gets
 its ``tool.allowed`` record from ``AuditGate`` *before* it executes — if that
 record cannot be written the call does not run — and its outcome
-(``tool.completed`` / ``tool.failed`` with the settled cost) afterwards.
+(``tool.completed`` / ``tool.failed`` with the settled cost) afterwards - for a
+run's calls right after the result is sent (``CallState.after_reply``), and
+always before the call counts as finished (so before the run can end).
 """
 
 from __future__ import annotations
@@ -81,9 +83,12 @@ class AuditInterceptor:
             await self._safe(call, "tool.failed", "internal")
             raise
         kind = "tool.deduped" if call.deduped else "tool.completed"
-        rec = await self._safe(call, kind, None)
-        if rec is not None:
-            call.extra["audit_hash"] = rec.hash
+        if call.after_reply is not None:
+            # The decision (tool.allowed) was recorded before the tool ran; its outcome record can be
+            # written while the bundle already reads the result.
+            call.after_reply.append(lambda: self._safe(call, kind, None))
+        else:
+            await self._safe(call, kind, None)
         return result
 
     async def _safe(self, call: CallState, kind: str, code: str | None, **more: Any):

@@ -70,6 +70,10 @@ class CallState:
     services: Any = None  # supervisor.services.Services: settings + every store port + tool registry
     emit: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None  # append an event to the run's stream
     announced: Awaitable[Any] | None = None  # the stored tool.call event; the audit gate awaits it before execute
+    # None: every step finishes before the chain returns. A list (the run session's calls): steps may
+    # leave work here that need not hold up the answer (the outcome audit record); the caller runs it
+    # right after replying, before the call counts as finished.
+    after_reply: list[Callable[[], Awaitable[Any]]] | None = None
 
 
 Next = Callable[[CallState], Awaitable[dict[str, Any]]]
