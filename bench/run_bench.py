@@ -2,7 +2,8 @@
 
 - run start: POST /v1/runs -> ``main()`` entered inside the sandbox (wall clock, same host)
 - first SSE event: POST -> first event read by a client that was already subscribed
-- governed ``echo`` round trip, timed inside the sandbox: one run, and 8 concurrent runs (calls/s)
+- governed ``echo`` round trip, timed inside the sandbox: one run, and 8 concurrent runs (calls/s),
+  each run watched live over SSE by a separate ``curl`` process
 
 Bounded: about 20 s. Prints p50/p99 and throughput.
 """
@@ -83,7 +84,14 @@ async def main(production: bool, warm: int) -> None:
 
         async def ping(n: int) -> list[float]:
             r = await c.post("/v1/runs", json={"bundle": "pingbench", "input": str(n)})
-            events = await collect(c, r.json()["id"])
+            run_id = r.json()["id"]
+            # Someone watches the run live, as users do - from another process (curl), so that the
+            # supervisor pays for serving the stream but not for parsing it.
+            watcher = await asyncio.create_subprocess_exec(
+                "curl", "-sN", "-H", f"Authorization: Bearer {key}", f"{node.base_url}/v1/runs/{run_id}/events",
+                stdout=asyncio.subprocess.DEVNULL)
+            await watcher.wait()  # the stream ends after the terminal event
+            events = await collect(c, run_id)  # replayed from the store
             return next(e.data["data"] for e in events if e.event == "custom")
 
         t0 = time.perf_counter()
