@@ -1,4 +1,4 @@
-"""Policy decision + audit append: Stockade vs py-agent-kernel's ``Kernel.submit`` (deny path). Bounded: ~10 s.
+"""Policy decision + audit append: Stockade vs py-agent-kernel's ``Kernel.submit`` (deny path). Bounded: ~20 s.
 
     .venv/bin/python bench/governance_bench.py [DIR]   # DIR: where py-agent-kernel was installed, if not importable
 
@@ -16,7 +16,11 @@ What one "decision" is on each side:
   or MAC and is not a database transaction.
 
 Both sides run in one process, alternating rounds so that a noisy
-neighbour hits both alike; one thread, one call at a time.
+neighbour hits both alike. Two scenarios: one caller, one call at a time;
+then 16 concurrent callers per side (16 asyncio tasks for Stockade, whose
+audit appends then share SQLite commits - ``SqliteDB.write``; 16 threads for
+py-agent-kernel, whose ``submit`` is synchronous), as a supervisor serving
+many runs sees it.
 
 Installing the comparison package (never a dependency of Stockade; it pulls
 litellm and ~60 other packages, so keep it out of .venv):
@@ -50,6 +54,7 @@ from supervisor.stores.sqlite import SqliteAuditLog, SqliteTenantStore, open_sql
 RULES = 100
 ROUNDS = 3
 ROUND_S = 1.0
+CALLERS = 16
 BREAKDOWN_S = 0.3
 TOOL, TARGET = "fs.read", "/etc/passwd"
 
@@ -136,6 +141,42 @@ def run_theirs(decide: Callable[[], str], seconds: float, lat: list[float]) -> i
         n += 1
 
 
+async def concurrent_ours(side: Stockade, callers: int, seconds: float) -> float:
+    """Decisions per wall-clock second with ``callers`` concurrent tasks (their audit appends share commits)."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * callers
+
+    async def caller(i: int) -> None:
+        while time.perf_counter() < stop:
+            await side.decide()
+            counts[i] += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def concurrent_theirs(decide: Callable[[], str], callers: int, seconds: float) -> float:
+    """The same with ``callers`` threads (Kernel.submit is synchronous; its log write is locked)."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * callers
+
+    def caller(i: int) -> None:
+        while time.perf_counter() < stop:
+            decide()
+            counts[i] += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
 async def breakdown(ours: Stockade, kernel: Any) -> None:
     """Where the time goes: each half alone (short phases)."""
     args = {"path": TARGET}
@@ -203,6 +244,21 @@ async def main(argv: list[str]) -> int:
                 ratio = rate_ours / rate_theirs
                 verdict = "goal met" if ratio >= 1.5 else "goal (>= 1.5x) NOT met"
                 print(f"ratio stockade / py-agent-kernel: {ratio:.2f}x  ({verdict})")
+            # Many runs at once, as a supervisor serves them: 16 concurrent callers on each side.
+            c_ours, c_theirs = [], []
+            for _ in range(ROUNDS):
+                c_ours.append(await concurrent_ours(ours, CALLERS, ROUND_S))
+                if theirs is not None:
+                    c_theirs.append(concurrent_theirs(theirs, CALLERS, ROUND_S))
+            print(f"{CALLERS} concurrent callers ({ROUNDS} alternating rounds of {ROUND_S:.0f} s; median round)")
+            r_ours = statistics.median(c_ours)
+            print(f"{'stockade  16 tasks, audit appends group-committed':<58} {r_ours:>9,.0f}/s")
+            if theirs is not None:
+                r_theirs = statistics.median(c_theirs)
+                print(f"{'py-agent-kernel  16 threads':<58} {r_theirs:>9,.0f}/s")
+                ratio = r_ours / r_theirs
+                verdict = "goal met" if ratio >= 1.5 else "goal (>= 1.5x) NOT met"
+                print(f"ratio stockade / py-agent-kernel, concurrent: {ratio:.2f}x  ({verdict})")
             await breakdown(ours, kernel)
             if kernel is not None:
                 kernel.close()
