@@ -1,19 +1,35 @@
-"""PostgreSQL ledger: each mutation is one stored-function call (one round trip).
+"""PostgreSQL ledger: stored functions, one round trip each, with natural batching per tenant.
 
-The functions (migrations/postgres/0010_ledger.sql) lock every account row a
-statement touches in ascending id order before updating any (FACTS.md: heap
-order deadlocks), and scope themselves to the tenant (role ``stockade_app`` +
-``stockade.tenant_id``) so row-level security applies exactly as in
-``PgDB.tenant_tx``. Called outside an explicit transaction: the statement is
-its own transaction, so a cut connection leaves either all of it or none.
+Every reservation of a tenant queues on the tenant's hold row and every
+settlement on its settlement row, each lock held through a WAL flush
+(migrations/postgres/0010_ledger.sql). So the ``reserve()`` calls of one tenant
+that arrive while one of its reserves is in flight are coalesced into ONE
+stored-function call (``stockade_ledger_reserve_batch``, 0011), and likewise
+``commit()``: an idle tenant's caller goes at once, alone, through the cheaper
+single-item function; the callers that arrive meanwhile go together in the next
+call. No timer, so a lone caller waits for nothing; under load N callers share one
+lock acquisition, one round trip and one flush. Each item keeps its own outcome
+(ok, duplicate, over a cap, missing, late) exactly as if the calls had run one
+after another.
+
+The functions lock every row a statement touches in one ascending order before
+changing any (FACTS.md: heap order deadlocks), and scope themselves to the tenant
+(role ``stockade_app`` + ``stockade.tenant_id``) so row-level security applies
+exactly as in ``PgDB.tenant_tx``. Each is called outside an explicit transaction:
+the statement is its own transaction, so a cut connection leaves all of a batch or
+none of it, and every caller of a call that failed gets ``ledger.unavailable``
+(fail closed; nothing is retried after an ambiguous cut, only after PostgreSQL
+aborted the whole call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,10 +42,25 @@ from supervisor.stores.records import BudgetAccount, LedgerEntry, Reservation
 __all__ = ["PgLedger"]
 
 _SWEEP_BATCH = 1000
+_ACQUIRE_TIMEOUT_S = 10.0  # as PgDB.acquire: a pool that gives nothing fails closed
+_SPARES = 2  # pooled connections kept between back-to-back calls (see PgLedger._lease)
+_BATCH_LIMIT = 64  # items per stored-function call: bounds the statement, not the wait
 _EXCEEDED = "SB001"  # raised by stockade_ledger_reserve: the transaction aborted, nothing changed
-# A deadlock can only arise while two first users create the same period's account
-# rows; PostgreSQL then aborts one transaction whole, so retrying it is safe.
+# PostgreSQL aborts a deadlocked (or serialization-failed) transaction whole, so retrying
+# the call (every item of its batch) is safe. A deadlock can only arise while two first
+# users create the same period's account rows, or when one reservation id is reserved at
+# once by a lone call (0010's order: the reservation row, then the holds) and by a batch
+# (the holds, then the reservation rows) - a client repeating itself across two nodes.
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+_RESERVE_ONE = "SELECT r_status FROM stockade_ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_RESERVE_MANY = "SELECT * FROM stockade_ledger_reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_COMMIT_ONE = "SELECT * FROM stockade_ledger_commit($1, $2, $3, $4, $5)"
+_COMMIT_MANY = "SELECT * FROM stockade_ledger_commit_batch($1, $2, $3, $4, $5)"
+
+
+def _unavailable() -> StockadeError:
+    return StockadeError("ledger.unavailable", "The budget ledger cannot be reached; the call was not run.")
 
 
 @asynccontextmanager
@@ -39,12 +70,128 @@ async def _ledger_errors() -> AsyncIterator[None]:
         yield
     except StockadeError as exc:
         if exc.code == "store.unavailable":
-            raise StockadeError("ledger.unavailable", "The budget ledger cannot be reached; the call was not run.") from exc
+            raise _unavailable() from exc
         raise
     except UNAVAILABLE_ERRORS as exc:
-        raise StockadeError("ledger.unavailable", "The budget ledger cannot be reached; the call was not run.") from exc
+        raise _unavailable() from exc
     except asyncpg.exceptions.ForeignKeyViolationError:
         raise StockadeError("not_found", "no such tenant") from None
+
+
+def _text(value: Any, what: str, *, optional: bool = False) -> None:
+    """A string PostgreSQL takes as text. Checked before queuing: one bad item must not sink a batch."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or (not value and not optional) or "\x00" in value:
+        raise StockadeError("input.invalid", f"invalid {what}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StockadeError("input.invalid", f"invalid {what}") from None
+
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """Each waiter raises its own exception object (a shared one would collect every waiter's traceback)."""
+    if isinstance(exc, StockadeError):
+        return StockadeError(exc.code, exc.detail, **exc.extra)
+    return exc
+
+
+class _Waiter:
+    __slots__ = ("args", "future", "key")
+
+    def __init__(self, key: str, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        self.key = key
+        self.args = args
+        self.future = future
+
+    def resolve(self, outcome: Any) -> None:
+        if not self.future.done():  # done: its caller was cancelled meanwhile
+            self.future.set_result(outcome)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Coalescer:
+    """Natural batching of one operation, per tenant.
+
+    An idle tenant's caller goes at once, alone and in its own task (no hand-off, so
+    a lone caller pays nothing for batching). Callers that arrive while a call is in
+    flight queue; when it returns, a drain task sends everything queued as the next
+    call, and so on until the queue is empty. No timer: nobody waits for company.
+    An id already in the batch being built waits for the next one (it must see the
+    first one's outcome). ``one(tenant, args)`` returns an outcome or raises;
+    ``many(tenant, batch)`` resolves or fails every waiter it is given.
+    """
+
+    def __init__(self, one: Callable[[str, tuple[Any, ...]], Awaitable[Any]],
+                 many: Callable[[str, list[_Waiter]], Awaitable[None]], on_idle: Callable[[], None]) -> None:
+        self._one = one
+        self._many = many
+        self._on_idle = on_idle
+        self._queues: dict[str, list[_Waiter]] = {}  # a tenant is busy while it has a queue here
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # stored-function calls made, and the items they carried (tests, bench)
+        self.items = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queues)
+
+    async def submit(self, tenant: str, key: str, args: tuple[Any, ...]) -> Any:
+        queue = self._queues.get(tenant)
+        if queue is not None:
+            waiter = _Waiter(key, args, asyncio.get_running_loop().create_future())
+            queue.append(waiter)
+            return await waiter.future
+        self._queues[tenant] = []
+        self.calls += 1
+        self.items += 1
+        try:
+            return await self._one(tenant, args)
+        finally:
+            self._next(tenant, None)
+
+    def _next(self, tenant: str, task: asyncio.Task[None] | None) -> list[_Waiter]:
+        """The next batch from the queue (a drain task is started for it unless ``task`` runs already)."""
+        queue = self._queues[tenant]
+        batch: list[_Waiter] = []
+        keys: set[str] = set()
+        rest: list[_Waiter] = []
+        for w in queue:
+            if w.future.done():  # cancelled before its batch left: it never runs
+                continue
+            if w.key in keys or len(batch) == _BATCH_LIMIT:
+                rest.append(w)
+            else:
+                keys.add(w.key)
+                batch.append(w)
+        queue[:] = rest
+        if not batch:
+            del self._queues[tenant]
+            self._on_idle()
+        elif task is None:
+            t = asyncio.get_running_loop().create_task(self._drain(tenant, batch))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        return batch
+
+    async def _drain(self, tenant: str, batch: list[_Waiter]) -> None:
+        me = asyncio.current_task()
+        try:
+            while batch:
+                self.calls += 1
+                self.items += len(batch)
+                await self._many(tenant, batch)
+                batch = self._next(tenant, me)
+        finally:
+            if batch:  # only if this task died: fail closed, never hang
+                for w in (*batch, *self._queues.get(tenant, ())):
+                    w.fail(_unavailable())
+                self._queues.pop(tenant, None)
+                self._on_idle()
 
 
 class PgLedger:
@@ -52,17 +199,96 @@ class PgLedger:
 
     def __init__(self, db: PgDB) -> None:
         self.db = db
+        self._spares: list[Any] = []  # see _lease
+        self._spare_check = False
+        self._month_memo: tuple[float, float, str] = (0.0, 0.0, "")
+        self._inflight = 0
+        self._retries = 0
+        self._releasing: set[asyncio.Task[None]] = set()
+        self._reserves = _Coalescer(self._reserve_one, self._reserve_many, self._maybe_idle)
+        self._commits = _Coalescer(self._commit_one, self._commit_many, self._maybe_idle)
+
+    def _month(self, now: Any) -> str:
+        """period_key(now, "month"), remembered for the month last seen (strftime is ~7 us a call)."""
+        start, end, key = self._month_memo
+        if isinstance(now, (int, float)) and start <= now < end:
+            return key
+        key = period_key(now, "month")
+        first = datetime.fromtimestamp(now, tz=UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (first + timedelta(days=32)).replace(day=1)
+        self._month_memo = (first.timestamp(), following.timestamp(), key)
+        return key
+
+    @property
+    def batching(self) -> dict[str, int]:
+        """Stored-function calls and items so far, per operation (items/calls = mean batch size),
+        and calls retried whole after a deadlock or serialization failure."""
+        return {"reserve_calls": self._reserves.calls, "reserve_items": self._reserves.items,
+                "commit_calls": self._commits.calls, "commit_items": self._commits.items, "retries": self._retries}
 
     async def _call(self, sql: str, *args: Any, retries: int = 2) -> list[asyncpg.Record]:
-        async with _ledger_errors():
-            for attempt in range(retries + 1):
-                try:
-                    async with self.db.acquire() as conn:
-                        return await conn.fetch(sql, *args)
-                except _RETRYABLE:
-                    if attempt == retries:
-                        raise
-            raise AssertionError("unreachable")
+        self._inflight += 1
+        try:
+            async with _ledger_errors():
+                for attempt in range(retries + 1):
+                    conn = await self._lease()
+                    healthy = False
+                    try:
+                        rows = await conn.fetch(sql, *args)
+                        healthy = True
+                        return rows
+                    except _RETRYABLE:
+                        healthy = True  # the server rolled the statement back; the connection is fine
+                        self._retries += 1
+                        if attempt == retries:
+                            raise
+                    finally:
+                        await self._unlease(conn, healthy)
+                raise AssertionError("unreachable")
+        finally:
+            self._inflight -= 1
+            self._maybe_idle()
+
+    # A pooled connection costs ~40-70 us of client CPU to acquire and release (FACTS.md:
+    # pool.acquire per op halves SELECT 1 throughput). So a call that ends keeps its
+    # connection as a spare (at most _SPARES: one per operation in flight under load),
+    # which the next call takes. Once the ledger has nothing in flight for a whole
+    # event-loop turn, the spares go back to the pool: back-to-back calls (the next
+    # reserve or commit of a tight loop) reuse them, an idle ledger holds nothing, and
+    # other users of the pool never wait on it.
+
+    @property
+    def _busy(self) -> bool:
+        return bool(self._inflight or self._reserves.busy or self._commits.busy)
+
+    async def _lease(self) -> Any:
+        while self._spares:
+            conn = self._spares.pop()
+            if not conn.is_closed():
+                return conn
+            await self.db.pool.release(conn)
+        return await self.db.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S)
+
+    async def _unlease(self, conn: Any, healthy: bool) -> None:
+        if healthy and len(self._spares) < _SPARES and not conn.is_closed():
+            self._spares.append(conn)
+        else:
+            await self.db.pool.release(conn)
+
+    def _maybe_idle(self) -> None:
+        if self._spares and not self._spare_check and not self._busy:
+            self._spare_check = True
+            asyncio.get_running_loop().call_soon(self._spare_turn)
+
+    def _spare_turn(self) -> None:
+        self._spare_check = False
+        if self._busy:  # taken up again meanwhile: whoever ends last checks again
+            return
+        loop = asyncio.get_running_loop()
+        while self._spares:
+            task = loop.create_task(self.db.pool.release(self._spares.pop()))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     async def set_cap(self, tenant_id: str, scope: str, scope_id: str, cap_micro: int, period: str = "month") -> BudgetAccount:
         check_cap(tenant_id, scope, scope_id, cap_micro, period)
@@ -106,44 +332,155 @@ class PgLedger:
         ]
         return sorted(accounts, key=lambda a: tier_order(a.scope, a.scope_id))
 
+    # --- reserve
+
     async def reserve(
         self, tenant_id: str, scopes: list[tuple[str, str]], amount_micro: int, *,
         reservation_id: str, run_id: str | None, expires_at: float, now: float,
     ) -> Reservation:
         tiers = check_scopes(scopes)
         check_amount(amount_micro)
+        _text(tenant_id, "tenant id")
         if not isinstance(reservation_id, str) or not reservation_id:
             raise StockadeError("input.invalid", "a reservation needs an id")
+        _text(reservation_id, "reservation id")
+        _text(run_id, "run id", optional=True)
+        item = (tiers, amount_micro, reservation_id, run_id, float(expires_at), float(now), self._month(now))
+        outcome = await self._reserves.submit(tenant_id, reservation_id, item)
+        if outcome[0] == "exceeded":
+            _, scope, scope_id, cap, remaining = outcome
+            raise exceeded_error(scope, scope_id, cap, remaining, amount_micro)
+        if outcome[0] == "duplicate":
+            raise StockadeError("conflict", f"reservation {reservation_id} already exists")
+        return Reservation(reservation_id, tenant_id, run_id, amount_micro, tuple(tiers), float(expires_at), "held")
+
+    async def _reserve_one(self, tenant: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        tiers, amount, rid, run, expires, now, month = item
         try:
-            rows = await self._call(
-                "SELECT r_status FROM stockade_ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                tenant_id, [s for s, _ in tiers], [i for _, i in tiers], period_key(now, "month"), amount_micro,
-                reservation_id, run_id, float(expires_at), float(now),
-            )
+            rows = await self._call(_RESERVE_ONE, tenant, [s for s, _ in tiers], [i for _, i in tiers], month, amount,
+                                    rid, run, expires, now)
         except asyncpg.PostgresError as exc:
             if getattr(exc, "sqlstate", None) != _EXCEEDED:
                 raise
             tier = json.loads(exc.detail or "{}")
-            raise exceeded_error(tier["scope"], tier["scope_id"], tier["cap"], tier["remaining"], amount_micro) from None
-        if rows[0]["r_status"] == "duplicate":
-            raise StockadeError("conflict", f"reservation {reservation_id} already exists")
-        return Reservation(reservation_id, tenant_id, run_id, amount_micro, tuple(tiers), float(expires_at), "held")
+            return ("exceeded", tier["scope"], tier["scope_id"], tier["cap"], tier["remaining"])
+        return (rows[0]["r_status"],)
+
+    async def _reserve_many(self, tenant: str, batch: list[_Waiter]) -> None:
+        try:
+            if len(batch) == 1:
+                outcomes = [await self._reserve_one(tenant, batch[0].args)]
+            else:
+                outcomes = await self._reserve_batch(tenant, [w.args for w in batch])
+        except Exception as exc:
+            await self._settle_failure(tenant, batch, exc, self._reserve_many)
+            return
+        for w, outcome in zip(batch, outcomes, strict=True):
+            w.resolve(outcome)
+
+    async def _reserve_batch(self, tenant: str, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        tier_items: list[int] = []
+        scopes: list[str] = []
+        scope_ids: list[str] = []
+        for n, (tiers, *_rest) in enumerate(items, 1):
+            for scope, scope_id in tiers:
+                tier_items.append(n)
+                scopes.append(scope)
+                scope_ids.append(scope_id)
+        rows = await self._call(
+            _RESERVE_MANY, tenant, [it[2] for it in items], [it[3] for it in items], [it[1] for it in items],
+            [it[6] for it in items], [it[4] for it in items], [it[5] for it in items], tier_items, scopes, scope_ids,
+        )
+        outcomes: list[tuple[Any, ...] | None] = [None] * len(items)
+        for r in rows:
+            status = r["r_status"]
+            outcomes[r["r_item"] - 1] = (
+                (status, r["r_scope"], r["r_scope_id"], int(r["r_cap"]), int(r["r_remaining"]))
+                if status == "exceeded" else (status,)
+            )
+        if any(o is None or o[0] not in ("ok", "duplicate", "exceeded") for o in outcomes):
+            raise _unavailable() from None  # an incomplete answer fails closed, never a silent ok
+        return outcomes  # type: ignore[return-value]
+
+    async def _settle_failure(self, tenant: str, batch: list[_Waiter], exc: Exception,
+                              rerun: Callable[[str, list[_Waiter]], Awaitable[None]]) -> None:
+        """A failed call changed nothing (one statement, aborted whole) or is ambiguous (cut).
+
+        Unreachable / cut: every waiter gets ``ledger.unavailable``. Another database error
+        in a batch of several: run each item alone, so one bad item cannot sink the others.
+        """
+        if len(batch) > 1 and isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, UNAVAILABLE_ERRORS):
+            for w in batch:
+                await rerun(tenant, [w])
+            return
+        for w in batch:
+            w.fail(_copy_error(exc))
+
+    # --- commit
 
     async def commit(
         self, tenant_id: str, reservation_id: str, actual_micro: int, *, tool: str | None, now: float,
     ) -> list[LedgerEntry]:
         check_amount(actual_micro, "actual cost")
-        rows = await self._call(
-            "SELECT * FROM stockade_ledger_commit($1, $2, $3, $4, $5)",
-            tenant_id, reservation_id, actual_micro, tool, float(now),
-        )
-        if rows and rows[0]["r_status"] == "missing":
+        _text(tenant_id, "tenant id")
+        _text(reservation_id, "reservation id")
+        _text(tool, "tool name", optional=True)
+        outcome = await self._commits.submit(tenant_id, reservation_id, (reservation_id, actual_micro, tool, float(now)))
+        if outcome[0] == "late":  # released before: charged late, alone, by the function that takes the hold locks
+            outcome = self._commit_outcome(await self._call(_COMMIT_ONE, tenant_id, reservation_id, actual_micro, tool,
+                                                            float(now)))
+        if outcome[0] == "missing":
             raise StockadeError("not_found", f"no reservation {reservation_id}")
         return [
             LedgerEntry(int(r["r_id"]), tenant_id, r["r_scope"], r["r_scope_id"], r["r_period_key"], int(r["r_amount"]),
                         reservation_id, r["r_run"], r["r_tool"], float(r["r_ts"]), dict(r["r_detail"] or {}))
-            for r in rows if r["r_status"] == "entry"
+            for r in outcome[1]
         ]
+
+    @staticmethod
+    def _commit_outcome(rows: list[asyncpg.Record]) -> tuple[Any, ...]:
+        if rows and rows[0]["r_status"] == "missing":
+            return ("missing",)
+        return ("entries", [r for r in rows if r["r_status"] == "entry"])
+
+    async def _commit_one(self, tenant: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        rid, actual, tool, now = item
+        return self._commit_outcome(await self._call(_COMMIT_ONE, tenant, rid, actual, tool, now))
+
+    async def _commit_many(self, tenant: str, batch: list[_Waiter]) -> None:
+        try:
+            if len(batch) == 1:
+                outcomes = [await self._commit_one(tenant, batch[0].args)]
+            else:
+                outcomes = await self._commit_batch(tenant, [w.args for w in batch])
+        except Exception as exc:
+            await self._settle_failure(tenant, batch, exc, self._commit_many)
+            return
+        for w, outcome in zip(batch, outcomes, strict=True):
+            w.resolve(outcome)
+
+    async def _commit_batch(self, tenant: str, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        rows = await self._call(_COMMIT_MANY, tenant, [it[0] for it in items], [it[1] for it in items],
+                                [it[2] for it in items], [it[3] for it in items])
+        status: list[str | None] = [None] * len(items)
+        entries: list[list[asyncpg.Record]] = [[] for _ in items]
+        for r in rows:
+            k = r["r_item"] - 1
+            if r["r_status"] == "entry":
+                entries[k].append(r)
+            else:
+                status[k] = r["r_status"]
+        outcomes: list[tuple[Any, ...]] = []
+        for s, e in zip(status, entries, strict=True):
+            if s in ("settled", "committed"):
+                outcomes.append(("entries", e))
+            elif s in ("missing", "late"):
+                outcomes.append((s,))
+            else:
+                raise _unavailable() from None  # an incomplete answer fails closed
+        return outcomes
+
+    # --- release, sweep, entries
 
     async def release(self, tenant_id: str, reservation_id: str) -> None:
         await self._call("SELECT stockade_ledger_release($1, $2, NULL, $3)", tenant_id, reservation_id, time.time())
