@@ -86,6 +86,7 @@ import pytest  # noqa: E402
 from supervisor.errors import StockadeError  # noqa: E402
 from supervisor.stores.postgres.db import PgDB, open_postgres  # noqa: E402
 from supervisor.stores.postgres.ledger import PgLedger  # noqa: E402
+from tests._processes import release_together  # noqa: E402
 from tests.fakes.pg_fault_proxy import FaultProxy  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
@@ -332,26 +333,7 @@ def _spawn(cfg: dict[str, Any]) -> subprocess.Popen[str]:
 
 def _race(cfgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     procs = [_spawn(cfg) for cfg in cfgs]
-    try:
-        for p in procs:  # barrier: both pools are connected before either starts
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        out = []
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=60)
-            assert p.returncode == 0, stderr
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
-        return out
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    return release_together(procs, timeout=60)
 
 
 async def test_two_processes_batching_race_one_cap_exactly_to_the_cap(env):

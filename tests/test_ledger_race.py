@@ -83,6 +83,7 @@ import pytest  # noqa: E402
 
 from supervisor.stores.postgres.db import open_postgres  # noqa: E402
 from supervisor.stores.postgres.ledger import PgLedger  # noqa: E402
+from tests._processes import release_together  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,26 +100,7 @@ def _race(url: str, tenant: str, scopes: list[list[list[str]]], n_total: int = 2
     """Start two worker processes, release them together, collect their results."""
     procs = [_spawn({"url": url, "tenant": tenant, "scopes": scopes, "n": n_total // 2, "pool": 8, "name": name})
              for name in ("a", "b")]
-    try:
-        for p in procs:  # barrier: both pools are connected before either reserves
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        results = []
-        for p in procs:
-            out, err = p.communicate(timeout=90)
-            assert p.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    return release_together(procs, timeout=90)
 
 
 async def _deadlocks(url: str, keep_pids: tuple[int, ...] | None = None) -> int:
