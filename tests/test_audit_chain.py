@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from supervisor.audit.chain import GENESIS, Sealer, verify_chain
+from supervisor.errors import StockadeError
 from supervisor.stores.records import AuditRecord
 
 KEY = Sealer(b"k" * 32)
@@ -95,6 +96,43 @@ async def test_sqlite_appenders_in_two_processes_never_fork_the_chain(tmp_path):
         records = await SqliteAuditLog(db_a).list("ten_a", limit=100)
         assert [r.detail["i"] for r in records] == list(range(30))
         assert verify_chain("ten_a", records, KEY) is None
+    finally:
+        await db_a.close()
+        await db_b.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("optimistic", [3, 0], ids=["one-round-trip", "queued-on-the-head-lock"])
+async def test_postgres_appenders_in_two_processes_never_fork_the_chain(pg_url, optimistic, monkeypatch):
+    """Two pools (as two supervisor processes have), each with its own cached head, appending
+    concurrently and alternately: the head is advanced only from the head a record was sealed
+    against, so the loser re-seals; one gap-free chain results, and it verifies."""
+    import asyncio
+    import secrets
+
+    from supervisor.audit import AuditRecorder
+    from supervisor.stores.postgres import PgAuditLog
+    from supervisor.stores.postgres.db import open_postgres
+
+    monkeypatch.setattr("supervisor.stores.postgres.audit._OPTIMISTIC", optimistic)
+    db_a, db_b = await open_postgres(pg_url), await open_postgres(pg_url)
+    tenant = f"ten_{secrets.token_hex(4)}"
+    try:
+        async with db_a.acquire() as c:
+            await c.execute("INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)", tenant)
+        a, b = AuditRecorder(PgAuditLog(db_a), KEY), AuditRecorder(PgAuditLog(db_b), KEY)
+        for i in range(10):  # alternating: every other append finds its cached head stale
+            await (a if i % 2 else b).record(tenant, "tool.allowed", tool="echo", detail={"i": i})
+        out = await asyncio.gather(*(  # concurrent, from both "processes" and within each
+            (a if i % 2 else b).record(tenant, "tool.allowed", tool="echo", detail={"i": 10 + i}) for i in range(40)))
+        assert sorted(r.seq for r in out) == list(range(11, 51))
+        records = await PgAuditLog(db_a).list(tenant, limit=100)
+        assert [r.seq for r in records] == list(range(1, 51))
+        assert sorted(r.detail["i"] for r in records) == list(range(50))
+        assert verify_chain(tenant, records, KEY) is None
+        with pytest.raises(StockadeError) as err:  # the store names it; the recorder reports audit.unavailable
+            await PgAuditLog(db_a).append("ten_nobody", {"kind": "tool.allowed"}, KEY.for_tenant("ten_nobody"))
+        assert err.value.code == "not_found"
     finally:
         await db_a.close()
         await db_b.close()

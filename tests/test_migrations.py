@@ -198,3 +198,11 @@ async def test_closed_pool_is_store_unavailable(pg_url):
         async with db.tenant_tx("ten_x"):
             pass
     assert err.value.code == "store.unavailable"
+
+
+def test_event_append_function_knows_every_terminal_status():
+    """0012's stockade_event_append spells the terminal statuses out; they must be the store's."""
+    from supervisor.stores.postgres.runs import _TERMINAL_SQL
+
+    text = (Path(__file__).resolve().parent.parent / "supervisor/stores/migrations/postgres/0012_audit_append.sql").read_text()
+    assert f"status NOT IN {_TERMINAL_SQL}" in text

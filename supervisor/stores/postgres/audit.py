@@ -1,14 +1,17 @@
 """PostgreSQL AuditLog: per-tenant hash chain, append-only (triggers refuse UPDATE/DELETE/TRUNCATE).
 
-Append = 4 round trips in one tenant transaction: BEGIN+scope, lock the chain
-head (``audit_heads`` row, ``FOR UPDATE``; created on first use), insert the
-record and advance the head in one statement, COMMIT. The hash/MAC are computed
-here in the application between the lock and the insert — a stored function
-would need one round trip less but the MAC key must never reach the database.
+Append = ONE round trip: the record is sealed here (the MAC key never reaches
+the database) against the chain head this process last wrote or read, and
+``stockade_audit_append`` (migration 0012) advances the head only if it still
+is that head, inserting the record in the same statement-transaction. If
+another process appended meanwhile, the function hands back the current head
+and the record is sealed again. Appends of one tenant within this process take
+turns on an asyncio lock, so they do not race each other for the head.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import AUDIT_COLS, dumps, normalize_audit_fields
+from supervisor.stores._common import AUDIT_COLS, GENESIS_HASH, dumps, normalize_audit_fields
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.postgres._rows import to_audit
 from supervisor.stores.postgres.db import PgDB
@@ -25,6 +28,9 @@ from supervisor.stores.records import AuditRecord
 
 __all__ = ["PgAuditLog"]
 
+_APPEND = ("SELECT r_ok, r_seq, r_hash FROM stockade_audit_append("
+           "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13, $14, $15)")
+_OPTIMISTIC = 3  # lost races in a row before queueing on the head row's lock instead (fairness)
 _LOCK_HEAD = "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE"
 # First record of a tenant: create the head (genesis defaults) and lock it; a
 # concurrent creator makes this wait and then return the committed head.
@@ -32,11 +38,12 @@ _CREATE_HEAD = (
     "INSERT INTO audit_heads (tenant_id) VALUES ($1)"
     " ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash"
 )
-_APPEND = (
+_APPEND_LOCKED = (
     f"WITH a AS (INSERT INTO audit_log ({AUDIT_COLS})"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13, $14, $15))"
     " UPDATE audit_heads SET seq = $2, hash = $14 WHERE tenant_id = $1"
 )
+_LOCKS_MAX = 4096
 
 
 @asynccontextmanager
@@ -52,26 +59,64 @@ async def _audit_errors() -> AsyncIterator[None]:
 class PgAuditLog:
     def __init__(self, db: PgDB) -> None:
         self._db = db
+        self._heads: dict[str, tuple[int, str]] = {}  # tenant -> (seq, hash) last written or read here
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, tenant_id: str) -> asyncio.Lock:
+        lock = self._locks.get(tenant_id)
+        if lock is None:
+            if len(self._locks) >= _LOCKS_MAX:  # drop idle ones; a held lock is kept
+                for t in [t for t, lk in self._locks.items() if not lk.locked()]:
+                    del self._locks[t]
+            lock = self._locks[tenant_id] = asyncio.Lock()
+        return lock
 
     async def append(
         self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any]], tuple[str, str]]
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
         detail_json = dumps(f["detail"], "audit detail")
-        async with _audit_errors(), self._db.tenant_tx(tenant_id) as c:
+        async with _audit_errors(), self._lock(tenant_id):
+            seq, prev_hash = self._heads.get(tenant_id, (0, GENESIS_HASH))
+            try:
+                for _ in range(_OPTIMISTIC):
+                    seq += 1
+                    digest, mac = seal(prev_hash, seq, f)
+                    async with self._db.acquire() as c:
+                        row = await c.fetchrow(
+                            _APPEND, tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"],
+                            f["rule_id"], f["policy_version"], f["code"], f["cost_micro"], detail_json, prev_hash,
+                            digest, mac,
+                        )
+                    if row is not None and row["r_ok"]:
+                        break
+                    # another process appended: seal against the head it left (none yet: genesis)
+                    seq, prev_hash = (int(row["r_seq"]), row["r_hash"]) if row is not None else (0, GENESIS_HASH)
+                else:
+                    seq, prev_hash, digest, mac = await self._append_locked(tenant_id, f, detail_json, seal)
+            except asyncpg.ForeignKeyViolationError:
+                raise StockadeError("not_found", "unknown tenant") from None
+            except BaseException:
+                self._heads.pop(tenant_id, None)  # committed or not, we cannot tell: ask next time
+                raise
+            self._heads[tenant_id] = (seq, digest)
+        return AuditRecord(tenant_id=tenant_id, seq=seq, prev_hash=prev_hash, hash=digest, mac=mac, **f)
+
+    async def _append_locked(
+        self, tenant_id: str, f: dict[str, Any], detail_json: str,
+        seal: Callable[[str, int, dict[str, Any]], tuple[str, str]],
+    ) -> tuple[int, str, str, str]:
+        async with self._db.tenant_tx(tenant_id) as c:
             head = await c.fetchrow(_LOCK_HEAD, tenant_id)
             if head is None:
-                try:
-                    head = await c.fetchrow(_CREATE_HEAD, tenant_id)
-                except asyncpg.ForeignKeyViolationError:
-                    raise StockadeError("not_found", "unknown tenant") from None
+                head = await c.fetchrow(_CREATE_HEAD, tenant_id)
             prev_hash, seq = head["hash"], head["seq"] + 1
             digest, mac = seal(prev_hash, seq, f)
             await c.execute(
-                _APPEND, tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"], f["rule_id"],
-                f["policy_version"], f["code"], f["cost_micro"], detail_json, prev_hash, digest, mac,
+                _APPEND_LOCKED, tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"],
+                f["rule_id"], f["policy_version"], f["code"], f["cost_micro"], detail_json, prev_hash, digest, mac,
             )
-        return AuditRecord(tenant_id=tenant_id, seq=seq, prev_hash=prev_hash, hash=digest, mac=mac, **f)
+        return seq, prev_hash, digest, mac
 
     async def list(
         self, tenant_id: str, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None

@@ -105,20 +105,18 @@ class PgRunStore:
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         payload = dumps(data, "event data")
         ts = time.time()
-        # events are not money or audit: their commit need not wait for the WAL flush (see PgDB.tenant_tx)
-        async with self._db.tenant_tx(tenant_id, durable=False) as c:
-            seq = await c.fetchval(
-                "WITH r AS (UPDATE runs SET last_seq = last_seq + 1"
-                f"   WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL} RETURNING tenant_id, id, last_seq)"
-                " INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts)"
-                " SELECT tenant_id, id, last_seq, $3, $4::text::jsonb, $5 FROM r RETURNING seq",
-                tenant_id, run_id, type, payload, ts,
-            )
-            if seq is None:
-                if await self._exists(c, tenant_id, run_id):
-                    raise StockadeError("conflict", "the run has ended; no more events")
-                raise StockadeError("not_found", "no such run")
-        return Event(run_id, seq, type, json.loads(payload), ts)
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise StockadeError("input.invalid", "tenant id must be a non-empty string")
+        # One round trip (migration 0012); the commit does not wait for the WAL flush: events are
+        # not money or audit, and their live copy is on the bus (see PgDB.tenant_tx(durable=False)).
+        async with self._db.acquire() as c:
+            row = await c.fetchrow("SELECT r_state, r_seq FROM stockade_event_append($1, $2, $3, $4::text::jsonb, $5)",
+                                   tenant_id, run_id, type, payload, ts)
+        if row is None or row["r_state"] == "missing":
+            raise StockadeError("not_found", "no such run")
+        if row["r_state"] == "ended":
+            raise StockadeError("conflict", "the run has ended; no more events")
+        return Event(run_id, int(row["r_seq"]), type, json.loads(payload), ts)
 
     async def finish_run(
         self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], **fields: Any
