@@ -29,7 +29,8 @@ class RunEmitter:
     behind the previous one synchronously), not when a task first runs. ``emit_nowait`` returns a
     future of the stored event without making the caller wait: the tool step announces
     ``tool.call`` this way, so the event is written in the same group commit as the call's
-    ``tool.allowed`` audit record, and the call does not execute until it is stored.
+    ``tool.allowed`` audit record, and the call does not execute until it is stored (its
+    publication on the bus, still in order, does not hold the call up).
     """
 
     def __init__(self, runs: RunStore, bus: EventBus, tenant_id: str, run_id: str) -> None:
@@ -60,22 +61,32 @@ class RunEmitter:
         return await self._in_turn(before, mine, lambda: self._append(type, data))
 
     def emit_nowait(self, type: str, data: dict[str, Any]) -> asyncio.Future[Event]:
-        """Append in order, in the background; the returned future holds the stored event (or the error)."""
+        """Append in order, in the background. The returned future holds the event as soon as it is
+        STORED (or the error); publishing it on the bus follows, still in order, without holding it up."""
         before, mine = self._take_place()
-        task = asyncio.ensure_future(self._in_turn(before, mine, lambda: self._append(type, data)))
+        stored: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._in_turn(before, mine, lambda: self._append(type, data, stored)))
         self._pending.add(task)
-        task.add_done_callback(self._nowait_done)
-        return task
+        task.add_done_callback(lambda t: self._nowait_done(t, stored))
+        return stored
 
-    def _nowait_done(self, task: asyncio.Task[Any]) -> None:
+    def _nowait_done(self, task: asyncio.Task[Any], stored: asyncio.Future[Event]) -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("background event append for %s failed: %s", self.run_id, task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if not stored.done():  # never stored: the waiter learns why (canceled: the run is going away)
+            if exc is not None:
+                stored.set_exception(exc)
+            else:
+                stored.cancel()
+        if exc is not None:
+            log.debug("background event append for %s failed: %s", self.run_id, exc)
 
-    async def _append(self, type: str, data: dict[str, Any]) -> Event:
+    async def _append(self, type: str, data: dict[str, Any], stored: asyncio.Future[Event] | None = None) -> Event:
         event = await self._runs.append_event(self.tenant_id, self.run_id, type, data)
         if type == "message.delta" and data.get("channel") == "answer":
             self.answer_parts.append(str(data.get("text", "")))
+        if stored is not None and not stored.done():
+            stored.set_result(event)
         await self._publish(event)
         return event
 

@@ -83,3 +83,26 @@ async def test_a_canceled_emit_gives_up_its_place(setup):
     await asyncio.gather(first, third)
     stored = await runs.events_after(tenant, run_id, 0)
     assert [e.data["i"] for e in stored] == [1, 3]
+
+
+async def test_stored_is_announced_before_it_is_published(setup):
+    """The tool step waits for tool.call to be stored, not for the bus; the bus still gets events in order."""
+    runs, em, tenant, run_id = setup
+    gate = asyncio.Event()
+    published: list[int] = []
+
+    class SlowBus:
+        async def publish(self, event):
+            await gate.wait()
+            published.append(event.seq)
+
+    em._bus = SlowBus()
+    first = em.emit_nowait("tool.call", {})
+    second = em.emit_nowait("tool.result", {})
+    event = await asyncio.wait_for(first, 5)  # stored while its publication is still held up
+    assert event.seq == 1 and published == []
+    assert not second.done()  # in line behind the first one's publication
+    gate.set()
+    assert (await asyncio.wait_for(second, 5)).seq == 2
+    await em.finish("succeeded", {})
+    assert published == [1, 2, 3]
