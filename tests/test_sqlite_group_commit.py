@@ -124,3 +124,15 @@ async def test_the_checkpointer_keeps_the_wal_small(db, tmp_path):
     info = db.query_one("PRAGMA wal_checkpoint(PASSIVE)")
     assert info[0] == 0 and info[1] == info[2]  # nothing left that is not in the database file
     assert wal.exists()
+
+
+async def test_a_write_that_raises_before_writing_needs_no_savepoint(db):
+    def refuse(c: sqlite3.Connection) -> None:
+        if c.execute("SELECT 1 FROM projects WHERE id = 'prj_gate'").fetchone() is None:
+            raise StockadeError("conflict", "no gate")
+
+    results = await asyncio.gather(db.write(_project("prj_1")), db.write(refuse, raises_before_writing=True),
+                                   db.write(_project("prj_2"), one_statement=True), return_exceptions=True)
+    assert results[0] == "prj_1" and results[2] == "prj_2"
+    assert isinstance(results[1], StockadeError) and results[1].code == "conflict"
+    assert {r[0] for r in db.query("SELECT id FROM projects")} == {"prj_1", "prj_2"}

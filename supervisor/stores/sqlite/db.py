@@ -103,7 +103,8 @@ class SqliteDB:
         self._checkpointed = 0  # self.commits at the start of the last completed checkpoint
         self._ckpt_lock = threading.Lock()  # one checkpoint at a time per database (thread or inline)
         self._ckpt_conn: sqlite3.Connection | None = None  # the checkpointer thread's connection
-        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
+        # (fn, its future, autocommit when alone, no savepoint needed in a batch)
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool, bool]] = []
         self.generation = 0  # bumped by every rolled-back write transaction (see the module docstring)
         _Checkpointer.register(self)
 
@@ -137,7 +138,8 @@ class SqliteDB:
             except sqlite3.Error:
                 pass  # the original error matters more
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, one_statement: bool = False) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, one_statement: bool = False,
+                    raises_before_writing: bool = False) -> T:
         """``fn(conn)`` in a write transaction shared with this loop turn's other writes (group commit).
 
         ``fn`` is synchronous and must not keep state that outlives a rollback unless it checks
@@ -145,10 +147,12 @@ class SqliteDB:
         ``one_statement``: ``fn`` changes the database with a single statement (reads and a retry
         after a failed statement allowed), so when it is alone in its batch it runs in autocommit
         mode: that statement is the transaction, without a BEGIN and a COMMIT around it.
+        ``raises_before_writing``: ``fn`` raises (its own errors) only before its first change, so in
+        a batch it needs no savepoint either (a database error fails the whole batch anyway).
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._batch.append((fn, fut, one_statement))
+        self._batch.append((fn, fut, one_statement, one_statement or raises_before_writing))
         if len(self._batch) == 1:
             loop.call_soon(self._flush)
         return await fut
@@ -160,7 +164,7 @@ class SqliteDB:
             return
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         if len(batch) == 1 and batch[0][2]:
-            fn, fut, _ = batch[0]
+            fn, fut, _, _ = batch[0]
             try:
                 with _mapped():
                     result = fn(self.conn)
@@ -179,24 +183,25 @@ class SqliteDB:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     if len(batch) == 1:
-                        fn, fut, _ = batch[0]
+                        fn, fut, _, _ = batch[0]
                         outcomes.append((fut, fn(conn), None))
                     else:
-                        for fn, fut, one in batch:
-                            # a failed statement undoes itself: a one-statement write needs no savepoint
-                            if not one:
+                        for fn, fut, _, clean in batch:
+                            # a failed statement undoes itself: a one-statement write needs no savepoint,
+                            # nor does one that raises only before it writes
+                            if not clean:
                                 conn.execute("SAVEPOINT w")
                             try:
                                 with _mapped():
                                     result = fn(conn)
                             except Exception as exc:
-                                if not one:
+                                if not clean:
                                     conn.execute("ROLLBACK TO w")
                                     conn.execute("RELEASE w")
                                 self.generation += 1
                                 outcomes.append((fut, None, exc))
                             else:
-                                if not one:
+                                if not clean:
                                     conn.execute("RELEASE w")
                                 outcomes.append((fut, result, None))
                     conn.execute("COMMIT")
@@ -205,7 +210,7 @@ class SqliteDB:
                     raise
             self._committed()
         except Exception as exc:  # BEGIN/COMMIT failed, or the one write of the batch raised: nothing is kept
-            for _, fut, _ in batch:
+            for _, fut, _, _ in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return

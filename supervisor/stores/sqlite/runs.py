@@ -122,7 +122,8 @@ class SqliteRunStore:
             )
             return int(row[0])
 
-        seq = await self._db.write(append)  # group commit with this loop turn's other writes
+        # group commit with this loop turn's other writes; append raises only before its UPDATE changes a row
+        seq = await self._db.write(append, raises_before_writing=True)
         return Event(run_id, seq, type, json.loads(payload), ts)
 
     async def finish_run(
