@@ -273,4 +273,6 @@ async def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main(sys.argv)))
+    from app.server import run  # uvloop, as `stockade serve` runs (the other benches do the same)
+
+    raise SystemExit(run(main(sys.argv)))
