@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
     audit_key: SecretStr | None = None  # HMAC key for the audit chain; default: generated into data_dir
+    secrets_key: SecretStr | None = None  # seals secrets at rest (MCP headers); default: generated into data_dir
     signing_key_file: Path | None = None  # Ed25519 private key (PEM) for receipts; default: data_dir
 
     # --- LLM
@@ -110,13 +111,13 @@ class Settings(BaseSettings):
         # resolved once, here: sandboxes bind these paths, and bwrap needs them absolute
         return None if v is None else v.expanduser().resolve()
 
-    @field_validator("audit_key", mode="before")
+    @field_validator("audit_key", "secrets_key", mode="before")
     @classmethod
-    def _audit_key(cls, v: object) -> object:
+    def _key(cls, v: object) -> object:
         if v in (None, ""):
             return None  # unset: generated once into the data dir
         if isinstance(v, str) and len(v) < 16:
-            raise ValueError("must be at least 16 characters (it keys the audit chain's MACs)")
+            raise ValueError("must be at least 16 characters (it is a key)")
         return v
 
     @field_validator("database_url")

@@ -49,3 +49,10 @@ def test_audit_key_empty_means_unset_and_short_is_refused():
     with pytest.raises(SettingsError) as exc:
         load_settings(audit_key="short")
     assert "STOCKADE_AUDIT_KEY" in str(exc.value)
+
+
+def test_secrets_key_empty_means_unset_and_short_is_refused():
+    assert Settings(secrets_key="").secrets_key is None
+    with pytest.raises(SettingsError) as exc:
+        load_settings(secrets_key="short")
+    assert "STOCKADE_SECRETS_KEY" in str(exc.value)

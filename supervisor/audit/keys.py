@@ -19,10 +19,22 @@ __all__ = ["load_audit_key", "load_signing_key", "public_key_pem"]
 
 
 def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600) holding ``data``, atomically: FileExistsError if it exists already.
+
+    Written to a private temporary name first and then hard-linked into place, so a process
+    that finds the file (several replicas starting at once) never reads it half-written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails with FileExistsError if another process won
+    finally:
+        os.unlink(tmp)
 
 
 def load_audit_key(settings: Settings) -> bytes:

@@ -52,8 +52,12 @@ def install(reg: Any, settings: Any, services: Any) -> McpService | None:
         return None
     service = services.extras.get("mcp")
     if not isinstance(service, McpService):
+        from supervisor.secretbox import SecretBox, load_secrets_key
+        from supervisor.tools.mcp.sealed import SealedMcpStore
+
+        store = SealedMcpStore(open_store(db), SecretBox(load_secrets_key(settings)))  # headers sealed at rest
         service = McpService(
-            open_store(db), allow_private=list(settings.egress_allow_private), timeout_s=float(settings.egress_timeout_s),
+            store, allow_private=list(settings.egress_allow_private), timeout_s=float(settings.egress_timeout_s),
             max_result_bytes=int(settings.egress_max_bytes),
         )
         services.extras["mcp"] = service

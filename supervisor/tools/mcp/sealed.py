@@ -1,0 +1,53 @@
+"""An ``McpStore`` whose server headers are sealed at rest (``supervisor.secretbox``).
+
+Header names stay readable (the API lists them); each value is sealed, bound to
+``tenant / server / header name``, on the way in and opened on the way out, so
+the rest of the MCP code sees plain headers and the database never holds one.
+Values stored before sealing existed (plain text) are still read as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from supervisor.secretbox import SecretBox
+from supervisor.tools.mcp.store import McpServer, McpStore, PinnedTool, ToolDef
+
+__all__ = ["SealedMcpStore"]
+
+
+def _bound_to(tenant_id: str, server: str, header: str) -> str:
+    return f"mcp-header\x00{tenant_id}\x00{server}\x00{header}"
+
+
+class SealedMcpStore:
+    def __init__(self, inner: McpStore, box: SecretBox) -> None:
+        self.inner = inner
+        self.box = box
+
+    def __getattr__(self, name: str) -> Any:  # everything that carries no headers passes straight through
+        return getattr(self.inner, name)
+
+    def _seal(self, s: McpServer) -> McpServer:
+        return dataclasses.replace(s, headers={
+            k: self.box.seal(v, _bound_to(s.tenant_id, s.name, k)) for k, v in s.headers.items()})
+
+    def _open(self, s: McpServer) -> McpServer:
+        return dataclasses.replace(s, headers={
+            k: self.box.open(v, _bound_to(s.tenant_id, s.name, k)) if self.box.is_sealed(v) else v
+            for k, v in s.headers.items()})
+
+    async def create_server(self, server: McpServer, tools: list[ToolDef], approved_by: str | None) -> list[PinnedTool]:
+        return await self.inner.create_server(self._seal(server), tools, approved_by)
+
+    async def get_server(self, tenant_id: str, name: str) -> McpServer | None:
+        s = await self.inner.get_server(tenant_id, name)
+        return None if s is None else self._open(s)
+
+    async def list_servers(self, tenant_id: str) -> list[McpServer]:
+        return [self._open(s) for s in await self.inner.list_servers(tenant_id)]
+
+    async def get_pinned(self, tenant_id: str, server: str, tool: str) -> tuple[McpServer, PinnedTool] | None:
+        got = await self.inner.get_pinned(tenant_id, server, tool)
+        return None if got is None else (self._open(got[0]), got[1])
