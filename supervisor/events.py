@@ -67,15 +67,18 @@ class RunEmitter:
         stored: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(self._in_turn(before, mine, lambda: self._append(type, data, stored)))
         self._pending.add(task)
-        task.add_done_callback(lambda t: self._nowait_done(t, stored))
+        task.add_done_callback(lambda t: self._nowait_done(t, stored, mine))
         return stored
 
-    def _nowait_done(self, task: asyncio.Task[Any], stored: asyncio.Future[Event]) -> None:
+    def _nowait_done(self, task: asyncio.Task[Any], stored: asyncio.Future[Event], mine: asyncio.Future[None]) -> None:
         self._pending.discard(task)
+        if not mine.done():  # canceled before it ever ran: its place must still be given up
+            mine.set_result(None)
         exc = None if task.cancelled() else task.exception()
         if not stored.done():  # never stored: the waiter learns why (canceled: the run is going away)
             if exc is not None:
                 stored.set_exception(exc)
+                stored.exception()  # nobody may wait for it (tool.result): no "never retrieved" warning
             else:
                 stored.cancel()
         if exc is not None:

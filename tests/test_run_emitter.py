@@ -106,3 +106,12 @@ async def test_stored_is_announced_before_it_is_published(setup):
     assert (await asyncio.wait_for(second, 5)).seq == 2
     await em.finish("succeeded", {})
     assert published == [1, 2, 3]
+
+
+async def test_a_background_emit_canceled_before_it_ran_gives_up_its_place(setup):
+    runs, em, tenant, run_id = setup
+    em.emit_nowait("custom", {"i": 1})
+    for task in list(em._pending):
+        task.cancel()  # before its first step: its coroutine never runs
+    later = await asyncio.wait_for(em.emit("custom", {"i": 2}), 5)  # must not wait forever
+    assert later.data["i"] == 2
