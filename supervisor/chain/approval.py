@@ -22,6 +22,11 @@ POLL_S = (0.05, 0.1, 0.2, 0.25)
 
 
 class ApprovalInterceptor:
+    def __init__(self) -> None:
+        # approvals each run is waiting for (a run lives on one worker): the run is waiting_approval
+        # from its first pending approval until its last one is decided, not until the first is
+        self._waiting: dict[tuple[str, str], int] = {}
+
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
         if call.verdict != "require_approval":
             return await next(call)
@@ -34,13 +39,24 @@ class ApprovalInterceptor:
             status="pending", created_at=now, expires_at=now + s.settings.approval_ttl_s,
         ))
         call.approval_id = approval.id
-        await s.runs.set_status(b.tenant_id, b.run_id, "waiting_approval")
-        await self._emit(call, "approval.requested", {
-            "approval_id": approval.id, "tool": call.tool_name, "args": call.raw_args, "args_hash": approval.args_hash,
-            "rule_id": call.rule_id, "reason": call.reason, "expires_at": approval.expires_at,
-        })
-        decided = await self._wait(call, approval)
-        await s.runs.set_status(b.tenant_id, b.run_id, "running")
+        run_key = (b.tenant_id, b.run_id)
+        self._waiting[run_key] = self._waiting.get(run_key, 0) + 1
+        try:
+            if self._waiting[run_key] == 1:
+                await s.runs.set_status(b.tenant_id, b.run_id, "waiting_approval")
+            await self._emit(call, "approval.requested", {
+                "approval_id": approval.id, "tool": call.tool_name, "args": call.raw_args,
+                "args_hash": approval.args_hash, "rule_id": call.rule_id, "reason": call.reason,
+                "expires_at": approval.expires_at,
+            })
+            decided = await self._wait(call, approval)
+        finally:
+            self._waiting[run_key] -= 1
+            last = self._waiting[run_key] == 0
+            if last:
+                del self._waiting[run_key]
+        if last:
+            await s.runs.set_status(b.tenant_id, b.run_id, "running")
         await self._emit(call, "approval.resolved", {
             "approval_id": decided.id, "decision": decided.status, "decided_by": decided.decided_by,
             "reason": decided.decision_reason,

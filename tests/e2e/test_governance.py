@@ -83,6 +83,33 @@ async def test_policy_verdicts_reach_the_bundle_and_the_audit(node):
     assert all(a["policy_version"] for a in audit if a["kind"] in ("tool.allowed", "tool.denied"))
 
 
+async def test_a_run_waits_until_its_last_pending_approval_is_decided(node):
+    _, _, c = await setup(node)
+    approver = (await c.post("/v1/keys", json={"role": "approver"})).json()["api_key"]
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}, {"tool": "echo", "args": {"n": 60}},
+                                        concurrent=True))
+    requested, seen = [], []
+    async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+        seen.append(e)
+        if e.event == "approval.requested":
+            requested.append(e.data["approval_id"])
+            if len(requested) == 2:  # both calls wait: decide one, the run still waits for the other
+                r = await node.client(approver).post(f"/v1/approvals/{requested[0]}/decision",
+                                                     json={"decision": "approve"})
+                assert r.status_code == 200
+        if e.event == "approval.resolved" and len(requested) == 2 and e.data["approval_id"] == requested[0]:
+            assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "waiting_approval"
+            r = await node.client(approver).post(f"/v1/approvals/{requested[1]}/decision",
+                                                 json={"decision": "approve"})
+            assert r.status_code == 200
+        if e.event.startswith("run.") and e.event != "run.started":
+            break
+    check_stream(seen)
+    assert seen[-1].event == "run.completed"
+    results = next(e for e in seen if e.event == "custom").data["data"]
+    assert results == [{"ok": {"n": 50}}, {"ok": {"n": 60}}]
+
+
 async def test_invalid_policy_is_refused_and_the_old_one_kept(node):
     _, _, c = await setup(node)
     before = (await c.get("/v1/policy")).text
