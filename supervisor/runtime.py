@@ -21,7 +21,6 @@ from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
 from supervisor.errors import StockadeError
 from supervisor.factory import open_services
-from supervisor.secretbox import load_secrets_key
 from supervisor.services import Services
 from supervisor.settings import Settings
 
@@ -133,7 +132,6 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
 
     services = await open_services(settings, migrate=migrate)
     sealer = Sealer(load_audit_key(settings))
-    load_secrets_key(settings)  # generated now (`stockade migrate` runs first in compose), not by racing replicas
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import secrets
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from supervisor.audit.keys import _write_secret
+from supervisor.audit.keys import generated_secret
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 
@@ -34,13 +33,7 @@ def load_secrets_key(settings: Settings) -> bytes:
     if settings.secrets_key is not None:
         raw = settings.secrets_key.get_secret_value().encode()
     else:
-        path = settings.data_dir / "keys" / "secrets.key"
-        if not path.exists():
-            try:
-                _write_secret(path, secrets.token_hex(32).encode())
-            except FileExistsError:
-                pass  # another process made it first
-        raw = path.read_bytes().strip()
+        raw = generated_secret(settings, "secrets.key")
     return hashlib.sha256(b"stockade secrets v1\x00" + raw).digest()  # any >= 16-char secret -> a 256-bit key
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from supervisor.settings import Settings
 
-__all__ = ["load_audit_key", "load_signing_key", "public_key_pem"]
+__all__ = ["generated_secret", "load_audit_key", "load_signing_key", "public_key_pem"]
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -37,16 +37,21 @@ def _write_secret(path: Path, data: bytes) -> None:
         os.unlink(tmp)
 
 
-def load_audit_key(settings: Settings) -> bytes:
-    if settings.audit_key is not None:
-        return settings.audit_key.get_secret_value().encode()
-    path = settings.data_dir / "keys" / "audit.key"
+def generated_secret(settings: Settings, name: str) -> bytes:
+    """``<data_dir>/keys/<name>``: a random secret made on first use (by whichever process comes first)."""
+    path = settings.data_dir / "keys" / name
     if not path.exists():
         try:
             _write_secret(path, secrets.token_hex(32).encode())
         except FileExistsError:
-            pass
+            pass  # another process made it first
     return path.read_bytes().strip()
+
+
+def load_audit_key(settings: Settings) -> bytes:
+    if settings.audit_key is not None:
+        return settings.audit_key.get_secret_value().encode()
+    return generated_secret(settings, "audit.key")
 
 
 def load_signing_key(settings: Settings) -> Ed25519PrivateKey:

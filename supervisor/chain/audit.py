@@ -107,8 +107,7 @@ class AuditGate:
 
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
         call.verdict = call.verdict or "allow"
-        rec = await _write(self.recorder, call, "tool.allowed", None)  # raises audit.unavailable: nothing runs
-        call.extra["allowed_hash"] = rec.hash
+        await _write(self.recorder, call, "tool.allowed", None)  # raises audit.unavailable: nothing runs
         if call.announced is not None:
             await call.announced  # the run's tool.call event is stored (or the run has ended: nothing runs)
         return await next(call)

@@ -97,9 +97,6 @@ class Policy:
             self._by_tool[tool] = hit
         return hit
 
-    def rules_for_tool(self, tool: str) -> tuple[Rule, ...]:
-        return self.index_for_tool(tool).rules
-
     def price_for(self, tool: str) -> float | None:
         """USD per call: the exact name's price, else the first glob (document order) that matches."""
         if tool in self.prices:

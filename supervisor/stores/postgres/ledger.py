@@ -29,7 +29,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -201,23 +200,32 @@ class PgLedger:
         self.db = db
         self._spares: list[Any] = []  # see _lease
         self._spare_check = False
-        self._month_memo: tuple[float, float, str] = (0.0, 0.0, "")
         self._inflight = 0
         self._retries = 0
         self._releasing: set[asyncio.Task[None]] = set()
-        self._reserves = _Coalescer(self._reserve_one, self._reserve_many, self._maybe_idle)
-        self._commits = _Coalescer(self._commit_one, self._commit_many, self._maybe_idle)
+        self._reserves = _Coalescer(self._reserve_one, self._batched(self._reserve_one, self._reserve_batch),
+                                    self._maybe_idle)
+        self._commits = _Coalescer(self._commit_one, self._batched(self._commit_one, self._commit_batch),
+                                   self._maybe_idle)
 
-    def _month(self, now: Any) -> str:
-        """period_key(now, "month"), remembered for the month last seen (strftime is ~7 us a call)."""
-        start, end, key = self._month_memo
-        if isinstance(now, (int, float)) and start <= now < end:
-            return key
-        key = period_key(now, "month")
-        first = datetime.fromtimestamp(now, tz=UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        following = (first + timedelta(days=32)).replace(day=1)
-        self._month_memo = (first.timestamp(), following.timestamp(), key)
-        return key
+    def _batched(self, one: Callable[[str, tuple[Any, ...]], Awaitable[Any]],
+                 many: Callable[[str, list[tuple[Any, ...]]], Awaitable[list[Any]]],
+                 ) -> Callable[[str, list[_Waiter]], Awaitable[None]]:
+        """A coalescer's call for a batch: one item through ``one``, several through ``many``; every waiter
+        resolved with its own outcome, or failed (see _settle_failure)."""
+        async def run(tenant: str, batch: list[_Waiter]) -> None:
+            try:
+                if len(batch) == 1:
+                    outcomes = [await one(tenant, batch[0].args)]
+                else:
+                    outcomes = await many(tenant, [w.args for w in batch])
+            except Exception as exc:
+                await self._settle_failure(tenant, batch, exc, run)
+                return
+            for w, outcome in zip(batch, outcomes, strict=True):
+                w.resolve(outcome)
+
+        return run
 
     @property
     def batching(self) -> dict[str, int]:
@@ -345,7 +353,7 @@ class PgLedger:
             raise StockadeError("input.invalid", "a reservation needs an id")
         _text(reservation_id, "reservation id")
         _text(run_id, "run id", optional=True)
-        item = (tiers, amount_micro, reservation_id, run_id, float(expires_at), float(now), self._month(now))
+        item = (tiers, amount_micro, reservation_id, run_id, float(expires_at), float(now), period_key(now, "month"))
         outcome = await self._reserves.submit(tenant_id, reservation_id, item)
         if outcome[0] == "exceeded":
             _, scope, scope_id, cap, remaining = outcome
@@ -365,18 +373,6 @@ class PgLedger:
             tier = json.loads(exc.detail or "{}")
             return ("exceeded", tier["scope"], tier["scope_id"], tier["cap"], tier["remaining"])
         return (rows[0]["r_status"],)
-
-    async def _reserve_many(self, tenant: str, batch: list[_Waiter]) -> None:
-        try:
-            if len(batch) == 1:
-                outcomes = [await self._reserve_one(tenant, batch[0].args)]
-            else:
-                outcomes = await self._reserve_batch(tenant, [w.args for w in batch])
-        except Exception as exc:
-            await self._settle_failure(tenant, batch, exc, self._reserve_many)
-            return
-        for w, outcome in zip(batch, outcomes, strict=True):
-            w.resolve(outcome)
 
     async def _reserve_batch(self, tenant: str, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         tier_items: list[int] = []
@@ -446,18 +442,6 @@ class PgLedger:
     async def _commit_one(self, tenant: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
         rid, actual, tool, now = item
         return self._commit_outcome(await self._call(_COMMIT_ONE, tenant, rid, actual, tool, now))
-
-    async def _commit_many(self, tenant: str, batch: list[_Waiter]) -> None:
-        try:
-            if len(batch) == 1:
-                outcomes = [await self._commit_one(tenant, batch[0].args)]
-            else:
-                outcomes = await self._commit_batch(tenant, [w.args for w in batch])
-        except Exception as exc:
-            await self._settle_failure(tenant, batch, exc, self._commit_many)
-            return
-        for w, outcome in zip(batch, outcomes, strict=True):
-            w.resolve(outcome)
 
     async def _commit_batch(self, tenant: str, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         rows = await self._call(_COMMIT_MANY, tenant, [it[0] for it in items], [it[1] for it in items],

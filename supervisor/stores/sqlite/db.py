@@ -230,27 +230,22 @@ class SqliteDB:
             except sqlite3.Error:
                 pass  # the transaction is committed either way; a busy checkpoint is retried later
 
-    def checkpoint(self) -> None:
-        """Copy committed WAL pages into the database file, on this connection (``PASSIVE``)."""
+    def checkpoint(self, *, from_thread: bool = False) -> None:
+        """Copy committed WAL pages into the database file (``PASSIVE``): on this connection, or,
+        for the checkpointer thread, on a connection of its own."""
         with self._ckpt_lock:
             if self._conn is None:
                 return
+            conn = self._conn
+            if from_thread:
+                if self._ckpt_conn is None:
+                    c = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=1.0)
+                    c.execute("PRAGMA synchronous=NORMAL")
+                    c.execute("PRAGMA wal_autocheckpoint=0")
+                    self._ckpt_conn = c
+                conn = self._ckpt_conn
             start = self.commits
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self._checkpointed = start
-
-    def checkpoint_from_thread(self) -> None:
-        """The checkpointer thread's call: the same, on a connection of its own."""
-        with self._ckpt_lock:
-            if self._conn is None:
-                return
-            if self._ckpt_conn is None:
-                c = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=1.0)
-                c.execute("PRAGMA synchronous=NORMAL")
-                c.execute("PRAGMA wal_autocheckpoint=0")
-                self._ckpt_conn = c
-            start = self.commits
-            self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self._checkpointed = start
 
     def checkpoint_due(self) -> bool:
@@ -320,7 +315,7 @@ class _Checkpointer:
                 due = [db for db in cls._dbs if db.checkpoint_due()]
             for db in due:
                 try:
-                    db.checkpoint_from_thread()
+                    db.checkpoint(from_thread=True)
                 except sqlite3.Error:
                     pass  # busy or closing: the next round (or the writer, inline) catches up
 
