@@ -100,6 +100,8 @@ class RunSession:
             await self._protocol_error(exc.code, exc.message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the sandbox went away; the worker sees the exit
+        except StockadeError as exc:  # e.g. an emit after the run ended, or the store went away mid-run
+            log.info("run %s: session ended: %s", self.binding.run_id, exc)
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -27,6 +27,7 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("stockade.worker")
 CANCEL_POLL_S = 0.25
+DRAIN_MIN_S = 2.0  # after the sandbox exits, its session may always take this long to read the rest
 
 
 class Worker:
@@ -160,6 +161,7 @@ class Worker:
         server = None
         warm_task: asyncio.Task | None = None
         killer: dict[str, str] = {}
+        box: dict[str, Any] = {}  # the sandbox process, the task serving its connection
         try:
             history = []
             if run.conversation_id:
@@ -174,7 +176,6 @@ class Worker:
                        "conversation_id": run.conversation_id, "entrypoint": getattr(manifest, "entrypoint", "main.py")}
             launched = asyncio.Event()
             sessions: list[RunSession] = []
-            box: dict[str, Any] = {}
 
             def on_limit(code: str) -> None:
                 killer.setdefault("code", code)
@@ -200,6 +201,7 @@ class Worker:
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
                                   emitter=emitter, welcome=welcome, on_limit=on_limit)
                 sessions.append(sess)
+                box["serving"] = asyncio.current_task()  # canceled once the run has ended
                 try:
                     await sess.serve(reader, writer)
                 except asyncio.CancelledError:  # the run ended (cancel/timeout) while the sandbox was still talking
@@ -249,8 +251,9 @@ class Worker:
         finally:
             if proc is not None:
                 proc.kill()
-            if warm_task is not None and not warm_task.done():
-                warm_task.cancel()
+            for task in (warm_task, box.get("serving")):
+                if task is not None and not task.done():
+                    task.cancel()  # a session still reading what a dead sandbox wrote: the run is over
             if server is not None:
                 server.close()
             dirs.remove()
@@ -259,6 +262,8 @@ class Worker:
 
     async def _supervise(self, run: Run, proc: Any, limit_s: float, sessions: list[RunSession],
                          killer: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
         waiter = asyncio.ensure_future(proc.wait())
         canceled = asyncio.ensure_future(self._watch_cancel(run))
         try:
@@ -272,9 +277,15 @@ class Worker:
                 return "canceled", {"code": "run.canceled", "message": "canceled"}
             return "timed_out", {"code": "run.timed_out", "message": f"the run exceeded its {limit_s:g}s time limit"}
         exit_info = waiter.result()
+        drained = True
         if sessions:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(sessions[0].finished.wait(), 2.0)
+            # The sandbox may exit while the supervisor is still working through what it wrote (a
+            # burst of emits, a loaded node): the socket holds the rest, done frame included. Read it
+            # all, within the run's own time limit; only then does a missing done frame mean a crash.
+            try:
+                await asyncio.wait_for(sessions[0].finished.wait(), max(DRAIN_MIN_S, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                drained = False
         outcome = sessions[0].outcome if sessions else None
         limit = killer.get("code") or (outcome.limit if outcome else None) or getattr(exit_info, "reason", None)
         if limit:
@@ -286,6 +297,9 @@ class Worker:
         if outcome is not None and outcome.status == "error":
             return "failed", {"code": outcome.code or "run.failed", "message": f"{outcome.error_type}: {outcome.message}",
                               "error_type": outcome.error_type, "traceback": outcome.traceback}
+        if not drained:
+            return "timed_out", {"code": "run.timed_out",
+                                 "message": f"the run exceeded its {limit_s:g}s time limit (its output was still being read)"}
         tail = (getattr(exit_info, "stderr_tail", b"") or b"").decode(errors="replace")[-2000:]
         return "failed", {"code": "sandbox.crashed",
                           "message": f"the sandbox exited (code {getattr(exit_info, 'returncode', None)}) without finishing",

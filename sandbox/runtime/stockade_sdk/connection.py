@@ -91,6 +91,13 @@ class Connection:
         await self._send(obj)
 
     async def close(self) -> None:
+        """Close after everything written has reached the supervisor's socket. ``close()`` alone only
+        starts the flush: a run that emitted faster than the supervisor read lost its last frames
+        (``done`` included) when the process exited right after it."""
         if self._reader_task:
             self._reader_task.cancel()
         self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass  # the supervisor hung up first: nothing more can be delivered
