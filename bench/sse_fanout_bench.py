@@ -1,7 +1,8 @@
 """SSE fan-out: one run emitting N events, S subscribers in another process (raw sockets).
 
 Reports deliveries/s and the delivery latency (emit inside the sandbox -> parsed by a subscriber)
-p50/p99. Bounded (about 15 s at the defaults). ``--subscribers 1000`` for the large case.
+p50/p99. Bounded (about 15 s at the defaults). ``--subscribers 1000`` for the large case;
+``--production`` for PostgreSQL + Redis (a throw-away database, a fresh key prefix).
 """
 
 from __future__ import annotations
@@ -55,12 +56,27 @@ def _client_proc(host: str, port: int, path: str, key: str, subs: int, q: mp.Que
     uvloop.run(run())
 
 
-async def main(subs: int, events: int) -> None:
+async def main(subs: int, events: int, production: bool) -> None:
     from run_bench import OPEN_LIMITS
 
     from tests.e2e.harness import make_data_dir, settings_for, start_node
 
-    node = await start_node(settings_for("embedded", make_data_dir(), **OPEN_LIMITS))
+    if production:
+        import secrets
+
+        import asyncpg
+
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+        await conn.execute("DROP DATABASE IF EXISTS stockade_bench_fanout WITH (FORCE)")
+        await conn.execute("CREATE DATABASE stockade_bench_fanout")
+        await conn.close()
+        settings = settings_for("production", make_data_dir(),
+                                pg_url="postgresql://postgres@127.0.0.1:5432/stockade_bench_fanout",
+                                redis_url="redis://127.0.0.1:6379/0", redis_prefix=f"bench:{secrets.token_hex(3)}:",
+                                **OPEN_LIMITS)
+    else:
+        settings = settings_for("embedded", make_data_dir(), **OPEN_LIMITS)
+    node = await start_node(settings)
     try:
         tid, key = await node.tenant()
         await node.rt.registry.register_dir(Path(__file__).parent / "bundles" / "fanout", tid)
@@ -77,7 +93,7 @@ async def main(subs: int, events: int) -> None:
         proc.join(10)
         lat.sort()
         total = sum(counts)
-        print(f"SSE fan-out: {subs} subscribers x {events} events -> {total} deliveries "
+        print(f"SSE fan-out ({'PostgreSQL + Redis' if production else 'embedded'}): {subs} subscribers x {events} events -> {total} deliveries "
               f"({'complete' if total == subs * events else 'INCOMPLETE'})")
         print(f"  ~{total / max(dt, 1e-9):,.0f} deliveries/s (after the subscribers attached)")
         print(f"  latency emit->client p50={lat[len(lat) // 2] * 1e3:.1f} ms  p99={lat[int(len(lat) * 0.99)] * 1e3:.1f} ms")
@@ -89,8 +105,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", type=int, default=100)
     ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--production", action="store_true", help="PostgreSQL + Redis instead of the embedded stack")
     a = ap.parse_args()
     import uvloop
 
     uvloop.install()
-    asyncio.run(main(a.subscribers, a.events))
+    asyncio.run(main(a.subscribers, a.events, a.production))
