@@ -240,3 +240,18 @@ async def test_warm_pool_runs_are_isolated_and_used_once(node):
     assert warm is not None and warm.size == 2
     slots = list(warm._ready)
     assert len({s.uid for s in slots}) == len(slots)  # a uid per slot, none reused by a finished run while live
+
+
+@pytest.mark.node_settings(sandbox_max_events_per_s=100_000)
+async def test_a_burst_then_return_delivers_every_event(node):
+    """The bundle writes ~2 MB of emits as fast as it can and returns: the run completes with every
+    event, in order. (The lost-tail bug this guards against needed a loaded supervisor to show;
+    tests/test_run_ending.py reproduces each of its two causes deterministically.)"""
+    tid, key = await node.tenant()
+    await push(node, tid, "burster")
+    c = node.client(key)
+    run = await start(c, "burster", "4000")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.completed", events[-1].data
+    assert [e.data["data"]["i"] for e in events if e.event == "custom"] == list(range(4000))
