@@ -64,7 +64,8 @@ class RunSession:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._bucket = float(self.events_per_s)
         self._bucket_t = time.monotonic()
-        self.finished = asyncio.Event()
+        self.read_done = asyncio.Event()  # the sandbox's last frame was read (done frame, EOF or a bad frame)
+        self.finished = asyncio.Event()  # ... and its calls still in flight then have ended
 
     # ------------------------------------------------------------------ framing
     async def _read_frame(self, reader: asyncio.StreamReader) -> dict[str, Any]:
@@ -103,6 +104,7 @@ class RunSession:
         except StockadeError as exc:  # e.g. an emit after the run ended, or the store went away mid-run
             log.info("run %s: session ended: %s", self.binding.run_id, exc)
         finally:
+            self.read_done.set()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             writer.close()

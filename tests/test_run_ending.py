@@ -97,8 +97,13 @@ class _Proc:
 
 class _Session:
     def __init__(self) -> None:
+        self.read_done = asyncio.Event()
         self.finished = asyncio.Event()
         self.outcome = SessionOutcome()
+
+    def end(self) -> None:
+        self.read_done.set()
+        self.finished.set()
 
 
 def _worker() -> Worker:
@@ -115,7 +120,7 @@ async def test_the_worker_reads_what_an_exited_sandbox_wrote_within_the_run_time
     await asyncio.sleep(0.5)  # ten times the minimum: the session is still reading the sandbox's output
     assert not task.done(), task.result()
     sess.outcome.status = "ok"  # the done frame, read at last
-    sess.finished.set()
+    sess.end()
     assert await task == ("succeeded", {})
 
 
@@ -129,7 +134,7 @@ async def test_output_still_unread_at_the_time_limit_ends_the_run_timed_out(monk
 async def test_a_sandbox_that_exits_without_a_done_frame_still_crashed(monkeypatch):
     run = SimpleNamespace(id="run_x", tenant_id="ten_x")
     sess = _Session()
-    sess.finished.set()  # EOF read: everything the sandbox wrote was read, and no done frame came
+    sess.end()  # EOF read: everything the sandbox wrote was read, and no done frame came
     status, data = await _worker()._supervise(run, _Proc(), 30.0, [sess], {})
     assert status == "failed" and data["code"] == "sandbox.crashed"
 
@@ -176,3 +181,15 @@ async def test_an_emit_after_the_run_ended_ends_the_session_quietly():
     await sess.serve(reader, w, greeted=True)  # type: ignore[arg-type]
     assert sess.finished.is_set() and w.closed
     assert sess.outcome.status is None  # it stopped at the refused emit
+
+
+async def test_a_call_still_in_flight_when_the_sandbox_is_gone_gets_only_a_short_grace(monkeypatch):
+    """Everything was read, but a call the bundle never waited for still runs: the run ends after
+    the grace, not at its time limit (nobody is left to take the result)."""
+    monkeypatch.setattr(worker_mod, "DRAIN_MIN_S", 0.05)
+    run = SimpleNamespace(id="run_x", tenant_id="ten_x")
+    sess = _Session()
+    sess.outcome.status = "ok"
+    sess.read_done.set()  # finished never comes
+    status, _ = await asyncio.wait_for(_worker()._supervise(run, _Proc(), 30.0, [sess], {}), 5)
+    assert status == "succeeded"

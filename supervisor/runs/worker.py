@@ -27,7 +27,8 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("stockade.worker")
 CANCEL_POLL_S = 0.25
-DRAIN_MIN_S = 2.0  # after the sandbox exits, its session may always take this long to read the rest
+DRAIN_MIN_S = 2.0  # after the sandbox exits: the least time its session gets to read the rest, and the
+# grace its calls still in flight then get
 
 
 class Worker:
@@ -283,9 +284,12 @@ class Worker:
             # burst of emits, a loaded node): the socket holds the rest, done frame included. Read it
             # all, within the run's own time limit; only then does a missing done frame mean a crash.
             try:
-                await asyncio.wait_for(sessions[0].finished.wait(), max(DRAIN_MIN_S, deadline - loop.time()))
+                await asyncio.wait_for(sessions[0].read_done.wait(), max(DRAIN_MIN_S, deadline - loop.time()))
             except asyncio.TimeoutError:
                 drained = False
+            else:  # calls still in flight get a short grace; their sandbox is gone, so no one awaits them
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(sessions[0].finished.wait(), DRAIN_MIN_S)
         outcome = sessions[0].outcome if sessions else None
         limit = killer.get("code") or (outcome.limit if outcome else None) or getattr(exit_info, "reason", None)
         if limit:
