@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from supervisor.storable import scrub_nul
 from supervisor.stores.ports import EventBus, RunStore
 from supervisor.stores.records import Event
 
@@ -19,6 +20,10 @@ TERMINAL_EVENTS = {
     "canceled": "run.canceled",
     "timed_out": "run.timed_out",
 }
+
+
+def _scrub_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: scrub_nul(v) if type(v) is str else v for k, v in fields.items()}
 
 
 class RunEmitter:
@@ -85,6 +90,7 @@ class RunEmitter:
             log.debug("background event append for %s failed: %s", self.run_id, exc)
 
     async def _append(self, type: str, data: dict[str, Any], stored: asyncio.Future[Event] | None = None) -> Event:
+        data = scrub_nul(data)
         event = await self._runs.append_event(self.tenant_id, self.run_id, type, data)
         if type == "message.delta" and data.get("channel") == "answer":
             self.answer_parts.append(str(data.get("text", "")))
@@ -99,7 +105,7 @@ class RunEmitter:
         async def op() -> Event | None:
             fields.setdefault("output", "".join(self.answer_parts))
             event = await self._runs.finish_run(
-                self.tenant_id, self.run_id, status, TERMINAL_EVENTS[status], data, **fields
+                self.tenant_id, self.run_id, status, TERMINAL_EVENTS[status], scrub_nul(data), **_scrub_fields(fields)
             )
             if event is not None:
                 await self._publish(event)
@@ -118,7 +124,8 @@ async def finish_run_anywhere(
     runs: RunStore, bus: EventBus, tenant_id: str, run_id: str, status: str, data: dict[str, Any], **fields: Any
 ) -> Event | None:
     """Finish a run from a process that does not host it (API cancel of a queued run, sweeps)."""
-    event = await runs.finish_run(tenant_id, run_id, status, TERMINAL_EVENTS[status], data, **fields)
+    event = await runs.finish_run(tenant_id, run_id, status, TERMINAL_EVENTS[status], scrub_nul(data),
+                                  **_scrub_fields(fields))
     if event is not None:
         try:
             await bus.publish(event)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, runtime
 from supervisor.errors import StockadeError
+from supervisor.storable import Text
 from supervisor.stores.records import Approval
 from supervisor.tenancy import Principal
 
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     decision: Literal["approve", "reject"]
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: Text | None = Field(default=None, max_length=2000)
     args_hash: str | None = Field(default=None, max_length=128)  # optional: bind to what the approver saw
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, runtime
 from supervisor.errors import StockadeError
+from supervisor.storable import Text
 from supervisor.tenancy import Principal
 
 __all__ = ["router"]
@@ -27,8 +28,8 @@ router = APIRouter(prefix="/v1/mcp", tags=["mcp"])
 
 class RegisterBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1, max_length=32)
-    url: str = Field(min_length=1, max_length=8192)
+    name: Text = Field(min_length=1, max_length=32)
+    url: Text = Field(min_length=1, max_length=8192)
     headers: dict[str, str] | None = None
 
 

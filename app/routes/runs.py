@@ -16,6 +16,7 @@ from supervisor.audit.receipts import build_receipt, sign_receipt
 from supervisor.errors import StockadeError
 from supervisor.events import finish_run_anywhere
 from supervisor.ids import new_id
+from supervisor.storable import Text
 from supervisor.stores.records import TERMINAL_STATUSES, Run
 from supervisor.tenancy import Principal
 
@@ -27,10 +28,10 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 class CreateRun(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     bundle: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
-    input: str = Field(max_length=256 * 1024)
+    input: Text = Field(max_length=256 * 1024)
     conversation_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    user_id: str | None = Field(default=None, max_length=64)
-    project_id: str | None = Field(default=None, max_length=64)
+    user_id: Text | None = Field(default=None, max_length=64)
+    project_id: Text | None = Field(default=None, max_length=64)
 
 
 def run_json(run: Run) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, runtime
 from supervisor.errors import StockadeError
+from supervisor.storable import Text
 from supervisor.tenancy import Principal, create_key
 
 __all__ = ["router"]
@@ -23,7 +24,7 @@ MAX_POLICY_BYTES = 256 * 1024
 class Cap(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     scope: Literal["tenant", "project", "user"]
-    scope_id: str | None = Field(default=None, max_length=64)
+    scope_id: Text | None = Field(default=None, max_length=64)
     cap_usd: float = Field(ge=0, le=1e9, allow_inf_nan=False)
     period: Literal["month", "lifetime"] = "month"
 
@@ -130,8 +131,8 @@ async def get_audit(rt: Any = Depends(runtime), p: Principal = Depends(require_r
 class NewKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["admin", "member", "approver", "viewer"] = "member"
-    user_id: str | None = Field(default=None, max_length=64)
-    project_id: str | None = Field(default=None, max_length=64)
+    user_id: Text | None = Field(default=None, max_length=64)
+    project_id: Text | None = Field(default=None, max_length=64)
 
 
 @router.post("/keys", status_code=201)
@@ -157,7 +158,7 @@ async def revoke_key(key_id: str, rt: Any = Depends(runtime), p: Principal = Dep
 
 class NameBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
 
 
 @router.post("/projects", status_code=201)

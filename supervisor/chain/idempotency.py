@@ -14,6 +14,7 @@ from typing import Any
 
 from supervisor.chain.base import CallState, Next
 from supervisor.errors import StockadeError
+from supervisor.storable import scrub_nul
 
 __all__ = ["IdempotencyInterceptor"]
 
@@ -61,5 +62,6 @@ class IdempotencyInterceptor:
         except BaseException:
             await asyncio.shield(store.abandon(b.tenant_id, key))
             raise
-        await store.complete(b.tenant_id, key, {"args_hash": call.args_hash, "result": result})
+        # the stored copy, replayed to duplicates, has U+FFFD for any NUL (PostgreSQL cannot hold one)
+        await store.complete(b.tenant_id, key, {"args_hash": call.args_hash, "result": scrub_nul(result)})
         return result

@@ -285,7 +285,7 @@ class Worker:
             # all, within the run's own time limit; only then does a missing done frame mean a crash.
             try:
                 await asyncio.wait_for(sessions[0].read_done.wait(), max(DRAIN_MIN_S, deadline - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 drained = False
             else:  # calls still in flight get a short grace; their sandbox is gone, so no one awaits them
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -178,6 +178,20 @@ async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
     assert results2[0]["error"] == "idempotency.mismatch"
 
 
+async def test_an_idempotent_result_with_a_nul_is_kept_and_replayed(node):
+    """The stored copy of an idempotent result has U+FFFD for each NUL (PostgreSQL holds none): the
+    first call gets the real result, a duplicate the stored one, on both stacks. Before, on
+    PostgreSQL, the call failed after the tool had run and the key stayed pending."""
+    _, _, c = await setup(node)
+    call = {"tool": "echo", "args": {"t": "a\x00b"}, "key": "nul-1"}
+    run = await start(c, "caller", plan(call, call))
+    _, events = await results_of(c, run["id"])
+    assert [e.data["deduped"] for e in events if e.event == "tool.result"] == [False, True]
+    # as the bundle saw them: its answer is json.dumps(results), where a NUL is an escape, not a NUL
+    output = (await c.get(f"/v1/runs/{run['id']}")).json()["output"]
+    assert json.loads(output) == [{"ok": {"t": "a\x00b"}}, {"ok": {"t": "a\ufffdb"}}]
+
+
 async def test_concurrent_runs_never_overspend_a_small_cap(node):
     tid, _, c = await setup(node)
     r = await c.put("/v1/budgets", json={"budgets": [{"scope": "tenant", "cap_usd": 0.01}]})

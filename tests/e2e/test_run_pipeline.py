@@ -208,6 +208,9 @@ async def test_bad_requests_change_nothing(node):
         (json.dumps({"bundle": "echo", "input": "x", "evil": 1}).encode(), 422),
         (json.dumps({"bundle": "../etc", "input": "x"}).encode(), 422),
         (json.dumps({"bundle": "nope", "input": "x"}).encode(), 404),
+        # NUL: PostgreSQL cannot store it and SQLite could: refused on every stack alike
+        (json.dumps({"bundle": "echo", "input": "a\x00b"}).encode(), 422),
+        (json.dumps({"bundle": "echo", "input": "x", "user_id": "u\x00"}).encode(), 422),
     ]
     for body, status in cases:
         r = await c.post("/v1/runs", content=body, headers={"Content-Type": "application/json"})
@@ -255,3 +258,27 @@ async def test_a_burst_then_return_delivers_every_event(node):
     check_stream(events)
     assert events[-1].event == "run.completed", events[-1].data
     assert [e.data["data"]["i"] for e in events if e.event == "custom"] == list(range(4000))
+
+
+async def test_nul_characters_from_a_bundle_are_stored_alike_on_both_stacks(node):
+    """PostgreSQL holds U+0000 neither in text nor in jsonb: such an emit ended the run
+    sandbox.crashed there, and an exception message carrying one left the run without a terminal
+    event. Every stack now stores U+FFFD in its place (a literal backslash-u0000 stays as it is)."""
+    tid, key = await node.tenant()
+    await push(node, tid, "nuller")
+    c = node.client(key)
+    run = await start(c, "nuller", "emit")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.completed", events[-1].data
+    custom = next(e for e in events if e.event == "custom")
+    assert custom.data["name"] == "n\ufffd"
+    assert custom.data["data"] == {"s": "a\ufffdb", "k\ufffd": ["\ufffd"], "kept": "\\u0000"}
+    assert next(e for e in events if e.event == "status").data["text"] == "st\ufffdatus"
+    assert (await c.get(f"/v1/runs/{run['id']}")).json()["output"] == "an\ufffdswer"
+
+    run = await start(c, "nuller", "raise")
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.failed" and events[-1].data["message"] == "ValueError: bad\ufffdvalue"
+    assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "failed"

@@ -1,0 +1,58 @@
+"""U+0000 (NUL) and the stores: PostgreSQL can hold it neither in ``text`` nor in ``jsonb``.
+
+SQLite stores it, so without a rule of our own the same input worked on the embedded stack and
+failed on PostgreSQL (a bundle's emit with a NUL ended its run ``sandbox.crashed``; an exception
+message with one left the run without a terminal event). The rule, the same on every stack:
+
+* what a client sends (API bodies) is refused: ``input.invalid`` (``Text``);
+* what a bundle or a tool produced is kept, with U+FFFD in place of each NUL (``scrub_nul``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+
+__all__ = ["Text", "reject_nul", "scrub_nul"]
+
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not an escaped backslash + "u0000"
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is str:
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
+
+def scrub_nul(value: Any) -> Any:
+    """``value`` with U+0000 replaced by U+FFFD in every string, keys included (the same object when
+    there is none). For what a bundle or a tool produced and the supervisor must store: run events,
+    terminal outcomes, idempotent results."""
+    if not _has_nul(value):
+        return value
+    if type(value) is str:
+        return value.replace("\x00", "\ufffd")
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.loads(_NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text))
+
+
+def reject_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters (U+0000) are not accepted")
+    return value
+
+
+Text = Annotated[str, AfterValidator(reject_nul)]  # a free-text API field that will be stored
