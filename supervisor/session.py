@@ -146,11 +146,9 @@ class RunSession:
         key = frame.get("idempotency_key")
         call = CallState(
             binding=self.binding, tool_name=frame.get("tool"), raw_args=frame.get("args", {}), request_id=rid,
-            idempotency_key=key if isinstance(key, str) and key else None, services=self.services,
+            idempotency_key=key, services=self.services,  # checked by the validate step, like the args
             emit=self.emitter.emit, stream=bool(frame.get("stream")),
         )
-        if isinstance(key, str) and len(key) > 255:
-            call.idempotency_key = None
         tool_label = call.tool_name if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
         if call.stream:
             async def chunk(data: dict[str, Any]) -> None:

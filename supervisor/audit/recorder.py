@@ -7,6 +7,7 @@ from typing import Any
 
 from supervisor.audit.chain import Sealer
 from supervisor.errors import StockadeError
+from supervisor.storable import scrub_nul
 from supervisor.stores.ports import AuditLog
 from supervisor.stores.records import AuditRecord
 
@@ -28,6 +29,7 @@ class AuditRecorder:
             "rule_id": rule_id, "policy_version": policy_version, "code": code, "cost_micro": int(cost_micro),
             "detail": detail or {},
         }
+        fields = scrub_nul(fields)  # a bundle's tool name or key may carry one; every store must take the record
         try:
             return await self.log.append(tenant_id, fields, self.sealer.for_tenant(tenant_id))
         except StockadeError as exc:

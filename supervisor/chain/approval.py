@@ -14,6 +14,7 @@ from typing import Any
 from supervisor.chain.base import CallState, Next
 from supervisor.errors import StockadeError
 from supervisor.ids import new_id
+from supervisor.storable import scrub_nul
 from supervisor.stores.records import Approval
 
 __all__ = ["ApprovalInterceptor"]
@@ -35,7 +36,7 @@ class ApprovalInterceptor:
         now = time.time()
         approval = await s.approvals.create(Approval(
             id=new_id("apr_"), tenant_id=b.tenant_id, run_id=b.run_id, tool=call.tool_name,
-            args_hash=call.args_hash or "", args=call.raw_args, rule_id=call.rule_id, reason=call.reason,
+            args_hash=call.args_hash or "", args=scrub_nul(call.raw_args), rule_id=call.rule_id, reason=call.reason,
             status="pending", created_at=now, expires_at=now + s.settings.approval_ttl_s,
         ))
         call.approval_id = approval.id

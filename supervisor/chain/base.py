@@ -41,7 +41,7 @@ class CallState:
     tool_name: str
     raw_args: dict[str, Any]
     request_id: int | str | None = None
-    idempotency_key: str | None = None  # as given by the bundle, or None
+    idempotency_key: Any = None  # as given by the bundle (the validate step refuses a bad one), or None
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
 

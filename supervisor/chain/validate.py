@@ -12,7 +12,9 @@ from supervisor.chain.base import CallState, Next
 from supervisor.errors import StockadeError
 from supervisor.tools.base import ToolContext
 
-__all__ = ["ValidateInterceptor", "validation_message"]
+__all__ = ["MAX_KEY_CHARS", "ValidateInterceptor", "validation_message"]
+
+MAX_KEY_CHARS = 255  # an explicit idempotency key
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -29,6 +31,11 @@ class ValidateInterceptor:
         b = call.binding
         if not isinstance(call.raw_args, dict):
             raise StockadeError("input.invalid", "args must be a JSON object")
+        key = call.idempotency_key
+        if key is not None and (type(key) is not str or not 1 <= len(key) <= MAX_KEY_CHARS or "\x00" in key):
+            # refused, not ignored: a call its bundle meant to be at-most-once must not run unprotected
+            raise StockadeError("input.invalid", f"idempotency_key must be a string of 1 to {MAX_KEY_CHARS} "
+                                                 "characters without NUL")
         tool = await services.tools.get(call.tool_name, b.tenant_id)
         call.tool = tool
         call.args_hash = args_hash(call.tool_name, call.raw_args)

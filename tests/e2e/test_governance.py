@@ -192,6 +192,41 @@ async def test_an_idempotent_result_with_a_nul_is_kept_and_replayed(node):
     assert json.loads(output) == [{"ok": {"t": "a\x00b"}}, {"ok": {"t": "a\ufffdb"}}]
 
 
+async def test_nul_in_a_tool_name_a_key_or_approval_args_is_decided_alike_on_both_stacks(node):
+    """Each is refused or decided as on SQLite, with its audit record (on PostgreSQL the record
+    itself could not be written, so the call failed audit.unavailable, and an approval with such
+    args could not be created). A key past 255 characters is refused, no longer silently dropped
+    (the call then ran without the at-most-once protection its bundle asked for)."""
+    _, _, c = await setup(node)
+    approver = (await c.post("/v1/keys", json={"role": "approver"})).json()["api_key"]
+    run = await start(c, "caller", plan(
+        {"tool": "ec\x00ho", "args": {"n": 1}},
+        {"tool": "echo", "args": {"n": 1}, "key": "k\x00"},
+        {"tool": "echo", "args": {"n": 1}, "key": "k" * 256},
+        {"tool": "echo", "args": {"n": 50, "t": "a\x00b"}},
+    ))
+    seen = []
+    async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+        seen.append(e)
+        if e.event == "approval.requested":
+            assert e.data["args"] == {"n": 50, "t": "a\ufffdb"}
+            pending = (await c.get("/v1/approvals", params={"status": "pending"})).json()["data"]
+            assert pending[0]["args"] == {"n": 50, "t": "a\ufffdb"}
+            r = await node.client(approver).post(f"/v1/approvals/{pending[0]['id']}/decision",
+                                                 json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+        if e.event.startswith("run.") and e.event != "run.started":
+            break
+    check_stream(seen)
+    output = json.loads((await c.get(f"/v1/runs/{run['id']}")).json()["output"])
+    assert [r.get("error") for r in output[:3]] == ["input.invalid"] * 3
+    assert output[3] == {"ok": {"n": 50, "t": "a\x00b"}}  # approved on its args hash: the real args ran
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    calls = [a for a in audit if a["kind"].startswith("tool.")]
+    assert [a["kind"] for a in calls] == ["tool.invalid", "tool.invalid", "tool.invalid", "tool.allowed", "tool.completed"]
+    assert calls[0]["tool"] == "ec\ufffdho"
+
+
 async def test_concurrent_runs_never_overspend_a_small_cap(node):
     tid, _, c = await setup(node)
     r = await c.put("/v1/budgets", json={"budgets": [{"scope": "tenant", "cap_usd": 0.01}]})
