@@ -66,6 +66,11 @@ def test_args_and_metadata():
         KbSearchTool.args_model.model_validate({"query": "x", "limit": "5"})
     with pytest.raises(ValidationError):
         KbSearchTool.args_model.model_validate({"query": "x", "limit": 0})
+    for bad in ({"text": "a\x00b"}, {"text": "x", "title": "\x00"}, {"text": "x", "doc_id": "d\x00"}):
+        with pytest.raises(ValidationError, match="NUL"):  # PostgreSQL cannot store it: refused on every stack
+            KbAddTool.args_model.model_validate(bad)
+    with pytest.raises(ValidationError, match="NUL"):
+        KbSearchTool.args_model.model_validate({"query": "a\x00"})
     by_name = {t.name: t for t in tools()}
     assert set(by_name) == {"kb.add", "kb.search"}
     assert by_name["kb.search"].risk == "low" and not by_name["kb.search"].side_effects

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from supervisor.errors import StockadeError
+from supervisor.storable import Text
 from supervisor.stores.kb_port import (
     MAX_LIMIT,
     MAX_QUERY_CHARS,
@@ -25,15 +26,15 @@ from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
 __all__ = ["KbAddArgs", "KbAddTool", "KbSearchArgs", "KbSearchTool"]
 
 
-class KbAddArgs(ToolArgs):
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
-    source: str | None = Field(None, max_length=MAX_SOURCE_CHARS)
-    doc_id: str | None = Field(None, min_length=1, max_length=200)
+class KbAddArgs(ToolArgs):  # Text: no NUL, which PostgreSQL cannot store (supervisor/storable.py)
+    text: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    title: Text | None = Field(None, max_length=MAX_TITLE_CHARS)
+    source: Text | None = Field(None, max_length=MAX_SOURCE_CHARS)
+    doc_id: Text | None = Field(None, min_length=1, max_length=200)
 
 
 class KbSearchArgs(ToolArgs):
-    query: str = Field(max_length=MAX_QUERY_CHARS)
+    query: Text = Field(max_length=MAX_QUERY_CHARS)
     limit: int = Field(5, ge=1, le=MAX_LIMIT)
 
 
