@@ -50,7 +50,11 @@ class ApprovalInterceptor:
                 "args_hash": approval.args_hash, "rule_id": call.rule_id, "reason": call.reason,
                 "expires_at": approval.expires_at,
             })
-            decided = await self._wait(call, approval)
+            try:
+                decided = await self._wait(call, approval)
+            except asyncio.CancelledError:  # the run ended (canceled, timed out): nobody waits for a decision
+                await asyncio.shield(self._withdraw(call, approval))
+                raise
         finally:
             self._waiting[run_key] -= 1
             last = self._waiting[run_key] == 0
@@ -89,6 +93,17 @@ class ApprovalInterceptor:
                     continue  # decided concurrently; read it again
             await asyncio.sleep(POLL_S[min(step, len(POLL_S) - 1)])
             step += 1
+
+    @staticmethod
+    async def _withdraw(call: CallState, approval: Approval) -> None:
+        """Take a still-pending request off the approvers' list (as expired, with the reason)."""
+        try:
+            await call.services.approvals.decide(
+                approval.tenant_id, approval.id, status="expired", decided_by=None,
+                reason="the run ended before a decision", now=time.time(),
+            )
+        except StockadeError:
+            pass  # decided meanwhile, or the store is away: the sweeper expires it at expires_at
 
     @staticmethod
     async def _emit(call: CallState, type: str, data: dict[str, Any]) -> None:

@@ -190,6 +190,9 @@ class BudgetInterceptor:
         assert call.emit is not None
         try:
             await call.emit(type_, data)
+        except StockadeError as exc:
+            if exc.code != "conflict":  # conflict: the run ended meanwhile (canceled, timed out): nothing to tell
+                log.warning("could not emit %s for run %s: %s", type_, call.binding.run_id, exc)
         except Exception:  # an event that cannot be sent must not undo a settled call
             log.warning("could not emit %s for run %s", type_, call.binding.run_id, exc_info=True)
 

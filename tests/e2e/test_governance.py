@@ -159,6 +159,27 @@ async def test_approval_flow_approve_and_reject(node):
     assert approver_rec["detail"]["approver_key_id"].startswith("key_")
 
 
+async def test_a_run_canceled_while_waiting_for_approval_withdraws_the_request(node):
+    """Approvers must not be left deciding for a run that is gone: once the worker sees the cancel,
+    the request is expired with the reason (it used to stay pending until its expiry)."""
+    _, _, c = await setup(node)
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}))
+    async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+        if e.event == "approval.requested":
+            break
+    r = await c.post(f"/v1/runs/{run['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    for _ in range(100):  # the worker polls for cancels every 0.25 s
+        approvals = (await c.get("/v1/approvals")).json()["data"]
+        if approvals[0]["status"] != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert approvals[0]["status"] == "expired" and approvals[0]["decision_reason"] == "the run ended before a decision"
+    events = await collect(c, run["id"])
+    check_stream(events)
+    assert events[-1].event == "run.canceled"
+
+
 async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
     _, _, c = await setup(node)
     run = await start(c, "caller", plan(
