@@ -11,6 +11,7 @@ always before the call counts as finished (so before the run can end).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -81,6 +82,9 @@ class AuditInterceptor:
         except Exception as exc:
             call.error = exc
             await self._safe(call, "tool.failed", "internal")
+            raise
+        except asyncio.CancelledError:  # the run ended (canceled, timed out) with the call unfinished
+            await asyncio.shield(self._safe(call, "tool.canceled", "run.ended"))
             raise
         kind = "tool.deduped" if call.deduped else "tool.completed"
         if call.after_reply is not None:

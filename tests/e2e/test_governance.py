@@ -175,6 +175,12 @@ async def test_a_run_canceled_while_waiting_for_approval_withdraws_the_request(n
             break
         await asyncio.sleep(0.05)
     assert approvals[0]["status"] == "expired" and approvals[0]["decision_reason"] == "the run ended before a decision"
+    for _ in range(100):  # the call's one audit record: it was canceled with its run
+        kinds = [a["kind"] for a in (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]]
+        if "tool.canceled" in kinds:
+            break
+        await asyncio.sleep(0.05)
+    assert [k for k in kinds if k.startswith("tool.")] == ["tool.canceled"]
     events = await collect(c, run["id"])
     check_stream(events)
     assert events[-1].event == "run.canceled"
