@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 from supervisor.errors import StockadeError
 from supervisor.tenancy import Principal, authenticate
 
-__all__ = ["principal", "require_role", "runtime"]
+__all__ = ["MAX_ID", "principal", "require_role", "runtime"]
+
+MAX_ID = 2**63 - 1  # the largest sequence number / row id any store holds (PostgreSQL bigint)
 
 
 def runtime(request: Request) -> Any:

@@ -1,7 +1,8 @@
 """Request guard and metrics as a plain ASGI middleware.
 
 Bodies over ``max_body_bytes`` are refused before the app reads them (by
-Content-Length, or while a chunked body arrives); every request is counted
+Content-Length, or while a chunked body arrives), so is a NUL in the path or
+query (supervisor/storable.py: the same on every stack); every request is counted
 and its time to the response headers observed. Plain ASGI on purpose:
 Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) relays every
 chunk of a streaming response through an extra task and memory stream, which
@@ -33,6 +34,10 @@ class Guard:
             return
         start = time.perf_counter()
         method = scope["method"]
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            # NUL in an id or a filter: PostgreSQL cannot even compare it (it answered 500), SQLite can
+            return await self._refuse(scope, receive, send, "input.invalid",
+                                      "NUL characters (U+0000) are not accepted in the URL", start)
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
         if length is not None:

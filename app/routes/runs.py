@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import READ_ROLES, WRITE_ROLES, require_role, runtime
+from app.deps import MAX_ID, READ_ROLES, WRITE_ROLES, require_role, runtime
 from app.sse import event_stream
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.audit.receipts import build_receipt, sign_receipt
@@ -101,7 +101,8 @@ def _replay(run: Run, request_hash: str) -> JSONResponse:
 
 @router.get("")
 async def list_runs(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
-                    limit: int = Query(50, ge=1, le=200), before: float | None = None) -> dict[str, Any]:
+                    limit: int = Query(50, ge=1, le=200),
+                    before: float | None = Query(None, allow_inf_nan=False)) -> dict[str, Any]:
     runs = await rt.services.runs.list_runs(p.tenant_id, limit=limit, before=before)
     return {"data": [run_json(r) for r in runs], "next_before": runs[-1].created_at if len(runs) == limit else None}
 
@@ -133,13 +134,16 @@ async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Dep
 @router.get("/{run_id}/events")
 async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      p: Principal = Depends(require_role(*READ_ROLES)),
-                     after: int | None = Query(None, ge=0), last_event_id: str | None = Header(default=None)) -> StreamingResponse:
+                     after: int | None = Query(None, ge=0, le=MAX_ID),
+                     last_event_id: str | None = Header(default=None)) -> StreamingResponse:
     run = await _load(rt, p, run_id)
     cursor = after or 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        raw = last_event_id.strip()
+        # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it
+        if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_ID):
             raise StockadeError("input.invalid", "Last-Event-ID must be a sequence number")
-        cursor = int(last_event_id.strip())
+        cursor = int(raw)
     return StreamingResponse(
         event_stream(rt, request, run.tenant_id, run.id, cursor),
         media_type="text/event-stream",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import READ_ROLES, require_role, runtime
+from app.deps import MAX_ID, READ_ROLES, require_role, runtime
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal, create_key
@@ -110,7 +110,7 @@ def _page(items: list[Any], fn: Any, cursor_attr: str, limit: int) -> dict[str, 
 
 @router.get("/ledger")
 async def get_ledger(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
-                     after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+                     after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     items = await rt.services.ledger.entries(p.tenant_id, after_id=after, limit=limit)
     return _page(items, lambda e: {"id": e.id, "scope": e.scope, "scope_id": e.scope_id, "period_key": e.period_key,
                                    "amount_usd": e.amount_micro / 1e6, "reservation_id": e.reservation_id,
@@ -119,7 +119,7 @@ async def get_ledger(rt: Any = Depends(runtime), p: Principal = Depends(require_
 
 @router.get("/audit")
 async def get_audit(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
-                    after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                    after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=1000),
                     run_id: str | None = None) -> dict[str, Any]:
     items = await rt.services.audit.list(p.tenant_id, after_seq=after, limit=limit, run_id=run_id)
     return _page(items, lambda r: {"seq": r.seq, "ts": r.ts, "kind": r.kind, "run_id": r.run_id, "tool": r.tool,

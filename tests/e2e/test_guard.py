@@ -34,6 +34,24 @@ async def test_a_chunked_body_is_counted_as_it_arrives(node):
     assert r.json()["input"] == "x" * 2000
 
 
+async def test_hostile_ids_and_cursors_get_a_clear_error_on_every_stack(node):
+    """A NUL in the URL, a cursor past bigint, a non-ASCII digit: each got a 500 or a stream cut off
+    mid-response on PostgreSQL (and on SQLite: 'Python int too large'); now 422 input.invalid."""
+    _, key = await node.tenant()
+    c = node.client(key)
+    run = (await c.post("/v1/runs", json={"bundle": "echo", "input": "hi"})).json()["id"]
+    for path in ("/v1/runs/run_%00", "/v1/audit?run_id=%00", f"/v1/runs/{run}/events?after=9223372036854775808",
+                 "/v1/audit?after=9223372036854775808", "/v1/ledger?after=99999999999999999999",
+                 "/v1/runs?before=nan", "/v1/runs?before=inf"):
+        r = await c.get(path)
+        assert r.status_code == 422 and r.json()["code"] == "input.invalid", (path, r.text)
+    r = await c.post("/v1/approvals/apr_x%00/decision", json={"decision": "approve"})
+    assert r.status_code == 422 and r.json()["code"] == "input.invalid"
+    for last in (b"99999999999999999999999", b"9223372036854775808", "\u00b2".encode(), b"-5", b"1e3"):
+        r = await c.get(f"/v1/runs/{run}/events", headers={"Last-Event-ID": last})
+        assert r.status_code == 422 and r.json()["code"] == "input.invalid", (last, r.text)
+
+
 async def test_every_request_is_counted(node):
     _, key = await node.tenant()
     c = node.client(key)
