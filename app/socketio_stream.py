@@ -15,12 +15,14 @@ from typing import Any
 
 import socketio
 
+from app.deps import MAX_ID
 from supervisor.errors import StockadeError
 from supervisor.tenancy import authenticate
 
 __all__ = ["mount_socketio"]
 
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_out"})
+MAX_SUBSCRIPTIONS = 64  # live ones per connection: each is a task tailing a run
 
 
 def mount_socketio(app: Any, rt: Any) -> Any:
@@ -45,13 +47,20 @@ def mount_socketio(app: Any, rt: Any) -> Any:
 
     @sio.event
     async def subscribe(sid: str, data: Any) -> dict[str, Any]:
-        if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+        run_id = data.get("run_id") if isinstance(data, dict) else None
+        if not isinstance(run_id, str) or not 0 < len(run_id) <= 64 or "\x00" in run_id:
             return {"ok": False, "code": "input.invalid", "message": "send {run_id, after?}"}
         after = data.get("after", 0)
-        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-            return {"ok": False, "code": "input.invalid", "message": "after must be a non-negative integer"}
+        if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= MAX_ID:
+            return {"ok": False, "code": "input.invalid", "message": "after must be a sequence number (0 or more)"}
+        if len(tasks.get(sid, ())) >= MAX_SUBSCRIPTIONS:
+            return {"ok": False, "code": "input.too_large",
+                    "message": f"at most {MAX_SUBSCRIPTIONS} live subscriptions per connection"}
         session = await sio.get_session(sid)
-        run = await rt.services.runs.get_run(session["tenant_id"], data["run_id"])
+        try:
+            run = await rt.services.runs.get_run(session["tenant_id"], run_id)
+        except StockadeError as exc:
+            return {"ok": False, "code": exc.code, "message": exc.detail}
         if run is None:
             return {"ok": False, "code": "not_found", "message": "no such run"}
         task = asyncio.create_task(_forward(sio, rt, sid, run.tenant_id, run.id, after))

@@ -58,3 +58,28 @@ async def test_socketio_auth_and_isolation(node):
     bad = socketio.AsyncClient(reconnection=False)
     with pytest.raises(socketio.exceptions.ConnectionError):
         await bad.connect(node.base_url, auth={"token": "stk_nope"}, transports=["websocket"], wait_timeout=5)
+
+
+async def test_socketio_hostile_subscriptions_get_a_clear_ack(node):
+    """A NUL in the run id (PostgreSQL raised out of the handler: no ack at all), a cursor past bigint
+    (the forwarding task died silently), and a client opening subscriptions without end."""
+    from tests.e2e.test_run_pipeline import push
+
+    tid, key = await node.tenant()
+    await push(node, tid, "sleeper")
+    c = node.client(key)
+    run = await start(c, "sleeper", "30")
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(node.base_url, auth={"token": key}, transports=["websocket"], wait_timeout=10)
+    try:
+        for bad in ({"run_id": "run_\x00"}, {"run_id": run["id"], "after": 2**63}, {"run_id": "x" * 65}, ["run"]):
+            ack = await client.call("subscribe", bad, timeout=10)
+            assert ack["ok"] is False and ack["code"] == "input.invalid", (bad, ack)
+        for _ in range(64):  # the run is live: each subscription stays open
+            assert (await client.call("subscribe", {"run_id": run["id"]}, timeout=10))["ok"] is True
+        ack = await client.call("subscribe", {"run_id": run["id"]}, timeout=10)
+        assert ack["ok"] is False and ack["code"] == "input.too_large"
+    finally:
+        await client.disconnect()
+        await c.post(f"/v1/runs/{run['id']}/cancel")
+    assert (await collect(c, run["id"]))[-1].event == "run.canceled"
