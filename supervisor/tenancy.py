@@ -48,12 +48,13 @@ async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user
 
 async def create_tenant(services: Any, name: str, *, budget_usd: float | None = None) -> tuple[Tenant, NewKey]:
     name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters")
+    if not name or len(name) > 100 or "\x00" in name:
+        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters, without NUL")
+    # every check before the first write: a refused request leaves no tenant behind
+    if budget_usd is not None and not 0 <= budget_usd <= 1e9:  # NaN fails both comparisons
+        raise StockadeError("input.invalid", "--budget-usd must be a number from 0 to 1,000,000,000")
     tenant = await services.tenants.create_tenant(name)
     if budget_usd is not None:
-        if not (budget_usd >= 0) or budget_usd > 1e9:
-            raise StockadeError("input.invalid", "--budget-usd must be a non-negative number")
         await services.ledger.set_cap(tenant.id, "tenant", tenant.id, int(round(budget_usd * 1_000_000)), "month")
     key = await create_key(services, tenant.id, "admin")
     return tenant, key

@@ -126,10 +126,15 @@ def test_cli_commands_and_errors(tmp_path):
         (("tenant", "create", "acme"), "conflict"),
         (("key", "create", "--tenant", "nobody"), "not_found"),
         (("bundle", "push", str(tmp_path / "missing"), "--tenant", "acme"), "bundle.invalid"),
+        (("tenant", "create", "beta", "--budget-usd", "-5"), "input.invalid"),
+        (("tenant", "create", "beta", "--budget-usd", "nan"), "input.invalid"),
+        (("tenant", "create", "beta", "--budget-usd", "1e400"), "input.invalid"),
     ]:
         bad = cli(*args)
         assert bad.returncode != 0 and needle in bad.stderr, (args, bad.stderr)
         assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # a refused budget left no tenant behind (it used to be created before the budget was checked)
+    assert cli("tenant", "create", "beta").returncode == 0
     policy = tmp_path / "p.yaml"
     policy.write_text("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n")
     assert cli("policy", "validate", str(policy)).returncode == 0
