@@ -11,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import READ_ROLES, require_role, runtime
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
-from supervisor.stores.records import Approval
+from supervisor.stores.records import TERMINAL_STATUSES, Approval
 from supervisor.tenancy import Principal
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+ENDED = "the run ended before a decision"  # the same words as the worker's withdrawal (supervisor/chain/approval.py)
 
 
 class Decision(BaseModel):
@@ -60,8 +61,16 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
         raise StockadeError("not_found", f"no approval {approval_id}")
     if body.args_hash is not None and body.args_hash != a.args_hash:
         raise StockadeError("conflict", "the arguments changed since you looked: args_hash does not match")
+    if a.status == "expired":
+        raise StockadeError("approval.expired", f"approval {approval_id} expired: {a.decision_reason or 'no decision in time'}")
     if a.status != "pending":
         raise StockadeError("approval.already_decided", f"approval {approval_id} is already {a.status}")
+    run = await s.runs.get_run(p.tenant_id, a.run_id)
+    if run is None or run.status in TERMINAL_STATUSES:
+        # nothing waits for this decision any more (its worker withdraws such requests, unless it died)
+        await s.approvals.decide(p.tenant_id, approval_id, status="expired", decided_by=None,
+                                 reason=ENDED, now=time.time())
+        raise StockadeError("approval.expired", f"approval {approval_id} expired: {ENDED}")
     status = "approved" if body.decision == "approve" else "rejected"
     # the decision is audited first: if it cannot be recorded, it is not made
     await rt.recorder.record(p.tenant_id, f"approval.{status}", run_id=a.run_id, tool=a.tool, args_hash=a.args_hash,

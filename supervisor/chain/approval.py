@@ -108,4 +108,8 @@ class ApprovalInterceptor:
     @staticmethod
     async def _emit(call: CallState, type: str, data: dict[str, Any]) -> None:
         if call.emit is not None:
-            await call.emit(type, data)
+            try:
+                await call.emit(type, data)
+            except StockadeError as exc:
+                if exc.code != "conflict":  # conflict: the run already ended; the decision still stands
+                    raise
