@@ -259,3 +259,36 @@ async def test_closing_the_memory_bus_ends_its_tails():
     await asyncio.wait_for(got.get(), 5)  # the tailer is attached and waiting for more
     await bus.close()
     assert [e.seq for e in await asyncio.wait_for(task, 5)] == [1]
+
+
+
+async def test_redis_streams_always_carry_a_ttl(redis_url, redis_prefix):
+    """The TTL is set with a run's first event here, renewed at most every ttl/8 (plain XADDs in
+    between) and with the terminal event; a stream never lives without one (it would never go)."""
+    client, probe = await open_redis(redis_url), await open_redis(redis_url)
+    bus = RedisEventBus(client, redis_prefix)
+    try:
+        run = rid()
+        key = f"{redis_prefix}ev:{run}"
+        await bus.publish(ev(run, 1))
+        assert 0 < await probe.ttl(key) <= 86_400
+        await probe.persist(key)  # as if the TTL had been lost: plain XADDs do not restore it...
+        await bus.publish(ev(run, 2))
+        assert await probe.ttl(key) == -1
+        await bus.publish(ev(run, 3, "run.completed"))  # ...the terminal event does
+        assert 0 < await probe.ttl(key) <= 86_400
+        assert [e.seq for e in await collect(bus, run, 0)] == [1, 2, 3]
+        # past ttl/8 since this process last set it, the next event renews it
+        other = rid()
+        okey = f"{redis_prefix}ev:{other}"
+        await bus.publish(ev(other, 1))
+        await probe.persist(okey)
+        later = bus._clock() + 86_400 / 8 + 1
+        bus._clock = lambda: later
+        await bus.publish(ev(other, 2))
+        assert 0 < await probe.ttl(okey) <= 86_400
+        await bus.publish(ev(other, 2))  # a repeat is still ignored quietly on the plain-XADD path
+    finally:
+        await bus.close()
+        await client.aclose()
+        await probe.aclose()

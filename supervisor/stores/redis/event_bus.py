@@ -3,7 +3,10 @@
 One stream per run, ``{prefix}ev:{run_id}``, whose entry ids are ``{seq}-0``:
 "events after N" is simply "stream entries after ``N-0``", no mapping table.
 Streams are trimmed to about ``max_per_run`` entries and expire ``ttl_s``
-after the last publish; the RunStore keeps every event.
+after the last publish (give or take an eighth: a process renews the TTL with
+the first event of a run it publishes, then at most every ``ttl_s / 8``, and
+with the terminal event; a plain XADD costs ~40 % less than XADD + EXPIRE in a
+pipeline); the RunStore keeps every event.
 
 Fan-out: a process runs *one* reader task issuing one ``XREAD BLOCK`` over
 the streams of every run it is tailing, and feeds each run's local log; all
@@ -27,6 +30,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +49,7 @@ __all__ = ["RedisEventBus"]
 log = logging.getLogger("stockade.events.redis")
 
 _WHAT = "The live event stream is unavailable"
+_RENEWALS_MAX = 10_000
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # built once, not per event
 
@@ -81,6 +86,8 @@ class RedisEventBus:
         self._ctl_key = f"{prefix}evctl:{secrets.token_hex(8)}"
         self._ctl_cursor = "0-0"
         self._feeds: dict[str, _Feed] = {}
+        self._ttl_renewed: dict[str, float] = {}  # run -> monotonic time this process last set its stream's TTL
+        self._clock = time.monotonic
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -91,11 +98,28 @@ class RedisEventBus:
             raise ValueError("event seq starts at 1")
         key = self._prefix + event.run_id
         payload = _ENCODER.encode({"t": event.type, "d": event.data, "ts": event.ts})
+        now = self._clock()
+        renewed = self._ttl_renewed.get(event.run_id)
+        final = event.type in TERMINAL_TYPES
+        renew = final or renewed is None or now - renewed > self._ttl_s / 8
         with unavailable("store.unavailable", _WHAT):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0", maxlen=self._max_per_run, approximate=True)
-                pipe.expire(key, self._ttl_s)
-                added, _ = await pipe.execute(raise_on_error=False)
+            if renew:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0", maxlen=self._max_per_run, approximate=True)
+                    pipe.expire(key, self._ttl_s)
+                    added, _ = await pipe.execute(raise_on_error=False)
+            else:
+                try:
+                    added = await self._client.xadd(key, {"e": payload}, id=f"{event.seq}-0",
+                                                    maxlen=self._max_per_run, approximate=True)
+                except ResponseError as exc:
+                    added = exc
+        if final:
+            self._ttl_renewed.pop(event.run_id, None)
+        elif renew:
+            if len(self._ttl_renewed) >= _RENEWALS_MAX:  # forget the stale ones: they renew on their next event
+                self._ttl_renewed = {r: t for r, t in self._ttl_renewed.items() if now - t <= self._ttl_s / 8}
+            self._ttl_renewed[event.run_id] = now
         if isinstance(added, ResponseError):
             if "equal or smaller" in str(added):  # a repeat, or a late publish from another process
                 log.debug("event %s/%s not added to the live stream: %s", event.run_id, event.seq, added)
