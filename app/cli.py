@@ -149,32 +149,28 @@ async def _demo(rt: Any, settings: Settings) -> int:
 
 
 async def _audit_verify(rt: Any, tenant_ref: str | None) -> int:
-    from supervisor.audit.chain import verify_chain
+    from supervisor.audit.chain import ChainVerifier
 
     s = rt.services
     tenants = [await _tenant_id(s, tenant_ref)] if tenant_ref else await s.audit.tenants()
     total = 0
     for tid in tenants:
-        async def records(tid: str = tid):
-            after = 0
-            while True:
-                page = await s.audit.list(tid, after_seq=after, limit=1000)
-                for rec in page:
-                    yield rec
-                if len(page) < 1000:
-                    return
-                after = page[-1].seq
-
-        recs = [r async for r in records()]
-        total += len(recs)
-        brk = verify_chain(tid, recs, rt.sealer)
-        if brk is None:
-            head = await s.audit.head(tid)
-            if head is not None and recs and recs[-1].seq != head.seq:
-                print(f"stockade: audit chain broken: tenant {tid}: records end at {recs[-1].seq} but the head is {head.seq} (records deleted)", file=sys.stderr)
-                return 1
+        verifier = ChainVerifier(tid, rt.sealer)  # page by page: constant memory, however long the chain
+        brk = None
+        while brk is None:
+            page = await s.audit.list(tid, after_seq=verifier.last_seq, limit=1000)
+            for rec in page:
+                if (brk := verifier.feed(rec)) is not None:
+                    break
+            total += len(page)
+            if len(page) < 1000:
+                break
         if brk is not None:
             print(f"stockade: audit chain broken: {brk}", file=sys.stderr)
+            return 1
+        head = await s.audit.head(tid)
+        if head is not None and verifier.last_seq != head.seq:
+            print(f"stockade: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but the head is {head.seq} (records deleted)", file=sys.stderr)
             return 1
     print(json.dumps({"verified": True, "tenants": len(tenants), "records": total}))
     return 0

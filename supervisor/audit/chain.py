@@ -17,7 +17,7 @@ from typing import Any
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.stores.records import AuditRecord
 
-__all__ = ["GENESIS", "ChainBreak", "Sealer", "record_hash", "verify_chain"]
+__all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "verify_chain"]
 
 GENESIS = "0" * 64
 FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
@@ -58,19 +58,37 @@ class ChainBreak:
         return f"tenant {self.tenant_id}: record {self.seq}: {self.problem}"
 
 
-def verify_chain(tenant_id: str, records: Iterable[AuditRecord], sealer: Sealer) -> ChainBreak | None:
-    """First bad record, or None when the chain is intact (records in seq order)."""
-    prev_hash, expected_seq = GENESIS, 1
-    for rec in records:
+class ChainVerifier:
+    """Checks a chain one record at a time (in seq order), so a long chain is verified page by page
+    in constant memory. ``feed`` returns the first break; ``last_seq`` is the last good record."""
+
+    def __init__(self, tenant_id: str, sealer: Sealer) -> None:
+        self.tenant_id = tenant_id
+        self.sealer = sealer
+        self.prev_hash = GENESIS
+        self.last_seq = 0
+
+    def feed(self, rec: AuditRecord) -> ChainBreak | None:
+        tenant_id, expected_seq = self.tenant_id, self.last_seq + 1
         if rec.seq != expected_seq:
             return ChainBreak(tenant_id, rec.seq, f"sequence gap: expected {expected_seq} (record deleted or inserted)")
-        if rec.prev_hash != prev_hash:
+        if rec.prev_hash != self.prev_hash:
             return ChainBreak(tenant_id, rec.seq, "prev_hash does not link to the previous record (reordered or removed)")
         fields = {k: getattr(rec, k) for k in FIELDS}
         digest = record_hash(tenant_id, rec.seq, rec.prev_hash, fields)
         if digest != rec.hash:
             return ChainBreak(tenant_id, rec.seq, "content does not match its hash (record changed)")
-        if not hmac.compare_digest(sealer.mac(digest), rec.mac):
+        if not hmac.compare_digest(self.sealer.mac(digest), rec.mac):
             return ChainBreak(tenant_id, rec.seq, "MAC invalid (record forged without the supervisor's key)")
-        prev_hash, expected_seq = rec.hash, rec.seq + 1
+        self.prev_hash, self.last_seq = rec.hash, rec.seq
+        return None
+
+
+def verify_chain(tenant_id: str, records: Iterable[AuditRecord], sealer: Sealer) -> ChainBreak | None:
+    """First bad record, or None when the chain is intact (records in seq order)."""
+    verifier = ChainVerifier(tenant_id, sealer)
+    for rec in records:
+        brk = verifier.feed(rec)
+        if brk is not None:
+            return brk
     return None

@@ -299,7 +299,8 @@ async def test_audit_chain_verifies_and_receipt_is_signed(node):
 
 
 def test_cli_audit_verify_detects_tampering(tmp_path):
-    """The offline verifier: intact → 0; a record changed in the database → non-zero naming it."""
+    """The offline verifier: intact → 0; a record changed in the database → non-zero naming it.
+    2,500 records: the verifier reads the chain a page (1,000) at a time, the change is on page 3."""
     import sqlite3
 
     env = {"STOCKADE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "STOCKADE_BUNDLES_DIR": str(tmp_path / "none")}
@@ -312,22 +313,23 @@ def test_cli_audit_verify_detects_tampering(tmp_path):
         from supervisor.settings import Settings
 
         rt = await open_runtime(Settings(data_dir=tmp_path, bundles_dir=tmp_path / "none"))
-        for i in range(5):
+        for i in range(2500):
             await rt.recorder.record(tid, "tool.allowed", tool="echo", detail={"i": i})
         await rt.stop()
 
     asyncio.run(write_records())
     ok = subprocess.run(cli + ["audit", "verify", "--tenant", tid], env=env, cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["records"] == 2500
     db = sqlite3.connect(tmp_path / "stockade.db")
     # an attacker with write access to the file drops the guard triggers and rewrites a record
     for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'").fetchall():
         db.execute(f"DROP TRIGGER {name}")
-    db.execute("UPDATE audit_log SET detail = '{\"i\": 99}' WHERE tenant_id = ? AND seq = 3", (tid,))
+    db.execute("UPDATE audit_log SET detail = '{\"i\": 99}' WHERE tenant_id = ? AND seq = 2100", (tid,))
     db.commit()
     db.close()
     bad = subprocess.run(cli + ["audit", "verify", "--tenant", tid], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "record 3" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode != 0 and "record 2100" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.node_settings(approval_ttl_s=1.0)
