@@ -16,7 +16,7 @@ from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.base import Binding
 from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
-from supervisor.events import RunEmitter
+from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
 from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
 from supervisor.runs.warm import copy_bundle
@@ -27,6 +27,7 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("stockade.worker")
 CANCEL_POLL_S = 0.25
+OUTAGE_RETRY_S = 5.0  # a run the store could not record is retried this often until the store is back
 DRAIN_MIN_S = 2.0  # after the sandbox exits: the least time its session gets to read the rest, and the
 # grace its calls still in flight then get
 
@@ -87,10 +88,32 @@ class Worker:
             await self.execute(job)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("run %s: worker error", job.run_id)
+        except StockadeError as exc:
+            if not exc.code.endswith(".unavailable"):
+                return await self._give_up_or_retry(job, exc)
+            # The store (or bus, ledger, audit) is down - a full disk, a lost database. The run could
+            # not even be ended; only the store coming back can end it. So keep its job, spaced out,
+            # for as long as that takes: it ends then (as a lost run: its sandbox is gone).
+            log.error("run %s: %s; retrying in %.0f s", job.run_id, exc, OUTAGE_RETRY_S)
+            await asyncio.sleep(OUTAGE_RETRY_S)
             with contextlib.suppress(Exception):
-                await self.s.queue.requeue(job) if job.attempts < 3 else await self.s.queue.fail(job)
+                await self.s.queue.requeue(job)
+        except Exception as exc:
+            log.exception("run %s: worker error", job.run_id)
+            await self._give_up_or_retry(job, exc)
+
+    async def _give_up_or_retry(self, job: Job, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            if job.attempts < 3:
+                return await self.s.queue.requeue(job)
+            await self.s.queue.fail(job)
+            # a run nothing will pick up again must still end, or its clients wait forever
+            run = await self.s.runs.get_run_any_tenant(job.run_id)
+            if run is not None and run.status not in TERMINAL_STATUSES:
+                await self._release(run)
+                await finish_run_anywhere(self.s.runs, self.s.events, run.tenant_id, run.id, "failed",
+                                          {"code": "internal", "message": "the run could not be carried out"},
+                                          ended_at=time.time(), error_code="internal")
 
     # ------------------------------------------------------------------ one run
     async def execute(self, job: Job) -> None:
@@ -110,12 +133,15 @@ class Worker:
             await s.queue.ack(job)
             return
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
+        ended = False
         try:
             await self._execute(run, emitter)
+            ended = True
         finally:
             heartbeat.cancel()
             await self._release(run)
-            await s.queue.ack(job)
+            if ended:  # else the job stays: a run whose end could not be stored is ended by a later delivery
+                await s.queue.ack(job)
             self.started.pop(run.id, None)
             for forget in self.on_run_end:
                 forget(run.tenant_id, run.id)

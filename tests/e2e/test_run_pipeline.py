@@ -282,3 +282,45 @@ async def test_nul_characters_from_a_bundle_are_stored_alike_on_both_stacks(node
     check_stream(events)
     assert events[-1].event == "run.failed" and events[-1].data["message"] == "ValueError: bad\ufffdvalue"
     assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "failed"
+
+
+async def test_a_run_the_store_cannot_record_ends_once_the_store_is_back(node, monkeypatch):
+    """Store down (a full disk, a lost database) while a run starts: nothing about it can be written,
+    not even its end. The worker keeps its job, spaced out, until the store answers again; then the
+    run ends. It used to give up after three attempts, leaving the run 'running' for ever."""
+    from supervisor.errors import StockadeError
+    from supervisor.runs import worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "OUTAGE_RETRY_S", 0.05)
+    tid, key = await node.tenant()
+    c = node.client(key)
+    runs = node.rt.services.runs
+    down, failures = asyncio.Event(), []
+    down.set()
+    real_append, real_finish = runs.append_event, runs.finish_run
+
+    async def append_event(*a, **k):
+        if down.is_set():
+            failures.append(1)
+            raise StockadeError("store.unavailable", "the disk is full")
+        return await real_append(*a, **k)
+
+    async def finish_run(*a, **k):
+        if down.is_set():
+            failures.append(1)
+            raise StockadeError("store.unavailable", "the disk is full")
+        return await real_finish(*a, **k)
+
+    monkeypatch.setattr(runs, "append_event", append_event)
+    monkeypatch.setattr(runs, "finish_run", finish_run)
+    run = await start(c, "echo", "hello there")
+    for _ in range(400):  # well past the three attempts a plain worker error gets
+        if len(failures) >= 6:
+            break
+        await asyncio.sleep(0.025)
+    assert len(failures) >= 6
+    down.clear()  # the store is back
+    events = await asyncio.wait_for(collect(c, run["id"]), 30)
+    check_stream(events)
+    assert events[-1].event in TERMINAL
+    assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] in ("succeeded", "failed")
