@@ -126,9 +126,9 @@ class Worker:
         if run.status != "queued":
             # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
             await self._release(run)  # settled before the terminal event: a client that sees the end sees it all
-            await emitter.finish("failed", {"code": "run.worker_lost", "message": "the worker running this run was lost"},
-                                 ended_at=time.time(), error_code="run.worker_lost",
-                                 error_message="the worker running this run was lost")
+            lost = "the run was interrupted: its worker was lost, or could not record it (store unavailable)"
+            await emitter.finish("failed", {"code": "run.worker_lost", "message": lost},
+                                 ended_at=time.time(), error_code="run.worker_lost", error_message=lost)
             await self._release(run)
             await s.queue.ack(job)
             return
