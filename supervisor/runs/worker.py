@@ -90,6 +90,7 @@ class Worker:
             raise
         except StockadeError as exc:
             if not exc.code.endswith(".unavailable"):
+                log.error("run %s: worker error: %s", job.run_id, exc)
                 return await self._give_up_or_retry(job, exc)
             # The store (or bus, ledger, audit) is down - a full disk, a lost database. The run could
             # not even be ended; only the store coming back can end it. So keep its job, spaced out,
