@@ -22,10 +22,6 @@ TERMINAL_EVENTS = {
 }
 
 
-def _scrub_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: scrub_nul(v) if type(v) is str else v for k, v in fields.items()}
-
-
 class RunEmitter:
     """One per run on its worker: appends in the order they were asked for, so seq order ==
     call order == publish order.
@@ -105,7 +101,7 @@ class RunEmitter:
         async def op() -> Event | None:
             fields.setdefault("output", "".join(self.answer_parts))
             event = await self._runs.finish_run(
-                self.tenant_id, self.run_id, status, TERMINAL_EVENTS[status], scrub_nul(data), **_scrub_fields(fields)
+                self.tenant_id, self.run_id, status, TERMINAL_EVENTS[status], scrub_nul(data), **scrub_nul(fields)
             )
             if event is not None:
                 await self._publish(event)
@@ -125,7 +121,7 @@ async def finish_run_anywhere(
 ) -> Event | None:
     """Finish a run from a process that does not host it (API cancel of a queued run, sweeps)."""
     event = await runs.finish_run(tenant_id, run_id, status, TERMINAL_EVENTS[status], scrub_nul(data),
-                                  **_scrub_fields(fields))
+                                  **scrub_nul(fields))
     if event is not None:
         try:
             await bus.publish(event)

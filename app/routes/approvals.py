@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, runtime
+from supervisor.chain.approval import RUN_ENDED
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.stores.records import TERMINAL_STATUSES, Approval
@@ -17,7 +18,6 @@ from supervisor.tenancy import Principal
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
-ENDED = "the run ended before a decision"  # the same words as the worker's withdrawal (supervisor/chain/approval.py)
 
 
 class Decision(BaseModel):
@@ -69,8 +69,8 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
     if run is None or run.status in TERMINAL_STATUSES:
         # nothing waits for this decision any more (its worker withdraws such requests, unless it died)
         await s.approvals.decide(p.tenant_id, approval_id, status="expired", decided_by=None,
-                                 reason=ENDED, now=time.time())
-        raise StockadeError("approval.expired", f"approval {approval_id} expired: {ENDED}")
+                                 reason=RUN_ENDED, now=time.time())
+        raise StockadeError("approval.expired", f"approval {approval_id} expired: {RUN_ENDED}")
     status = "approved" if body.decision == "approve" else "rejected"
     # the decision is audited first: if it cannot be recorded, it is not made
     await rt.recorder.record(p.tenant_id, f"approval.{status}", run_id=a.run_id, tool=a.tool, args_hash=a.args_hash,

@@ -11,13 +11,15 @@ import asyncio
 import time
 from typing import Any
 
-from supervisor.chain.base import CallState, Next
+from supervisor.chain.base import CallState, Next, emit_while_running
 from supervisor.errors import StockadeError
 from supervisor.ids import new_id
 from supervisor.storable import scrub_nul
 from supervisor.stores.records import Approval
 
-__all__ = ["ApprovalInterceptor"]
+__all__ = ["RUN_ENDED", "ApprovalInterceptor"]
+
+RUN_ENDED = "the run ended before a decision"  # why a withdrawn request expired (also the API's)
 
 POLL_S = (0.05, 0.1, 0.2, 0.25)
 
@@ -45,7 +47,7 @@ class ApprovalInterceptor:
         try:
             if self._waiting[run_key] == 1:
                 await s.runs.set_status(b.tenant_id, b.run_id, "waiting_approval")
-            await self._emit(call, "approval.requested", {
+            await emit_while_running(call, "approval.requested", {
                 "approval_id": approval.id, "tool": call.tool_name, "args": call.raw_args,
                 "args_hash": approval.args_hash, "rule_id": call.rule_id, "reason": call.reason,
                 "expires_at": approval.expires_at,
@@ -62,7 +64,7 @@ class ApprovalInterceptor:
                 del self._waiting[run_key]
         if last:
             await s.runs.set_status(b.tenant_id, b.run_id, "running")
-        await self._emit(call, "approval.resolved", {
+        await emit_while_running(call, "approval.resolved", {
             "approval_id": decided.id, "decision": decided.status, "decided_by": decided.decided_by,
             "reason": decided.decision_reason,
         })
@@ -100,16 +102,7 @@ class ApprovalInterceptor:
         try:
             await call.services.approvals.decide(
                 approval.tenant_id, approval.id, status="expired", decided_by=None,
-                reason="the run ended before a decision", now=time.time(),
+                reason=RUN_ENDED, now=time.time(),
             )
         except StockadeError:
             pass  # decided meanwhile, or the store is away: the sweeper expires it at expires_at
-
-    @staticmethod
-    async def _emit(call: CallState, type: str, data: dict[str, Any]) -> None:
-        if call.emit is not None:
-            try:
-                await call.emit(type, data)
-            except StockadeError as exc:
-                if exc.code != "conflict":  # conflict: the run already ended; the decision still stands
-                    raise

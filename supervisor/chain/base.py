@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Binding", "CallState", "Interceptor", "Next"]
+from supervisor.errors import StockadeError
+
+__all__ = ["Binding", "CallState", "Interceptor", "Next", "emit_while_running"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,15 @@ Next = Callable[[CallState], Awaitable[dict[str, Any]]]
 
 class Interceptor(Protocol):
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]: ...
+
+
+async def emit_while_running(call: CallState, type_: str, data: dict[str, Any]) -> None:
+    """An event of the call's run; dropped if the store refuses it because the run already ended
+    (canceled or timed out while the call was still settling): the call's outcome stands."""
+    if call.emit is None:
+        return
+    try:
+        await call.emit(type_, data)
+    except StockadeError as exc:
+        if exc.code != "conflict":
+            raise

@@ -26,7 +26,7 @@ import uuid
 from typing import Any
 
 from supervisor.budget import CostEstimate, estimate_cost, micro_to_usd, scopes_for
-from supervisor.chain.base import CallState, Next
+from supervisor.chain.base import CallState, Next, emit_while_running
 from supervisor.errors import StockadeError
 
 __all__ = ["BudgetInterceptor"]
@@ -189,10 +189,7 @@ class BudgetInterceptor:
     async def _emit(self, call: CallState, type_: str, data: dict[str, Any]) -> None:
         assert call.emit is not None
         try:
-            await call.emit(type_, data)
-        except StockadeError as exc:
-            if exc.code != "conflict":  # conflict: the run ended meanwhile (canceled, timed out): nothing to tell
-                log.warning("could not emit %s for run %s: %s", type_, call.binding.run_id, exc)
+            await emit_while_running(call, type_, data)
         except Exception:  # an event that cannot be sent must not undo a settled call
             log.warning("could not emit %s for run %s", type_, call.binding.run_id, exc_info=True)
 

@@ -91,7 +91,7 @@ class Worker:
         except StockadeError as exc:
             if not exc.code.endswith(".unavailable"):
                 log.error("run %s: worker error: %s", job.run_id, exc)
-                return await self._give_up_or_retry(job, exc)
+                return await self._give_up_or_retry(job)
             # The store (or bus, ledger, audit) is down - a full disk, a lost database. The run could
             # not even be ended; only the store coming back can end it. So keep its job, spaced out,
             # for as long as that takes: it ends then (as a lost run: its sandbox is gone).
@@ -99,11 +99,11 @@ class Worker:
             await asyncio.sleep(OUTAGE_RETRY_S)
             with contextlib.suppress(Exception):
                 await self.s.queue.requeue(job)
-        except Exception as exc:
+        except Exception:
             log.exception("run %s: worker error", job.run_id)
-            await self._give_up_or_retry(job, exc)
+            await self._give_up_or_retry(job)
 
-    async def _give_up_or_retry(self, job: Job, exc: BaseException) -> None:
+    async def _give_up_or_retry(self, job: Job) -> None:
         with contextlib.suppress(Exception):
             if job.attempts < 3:
                 return await self.s.queue.requeue(job)
