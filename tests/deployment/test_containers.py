@@ -15,6 +15,10 @@ that container, and streams its words back over SSE; either worker alone can run
 of the two worker security options is needed (without it the sandbox self-check fails); and the
 real compose.yaml, with Docker Compose v2 (deployment/podman/get-compose.sh) talking to Podman's
 Docker-compatible API, starts migrate -> api + workers in order and serves a run the same way.
+
+With ``STOCKADE_DOCKER_TESTS=1`` too, the same on Docker's own engine (a running dockerd): each of
+compose.yaml's three worker security options is needed there, and Compose v2 builds the image from
+deployment/Dockerfile and brings the real compose.yaml up (deployment/README.md, "The container test").
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class Stack:
     env: dict[str, str]
     database_url: str
     timings: dict[str, float]
+    engine: str = "podman"  # the CLI whose logs explain a failure
+    compose: bool = False  # containers named by Compose: <project>-<service>-1
 
     def podman(self, *args: str, timeout: float = 120) -> str:
         return _must(_run(["podman", *args], timeout=timeout), "podman " + " ".join(args[:2]))
@@ -86,8 +92,9 @@ class Stack:
     def logs(self) -> str:
         out = []
         for c in ("api", "worker-1", "worker-2"):
-            p = _run(["podman", "logs", "--tail", "30", f"{self.name}-{c}"], timeout=30)
-            out.append(f"--- {self.name}-{c}\n{p.stdout}{p.stderr}")
+            name = f"{self.name}-{c}-1" if self.compose else f"{self.name}-{c}"
+            p = _run([self.engine, "logs", "--tail", "30", name], timeout=30)
+            out.append(f"--- {name}\n{p.stdout}{p.stderr}")
         return "\n".join(out)
 
 
@@ -331,7 +338,7 @@ def test_docker_compose_up_on_podman(image: dict[str, float], pg_url: str, redis
         assert f"{project}-migrate-1 Exited (0)" in ps, ps
         assert r.json()["status"] == "ready", r.text
         out = _must(_run(["podman", "exec", f"{project}-api-1", "stockade", "tenant", "create", "compose-demo"]), "tenant")
-        st = Stack(project, f"http://127.0.0.1:{port}", env, pg_url, {})
+        st = Stack(project, f"http://127.0.0.1:{port}", env, pg_url, {}, compose=True)
         run_id, events, took = _run_echo(st, json.loads(out)["api_key"], "compose up works on podman")
         print(f"\ndocker compose up: {took_up:.1f} s (to /readyz 200); echo run {took * 1000:.0f} ms")
         assert events[-1]["event"] == "run.completed", events
@@ -343,4 +350,114 @@ def test_docker_compose_up_on_podman(image: dict[str, float], pg_url: str, redis
         _run(["podman", "rmi", "docker.io/library/stockade:latest"], timeout=60)  # the tag only
         service.terminate()
         service.wait(timeout=30)
+        asyncio.run(_drop_redis_prefix(redis_url, prefix))
+
+
+# --- the Docker engine itself (dockerd): build with the real Dockerfile, compose up the real compose.yaml
+
+DOCKER_ENABLED = os.environ.get("STOCKADE_DOCKER_TESTS") == "1"
+_DOCKER_SKIP = pytest.mark.skipif(
+    not DOCKER_ENABLED, reason="Docker engine tests run only with STOCKADE_DOCKER_TESTS=1 (needs a running dockerd)")
+_DOCKER_BASE = "localhost/stockade-base:latest"  # make-base.sh's registry-less stand-in for python:3.11-slim
+# The docker CLI: one with BuildKit built in or the buildx plugin beside it (Debian 12's docker.io
+# 20.10 has it built in; a newer CLI without buildx refuses DOCKER_BUILDKIT=1).
+DOCKER = os.environ.get("STOCKADE_DOCKER", "docker")
+
+
+def _docker(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+    return _must(_run([DOCKER, *args], timeout=timeout, env=env), "docker " + " ".join(args[:2]))
+
+
+@pytest.fixture(scope="module")
+def docker_base(image: dict[str, float], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The base image in Docker's store (from Podman's, which make-base.sh made), plus, where this host
+    trusts an extra CA for its egress (a TLS-inspecting proxy), that bundle: what a user behind such a
+    proxy does. Returns the BASE build argument."""
+    if shutil.which(DOCKER) is None or _run([DOCKER, "info"], timeout=30).returncode != 0:
+        pytest.fail("STOCKADE_DOCKER_TESTS=1 but no Docker engine answers `docker info` "
+                    "(apt-get install -y docker.io; dockerd &)", pytrace=False)
+    if _run([DOCKER, "image", "inspect", _DOCKER_BASE], timeout=30).returncode != 0:
+        _must(_run(["sh", "-c", f"podman save {_DOCKER_BASE} | {DOCKER} load"], timeout=300), "podman save | docker load")
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if not ca.exists():
+        return _DOCKER_BASE
+    ctx = tmp_path_factory.mktemp("base-ca")
+    shutil.copy(ca, ctx / "ca-certificates.crt")
+    (ctx / "Dockerfile").write_text(f"FROM {_DOCKER_BASE}\nCOPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\n")
+    _docker("build", "-q", "-t", "localhost/stockade-base-ca:latest", str(ctx))
+    return "localhost/stockade-base-ca:latest"
+
+
+@_DOCKER_SKIP
+@pytest.mark.parametrize("leave_out", [None, "systempaths", "seccomp"])
+def test_compose_worker_security_options_on_docker(docker_base: str, leave_out: str | None) -> None:
+    """compose.yaml's worker options, on Docker's engine: with all three the sandbox self-check passes;
+    without systempaths=unconfined bwrap cannot mount /proc, without seccomp=unconfined Docker's default
+    profile refuses the namespaces (apparmor=unconfined only matters on AppArmor hosts)."""
+    tag = "localhost/stockade-docker-test:latest"
+    if _run([DOCKER, "image", "inspect", tag], timeout=30).returncode != 0:
+        _docker("build", "-q", "-f", str(ROOT / "deployment" / "Dockerfile"), "--build-arg", f"BASE={docker_base}",
+                "--build-arg", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "-t", tag, str(ROOT),
+                timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    worker = yaml.safe_load((ROOT / "compose.yaml").read_text())["x-worker"]["security_opt"]
+    assert sorted(worker) == ["apparmor=unconfined", "seccomp=unconfined", "systempaths=unconfined"]
+    opts = [o for o in worker if not (leave_out and o.startswith(leave_out))]
+    out = _docker("run", "--rm", "--network", "none", *[a for o in opts for a in ("--security-opt", o)],
+                  "--entrypoint", "python", tag, "-c", _CHECK, timeout=120)
+    problems = json.loads(out)
+    if leave_out is None:
+        assert problems == []
+    else:
+        assert problems, f"the sandbox works on Docker without {leave_out}: compose.yaml asks for too much"
+        assert ("proc" if leave_out == "systempaths" else "namespace") in problems[0], problems
+
+
+@_DOCKER_SKIP
+def test_docker_compose_up_on_docker_engine(docker_base: str, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """`docker compose up` as users run it: Compose v2 builds the image from deployment/Dockerfile on
+    Docker's engine, starts migrate -> api + two workers with compose.yaml's options, and a run of echo
+    goes api -> worker container -> bubblewrap sandbox -> SSE."""
+    compose_bin = _must(_run([str(PODMAN_DIR / "get-compose.sh")], timeout=300), "get-compose.sh").strip()
+    project = f"stockade-dtest-{secrets.token_hex(3)}"
+    port = _free_port()
+    prefix = f"stockade-ctr-test:{project}:"
+    spec = _test_override(pg_url, redis_url, prefix, port, {})
+    for name, svc in spec["services"].items():
+        svc.pop("ulimits", None)  # Podman's rlimit workaround; Docker takes the daemon's
+        if name not in ("postgres", "redis"):
+            svc["build"] = {"args": {"BASE": docker_base, "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}}
+    override = tmp_path / "compose.docker-test.yaml"
+    override.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    compose = [compose_bin, "-p", project, "-f", str(ROOT / "compose.yaml"), "-f", str(override)]
+    try:
+        t0 = time.monotonic()
+        _must(_run([*compose, "build"], env=env, timeout=900), "docker compose build")
+        took_build = time.monotonic() - t0
+        t0 = time.monotonic()
+        _must(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), "docker compose up")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the api container did not become ready"
+            time.sleep(0.2)
+        took_up = time.monotonic() - t0
+        ps = _docker("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
+                     "--format", "{{.Names}} {{.Status}}", timeout=30)
+        assert f"{project}-migrate-1 Exited (0)" in ps, ps
+        out = _docker("exec", f"{project}-api-1", "stockade", "tenant", "create", "compose-demo", timeout=60)
+        st = Stack(project, f"http://127.0.0.1:{port}", env, pg_url, {}, engine=DOCKER, compose=True)
+        run_id, events, took = _run_echo(st, json.loads(out)["api_key"], "compose up works on docker")
+        print(f"\ndocker compose (Docker engine): build {took_build:.1f} s, up {took_up:.1f} s (to /readyz 200); "
+              f"echo run {took * 1000:.0f} ms")
+        assert events[-1]["event"] == "run.completed", events
+        assert "".join(e["text"] for e in events if e["event"] == "message.delta") == "compose up works on docker "
+        assert _worker_of(pg_url, run_id) in {"worker-1", "worker-2"}
+    finally:
+        _run([*compose, "down", "-v", "-t", "15"], env=env, timeout=120)
         asyncio.run(_drop_redis_prefix(redis_url, prefix))
