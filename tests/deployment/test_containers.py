@@ -70,6 +70,20 @@ def _common_podman_args() -> list[str]:
     return out.split()
 
 
+def _wait_ready(port: int, within_s: float = 60) -> httpx.Response:
+    """The api container's /readyz answering 200 (a polled external process: no event to wait on)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if r.status_code == 200:
+                return r
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the api container did not become ready"
+        time.sleep(0.2)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -322,22 +336,13 @@ def test_docker_compose_up_on_podman(image: dict[str, float], pg_url: str, redis
         # up -d itself waits for the depends_on conditions (postgres/redis healthy, migrate exited 0).
         # Not --wait: Podman's API reports health "" for containers without a healthcheck (workers).
         _must(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), "docker compose up")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the api container did not become ready"
-            time.sleep(0.2)
+        r = _wait_ready(port)
         took_up = time.monotonic() - t0
         ps = _run(["podman", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
                    "--format", "{{.Names}} {{.Status}}"]).stdout
         assert f"{project}-migrate-1 Exited (0)" in ps, ps
         assert r.json()["status"] == "ready", r.text
-        out = _must(_run(["podman", "exec", f"{project}-api-1", "stockade", "tenant", "create", "compose-demo"]), "tenant")
+        out = _must(_run(["podman", "exec", f"{project}-api-1", "stockade", "tenant", "create", f"compose-demo-{secrets.token_hex(2)}"]), "tenant")
         st = Stack(project, f"http://127.0.0.1:{port}", env, pg_url, {}, compose=True)
         run_id, events, took = _run_echo(st, json.loads(out)["api_key"], "compose up works on podman")
         print(f"\ndocker compose up: {took_up:.1f} s (to /readyz 200); echo run {took * 1000:.0f} ms")
@@ -436,21 +441,12 @@ def test_docker_compose_up_on_docker_engine(docker_base: str, pg_url: str, redis
         took_build = time.monotonic() - t0
         t0 = time.monotonic()
         _must(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), "docker compose up")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the api container did not become ready"
-            time.sleep(0.2)
+        assert _wait_ready(port).json()["status"] == "ready"
         took_up = time.monotonic() - t0
         ps = _docker("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
                      "--format", "{{.Names}} {{.Status}}", timeout=30)
         assert f"{project}-migrate-1 Exited (0)" in ps, ps
-        out = _docker("exec", f"{project}-api-1", "stockade", "tenant", "create", "compose-demo", timeout=60)
+        out = _docker("exec", f"{project}-api-1", "stockade", "tenant", "create", f"compose-demo-{secrets.token_hex(2)}", timeout=60)
         st = Stack(project, f"http://127.0.0.1:{port}", env, pg_url, {}, engine=DOCKER, compose=True)
         run_id, events, took = _run_echo(st, json.loads(out)["api_key"], "compose up works on docker")
         print(f"\ndocker compose (Docker engine): build {took_build:.1f} s, up {took_up:.1f} s (to /readyz 200); "
