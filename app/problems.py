@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from supervisor.errors import StockadeError, spec_for
 
@@ -17,8 +18,9 @@ __all__ = ["install_problem_handlers", "problem"]
 log = logging.getLogger("stockade.api")
 
 _HTTP_CODES = {400: "input.invalid", 401: "auth.missing", 403: "auth.forbidden", 404: "not_found",
-               405: "input.invalid", 409: "conflict", 413: "input.too_large", 415: "input.unsupported_media",
+               405: "input.method_not_allowed", 409: "conflict", 413: "input.too_large", 415: "input.unsupported_media",
                422: "input.invalid"}
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def problem(code: str, detail: str, instance: str | None = None, **extra: Any) -> JSONResponse:
@@ -53,9 +55,24 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "internal")
-        return problem(code, str(exc.detail), request.url.path)
+        response = problem(code, str(exc.detail), request.url.path)
+        if exc.status_code == 405:  # RFC 9110: a 405 names the methods the resource has
+            response.headers["Allow"] = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
+        return response
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return problem("internal", "internal error", request.url.path)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on this path: Starlette's own Allow names only the first route's
+    (``GET /v1/runs`` and ``POST /v1/runs`` are two routes)."""
+    base = {k: v for k, v in request.scope.items() if k in ("type", "path", "root_path", "raw_path", "query_string")}
+    allowed = []
+    for method in _METHODS:
+        scope = {**base, "method": method, "headers": []}  # a fresh scope: matching writes into it
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)

@@ -56,7 +56,7 @@ async def _load(rt: Any, p: Principal, run_id: str) -> Run:
 
 @router.post("", status_code=201)
 async def create_run(body: CreateRun, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*WRITE_ROLES)),
-                     idempotency_key: str | None = Header(default=None, max_length=255)) -> JSONResponse:
+                     idempotency_key: str | None = Header(default=None, min_length=1, max_length=255)) -> JSONResponse:
     s = rt.services
     user_id = p.user_id or body.user_id
     project_id = p.project_id or body.project_id

@@ -50,7 +50,11 @@ def _check_duplicate_keys(node: Node) -> None:
 
 def load_document(text: str) -> tuple[Any, Node | None]:
     """Parse one YAML document; returns (data, node tree). Raises YamlProblem."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses NUL and other control characters here, before parsing
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1 if isinstance(text, str) else None
+        raise YamlProblem(line, str(exc).splitlines()[0]) from None
     try:
         node = loader.get_single_node()
         if node is None:

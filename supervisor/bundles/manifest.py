@@ -233,7 +233,7 @@ def check_entrypoint(source: bytes, path: str = "main.py") -> None:
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
-        raise _fail(f"{path} line {exc.lineno}: {exc.msg}") from None
+        raise _fail(f"{path} line {exc.lineno}: {exc.msg}" if exc.lineno else f"{path}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise _fail(f"{path} cannot be parsed: {type(exc).__name__}") from None
     main: ast.stmt | None = None

@@ -249,8 +249,14 @@ class EgressDoc(_Strict):
     """Reserved for per-tenant egress settings; it has no keys yet."""
 
 
+def _version(v: Any) -> Any:
+    if type(v) is not int:  # Literal[1] alone took `true` and `1.0` (both equal 1)
+        raise ValueError(f"Input should be 1 (got {v!r})")
+    return v
+
+
 class PolicyDoc(_Strict):
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_version)]
     rules: list[RuleDoc] = Field(max_length=MAX_RULES)
     prices: dict[PriceKey, Usd] = Field(default_factory=dict, max_length=MAX_RULES)
     llm_prices: dict[ModelId, LlmPriceDoc] = Field(default_factory=dict, max_length=MAX_RULES)

@@ -60,6 +60,8 @@ async def test_upload_run_and_hostile_archives(node):
                                                                     {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"})]),
         "archive.special_file": targz([("evil/bundle.yaml", manifest, {}), ("evil/dev", None, {"type": tarfile.CHRTYPE})]),
         "archive.invalid": b"\x1f\x8bnot really gzip at all" * 10,
+        # a control character in bundle.yaml was a 500 (PyYAML's reader raised outside the YAML error handling)
+        "bundle.invalid": targz([("evil/bundle.yaml", b"name: evil\x00\nversion: '1'\n", {}), ("evil/main.py", MAIN, {})]),
     }
     before = (await c.get("/v1/bundles")).json()["data"]
     for code, blob in hostile.items():

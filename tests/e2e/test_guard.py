@@ -59,3 +59,18 @@ async def test_every_request_is_counted(node):
     text = (await c.get("/metrics")).text
     assert 'stockade_http_requests_total{method="GET",status="404"}' in text
     assert "stockade_http_request_seconds_count" in text
+
+
+async def test_a_method_a_route_does_not_have_is_405_with_allow_and_changes_nothing(node):
+    """Found by fuzzing: Starlette's 405 was mapped to input.invalid, i.e. answered 422 and without Allow."""
+    _, key = await node.tenant()
+    c = node.client(key)
+    before = (await c.get("/v1/runs")).json()["data"]
+    for method, path, allowed in (("TRACE", "/healthz", {"GET"}), ("DELETE", "/v1/runs", {"GET", "POST"}),
+                                  ("PATCH", "/v1/policy", {"GET", "PUT"}), ("PUT", "/v1/runs/run_x/cancel", {"POST"})):
+        r = await c.request(method, path, json={"bundle": "echo", "input": "x"})
+        assert r.status_code == 405, (method, path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "input.method_not_allowed" and r.json()["status"] == 405
+        assert set(r.headers["allow"].replace(" ", "").split(",")) == allowed, (method, path, r.headers["allow"])
+    assert (await c.get("/v1/runs")).json()["data"] == before

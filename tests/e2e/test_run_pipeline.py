@@ -161,6 +161,16 @@ async def test_idempotency_key_stripe_semantics(node):
     await collect(c, r1.json()["id"])
 
 
+async def test_an_empty_idempotency_key_is_refused_and_creates_no_run(node):
+    """Found by fuzzing: '' was taken as a key, so every request sent with an empty header shared one."""
+    _, key = await node.tenant()
+    c = node.client(key)
+    for _ in range(2):
+        r = await c.post("/v1/runs", json={"bundle": "echo", "input": "x"}, headers={"Idempotency-Key": ""})
+        assert r.status_code == 422 and r.json()["code"] == "input.invalid", r.text
+    assert (await c.get("/v1/runs")).json()["data"] == []
+
+
 async def test_hello_tools_calls_echo_through_the_chain(node):
     _, key = await node.tenant()
     c = node.client(key)

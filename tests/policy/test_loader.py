@@ -107,6 +107,8 @@ def test_every_error_is_collected_with_its_own_line():
 
 @pytest.mark.parametrize("text, line, fragment", [
     ("version: 2\nrules: []\n", 1, "version"),
+    ("version: true\nrules: []\n", 1, "version: Input should be 1 (got True)"),  # were accepted (found by fuzzing)
+    ("version: 1.0\nrules: []\n", 1, "version: Input should be 1 (got 1.0)"),
     ("rules: []\n", 1, "missing required key 'version'"),
     ("version: 1\n", 1, "missing required key 'rules'"),
     ("version: 1\nrules: []\nextra: 1\n", 3, "unknown key 'extra'"),

@@ -10,7 +10,7 @@ from supervisor.errors import StockadeError
 __all__ = ["check_headers"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_VALUE = re.compile(r"[^\x09\x20-\x7e]")  # HTTP sends header values as ASCII: anything else cannot be sent
 # Set by the transport or the MCP protocol itself; a stored value would corrupt the exchange or smuggle a request.
 _RESERVED = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
@@ -37,6 +37,6 @@ def check_headers(raw: Any) -> dict[str, str]:
         if name.lower() in (n.lower() for n in out):
             raise StockadeError("input.invalid", f"header {name!r} is given twice")
         if not isinstance(value, str) or len(value) > MAX_VALUE or _BAD_VALUE.search(value):
-            raise StockadeError("input.invalid", f"header {name!r} needs a single-line string value of at most {MAX_VALUE} characters")
+            raise StockadeError("input.invalid", f"header {name!r} needs a single-line ASCII string value of at most {MAX_VALUE} characters")
         out[name] = value
     return out
