@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, runtime
-from supervisor.chain.approval import RUN_ENDED
+from supervisor.chain.approval import RUN_ENDED, withdraw
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.stores.records import TERMINAL_STATUSES, Approval
@@ -39,8 +39,9 @@ def approval_json(a: Approval) -> dict[str, Any]:
 @router.get("")
 async def list_approvals(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
                          status: Literal["pending", "approved", "rejected", "expired"] | None = Query(None),
-                         limit: int = Query(100, ge=1, le=500)) -> dict[str, Any]:
-    items = await rt.services.approvals.list(p.tenant_id, status=status, limit=limit)
+                         limit: int = Query(100, ge=1, le=500),
+                         run_id: str | None = Query(None, min_length=1, max_length=128)) -> dict[str, Any]:
+    items = await rt.services.approvals.list(p.tenant_id, status=status, limit=limit, run_id=run_id)
     return {"data": [approval_json(a) for a in items]}
 
 
@@ -68,8 +69,7 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
     run = await s.runs.get_run(p.tenant_id, a.run_id)
     if run is None or run.status in TERMINAL_STATUSES:
         # nothing waits for this decision any more (its worker withdraws such requests, unless it died)
-        await s.approvals.decide(p.tenant_id, approval_id, status="expired", decided_by=None,
-                                 reason=RUN_ENDED, now=time.time())
+        await withdraw(s.approvals, p.tenant_id, approval_id)
         raise StockadeError("approval.expired", f"approval {approval_id} expired: {RUN_ENDED}")
     status = "approved" if body.decision == "approve" else "rejected"
     # the decision is audited first: if it cannot be recorded, it is not made

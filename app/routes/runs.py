@@ -13,6 +13,7 @@ from app.deps import MAX_ID, READ_ROLES, WRITE_ROLES, require_role, runtime
 from app.sse import event_stream
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.audit.receipts import build_receipt, sign_receipt
+from supervisor.chain.approval import withdraw_run
 from supervisor.errors import StockadeError
 from supervisor.events import finish_run_anywhere
 from supervisor.ids import new_id
@@ -123,11 +124,13 @@ async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Dep
                                    ended_at=time.time(), error_code="run.canceled", error_message="canceled by the client")
     if ev is None:
         raise StockadeError("run.not_cancelable", f"run {run_id} already ended")
-    # the worker hosting it sees the terminal status within a poll and kills the sandbox; reservations go too
+    # the worker hosting it sees the terminal status within a poll and kills the sandbox; reservations go
+    # too, and requests for approval leave the approvers' list now (even if that worker is gone)
     try:
         await s.ledger.release_run(p.tenant_id, run_id)
     except StockadeError:
         pass
+    await withdraw_run(s.approvals, p.tenant_id, run_id)
     return run_json(await _load(rt, p, run_id))
 
 

@@ -17,7 +17,7 @@ from supervisor.ids import new_id
 from supervisor.storable import scrub_nul
 from supervisor.stores.records import Approval
 
-__all__ = ["RUN_ENDED", "ApprovalInterceptor"]
+__all__ = ["RUN_ENDED", "ApprovalInterceptor", "withdraw", "withdraw_run"]
 
 RUN_ENDED = "the run ended before a decision"  # why a withdrawn request expired (also the API's)
 
@@ -98,11 +98,23 @@ class ApprovalInterceptor:
 
     @staticmethod
     async def _withdraw(call: CallState, approval: Approval) -> None:
-        """Take a still-pending request off the approvers' list (as expired, with the reason)."""
-        try:
-            await call.services.approvals.decide(
-                approval.tenant_id, approval.id, status="expired", decided_by=None,
-                reason=RUN_ENDED, now=time.time(),
-            )
-        except StockadeError:
-            pass  # decided meanwhile, or the store is away: the sweeper expires it at expires_at
+        await withdraw(call.services.approvals, approval.tenant_id, approval.id)
+
+
+async def withdraw(approvals: Any, tenant_id: str, approval_id: str) -> None:
+    """Take a still-pending request off the approvers' list (as expired, RUN_ENDED): its run ended."""
+    try:
+        await approvals.decide(tenant_id, approval_id, status="expired", decided_by=None, reason=RUN_ENDED,
+                               now=time.time())
+    except StockadeError:
+        pass  # decided meanwhile, or the store is away: the sweeper expires it at expires_at
+
+
+async def withdraw_run(approvals: Any, tenant_id: str, run_id: str) -> None:
+    """Every pending request of an ended run (the API's cancel: at once, even if the run's worker is gone)."""
+    try:
+        pending = await approvals.list(tenant_id, status="pending", run_id=run_id, limit=1000)
+    except StockadeError:
+        return  # the store is away: the worker (or the sweeper, at expires_at) withdraws them
+    for a in pending:
+        await withdraw(approvals, tenant_id, a.id)

@@ -129,7 +129,8 @@ class AuditLog(Protocol):
 class ApprovalStore(Protocol):
     async def create(self, approval: Approval) -> Approval: ...
     async def get(self, tenant_id: str, approval_id: str) -> Approval | None: ...
-    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100) -> list[Approval]: ...
+    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
+                   run_id: str | None = None) -> list[Approval]: ...  # newest first
     async def decide(
         self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float
     ) -> Approval:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -40,6 +41,11 @@ async def test_create_get_list(ctx):
     assert await approvals.list(t, status="approved") == []
     assert [a.id for a in await approvals.list(t, status="pending", limit=1)] == [a2.id]
     assert await approvals.list(other) == []
+    a3 = await approvals.create(replace(make(t, created_at=300.0), run_id="run_y"))
+    assert [a.id for a in await approvals.list(t, run_id="run_y")] == [a3.id]
+    assert [a.id for a in await approvals.list(t, status="pending", run_id="run_x")] == [a2.id, a1.id]
+    assert await approvals.list(t, status="approved", run_id="run_y") == []
+    assert await approvals.list(other, run_id="run_y") == []
 
 
 async def test_create_bad_input(ctx):

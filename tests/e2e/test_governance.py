@@ -194,6 +194,36 @@ async def test_a_run_canceled_while_waiting_for_approval_withdraws_the_request(n
     assert events[-1].event == "run.canceled"
 
 
+async def test_cancel_takes_the_runs_requests_off_the_approvers_list_at_once(node):
+    """The API's cancel withdraws the run's pending requests itself: they are expired (RUN_ENDED) when
+    the cancel returns, not once the run's worker notices (a worker that died never would).
+    ``GET /v1/approvals?run_id=`` lists one run's requests."""
+    _, _, c = await setup(node)
+    runs = [await start(c, "caller", plan({"tool": "echo", "args": {"n": 50 + i}})) for i in range(2)]
+    for run in runs:
+        async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+            if e.event == "approval.requested":
+                break
+    mine = (await c.get("/v1/approvals", params={"status": "pending", "run_id": runs[0]["id"]})).json()["data"]
+    assert [a["run_id"] for a in mine] == [runs[0]["id"]] and mine[0]["args"] == {"n": 50}
+    r = await c.post(f"/v1/runs/{runs[0]['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    # no waiting: the cancel itself did it
+    assert (await c.get("/v1/approvals", params={"status": "pending", "run_id": runs[0]["id"]})).json()["data"] == []
+    gone = (await c.get(f"/v1/approvals/{mine[0]['id']}")).json()
+    assert gone["status"] == "expired" and gone["decision_reason"] == "the run ended before a decision"
+    # the other run's request is untouched
+    other = (await c.get("/v1/approvals", params={"status": "pending"})).json()["data"]
+    assert [a["run_id"] for a in other] == [runs[1]["id"]]
+    r = await c.get("/v1/approvals", params={"run_id": ""})
+    assert r.status_code == 422 and r.json()["code"] == "input.invalid"
+    await c.post(f"/v1/runs/{runs[1]['id']}/cancel")
+    for run in runs:
+        events = await collect(c, run["id"])
+        check_stream(events)
+        assert events[-1].event == "run.canceled"
+
+
 async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
     _, _, c = await setup(node)
     run = await start(c, "caller", plan(

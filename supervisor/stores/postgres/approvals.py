@@ -56,12 +56,13 @@ class PgApprovalStore:
             )
         return to_approval(row) if row else None
 
-    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100) -> list[Approval]:
+    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
+                   run_id: str | None = None) -> list[Approval]:
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
                 f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)"
-                " ORDER BY created_at DESC, id DESC LIMIT $3",
-                tenant_id, status, _limit(limit),
+                " AND ($4::text IS NULL OR run_id = $4) ORDER BY created_at DESC, id DESC LIMIT $3",
+                tenant_id, status, _limit(limit), run_id,
             )
         return [to_approval(r) for r in rows]
 

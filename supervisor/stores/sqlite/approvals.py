@@ -9,6 +9,7 @@ that change is kept) — raises ``approval.expired``.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from supervisor.errors import StockadeError
 from supervisor.stores._common import APPROVAL_COLS, APPROVAL_DECISIONS, APPROVAL_STATUSES, decision_outcome, dumps
@@ -55,18 +56,18 @@ class SqliteApprovalStore:
         )
         return to_approval(row) if row else None
 
-    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100) -> list[Approval]:
-        if status is None:
-            rows = self._db.query(
-                f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
-                (tenant_id, _limit(limit)),
-            )
-        else:
-            rows = self._db.query(
-                f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? AND status = ?"
-                " ORDER BY created_at DESC, id DESC LIMIT ?",
-                (tenant_id, status, _limit(limit)),
-            )
+    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
+                   run_id: str | None = None) -> list[Approval]:
+        sql = f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ?"
+        params: list[Any] = [tenant_id]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            params.append(run_id)
+        params.append(_limit(limit))
+        rows = self._db.query(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", params)
         return [to_approval(r) for r in rows]
 
     async def decide(
