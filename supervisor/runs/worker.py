@@ -18,6 +18,7 @@ from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
+from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
@@ -49,6 +50,7 @@ class Worker:
         self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
         self._tasks: set[asyncio.Task] = set()
         self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
+        self.cancels = CancelWatch(services.runs, CANCEL_POLL_S)  # runs ended elsewhere (API cancel)
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -82,6 +84,7 @@ class Worker:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.cancels.close()
 
     async def _guarded(self, job: Job) -> None:
         try:
@@ -293,11 +296,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s
         waiter = asyncio.ensure_future(proc.wait())
-        canceled = asyncio.ensure_future(self._watch_cancel(run))
+        canceled = self.cancels.watch(run.id)
         try:
             done, _ = await asyncio.wait({waiter, canceled}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            canceled.cancel()
+            self.cancels.unwatch(run.id)
         if waiter not in done:
             proc.kill()
             exit_info = await waiter
@@ -335,15 +338,6 @@ class Worker:
         return "failed", {"code": "sandbox.crashed",
                           "message": f"the sandbox exited (code {getattr(exit_info, 'returncode', None)}) without finishing",
                           "stderr": tail}
-
-    async def _watch_cancel(self, run: Run) -> None:
-        """Returns when the run was ended elsewhere (API cancel); polling the store works across processes."""
-        while True:
-            await asyncio.sleep(CANCEL_POLL_S)
-            with contextlib.suppress(StockadeError):
-                cur = await self.s.runs.get_run(run.tenant_id, run.id)
-                if cur is not None and cur.status in TERMINAL_STATUSES:
-                    return
 
     async def _role(self, run: Run) -> str:
         if not run.key_id:

@@ -68,6 +68,9 @@ class RunStore(Protocol):
     async def get_run_any_tenant(self, run_id: str) -> Run | None: ...  # workers only
     async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None) -> list[Run]: ...
     async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]: ...  # workers
+    async def ended_among(self, run_ids: list[str]) -> set[str]:  # workers: which of these are over
+        """The ids among ``run_ids`` whose run has a terminal status (any tenant), in one query."""
+        ...
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         """Move a non-terminal run to a non-terminal status; None if the run is terminal."""
         ...

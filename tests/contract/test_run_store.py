@@ -92,6 +92,20 @@ async def test_list_runs_by_status_spans_tenants(ctx):
         await runs.list_runs_by_status(("bogus",))
 
 
+async def test_ended_among_spans_tenants_in_one_call(ctx):
+    sql_db, runs, t = ctx
+    other = await sql_db.new_tenant()
+    live, done, theirs = make_run(t, status="running"), make_run(t, status="running"), make_run(other, status="running")
+    for r in (live, done, theirs):
+        await runs.create_run(r)
+    await runs.finish_run(t, done.id, "canceled", "run.canceled", {})
+    await runs.finish_run(other, theirs.id, "failed", "run.failed", {})
+    assert await runs.ended_among([live.id, done.id, theirs.id, "run_unknown"]) == {done.id, theirs.id}
+    assert await runs.ended_among([]) == set()
+    many = [f"run_x{i}" for i in range(1200)] + [done.id]  # past one page of ids
+    assert await runs.ended_among(many) == {done.id}
+
+
 async def test_set_status_updates_fields_and_refuses_terminal(ctx):
     _, runs, t = ctx
     run = make_run(t)

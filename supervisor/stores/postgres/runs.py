@@ -84,6 +84,14 @@ class PgRunStore:
             )
         return [to_run(r) for r in rows]
 
+    async def ended_among(self, run_ids: list[str]) -> set[str]:
+        if not run_ids:
+            return set()
+        async with self._db.system_tx() as c:
+            rows = await c.fetch("SELECT id FROM runs WHERE id = ANY($1::text[]) AND status = ANY($2::text[])",
+                                 list(run_ids), list(TERMINAL_STATUSES))
+        return {r["id"] for r in rows}
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")

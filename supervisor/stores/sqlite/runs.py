@@ -88,6 +88,15 @@ class SqliteRunStore:
         )
         return [to_run(r) for r in rows]
 
+    async def ended_among(self, run_ids: list[str]) -> set[str]:
+        ended: set[str] = set()
+        for i in range(0, len(run_ids), 500):  # pages of 500 ids: well under any bound-parameter limit
+            chunk = run_ids[i:i + 500]
+            rows = self._db.query(
+                f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))}) AND status IN {_TERMINAL_SQL}", chunk)
+            ended.update(r[0] for r in rows)
+        return ended
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")
