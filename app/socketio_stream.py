@@ -3,96 +3,218 @@
 Connect with ``auth={"token": "<api key>"}``; emit ``subscribe`` with
 ``{"run_id": ..., "after": N}``; receive ``run_event`` messages (the SSE
 ``data`` objects, in seq order, replay first, then the live tail) and a final
-``run_end`` after the terminal event. Errors come back as the ack of
-``subscribe``: ``{"ok": false, "code": ..., "message": ...}``.
+``run_end`` ``{"run_id", "seq"}`` after the terminal event (at once, when
+``after`` is already at or past the end of a run that has ended). Subscribing
+again to a run replaces that subscription (events carry no subscription id, so
+two would deliver every event twice); ``unsubscribe`` ``{"run_id"}`` ends one.
+Every event is answered in its ack: ``{"ok": true}`` or ``{"ok": false,
+"code": ..., "message": ...}``. The key is checked again on every
+``subscribe``: a revoked key subscribes to nothing more (subscriptions already
+open end with their runs, as an open SSE stream does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
 
 from app.deps import MAX_ID
 from supervisor.errors import StockadeError
+from supervisor.keys import hash_key
+from supervisor.stores.records import TERMINAL_STATUSES, Event
 from supervisor.tenancy import authenticate
 
 __all__ = ["mount_socketio"]
 
+log = logging.getLogger("stockade.socketio")
+
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_out"})
 MAX_SUBSCRIPTIONS = 64  # live ones per connection: each is a task tailing a run
+PAGE = 1000
+IDLE_S = 15.0  # a quiet tail checks this often whether its run ended without it (a cursor past the end)
+BUS_RETRY_S = 1.0
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "message": message}
+
+
+def _run_id_of(args: tuple[Any, ...]) -> str | None:
+    data = args[0] if len(args) == 1 else None  # `emit("subscribe")` with no payload, or several, is bad input too
+    run_id = data.get("run_id") if isinstance(data, dict) else None
+    # run ids are printable ASCII; a lone surrogate could not even be sent to a store (no ack at all)
+    if not isinstance(run_id, str) or not 0 < len(run_id) <= 64 or not (run_id.isascii() and run_id.isprintable()):
+        return None
+    return run_id
 
 
 def mount_socketio(app: Any, rt: Any) -> Any:
     sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [])
-    tasks: dict[str, set[asyncio.Task]] = {}
+    subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it
+
+    def from_client(sid: str) -> bool:
+        # python-socketio hands a client's *event* named "connect" or "disconnect" to these handlers too;
+        # the real ones run while the sid is still pending (connecting / disconnecting), never connected
+        return sio.manager.is_connected(sid, "/")
 
     @sio.event
-    async def connect(sid: str, environ: dict, auth: Any = None) -> bool:
+    async def connect(sid: str, environ: dict, auth: Any = None) -> Any:
+        if from_client(sid):  # would reset the subscriptions' bookkeeping: tasks leaked, the cap lifted
+            return _error("input.invalid", "connect is not an event")
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            p = await authenticate(rt.services, f"Bearer {token}" if token else None)
+            p = await authenticate(rt.services, f"Bearer {token}" if isinstance(token, str) and token else None)
         except StockadeError:
             raise socketio.exceptions.ConnectionRefusedError("auth.invalid") from None
-        await sio.save_session(sid, {"tenant_id": p.tenant_id})
-        tasks[sid] = set()
+        await sio.save_session(sid, {"tenant_id": p.tenant_id, "key_hash": hash_key(token)})
+        subs[sid] = {}
         return True
 
     @sio.event
-    async def disconnect(sid: str, *args: Any) -> None:
-        for t in tasks.pop(sid, set()):
+    async def disconnect(sid: str, *args: Any) -> Any:
+        if from_client(sid):
+            return _error("input.invalid", "disconnect is not an event: close the connection")
+        for t in subs.pop(sid, {}).values():
             t.cancel()
+        return None
 
     @sio.event
-    async def subscribe(sid: str, data: Any) -> dict[str, Any]:
-        run_id = data.get("run_id") if isinstance(data, dict) else None
-        if not isinstance(run_id, str) or not 0 < len(run_id) <= 64 or "\x00" in run_id:
-            return {"ok": False, "code": "input.invalid", "message": "send {run_id, after?}"}
-        after = data.get("after", 0)
+    async def subscribe(sid: str, *args: Any) -> dict[str, Any]:
+        run_id = _run_id_of(args)
+        if run_id is None:
+            return _error("input.invalid", "send {run_id, after?}")
+        after = args[0].get("after", 0)
         if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= MAX_ID:
-            return {"ok": False, "code": "input.invalid", "message": "after must be a sequence number (0 or more)"}
-        if len(tasks.get(sid, ())) >= MAX_SUBSCRIPTIONS:
-            return {"ok": False, "code": "input.too_large",
-                    "message": f"at most {MAX_SUBSCRIPTIONS} live subscriptions per connection"}
+            return _error("input.invalid", "after must be a sequence number (0 or more)")
         session = await sio.get_session(sid)
         try:
+            key = await rt.services.tenants.find_key(session["key_hash"])
+            if key is None or key.revoked_at is not None or key.tenant_id != session["tenant_id"]:
+                return _error("auth.invalid", "the API key is unknown or revoked")
             run = await rt.services.runs.get_run(session["tenant_id"], run_id)
         except StockadeError as exc:
-            return {"ok": False, "code": exc.code, "message": exc.detail}
+            return _error(exc.code, exc.detail)
+        except Exception:
+            log.exception("subscribe of %r failed", run_id)
+            return _error("internal", "internal error")
         if run is None:
-            return {"ok": False, "code": "not_found", "message": "no such run"}
+            return _error("not_found", "no such run")
+        # from here on no await: the cap check and the insert cannot interleave with another subscribe
+        live = subs.get(sid)
+        if live is None:  # the client went away while we looked the run up
+            return _error("input.invalid", "not connected")
+        old = live.pop(run.id, None)
+        if old is not None:
+            old.cancel()
+        if len(live) >= MAX_SUBSCRIPTIONS:
+            return _error("input.too_large", f"at most {MAX_SUBSCRIPTIONS} live subscriptions per connection")
         task = asyncio.create_task(_forward(sio, rt, sid, run.tenant_id, run.id, after))
-        tasks.setdefault(sid, set()).add(task)
-        task.add_done_callback(lambda t: tasks.get(sid, set()).discard(t))
+        live[run.id] = task
+        task.add_done_callback(lambda t: live.pop(run.id) if live.get(run.id) is t else None)
         return {"ok": True}
+
+    @sio.event
+    async def unsubscribe(sid: str, *args: Any) -> dict[str, Any]:
+        run_id = _run_id_of(args)
+        if run_id is None:
+            return _error("input.invalid", "send {run_id}")
+        task = subs.get(sid, {}).pop(run_id, None)
+        if task is not None:
+            task.cancel()
+        return {"ok": True}  # never subscribed (or already ended): nothing to do, and nothing revealed
+
+    @sio.on("*")
+    async def other(event: str, sid: str, *args: Any) -> dict[str, Any]:
+        return _error("input.invalid", "unknown event: use subscribe or unsubscribe")
 
     return socketio.ASGIApp(sio, other_asgi_app=app)
 
 
 async def _forward(sio: Any, rt: Any, sid: str, tenant_id: str, run_id: str, cursor: int) -> None:
-    runs, bus = rt.services.runs, rt.services.events
-    while True:  # replay
-        events = await runs.events_after(tenant_id, run_id, cursor, limit=1000)
-        for e in events:
-            await sio.emit("run_event", e.to_wire(), to=sid)
-            cursor = e.seq
-            if e.type in TERMINAL:
-                await sio.emit("run_end", {"run_id": run_id, "seq": e.seq}, to=sid)
+    runs = rt.services.runs
+    try:
+        last: Event | None = None
+        async for batch in _batches(runs, rt.services.events, tenant_id, run_id, cursor):
+            for last in batch:
+                await sio.emit("run_event", last.to_wire(), to=sid)
+        if last is None or last.type not in TERMINAL:  # the cursor was already at or past the end
+            run = await runs.get_run(tenant_id, run_id)
+            seq = run.last_seq if run is not None else cursor
+        else:
+            seq = last.seq
+        await sio.emit("run_end", {"run_id": run_id, "seq": seq}, to=sid)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("forwarding run %s to %s failed", run_id, sid)
+
+
+async def _batches(runs: Any, bus: Any, tenant_id: str, run_id: str, cursor: int) -> AsyncIterator[list[Event]]:
+    """The run's events after ``cursor``, each once and in seq order, through the terminal one.
+
+    Replay from the store, then the live tail (gaps filled from the store). Ends without a terminal
+    event only when the cursor is already at or past the end of a run that has ended. If the bus
+    fails, it falls back to the store and tails again.
+    """
+    while True:
+        while True:  # replay
+            events = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+            for i, e in enumerate(events):
+                if e.type in TERMINAL:
+                    yield events[: i + 1]
+                    return
+            if events:
+                yield events
+                cursor = events[-1].seq
+            if len(events) < PAGE:
+                break
+        if await _ended(runs, tenant_id, run_id):  # anything it wrote is in the store: the replay above
+            if not await runs.events_after(tenant_id, run_id, cursor, limit=1):
                 return
-        if len(events) < 1000:
-            break
-    with contextlib.suppress(asyncio.CancelledError):
-        async for e in bus.tail(run_id, cursor):
-            if e.seq <= cursor:
-                continue
-            if e.seq != cursor + 1:
-                for g in await runs.events_after(tenant_id, run_id, cursor, limit=e.seq - cursor - 1):
-                    await sio.emit("run_event", g.to_wire(), to=sid)
-                    cursor = g.seq
-            await sio.emit("run_event", e.to_wire(), to=sid)
-            cursor = e.seq
-            if e.type in TERMINAL:
-                await sio.emit("run_end", {"run_id": run_id, "seq": e.seq}, to=sid)
-                return
+            continue
+        try:
+            async with contextlib.aclosing(_tail(bus, run_id, cursor)) as tail:
+                async for batch in tail:
+                    if not batch:  # idle: a run ended behind the client's cursor is never published again
+                        if await _ended(runs, tenant_id, run_id):
+                            break
+                        continue
+                    out: list[Event] = []
+                    for e in batch:
+                        if e.seq <= cursor:
+                            continue
+                        if e.seq != cursor + 1:  # the bus skipped some: fill from the durable log
+                            out.extend(await runs.events_after(tenant_id, run_id, cursor, limit=e.seq - cursor - 1))
+                        out.append(e)
+                        cursor = e.seq
+                        if e.type in TERMINAL:
+                            yield out
+                            return
+                    if out:
+                        yield out
+                else:  # the bus closed quietly (shutting down): go back to the store
+                    await asyncio.sleep(BUS_RETRY_S)
+        except StockadeError:  # the bus is down: the store has every event
+            await asyncio.sleep(BUS_RETRY_S)
+
+
+async def _ended(runs: Any, tenant_id: str, run_id: str) -> bool:
+    run = await runs.get_run(tenant_id, run_id)
+    return run is None or run.status in TERMINAL_STATUSES
+
+
+def _tail(bus: Any, run_id: str, after: int) -> AsyncIterator[list[Event]]:
+    batches = getattr(bus, "tail_batches", None)
+    if batches is not None:
+        return batches(run_id, after, IDLE_S)
+    return _single(bus, run_id, after)
+
+
+async def _single(bus: Any, run_id: str, after: int) -> AsyncIterator[list[Event]]:
+    async for e in bus.tail(run_id, after):
+        yield [e]

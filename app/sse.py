@@ -3,7 +3,9 @@
 Frames are pre-encoded and everything pending is joined into one write
 (FACTS.md: ~30x under load, 12-100x on replay). ``id`` is the per-run seq;
 gaps in the live tail are filled from the store, so a client never misses an
-event. The stream ends after the terminal event; comment keep-alives every 15 s.
+event. The stream ends after the terminal event; comment keep-alives every 15 s. A cursor at or past
+the end of a run that has ended gets 204 (routes/runs.py: an EventSource then stops reconnecting); if
+the run ends behind the cursor while the stream is open, the next keep-alive check closes it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
-from supervisor.stores.records import Event
+from supervisor.stores.records import TERMINAL_STATUSES, Event
 
 __all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
 
@@ -60,9 +62,14 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                     if await request.is_disconnected():
                         return
                     yield b": keep-alive\n\n"
-                    # the bus may have missed a publish (e.g. a restarted node): check the store
+                    # the bus may have missed a publish (e.g. a restarted node): check the store; a run
+                    # that ended behind a cursor past its end publishes nothing more (status read first:
+                    # a run ending between the two reads still has its last events delivered)
+                    ended = await _ended(runs, tenant_id, run_id)
                     batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
                     if not batch:
+                        if ended:
+                            return
                         continue
                 if isinstance(batch, BaseException):
                     pump = asyncio.create_task(_pump(bus, run_id, cursor, queue, delay=1.0))
@@ -93,6 +100,11 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                 await pump
     finally:
         metrics.sse_subscribers.dec()
+
+
+async def _ended(runs: Any, tenant_id: str, run_id: str) -> bool:
+    run = await runs.get_run(tenant_id, run_id)
+    return run is None or run.status in TERMINAL_STATUSES
 
 
 async def _pump(bus: Any, run_id: str, after: int, queue: asyncio.Queue, delay: float = 0.0) -> None:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import MAX_ID, READ_ROLES, WRITE_ROLES, require_role, runtime
@@ -138,7 +138,7 @@ async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Dep
 async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      p: Principal = Depends(require_role(*READ_ROLES)),
                      after: int | None = Query(None, ge=0, le=MAX_ID),
-                     last_event_id: str | None = Header(default=None)) -> StreamingResponse:
+                     last_event_id: str | None = Header(default=None)) -> Response:
     run = await _load(rt, p, run_id)
     cursor = after or 0
     if last_event_id is not None:
@@ -147,6 +147,10 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
         if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_ID):
             raise StockadeError("input.invalid", "Last-Event-ID must be a sequence number")
         cursor = int(raw)
+    if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
+        # nothing left to send, ever: an EventSource reconnects after every close (with Last-Event-ID =
+        # the terminal event's id) but stops on 204 (HTML, server-sent events); a stream would stay open
+        return Response(status_code=204)
     return StreamingResponse(
         event_stream(rt, request, run.tenant_id, run.id, cursor),
         media_type="text/event-stream",

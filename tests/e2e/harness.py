@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ import httpx
 import uvicorn
 
 from app.main import build_asgi
+from supervisor.ids import new_id
 from supervisor.runtime import Runtime, open_runtime
 from supervisor.settings import Settings
+from supervisor.stores.records import Run
 from supervisor.tenancy import create_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +125,14 @@ async def read_sse(client: httpx.AsyncClient, path: str, *, headers: dict[str, s
 async def collect(client: httpx.AsyncClient, run_id: str, after: int | None = None, **kw: Any) -> list[SSE]:
     path = f"/v1/runs/{run_id}/events" + (f"?after={after}" if after is not None else "")
     return [e async for e in read_sse(client, path, **kw)]
+
+
+async def idle_runs(node: Node, tenant_id: str, n: int) -> list[str]:
+    """Runs that stay queued (stored, never enqueued): each subscription to one stays live, no sandbox needed."""
+    ids = []
+    for _ in range(n):
+        run = Run(id=new_id("run_"), tenant_id=tenant_id, bundle="echo", bundle_version="x", input="",
+                  status="queued", created_at=time.time())
+        await node.rt.services.runs.create_run(run)
+        ids.append(run.id)
+    return ids

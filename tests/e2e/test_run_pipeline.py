@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import collect, read_sse
+from supervisor.events import RunEmitter
+from tests.e2e.harness import collect, idle_runs, read_sse
 
 TEST_BUNDLES = Path(__file__).parent / "bundles"
 TERMINAL = {"run.completed", "run.failed", "run.canceled", "run.timed_out"}
@@ -55,6 +56,36 @@ async def test_replay_after_n_and_last_event_id(node):
         hdr = [e async for e in read_sse(c, f"/v1/runs/{run['id']}/events", headers={"Last-Event-ID": str(n)})]
         assert [e.id for e in hdr] == [e.id for e in again]
         assert [e.data for e in hdr] == [e.data for e in again]
+
+
+async def test_a_cursor_at_the_end_of_an_ended_run_is_answered_204(node, monkeypatch):
+    """A stream asked for from the terminal event on (what an EventSource sends when it reconnects
+    after the server closed the stream) stayed open for ever, keep-alive after keep-alive, and so did
+    one past the end: 204 tells an EventSource to stop reconnecting. A stream opened on a live run with
+    a cursor past its end closes at the first keep-alive check after the run ended."""
+    import app.sse
+
+    tid, key = await node.tenant()
+    c = node.client(key)
+    run = await start(c, "echo", "one two")
+    full = await collect(c, run["id"])
+    for n in (len(full), len(full) + 5):
+        for headers, query in (({}, f"?after={n}"), ({"Last-Event-ID": str(n)}, "")):
+            async with asyncio.timeout(10):  # was: open until the client gave up
+                r = await c.get(f"/v1/runs/{run['id']}/events{query}", headers=headers)
+            assert r.status_code == 204 and r.content == b"", (n, r.status_code)
+    monkeypatch.setattr(app.sse, "KEEPALIVE_S", 0.05)
+    [live] = await idle_runs(node, tid, 1)
+    emitter = RunEmitter(node.rt.services.runs, node.rt.services.events, tid, live)
+    await emitter.emit("run.started", {})
+    async with c.stream("GET", f"/v1/runs/{live}/events?after=5") as resp:
+        assert resp.status_code == 200
+        chunks = resp.aiter_bytes()
+        assert (await anext(chunks)).startswith(b": stream of run")  # the stream is open: now end the run
+        await emitter.finish("succeeded", {})
+        async with asyncio.timeout(10):
+            rest = b"".join([chunk async for chunk in chunks])
+    assert b"id:" not in rest  # closed, nothing sent: the events it ended with were all before the cursor
 
 
 async def test_client_hangs_up_and_misses_nothing(node):
