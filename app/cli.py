@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="audit log").add_subparsers(dest="sub", required=True)
     av = a.add_parser("verify")
     av.add_argument("--tenant", help="tenant id or name (default: every tenant)")
+    av.add_argument("--anchor", action="append", default=[], metavar="FILE",
+                    help="a chain head kept elsewhere (an earlier `audit verify` output, or a run receipt): "
+                         "fails if the chain no longer holds it (its tail was cut off); repeatable")
     r = sub.add_parser("receipt", help="run receipts").add_subparsers(dest="sub", required=True)
     rv = r.add_parser("verify")
     rv.add_argument("file", help="receipt JSON (- for stdin)")
@@ -74,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             return 0
         return asyncio.run(_admin(settings, args))
+    except KeyboardInterrupt:  # Ctrl-C: what was committed stays, nothing half-done is published
+        print("stockade: interrupted", file=sys.stderr)
+        return 130
     except SettingsError as exc:
         return _fail(str(exc))
     except StockadeError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
     except (OSError, ValueError) as exc:
         return _fail(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the contract: one line, no traceback -- even for what we did not foresee
+        return _fail(f"internal: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected error'}")
 
 
 def _fail(msg: str) -> int:
@@ -98,6 +106,16 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
     from supervisor.runtime import open_runtime
     from supervisor.tenancy import create_key, create_tenant
 
+    anchors = []
+    if args.cmd == "audit":  # bad anchor files are refused before anything is opened
+        from supervisor.audit.anchors import load_anchors
+
+        try:
+            anchors = load_anchors(args.anchor)
+        except OSError as exc:
+            raise StockadeError("input.invalid", f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise StockadeError("input.invalid", str(exc)) from None
     rt = await open_runtime(settings)
     s = rt.services
     try:
@@ -124,7 +142,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps({"name": v.name, "version": v.version, "digest": v.digest, "tenant_id": tid}))
             return 0
         if args.cmd == "audit":
-            return await _audit_verify(rt, args.tenant)
+            return await _audit_verify(rt, args.tenant, anchors)
     finally:
         await rt.stop()
     return 2
@@ -148,23 +166,31 @@ async def _demo(rt: Any, settings: Settings) -> int:
     return 0
 
 
-async def _audit_verify(rt: Any, tenant_ref: str | None) -> int:
+async def _audit_verify(rt: Any, tenant_ref: str | None, anchors: list[Any]) -> int:
     from supervisor.audit.chain import ChainVerifier
 
     s = rt.services
     tenants = [await _tenant_id(s, tenant_ref)] if tenant_ref else await s.audit.tenants()
-    total = 0
+    if not tenant_ref:  # an anchored tenant whose records are all gone is not among those with records
+        tenants += sorted({a.tenant_id for a in anchors} - set(tenants))
+    total, heads = 0, {}
     for tid in tenants:
         verifier = ChainVerifier(tid, rt.sealer)  # page by page: constant memory, however long the chain
+        pinned = {a.seq: a for a in anchors if a.tenant_id == tid}
         brk = None
         while brk is None:
             page = await s.audit.list(tid, after_seq=verifier.last_seq, limit=1000)
             for rec in page:
                 if (brk := verifier.feed(rec)) is not None:
                     break
+                a = pinned.get(rec.seq)
+                if a is not None and rec.hash != a.hash:
+                    brk = f"tenant {tid}: record {rec.seq}: not the record anchored in {a.source} (chain replaced)"
+                    break
             total += len(page)
             if len(page) < 1000:
                 break
+            await asyncio.sleep(0)  # the embedded store never suspends: let Ctrl-C (task cancellation) in
         if brk is not None:
             print(f"stockade: audit chain broken: {brk}", file=sys.stderr)
             return 1
@@ -172,7 +198,17 @@ async def _audit_verify(rt: Any, tenant_ref: str | None) -> int:
         if head is not None and verifier.last_seq != head.seq:
             print(f"stockade: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but the head is {head.seq} (records deleted)", file=sys.stderr)
             return 1
-    print(json.dumps({"verified": True, "tenants": len(tenants), "records": total}))
+        cut = [a for a in pinned.values() if a.seq > verifier.last_seq]
+        if cut:
+            a = max(cut, key=lambda x: x.seq)
+            print(f"stockade: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {a.source} "
+                  f"anchors record {a.seq} (records deleted from the end)", file=sys.stderr)
+            return 1
+        if head is not None:
+            heads[tid] = {"seq": head.seq, "hash": head.hash}
+    # "heads" is an anchor file for a later run (--anchor): keep it where the database's writers cannot reach
+    print(json.dumps({"verified": True, "tenants": len(tenants), "records": total, "anchors": len(anchors),
+                      "heads": heads}))
     return 0
 
 
@@ -182,16 +218,41 @@ def _policy_validate(path: str) -> int:
     return validate_main(path)
 
 
+_MAX_RECEIPT_BYTES = 256 * 1024 * 1024
+_MAX_KEY_BYTES = 64 * 1024
+
+
+def _read_capped(path: str, cap: int, what: str) -> bytes:
+    """At most ``cap`` bytes of ``path`` (``-``: stdin): never read /dev/zero or a stray huge file whole."""
+    if path == "-":
+        data = sys.stdin.buffer.read(cap + 1)
+    else:
+        with open(path, "rb") as fh:
+            data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(f"the {what} is larger than {cap} bytes")
+    return data
+
+
 def _receipt_verify(path: str, key_path: str) -> int:
     from supervisor.audit.receipts import verify_receipt
 
     try:
-        data = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = _read_capped(path, _MAX_RECEIPT_BYTES, "receipt")
+        pem = _read_capped(key_path, _MAX_KEY_BYTES, "public key")
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename or path}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
         receipt = json.loads(data)
-        pem = Path(key_path).read_text()
-    except (OSError, ValueError) as exc:
-        return _fail(f"cannot read receipt or key: {exc}")
-    if not isinstance(receipt, dict) or not verify_receipt(receipt, pem):
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        return _fail(f"the receipt is not JSON: {str(exc).splitlines()[0] if str(exc) else 'nested too deeply'}")
+    try:
+        valid = verify_receipt(receipt, pem)
+    except ValueError:
+        return _fail(f"public key {key_path} is not a PEM public key")
+    if not valid:
         return _fail("receipt signature is INVALID")
     print(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", []))}))
     return 0

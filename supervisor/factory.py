@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.services import Services
-from supervisor.settings import Settings
+from supervisor.settings import Settings, SettingsError
 
 __all__ = ["open_services"]
 
 
+def _ensure_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SettingsError(f"invalid setting STOCKADE_DATA_DIR: {settings.data_dir} is not a directory") from None
+    except OSError as exc:
+        raise SettingsError(
+            f"invalid setting STOCKADE_DATA_DIR: cannot create {settings.data_dir}: {exc.strerror or exc}") from None
+
+
 async def open_services(settings: Settings, *, migrate: bool = True) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_data_dir(settings)
     sql = await _open_sql(settings, migrate)
     kv = await _open_kv(settings)
     services = Services(settings=settings, **sql["ports"], **kv["ports"])

@@ -6,11 +6,15 @@ object is passed down.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _EnvDecodeError
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -20,7 +24,11 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="ignore", frozen=True)
+    # env_ignore_empty: ``STOCKADE_X=`` (compose's ``${X:-}``) means "unset", never "" -- an empty HOST would
+    # bind every interface, an empty DATA_DIR would put the database in the working directory.
+    # allow_inf_nan=False: an ``inf`` timeout or interval is a typo, not a setting.
+    model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="ignore", frozen=True, env_ignore_empty=True,
+                                      allow_inf_nan=False)
 
     # --- where state lives
     data_dir: Path = Path("./.stockade")
@@ -127,6 +135,7 @@ class Settings(BaseSettings):
             return None
         if not (v.startswith("postgresql://") or v.startswith("postgres://") or v.startswith("sqlite:///")):
             raise ValueError("must start with postgresql:// or sqlite:///")
+        _check_port(v)
         return v
 
     @field_validator("redis_url")
@@ -136,6 +145,17 @@ class Settings(BaseSettings):
             return None
         if not (v.startswith("redis://") or v.startswith("rediss://") or v.startswith("unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        _check_port(v)
+        return v
+
+    @field_validator("egress_allow_private")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{c!r} is not a CIDR network (e.g. [\"10.1.0.0/16\"])") from None
         return v
 
     @property
@@ -149,10 +169,26 @@ class Settings(BaseSettings):
         return self.data_dir / "stockade.db"
 
 
+def _check_port(url: str) -> None:
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    for host in hosts.split(","):  # libpq/asyncpg take several: postgresql://h1:5432,h2:5432/db
+        try:
+            urlsplit(f"//{host}").port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ValueError("the port is not a number from 0 to 65535") from None
+
+
+_FIELD = re.compile(r'field "([a-z0-9_]+)"')
+
+
 def load_settings(**overrides: object) -> Settings:
     """Parse the environment once. Raises SettingsError with one line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except _EnvDecodeError as exc:  # a list/dict setting whose value is not JSON: pydantic-settings names the field
+        m = _FIELD.search(str(exc))
+        name = "STOCKADE_" + (m.group(1).upper() if m else "SETTINGS")
+        raise SettingsError(f'invalid setting {name}: must be a JSON list, e.g. ["a", "b"]') from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,8 @@ from supervisor.keys import generate_key, hash_key, key_display_prefix, well_for
 from supervisor.stores.records import ROLES, ApiKey, Tenant
 
 __all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant"]
+
+_TENANT_ID = re.compile(r"ten_[0-9a-z]{20}")
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,10 @@ async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user
 
 async def create_tenant(services: Any, name: str, *, budget_usd: float | None = None) -> tuple[Tenant, NewKey]:
     name = (name or "").strip()
-    if not name or len(name) > 100 or "\x00" in name:
-        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters, without NUL")
+    if not name or len(name) > 100 or any(unicodedata.category(c) == "Cc" for c in name):
+        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters, without NUL or control characters")
+    if _TENANT_ID.fullmatch(name):  # `--tenant REF` looks ids up first: such a name could never be found by name
+        raise StockadeError("input.invalid", "a tenant name cannot look like a tenant id (ten_...)")
     # every check before the first write: a refused request leaves no tenant behind
     if budget_usd is not None and not 0 <= budget_usd <= 1e9:  # NaN fails both comparisons
         raise StockadeError("input.invalid", "--budget-usd must be a number from 0 to 1,000,000,000")

@@ -65,6 +65,23 @@ def test_inserted_record_with_recomputed_hashes_but_no_key():
     assert brk.seq == 3 and "MAC" in brk.problem
 
 
+def test_hand_edited_detail_is_named_not_crashed():
+    """SQLite keeps any TEXT: a row whose detail is no longer JSON reads back raw, breaks the hash at that
+    record (``stockade audit verify`` names it), and a receipt over it is still built."""
+    from supervisor.audit.receipts import build_receipt
+    from supervisor.stores.records import Run
+    from supervisor.stores.sqlite._rows import to_audit
+
+    recs = chain(3)
+    row = dataclasses.asdict(recs[1]) | {"detail": "{not json"}
+    edited = to_audit(row)  # type: ignore[arg-type]  # a mapping, as sqlite3.Row is
+    assert edited.detail == "{not json"
+    brk = verify_chain("ten_a", [recs[0], edited, recs[2]], KEY)
+    assert brk is not None and brk.seq == 2 and "changed" in brk.problem
+    run = Run(**{f.name: None for f in dataclasses.fields(Run)} | {"id": "run_1", "tenant_id": "ten_a"})
+    assert build_receipt(run, [edited], edited)["spans"][0]["verdict"] is None
+
+
 def test_records_of_another_tenant_do_not_verify():
     brk = verify_chain("ten_b", chain(3, tenant="ten_a"), KEY)
     assert brk is not None and brk.seq == 1

@@ -25,6 +25,10 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     ("STOCKADE_REDIS_URL", "http://x", "STOCKADE_REDIS_URL"),
     ("STOCKADE_SANDBOX_MEMORY_MB", "-5", "STOCKADE_SANDBOX_MEMORY_MB"),
     ("STOCKADE_LOG_LEVEL", "loud", "STOCKADE_LOG_LEVEL"),
+    ("STOCKADE_CORS_ORIGINS", "https://a.example", "STOCKADE_CORS_ORIGINS"),  # not JSON: pydantic-settings' own error
+    ("STOCKADE_EGRESS_ALLOW_PRIVATE", '["10.0.0.0/33"]', "STOCKADE_EGRESS_ALLOW_PRIVATE"),
+    ("STOCKADE_SWEEP_INTERVAL_S", "inf", "STOCKADE_SWEEP_INTERVAL_S"),
+    ("STOCKADE_DATABASE_URL", "postgresql://u@h:99999/db", "STOCKADE_DATABASE_URL"),
 ])
 def test_bad_settings_one_line(monkeypatch, name, value, needle):
     monkeypatch.setenv(name, value)
@@ -56,3 +60,11 @@ def test_secrets_key_empty_means_unset_and_short_is_refused():
     with pytest.raises(SettingsError) as exc:
         load_settings(secrets_key="short")
     assert "STOCKADE_SECRETS_KEY" in str(exc.value)
+
+
+def test_urls_with_several_hosts_or_ipv6_are_accepted():
+    for url in ("postgresql://u:p@h1:5432,h2:5433/db", "postgresql://u@[::1]:5432/db",
+                "postgresql:///db?host=/var/run/postgresql"):
+        assert load_settings(database_url=url).database_url == url
+    with pytest.raises(SettingsError, match="STOCKADE_DATABASE_URL"):
+        load_settings(database_url="postgresql://u@h1:5432,h2:x/db")

@@ -22,17 +22,18 @@ __all__ = ["build_receipt", "sign_receipt", "verify_receipt"]
 def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None) -> dict[str, Any]:
     spans = []
     for r in records:
+        detail = r.detail if isinstance(r.detail, dict) else {}  # a hand-edited row must not break the receipt
         spans.append({
             "seq": r.seq,
             "ts": r.ts,
             "kind": r.kind,
             "tool": r.tool,
             "args_hash": r.args_hash,
-            "verdict": (r.detail or {}).get("verdict"),
+            "verdict": detail.get("verdict"),
             "rule_id": r.rule_id,
             "code": r.code,
             "cost_usd": r.cost_micro / 1_000_000,
-            "duration_ms": (r.detail or {}).get("duration_ms"),
+            "duration_ms": detail.get("duration_ms"),
             "policy_version": r.policy_version,
             "audit_hash": r.hash,
         })
@@ -58,15 +59,17 @@ def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, A
 
 
 def verify_receipt(receipt: dict[str, Any], public_key_pem: str | bytes) -> bool:
-    sig = receipt.get("signature") or {}
-    if sig.get("alg") != "Ed25519":
-        return False
+    """True if ``receipt`` carries a valid signature by the key. A malformed receipt is simply not valid;
+    a ``public_key_pem`` that is not a PEM public key raises ``ValueError``."""
     key = serialization.load_pem_public_key(public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem)
-    if not isinstance(key, Ed25519PublicKey):
+    if not isinstance(receipt, dict) or not isinstance(key, Ed25519PublicKey):
+        return False
+    sig = receipt.get("signature")
+    if not isinstance(sig, dict) or sig.get("alg") != "Ed25519" or not isinstance(sig.get("value"), str):
         return False
     body = {k: v for k, v in receipt.items() if k != "signature"}
     try:
-        key.verify(base64.b64decode(sig.get("value", "")), canonical(body))
-    except (InvalidSignature, ValueError):
+        key.verify(base64.b64decode(sig["value"], validate=True), canonical(body))
+    except (InvalidSignature, ValueError, TypeError, RecursionError):
         return False
     return True

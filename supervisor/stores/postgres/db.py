@@ -45,6 +45,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, or a database set read-only: no writes here now
 )
 
 _ACQUIRE_TIMEOUT_S = 10.0
@@ -140,11 +141,14 @@ class PgDB:
 
 async def open_postgres(url: str, min_size: int = 2, max_size: int = 10, migrate: bool = True) -> PgDB:
     """Create the pool and, by default, apply pending migrations."""
-    async with _mapped("cannot connect to PostgreSQL"):
-        pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max(min_size, max_size), init=_init_connection, reset=_no_reset,
-            timeout=10, server_settings={"standard_conforming_strings": "on", "application_name": "stockade"},
-        )
+    try:
+        async with _mapped("cannot connect to PostgreSQL"):
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max(min_size, max_size), init=_init_connection, reset=_no_reset,
+                timeout=10, server_settings={"standard_conforming_strings": "on", "application_name": "stockade"},
+            )
+    except asyncpg.PostgresError as exc:  # refused at login: no such database or role, bad password, no access
+        raise StockadeError("store.unavailable", f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from exc
     db = PgDB(pool, url)
     if migrate:
         from supervisor.stores.migrations.runner import migrate_postgres

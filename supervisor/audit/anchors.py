@@ -1,0 +1,68 @@
+"""Anchors: chain heads kept outside the database, so that cutting off a chain's tail is detected.
+
+A hash chain proves that nothing inside it was changed, removed or reordered, but not that its
+newest records are all still there: whoever can write to the database can delete the last N records
+(or a tenant's whole chain) and what remains still verifies. A head seen earlier and kept elsewhere
+closes that gap: ``stockade audit verify --anchor FILE`` fails unless each anchored chain still holds
+the anchored record, unchanged. Anchor files are what Stockade already hands out:
+
+- the JSON that ``stockade audit verify`` prints (``"heads": {tenant_id: {"seq", "hash"}}``), e.g.
+  kept nightly off the database host;
+- a run receipt (``GET /v1/runs/{id}/receipt``: ``tenant_id`` and ``chain_head``), which tenants keep.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Anchor", "load_anchors"]
+
+MAX_ANCHOR_BYTES = 256 * 1024 * 1024
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    tenant_id: str
+    seq: int
+    hash: str
+    source: str  # the file it came from (named when it does not hold)
+
+
+def _head(tenant_id: Any, head: Any, source: str) -> Anchor:
+    if not isinstance(tenant_id, str) or not tenant_id or not isinstance(head, dict):
+        raise ValueError(f"{source}: not an anchor (a chain head needs a tenant id, a seq and a hash)")
+    seq, digest = head.get("seq"), head.get("hash")
+    if type(seq) is not int or seq < 1 or not isinstance(digest, str) or not _HASH.fullmatch(digest):
+        raise ValueError(f"{source}: chain head of tenant {tenant_id} needs a positive integer seq and a sha256 hex hash")
+    return Anchor(tenant_id, seq, digest, source)
+
+
+def parse_anchors(doc: Any, source: str) -> list[Anchor]:
+    """The chain heads in one anchor document (see the module docstring for the two shapes)."""
+    if isinstance(doc, dict) and isinstance(doc.get("heads"), dict):
+        return [_head(tid, head, source) for tid, head in doc["heads"].items()]
+    if isinstance(doc, dict) and "chain_head" in doc:
+        if doc["chain_head"] is None:
+            return []  # a receipt from before the tenant's first record: nothing to hold on to
+        return [_head(doc.get("tenant_id"), doc["chain_head"], source)]
+    raise ValueError(f"{source}: not an anchor file (the output of `stockade audit verify`, or a run receipt)")
+
+
+def load_anchors(paths: list[str]) -> list[Anchor]:
+    """Every anchor of every file; ValueError/OSError with a one-line message for a bad one."""
+    out: list[Anchor] = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_ANCHOR_BYTES + 1)
+        if len(data) > MAX_ANCHOR_BYTES:
+            raise ValueError(f"{path}: larger than {MAX_ANCHOR_BYTES} bytes")
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            raise ValueError(f"{path}: not JSON") from None
+        out.extend(parse_anchors(doc, path))
+    return out

@@ -1,0 +1,313 @@
+"""``stockade`` CLI under bad input: one line on stderr, a non-zero exit, no traceback, the store unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app import cli
+from supervisor.audit.chain import ChainVerifier
+from tests.conftest import PG_ADMIN_URL
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A clean STOCKADE_ environment on a throwaway embedded data dir."""
+    for k in list(os.environ):
+        if k.startswith("STOCKADE_"):
+            monkeypatch.delenv(k)
+    data = tmp_path / "data"
+    monkeypatch.setenv("STOCKADE_DATA_DIR", str(data))
+    monkeypatch.setenv("STOCKADE_BUNDLES_DIR", str(tmp_path / "no-bundles"))
+    return data
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(rc: int, err: str) -> str:
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("stockade: ")
+    return lines[0]
+
+
+def _tenant_count(data: Path) -> int:
+    with sqlite3.connect(data / "stockade.db") as c:
+        return c.execute("SELECT count(*) FROM tenants").fetchone()[0]
+
+
+# --- settings: each bad value is one line naming the variable
+
+
+@pytest.mark.parametrize("name,value", [
+    ("STOCKADE_CORS_ORIGINS", "https://a.example"),  # not JSON
+    ("STOCKADE_EGRESS_ALLOW_PRIVATE", "10.0.0.0/8"),  # not JSON
+    ("STOCKADE_EGRESS_ALLOW_PRIVATE", '["not-a-network"]'),
+    ("STOCKADE_QUEUE_VISIBILITY_S", "inf"),
+    ("STOCKADE_LLM_TIMEOUT_S", "1e400"),
+    ("STOCKADE_DATABASE_URL", "postgresql://u@127.0.0.1:port/db"),
+    ("STOCKADE_REDIS_URL", "redis://127.0.0.1:port/0"),
+])
+def test_bad_setting_names_the_variable(env, capsys, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    line = _one_line_error(*_run(capsys, "tenant", "create", "acme")[::2])
+    assert line.startswith(f"stockade: invalid setting {name}: ")
+    assert not env.exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize("make", ["file", "dev-null"])
+def test_data_dir_that_is_not_a_directory(env, tmp_path, capsys, monkeypatch, make):
+    target = Path(os.devnull) if make == "dev-null" else tmp_path / "a-file"
+    if make == "file":
+        target.write_text("x")
+    monkeypatch.setenv("STOCKADE_DATA_DIR", str(target))
+    line = _one_line_error(*_run(capsys, "migrate")[::2])
+    assert line == f"stockade: invalid setting STOCKADE_DATA_DIR: {target} is not a directory"
+
+
+def test_empty_variables_mean_unset(env, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STOCKADE_HOST", "")  # "" would bind every interface
+    monkeypatch.setenv("STOCKADE_OPENAI_BASE_URL", "")  # compose passes ${X:-}
+    from supervisor.settings import load_settings
+
+    s = load_settings()
+    assert s.host == "127.0.0.1" and s.openai_base_url is None
+    monkeypatch.setenv("STOCKADE_DATA_DIR", "")
+    assert load_settings().data_dir == tmp_path / ".stockade"  # the default, not the working directory
+
+
+# --- tenant names
+
+
+@pytest.mark.parametrize("name", ["a\x1b[31mb", "tab\there", "ten_01m8v76w0e39vdxcrhvk"])
+def test_tenant_create_refuses_bad_names(env, capsys, name):
+    assert _run(capsys, "migrate")[0] == 0
+    line = _one_line_error(*_run(capsys, "tenant", "create", name)[::2])
+    assert line.startswith("stockade: input.invalid: ")
+    assert _tenant_count(env) == 0
+
+
+# --- audit verify
+
+
+def _seed_audit(n: int) -> str:
+    from supervisor.runtime import open_runtime
+    from supervisor.settings import load_settings
+    from supervisor.tenancy import create_tenant
+
+    async def go() -> str:
+        rt = await open_runtime(load_settings())
+        try:
+            tenant, _ = await create_tenant(rt.services, "acme")
+            for i in range(n):
+                await rt.recorder.record(tenant.id, "tool.allowed", tool="echo", detail={"i": i})
+            return tenant.id
+        finally:
+            await rt.stop()
+
+    return asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_audit_verify_names_a_record_whose_detail_is_not_json(env, capsys):
+    tid = _seed_audit(4)
+    with sqlite3.connect(env / "stockade.db") as c:  # someone with file access edits the database by hand
+        c.execute("DROP TRIGGER audit_log_no_update")
+        c.execute("UPDATE audit_log SET detail = '{not json' WHERE tenant_id = ? AND seq = 2", (tid,))
+    line = _one_line_error(*_run(capsys, "audit", "verify")[::2])
+    assert line == f"stockade: audit chain broken: tenant {tid}: record 2: content does not match its hash (record changed)"
+
+
+def test_audit_verify_stops_on_ctrl_c(env, capsys, monkeypatch):
+    _seed_audit(1001)  # two pages
+    feed = ChainVerifier.feed
+
+    def feed_then_ctrl_c(self, rec):
+        if rec.seq == 1:
+            signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C while the chain is being checked
+        return feed(self, rec)
+
+    monkeypatch.setattr(ChainVerifier, "feed", feed_then_ctrl_c)
+    rc, out, err = _run(capsys, "audit", "verify")
+    assert rc == 130 and out == ""
+    assert _one_line_error(rc, err) == "stockade: interrupted"
+
+
+def test_ctrl_c_anywhere_is_one_line(env, capsys, monkeypatch, tmp_path):
+    from supervisor.policy import cli as policy_cli
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(policy_cli, "validate_file", interrupted)  # e.g. blocked opening a FIFO with no writer
+    rc, _, err = _run(capsys, "policy", "validate", str(tmp_path / "p.yaml"))
+    assert rc == 130 and _one_line_error(rc, err) == "stockade: interrupted"
+
+
+def test_unforeseen_error_is_one_line(env, capsys, monkeypatch):
+    from supervisor import tenancy
+
+    async def boom(*a, **k):
+        raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.setattr(tenancy, "create_tenant", boom)
+    line = _one_line_error(*_run(capsys, "tenant", "create", "acme")[::2])
+    assert line == "stockade: internal: RuntimeError: first line"
+
+
+# --- receipt verify
+
+
+@pytest.fixture
+def pub_pem(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supervisor.audit.keys import public_key_pem
+
+    path = tmp_path / "pub.pem"
+    path.write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    return path
+
+
+@pytest.mark.parametrize("receipt", [
+    {"run_id": "r", "signature": 5},
+    {"run_id": "r", "signature": "abc"},
+    {"run_id": "r", "signature": {"alg": "Ed25519", "value": ["x"]}},
+    {"run_id": "r", "signature": {"alg": "Ed25519", "value": "not base64!"}},
+    ["not", "an", "object"],
+])
+def test_receipt_verify_malformed_receipt_is_invalid(env, tmp_path, capsys, pub_pem, receipt):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(receipt))
+    line = _one_line_error(*_run(capsys, "receipt", "verify", str(f), "--public-key", str(pub_pem))[::2])
+    assert line == "stockade: receipt signature is INVALID"
+
+
+def test_receipt_verify_unreadable_inputs(env, tmp_path, capsys, pub_pem, monkeypatch):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    line = _one_line_error(*_run(capsys, "receipt", "verify", str(deep), "--public-key", str(pub_pem))[::2])
+    assert line.startswith("stockade: the receipt is not JSON: ")
+
+    good = tmp_path / "r.json"
+    good.write_text(json.dumps({"run_id": "r", "signature": {"alg": "Ed25519", "value": "AAAA"}}))
+    not_pem = tmp_path / "key.txt"
+    not_pem.write_text("hello")
+    line = _one_line_error(*_run(capsys, "receipt", "verify", str(good), "--public-key", str(not_pem))[::2])
+    assert line == f"stockade: public key {not_pem} is not a PEM public key"
+
+    monkeypatch.setattr(cli, "_MAX_RECEIPT_BYTES", 16)  # never read /dev/zero or a stray huge file whole
+    line = _one_line_error(*_run(capsys, "receipt", "verify", "/dev/zero",
+                                 "--public-key", str(pub_pem))[::2])
+    assert line == "stockade: the receipt is larger than 16 bytes"
+
+
+# --- PostgreSQL: refused at login, or read-only
+
+
+@pytest.mark.pg
+def test_pg_missing_database_is_one_line(env, capsys, monkeypatch, fresh_pg_url):
+    url = fresh_pg_url.rsplit("/", 1)[0] + "/stockade_no_such_database"
+    monkeypatch.setenv("STOCKADE_DATABASE_URL", url)
+    line = _one_line_error(*_run(capsys, "migrate")[::2])
+    assert line.startswith("stockade: store.unavailable: cannot connect to PostgreSQL: ")
+    assert "stockade_no_such_database" in line
+
+
+@pytest.mark.pg
+def test_pg_read_only_database_changes_nothing(env, capsys, monkeypatch, fresh_pg_url):
+    monkeypatch.setenv("STOCKADE_DATABASE_URL", fresh_pg_url)
+    assert _run(capsys, "migrate")[0] == 0
+    db = fresh_pg_url.rsplit("/", 1)[1]
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(admin(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on'), 30))
+    line = _one_line_error(*_run(capsys, "tenant", "create", "acme")[::2])
+    assert line.startswith("stockade: store.unavailable: ")
+    asyncio.run(asyncio.wait_for(admin(f'ALTER DATABASE "{db}" RESET default_transaction_read_only'), 30))
+    rc, out, _ = _run(capsys, "tenant", "create", "acme")  # the refused call left no tenant behind
+    assert rc == 0 and json.loads(out)["name"] == "acme"
+
+
+# --- audit verify --anchor: a cut-off tail or a vanished chain is detected against a head kept elsewhere
+
+
+def _drop_audit_guards(c: sqlite3.Connection) -> None:
+    for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'").fetchall():
+        c.execute(f"DROP TRIGGER {name}")
+
+
+def test_audit_verify_with_an_anchor_detects_a_cut_off_tail(env, capsys, tmp_path):
+    tid = _seed_audit(5)
+    rc, out, _ = _run(capsys, "audit", "verify")
+    assert rc == 0
+    first = json.loads(out)
+    assert first["heads"][tid]["seq"] == 5 and len(first["heads"][tid]["hash"]) == 64
+    anchor = tmp_path / "heads.json"
+    anchor.write_text(out)  # kept off the database host, e.g. nightly
+    with sqlite3.connect(env / "stockade.db") as c:  # a database writer deletes the newest records
+        _drop_audit_guards(c)
+        c.execute("DELETE FROM audit_log WHERE tenant_id = ? AND seq >= 4", (tid,))
+    rc, out, _ = _run(capsys, "audit", "verify")
+    assert rc == 0 and json.loads(out)["records"] == 3  # without the anchor the shorter chain still verifies
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(anchor))[::2])
+    assert line == (f"stockade: audit chain broken: tenant {tid}: records end at 3 but {anchor} anchors record 5 "
+                    "(records deleted from the end)")
+
+
+def test_audit_verify_with_a_receipt_as_anchor_detects_a_vanished_or_replaced_chain(env, capsys, tmp_path):
+    tid = _seed_audit(3)
+    with sqlite3.connect(env / "stockade.db") as c:
+        head = c.execute("SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1", (tid,)).fetchone()
+    receipt = tmp_path / "receipt.json"  # a tenant's run receipt names the chain head it was issued at
+    receipt.write_text(json.dumps({"receipt_version": 1, "run_id": "run_x", "tenant_id": tid,
+                                   "chain_head": {"seq": head[0], "hash": head[1]}, "spans": []}))
+    rc, out, _ = _run(capsys, "audit", "verify", "--anchor", str(receipt), "--tenant", tid)
+    assert rc == 0 and json.loads(out)["anchors"] == 1
+    # the anchored record itself rewritten (a forged tail after a deletion would have to re-use its seq)
+    with sqlite3.connect(env / "stockade.db") as c:
+        _drop_audit_guards(c)
+        c.execute("UPDATE audit_log SET hash = ? WHERE tenant_id = ? AND seq = 3", ("f" * 64, tid))
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(receipt))[::2])
+    assert f"tenant {tid}: record 3:" in line
+    # the whole chain deleted: the tenant no longer has records, but the anchor still names it
+    with sqlite3.connect(env / "stockade.db") as c:
+        c.execute("DELETE FROM audit_log WHERE tenant_id = ?", (tid,))
+    assert _run(capsys, "audit", "verify")[0] == 0
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(receipt))[::2])
+    assert line.endswith(f"records end at 0 but {receipt} anchors record 3 (records deleted from the end)")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "not JSON"),
+    ('{"heads": {"ten_x": {"seq": 0, "hash": "00"}}}', "positive integer seq"),
+    ('{"tenant_id": "ten_x", "chain_head": {"seq": "3", "hash": "' + "a" * 64 + '"}}', "positive integer seq"),
+    ('[1, 2]', "not an anchor file"),
+])
+def test_a_bad_anchor_file_is_refused_before_anything_is_opened(env, capsys, tmp_path, content, message):
+    bad = tmp_path / "anchor.json"
+    bad.write_text(content)
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(bad))[::2])
+    assert message in line
+    assert not (env / "stockade.db").exists()  # refused before the store was opened (or created)
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(tmp_path / "missing.json"))[::2])
+    assert "missing.json" in line
