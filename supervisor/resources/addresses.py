@@ -68,6 +68,8 @@ _V6_BLOCKS: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
     (_N6("ff00::/8"), "multicast"),
     (_N6("100::/64"), "reserved"),  # discard-only
     (_N6("2001:db8::/32"), "reserved"),  # documentation
+    (_N6("3fff::/20"), "reserved"),  # documentation (RFC 9637; newer than this Python's is_global table)
+    (_N6("5f00::/16"), "reserved"),  # SRv6 SIDs (RFC 9602): segment routing inside one domain, never global
     (_N6("64:ff9b:1::/48"), "reserved"),  # local-use NAT64: translates into private space
     (_N6("2001::/23"), "reserved"),  # IETF protocol assignments (Teredo handled first, below)
 )

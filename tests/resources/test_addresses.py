@@ -59,6 +59,9 @@ def test_agrees_with_inet_aton_on_random_spellings():
     ("::ffff:10.0.0.1", "private"), ("::127.0.0.1", "loopback"), ("64:ff9b::a9fe:a9fe", "metadata"),
     ("64:ff9b::7f00:1", "loopback"), ("2002:7f00:1::", "loopback"), ("2002:a00:1::", "private"),
     ("64:ff9b:1::1", "reserved"), ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),  # Teredo client 127.0.0.1
+    ("3fff::1", "reserved"), ("5f00::1", "reserved"),  # RFC 9637 documentation, RFC 9602 SRv6: not in 3.11's table
+    ("::ffff:0:7f00:1", "loopback"), ("::7f00:1", "loopback"), ("2002:a9fe:a9fe::", "metadata"),
+    ("64:ff9b::a00:1", "private"), ("::ffff:0.0.0.0", "unspecified"), ("::ffff:6440:1", "cgnat"),
 ])
 def test_forbidden_with_reason(addr, reason):
     assert is_forbidden(IP(addr)) == reason

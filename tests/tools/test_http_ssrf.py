@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
+from pydantic import ValidationError
 
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings
@@ -52,6 +53,34 @@ SPELLINGS = [
     "http://[ff02::1]/",
     "https://１２７.０.０.１/",
     "http://127.0.0.1:6379/",
+    "http://[::]/",
+    "http://[::ffff:0:7f00:1]/",
+    "http://[::7f00:1]/",
+    "http://[::ffff:127.0.0.1%25eth0]/",
+    "http://[FE80::1%25ETH0]/",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+    "http://[2002:a9fe:a9fe::]/latest/meta-data",
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+    "http://[3fff::1]/",
+    "http://[5f00::1]/",
+    "http://0x7f.0x0.0x0.0x1/",
+    "http://0000000177.1/",
+    "http://127.0.0.1./",
+    "HTTP://127.0.0.1:0080/",
+    "http://①②⑦.0.0.1/",
+    "http://127。0。0。1/",
+    "http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/",
+    "http://198.18.0.1/",
+]
+
+# Shapes refused before any resolution: credentials, other schemes, parser-confusing characters.
+REFUSED_SHAPES = [
+    "http://evil@127.0.0.1/", "http://user:pass@127.0.0.1/", "http://127.0.0.2:80@127.0.0.1/",
+    "http://[::1]@1.2.3.4/", "http://evil.com\\@127.0.0.1/", "http://127.0.0.1\\/", "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_INFO", "ftp://127.0.0.1/", "data:text/plain,x", "dict://127.0.0.1:11211/",
+    "http://127.0.0.1\x00.example.com/", "http://example.com/\r\nHost: 127.0.0.1", "http://127.0.0.1\t/",
+    "http://127%2e0%2e0%2e1/", "http://127.0.0.1:80:80/", "http://[::ffff:127.1]/", "http://00x7f.1/",
+    "http://example.com/" + "a" * 8200,
 ]
 
 
@@ -71,6 +100,13 @@ async def test_every_spelling_is_blocked_by_default(tmp_path, url):
     assert ei.value.code == "egress.blocked", ei.value
     assert ei.value.extra["reason"] in {"loopback", "metadata", "private", "cgnat", "unspecified", "multicast",
                                         "broadcast", "link-local", "reserved"}
+
+
+@pytest.mark.parametrize("url", REFUSED_SHAPES)
+async def test_refused_url_shapes_are_input_invalid(tmp_path, url):
+    with pytest.raises((StockadeError, ValidationError)) as ei:
+        await _call(_settings(tmp_path), url=url)
+    assert isinstance(ei.value, ValidationError) or ei.value.code == "input.invalid", ei.value
 
 
 async def test_allow_list_opens_exactly_its_range(tmp_path):
@@ -114,6 +150,66 @@ async def test_redirect_to_a_refused_url_shape_is_blocked(tmp_path):
             assert ei.value.code == "egress.blocked" and ei.value.extra["reason"] == "redirect_url"
     finally:
         await srv.close()
+
+
+# Location values the HTTP client library's own redirect parser choked on (a bare ``httpx.InvalidURL``, or a
+# response lost as tool.failed): the tool owns redirects, so each is followed on the checked host or refused.
+LOCATIONS = [
+    ("http:127.0.0.1", None),  # a same-scheme relative reference (RFC 3986 5.2.2): a path on this host
+    ("HTTP:127.0.0.1", None),
+    ("http:/127.0.0.1/", None),
+    ("https:127.0.0.1", "redirect_url"),
+    ("http://127.0.0.1\t/", "redirect_url"),  # urljoin silently drops the tab and would read http://127.0.0.1/
+    ("/\\127.0.0.1/", "redirect_url"),
+    ("http://[::1", "redirect_url"),
+    ("http://evil@127.0.0.1/", "redirect_url"),
+    ("http://127.0.0.1/", "loopback"),
+    ("//0x7f.1/", "loopback"),
+    ("http://[::ffff:169.254.169.254]/latest/meta-data", "metadata"),
+    ("https://[64:ff9b::a00:1]/", "private"),
+]
+
+
+@pytest.mark.parametrize("location,reason", LOCATIONS)
+async def test_odd_redirect_locations_never_leave_the_checked_host(tmp_path, location, reason):
+    srv = await start_server(A_HOST, name="A")
+    try:
+        s = _settings(tmp_path, egress_allow_private=[f"{A_HOST}/32"])
+        url = f"{srv.base}/redirect?to={quote(location, safe='')}"
+        if reason is None:
+            out = await _call(s, url=url)
+            assert out["url"].startswith(f"{srv.base}/") and out["body"] == "A"
+            assert len(srv.requests) == 2
+        else:
+            with pytest.raises(StockadeError) as ei:
+                await _call(s, url=url)
+            assert ei.value.code == "egress.blocked" and ei.value.extra["reason"] == reason, ei.value
+            assert len(srv.requests) == 1
+    finally:
+        await srv.close()
+
+
+async def test_proxy_environment_variables_do_not_route_around_the_guard(tmp_path, monkeypatch):
+    srv = await start_server(A_HOST, name="A")
+    proxy = await start_server("127.0.0.3", name="PROXY")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(var, proxy.base)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        s = _settings(tmp_path, egress_allow_private=[f"{A_HOST}/32"])
+        assert (await _call(s, url=f"{srv.base}/"))["body"] == "A"  # direct, to the checked address
+        with pytest.raises(StockadeError) as ei:  # a proxy-honouring client would hand this name to the proxy
+            await _call(s, url="http://only-the-proxy-resolves.invalid/")
+        assert ei.value.code == "tool.failed"
+        for url in ("http://localhost/", "https://127.0.0.1/", f"{srv.base}/redirect?to=http://10.0.0.1/"):
+            with pytest.raises(StockadeError) as ei:
+                await _call(s, url=url)
+            assert ei.value.code == "egress.blocked"
+        assert proxy.requests == []
+    finally:
+        await srv.close()
+        await proxy.close()
 
 
 async def test_dns_rebinding_connection_is_pinned_to_the_checked_address(tmp_path, monkeypatch):

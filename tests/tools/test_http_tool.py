@@ -71,8 +71,12 @@ async def test_post_body_custom_headers_and_hop_by_hop_stripped(tmp_path, server
         assert h not in data["headers"]
 
 
-@pytest.mark.parametrize("headers", [{"Host": "evil.example"}, {"hOsT": "x"}, {"X-A": "a\r\nInjected: 1"},
-                                     {"Bad Name": "v"}, {"X-N": "a\x00b"}])
+@pytest.mark.parametrize("headers", [
+    {"Host": "evil.example"}, {"hOsT": "x"}, {"HOST ": "x"}, {":authority": "x"}, {"X-A": "a\r\nInjected: 1"},
+    {"X-A": "a\nHost: 127.0.0.1"}, {"Bad Name": "v"}, {"X-N": "a\x00b"},
+    # HTTP/1.1 values are ASCII: these used to escape as a bare UnicodeEncodeError / h11 LocalProtocolError
+    {"X-A": "é"}, {"X-A": "a\x85b"}, {"X-A": "a\u2028b"}, {"X-A": "\udc80"}, {"X-A": " lead"}, {"X-A": "trail\t"},
+])
 async def test_bad_request_headers_are_input_invalid(tmp_path, server_a, headers):
     with pytest.raises(StockadeError) as ei:
         await _call(_settings(tmp_path), url=f"{server_a.base}/echo", headers=headers)
@@ -163,6 +167,13 @@ async def test_request_body_cap(tmp_path, server_a):
     with pytest.raises(StockadeError) as ei:
         await _call(_settings(tmp_path, egress_max_bytes=10), method="POST", url=f"{server_a.base}/echo", body="x" * 11)
     assert ei.value.code == "input.too_large"
+    assert server_a.requests == []
+
+
+async def test_body_that_is_not_unicode_is_input_invalid(tmp_path, server_a):
+    with pytest.raises(StockadeError) as ei:  # JSON "\udc80" decodes to a lone surrogate: no UTF-8 form
+        await _call(_settings(tmp_path), method="POST", url=f"{server_a.base}/echo", body="a\udc80")
+    assert ei.value.code == "input.invalid"
     assert server_a.requests == []
 
 

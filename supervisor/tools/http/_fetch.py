@@ -10,6 +10,13 @@ under a name, with no private transport subclass.
 A fresh client per exchange: httpcore pools connections by (scheme, IP, port)
 and would reuse a TLS session verified for one name for a request to another
 name on the same IP. The SSL context (the expensive part) is shared.
+
+The request goes straight to the transport, not through ``AsyncClient.send``:
+the client's redirect machinery parses every ``Location`` even with
+``follow_redirects=False`` (to fill ``next_request``) and raises on shapes it
+dislikes (``http:127.0.0.1`` -> a bare ``InvalidURL``), losing the response.
+Redirects are ``tool.py``'s job, where every hop is normalised and re-checked;
+no cookie jar, auth or environment is consulted on the way either.
 """
 
 from __future__ import annotations
@@ -56,15 +63,18 @@ async def exchange(
     timeout = httpx.Timeout(timeout_s)
     last: Exception | None = None
     for ip in addresses:
-        async with httpx.AsyncClient(
-            verify=ssl_context, trust_env=False, follow_redirects=False, timeout=timeout,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+        transport = httpx.AsyncHTTPTransport(
+            verify=ssl_context, trust_env=False, limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+        )
+        async with httpx.AsyncClient(  # builds the request (default headers, timeout); closes the transport
+            transport=transport, trust_env=False, follow_redirects=False, timeout=timeout,
         ) as client:
             request = client.build_request(
                 method, _pinned_url(url, ip), headers=send_headers, content=body, extensions=extensions
             )
             try:
-                response = await client.send(request, stream=True)
+                response = await transport.handle_async_request(request)
+                response.request = request
             except httpx.ConnectError as exc:  # nothing was sent: the next address may be tried
                 last = exc
                 continue

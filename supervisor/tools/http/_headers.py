@@ -10,7 +10,9 @@ from supervisor.errors import StockadeError
 __all__ = ["CROSS_ORIGIN_DROP", "clean_request_headers", "clean_response_headers"]
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR/LF/NUL and other controls; tab is legal
+# HTTP/1.1 sends values as ASCII: CR/LF/NUL, other controls and non-ASCII (which the client library cannot
+# encode) are refused; tab is legal inside, but not around, a value (RFC 9110 5.5).
+_BAD_VALUE = re.compile(r"[^\x09\x20-\x7e]|^[\x09\x20]|[\x09\x20]$")
 MAX_HEADERS = 64
 MAX_VALUE = 8192
 

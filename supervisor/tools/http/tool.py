@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal
@@ -36,6 +37,7 @@ __all__ = ["HttpRequestArgs", "HttpRequestTool", "RedirectGuard"]
 RedirectGuard = Callable[[str, ToolContext], Awaitable[None]]
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_LOCATION_BAD = re.compile(r"[\x00-\x20\x7f-\x9f\\]")  # as ``normalize_url`` refuses them in a tool URL
 
 
 class HttpRequestArgs(ToolArgs):
@@ -87,7 +89,10 @@ class HttpRequestTool:
         deadline_s = float(settings.egress_timeout_s)
         if args.timeout_s is not None:
             deadline_s = min(deadline_s, args.timeout_s)
-        body = args.body.encode("utf-8") if args.body is not None else None
+        try:
+            body = args.body.encode("utf-8") if args.body is not None else None
+        except UnicodeEncodeError:  # a lone surrogate (JSON "\udc80") has no UTF-8 form
+            raise StockadeError("input.invalid", "the request body is not valid Unicode text") from None
         if body is not None and len(body) > settings.egress_max_bytes:
             raise StockadeError("input.too_large", f"request body exceeds {settings.egress_max_bytes} bytes")
         headers = clean_request_headers(args.headers)
@@ -146,7 +151,10 @@ def _location(headers: list[tuple[str, str]]) -> str | None:
 
 def _redirect_target(current: NormalizedUrl, location: str) -> NormalizedUrl:
     try:
-        return normalize_url(urljoin(current.text, location.strip()))
+        location = location.strip()
+        if _LOCATION_BAD.search(location):  # urljoin would silently drop tab/CR/LF and read what is left
+            raise StockadeError("input.invalid", "the Location holds a control character or a backslash")
+        return normalize_url(urljoin(current.text, location))
     except (StockadeError, ValueError) as exc:
         detail = exc.detail if isinstance(exc, StockadeError) else str(exc)
         raise StockadeError(
