@@ -7,6 +7,7 @@ from typing import Any
 
 from supervisor.tools.llm._clients import Endpoint
 from supervisor.tools.llm._collector import Collector
+from supervisor.tools.llm._tokens import as_count
 from supervisor.tools.llm.args import LlmChatArgs
 
 __all__ = ["anthropic_messages", "call_anthropic"]
@@ -59,13 +60,13 @@ def _request(args: LlmChatArgs) -> dict[str, Any]:
 
 def _input_of(usage: Any) -> int | None:
     # input_tokens excludes cache reads/writes; all of it is input we pay for
-    base = getattr(usage, "input_tokens", None)
+    base = as_count(getattr(usage, "input_tokens", None))
     if base is None:
         return None
     return (
-        int(base)
-        + int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
-        + int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+        base
+        + (as_count(getattr(usage, "cache_creation_input_tokens", None)) or 0)
+        + (as_count(getattr(usage, "cache_read_input_tokens", None)) or 0)
     )
 
 
@@ -81,7 +82,7 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
             elif block.type == "tool_use":
                 col.tool_call(i, block.id, block.name, json.dumps(block.input), replace=True)
         col.usage(_input_of(msg.usage), msg.usage.output_tokens, final=True)
-        col.stop_reason = msg.stop_reason
+        col.stop(msg.stop_reason)
         return
     stream = await client.messages.create(**kw, stream=True)
     async with stream:
@@ -101,4 +102,4 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
                 col.usage(_input_of(ev.message.usage), ev.message.usage.output_tokens, final=False)
             elif kind == "message_delta":
                 col.usage(_input_of(ev.usage), ev.usage.output_tokens, final=True)
-                col.stop_reason = ev.delta.stop_reason
+                col.stop(ev.delta.stop_reason)

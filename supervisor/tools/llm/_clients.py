@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.errors import StockadeError
+from supervisor.tools._capped import cap_responses
 
 __all__ = ["ClientPool", "Endpoint", "endpoint_for"]
 
@@ -21,6 +22,9 @@ OPENAI_URL = "https://api.openai.com/v1"
 ANTHROPIC_URL = "https://api.anthropic.com"
 # OpenAI-compatible local servers (Ollama, vLLM, LM Studio) take any key; the SDKs insist on one
 NO_KEY = "stockade-no-key"
+# One response (a whole JSON answer, or a whole stream) may not exceed this: a 128k-token stream with
+# per-delta framing is ~30 MB; a hostile endpoint must not be able to fill the supervisor's memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 UNCONFIGURED = (
     "No LLM provider is configured for {model}: set STOCKADE_OPENAI_API_KEY for OpenAI "
@@ -68,23 +72,30 @@ class ClientPool:
         return client
 
     def _make(self, ep: Endpoint) -> Any:
+        # Redirects are never followed: a provider has no reason to send one, and following it would
+        # carry the request (and Anthropic's x-api-key header, which httpx does not strip) anywhere.
+        hooks = {"response": [cap_responses(MAX_RESPONSE_BYTES)]}
         if ep.provider == "openai":
             import openai
 
+            timeout = openai.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
             return openai.AsyncOpenAI(
                 api_key=ep.api_key,
                 base_url=ep.base_url,
                 max_retries=0,
-                timeout=openai.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+                timeout=timeout,
+                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False, event_hooks=hooks),
             )
         import anthropic
 
+        timeout = anthropic.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
         return anthropic.AsyncAnthropic(
             api_key=ep.api_key,
             base_url=ep.base_url,
             max_retries=0,
-            timeout=anthropic.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+            timeout=timeout,
             open_telemetry=False,
+            http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False, event_hooks=hooks),
         )
 
     async def aclose(self) -> None:

@@ -14,9 +14,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.tools.base import ToolContext
-from supervisor.tools.llm._tokens import estimate_tokens
+from supervisor.tools.llm._failures import ProviderStreamError
+from supervisor.tools.llm._tokens import as_count, estimate_tokens
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "clean_text"]
+
+# A provider may overshoot max_tokens a little (and our estimate is rough); one that sends far more is
+# broken or hostile, and would otherwise stream into memory until the tool's deadline.
+_OVERRUN_FACTOR = 2
+_OVERRUN_SLACK = 1024
+_MAX_STOP_REASON = 64
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (JSON ``"\ud800"``) replaced by U+FFFD: they cannot be encoded as
+    UTF-8, so no store, stream or socket frame could carry them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 @dataclass
@@ -38,11 +55,23 @@ class Collector:
     output_final: bool = False  # output_tokens is the provider's final count, not a running one
     stop_reason: str | None = None
     started: bool = False
+    max_tokens: int | None = None  # the request's max_tokens: far more output than this aborts the call
+    generated: int = 0  # estimated tokens received so far (text, thinking, tool calls)
+
+    def _count(self, text: str) -> None:
+        self.generated += estimate_tokens(text)
+        if self.max_tokens is not None and self.generated > self.max_tokens * _OVERRUN_FACTOR + _OVERRUN_SLACK:
+            raise ProviderStreamError(f"the provider sent far more than max_tokens ({self.max_tokens}) of output")
+
+    def stop(self, reason: Any) -> None:
+        self.stop_reason = clean_text(reason[:_MAX_STOP_REASON]) if isinstance(reason, str) else None
 
     async def delta(self, channel: str, text: str | None) -> None:
-        if not text:
+        if not text or not isinstance(text, str):
             return
         self.started = True
+        text = clean_text(text)
+        self._count(text)
         (self.text if channel == "answer" else self.thinking).append(text)
         if not self.stream:
             return
@@ -62,18 +91,23 @@ class Collector:
     ) -> None:
         self.started = True
         acc = self.calls.setdefault(key, _ToolCallAcc())
-        if id:
-            acc.id = id
-        if name:
-            acc.name = name
-        if arguments is not None:
+        if id and isinstance(id, str):
+            self._count(id)
+            acc.id = clean_text(id)
+        if name and isinstance(name, str):
+            self._count(name)
+            acc.name = clean_text(name)
+        if isinstance(arguments, str):
+            self._count(arguments)
+            arguments = clean_text(arguments)
             acc.arguments = arguments if replace else acc.arguments + arguments
 
     def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *, final: bool) -> None:
-        if input_tokens is not None:
-            self.input_tokens = max(self.input_tokens or 0, int(input_tokens))
-        if output_tokens is not None:
-            self.output_tokens = int(output_tokens)
+        inp, out = as_count(input_tokens), as_count(output_tokens)  # providers are untrusted: NaN, -5, 1e30
+        if inp is not None:
+            self.input_tokens = max(self.input_tokens or 0, inp)
+        if out is not None:
+            self.output_tokens = out
             self.output_final = final
 
     def tool_calls(self) -> list[dict[str, Any]]:

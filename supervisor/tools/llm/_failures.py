@@ -12,6 +12,8 @@ import importlib
 import random
 from dataclasses import dataclass
 
+from supervisor.tools._capped import too_large_in
+
 __all__ = ["Failure", "ProviderStreamError", "backoff_s", "classify"]
 
 _MAX_MESSAGE = 300
@@ -29,6 +31,7 @@ class Failure:
     status: int | None = None
     retry_after: float | None = None
     timeout: bool = False
+    too_large: bool = False  # the response passed the byte cap (``egress.too_large``)
 
 
 def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -> Failure | None:
@@ -37,6 +40,9 @@ def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -
     import openai
 
     env = "STOCKADE_OPENAI_API_KEY" if provider == "openai" else "STOCKADE_ANTHROPIC_API_KEY"
+    big = too_large_in(exc)  # the SDKs wrap it (APIConnectionError): it must not be retried as one
+    if big is not None:
+        return Failure(False, True, f"the {provider} API sent a response larger than {big.cap} bytes", too_large=True)
     timeouts, transport = _transport_errors()
     if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, *timeouts)):
         return Failure(True, True, f"the {provider} API did not answer in time", timeout=True)
@@ -45,6 +51,9 @@ def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -
         return Failure(True, True, f"lost the connection to the {provider} API")
     if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
         status = int(exc.status_code)
+        if 300 <= status < 400:  # redirects are not followed (see _clients): a misconfigured or hostile endpoint
+            return Failure(False, True, f"the {provider} API answered with a redirect (HTTP {status}), which is "
+                           "not followed; point the base URL at the final address", status=status)
         if status < 400:  # an error event inside a 200 stream (Anthropic "overloaded_error" mid-answer)
             return Failure(True, True, f"the {provider} API reported an error: {_scrub(_message_of(exc), secrets)}")
         if status in (401, 403):

@@ -69,7 +69,7 @@ async def call_chat(client: Any, args: LlmChatArgs, ep: Endpoint, col: Collector
                 fn = getattr(tc, "function", None)
                 if fn is not None:
                     col.tool_call(i, tc.id, fn.name, fn.arguments)
-            col.stop_reason = choice.finish_reason
+            col.stop(choice.finish_reason)
         return
     stream = await client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
     async with stream:
@@ -86,4 +86,4 @@ async def call_chat(client: Any, args: LlmChatArgs, ep: Endpoint, col: Collector
                 fn = tc.function
                 col.tool_call(tc.index, tc.id, fn.name if fn else None, fn.arguments if fn else None)
             if choice.finish_reason:
-                col.stop_reason = choice.finish_reason
+                col.stop(choice.finish_reason)

@@ -60,7 +60,7 @@ def _take_response(col: Collector, response: Any) -> None:
     if usage is not None:
         col.usage(usage.input_tokens, usage.output_tokens, final=True)
     details = getattr(response, "incomplete_details", None)
-    col.stop_reason = getattr(details, "reason", None) or getattr(response, "status", None)
+    col.stop(getattr(details, "reason", None) or getattr(response, "status", None))
 
 
 async def _take_output(col: Collector, output: list[Any]) -> None:

@@ -30,3 +30,30 @@ def input_estimate(args: LlmChatArgs) -> int:
     if args.tools:
         total += estimate_tokens(json.dumps([t.model_dump() for t in args.tools])) + TOOL_USE_OVERHEAD
     return total
+
+
+# More than any context window; a provider reporting more is lying, and the cost of a bigger number would not
+# even fit the ledger's 64-bit columns. The charge is capped at the reservation anyway.
+MAX_REPORTED_TOKENS = 10**9
+
+
+def as_count(value: object) -> int | None:
+    """A provider-reported token count as a sane int, or None (then our estimate is used).
+
+    Providers are untrusted: counts may arrive as floats, numeric strings, ``"NaN"``, negatives or 1e30.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        n = value
+    else:
+        try:
+            f = float(value) if isinstance(value, (float, str)) else float("nan")
+        except ValueError:
+            return None
+        if not math.isfinite(f):
+            return None
+        n = int(f) if f < MAX_REPORTED_TOKENS else MAX_REPORTED_TOKENS
+    if n < 0:
+        return None
+    return min(n, MAX_REPORTED_TOKENS)

@@ -61,8 +61,14 @@ class LlmChatTool:
         backoff_cap_s: float = 8.0,
         breaker_threshold: int = 5,
         breaker_cooldown_s: float = 30.0,
+        timeout_s: float | None = None,
     ) -> None:
         self.settings = settings
+        if timeout_s is not None:
+            self.timeout_s = timeout_s  # type: ignore[misc]
+        # Our own deadline, a little inside the chain's hard timeout: a provider that trickles bytes or
+        # streams forever is cut off here, where what it generated can still be charged.
+        self.deadline_s = max(0.1, self.timeout_s - min(5.0, self.timeout_s * 0.05))
         self.pricing = pricing if pricing is not None else LlmPricing.load(settings.llm_pricing_file)
         self.max_retries = int(settings.llm_max_retries)
         self.backoff_base_s = backoff_base_s
@@ -99,11 +105,23 @@ class LlmChatTool:
         client = self.clients.get(ep)
         breaker = self.breakers[a.provider]
         attempt = 0
+        deadline = asyncio.get_running_loop().time() + self.deadline_s
         while True:
             breaker.before_call()
-            col = Collector(ctx, a.stream)
+            col = Collector(ctx, a.stream, max_tokens=a.max_tokens)
+            cut = asyncio.timeout_at(deadline)
             try:
-                await call(client, a, ep, col)
+                async with cut:
+                    await call(client, a, ep, col)
+            except TimeoutError:
+                if not cut.expired():
+                    raise  # pragma: no cover - only our own deadline raises a bare TimeoutError here
+                breaker.record_failure()
+                failure = Failure(False, True, f"the {a.provider} API did not finish within {self.deadline_s:g} s",
+                                  timeout=True)
+                if col.started:
+                    raise self._mid_stream_error(a, col, price, failure) from None
+                raise self._final_error(a, failure, attempt + 1) from None
             except StockadeError as err:  # from ctx.emit / stream_chunk (a run limit, a cancelled stream)
                 breaker.release()
                 if col.started:
@@ -118,6 +136,7 @@ class LlmChatTool:
                 if not failure.retryable or attempt >= self.max_retries:
                     raise self._final_error(a, failure, attempt + 1) from exc
                 delay = backoff_s(attempt, self.backoff_base_s, self.backoff_cap_s, failure.retry_after)
+                delay = min(delay, max(0.0, deadline - asyncio.get_running_loop().time()))
                 log.info(
                     "llm.chat %s attempt %d failed (%s); retrying in %.2fs",
                     a.model,
@@ -164,8 +183,9 @@ class LlmChatTool:
 
     def _mid_stream_error(self, a: LlmChatArgs, col: Collector, price: Price, failure: Failure) -> StockadeError:
         usage, cost = self._partial(a, col, price)
+        code = "tool.timeout" if failure.timeout else "egress.too_large" if failure.too_large else "llm.provider_error"
         return StockadeError(
-            "llm.provider_error",
+            code,
             f"{failure.message}, after part of the answer had arrived; not retried so the answer is not repeated",
             provider=a.provider,
             partial_usage=usage,
@@ -177,6 +197,8 @@ class LlmChatTool:
         extra: dict[str, Any] = {"provider": a.provider, "attempts": attempts}
         if failure.status is not None:
             extra["status"] = failure.status
+        if failure.too_large:
+            return StockadeError("egress.too_large", failure.message + tried, **extra)
         if failure.timeout:
             return StockadeError(
                 "tool.timeout",

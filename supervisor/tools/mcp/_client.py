@@ -27,6 +27,7 @@ from mcp_types import CONNECTION_CLOSED
 from pydantic import ValidationError
 
 from supervisor.errors import StockadeError
+from supervisor.tools._capped import cap_responses, too_large_in
 from supervisor.tools.mcp._egress import Target
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
@@ -70,12 +71,15 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
 
 
 @asynccontextmanager
-async def open_client(server: McpServer, target: Target, *, timeout_s: float) -> AsyncIterator[Client]:
+async def open_client(server: McpServer, target: Target, *, timeout_s: float,
+                      max_bytes: int = 16 * 1024 * 1024) -> AsyncIterator[Client]:
     """An initialised SDK ``Client`` (``auto`` protocol negotiation, no response cache: every
-    listing must be the server's current one)."""
+    listing must be the server's current one). No response may be larger than ``max_bytes``: the
+    SDK reads whole bodies and whole SSE lines into memory."""
     timeout = httpx2.Timeout(timeout_s, read=max(timeout_s, 300.0))
     async with httpx2.AsyncClient(transport=PinnedTransport(target), headers=server.headers, timeout=timeout,
-                                  trust_env=False, follow_redirects=False) as http:
+                                  trust_env=False, follow_redirects=False,
+                                  event_hooks={"response": [cap_responses(max_bytes)]}) as http:
         client = Client(streamable_http_client(target.url.text, http_client=http), cache=None,
                         read_timeout_seconds=timeout_s, client_info=_CLIENT_INFO)
         async with client:
@@ -98,6 +102,10 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
     for e in leaves:
         if isinstance(e, StockadeError):
             return e
+    for e in leaves:
+        big = too_large_in(e)
+        if big is not None:
+            return StockadeError("egress.too_large", f"{what}: the MCP server sent a response larger than {big.cap} bytes")
     for e in leaves:
         if isinstance(e, TimeoutError | httpx2.TimeoutException):
             return StockadeError("tool.timeout", f"{what}: the MCP server did not answer in time")

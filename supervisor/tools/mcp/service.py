@@ -52,6 +52,8 @@ class McpService:
         self._call_timeout_s = call_timeout_s
         self._ttl = list_ttl_s
         self._max_result = max_result_bytes
+        # one HTTP response (a result, a page of tools): room for JSON framing around the biggest result we keep
+        self._max_response = max(2 * max_result_bytes, 4 * 1024 * 1024)
         self._lists: dict[tuple[Any, ...], tuple[float, dict[str, ToolDef]]] = {}
         self._pool = ClientPool()
 
@@ -164,7 +166,7 @@ class McpService:
         from supervisor.tools.mcp._client import open_client
 
         target = await resolve_target(check_url(server.url), self._allow)
-        return lambda: open_client(server, target, timeout_s=self._timeout_s)
+        return lambda: open_client(server, target, timeout_s=self._timeout_s, max_bytes=self._max_response)
 
     async def _list_fresh(self, server: McpServer) -> tuple[list[ToolDef], list[str]]:
         """A one-off connection (registration, refresh): every failure is ``tool.unavailable`` or ``egress.blocked``."""
@@ -173,7 +175,7 @@ class McpService:
         target = await resolve_target(check_url(server.url), self._allow)
         try:
             async with asyncio.timeout(self._timeout_s):
-                async with open_client(server, target, timeout_s=self._timeout_s) as client:
+                async with open_client(server, target, timeout_s=self._timeout_s, max_bytes=self._max_response) as client:
                     return await list_defs(client)
         except StockadeError:
             raise
