@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from app.guard import Guard
+from app.headers import SecurityHeaders
 from app.metrics import Metrics
 from app.problems import install_problem_handlers, problem
 from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
@@ -42,7 +43,8 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
                            allow_headers=["*"], expose_headers=["Idempotent-Replayed"])
     for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router, mcp.router):
         app.include_router(r)
-    app.add_middleware(Guard, max_body=max_body, metrics=rt.metrics)  # outermost: before CORS and routing
+    app.add_middleware(Guard, max_body=max_body, metrics=rt.metrics)  # before CORS and routing
+    app.add_middleware(SecurityHeaders)  # outermost: the Guard's refusals get the headers too
 
     @app.get("/", include_in_schema=False)
     async def root() -> Any:

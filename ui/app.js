@@ -1,9 +1,22 @@
 // Stockade web UI: chat with a bundle over the REST API and the SSE stream.
 // EventSource cannot send an Authorization header, so the stream is read with fetch().
+// Everything shown comes from tenants, bundles, tools or LLMs: it goes into the page as text
+// (textContent, never innerHTML; the CSP's Trusted Types refuse any string assigned as HTML).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { key: localStorage.getItem("stockade.key") || "", conversation: newConversationId(), run: null, abort: null };
+
+// Any JSON value as display text: an event's fields are whatever the bundle put there.
+function str(v) { return v === undefined || v === null ? "" : typeof v === "string" ? v : JSON.stringify(v); }
+
+// For what an approver decides on: invisible and direction-changing characters (zero-width,
+// bidi overrides and isolates, other format and control characters) shown as \u{…} escapes,
+// so that "\u202Egnp.exe" cannot pass for "exe.png" and nothing hides inside the arguments.
+const HIDDEN = /[\u0000-\u0008\u000B-\u001F\u007F-\u009F\u00AD\u061C\u115F\u1160\u180E\u200B-\u200F\u202A-\u202E\u2060-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF9-\uFFFB]|\uDB40[\uDC00-\uDDEF]/g;
+function visible(v) {
+  return str(v).replace(HIDDEN, (c) => "\\u{" + c.codePointAt(0).toString(16).toUpperCase() + "}");
+}
 
 function newConversationId() { return "ui-" + Math.random().toString(36).slice(2, 12); }
 
@@ -15,8 +28,8 @@ async function api(path, opts = {}) {
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = text; }
   if (!r.ok) {
-    const err = new Error((body && body.detail) || r.statusText);
-    err.code = body && body.code; err.status = r.status; throw err;
+    const err = new Error(str((body && body.detail) || r.statusText));
+    err.code = body && typeof body.code === "string" ? body.code : undefined; err.status = r.status; throw err;
   }
   return body;
 }
@@ -35,7 +48,7 @@ async function connect() {
   try {
     const bundles = await api("/v1/bundles");
     const sel = $("bundle");
-    sel.innerHTML = "";
+    sel.replaceChildren();
     for (const b of bundles.data) {
       const o = el("option", null, b.name + (b.platform ? "" : " (tenant)"));
       o.value = b.name; o.dataset.desc = b.description || "";
@@ -52,28 +65,9 @@ async function connect() {
 async function refreshSide() {
   if (!state.key) return;
   try {
+    const seq = state.sideSeq = (state.sideSeq || 0) + 1;
     const a = await api("/v1/approvals?status=pending");
-    const list = $("approvals");
-    list.innerHTML = "";
-    $("approval-count").textContent = String(a.data.length);
-    for (const ap of a.data) {
-      const li = el("li");
-      li.appendChild(el("div", null, ap.tool + " — " + (ap.reason || ap.rule_id || "")));
-      li.appendChild(el("code", null, JSON.stringify(ap.args)));
-      const row = el("div");
-      for (const [label, decision] of [["Approve", "approve"], ["Reject", "reject"]]) {
-        const b = el("button", decision === "reject" ? "secondary" : "", label);
-        b.dataset.approval = ap.id; b.dataset.decision = decision;
-        b.onclick = async () => {
-          try { await api(`/v1/approvals/${ap.id}/decision`, { method: "POST", json: { decision, args_hash: ap.args_hash } }); }
-          catch (e) { showError(e); }
-          refreshSide();
-        };
-        row.appendChild(b);
-      }
-      li.appendChild(row);
-      list.appendChild(li);
-    }
+    if (seq === state.sideSeq) renderApprovals(Array.isArray(a.data) ? a.data : []);  // a later answer wins
   } catch (_) { /* viewer keys cannot list approvals everywhere; ignore */ }
   try {
     const b = await api("/v1/budgets");
@@ -81,6 +75,64 @@ async function refreshSide() {
       ? b.data.map((x) => `${x.scope}: $${x.spent_usd.toFixed(4)} of $${x.cap_usd.toFixed(2)}`).join("\n")
       : "no caps set";
   } catch (_) { /* ignore */ }
+}
+
+// The pending approvals, oldest first, each item kept in place while it is pending: a new one is
+// appended below, never pushed in above the one being read. Whenever the list changes, all its
+// buttons wait ARM_MS before they take a click, so a click (or the second click of a double
+// click) aimed at one approval cannot land on another that just moved under the pointer.
+const ARM_MS = 600;
+function renderApprovals(items) {
+  const list = $("approvals");
+  const pending = items.filter((ap) => ap && typeof ap.id === "string")
+    .sort((x, y) => (Number(x.created_at) || 0) - (Number(y.created_at) || 0));
+  const ids = new Set(pending.map((ap) => ap.id));
+  let changed = false;
+  for (const li of [...list.children]) {
+    if (!ids.has(li.dataset.approval)) { li.remove(); changed = true; }
+  }
+  const shown = new Set([...list.children].map((li) => li.dataset.approval));
+  for (const ap of pending) {
+    if (!shown.has(ap.id)) { list.appendChild(approvalItem(ap)); changed = true; }
+  }
+  $("approval-count").textContent = String(pending.length);
+  if (changed) arm(list);
+}
+
+function arm(list) {
+  for (const b of list.querySelectorAll("button")) b.disabled = true;
+  clearTimeout(state.armTimer);
+  state.armTimer = setTimeout(() => {
+    for (const li of list.children) if (!li.dataset.busy) for (const b of li.querySelectorAll("button")) b.disabled = false;
+  }, ARM_MS);
+}
+
+function approvalItem(ap) {
+  const li = el("li");
+  li.dataset.approval = ap.id;
+  li.appendChild(el("div", null, visible(ap.tool) + " — " + visible(ap.reason || ap.rule_id || "")));
+  li.appendChild(el("code", null, visible(JSON.stringify(ap.args === undefined ? null : ap.args))));
+  const row = el("div");
+  for (const [label, decision] of [["Approve", "approve"], ["Reject", "reject"]]) {
+    const b = el("button", decision === "reject" ? "secondary" : "", label);
+    b.type = "button"; b.dataset.approval = ap.id; b.dataset.decision = decision;
+    b.onclick = async () => {
+      li.dataset.busy = "1";
+      for (const x of row.children) x.disabled = true;
+      try {
+        await api(`/v1/approvals/${encodeURIComponent(ap.id)}/decision`,
+          { method: "POST", json: { decision, args_hash: ap.args_hash } });
+      } catch (e) {
+        showError(e);
+        delete li.dataset.busy;
+        for (const x of row.children) x.disabled = false;
+      }
+      refreshSide();
+    };
+    row.appendChild(b);
+  }
+  li.appendChild(row);
+  return li;
 }
 
 function addMessage(role, text) {
@@ -116,7 +168,7 @@ async function stream(runId, view) {
   let last = 0;
   for (let attempt = 0; attempt < 20; attempt++) {          // reconnect with Last-Event-ID: no event is lost
     state.abort = new AbortController();
-    const r = await fetch(`/v1/runs/${runId}/events`, {
+    const r = await fetch(`/v1/runs/${encodeURIComponent(runId)}/events`, {
       headers: { Authorization: "Bearer " + state.key, "Last-Event-ID": String(last) }, signal: state.abort.signal });
     if (!r.ok) throw new Error("stream failed: " + r.status);
     const reader = r.body.getReader();
@@ -136,7 +188,11 @@ async function stream(runId, view) {
         }
         if (data === null) continue;
         if (id !== null) last = id;
-        if (render(JSON.parse(data), view)) return;
+        let ev;
+        try { ev = JSON.parse(data); } catch (_) { continue; }
+        if (ev === null || typeof ev !== "object") continue;
+        try { if (render(ev, view)) return; }
+        catch (e) { console.warn("event not shown", ev.type, e); }  // one odd event never stops the stream
       }
     }
   }
@@ -146,43 +202,46 @@ async function stream(runId, view) {
 function render(ev, v) {
   switch (ev.type) {
     case "message.delta":
-      if (ev.channel === "thinking") { v.thinking.hidden = false; v.thinking.textContent += ev.text; }
-      else v.answer.textContent += ev.text;
+      if (ev.channel === "thinking") { v.thinking.hidden = false; v.thinking.textContent += str(ev.text); }
+      else v.answer.textContent += str(ev.text);
       break;
     case "tool.result": {
       const t = el("div", "tool" + (ev.code ? " denied" : ""),
-        `⚙ ${ev.tool} → ${ev.code || ev.verdict}${ev.cost_usd ? " $" + ev.cost_usd.toFixed(6) : ""}${ev.deduped ? " (deduped)" : ""}`);
+        `⚙ ${visible(ev.tool)} → ${str(ev.code || ev.verdict)}${ev.cost_usd ? " $" + Number(ev.cost_usd).toFixed(6) : ""}${ev.deduped ? " (deduped)" : ""}`);
       v.bubble.insertBefore(t, v.answer);
       break;
     }
     case "approval.requested": {
-      v.bubble.insertBefore(el("div", "tool", `‖ waiting for approval of ${ev.tool}: ${ev.reason || ev.rule_id || ""}`), v.answer);
+      v.bubble.insertBefore(el("div", "tool", `‖ waiting for approval of ${visible(ev.tool)}: ${visible(ev.reason || ev.rule_id || "")}`), v.answer);
       refreshSide();
       break;
     }
     case "approval.resolved":
-      v.bubble.insertBefore(el("div", "tool", `▶ approval ${ev.decision}`), v.answer);
+      v.bubble.insertBefore(el("div", "tool", `▶ approval ${str(ev.decision)}`), v.answer);
       break;
     case "citation": {
-      const c = el("div", "citation", `[${ev.title || ev.doc_id}] ${ev.source || ""}`);
+      const c = el("div", "citation", `[${str(ev.title || ev.doc_id)}] ${str(ev.source)}`);
       v.bubble.appendChild(c);
       break;
     }
     case "followups": {
       const box = el("div", "followups");
-      for (const q of ev.items || []) {
+      for (const item of Array.isArray(ev.items) ? ev.items : []) {
+        const q = str(item);
+        if (!q) continue;
         const b = el("button", null, q);
+        b.type = "button";
         b.onclick = () => { $("input").value = q; };
         box.appendChild(b);
       }
       v.bubble.appendChild(box);
       break;
     }
-    case "status": v.meta.textContent = ev.text; break;
+    case "status": v.meta.textContent = str(ev.text); break;
     case "run.completed": v.meta.textContent = "done"; return true;
     case "run.failed": case "run.timed_out": case "run.canceled":
       v.meta.className = "meta status-" + ev.type.slice(4);
-      v.meta.textContent = ev.type.replace("run.", "") + (ev.message ? ": " + ev.message : "");
+      v.meta.textContent = ev.type.replace("run.", "") + (ev.message ? ": " + str(ev.message) : "");
       return true;
   }
   $("messages").scrollTop = $("messages").scrollHeight;
@@ -199,7 +258,7 @@ $("bundle").addEventListener("change", () => {
   const o = $("bundle").selectedOptions[0];
   $("bundle-desc").textContent = o ? o.dataset.desc : "";
 });
-$("new-chat").addEventListener("click", () => { state.conversation = newConversationId(); $("messages").innerHTML = ""; });
+$("new-chat").addEventListener("click", () => { state.conversation = newConversationId(); $("messages").replaceChildren(); });
 $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value.trim();
@@ -212,7 +271,7 @@ $("input").addEventListener("keydown", (e) => {
 });
 $("cancel").addEventListener("click", async () => {
   if (!state.run) return;
-  try { await api(`/v1/runs/${state.run}/cancel`, { method: "POST" }); } catch (e) { showError(e); }
+  try { await api(`/v1/runs/${encodeURIComponent(state.run)}/cancel`, { method: "POST" }); } catch (e) { showError(e); }
 });
 setInterval(refreshSide, 3000);
 if (state.key) { $("api-key").value = state.key; connect(); }
