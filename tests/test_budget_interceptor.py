@@ -15,6 +15,7 @@ import pytest
 from supervisor.budget import usd_to_micro, worst_case_micro
 from supervisor.chain.base import Binding, CallState
 from supervisor.chain.budget import BudgetInterceptor
+from supervisor.chain.execute import execute
 from supervisor.errors import StockadeError
 from supervisor.settings import load_settings
 from supervisor.stores.postgres import PgTenantStore
@@ -23,6 +24,7 @@ from supervisor.stores.postgres.ledger import PgLedger
 from supervisor.stores.sqlite import SqliteTenantStore
 from supervisor.stores.sqlite.db import open_sqlite
 from supervisor.stores.sqlite.ledger import SqliteLedger
+from supervisor.tools.base import ToolContext
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -220,6 +222,30 @@ async def test_cancelled_call_still_settles(env: Env):
         await task
     acct = await env.account()
     assert (acct.spent_micro, acct.reserved_micro) == (250, 0)
+
+
+async def test_a_tool_cancelled_mid_way_is_charged_what_it_spent_through_execute(env: Env):
+    """execute() reads what the tool had spent (ToolContext.spent_micro) when the run ends mid-call."""
+    await env.ledger.set_cap(env.tenant_id, "tenant", env.tenant_id, 10_000)
+    started = asyncio.Event()
+
+    class Streaming(FakeTool):
+        async def run(self, args: Any, ctx: ToolContext) -> Any:
+            ctx.spent_micro = 320  # e.g. an LLM answer cut off after some tokens (llm.chat sets it on cancel)
+            started.set()
+            await asyncio.Event().wait()
+
+    call = env.call(Streaming(estimate=2_000))
+    call.tool_ctx = ToolContext(tenant_id=env.tenant_id, run_id=call.binding.run_id, user_id=None, project_id=None,
+                                emit=call.emit)
+    task = asyncio.create_task(BudgetInterceptor()(call, execute))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert call.cost_micro == 320
+    acct = await env.account()
+    assert (acct.spent_micro, acct.reserved_micro) == (320, 0)
 
 
 async def test_free_call_reserves_nothing(env: Env):

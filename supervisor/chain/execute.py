@@ -27,7 +27,10 @@ async def execute(call: CallState) -> dict[str, Any]:
         raise
     except TimeoutError:
         raise StockadeError("tool.timeout", f"{call.tool_name} did not finish within {tool.timeout_s:g}s") from None
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # the run ended mid-call: what the tool had spent is still charged
+        spent = getattr(call.tool_ctx, "spent_micro", 0)
+        if isinstance(spent, int) and spent > 0:
+            call.cost_micro = spent
         raise
     except Exception:
         log.exception("tool %s failed", call.tool_name)

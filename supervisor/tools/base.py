@@ -38,6 +38,9 @@ class ToolContext:
     stream_chunk: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # to the bundle, for async iteration
     llm_prices: Any = None  # the tenant policy's ``llm_prices`` overrides, if any
     call: Any = None  # the chain's CallState, for tools that re-check policy on later hops (redirects)
+    # What the call has cost so far, set by a tool that spends as it goes (a streaming LLM call) when it
+    # is cancelled mid-way (the run was canceled or timed out): settlement charges it, not 0.
+    spent_micro: int = 0
 
 
 @dataclass(frozen=True)

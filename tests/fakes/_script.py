@@ -33,6 +33,7 @@ class Script:
     abort_after_deltas: int | None = None  # drop the connection after N content deltas (mid-stream failure)
     error_after_deltas: int | None = None  # send the provider's in-stream error event after N deltas, then end
     stall_s: float = 0.0  # wait this long before the response head (client timeouts)
+    hold_after_deltas: int | None = None  # after N content deltas, keep the stream open with nothing more (cancels)
     echo_prefix: str = "You said: "
 
     def answer_text(self, last_user: str) -> str:

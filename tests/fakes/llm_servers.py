@@ -304,6 +304,9 @@ async def _send_stream(writer: asyncio.StreamWriter, body: Iterator[Item], scrip
             await writer.drain()
             writer.transport.abort()  # no terminating chunk: the client sees a broken stream
             return False
+        if script.hold_after_deltas is not None and item.counts and sent >= script.hold_after_deltas:
+            await writer.drain()
+            await asyncio.sleep(3600)  # mid-answer, silent: until the client goes away (the server closes it)
         if script.error_after_deltas is not None and item.counts and sent >= script.error_after_deltas:
             writer.write(b"%x\r\n%s\r\n" % (len(error_event), error_event))
             break

@@ -281,3 +281,33 @@ async def test_error_event_before_output_is_retried(srv: FakeLLMServer, model: s
     assert res.result["text"] == "recovered" and rec.deltas() == ["recovered"]
     assert len(srv.requests) == 2
     await tool.aclose()
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_call_cancelled_mid_stream_leaves_what_it_spent(srv: FakeLLMServer, model: str) -> None:
+    """The run is canceled (or times out) while the answer streams: the tokens generated so far are
+    owed to the provider, so the tool leaves their cost where settlement reads it (ToolContext.spent_micro)."""
+    import asyncio
+
+    srv.script = Script(text="one two three four five six", input_tokens=40, hold_after_deltas=3)
+    tool = make_tool(srv)
+    ctx, rec = make_tool_ctx(tool.settings)
+    three = asyncio.Event()
+    emit = rec.emit
+
+    async def note(type: str, data: dict) -> None:
+        await emit(type, data)
+        if len(rec.deltas("answer")) == 3:
+            three.set()
+
+    ctx.emit = note
+    task = asyncio.ensure_future(tool.run(args_for(model), ctx))
+    await asyncio.wait_for(three.wait(), 10)  # three words arrived; the provider holds the rest
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rec.deltas("answer") == ["one ", "two ", "three "]
+    price = tool.pricing.price_for(model.removesuffix("@responses"))
+    assert ctx.spent_micro >= price.cost_micro(0, 3) > 0
+    await tool.aclose()
+

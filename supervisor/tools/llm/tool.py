@@ -149,6 +149,8 @@ class LlmChatTool:
                 continue
             except BaseException:  # cancellation: says nothing about the provider
                 breaker.release()
+                if col.started:  # the run was canceled or timed out mid-answer: what was generated is owed
+                    ctx.spent_micro = self._partial(a, col, price)[1]
                 raise
             breaker.record_success()
             return self._result(a, col, price, attempt + 1)
