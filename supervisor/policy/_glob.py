@@ -9,13 +9,14 @@ Resource globs: ``**`` matches any run of characters, ``/`` included; ``*``
 matches any run without ``/``; everything else is literal (``?``, ``[`` and
 ``.`` too - resources are URLs and paths, where those are ordinary
 characters). ``..`` has no special meaning: the resolver removed dot-segments
-before the policy sees the resource. ``/ws/**`` matches ``/ws/a`` and ``/ws/``
+before the policy sees the resource, and patterns are NFC like resources. ``/ws/**`` matches ``/ws/a`` and ``/ws/``
 but not ``/ws``, ``/wsx`` or ``/ws-evil/a``.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,9 @@ def resource_glob(pattern: Any) -> Glob:
         raise GlobProblem("resource pattern contains control characters")
     if "***" in pattern:
         raise GlobProblem("resource pattern has more than two * in a row")
-    return _compile(pattern, star="[^/]*", double="(?s:.*)")
+    # Resolvers hand the policy NFC text (storage keys); a pattern typed in NFD ("cafe\u0301") would
+    # otherwise never match its own name, and a deny rule written that way would deny nothing.
+    return _compile(unicodedata.normalize("NFC", pattern), star="[^/]*", double="(?s:.*)")
 
 
 def _compile(pattern: str, *, star: str, double: str) -> Glob:

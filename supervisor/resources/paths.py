@@ -7,17 +7,22 @@ A key is a relative POSIX path chosen by bundle code (untrusted). The rules:
   separator some layer might honour), and anything whose *real* path after
   following symlinks (``Path.resolve``) is not inside the root;
 - refused as malformed (``input.invalid``): empty keys, NUL and other control
-  characters, keys over 1024 characters or a component over 255 bytes;
+  characters, lone surrogates (they would reach the file system as raw bytes:
+  ``caf\udcc3\udca9`` is the file ``café`` under another name), keys over 1024
+  characters, a component over 255 bytes, or a resolved path over the
+  file system's ``PATH_MAX``;
 - normalised: ``.`` components and repeated slashes are dropped
   (``a/./b``, ``a//b`` -> ``a/b``) and text is NFC, so every spelling of a file
   has one canonical form. ``%2e%2e`` is not decoded: it is a literal name.
 
 The policy matches ``storage_resource(...)``, built from the resolved path,
-never from the raw key.
+never from the raw key, and NFC like the key (a symlink target spelled NFD on
+disk still matches a rule written for the name).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from pathlib import Path, PurePosixPath
@@ -32,6 +37,8 @@ __all__ = [
 MAX_KEY_CHARS = 1024
 MAX_COMPONENT_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+PATH_MAX = 4096  # Linux: longer paths fail with ENAMETOOLONG in the middle of an operation
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -43,6 +50,8 @@ def split_storage_key(raw: str, *, allow_root: bool = False) -> tuple[str, ...]:
         raise StockadeError("input.invalid", f"storage path longer than {MAX_KEY_CHARS} characters")
     if _CONTROL.search(raw):
         raise StockadeError("input.invalid", "storage path contains a NUL or control character")
+    if _SURROGATE.search(raw):
+        raise StockadeError("input.invalid", "storage path is not valid Unicode text (lone surrogate)")
     if "\\" in raw:
         raise StockadeError("storage.escape", "storage path contains a backslash")
     if raw.startswith("/"):
@@ -68,7 +77,8 @@ def resolve_storage_path(root: Path, raw: str, *, allow_root: bool = False) -> P
     try:
         real_root = Path(root).resolve(strict=False)
         target = real_root.joinpath(*parts).resolve(strict=False)
-    except (OSError, RuntimeError) as exc:  # symlink loop, unreadable component
+        size = len(os.fsencode(target))
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, unreadable component
         raise StockadeError("storage.escape", f"storage path cannot be resolved safely ({exc.__class__.__name__})") from None
     if target == real_root:
         if allow_root:
@@ -76,6 +86,8 @@ def resolve_storage_path(root: Path, raw: str, *, allow_root: bool = False) -> P
         raise StockadeError("storage.escape", "storage path resolves to the storage root itself")
     if not target.is_relative_to(real_root):
         raise StockadeError("storage.escape", "storage path resolves outside the storage root")
+    if size >= PATH_MAX:
+        raise StockadeError("input.invalid", "storage path is too long once placed under the storage root")
     return target
 
 
@@ -95,5 +107,5 @@ def storage_resource(tenant: str, user: str | None, rel: str | PurePosixPath) ->
     """
     check_segment(tenant, "tenant id")
     scope = f"u/{check_segment(user, 'user id')}" if user is not None else "shared"
-    rel_text = str(PurePosixPath(rel)) if str(rel) not in ("", ".") else ""
+    rel_text = unicodedata.normalize("NFC", str(PurePosixPath(rel))) if str(rel) not in ("", ".") else ""
     return f"storage://{scope}/{rel_text}"

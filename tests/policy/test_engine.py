@@ -115,6 +115,18 @@ def test_resource_glob_is_literal_apart_from_stars():
     assert evaluate(p, req("http.request", resource="https://a.example/s?q=x.y")).rule_id is None
 
 
+
+@pytest.mark.parametrize("pattern", ["storage://u/usr_1/cafe\u0301/**", "storage://u/usr_1/caf\u00e9/**"])
+def test_resource_pattern_is_nfc_like_the_resource(pattern):
+    # a deny written in NFD (as some editors save it) must still deny the NFC resource the resolver hands over;
+    # 25 filler rules switch on the prefix index, which files rules under the head of the (NFC) pattern
+    filler = "".join(f"- id: f{i}\n  tool: storage.read\n  resource: 'storage://u/usr_9/{i}/**'\n  verdict: allow\n"
+                     for i in range(25))
+    p = policy(f"- id: no-cafe\n  tool: storage.*\n  resource: '{pattern}'\n  verdict: deny\n{filler}"
+               "- id: rest\n  tool: storage.*\n  resource: 'storage://u/usr_1/**'\n  verdict: allow\n")
+    assert evaluate(p, req("storage.read", resource="storage://u/usr_1/caf\u00e9/x")).rule_id == "no-cafe"
+    assert evaluate(p, req("storage.read", resource="storage://u/usr_1/cafe/x")).rule_id == "rest"
+
 # --- conditions and type confusion -----------------------------------------------------------------
 
 def cond(spec: str) -> Any:

@@ -14,6 +14,11 @@ from supervisor.resources.paths import check_segment, resolve_storage_path, spli
     ("a", ("a",)), ("a/b/c.txt", ("a", "b", "c.txt")), ("a/./b", ("a", "b")), ("a//b/", ("a", "b")),
     ("./a", ("a",)), ("%2e%2e/x", ("%2e%2e", "x")), ("...", ("...",)), ("..a/b..", ("..a", "b..")),
     ("caf\u0065\u0301", ("café",)),  # NFD -> NFC: one spelling per name
+    # look-alikes and encodings of ".." are literal names: nothing downstream decodes or NFKC-folds them
+    ("%252e%252e/x", ("%252e%252e", "x")), (".%2e/x", (".%2e", "x")), ("\u2024\u2024/x", ("\u2024\u2024", "x")),
+    ("\uff0e\uff0e/x", ("\uff0e\uff0e", "x")), ("\u2025/x", ("\u2025", "x")), ("..\u200b", ("..\u200b",)),
+    (".. ", (".. ",)), ("~/x", ("~", "x")), ("~root", ("~root",)), ("\u2215etc\u2215passwd", ("\u2215etc\u2215passwd",)),
+    ("\uff0fetc", ("\uff0fetc",)), ("CON", ("CON",)), ("a/b.", ("a", "b.")), ("*", ("*",)), ("[a]?", ("[a]?",)),
 ])
 def test_split(raw, parts):
     assert split_storage_key(raw) == parts
@@ -25,6 +30,9 @@ def test_split(raw, parts):
     ("..\\x", "storage.escape"), ("", "input.invalid"), (".", "input.invalid"), ("/", "storage.escape"),
     ("a\x00b", "input.invalid"), ("a\x1fb", "input.invalid"), ("a\x7f", "input.invalid"),
     ("x" * 1025, "input.invalid"), ("é" * 128, "input.invalid"), (5, "input.invalid"),
+    # lone surrogates reach the file system as raw bytes: "caf\udcc3\udca9" *is* the file "café", under a
+    # name no rule written for "café" matches
+    ("caf\udcc3\udca9", "input.invalid"), ("\ud800", "input.invalid"), ("a/\udcff", "input.invalid"),
 ])
 def test_split_refusals(raw, code):
     with pytest.raises(StockadeError) as ei:
@@ -75,3 +83,17 @@ def test_storage_resource():
             storage_resource(bad, None, "x")
         with pytest.raises(StockadeError):
             check_segment(bad, "user id")
+
+
+def test_resolved_path_longer_than_path_max_is_input_invalid(tmp_path):
+    # 16 components of 252 bytes pass the per-key limits but not PATH_MAX once under a deep root
+    # (they used to fail half-way through a write with ENAMETOOLONG: tool.failed, or storage.escape on read)
+    root = tmp_path / ("d" * 200) / ("e" * 200)
+    key = "/".join(["\U0001d552" * 63] * 16)
+    with pytest.raises(StockadeError) as ei:
+        resolve_storage_path(root, key)
+    assert ei.value.code == "input.invalid"
+
+
+def test_resource_is_nfc_even_when_the_disk_name_is_not():
+    assert storage_resource("ten_1", "usr_1", "cafe\u0301/x") == "storage://u/usr_1/caf\u00e9/x"

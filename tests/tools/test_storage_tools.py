@@ -303,3 +303,101 @@ async def test_usage_counter_matches_a_full_walk_and_picks_up_outside_changes(tm
     with pytest.raises(StockadeError) as ei:
         await _run(WRITE, s, path="more", content="x" * 200_000)
     assert ei.value.code == "storage.quota"
+
+
+@pytest.mark.parametrize("path", [
+    "%252e%252e/x", ".%2e/x", "\u2024\u2024/x", "\uff0e\uff0e/x", "a/\u2025/x", "~/x", "..\u200b", ".. ",
+    "\u2215etc\u2215passwd", "\uff0fetc", "CON", "aux.txt", "b.", "*", "?", "[a]",
+])
+async def test_dot_dot_look_alikes_are_literal_names_inside_the_root(tmp_path, path):
+    s = _settings(tmp_path)
+    out = await _run(WRITE, s, path=path, content="lit")
+    assert out["path"] == path
+    assert (_root(tmp_path) / path).read_text() == "lit"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert (await _run(READ, s, path=path))["content"] == "lit"
+    if "/" not in path:  # glob characters are not interpreted by list: only the exact entry is there
+        assert [e["name"] for e in (await _run(LIST, s))["entries"]] == [path]
+
+
+async def test_path_too_long_under_the_root_is_input_invalid_for_every_tool(tmp_path):
+    s = Settings(data_dir=tmp_path / ("d" * 200) / ("e" * 200) / "data")
+    key = "/".join(["\U0001d552" * 63] * 16)  # 1023 characters, 4047 bytes: only too long once under the root
+    for tool, extra in ((WRITE, {"content": "x"}), (READ, {}), (LIST, {}), (DELETE, {}), (ROLLBACK, {})):
+        with pytest.raises(StockadeError) as ei:
+            await _run(tool, s, path=key, **extra)
+        assert ei.value.code == "input.invalid", tool.name
+
+
+async def test_quota_counts_directories_so_empty_files_cannot_fill_the_disk(tmp_path):
+    # each write of an empty file under ~500 directories used to cost 2 MB of disk and 0 bytes of quota
+    s = _settings(tmp_path, storage_quota_mb=1)
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="deep/" + "a/" * 500 + "f", content="")  # 2 MB of directories alone
+    assert ei.value.code == "storage.quota"
+    with pytest.raises(StockadeError) as ei:
+        for i in range(20):
+            await _run(WRITE, s, path=f"d{i}/" + "a/" * 100 + "f", content="")
+    assert ei.value.code == "storage.quota"
+    assert i == 2  # 100 directories = 400 kB each
+    dirs = sum(1 for p in (tmp_path / "data").rglob("*") if p.is_dir())
+    assert dirs < 1024 * 1024 // _area_mod().DIR_BYTES
+    area = _area_mod().TenantArea(tmp_path / "data", "ten_a", 1024 * 1024)
+    assert area._usage_get() == area.usage() <= 1024 * 1024
+    # deleting gives the directories back (pruned), and the counter still matches a full walk
+    await _run(DELETE, s, path="d0/" + "a/" * 100 + "f")
+    await _run(WRITE, s, path=f"d{i}/" + "a/" * 100 + "f", content="")  # fits again
+    await _run(WRITE, s, path="x/y/z", content="1")
+    await _run(ROLLBACK, s, path="x/y/z")
+    assert area._usage_get() == area.usage()
+
+
+def _area_mod() -> Any:
+    from supervisor.tools.storage import _area
+
+    return _area
+
+
+async def test_link_swapped_between_policy_check_and_use_is_refused(tmp_path):
+    # TOCTOU: the policy judged "link/f" as allowed/f; by the time the tool runs, link points at denied/.
+    # No storage tool creates links (so a bundle cannot win this race on its own), but one present in the
+    # tenant's storage must not move a checked call elsewhere.
+    from types import SimpleNamespace
+
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="allowed/f", content="ok")
+    await _run(WRITE, s, path="denied/f", content="secret")
+    root = _root(tmp_path)
+    os.symlink("allowed", root / "link")
+    for tool, extra in ((READ, {}), (WRITE, {"content": "x"}), (DELETE, {}), (ROLLBACK, {}), (LIST, {})):
+        ctx = make_ctx(s)
+        args = tool.args_model.model_validate({"path": "link/f" if tool is not LIST else "link", **extra})
+        ctx.call = SimpleNamespace(resource=tool.resource(args, ctx))
+        assert ctx.call.resource.startswith("storage://u/usr_1/allowed")
+        (root / "link").unlink()
+        os.symlink("denied", root / "link")
+        try:
+            with pytest.raises(StockadeError) as ei:
+                await tool.run(args, ctx)
+            assert ei.value.code == "storage.escape", tool.name
+        finally:
+            (root / "link").unlink()
+            os.symlink("allowed", root / "link")
+    assert (root / "denied" / "f").read_text() == "secret"
+
+
+async def test_concurrent_calls_racing_on_one_path_stay_inside_and_consistent(tmp_path):
+    # two calls of one run at once: write/delete/rollback/read of the same path and of its parent as a file
+    s = _settings(tmp_path, storage_quota_mb=1)
+    await _run(WRITE, s, path="a/b", content="v0")
+    ops = []
+    for i in range(30):
+        ops += [_run(WRITE, s, path="a/b", content=f"v{i}"), _run(DELETE, s, path="a/b"), _run(ROLLBACK, s, path="a/b"),
+                _run(WRITE, s, path="a", content="file"), _run(READ, s, path="a/b"), _run(LIST, s, path="a")]
+    results = await asyncio.gather(*ops, return_exceptions=True)
+    bad = [r for r in results if not isinstance(r, (dict, StockadeError))]
+    assert bad == []
+    assert {r.code for r in results if isinstance(r, StockadeError)} <= {"storage.not_found", "input.invalid"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    area = _area_mod().TenantArea(tmp_path / "data", "ten_a", 1024 * 1024)
+    assert area._usage_get() == area.usage()

@@ -112,13 +112,21 @@ def _prepare(work: Path, args: CodeRunArgs, uid: int | None) -> dict[str, tuple[
 
 def _write_inputs(work: Path, args: CodeRunArgs) -> None:
     (work / "main.py").write_text(args.code, encoding="utf-8")
+    seen: set[tuple[str, ...]] = set()
     for name, content in args.files.items():
         rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts or name in ("main.py",) or "\x00" in name:
-            raise StockadeError("input.invalid", f"bad input file name {name!r}")
+        # judged on the normalised parts: "./main.py" and "a//main.py/.." spellings must not slip past
+        # (a policy matching args.code would be checking code that never runs)
+        if (rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts == ("main.py",) or "\x00" in name
+                or rel.parts in seen):
+            raise StockadeError("input.invalid", f"bad or repeated input file name {name!r}")
+        seen.add(rel.parts)
         dest = work / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(content, encoding="utf-8")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(content, encoding="utf-8")
+        except (OSError, UnicodeError) as exc:  # a file where a directory is needed, a too-long name, a lone surrogate
+            raise StockadeError("input.invalid", f"input file {name!r} cannot be written ({exc.__class__.__name__})") from None
 
 
 def _snapshot(work: Path) -> dict[str, tuple[int, float]]:

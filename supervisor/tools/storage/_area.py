@@ -16,7 +16,9 @@ newest snapshot back into place (restoring, or removing a file that did not
 exist), so a rollback undoes exactly the last write or delete of that path.
 
 Quota: live files *and* snapshots of the tenant count against
-``storage_quota_mb``. When a write would not fit, the tenant's oldest
+``storage_quota_mb``, and so does every directory, at ``DIR_BYTES`` (a block
+on disk) each: otherwise empty files under deep keys (``a/a/.../a/f``, up to
+~500 directories per write) would fill the disk while counting 0 bytes. When a write would not fit, the tenant's oldest
 snapshots are dropped first (history is best-effort, live data is not); if it
 still does not fit, ``storage.quota`` and nothing changes.
 """
@@ -37,11 +39,12 @@ from pathlib import Path
 from supervisor.errors import StockadeError
 from supervisor.resources.paths import check_segment, resolve_storage_path
 
-__all__ = ["MAX_VERSIONS", "Located", "TenantArea"]
+__all__ = ["DIR_BYTES", "MAX_VERSIONS", "Located", "TenantArea"]
 
 MAX_VERSIONS = 10  # snapshots kept per path
 _USAGE_TTL_S = 300.0  # the byte counter is re-walked at least this often
 _LIST_LIMIT = 1000
+DIR_BYTES = 4096  # what one directory is charged against the quota
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ class TenantArea:
                     raise StockadeError("input.invalid", f"a parent of {loc.rel!r} is a file")
                 parent = parent.parent
             used = self._usage_get()
-            used -= self._make_room(used, len(data))  # may drop old snapshots: only after every other check
+            vdir = self._versions_dir(loc)
+            new_dirs = self._missing_dirs(loc.path.parent) + self._missing_dirs(vdir)
+            # may drop old snapshots: only after every other check
+            used -= self._make_room(used, len(data) + new_dirs * DIR_BYTES, keep=vdir)
             loc.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._temp_file(data)
             try:
@@ -107,7 +113,7 @@ class TenantArea:
                 os.replace(tmp, loc.path)
             finally:
                 tmp.unlink(missing_ok=True)
-            used += len(data) - self._trim_versions(loc)
+            used += len(data) + new_dirs * DIR_BYTES - self._trim_versions(loc)
             self._usage_set(used)
             return not existed
 
@@ -116,11 +122,13 @@ class TenantArea:
             if not loc.path.is_file() or loc.path.is_symlink():
                 raise StockadeError("storage.not_found", f"no file {loc.rel!r}")
             vdir = self._versions_dir(loc)
+            used = self._usage_get()  # before any mkdir: a recount must not see the new directories twice
+            new_dirs = self._missing_dirs(vdir)
             vdir.mkdir(parents=True, exist_ok=True)
-            used = self._usage_get()
             os.replace(loc.path, vdir / f"{self._next_stamp(vdir)}.f")  # the snapshot *is* the old inode
-            self._usage_set(used - self._trim_versions(loc))
-            _prune_empty_dirs(loc.path.parent, loc.root)
+            used -= self._trim_versions(loc)
+            pruned = _prune_empty_dirs(loc.path.parent, loc.root)
+            self._usage_set(used + (new_dirs - pruned) * DIR_BYTES)
 
     def rollback(self, loc: Located) -> str:
         """Undo the last write/delete of the path; ``"restored"`` or ``"removed"``."""
@@ -131,26 +139,31 @@ class TenantArea:
                 raise StockadeError("storage.not_found", f"no earlier version of {loc.rel!r}")
             latest = snaps[-1]
             used = self._usage_get()
+            new_dirs = 0
             if loc.path.is_file():
                 used -= loc.path.stat().st_size  # the current content is discarded; the snapshot becomes live
             if latest.suffix == ".absent":
                 if loc.path.is_file():
                     loc.path.unlink()
-                    _prune_empty_dirs(loc.path.parent, loc.root)
+                    new_dirs -= _prune_empty_dirs(loc.path.parent, loc.root)
                 latest.unlink()
                 outcome = "removed"
             else:
                 if loc.path.is_dir():
                     raise StockadeError("input.invalid", f"{loc.rel!r} is now a directory")
+                missing = self._missing_dirs(loc.path.parent)
                 try:
                     loc.path.parent.mkdir(parents=True, exist_ok=True)
+                    new_dirs += missing
                 except (FileExistsError, NotADirectoryError):
                     raise StockadeError("input.invalid", f"a parent of {loc.rel!r} is now a file") from None
                 os.replace(latest, loc.path)
                 outcome = "restored"
             if not _snapshots(vdir):
                 shutil.rmtree(vdir, ignore_errors=True)
-            self._usage_set(used)
+                if not vdir.exists():
+                    new_dirs -= 1
+            self._usage_set(used + new_dirs * DIR_BYTES)
             return outcome
 
     def list(self, loc: Located) -> tuple[list[dict[str, object]], bool]:
@@ -176,12 +189,14 @@ class TenantArea:
         return entries[:_LIST_LIMIT], len(entries) > _LIST_LIMIT
 
     def usage(self) -> int:
-        """Bytes of live files and snapshots (not in-flight temp files), by walking the tree."""
+        """Bytes of live files and snapshots (not in-flight temp files) plus ``DIR_BYTES`` per directory
+        below the tenant directory, by walking the tree."""
         total = 0
         for dirpath, dirnames, filenames in os.walk(self.base, followlinks=False):
             if dirpath == str(self.base):
                 dirnames[:] = [d for d in dirnames if d != ".tmp"]
                 filenames = [f for f in filenames if f not in (".lock", ".usage")]
+            total += DIR_BYTES * sum(1 for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
             for name in filenames:
                 try:
                     total += os.lstat(os.path.join(dirpath, name)).st_size
@@ -226,9 +241,10 @@ class TenantArea:
                 pass
         path.write_text(f"{max(0, value)} {computed_at}")
 
-    def _make_room(self, used: int, incoming: int) -> int:
+    def _make_room(self, used: int, incoming: int, *, keep: Path) -> int:
         """Ensure used + incoming fits, dropping the oldest snapshots if that is enough (else change
-        nothing and raise ``storage.quota``); return the bytes freed."""
+        nothing and raise ``storage.quota``); return the bytes freed. A snapshot directory left empty
+        is removed too (and its ``DIR_BYTES`` freed), except ``keep``: the caller already counted on it."""
         over = used + incoming - self.quota_bytes
         if over <= 0:
             return 0
@@ -246,7 +262,21 @@ class TenantArea:
             )
         for snap in victims:
             snap.unlink(missing_ok=True)
+        for vdir in {snap.parent for snap in victims} - {keep}:
+            try:
+                vdir.rmdir()  # only when empty
+                freed += DIR_BYTES
+            except OSError:
+                pass
         return freed
+
+    def _missing_dirs(self, d: Path) -> int:
+        """How many directories ``mkdir(parents=True)`` of ``d`` would create below the tenant directory."""
+        n = 0
+        while d != self.base and d.is_relative_to(self.base) and not os.path.lexists(d):
+            n += 1
+            d = d.parent
+        return n
 
     def _all_snapshots_oldest_first(self) -> list[Path]:
         root = self.base / ".versions"
@@ -310,12 +340,14 @@ def _is_file(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _prune_empty_dirs(start: Path, stop: Path) -> None:
-    """Remove now-empty directories from ``start`` up to (not including) ``stop``."""
-    d = start
+def _prune_empty_dirs(start: Path, stop: Path) -> int:
+    """Remove now-empty directories from ``start`` up to (not including) ``stop``; return how many."""
+    d, n = start, 0
     while d != stop and d.is_relative_to(stop):
         try:
             d.rmdir()
         except OSError:
-            return
+            return n
+        n += 1
         d = d.parent
+    return n

@@ -79,6 +79,18 @@ class _StorageTool:
         _scope, user = _scope_key(args, ctx)
         return storage_resource(ctx.tenant_id, user, self._locate(args, ctx).rel)
 
+    def _locate_checked(self, args: Any, ctx: ToolContext) -> Located:
+        """Resolve again for the run and insist on the resource the policy judged: a link swapped
+        between the check and the use (another call of the run racing this one) must not move the
+        call to a path the policy never saw."""
+        loc = self._locate(args, ctx)
+        checked = getattr(ctx.call, "resource", None)
+        if checked is not None:
+            _scope, user = _scope_key(args, ctx)
+            if storage_resource(ctx.tenant_id, user, loc.rel) != checked:
+                raise StockadeError("storage.escape", "the storage path resolves elsewhere than when the policy checked it")
+        return loc
+
     def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
         return None
 
@@ -92,7 +104,7 @@ class StorageReadTool(_StorageTool):
     args_model: ClassVar[type[ToolArgs]] = StoragePathArgs
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
-        area, loc = _area(ctx), self._locate(args, ctx)
+        area, loc = _area(ctx), self._locate_checked(args, ctx)
         # the result travels back in one socket frame; leave room for JSON escaping
         cap = max(1024, int(ctx.services.settings.sandbox_max_frame_bytes) // 2)
         data = await asyncio.to_thread(area.read, loc, cap)
@@ -107,7 +119,7 @@ class StorageWriteTool(_StorageTool):
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         assert isinstance(args, StorageWriteArgs)
-        area, loc = _area(ctx), self._locate(args, ctx)
+        area, loc = _area(ctx), self._locate_checked(args, ctx)
         try:
             data = args.content.encode("utf-8")
         except UnicodeEncodeError:
@@ -122,7 +134,7 @@ class StorageListTool(_StorageTool):
     _allow_root: ClassVar[bool] = True
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
-        area, loc = _area(ctx), self._locate(args, ctx)
+        area, loc = _area(ctx), self._locate_checked(args, ctx)
         entries, truncated = await asyncio.to_thread(area.list, loc)
         return ToolResult(self._out(loc, entries=entries, truncated=truncated))
 
@@ -134,7 +146,7 @@ class StorageDeleteTool(_StorageTool):
     side_effects: ClassVar[bool] = True
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
-        area, loc = _area(ctx), self._locate(args, ctx)
+        area, loc = _area(ctx), self._locate_checked(args, ctx)
         await asyncio.to_thread(area.delete, loc)
         return ToolResult(self._out(loc, deleted=True))
 
@@ -146,6 +158,6 @@ class StorageRollbackTool(_StorageTool):
     side_effects: ClassVar[bool] = True
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
-        area, loc = _area(ctx), self._locate(args, ctx)
+        area, loc = _area(ctx), self._locate_checked(args, ctx)
         outcome = await asyncio.to_thread(area.rollback, loc)
         return ToolResult(self._out(loc, outcome=outcome))
