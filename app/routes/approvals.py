@@ -73,9 +73,18 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
         raise StockadeError("approval.expired", f"approval {approval_id} expired: {RUN_ENDED}")
     status = "approved" if body.decision == "approve" else "rejected"
     # the decision is audited first: if it cannot be recorded, it is not made
-    await rt.recorder.record(p.tenant_id, f"approval.{status}", run_id=a.run_id, tool=a.tool, args_hash=a.args_hash,
-                             rule_id=a.rule_id, detail={"approval_id": a.id, "approver_key_id": p.key_id,
-                                                        "reason": body.reason})
-    decided = await s.approvals.decide(p.tenant_id, approval_id, status=status, decided_by=p.key_id,
-                                       reason=body.reason, now=time.time())
+    rec = await rt.recorder.record(p.tenant_id, f"approval.{status}", run_id=a.run_id, tool=a.tool,
+                                   args_hash=a.args_hash, rule_id=a.rule_id,
+                                   detail={"approval_id": a.id, "approver_key_id": p.key_id, "reason": body.reason})
+    try:
+        decided = await s.approvals.decide(p.tenant_id, approval_id, status=status, decided_by=p.key_id,
+                                           reason=body.reason, now=time.time())
+    except StockadeError as exc:
+        if exc.code in ("approval.already_decided", "approval.expired"):
+            # Another decision (or the expiry) got there between our check and our write: the record
+            # above names a decision that was never made. The chain cannot be edited, so it is voided.
+            await rt.recorder.record(p.tenant_id, "approval.void", run_id=a.run_id, tool=a.tool,
+                                     args_hash=a.args_hash, rule_id=a.rule_id, code=exc.code,
+                                     detail={"approval_id": a.id, "voids_seq": rec.seq, "approver_key_id": p.key_id})
+        raise
     return approval_json(decided)

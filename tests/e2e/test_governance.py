@@ -224,6 +224,32 @@ async def test_cancel_takes_the_runs_requests_off_the_approvers_list_at_once(nod
         assert events[-1].event == "run.canceled"
 
 
+async def test_racing_decisions_leave_one_decision_in_the_audit_log(node):
+    """Two approvers decide the same request at once (approve and reject): one wins (200), one gets 409.
+    Each wrote its decision record before deciding (no unrecorded decision); the loser's record is
+    then voided by an ``approval.void`` record naming it, so the log holds exactly one decision."""
+    _, _, c = await setup(node)
+    approver = (await c.post("/v1/keys", json={"role": "approver"})).json()["api_key"]
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}))
+    async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+        if e.event == "approval.requested":
+            apr = e.data["approval_id"]
+            break
+    a, b = node.client(approver), c
+    r1, r2 = await asyncio.gather(a.post(f"/v1/approvals/{apr}/decision", json={"decision": "approve"}),
+                                  b.post(f"/v1/approvals/{apr}/decision", json={"decision": "reject"}))
+    assert sorted([r1.status_code, r2.status_code]) == [200, 409], (r1.text, r2.text)
+    winner = (r1 if r1.status_code == 200 else r2).json()["status"]
+    await collect(c, run["id"])
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    decisions = {a["seq"]: a for a in audit if a["kind"] in ("approval.approved", "approval.rejected")
+                 and a["detail"].get("approval_id") == apr}
+    voided = {a["detail"]["voids_seq"] for a in audit if a["kind"] == "approval.void"}
+    assert voided <= set(decisions)
+    standing = [d["kind"] for seq, d in decisions.items() if seq not in voided]
+    assert standing == [f"approval.{winner}"], audit
+
+
 async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
     _, _, c = await setup(node)
     run = await start(c, "caller", plan(
