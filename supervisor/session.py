@@ -132,6 +132,15 @@ class RunSession:
             return False
         raise FrameError("frame.invalid", f"unknown frame type {kind!r}")
 
+    async def abort_calls(self, grace_s: float) -> None:
+        """Cancel the calls still in flight and wait (bounded) until they have settled and recorded their
+        outcome: the node is stopping, and its stores close next."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+
     def _call_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         self._slots.release()

@@ -84,7 +84,20 @@ async def create_run(body: CreateRun, rt: Any = Depends(runtime), p: Principal =
     stored, created = await s.runs.create_run(run)
     if not created:
         return _replay(stored, request_hash)
-    await s.queue.enqueue(stored.tenant_id, stored.id)
+    try:
+        await s.queue.enqueue(stored.tenant_id, stored.id)
+    except StockadeError as exc:
+        # Stored but never queued: no worker would ever take it, so it must not stay queued (its clients
+        # would wait forever, a retry with the same Idempotency-Key would get it back). It ends here, failed
+        # with the queue's error - never run later behind the back of a client that was told 503.
+        try:
+            await finish_run_anywhere(s.runs, s.events, stored.tenant_id, stored.id, "failed",
+                                      {"code": exc.code, "message": f"the run could not be queued: {exc.detail}"},
+                                      ended_at=time.time(), error_code=exc.code,
+                                      error_message=f"the run could not be queued: {exc.detail}")
+        except StockadeError:
+            pass
+        raise
     rt.metrics.runs_created.inc()
     return JSONResponse(run_json(stored), status_code=201)
 

@@ -13,6 +13,7 @@ from typing import Any
 from sandbox.errors import SandboxError
 from sandbox.launcher import launch
 from supervisor.audit.recorder import AuditRecorder
+from supervisor.chain.approval import withdraw_run
 from supervisor.chain.base import Binding
 from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
@@ -29,6 +30,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("stockade.worker")
 CANCEL_POLL_S = 0.25
 OUTAGE_RETRY_S = 5.0  # a run the store could not record is retried this often until the store is back
+SHUTDOWN_END_S = 5.0  # a stopping worker's bound on ending each of its runs (SIGTERM; compose grants 15 s)
 DRAIN_MIN_S = 2.0  # after the sandbox exits: the least time its session gets to read the rest, and the
 # grace its calls still in flight then get
 
@@ -54,6 +56,14 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self, stop: asyncio.Event) -> None:
+        try:
+            await self._claim_loop(stop)
+        finally:
+            # Also when this loop is canceled (the node stops): end the runs in flight here while the
+            # stores are still open, so their calls settle and they end now, not one visibility timeout later.
+            await self.drain()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self._slots.acquire()
             try:
@@ -73,7 +83,6 @@ class Worker:
             task = asyncio.get_running_loop().create_task(self._guarded(job))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
-        await self.drain()
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -110,14 +119,16 @@ class Worker:
         with contextlib.suppress(Exception):
             if job.attempts < 3:
                 return await self.s.queue.requeue(job)
-            await self.s.queue.fail(job)
-            # a run nothing will pick up again must still end, or its clients wait forever
+            # a run nothing will pick up again must still end, or its clients wait forever: the job is
+            # dropped only once the run has ended (else it stays, and comes back after the visibility timeout)
             run = await self.s.runs.get_run_any_tenant(job.run_id)
             if run is not None and run.status not in TERMINAL_STATUSES:
                 await self._release(run)
+                await withdraw_run(self.s.approvals, run.tenant_id, run.id)
                 await finish_run_anywhere(self.s.runs, self.s.events, run.tenant_id, run.id, "failed",
                                           {"code": "internal", "message": "the run could not be carried out"},
                                           ended_at=time.time(), error_code="internal")
+            await self.s.queue.fail(job)
 
     # ------------------------------------------------------------------ one run
     async def execute(self, job: Job) -> None:
@@ -130,6 +141,8 @@ class Worker:
         if run.status != "queued":
             # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
             await self._release(run)  # settled before the terminal event: a client that sees the end sees it all
+            # nobody waits for its approvals any more: off the approvers' list now, not at their expiry
+            await withdraw_run(s.approvals, run.tenant_id, run.id)
             lost = "the run was interrupted: its worker was lost, or could not record it (store unavailable)"
             await emitter.finish("failed", {"code": "run.worker_lost", "message": lost},
                                  ended_at=time.time(), error_code="run.worker_lost", error_message=lost)
@@ -141,6 +154,9 @@ class Worker:
         try:
             await self._execute(run, emitter)
             ended = True
+        except asyncio.CancelledError:  # this node is stopping (SIGTERM): its sandbox is gone, so is the run
+            ended = await self._end_on_shutdown(run, emitter)
+            raise
         finally:
             heartbeat.cancel()
             await self._release(run)
@@ -149,6 +165,21 @@ class Worker:
             self.started.pop(run.id, None)
             for forget in self.on_run_end:
                 forget(run.tenant_id, run.id)
+
+    async def _end_on_shutdown(self, run: Run, emitter: RunEmitter) -> bool:
+        """End a run whose worker stops under it, at once (as a lost run: it is never re-run). False if
+        that could not be stored: its job then stays, and another worker ends it after the visibility timeout."""
+        lost = "the run was interrupted: its worker shut down"
+        try:
+            await asyncio.wait_for(self._release(run), SHUTDOWN_END_S)
+            await asyncio.wait_for(withdraw_run(self.s.approvals, run.tenant_id, run.id), SHUTDOWN_END_S)
+            await asyncio.wait_for(emitter.finish("failed", {"code": "run.worker_lost", "message": lost},
+                                                  ended_at=time.time(), error_code="run.worker_lost",
+                                                  error_message=lost), SHUTDOWN_END_S)
+        except Exception:
+            log.warning("run %s: could not be ended on shutdown; another worker ends it", run.id, exc_info=True)
+            return False
+        return True
 
     async def _heartbeat(self, job: Job) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)
@@ -193,6 +224,8 @@ class Worker:
         warm_task: asyncio.Task | None = None
         killer: dict[str, str] = {}
         box: dict[str, Any] = {}  # the sandbox process, the task serving its connection
+        sessions: list[RunSession] = []
+        stopping = False
         try:
             history = []
             if run.conversation_id:
@@ -206,7 +239,6 @@ class Worker:
             welcome = {"run_id": run.id, "bundle": run.bundle, "input": run.input, "history": history,
                        "conversation_id": run.conversation_id, "entrypoint": getattr(manifest, "entrypoint", "main.py")}
             launched = asyncio.Event()
-            sessions: list[RunSession] = []
 
             def on_limit(code: str) -> None:
                 killer.setdefault("code", code)
@@ -279,9 +311,15 @@ class Worker:
             if status != "succeeded":
                 fields.update(error_code=data.get("code"), error_message=data.get("message"))
             await emitter.finish(status, data, **fields)
+        except asyncio.CancelledError:
+            stopping = True  # the node is stopping (the only canceller): its stores close next
+            raise
         finally:
             if proc is not None:
                 proc.kill()
+            if stopping:
+                for sess in sessions:  # calls in flight settle and record their outcome while they still can
+                    await sess.abort_calls(SHUTDOWN_END_S)
             for task in (warm_task, box.get("serving")):
                 if task is not None and not task.done():
                     task.cancel()  # a session still reading what a dead sandbox wrote: the run is over

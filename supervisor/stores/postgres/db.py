@@ -90,9 +90,19 @@ class PgDB:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         """A raw pooled connection (no transaction, login role). For migrations and admin work."""
-        async with _mapped():
-            async with self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S) as conn:
-                yield conn
+        connected = False
+        try:
+            async with _mapped():
+                async with self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S) as conn:
+                    connected = True
+                    yield conn
+        except asyncpg.PostgresError as exc:
+            if connected:
+                raise
+            # Whatever the server answers to a *new connection* (the database refuses connections for
+            # maintenance, was dropped, the login was revoked) means the store cannot be used now, not an
+            # internal error: callers fail closed on store.unavailable and retry until it is back.
+            raise StockadeError("store.unavailable", f"PostgreSQL store unavailable: {type(exc).__name__}: {exc}") from exc
 
     @asynccontextmanager
     async def _tx(self, begin_sql: str) -> AsyncIterator[asyncpg.Connection]:

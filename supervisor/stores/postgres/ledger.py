@@ -275,7 +275,10 @@ class PgLedger:
             if not conn.is_closed():
                 return conn
             await self.db.pool.release(conn)
-        return await self.db.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S)
+        try:
+            return await self.db.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S)
+        except asyncpg.PostgresError as exc:  # refused at connect (database not accepting connections...)
+            raise _unavailable() from exc
 
     async def _unlease(self, conn: Any, healthy: bool) -> None:
         if healthy and len(self._spares) < _SPARES and not conn.is_closed():
