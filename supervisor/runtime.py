@@ -108,8 +108,26 @@ class Runtime:
             try:
                 await s.ledger.sweep(now)
                 await s.approvals.expire_due(now)
+                await self.requeue_orphans(now)
             except Exception:
                 log.warning("sweep failed", exc_info=True)
+
+    async def requeue_orphans(self, now: float) -> int:
+        """Queue again the runs stored as queued whose job the queue no longer holds: Redis restarted
+        empty (compose keeps nothing on disk), so no worker would ever take them. Only when no job is
+        waiting at all, and only runs queued longer than two visibility timeouts; a second job for a run
+        that turns out to be alive is harmless (one claimer starts a queued run; a first delivery for a
+        started run is dropped: Worker.execute)."""
+        s = self.services
+        if not self.settings.redis_url or await s.queue.depth() > 0:
+            return 0
+        cutoff = now - 2 * float(self.settings.queue_visibility_s)
+        orphans = [r for r in await s.runs.list_runs_by_status(("queued",), limit=1000) if r.created_at < cutoff]
+        for run in orphans:
+            await s.queue.enqueue(run.tenant_id, run.id)
+        if orphans:
+            log.warning("queued again %d run(s) the queue no longer held (did Redis restart empty?)", len(orphans))
+        return len(orphans)
 
     async def stop(self) -> None:
         self.stop_event.set()

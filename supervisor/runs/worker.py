@@ -138,6 +138,13 @@ class Worker:
             await s.queue.ack(job)
             return
         emitter = RunEmitter(s.runs, s.events, run.tenant_id, run.id)
+        if run.status != "queued" and job.attempts <= 1:
+            # A job delivered for the first time, for a run already started: not a redelivery (a worker's
+            # job comes back with attempts > 1) but a second job for the same run, queued again because
+            # the queue had lost it (Runtime.requeue_orphans). The run is alive elsewhere: leave it be.
+            log.info("run %s: second job for a run already started; dropped", run.id)
+            await s.queue.ack(job)
+            return
         if run.status != "queued":
             # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
             await self._release(run)  # settled before the terminal event: a client that sees the end sees it all
@@ -206,8 +213,8 @@ class Worker:
             except StockadeError as exc:
                 await self._fail(emitter, exc.code, exc.detail)
                 return
-        if await s.runs.set_status(run.tenant_id, run.id, "running", started_at=time.time(), worker_id=self.worker_id) is None:
-            return  # canceled while queued
+        if await s.runs.start_run(run.tenant_id, run.id, worker_id=self.worker_id, started_at=time.time()) is None:
+            return  # canceled while queued, or another worker took it (a second job for the same run)
         await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})
         manifest = version.manifest
         manifest_limits = _dump(getattr(manifest, "limits", None))

@@ -74,6 +74,9 @@ class RunStore(Protocol):
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         """Move a non-terminal run to a non-terminal status; None if the run is terminal."""
         ...
+    async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
+        """queued -> running for exactly one claimer: None unless the run was still queued."""
+        ...
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         """Append with the next gap-free per-run seq (1, 2, ...). Refuses after the terminal event."""
         ...

@@ -106,6 +106,19 @@ async def test_ended_among_spans_tenants_in_one_call(ctx):
     assert await runs.ended_among(many) == {done.id}
 
 
+async def test_start_run_takes_a_queued_run_once(ctx):
+    _, runs, t = ctx
+    run = make_run(t, status="queued")
+    await runs.create_run(run)
+    first = await runs.start_run(t, run.id, worker_id="w1", started_at=12.5)
+    assert first is not None and (first.status, first.worker_id, first.started_at) == ("running", "w1", 12.5)
+    assert await runs.start_run(t, run.id, worker_id="w2", started_at=13.0) is None  # a second claimer
+    assert (await runs.get_run(t, run.id)).worker_id == "w1"
+    await runs.finish_run(t, run.id, "canceled", "run.canceled", {})
+    assert await runs.start_run(t, run.id, worker_id="w3", started_at=14.0) is None
+    assert await runs.start_run(t, "run_missing", worker_id="w1", started_at=1.0) is None
+
+
 async def test_set_status_updates_fields_and_refuses_terminal(ctx):
     _, runs, t = ctx
     run = make_run(t)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -160,13 +161,63 @@ async def test_a_database_refusing_new_connections_is_store_unavailable(fresh_pg
         await db.ping()
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        for _ in range(250):  # termination is asynchronous: wait until the server has no backend left there
+            if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name):
+                break
+            await asyncio.sleep(0.02)
         for _ in range(3):  # the pool's connections were cut; every new one is refused
             with pytest.raises(StockadeError) as err:
                 await db.ping()
             assert err.value.code == "store.unavailable", err.value
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await db.ping()  # and it recovers by itself
+        for attempt in range(5):  # and it recovers by itself (a pooled connection cut earlier may fail once)
+            try:
+                await db.ping()
+                break
+            except StockadeError as exc:
+                assert exc.code == "store.unavailable" and attempt < 4, exc
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
         await db.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_runs_whose_jobs_redis_lost_are_queued_again_and_a_second_job_harms_no_live_run(node_config, stack_kind):
+    """Redis restarted empty (compose keeps nothing on disk): a run stored as queued has no job left and
+    no worker would ever take it. The sweeper queues it again (Runtime.requeue_orphans). A second job for
+    a run that is alive (the queue had not lost it after all) is dropped, never ends it as lost."""
+    import redis.asyncio as aioredis
+
+    api = await start_node(node_config, workers=False)
+    worker = None
+    try:
+        tid, key = await api.tenant()
+        c = api.client(key)
+        lost = await start(c, "echo", "queued before the restart")
+        r = aioredis.from_url(node_config.redis_url)
+        try:
+            assert await r.delete(node_config.redis_prefix + "q:runs") == 1  # what a restart without data does
+        finally:
+            await r.aclose()
+        worker = await start_node(node_config, api=False, workers=True)
+        assert await worker.rt.requeue_orphans(time.time()) == 0  # too young: its job may still be on its way
+        assert await worker.rt.requeue_orphans(time.time() + 3600) == 1
+        events = await asyncio.wait_for(collect(c, lost["id"]), 30)
+        check_stream(events)
+        assert events[-1].event == "run.completed" and events[-1].data.get("code") is None
+
+        await push(api, tid, "caller")
+        alive = await start(c, "caller", json.dumps({"calls": [{"tool": "echo", "args": {"n": i}} for i in range(30)]}))
+        async for e in read_sse(c, f"/v1/runs/{alive['id']}/events"):
+            if e.event == "tool.call":
+                break
+        await worker.rt.services.queue.enqueue(tid, alive["id"])  # a second job for a live run
+        events = await asyncio.wait_for(collect(c, alive["id"]), 30)
+        check_stream(events)
+        assert events[-1].event == "run.completed", events[-1]
+    finally:
+        if worker is not None:
+            await worker.stop()
+        await api.stop()

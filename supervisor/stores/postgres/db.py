@@ -46,6 +46,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, or a database set read-only: no writes here now
+    # a pooled connection the server cut while it sat idle can answer its next query with this protocol
+    # state error instead of a connection error ("cannot switch to state 12; another operation is in progress")
+    asyncpg.exceptions._base.InternalClientError,
 )
 
 _ACQUIRE_TIMEOUT_S = 10.0

@@ -92,6 +92,15 @@ class PgRunStore:
                                  list(run_ids), list(TERMINAL_STATUSES))
         return {r["id"] for r in rows}
 
+    async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow(
+                "UPDATE runs SET status = 'running', worker_id = $3, started_at = $4"
+                f" WHERE tenant_id = $1 AND id = $2 AND status = 'queued' RETURNING {RUN_COLS}",
+                tenant_id, run_id, worker_id, started_at,
+            )
+        return to_run(row) if row else None
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")

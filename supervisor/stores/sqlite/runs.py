@@ -97,6 +97,15 @@ class SqliteRunStore:
             ended.update(r[0] for r in rows)
         return ended
 
+    async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
+        with self._db.tx() as c:
+            row = c.execute(
+                "UPDATE runs SET status = 'running', worker_id = ?, started_at = ?"
+                f" WHERE tenant_id = ? AND id = ? AND status = 'queued' RETURNING {RUN_COLS}",
+                (worker_id, started_at, tenant_id, run_id),
+            ).fetchone()
+        return to_run(row) if row else None
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")
