@@ -1,10 +1,13 @@
-"""Cgroup placement: one cgroup per run for the total memory and process count of the run.
+"""Cgroup placement: one cgroup per run for the total memory, process count and CPU share of the run.
 
-rlimits are per process (RLIMIT_AS) or per uid (RLIMIT_NPROC); a cgroup bounds the
-run as a whole, tmpfs pages included. This host has cgroup v1 ``memory`` and
-``pids`` controllers (the v2 hierarchy has neither), writable by root only, so
-placement happens only when the supervisor is root; otherwise rlimits alone
-apply. Run cgroups are created under the supervisor's own cgroup of each
+rlimits are per process (RLIMIT_AS, RLIMIT_CPU) or per uid (RLIMIT_NPROC); a cgroup bounds the
+run as a whole, tmpfs pages included. CPU: without a cpu cgroup the scheduler's unit of fairness
+is the session (autogroup), and a run that calls setsid() in each of its max_procs processes
+counts as that many sessions, leaving the supervisor and the API a few percent of the machine.
+In its own cpu cgroup the whole run weighs what one ordinary session weighs (``CPU_SHARES``).
+This host has cgroup v1 ``memory``, ``pids`` and ``cpu`` controllers (the v2 hierarchy has
+none of them), writable by root only, so placement happens only when the supervisor is root;
+otherwise rlimits alone apply. Run cgroups are created under the supervisor's own cgroup of each
 controller, so any limit placed on the supervisor still covers its sandboxes.
 The forked child joins them before exec (its ``cgroup.procs`` is chowned to the
 run's uid for that), so bwrap and everything it starts are inside from the start.
@@ -27,6 +30,7 @@ _V1_ROOT = Path("/sys/fs/cgroup")
 _PREFIX = "stockade-"
 _counter = itertools.count()
 _OPTIONAL = ("memory.memsw.limit_in_bytes", "memory.swappiness")  # absent without swap accounting
+CPU_SHARES = 1024  # the kernel's default weight: the whole run competes like one nice-0 session
 
 
 @dataclass
@@ -120,6 +124,10 @@ def place(spec: SandboxSpec, plan: Plan) -> Placement | None:
             with contextlib.suppress(OSError):
                 d.rmdir()
         return None
+    with contextlib.suppress(OSError):  # a fair share is worth having, not worth losing the bounds above for
+        cpu_dir = _make("cpu", {"cpu.shares": CPU_SHARES}, ident.uid, ident.gid, n)
+        if cpu_dir:
+            made.append(cpu_dir)
     if not made:
         return None
     plan.cgroup_procs += [str(d / "cgroup.procs") for d in made]

@@ -12,6 +12,7 @@ import resource
 from collections.abc import Callable
 
 from sandbox._plan import Plan, Rlimit
+from sandbox.seccomp import CORE_LIMIT
 from sandbox.spec import SandboxSpec
 
 __all__ = ["apply", "preexec"]
@@ -49,7 +50,11 @@ def apply(spec: SandboxSpec, plan: Plan) -> None:
         Rlimit(resource.RLIMIT_FSIZE, lim.max_file_mb * _MB, lim.max_file_mb * _MB),
         # soft: SIGXCPU (default action: terminate); hard, one second later: SIGKILL
         Rlimit(resource.RLIMIT_CPU, cpu, cpu + 1),
-        Rlimit(resource.RLIMIT_CORE, 0, 0),  # no core files of bundle memory on the host
+        # No core of bundle memory anywhere on the host. 0 is not enough: for a piped core_pattern
+        # (apport, systemd-coredump, abrt) the kernel ignores RLIMIT_CORE and hands the whole image to a
+        # root helper, except when the limit is exactly 1, which aborts the dump (a file dump needs at
+        # least a page). seccomp keeps the sandbox from changing it (seccomp.CORE_LIMIT).
+        Rlimit(resource.RLIMIT_CORE, CORE_LIMIT, CORE_LIMIT),
         Rlimit(resource.RLIMIT_MEMLOCK, 0, 0),
     ]
 

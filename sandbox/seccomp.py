@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import resource
 import socket
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from sandbox._libseccomp import (
 )
 from sandbox.errors import SandboxError
 
-__all__ = ["DENIED", "SeccompProgram", "program", "program_fd"]
+__all__ = ["CORE_LIMIT", "DENIED", "SeccompProgram", "program", "program_fd"]
 
 _EPERM = act_errno(errno.EPERM)
 
@@ -41,6 +42,10 @@ DENIED: dict[str, tuple[str, ...]] = {
     "kernel attack surface": ("bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
                               "io_uring_register", "open_by_handle_at", "name_to_handle_at", "lookup_dcookie",
                               "syslog", "uselib", "_sysctl", "nfsservctl", "iopl", "ioperm", "vhangup"),
+    # inotify/fanotify marks sit on inodes, not mounts: a watch on a shared read-only file (/usr, the
+    # Python installation, /runtime) reports every open and read of it by other runs and the host, a side
+    # channel into other tenants' activity and a covert channel between sandboxes.
+    "filesystem watches": ("inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark"),
     "host administration": ("kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
                             "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd"),
 }
@@ -56,6 +61,11 @@ _NS_CLONE_FLAGS = (
     0x00000080,  # CLONE_NEWTIME
 )
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+# RLIMIT_CORE as the launcher sets it (hard and soft): the one value at which the kernel drops a piped
+# core dump (see _limits). Lowering it to 0 would hand the next crash to the host's core helper again.
+CORE_LIMIT = 1
+_RLIMIT_CORE = resource.RLIMIT_CORE
+_LOW32 = 0xFFFFFFFF
 
 
 def _rules() -> list[tuple[str, int, tuple[Arg, ...]]]:
@@ -69,6 +79,10 @@ def _rules() -> list[tuple[str, int, tuple[Arg, ...]]]:
     # so it reports ENOSYS and libc falls back to clone().
     rules += [("clone", _EPERM, (Arg(0, CMP_MASKED_EQ, flag, flag),)) for flag in _NS_CLONE_FLAGS]
     rules.append(("clone3", act_errno(errno.ENOSYS), ()))
+    # RLIMIT_CORE cannot be changed, in either direction (resource is an unsigned int: low 32 bits only).
+    # prlimit64 with a NULL new limit is a read (glibc's getrlimit) and stays allowed.
+    rules.append(("setrlimit", _EPERM, (Arg(0, CMP_MASKED_EQ, _LOW32, _RLIMIT_CORE),)))
+    rules.append(("prlimit64", _EPERM, (Arg(1, CMP_MASKED_EQ, _LOW32, _RLIMIT_CORE), Arg(2, CMP_NE, 0))))
     # ioctl's request is an unsigned int: mask the upper half so TIOCSTI | 1<<32 is still caught.
     for request in (_TIOCSTI, _TIOCLINUX):
         rules.append(("ioctl", _EPERM, (Arg(1, CMP_MASKED_EQ, 0xFFFFFFFF, request),)))

@@ -101,7 +101,8 @@ def parse(stdout: bytes) -> list[dict[str, Any]]:
 
 async def run_snippet(code: str, *, limits: Limits | None = None, uid: int | None = None, box: Box | None = None,
                       env: dict[str, str] | None = None, prelude: bool = True, stdin: bytes | None = None,
-                      keep_box: bool = False) -> Result:
+                      keep_box: bool = False, bundle_dir: Path | None = None,
+                      runtime_dir: Path | None = None) -> Result:
     own_uid = uid is None and POOL is not None
     if own_uid:
         assert POOL is not None
@@ -113,7 +114,7 @@ async def run_snippet(code: str, *, limits: Limits | None = None, uid: int | Non
         exe, home = interpreter(uid)
         spec = SandboxSpec(
             argv=(exe, "-I", "-S", "-c", (PRELUDE if prelude else "") + code),
-            work_dir=box.work, bundle_dir=None, runtime_dir=None, socket_dir=box.sock,
+            work_dir=box.work, bundle_dir=bundle_dir, runtime_dir=runtime_dir, socket_dir=box.sock,
             env=env if env is not None else {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work"},
             limits=limits or Limits(wall_s=20), uid=uid, gid=uid, python_home=home,
         )

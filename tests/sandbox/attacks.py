@@ -58,6 +58,10 @@ def reason(code: str, *, within_s: float | None = None) -> Check:
     return check
 
 
+def _assert(cond: bool, what: str) -> None:
+    assert cond, what
+
+
 def both(*checks: Check) -> Check:
     def check(r: Result, ctx: dict[str, Any]) -> None:
         for c in checks:
@@ -117,6 +121,22 @@ ATTACKS: list[Attack] = [
            fails_with(E.ECONNREFUSED)),
     Attack("other_runs_socket", "attempt(lambda: socket.socket(socket.AF_UNIX).connect('$other_sock'))\n",
            fails_with(*GONE)),
+    # path sockets of host services (the host's /run and /tmp are not in the sandbox at all)
+    Attack("host_service_sockets", "".join(f"attempt(lambda: socket.socket(socket.AF_UNIX).connect('{p}'))\n" for p in
+                                           ("/run/mysqld/mysqld.sock", "/run/postgresql/.s.PGSQL.5432",
+                                            "/var/run/postgresql/.s.PGSQL.5432", "/tmp/.s.PGSQL.5432",
+                                            "/run/docker.sock", "/var/run/docker.sock", "/run/dbus/system_bus_socket",
+                                            "/run/systemd/private", "/run/systemd/journal/socket",
+                                            "/run/containerd/containerd.sock", "/run/podman/podman.sock",
+                                            "/tmp/.X11-unix/X0")),
+           fails_with(*GONE)),
+    # the kernel checks ancillary credentials: no forged pid (SO_PASSCRED receivers) or uid
+    Attack("forged_scm_credentials", "import struct\na, b = socket.socketpair()\n"
+                                     "for cred in ((os.getpid(), 0, 0), (1, 0, 0), (4242, os.getuid(), os.getgid()),\n"
+                                     "             (os.getpid(), os.getuid() + 1, os.getgid())):\n"
+                                     "    attempt(a.sendmsg, [b'x'], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, "
+                                     "struct.pack('3i', *cred))])\n",
+           fails_with(E.EPERM, E.EINVAL)),  # EINVAL: the uid is not even mapped into the sandbox's user namespace
     # ---------------------------------------------------------------- environment and host files
     Attack("proc_self_environ", "env = open('/proc/self/environ','rb').read().split(b'\\0')\n"
                                 "out(ok=b'$secret' in b''.join(env), keys=sorted(e.split(b'=')[0].decode() for e in env if e))\n",
@@ -146,6 +166,11 @@ ATTACKS: list[Attack] = [
                                    "attempt(lambda: open('/proc/$host_pid/mem','rb'))\n"
                                    "attempt(os.kill, $host_pid, 0)\n",
            fails_with(E.ENOENT, E.ESRCH)),
+    # world-accessible SysV and POSIX IPC objects of the host: a private IPC namespace has none of them
+    Attack("host_ipc_objects", "attempt(sc, 29, $ipc_key, 0, 0)\nattempt(sc, 68, $ipc_key, 0)\n"
+                               "attempt(sc, 64, $ipc_key, 0, 0)\n"
+                               "attempt(sc, 240, ctypes.cast(ctypes.c_char_p(b'$mq_name'[1:]), ctypes.c_void_p).value, 0, 0, 0)\n",
+           fails_with(*GONE)),
     # ---------------------------------------------------------------- writes and links
     Attack("write_outside_work", "".join(f"attempt(lambda: open('{p}', 'w'))\n" for p in
                                          ("/escape", "/usr/escape", "/etc/escape", "/dev/escape", "/bin/escape",
@@ -159,6 +184,31 @@ ATTACKS: list[Attack] = [
     Attack("hardlink_escape", "attempt(os.link, '/etc/passwd', '/work/h1')\n"
                               "attempt(os.link, os.path.realpath(sys.executable), '/work/h2')\n",
            fails_with(E.EXDEV, E.EPERM)),
+    # the bundle, the runtime and the socket dir are owned by the run's uid on the host: only the binds hold
+    Attack("tamper_bundle_runtime_socket_dir",
+           "import stat\n"
+           "attempt(lambda: open('/bundle/main.py', 'a').write('evil'))\n"
+           "attempt(lambda: open('/bundle/new.py', 'w'))\nattempt(os.chmod, '/bundle/main.py', 0o777)\n"
+           "attempt(os.rename, '/bundle/main.py', '/bundle/old.py')\nattempt(os.utime, '/bundle/main.py', (0, 0))\n"
+           "attempt(lambda: open('/runtime/boot.py', 'w'))\nattempt(os.mkdir, '/runtime/x')\n"
+           "attempt(os.unlink, '/run/stockade/s')\nattempt(os.rename, '/run/stockade/s', '/run/stockade/t')\n"
+           "attempt(lambda: socket.socket(socket.AF_UNIX).bind('/run/stockade/evil'))\n"
+           "attempt(os.mknod, '/run/stockade/fifo', 0o600 | stat.S_IFIFO)\n"
+           "attempt(os.symlink, '/work', '/run/stockade/w')\n",
+           both(fails_with(*READ_ONLY), lambda r, c: _assert(c["layout_intact"], "bundle or socket dir changed")),
+           host="run_layout"),
+    # setuid binaries of the read-only system run without privilege (nosuid + NO_NEW_PRIVS): ld.so honours
+    # LD_DEBUG only when the exec is not a secure (setuid) one
+    Attack("setuid_binaries", "import subprocess, stat\n"
+                              "found = [p for d in ('/usr/bin', '/usr/sbin', '/usr/lib/openssh', '/usr/lib/dbus-1.0')\n"
+                              "         if os.path.isdir(d) for p in (os.path.join(d, n) for n in sorted(os.listdir(d)))\n"
+                              "         if os.path.isfile(p) and os.stat(p).st_mode & stat.S_ISUID]\n"
+                              "for p in found[:8]:\n"
+                              "    r = subprocess.run([p, '--help'], env={'LD_DEBUG': 'statistics'}, capture_output=True,\n"
+                              "                       stdin=subprocess.DEVNULL, timeout=5)\n"
+                              "    out(ok=b'runtime linker statistics' not in r.stderr, path=p)\n"
+                              "out(ok=False, found=len(found))\n",
+           line_says(lambda ln, c: ln["ok"] is False, "a setuid binary ran as a secure (privileged) exec")),
     # ---------------------------------------------------------------- devices
     Attack("mknod_block_device", "import stat\n"
                                  "attempt(os.mknod, '/work/sda', 0o600 | stat.S_IFBLK, os.makedev(8, 0))\n"
@@ -195,6 +245,63 @@ ATTACKS: list[Attack] = [
                                           "attempt(sc, 246, 0, 0, 0, 0)\nattempt(sc, 169, 0, 0, 0, 0)\n"
                                           "attempt(sc, 167, 0, 0)\n", fails_with(*DENIED)),
     Attack("open_by_handle_at", "attempt(sc, 304, 3, 0, 0)\n", fails_with(*DENIED)),
+    # inotify/fanotify on a shared read-only file sees other runs and the host open and read it
+    Attack("watch_shared_files", "attempt(sc, 294, 0)\nattempt(sc, 253)\n"
+                                 "attempt(sc, 254, 0, ctypes.cast(ctypes.c_char_p(sys.executable.encode()), "
+                                 "ctypes.c_void_p).value, 0x21)\n"
+                                 "attempt(sc, 300, 0x200, 0)\nattempt(sc, 300, 0, 0)\n", fails_with(*DENIED)),
+    # a crash must leave no core anywhere: a piped core_pattern (apport, systemd-coredump) ignores
+    # RLIMIT_CORE 0 and gives the whole image to a root helper; only a limit of exactly 1 stops it
+    Attack("core_dump_limit", "import resource\n"
+                              "zero, soft0 = (ctypes.c_ulong * 2)(0, 0), (ctypes.c_ulong * 2)(0, 1)\n"
+                              "attempt(sc, 160, 4, ctypes.addressof(zero))\nattempt(sc, 160, 4, ctypes.addressof(soft0))\n"
+                              "attempt(sc, 160, 4 | (1 << 32), ctypes.addressof(zero))\n"
+                              "attempt(sc, 302, 0, 4, ctypes.addressof(soft0), 0)\n"
+                              "attempt(sc, 302, 0, 4 | (1 << 32), ctypes.addressof(zero), 0)\n"
+                              "pid = os.fork()\n"
+                              "if pid == 0:\n    attempt(sc, 302, os.getppid(), 4, ctypes.addressof(zero), 0)\n"
+                              "    sys.stdout.flush(); b = b'bundle-secret' * 10000; ctypes.string_at(0)\n"
+                              "_, st = os.waitpid(pid, 0)\n"
+                              "out(ok=resource.getrlimit(resource.RLIMIT_CORE) != (1, 1) or os.WCOREDUMP(st)\n"
+                              "    or bool(os.listdir('/work')), errno=1, limit=resource.getrlimit(resource.RLIMIT_CORE),\n"
+                              "    sig=os.WTERMSIG(st))\n",
+           fails_with(*DENIED)),
+    # the stacked filter can only add refusals: an allow-all filter of our own loosens nothing
+    Attack("seccomp_second_filter", "prog = (ctypes.c_uint64 * 1)(0x06 | (0x7FFF0000 << 32))\n"  # BPF_RET|K ALLOW
+                                    "fprog = (ctypes.c_uint64 * 2)(1, ctypes.addressof(prog))\n"
+                                    "out(installed=sc(317, 1, 0, ctypes.addressof(fprog)), ok=False, errno=0)\n"
+                                    "out(installed=sc(157, 22, 2, ctypes.addressof(fprog)), ok=False, errno=0)\n"
+                                    "attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))\n"
+                                    "attempt(sc, 272, 0x10000000)\n"
+                                    "attempt(sc, 157, 38, 0, 0, 0, 0)\n"  # prctl(PR_SET_NO_NEW_PRIVS, 0)
+                                    "attempt(sc, 101, 0, 0, 0, 0)\n",
+           line_says(lambda ln, c: ln["ok"] is False and ln.get("errno") in (0, E.EAFNOSUPPORT, E.EPERM, E.EINVAL)
+                     and ln.get("installed", 0) == 0, "a second seccomp filter loosened the first")),
+    Attack("set_system_clock", "ts = (ctypes.c_long * 2)(0, 0)\ntx = (ctypes.c_char * 256)()\n"
+                               "ctypes.c_uint.from_buffer(tx).value = 1\n"  # modes = ADJ_OFFSET
+                               "attempt(sc, 227, 0, ctypes.addressof(ts))\nattempt(sc, 164, ctypes.addressof(ts), 0)\n"
+                               "attempt(sc, 159, ctypes.addressof(tx))\nattempt(sc, 305, 0, ctypes.addressof(tx))\n",
+           fails_with(*DENIED)),
+    # RLIMIT_RTPRIO/NICE are 0 and there is no CAP_SYS_NICE: no real-time class to starve the host with
+    Attack("realtime_priority", "attempt(os.sched_setscheduler, 0, os.SCHED_FIFO, os.sched_param(1))\n"
+                                "attempt(os.sched_setscheduler, 0, os.SCHED_RR, os.sched_param(99))\n"
+                                "attr = (ctypes.c_uint32 * 12)(48, 6, 0, 0, 0, 0, 10**6, 0, 10**7, 0, 10**7, 0)\n"
+                                "attempt(sc, 314, 0, ctypes.addressof(attr), 0)\n"  # sched_setattr SCHED_DEADLINE
+                                "attempt(os.setpriority, os.PRIO_PROCESS, 0, -10)\n"
+                                "attempt(sc, 251, 1, 0, (1 << 13) | 0)\n",  # ioprio_set(IOPRIO_CLASS_RT)
+           fails_with(E.EPERM, E.EACCES)),
+    # RLIMIT_MEMLOCK 0: no pinned (unswappable, uncharged-to-the-page-cache) memory, secret memory included
+    Attack("lock_memory", "import mmap\n"
+                          "attempt(sc, 149, ctypes.addressof(ctypes.c_char.from_buffer(bytearray(4096))) & ~4095, 4096)\n"
+                          "attempt(sc, 151, 3)\n"
+                          "attempt(mmap.mmap, -1, 1 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x2000)\n"  # MAP_LOCKED
+                          "fd = sc(447, 0)\nos.ftruncate(fd, 4096)\nattempt(mmap.mmap, fd, 4096)\n",  # memfd_secret
+           fails_with(E.EPERM, E.EAGAIN, E.ENOMEM)),
+    # page 0 stays unmappable (mmap_min_addr): no NULL-dereference kernel exploits
+    Attack("map_null_page", "libc.mmap.restype = ctypes.c_void_p\n"
+                            "r = libc.mmap(ctypes.c_void_p(0), 4096, 3, 0x32, -1, 0)\n"  # FIXED|PRIVATE|ANON
+                            "out(ok=r is None, errno=ctypes.get_errno())\n",
+           fails_with(E.EPERM, E.EACCES)),
     # ---------------------------------------------------------------- namespaces and mounts
     Attack("unshare_user_namespace", "attempt(sc, 272, 0x10000000)\nattempt(sc, 272, 0x40000000)\n"
                                      "attempt(sc, 272, 0x00020000)\n", fails_with(*DENIED)),
@@ -274,6 +381,16 @@ ATTACKS: list[Attack] = [
     Attack("cpu_spin_ignoring_sigxcpu", "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
                                         "while True: pass\n",
            both(killed_by(signal.SIGKILL), reason("limit.cpu")), limits={"cpu_s": 1}),
+    # one spinning, setsid() process per allowed task: every session is a scheduling entity of its own
+    # (autogroup), so without the run's cpu cgroup the host got ~5 % of the machine. Only root places
+    # cgroups; without root this is a documented limit and the share is not checked.
+    Attack("cpu_starve_host_with_sessions", "import time\n"
+                                            "for _ in range(31):\n"
+                                            "    if os.fork() == 0:\n        os.setsid()\n        while True: pass\n"
+                                            "time.sleep(10)\n",
+           lambda r, c: None if not c["root"] else _assert(c["host_cpu_share"] >= 0.25,
+                                                          f"host got {c['host_cpu_share']:.2f} of a CPU"),
+           limits={"max_procs": 40, "wall_s": 3.5}, host="cpu_meter", alone=True),
     Attack("wall_clock_sleep", "import time\ntime.sleep(60)\n", reason("limit.wall", within_s=4), limits={"wall_s": 1}),
     Attack("output_flood", "while True: sys.stdout.buffer.write(b'A' * 65536)\n", reason("limit.output", within_s=10),
            limits={"max_output_bytes": 1 << 20}),
