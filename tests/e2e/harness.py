@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -136,3 +138,35 @@ async def idle_runs(node: Node, tenant_id: str, n: int) -> list[str]:
         await node.rt.services.runs.create_run(run)
         ids.append(run.id)
     return ids
+
+
+def worker_process(settings: Settings) -> subprocess.Popen:
+    """A separate `stockade worker` process on the node's stores (its own process group)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
+    env.update({
+        "STOCKADE_DATABASE_URL": settings.database_url or "", "STOCKADE_REDIS_URL": settings.redis_url or "",
+        "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
+        "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
+        "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else "",
+        "STOCKADE_QUEUE_VISIBILITY_S": str(settings.queue_visibility_s),
+        "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s), "STOCKADE_SANDBOX_WARM_POOL": "0",
+        "STOCKADE_LOG_LEVEL": "warning",
+    })
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+async def priced_call_in_flight(client: httpx.AsyncClient, bundle: str = "slowtool", arg: str = "20") -> dict[str, Any]:
+    """Start a run whose priced call (code.run sleeping) is in flight, its reservation held; the run."""
+    r = await client.post("/v1/runs", json={"bundle": bundle, "input": arg})
+    assert r.status_code == 201, r.text
+    run = r.json()
+    async for e in read_sse(client, f"/v1/runs/{run['id']}/events"):
+        if e.event == "tool.call":
+            break
+    for _ in range(200):  # the reservation lands in the same step; a poll of the API is all a client has
+        if any(b["reserved_usd"] > 0 for b in (await client.get("/v1/budgets")).json()["data"]):
+            return run
+        await asyncio.sleep(0.05)
+    raise AssertionError("the priced call never reserved")
+

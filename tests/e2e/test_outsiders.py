@@ -7,12 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import collect, read_sse, start_node
+from tests.e2e.harness import collect, priced_call_in_flight, read_sse, start_node, worker_process
 from tests.e2e.test_run_pipeline import check_stream, push, start
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,31 +67,13 @@ async def test_worker_killed_mid_call_fails_the_run_and_releases_its_reservation
     """A separate `stockade worker` process is SIGKILLed while its run's priced call is in flight."""
     settings = node_config.model_copy(update={"queue_visibility_s": 1.0, "reservation_ttl_s": 2.0})
     api = await start_node(settings, workers=False)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
-    env.update({
-        "STOCKADE_DATABASE_URL": settings.database_url, "STOCKADE_REDIS_URL": settings.redis_url,
-        "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
-        "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
-        "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value(), "STOCKADE_QUEUE_VISIBILITY_S": "1",
-        "STOCKADE_RESERVATION_TTL_S": "2", "STOCKADE_LOG_LEVEL": "warning",
-    })
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    worker = worker_process(settings)
     second = None
     try:
         tid, key = await api.tenant(budget_usd=1.0)
         await push(api, tid, "slowtool")
         c = api.client(key)
-        run = await start(c, "slowtool", "20")
-        async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
-            if e.event == "tool.call":
-                break
-        for _ in range(200):  # the reservation is held while code.run sleeps
-            held = [b for b in (await c.get("/v1/budgets")).json()["data"] if b["reserved_usd"] > 0]
-            if held:
-                break
-            await asyncio.sleep(0.05)
-        assert held, "the priced call never reserved"
+        run = await priced_call_in_flight(c)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         second = await start_node(settings, api=True, workers=True)  # another node picks the job up again

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,28 +17,12 @@ import pytest
 
 from supervisor.errors import StockadeError
 from supervisor.stores.postgres.db import open_postgres
-from tests.e2e.harness import collect, read_sse, start_node
+from tests.e2e.harness import collect, priced_call_in_flight, read_sse, start_node, worker_process
 from tests.e2e.test_run_pipeline import check_stream, push, start
 
 ROOT = Path(__file__).resolve().parents[2]
 APPROVAL_POLICY = ("version: 1\nrules:\n  - id: big\n    tool: echo\n    when: {args.n: {gt: 10}}\n"
                    "    verdict: require_approval\n  - id: echo\n    tool: echo\n    verdict: allow\n")
-
-
-def _worker(settings) -> subprocess.Popen:
-    """A separate `stockade worker` process on the node's stores."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
-    env.update({
-        "STOCKADE_DATABASE_URL": settings.database_url, "STOCKADE_REDIS_URL": settings.redis_url,
-        "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
-        "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
-        "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value(),
-        "STOCKADE_QUEUE_VISIBILITY_S": str(settings.queue_visibility_s),
-        "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s), "STOCKADE_SANDBOX_WARM_POOL": "0",
-        "STOCKADE_LOG_LEVEL": "warning",
-    })
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def _reap(worker: subprocess.Popen) -> str:
@@ -56,22 +39,12 @@ async def test_sigterm_ends_the_workers_runs_at_once_and_settles_their_calls(nod
     no other worker around), the call is settled and its outcome audited before the stores close."""
     settings = node_config.model_copy(update={"queue_visibility_s": 30.0})
     api = await start_node(settings, workers=False)
-    worker = _worker(settings)
+    worker = worker_process(settings)
     try:
         tid, key = await api.tenant(budget_usd=1.0)
         await push(api, tid, "slowtool")
         c = api.client(key)
-        run = await start(c, "slowtool", "20")
-        async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
-            if e.event == "tool.call":
-                break
-
-        for _ in range(200):  # the reservation is held while code.run sleeps
-            held = [b for b in (await c.get("/v1/budgets")).json()["data"] if b["reserved_usd"] > 0]
-            if held:
-                break
-            await asyncio.sleep(0.05)
-        assert held, "the priced call never reserved"
+        run = await priced_call_in_flight(c)
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 20) == 0
         err = _reap(worker)
@@ -94,7 +67,7 @@ async def test_a_lost_runs_pending_approvals_are_withdrawn(node_config, stack_ki
     off the approvers' list (it would stay pending for approval_ttl_s, approvable for a dead run)."""
     settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
     api = await start_node(settings, workers=False)
-    worker = _worker(settings)
+    worker = worker_process(settings)
     second = None
     try:
         tid, key = await api.tenant()
