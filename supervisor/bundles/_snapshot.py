@@ -3,12 +3,14 @@
 Reading each file exactly once closes the gap between "validated" and
 "copied" (a file edited mid-registration cannot slip into the store under a
 digest of other content). Links and special files are refused, like in
-archives; the folder given may itself be a symlink (operators link bundles
-in), nothing inside it may.
+archives, and so are hard links (a hard link can name any file on the volume,
+e.g. a key in the data folder); the folder given may itself be a symlink
+(operators link bundles in), nothing inside it may.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -25,7 +27,15 @@ def _fail(message: str) -> StockadeError:
     return StockadeError("bundle.invalid", message)
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_MAX_DEPTH = 64
+
+
 class _Walk:
+    """Walks by file descriptor (``dir_fd`` + ``O_NOFOLLOW``), never by path: a folder swapped for a
+    link after it was listed cannot lead the walk out of the bundle."""
+
     def __init__(self, max_files: int, max_bytes: int) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
@@ -38,28 +48,48 @@ class _Walk:
         if self.entries > self.max_files:
             raise _fail(f"the bundle has more than {self.max_files} files")
 
-    def read(self, path: str, rel: str) -> None:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    def read(self, dir_fd: int, name: str, rel: str) -> None:
         try:
-            fd = os.open(path, flags)
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # swapped for a link after the listing
+                raise _fail(f"{rel} is a symlink; links are not allowed in bundles") from None
             raise _fail(f"cannot read {rel}: {exc.strerror}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a fifo/device after the scan
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # swapped for a fifo/device after the scan
                 raise _fail(f"{rel} is not a regular file")
+            if st.st_nlink > 1:  # a hard link can reach any file on the volume (keys, /etc/shadow)
+                raise _fail(f"{rel} is a hard link; links are not allowed in bundles (copy the file instead)")
             chunks: list[bytes] = []
             while chunk := os.read(fd, _CHUNK):
                 self.total += len(chunk)
                 if self.total > self.max_bytes:
                     raise _fail(f"the bundle is larger than {self.max_bytes} bytes")
                 chunks.append(chunk)
+        except OSError as exc:
+            raise _fail(f"cannot read {rel}: {exc.strerror}") from None
         finally:
             os.close(fd)
         self.files[rel] = b"".join(chunks)
 
-    def walk(self, path: str, prefix: str) -> None:
+    def enter(self, dir_fd: int, name: str, rel: str, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            raise _fail("the bundle folder is nested too deeply")
         try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
+            fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link (or a file) after the listing
+                raise _fail(f"{rel} is a symlink or changed while it was read; links are not allowed in bundles") from None
+            raise _fail(f"cannot list {rel}: {exc.strerror}") from None
+        try:
+            self.walk(fd, rel + "/", depth)
+        finally:
+            os.close(fd)
+
+    def walk(self, dir_fd: int, prefix: str, depth: int = 0) -> None:
+        try:
+            entries = sorted(os.scandir(dir_fd), key=lambda e: e.name)
         except OSError as exc:
             raise _fail(f"cannot list {prefix or 'the bundle folder'}: {exc.strerror}") from None
         for entry in entries:
@@ -77,12 +107,12 @@ class _Walk:
                 if is_ignored(name, is_dir=True):
                     continue
                 self.count()
-                self.walk(entry.path, rel + "/")
+                self.enter(dir_fd, name, rel, depth + 1)
             elif entry.is_file(follow_symlinks=False):
                 if is_ignored(name, is_dir=False):
                     continue
                 self.count()
-                self.read(entry.path, rel)
+                self.read(dir_fd, name, rel)
             elif not is_ignored(name, is_dir=False):
                 raise _fail(f"{rel} is a device, fifo or socket; only files and folders are allowed")
 
@@ -93,7 +123,11 @@ def snapshot_dir(src: Path, *, max_files: int, max_bytes: int) -> dict[str, byte
         raise _fail(f"bundle folder {src.name or str(src)!r} not found")
     walk = _Walk(max_files, max_bytes)
     try:
-        walk.walk(str(src.resolve()), "")
-    except RecursionError:
-        raise _fail("the bundle folder is nested too deeply") from None
+        fd = os.open(src, _DIR_FLAGS)  # the folder itself may be a link (operators link bundles in)
+    except OSError as exc:
+        raise _fail(f"cannot list the bundle folder: {exc.strerror}") from None
+    try:
+        walk.walk(fd, "")
+    finally:
+        os.close(fd)
     return walk.files

@@ -4,7 +4,10 @@ Layout: ``<root>/<tenant_id or _platform>/<name>/<digest hex>/`` — written onc
 into ``<root>/.staging`` then renamed into place, never modified after (files
 0444, so the sandbox's uid can read them and nobody edits them by accident).
 The same content registered twice reuses the folder. A run pins the digest
-it was created with (``get``), so later versions never change a run in flight.
+it was created with (``get``), so later versions never change a run in flight;
+``get`` re-hashes the stored copy, so files changed after registration are
+refused rather than run under the digest of other content (registering the
+same content again repairs the copy).
 
 Multi-node note: ``root`` (``<data_dir>/bundles``) must be shared by the API
 and worker processes (one volume); the store only indexes versions.
@@ -13,6 +16,8 @@ and worker processes (one volume); the store only indexes versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -24,12 +29,14 @@ from typing import Any
 
 from supervisor.bundles._snapshot import snapshot_dir
 from supervisor.bundles.archive import extract_archive
-from supervisor.bundles.digest import DIGEST_PREFIX, digest_files, is_digest
+from supervisor.bundles.digest import DIGEST_PREFIX, digest_dir, digest_files, is_digest
 from supervisor.bundles.manifest import NAME_PATTERN, BundleManifest, validate_bundle_files
 from supervisor.errors import StockadeError
 from supervisor.stores.ports import BundleStore
 
 __all__ = ["PLATFORM_SCOPE", "BundleRegistry", "BundleVersion"]
+
+log = logging.getLogger("stockade.bundles")
 
 PLATFORM_SCOPE = "_platform"
 _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # never "_platform" nor ".staging"
@@ -126,7 +133,8 @@ class BundleRegistry:
     ) -> tuple[Path, bool]:
         """The immutable copy, and whether this call created it."""
         final = self._path(tenant_id, name, digest)
-        if final.is_dir():
+        exists = final.is_dir()
+        if exists and self._intact(final, digest):
             return final, False  # content-addressed: same digest, same bytes
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self._staging()))
         try:
@@ -145,6 +153,12 @@ class BundleRegistry:
             for d, _, _ in os.walk(tmp):
                 os.chmod(d, 0o755)
             final.parent.mkdir(parents=True, exist_ok=True)
+            if exists:  # a copy edited or truncated after registration: put a good one back in its place
+                log.warning("stored files of bundle %s@%s did not match their digest; replacing them", name, digest)
+                trash = Path(tempfile.mkdtemp(prefix="damaged-", dir=self._staging()))
+                with contextlib.suppress(FileNotFoundError):  # a concurrent registration may have moved it
+                    os.rename(final, trash)  # onto an empty folder: allowed, and atomic
+                shutil.rmtree(trash, ignore_errors=True)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -154,6 +168,17 @@ class BundleRegistry:
             return final, True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _intact(self, path: Path, digest: str) -> bool:
+        """Whether the stored copy still hashes to its digest (same walk and refusals as registration).
+
+        Generous limits: a version registered before the operator lowered them is still intact.
+        """
+        try:
+            found = digest_dir(path, max_files=max(self.max_files, 100_000), max_bytes=max(self.max_bytes, 1 << 30))
+        except StockadeError:
+            return False
+        return found == digest
 
     # --- lookup
     def _version(self, rec: dict[str, Any], tenant_id: str | None) -> BundleVersion:
@@ -191,6 +216,12 @@ class BundleRegistry:
                     raise StockadeError(
                         "bundle.not_found", f"bundle {name}@{digest} is registered but its files are missing on "
                         "this node (the bundles data folder must be shared by every node)", bundle=name,
+                    )
+                if not await asyncio.to_thread(self._intact, version.path, digest):
+                    log.error("stored files of bundle %s@%s do not match their digest", name, digest)
+                    raise StockadeError(
+                        "bundle.invalid", f"the stored files of bundle {name}@{digest} were changed after it was "
+                        "registered; register the same content again to restore them", bundle=name,
                     )
                 return version
         raise _not_found(name, digest)

@@ -2,9 +2,15 @@
 
 Every direct subfolder holding a ``bundle.yaml`` is a platform bundle. An edit
 re-registers the folder; new content means a new digest, so a new version,
-while runs in flight keep the version they pinned. A folder that turns broken
-logs one warning (per distinct error) and its previous version stays current.
-Deleting a folder does not unregister anything.
+while runs in flight keep the version they pinned. A change that leaves the
+content as it was (a touch, a chmod) registers nothing. If several folders
+declare the same name, the one registered last is current (a warning says
+so): at start-up the last in name order, then the one whose content changed
+last. A folder that turns broken logs one warning (per distinct error) and
+its previous version stays current.
+Deleting a folder does not unregister anything. If the bundles folder itself
+is deleted and created again, the watch is re-armed on the new one (and it is
+scanned in full).
 
 The watch is armed before the first full scan (the scan runs on the first
 tick of ``awatch``), so nothing written around start-up is missed.
@@ -13,13 +19,16 @@ tick of ``awatch``), so nothing written around start-up is missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from watchfiles import awatch
+from watchfiles import Change, awatch
 
+from supervisor.bundles.digest import digest_dir
 from supervisor.bundles.manifest import MANIFEST_FILE
 from supervisor.bundles.registry import BundleRegistry, BundleVersion
 from supervisor.errors import StockadeError
@@ -29,17 +38,28 @@ __all__ = ["OnChange", "load_bundles_dir", "watch_bundles_dir"]
 log = logging.getLogger("stockade.bundles")
 
 OnChange = Callable[[BundleVersion], Awaitable[None] | None]
+_REAPPEAR_POLL_S = 1.0
+_MAX_BACKOFF_S = 60.0
+
+
+def _is_bundle_folder(p: Path) -> bool:
+    """A direct subfolder holding a ``bundle.yaml``. One unreadable folder must not hide the others:
+    it counts as a bundle folder, so registering it logs why it cannot be loaded."""
+    if p.name.startswith("."):
+        return False
+    try:
+        return p.is_dir() and (p / MANIFEST_FILE).is_file()
+    except OSError:  # e.g. EACCES: is_dir/is_file only swallow "does not exist"
+        return True
 
 
 def _bundle_folders(bundles_dir: Path) -> list[Path]:
     try:
-        return sorted(
-            p for p in bundles_dir.iterdir()
-            if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST_FILE).is_file()
-        )
+        entries = list(bundles_dir.iterdir())
     except OSError as exc:
         log.warning("cannot list bundles folder %s: %s", bundles_dir, exc.strerror)
         return []
+    return sorted(p for p in entries if _is_bundle_folder(p))
 
 
 async def load_bundles_dir(registry: BundleRegistry, bundles_dir: Path) -> list[BundleVersion]:
@@ -68,29 +88,61 @@ class _Watch:
         self.dir = bundles_dir
         self.on_change = on_change
         self.digests: dict[str, str] = {}  # folder name -> digest last registered
+        self.names: dict[str, str] = {}  # folder name -> bundle name it declared
         self.errors: dict[str, str] = {}  # folder name -> last warning, to warn once
 
     async def scan_all(self) -> None:
         for folder in _bundle_folders(self.dir):
             await self.scan_one(folder.name)
 
+    def _digest(self, folder: Path) -> str | None:
+        try:
+            return digest_dir(folder, max_files=self.registry.max_files, max_bytes=self.registry.max_bytes)
+        except StockadeError:
+            return None  # let the registration say what is wrong
+
+    def _still_there(self, folder_name: str) -> bool:
+        """Forget a folder deleted or renamed since (its events do not name it any more)."""
+        if _is_bundle_folder(self.dir / folder_name):
+            return True
+        self.digests.pop(folder_name, None)
+        self.names.pop(folder_name, None)
+        return False
+
     async def scan_one(self, folder_name: str) -> None:
         folder = self.dir / folder_name
-        if not (folder / MANIFEST_FILE).is_file():
+        if not _is_bundle_folder(folder):
             self.digests.pop(folder_name, None)
+            self.names.pop(folder_name, None)
+            return
+        if folder_name in self.digests and await asyncio.to_thread(self._digest, folder) == self.digests[folder_name]:
+            # touched, not changed (mtime, chmod, a checkout): registering it again would make it current
+            # again, silently taking the name back from another folder that declares the same name
+            self.errors.pop(folder_name, None)
             return
         try:
             version = await self.registry.register_dir(folder, None)
         except StockadeError as exc:
             if self.errors.get(folder_name) != exc.detail:
                 self.errors[folder_name] = exc.detail
-                log.warning("bundle folder %s not reloaded, keeping its previous version: %s", folder_name, exc.detail)
+                if folder_name in self.digests:
+                    log.warning("bundle folder %s not reloaded, keeping its previous version: %s", folder_name, exc.detail)
+                else:
+                    log.warning("bundle folder %s not loaded: %s", folder_name, exc.detail)
             return
         self.errors.pop(folder_name, None)
         if self.digests.get(folder_name) == version.digest:
             return
         self.digests[folder_name] = version.digest
+        self.names[folder_name] = version.name
         log.info("bundle %s %s registered (%s)", version.name, version.version, version.digest[:19])
+        others = sorted(
+            f for f, n in list(self.names.items())
+            if n == version.name and f != folder_name and self._still_there(f)
+        )
+        if others:
+            log.warning("bundle folders %s and %s declare the same name %r; the one registered last (%s) is current",
+                        folder_name, ", ".join(others), version.name, folder_name)
         if self.on_change is not None:
             result = self.on_change(version)
             if inspect.isawaitable(result):
@@ -131,23 +183,73 @@ async def watch_bundles_dir(
             ready.set()
         return
     watch = _Watch(registry, directory, on_change)
+    failure, backoff = "", _REAPPEAR_POLL_S
+    while not stop.is_set():
+        # stat() follows links: a bundles folder that is a symlink re-pointed at another folder is "replaced" too
+        identity = await asyncio.to_thread(_identity, Path(bundles_dir))
+        if identity is None:  # replaced (rm -rf + recreate, a new mount): wait for it to come back
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _REAPPEAR_POLL_S)
+            continue
+        watch.dir = await asyncio.to_thread(Path(bundles_dir).resolve)
+        try:
+            await _watch_until_replaced(watch, Path(bundles_dir), identity, stop, ready, debounce_ms, step_ms)
+        except OSError as exc:  # the folder vanished while arming, or the host's inotify limits are reached
+            if str(exc) != failure:
+                failure = str(exc)
+                log.warning("cannot watch bundles folder %s (retrying): %s", bundles_dir, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            continue
+        failure, backoff = "", _REAPPEAR_POLL_S
+        ready = None  # set once, after the first full scan
+        if not stop.is_set():
+            log.warning("bundles folder %s was removed or replaced; watching it again once it is back", bundles_dir)
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        st = directory.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+async def _watch_until_replaced(
+    watch: _Watch, bundles_dir: Path, identity: tuple[int, int], stop: asyncio.Event, ready: asyncio.Event | None,
+    debounce_ms: int, step_ms: int,
+) -> None:
+    """One inotify watch of the folder, from a full scan until ``stop`` or until the folder is replaced.
+
+    The watch is bound to the folder's inode: once that folder is deleted (even if one of the same
+    name is created right after) no change would ever be reported again, so this returns instead.
+    """
     first = True
     # step: wait for this much quiet before reacting, so a multi-file copy lands as one version;
-    # rust_timeout + yield_on_timeout: the first tick comes quickly even when nothing changes.
-    async for changes in awatch(
-        directory, stop_event=stop, debounce=debounce_ms, step=step_ms, rust_timeout=500, yield_on_timeout=True,
-    ):
-        try:
-            if first:
-                first = False
-                try:
-                    await watch.scan_all()
-                finally:
-                    if ready is not None:
-                        ready.set()
-                continue
-            folders = {f for _, path in changes if (f := watch.folder_of(path)) is not None}
-            for name in sorted(folders):
-                await watch.scan_one(name)
-        except Exception:  # the watcher must outlive a store hiccup; the next change retries
-            log.exception("bundle hot-load failed")
+    # rust_timeout + yield_on_timeout: the first tick comes quickly even when nothing changes, and
+    # later ones come at least every half second, to notice a replaced folder.
+    ticks = awatch(
+        watch.dir, stop_event=stop, debounce=debounce_ms, step=step_ms, rust_timeout=500, yield_on_timeout=True,
+    )
+    async with contextlib.aclosing(ticks):  # returning early must release the inotify watch now
+        async for changes in ticks:
+            try:
+                if first:
+                    first = False
+                    try:
+                        await watch.scan_all()
+                    finally:
+                        if ready is not None:
+                            ready.set()
+                    continue
+                root = str(watch.dir)
+                if any(c == Change.deleted and p == root for c, p in changes) or (
+                    await asyncio.to_thread(_identity, bundles_dir) != identity
+                ):  # (the inode alone is not enough: a new folder may get the number just freed)
+                    return
+                folders = {f for _, path in changes if (f := watch.folder_of(path)) is not None}
+                for name in sorted(folders):
+                    await watch.scan_one(name)
+            except Exception:  # the watcher must outlive a store hiccup; the next change retries
+                log.exception("bundle hot-load failed")

@@ -205,14 +205,11 @@ class Worker:
 
     async def _execute(self, run: Run, emitter: RunEmitter) -> None:
         s = self.s
-        try:
+        try:  # the tenant's version, else the platform's (get looks in both)
             version = await self.registry.get(run.tenant_id, run.bundle, run.bundle_version)
-        except StockadeError:
-            try:
-                version = await self.registry.get(None, run.bundle, run.bundle_version)
-            except StockadeError as exc:
-                await self._fail(emitter, exc.code, exc.detail)
-                return
+        except StockadeError as exc:
+            await self._fail(emitter, exc.code, exc.detail)
+            return
         if await s.runs.start_run(run.tenant_id, run.id, worker_id=self.worker_id, started_at=time.time()) is None:
             return  # canceled while queued, or another worker took it (a second job for the same run)
         await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})

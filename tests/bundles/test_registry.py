@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from supervisor.bundles import _snapshot
 from supervisor.bundles._memory_store import MemoryBundleStore
 from supervisor.bundles.digest import digest_dir
 from supervisor.bundles.registry import BundleRegistry
@@ -178,3 +181,64 @@ async def test_example_bundles_are_valid(registry: BundleRegistry) -> None:
     assert echo.manifest.tools == () and not echo.manifest.allows_tool("echo")
     assert hello.manifest.tools == ("echo",) and hello.manifest.allows_tool("echo")
     assert not hello.manifest.allows_tool("http.request")
+
+
+async def test_hard_links_are_refused(registry: BundleRegistry, store: MemoryBundleStore, tmp_path: Path) -> None:
+    # a hard link is not a symlink, but it can name any file on the volume: the data folder's keys, /etc/shadow
+    key = tmp_path / "data" / "keys" / "master.key"
+    key.parent.mkdir(parents=True)
+    key.write_text("TOP SECRET")
+    src = write_bundle(tmp_path / "src", name="thief")
+    os.link(key, src / "loot.txt")
+    with pytest.raises(StockadeError, match="loot.txt is a hard link") as ei:
+        await registry.register_dir(src, "t1")
+    assert ei.value.code == "bundle.invalid"
+    assert await store.list("t1") == []
+    assert version_dirs(registry) == []
+
+
+async def test_folder_swapped_for_a_link_mid_walk_is_refused(
+    registry: BundleRegistry, store: MemoryBundleStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # listed as a folder, then swapped for a link to a folder outside before the walk enters it
+    secrets_dir = tmp_path / "data" / "keys"
+    secrets_dir.mkdir(parents=True)
+    (secrets_dir / "master.key").write_text("TOP SECRET")
+    src = write_bundle(tmp_path / "src", name="racer", files={"sub/ok.py": "X = 1\n"})
+    real_read = _snapshot._Walk.read
+
+    def read_then_swap(self: Any, *args: Any) -> None:
+        real_read(self, *args)
+        if args[-1] == "main.py":  # "sub" sorts after it: listed already, not entered yet
+            (src / "sub").rename(tmp_path / "sub.real")
+            (src / "sub").symlink_to(secrets_dir)
+
+    monkeypatch.setattr(_snapshot._Walk, "read", read_then_swap)
+    with pytest.raises(StockadeError, match="sub") as ei:
+        await registry.register_dir(src, "t1")
+    assert ei.value.code == "bundle.invalid"
+    assert await store.list("t1") == []
+    assert version_dirs(registry) == []
+
+
+async def test_stored_copy_changed_after_registration_is_refused_then_repaired(
+    registry: BundleRegistry, tmp_path: Path
+) -> None:
+    src = write_bundle(tmp_path / "src", text="genuine")
+    v = await registry.register_dir(src, "t1")
+    main = v.path / "main.py"
+    main.chmod(0o644)
+    main.write_text("async def main(ctx):\n    await ctx.answer('tampered')\n")
+    with pytest.raises(StockadeError, match="changed after it was registered") as ei:
+        await registry.get("t1", "demo", v.digest)  # what a worker calls before mounting the files
+    assert ei.value.code == "bundle.invalid"
+    main.unlink()  # missing files inside the copy are a mismatch too
+    with pytest.raises(StockadeError, match="changed after it was registered"):
+        await registry.get("t1", "demo", v.digest)
+
+    again = await registry.register_dir(src, "t1")  # the same content registered again restores the copy
+    assert again == v
+    assert digest_dir(v.path) == v.digest and "'genuine'" in main.read_text()
+    assert await registry.get("t1", "demo", v.digest) == v
+    assert version_dirs(registry) == [v.path]
+    assert list((registry.root / ".staging").iterdir()) == []

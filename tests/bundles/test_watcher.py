@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +123,114 @@ async def test_load_bundles_dir_skips_broken_ones(tmp_path: Path, caplog: pytest
     assert "broken" in caplog.text and "async def main" in caplog.text
     with pytest.raises(StockadeError):
         await registry.resolve(None, "broken")
+
+
+async def test_unreadable_folder_does_not_hide_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = tmp_path / "bundles"
+    write_bundle(d / "a-ok", name="a-ok")
+    locked = write_bundle(d / "b-locked", name="b-locked")
+    write_bundle(d / "c-ok", name="c-ok")
+    real_is_file = Path.is_file
+
+    def is_file(self: Path) -> bool:  # what a folder the server's uid may not enter does (root ignores chmod 000)
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    registry = BundleRegistry(MemoryBundleStore(), tmp_path / "data")
+    loaded = await load_bundles_dir(registry, d)
+    assert {"a-ok", "c-ok"} <= {v.name for v in loaded}
+    assert "cannot list bundles folder" not in caplog.text
+    assert (await registry.resolve("t1", "c-ok")).name == "c-ok"
+
+
+async def test_bundles_folder_deleted_and_recreated_is_watched_again(watched: Watched) -> None:
+    await watched.next_change()  # "first", from the start-up scan
+    shutil.rmtree(watched.dir)  # e.g. a deploy that replaces the whole folder
+    watched.dir.mkdir()
+    src = write_bundle(watched.dir / "again", name="again", text="one")
+    v1 = await watched.change_where("'one'")
+    assert v1.name == "again"
+    write_bundle(src, name="again", text="two")  # and edits keep being seen
+    v2 = await watched.change_where("'two'")
+    assert (await watched.registry.resolve("t1", "again")).digest == v2.digest
+
+
+async def test_bundles_folder_symlink_repointed_is_followed(tmp_path: Path) -> None:
+    releases = tmp_path / "releases"
+    write_bundle(releases / "r1" / "app", name="app", text="r1")
+    write_bundle(releases / "r2" / "app", name="app", text="r2")
+    link = tmp_path / "bundles"
+    link.symlink_to(releases / "r1")
+    registry = BundleRegistry(MemoryBundleStore(), tmp_path / "data")
+    w = Watched(registry, link, asyncio.Queue())
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(watch_bundles_dir(registry, link, stop=stop, on_change=w.changes.put_nowait, ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), WAIT_S)
+        assert "'r1'" in ((await w.next_change()).path / "main.py").read_text()
+        tmp_link = tmp_path / "bundles.new"
+        tmp_link.symlink_to(releases / "r2")
+        tmp_link.rename(link)  # the atomic `ln -sfn` switch of a release deploy
+        await w.change_where("'r2'")
+        write_bundle(releases / "r2" / "app", name="app", text="r2-hotfix")  # the new target is the one watched
+        v = await w.change_where("'r2-hotfix'")
+        assert (await registry.resolve("t1", "app")).digest == v.digest
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def test_touching_a_folder_does_not_take_a_shared_name_back(
+    watched: Watched, caplog: pytest.LogCaptureFixture
+) -> None:
+    await watched.next_change()  # "first"
+    caplog.set_level(logging.WARNING, logger="stockade.bundles")
+    write_bundle(watched.dir / "a-copy", name="dup", text="a1")
+    await watched.change_where("'a1'")
+    b = write_bundle(watched.dir / "b-copy", name="dup", text="b1")
+    await watched.change_where("'b1'")
+    assert "declare the same name 'dup'" in caplog.text
+    write_bundle(watched.dir / "a-copy", name="dup", text="a2")
+    v = await watched.change_where("'a2'")
+    assert (await watched.registry.resolve("t1", "dup")).digest == v.digest
+
+    os.utime(b / "main.py")  # touched, not changed: b-copy must not silently become current again
+    (b / "main.py").chmod(0o600)
+    write_bundle(watched.dir / "z-sentinel", name="z-sentinel")  # sorts after b-copy: processed after it
+    assert (await watched.next_change()).name == "z-sentinel"
+    assert (await watched.registry.resolve("t1", "dup")).digest == v.digest
+
+
+async def test_a_watch_that_cannot_be_armed_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from supervisor.bundles import watcher
+
+    real_awatch, calls = watcher.awatch, []
+
+    def awatch(*args: Any, **kwargs: Any) -> Any:  # the host's inotify limits, reached once
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("OS file watch limit reached")
+        return real_awatch(*args, **kwargs)
+
+    monkeypatch.setattr(watcher, "awatch", awatch)
+    d = tmp_path / "bundles"
+    write_bundle(d / "first", name="first")
+    registry = BundleRegistry(MemoryBundleStore(), tmp_path / "data")
+    w = Watched(registry, d, asyncio.Queue())
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(watch_bundles_dir(registry, d, stop=stop, on_change=w.changes.put_nowait, ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), WAIT_S)
+        assert (await w.next_change()).name == "first"
+        write_bundle(d / "later", name="later")
+        assert (await w.next_change()).name == "later"
+        assert "cannot watch bundles folder" in caplog.text and len(calls) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
