@@ -137,7 +137,13 @@ class NewKeyBody(BaseModel):
 
 @router.post("/keys", status_code=201)
 async def post_key(body: NewKeyBody, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
-    nk = await create_key(rt.services, p.tenant_id, body.role, user_id=body.user_id, project_id=body.project_id)
+    # a key bound to a user / project mints only keys bound as narrowly: never a way out of its binding
+    if p.user_id is not None and body.user_id not in (None, p.user_id):
+        raise StockadeError("auth.forbidden", "this key is bound to another user")
+    if p.project_id is not None and body.project_id not in (None, p.project_id):
+        raise StockadeError("auth.forbidden", "this key is bound to another project")
+    nk = await create_key(rt.services, p.tenant_id, body.role, user_id=p.user_id or body.user_id,
+                          project_id=p.project_id or body.project_id)
     return {"id": nk.key.id, "api_key": nk.secret, "role": nk.key.role, "user_id": nk.key.user_id,
             "project_id": nk.key.project_id}
 
