@@ -32,16 +32,6 @@ prices:
 """
 
 
-def _ensure_router(node: Any) -> None:
-    """Until app/main.py includes app.routes.mcp, mount it on this node's FastAPI app (a no-op afterwards)."""
-    from app.routes import mcp as mcp_routes
-
-    app = node.server.config.app
-    app = getattr(app, "other_asgi_app", app)  # the Socket.IO wrapper around FastAPI
-    if not any(getattr(r, "path", "") == "/v1/mcp/servers" for r in app.routes):
-        app.include_router(mcp_routes.router)
-
-
 @pytest.fixture(params=["embedded", "production"])
 def node_settings(request: pytest.FixtureRequest) -> Any:
     extra = {"egress_allow_private": ["127.0.0.0/8"]}
@@ -56,7 +46,6 @@ def node_settings(request: pytest.FixtureRequest) -> Any:
 async def node(node_settings, request):
     # API-only nodes unless the test runs a bundle (then the node also claims runs and spawns sandboxes).
     n = await start_node(node_settings, workers="bundle" in request.node.name)
-    _ensure_router(n)
     n.rt.services.extras["mcp"]._ttl = 0.0  # every call checks a fresh listing
     try:
         yield n
