@@ -242,8 +242,9 @@ async def test_racing_decisions_leave_one_decision_in_the_audit_log(node):
     winner = (r1 if r1.status_code == 200 else r2).json()["status"]
     await collect(c, run["id"])
     audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    # the approvers' records (the call's own outcome, approval.rejected when rejected, names no approver)
     decisions = {a["seq"]: a for a in audit if a["kind"] in ("approval.approved", "approval.rejected")
-                 and a["detail"].get("approval_id") == apr}
+                 and a["detail"].get("approval_id") == apr and "approver_key_id" in a["detail"]}
     voided = {a["detail"]["voids_seq"] for a in audit if a["kind"] == "approval.void"}
     assert voided <= set(decisions)
     standing = [d["kind"] for seq, d in decisions.items() if seq not in voided]
