@@ -15,7 +15,9 @@ from sandbox._plan import Plan, Rlimit
 from sandbox.seccomp import CORE_LIMIT
 from sandbox.spec import SandboxSpec
 
-__all__ = ["apply", "preexec"]
+__all__ = ["SIGPENDING", "apply", "preexec"]
+
+SIGPENDING = 1024
 
 _MB = 1024 * 1024
 
@@ -56,6 +58,9 @@ def apply(spec: SandboxSpec, plan: Plan) -> None:
         # least a page). seccomp keeps the sandbox from changing it (seccomp.CORE_LIMIT).
         Rlimit(resource.RLIMIT_CORE, CORE_LIMIT, CORE_LIMIT),
         Rlimit(resource.RLIMIT_MEMLOCK, 0, 0),
+        # queued signals and POSIX timers (each holds kernel memory): the default (~96k here) lets one
+        # run pin tens of MB of unswappable kernel memory; a bundle needs a handful
+        Rlimit(resource.RLIMIT_SIGPENDING, SIGPENDING, SIGPENDING),
     ]
 
 

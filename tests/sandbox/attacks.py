@@ -344,6 +344,15 @@ ATTACKS: list[Attack] = [
                          "out(ok=fds != [0, 1, 2, 3], fds=fds, stdin=os.readlink('/proc/self/fd/0'))\n",
            line_says(lambda ln, c: ln["ok"] is False and ln["stdin"] == "/dev/null", "extra descriptors inherited")),
     # ---------------------------------------------------------------- resource exhaustion
+    # POSIX timers: each pins a pending-signal slot of kernel memory; only RLIMIT_SIGPENDING bounds them
+    Attack("posix_timer_flood", "tid = ctypes.c_int(0)\nn = 0\n"
+                                "while n < 100000:\n"
+                                "    try:\n        sc(222, 1, 0, ctypes.addressof(tid))\n"  # timer_create(MONOTONIC)
+                                "    except OSError as e:\n        out(ok=False, errno=e.errno, timers=n); break\n"
+                                "    n += 1\n"
+                                "else:\n    out(ok=True, timers=n)\n",
+           line_says(lambda ln, c: ln["ok"] is False and ln["errno"] == E.EAGAIN and ln["timers"] <= 1024,
+                     "posix timer flood")),
     Attack("fork_bomb", "import time\nkids = 0\n"
                         "while kids < 10000:\n"
                         "    try:\n        pid = os.fork()\n"

@@ -24,7 +24,8 @@ for line in open("/proc/self/mountinfo"):
     f = line.split()
     sep = f.index("-")
     mounts.append({"at": f[4], "opts": f[5].split(","), "fs": f[sep + 1], "super": f[sep + 3].split(",")})
-names = {n: getattr(resource, "RLIMIT_" + n) for n in ("AS", "NPROC", "NOFILE", "FSIZE", "CPU", "CORE", "MEMLOCK")}
+names = {n: getattr(resource, "RLIMIT_" + n) for n in ("AS", "NPROC", "NOFILE", "FSIZE", "CPU", "CORE", "MEMLOCK",
+                                                     "SIGPENDING")}
 print(json.dumps({
     "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(), "groups": os.getgroups(),
     "status": {k: st[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
@@ -121,6 +122,7 @@ def test_rlimits(posture: dict) -> None:
     assert lim["FSIZE"] == (16 * mb, 16 * mb)
     assert lim["CPU"] == (7, 8)
     assert lim["CORE"] == (1, 1)  # 1, not 0: the value that also stops piped core dumps
+    assert lim["SIGPENDING"] == (1024, 1024)  # queued signals and POSIX timers (kernel memory)
     assert lim["MEMLOCK"] == (0, 0)
     if POOL:
         assert lim["NPROC"] == (25, 25)  # max_procs + bwrap's host process, counted for the run's own uid
