@@ -60,6 +60,7 @@ class Runtime:
             if self.sandbox_problems:
                 log.error("sandbox backend not ready, no bundle will run: %s", "; ".join(self.sandbox_problems))
             await self._recover()
+            await self._reap_orphans()
             if self.settings.sandbox_warm_pool > 0 and not self.sandbox_problems:
                 from supervisor.runs.warm import WarmPool
 
@@ -109,8 +110,19 @@ class Runtime:
                 await s.ledger.sweep(now)
                 await s.approvals.expire_due(now)
                 await self.requeue_orphans(now)
+                await self._reap_orphans()
             except Exception:
                 log.warning("sweep failed", exc_info=True)
+
+    async def _reap_orphans(self) -> None:
+        """Kill sandbox children left blocked by an earlier supervisor killed mid-setup (sandbox.orphans)."""
+        from sandbox.orphans import reap_orphans
+
+        pool = self.services.extras.get("uid_pool")
+        uids = pool if pool is not None else {os.getuid()}  # without root, sandboxes run as our own uid
+        killed = await asyncio.to_thread(reap_orphans, uids)
+        if killed:
+            log.warning("killed %d orphaned sandbox process(es) left by a supervisor that died mid-setup", killed)
 
     async def requeue_orphans(self, now: float) -> int:
         """Queue again the runs stored as queued whose job the queue no longer holds: Redis restarted

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _harness import POOL, ROOT, interpreter, limits, make_box, run_snippet
@@ -335,3 +336,59 @@ def test_exit_classification() -> None:
     assert c(1 << 8, stderr_tail=b"OSError: [Errno 27] File too large")[2] == "limit.disk"
     assert c(0, stderr_tail=b"MemoryError")[2] is None  # a clean exit is never a limit
     assert c(9, imposed="limit.wall") == (-9, 9, "limit.wall")  # bwrap itself killed by us
+
+
+@pytest.mark.skipif(not ROOT, reason="makes a process of a pool uid in a new pid namespace")
+async def test_orphaned_sandbox_children_are_reaped_and_live_sandboxes_left_alone(tmp_path: Path) -> None:
+    """A supervisor SIGKILLed while bwrap sets a sandbox up leaves bwrap's namespace child blocked for
+    ever (seen after each worker kill in the suite). sandbox.orphans finds exactly those - bwrap, pid 1
+    of its own pid namespace, its parent not a bwrap - and leaves a live sandbox of the same uids alone."""
+    import shutil
+
+    from sandbox.orphans import find_orphans, reap_orphans
+
+    assert POOL is not None
+    lost, live = POOL.acquire(), POOL.acquire()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "bwrap"  # the same shape: a process named bwrap as pid 1 of a fresh pid namespace
+    shutil.copy("/bin/sleep", fake)
+    for p in (tmp_path, bindir, fake):
+        p.chmod(0o755)
+    parent = subprocess.Popen(["unshare", "--pid", "--fork", "setpriv", f"--reuid={lost}", f"--regid={lost}",
+                               "--clear-groups", str(fake), "60"])
+    box = make_box(live)
+    exe, home = interpreter(live)
+    spec = SandboxSpec(argv=(exe, "-I", "-S", "-c", "import time; print('up', flush=True); time.sleep(30)"),
+                       work_dir=box.work, bundle_dir=None, runtime_dir=None, socket_dir=None, env={},
+                       limits=Limits(wall_s=30), uid=live, gid=live, python_home=home)
+    proc = await launch(spec)
+    try:
+        # external processes starting: nothing to await but their /proc entries
+        await asyncio.to_thread(_wait_for, lambda: _pids_of(lost) and len(_pids_of(live)) >= 2, 10)
+        orphan = _pids_of(lost)
+        assert len(orphan) == 1 and len(_pids_of(live)) >= 2
+        parent.kill()  # its supervisor dies: the child is left on its own, parented to init
+        parent.wait()
+        assert find_orphans({lost, live}) == orphan  # the live sandbox's namespace child has its bwrap parent
+        assert reap_orphans({lost, live}) == 1
+        await asyncio.to_thread(_wait_for, lambda: not _pids_of(lost), 5)
+        assert _pids_of(lost) == []
+        assert len(_pids_of(live)) >= 2  # untouched: still running
+        assert reap_orphans({os.getuid()}) == 0  # only the given uids
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        proc.kill()
+        await proc.wait()
+        box.remove()
+        POOL.release(lost)
+        POOL.release(live)
+
+
+def _wait_for(pred: Any, within_s: float) -> None:
+    """Poll another process's /proc state (no event to wait on), in a thread off the loop."""
+    deadline = time.monotonic() + within_s
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
