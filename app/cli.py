@@ -106,12 +106,13 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
     from supervisor.runtime import open_runtime
     from supervisor.tenancy import create_key, create_tenant
 
-    anchors = []
+    anchors: list[Any] = []
     if args.cmd == "audit":  # bad anchor files are refused before anything is opened
-        from supervisor.audit.anchors import load_anchors
+        from supervisor.audit.anchors import anchors_in
 
         try:
-            anchors = load_anchors(args.anchor)
+            for path in args.anchor:
+                anchors += anchors_in(_read_capped(path, _MAX_RECEIPT_BYTES, f"anchor file {path}"), path)
         except OSError as exc:
             raise StockadeError("input.invalid", f"cannot read {exc.filename}: {exc.strerror or exc}") from None
         except ValueError as exc:
@@ -218,7 +219,7 @@ def _policy_validate(path: str) -> int:
     return validate_main(path)
 
 
-_MAX_RECEIPT_BYTES = 256 * 1024 * 1024
+_MAX_RECEIPT_BYTES = 256 * 1024 * 1024  # also anchor files: receipts are anchors too
 _MAX_KEY_BYTES = 64 * 1024
 
 

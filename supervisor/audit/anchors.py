@@ -18,9 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Anchor", "load_anchors"]
+__all__ = ["Anchor", "anchors_in", "parse_anchors"]
 
-MAX_ANCHOR_BYTES = 256 * 1024 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -52,17 +51,10 @@ def parse_anchors(doc: Any, source: str) -> list[Anchor]:
     raise ValueError(f"{source}: not an anchor file (the output of `stockade audit verify`, or a run receipt)")
 
 
-def load_anchors(paths: list[str]) -> list[Anchor]:
-    """Every anchor of every file; ValueError/OSError with a one-line message for a bad one."""
-    out: list[Anchor] = []
-    for path in paths:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_ANCHOR_BYTES + 1)
-        if len(data) > MAX_ANCHOR_BYTES:
-            raise ValueError(f"{path}: larger than {MAX_ANCHOR_BYTES} bytes")
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError):
-            raise ValueError(f"{path}: not JSON") from None
-        out.extend(parse_anchors(doc, path))
-    return out
+def anchors_in(data: bytes, source: str) -> list[Anchor]:
+    """The chain heads in one anchor file's bytes (read by the caller); ValueError with one line if bad."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{source}: not JSON") from None
+    return parse_anchors(doc, source)

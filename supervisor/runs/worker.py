@@ -30,7 +30,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("stockade.worker")
 CANCEL_POLL_S = 0.25
 OUTAGE_RETRY_S = 5.0  # a run the store could not record is retried this often until the store is back
-SHUTDOWN_END_S = 5.0  # a stopping worker's bound on ending each of its runs (SIGTERM; compose grants 15 s)
+SHUTDOWN_END_S = 5.0  # a stopping worker's bound per step of ending each run (SIGTERM; compose grants 15 s)
 DRAIN_MIN_S = 2.0  # after the sandbox exits: the least time its session gets to read the rest, and the
 # grace its calls still in flight then get
 
@@ -147,12 +147,8 @@ class Worker:
             return
         if run.status != "queued":
             # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
-            await self._release(run)  # settled before the terminal event: a client that sees the end sees it all
-            # nobody waits for its approvals any more: off the approvers' list now, not at their expiry
-            await withdraw_run(s.approvals, run.tenant_id, run.id)
-            lost = "the run was interrupted: its worker was lost, or could not record it (store unavailable)"
-            await emitter.finish("failed", {"code": "run.worker_lost", "message": lost},
-                                 ended_at=time.time(), error_code="run.worker_lost", error_message=lost)
+            await self._end_lost(run, emitter, "the run was interrupted: its worker was lost, or could not record "
+                                               "it (store unavailable)")
             await self._release(run)
             await s.queue.ack(job)
             return
@@ -176,17 +172,21 @@ class Worker:
     async def _end_on_shutdown(self, run: Run, emitter: RunEmitter) -> bool:
         """End a run whose worker stops under it, at once (as a lost run: it is never re-run). False if
         that could not be stored: its job then stays, and another worker ends it after the visibility timeout."""
-        lost = "the run was interrupted: its worker shut down"
         try:
-            await asyncio.wait_for(self._release(run), SHUTDOWN_END_S)
-            await asyncio.wait_for(withdraw_run(self.s.approvals, run.tenant_id, run.id), SHUTDOWN_END_S)
-            await asyncio.wait_for(emitter.finish("failed", {"code": "run.worker_lost", "message": lost},
-                                                  ended_at=time.time(), error_code="run.worker_lost",
-                                                  error_message=lost), SHUTDOWN_END_S)
+            await asyncio.wait_for(self._end_lost(run, emitter, "the run was interrupted: its worker shut down"),
+                                   3 * SHUTDOWN_END_S)
         except Exception:
             log.warning("run %s: could not be ended on shutdown; another worker ends it", run.id, exc_info=True)
             return False
         return True
+
+    async def _end_lost(self, run: Run, emitter: RunEmitter, message: str) -> None:
+        """End a run as ``run.worker_lost``: its reservations settled first (a client that sees the end sees
+        it all), its approval requests off the approvers' list, then the terminal event."""
+        await self._release(run)
+        await withdraw_run(self.s.approvals, run.tenant_id, run.id)
+        await emitter.finish("failed", {"code": "run.worker_lost", "message": message},
+                             ended_at=time.time(), error_code="run.worker_lost", error_message=message)
 
     async def _heartbeat(self, job: Job) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)
