@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from app.guard import Guard
+from app.head import HeadAsGet
 from app.headers import SecurityHeaders
 from app.metrics import Metrics
 from app.problems import install_problem_handlers, problem
@@ -43,6 +44,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
                            allow_headers=["*"], expose_headers=["Idempotent-Replayed"])
     for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router, mcp.router):
         app.include_router(r)
+    app.add_middleware(HeadAsGet)  # HEAD of a GET resource: that GET without its body
     app.add_middleware(Guard, max_body=max_body, metrics=rt.metrics)  # before CORS and routing
     app.add_middleware(SecurityHeaders)  # outermost: the Guard's refusals get the headers too
 

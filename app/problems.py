@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.head import head_allowed
 from supervisor.errors import StockadeError, spec_for
 
 __all__ = ["install_problem_handlers", "problem"]
@@ -75,4 +76,6 @@ def _allowed_methods(request: Request) -> str:
         scope = {**base, "method": method, "headers": []}  # a fresh scope: matching writes into it
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)
+    if "GET" in allowed and "HEAD" not in allowed and head_allowed(request.url.path):
+        allowed.insert(allowed.index("GET") + 1, "HEAD")  # app.head.HeadAsGet serves it
     return ", ".join(allowed)

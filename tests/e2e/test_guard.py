@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.e2e.harness import collect
+
 pytestmark = pytest.mark.node_settings(max_body_bytes=4096)
 
 
@@ -66,11 +68,39 @@ async def test_a_method_a_route_does_not_have_is_405_with_allow_and_changes_noth
     _, key = await node.tenant()
     c = node.client(key)
     before = (await c.get("/v1/runs")).json()["data"]
-    for method, path, allowed in (("TRACE", "/healthz", {"GET"}), ("DELETE", "/v1/runs", {"GET", "POST"}),
-                                  ("PATCH", "/v1/policy", {"GET", "PUT"}), ("PUT", "/v1/runs/run_x/cancel", {"POST"})):
+    for method, path, allowed in (("TRACE", "/healthz", {"GET", "HEAD"}), ("DELETE", "/v1/runs", {"GET", "HEAD", "POST"}),
+                                  ("PATCH", "/v1/policy", {"GET", "HEAD", "PUT"}), ("PUT", "/v1/runs/run_x/cancel", {"POST"}),
+                                  ("HEAD", "/v1/runs/run_x/events", {"GET"})):
         r = await c.request(method, path, json={"bundle": "echo", "input": "x"})
         assert r.status_code == 405, (method, path, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
-        assert r.json()["code"] == "input.method_not_allowed" and r.json()["status"] == 405
+        if method != "HEAD":  # a HEAD answer has no body
+            assert r.json()["code"] == "input.method_not_allowed" and r.json()["status"] == 405
         assert set(r.headers["allow"].replace(" ", "").split(",")) == allowed, (method, path, r.headers["allow"])
     assert (await c.get("/v1/runs")).json()["data"] == before
+
+
+async def test_head_is_get_without_the_body(node):
+    """Probes and ``curl -I`` sent HEAD and got 405 on every route: HEAD is now the GET's status and headers
+    with no body, auth and tenancy included; a run's event stream (whose GET lasts as long as the run) stays 405."""
+    tid, key = await node.tenant()
+    anon = node.client(None)
+    c = node.client(key)
+    for path in ("/healthz", "/readyz", "/metrics", "/ui/", "/ui/app.js", "/v1/receipts/public-key"):
+        get, head = await anon.get(path), await anon.head(path)
+        assert get.status_code == 200 and head.status_code == 200, (path, head.status_code, head.text)
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        if path not in ("/readyz", "/metrics"):  # those bodies change between two requests
+            assert head.headers["content-length"] == get.headers["content-length"], path
+    r = await c.head("/v1/runs")
+    assert r.status_code == 200 and r.content == b"" and r.headers["content-type"] == "application/json"
+    r = await anon.head("/v1/runs")  # no key: the GET's 401, headers only
+    assert r.status_code == 401 and r.content == b""
+    r = await c.head("/v1/runs/run_does_not_exist")
+    assert r.status_code == 404 and r.content == b""
+    r = await c.post("/v1/runs", json={"bundle": "echo", "input": "x"})
+    run = r.json()["id"]
+    await collect(c, run)
+    r = await c.head(f"/v1/runs/{run}/events")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
