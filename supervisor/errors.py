@@ -60,6 +60,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("storage.escape", 403, False, "Path escapes the storage root"),
     ErrorSpec("storage.not_found", 404, False, "No such file"),
     ErrorSpec("storage.quota", 413, False, "Storage quota exceeded"),
+    ErrorSpec("kb.quota", 413, False, "Knowledge base quota exceeded"),
     ErrorSpec("llm.unconfigured", 503, False, "LLM provider not configured"),
     ErrorSpec("llm.provider_error", 502, True, "LLM provider error"),
     ErrorSpec("llm.circuit_open", 503, True, "LLM provider circuit open"),

@@ -6,6 +6,7 @@ from typing import Any
 
 from supervisor.services import Services
 from supervisor.settings import Settings, SettingsError
+from supervisor.stores.kb_port import KbQuota
 
 __all__ = ["open_services"]
 
@@ -60,7 +61,7 @@ async def _open_sql(settings: Settings, migrate: bool) -> dict[str, Any]:
         "bundles": getattr(mod, f"{prefix}BundleStore")(db),
         "policies": getattr(mod, f"{prefix}PolicyStore")(db),
         "ledger": getattr(ledger_mod, f"{prefix}Ledger")(db),
-        "kb": kb_cls(db) if kb_cls else None,
+        "kb": kb_cls(db, _kb_quota(settings)) if kb_cls else None,
     }
 
     async def close() -> None:
@@ -69,6 +70,10 @@ async def _open_sql(settings: Settings, migrate: bool) -> dict[str, Any]:
             await res
 
     return {"ports": ports, "closers": [close], "db": db}
+
+
+def _kb_quota(settings: Settings) -> KbQuota:
+    return KbQuota(max_bytes=settings.kb_quota_mb * 1024 * 1024, max_docs=settings.kb_quota_docs)
 
 
 def _kb(kind: str) -> Any:

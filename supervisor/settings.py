@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # --- storage tool
     storage_quota_mb: int = Field(100, ge=1)
 
+    # --- knowledge base (kb.*): per tenant, enforced by the KB store (supervisor/stores/kb_port.py)
+    kb_quota_mb: int = Field(100, ge=1)  # UTF-8 bytes of document text (body + title + source)
+    kb_quota_docs: int = Field(100_000, ge=1)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("data_dir", "bundles_dir", "llm_pricing_file", "signing_key_file")

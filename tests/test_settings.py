@@ -29,6 +29,10 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     ("STOCKADE_EGRESS_ALLOW_PRIVATE", '["10.0.0.0/33"]', "STOCKADE_EGRESS_ALLOW_PRIVATE"),
     ("STOCKADE_SWEEP_INTERVAL_S", "inf", "STOCKADE_SWEEP_INTERVAL_S"),
     ("STOCKADE_DATABASE_URL", "postgresql://u@h:99999/db", "STOCKADE_DATABASE_URL"),
+    ("STOCKADE_KB_QUOTA_MB", "0", "STOCKADE_KB_QUOTA_MB"),
+    ("STOCKADE_KB_QUOTA_MB", "1.5", "STOCKADE_KB_QUOTA_MB"),
+    ("STOCKADE_KB_QUOTA_DOCS", "-1", "STOCKADE_KB_QUOTA_DOCS"),
+    ("STOCKADE_KB_QUOTA_DOCS", "lots", "STOCKADE_KB_QUOTA_DOCS"),
 ])
 def test_bad_settings_one_line(monkeypatch, name, value, needle):
     monkeypatch.setenv(name, value)
@@ -68,3 +72,14 @@ def test_urls_with_several_hosts_or_ipv6_are_accepted():
         assert load_settings(database_url=url).database_url == url
     with pytest.raises(SettingsError, match="STOCKADE_DATABASE_URL"):
         load_settings(database_url="postgresql://u@h1:5432,h2:x/db")
+
+
+def test_kb_quota_defaults_and_environment(monkeypatch):
+    monkeypatch.delenv("STOCKADE_KB_QUOTA_MB", raising=False)
+    monkeypatch.delenv("STOCKADE_KB_QUOTA_DOCS", raising=False)
+    s = load_settings()
+    assert s.kb_quota_mb == 100 and s.kb_quota_docs == 100_000
+    monkeypatch.setenv("STOCKADE_KB_QUOTA_MB", "5")
+    monkeypatch.setenv("STOCKADE_KB_QUOTA_DOCS", "20")
+    s = load_settings()
+    assert s.kb_quota_mb == 5 and s.kb_quota_docs == 20

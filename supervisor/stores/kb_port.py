@@ -9,6 +9,18 @@ one search; they are not comparable across adapters.
 
 ``add`` with an existing ``doc_id`` replaces that document (so a repeated add
 with the same id is idempotent); without one a fresh id is generated.
+
+Quota (``KbQuota``, from ``STOCKADE_KB_QUOTA_MB`` / ``STOCKADE_KB_QUOTA_DOCS``):
+each tenant may keep at most ``max_docs`` documents and ``max_bytes`` bytes of
+document text (UTF-8 bytes of body + title + source, ``doc_bytes``). Usage is a
+per-tenant counter row (``kb_usage``) kept by a trigger on ``kb_docs``, so no
+write path can forget it; ``add`` reads it, checks and writes in one
+transaction that holds the tenant's counter row (PostgreSQL) or the database
+(SQLite, ``BEGIN IMMEDIATE``) locked, so concurrent adds cannot together
+overshoot. A write that ends exactly at a limit is accepted; one
+that would pass it is refused with ``kb.quota`` and stores nothing. A write that
+does not grow a measure (a replace by a shorter text) is never refused for that
+measure, so a tenant over a lowered quota can still shrink; ``delete`` frees.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ from supervisor.errors import StockadeError
 from supervisor.ids import new_id
 
 __all__ = [
-    "DOC_ID", "KbHit", "KbStore", "MAX_LIMIT", "MAX_QUERY_CHARS", "MAX_SOURCE_CHARS", "MAX_TEXT_CHARS",
-    "MAX_TITLE_CHARS", "SNIPPET_MARK", "check_doc", "check_search",
+    "DEFAULT_QUOTA_BYTES", "DEFAULT_QUOTA_DOCS", "DOC_ID", "KbHit", "KbQuota", "KbStore", "KbUsage", "MAX_LIMIT",
+    "MAX_QUERY_CHARS", "MAX_SOURCE_CHARS", "MAX_TEXT_CHARS", "MAX_TITLE_CHARS", "SNIPPET_MARK", "check_doc",
+    "check_search", "doc_bytes",
 ]
 
 MAX_TEXT_CHARS = 200_000  # PostgreSQL caps one tsvector at 1 MB; this stays well below for any text
@@ -33,6 +46,8 @@ MAX_LIMIT = 50
 SNIPPET_MARK = "**"  # around matched words in snippets (Markdown bold in the UI)
 DOC_ID = re.compile(r"[A-Za-z0-9][\x21-\x7e]{0,199}")  # printable ASCII, no spaces: ids may be URLs
 _NUL = "\x00"
+DEFAULT_QUOTA_BYTES = 100 * 1024 * 1024  # the defaults of STOCKADE_KB_QUOTA_MB / STOCKADE_KB_QUOTA_DOCS
+DEFAULT_QUOTA_DOCS = 100_000
 
 
 @dataclass(frozen=True)
@@ -44,12 +59,47 @@ class KbHit:
     score: float
 
 
+@dataclass(frozen=True)
+class KbUsage:
+    docs: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class KbQuota:
+    """Per-tenant limits; each adapter takes one at construction and enforces it in ``add``."""
+
+    max_bytes: int = DEFAULT_QUOTA_BYTES
+    max_docs: int = DEFAULT_QUOTA_DOCS
+
+    def check(self, used: KbUsage, old_bytes: int | None, new_bytes: int) -> None:
+        """Refuse (``kb.quota``) a write of ``new_bytes`` replacing a document of ``old_bytes`` (None: a new one)."""
+        docs = used.docs + (1 if old_bytes is None else 0)
+        grown = new_bytes - (old_bytes or 0)
+        if docs > self.max_docs and old_bytes is None:
+            what = f"{self.max_docs} documents"
+        elif used.bytes + grown > self.max_bytes and grown > 0:
+            what = f"{self.max_bytes} bytes of text"
+        else:
+            return
+        raise StockadeError(
+            "kb.quota", f"the tenant's knowledge base quota of {what} would be exceeded; delete documents to make room",
+            quota_docs=self.max_docs, quota_bytes=self.max_bytes, used_docs=used.docs, used_bytes=used.bytes,
+        )
+
+
+def doc_bytes(text: str, title: str | None, source: str | None) -> int:
+    """What a document counts against ``max_bytes``: the same sum the ``kb_usage`` triggers take in SQL."""
+    return sum(len(v.encode("utf-8", "surrogatepass")) for v in (text, title, source) if v is not None)
+
+
 class KbStore(Protocol):
     async def add(
         self, tenant_id: str, text: str, *, title: str | None = None, source: str | None = None,
         doc_id: str | None = None,
     ) -> str:
-        """Insert or replace a document; return its id. ``not_found`` for an unknown tenant."""
+        """Insert or replace a document; return its id. ``not_found`` for an unknown tenant,
+        ``kb.quota`` (nothing stored) when it would take the tenant past its quota."""
         ...
 
     async def search(self, tenant_id: str, query: str, *, limit: int = 5) -> list[KbHit]:
@@ -57,7 +107,11 @@ class KbStore(Protocol):
         ...
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:
-        """True if the document existed."""
+        """True if the document existed (its bytes and count are freed)."""
+        ...
+
+    async def usage(self, tenant_id: str) -> KbUsage:
+        """What the tenant's documents count against its quota."""
         ...
 
 

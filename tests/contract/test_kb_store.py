@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import threading
+
 import asyncpg
 import pytest
 
 from supervisor.errors import StockadeError
-from supervisor.stores.kb_port import MAX_LIMIT, KbStore
+from supervisor.stores.kb_port import MAX_LIMIT, KbQuota, KbStore, KbUsage
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _store(sql_db) -> KbStore:
+def _store(sql_db, quota: KbQuota | None = None) -> KbStore:
     if sql_db.is_pg:
         from supervisor.stores.postgres.kb import PgKbStore
 
-        return PgKbStore(sql_db.db)
+        return PgKbStore(sql_db.db, quota)
     from supervisor.stores.sqlite.kb import SqliteKbStore
 
-    return SqliteKbStore(sql_db.db)
+    return SqliteKbStore(sql_db.db, quota)
 
 
 async def _seed(kb: KbStore, tenant: str) -> dict[str, str]:
@@ -180,5 +184,211 @@ async def test_sqlite_uses_one_index_per_tenant(tmp_path):
         names = {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE sql LIKE 'CREATE VIRTUAL TABLE%'")}
         assert names == {_fts_table(a), _fts_table(b)}
         assert db.query(f"SELECT rowid FROM {_fts_table(b)} WHERE {_fts_table(b)} MATCH 'one'") == []
+    finally:
+        await db.close()
+
+
+# --------------------------------------------------------------------------------------------- quota
+
+
+async def _stored(sql_db, tenant: str) -> KbUsage:
+    """What is really in the table (not the counter the quota reads): documents and UTF-8 bytes."""
+    def size(r) -> int:
+        return sum(len(v.encode()) for v in (r["title"], r["source"], r["body"]) if v is not None)
+
+    if sql_db.is_pg:
+        async with sql_db.db.tenant_tx(tenant) as c:
+            rows = await c.fetch("SELECT title, source, body FROM kb_docs WHERE tenant_id = $1", tenant)
+    else:
+        rows = sql_db.db.query("SELECT title, source, body FROM kb_docs WHERE tenant_id = ?", (tenant,))
+    return KbUsage(len(rows), sum(size(r) for r in rows))
+
+
+async def _refused(coro) -> StockadeError:
+    with pytest.raises(StockadeError) as ei:
+        await coro
+    assert ei.value.code == "kb.quota" and not ei.value.retryable and ei.value.http_status == 413
+    return ei.value
+
+
+async def test_quota_documents_under_at_and_over_the_limit(sql_db):
+    kb = _store(sql_db, KbQuota(max_bytes=10**6, max_docs=3))
+    t = await sql_db.new_tenant()
+    await kb.add(t, "alpha one", doc_id="d1")
+    await kb.add(t, "bravo two", doc_id="d2")
+    await kb.add(t, "charlie three", doc_id="d3")  # exactly at the limit: accepted
+    assert (await kb.usage(t)).docs == 3
+    full = await kb.usage(t)
+    err = await _refused(kb.add(t, "delta four", doc_id="d4"))
+    assert err.extra["quota_docs"] == 3 and err.extra["used_docs"] == 3 and "3 documents" in err.detail
+    await _refused(kb.add(t, "echo five"))  # a generated id is a new document too
+    assert await kb.usage(t) == full == await _stored(sql_db, t)  # nothing stored
+    assert await kb.search(t, "delta") == [] and await kb.search(t, "echo") == []
+    assert await kb.add(t, "alpha replaced", doc_id="d1") == "d1"  # a replace adds no document
+    assert [h.doc_id for h in await kb.search(t, "replaced")] == ["d1"]
+    assert await kb.delete(t, "d2") is True  # deleting frees room
+    assert (await kb.usage(t)).docs == 2
+    await kb.add(t, "delta four", doc_id="d4")
+    assert [h.doc_id for h in await kb.search(t, "delta")] == ["d4"]
+    assert await kb.usage(t) == await _stored(sql_db, t)
+
+
+async def test_quota_bytes_count_utf8_text_title_and_source(sql_db):
+    kb = _store(sql_db, KbQuota(max_bytes=100, max_docs=1000))
+    t = await sql_db.new_tenant()
+    await kb.add(t, "é" * 20, title="ab", source="xyz", doc_id="a")  # 40 + 2 + 3 bytes
+    assert await kb.usage(t) == KbUsage(1, 45)
+    await kb.add(t, "b" * 55, doc_id="b")  # exactly at the limit: accepted
+    assert await kb.usage(t) == KbUsage(2, 100)
+    err = await _refused(kb.add(t, "c", doc_id="c"))  # one byte over
+    assert err.extra["quota_bytes"] == 100 and err.extra["used_bytes"] == 100 and "100 bytes" in err.detail
+    await _refused(kb.add(t, "b" * 50, title="title", source="s", doc_id="b"))  # a replace that grows past it
+    assert await kb.usage(t) == KbUsage(2, 100) == await _stored(sql_db, t)
+    assert await kb.search(t, "c") == [] and [h.doc_id for h in await kb.search(t, "b" * 55)] == ["b"]
+    await kb.add(t, "b" * 50, doc_id="b")  # a replace that shrinks frees bytes
+    await kb.add(t, "ccccc", doc_id="c")
+    assert await kb.usage(t) == KbUsage(3, 100)
+    assert await kb.delete(t, "a") is True
+    assert await kb.usage(t) == KbUsage(2, 55)
+
+
+async def test_quota_lowered_below_usage_still_lets_a_tenant_shrink(sql_db):
+    t = await sql_db.new_tenant()
+    await _store(sql_db).add(t, "x" * 80, doc_id="big")
+    kb = _store(sql_db, KbQuota(max_bytes=50, max_docs=1))  # the operator lowered the quota
+    await _refused(kb.add(t, "y", doc_id="new"))
+    await _refused(kb.add(t, "x" * 81, doc_id="big"))
+    await kb.add(t, "x" * 70, doc_id="big")  # shrinking, though still over: accepted
+    assert await kb.usage(t) == KbUsage(1, 70)
+
+
+async def test_quota_concurrent_adds_cannot_overshoot(sql_db):
+    # PostgreSQL: eight transactions on eight pooled connections at once, the first ones racing to
+    # create the tenant's counter row; without the row lock each would read the same usage and pass
+    kb = _store(sql_db, KbQuota(max_bytes=10**6, max_docs=3))
+    t = await sql_db.new_tenant()
+    out = await asyncio.gather(*(kb.add(t, f"word{i} text") for i in range(8)), return_exceptions=True)
+    assert sum(isinstance(r, str) for r in out) == 3, out
+    assert all(r.code == "kb.quota" for r in out if not isinstance(r, str)), out
+    assert (await kb.usage(t)).docs == 3 and await kb.usage(t) == await _stored(sql_db, t)
+    # the byte limit too, on a tenant that already has a counter row
+    kb = _store(sql_db, KbQuota(max_bytes=100, max_docs=1000))
+    u = await sql_db.new_tenant()
+    await kb.add(u, "z" * 10, doc_id="seed")
+    out = await asyncio.gather(*(kb.add(u, f"{i}" * 30) for i in range(1, 9)), return_exceptions=True)
+    assert sum(isinstance(r, str) for r in out) == 3, out
+    assert await kb.usage(u) == KbUsage(4, 100) == await _stored(sql_db, u)
+
+
+async def test_quota_concurrent_replace_and_delete_of_one_document(sql_db):
+    # every writer locks the tenant's counter row before the document (PostgreSQL would otherwise
+    # deadlock a replace against a delete of the same document), and the counter stays exact
+    kb = _store(sql_db, KbQuota(max_bytes=10**6, max_docs=10))
+    t = await sql_db.new_tenant()
+    for _ in range(3):
+        await kb.add(t, "start", doc_id="d")
+        ops = [kb.add(t, "v" * (i + 1), doc_id="d") for i in range(6)] + [kb.delete(t, "d") for _ in range(3)]
+        await asyncio.gather(*ops)
+        assert await kb.usage(t) == await _stored(sql_db, t)
+
+
+async def test_quota_is_per_tenant(sql_db):
+    kb = _store(sql_db, KbQuota(max_bytes=10**6, max_docs=2))
+    a, b = await sql_db.new_tenant(), await sql_db.new_tenant()
+    await kb.add(a, "one")
+    await kb.add(a, "two")
+    await _refused(kb.add(a, "three"))
+    await kb.add(b, "uno")  # a full does not block b
+    await kb.add(b, "dos", doc_id="same-id")
+    await _refused(kb.add(b, "tres"))
+    assert await kb.usage(a) == KbUsage(2, 6) and await kb.usage(b) == KbUsage(2, 6)
+    assert await kb.delete(b, "same-id") is True
+    await _refused(kb.add(a, "three"))  # b's delete freed b's room only
+    await kb.add(b, "tres")
+    assert await kb.usage(await sql_db.new_tenant()) == KbUsage(0, 0)
+
+
+async def test_sqlite_quota_holds_across_connections(tmp_path):
+    # two handles on one file (a server and a CLI process): the check and the write share one
+    # BEGIN IMMEDIATE transaction, so writers on other connections cannot slip in between
+    from supervisor.stores.sqlite import SqliteTenantStore, open_sqlite
+    from supervisor.stores.sqlite.kb import SqliteKbStore
+
+    path = tmp_path / "kb.db"
+    dbs = [await open_sqlite(path), await open_sqlite(path, migrate=False)]
+    try:
+        t = (await SqliteTenantStore(dbs[0]).create_tenant("t")).id
+        quota = KbQuota(max_bytes=10**6, max_docs=5)
+        barrier = threading.Barrier(2)
+        results: list[str] = []
+
+        def writer(db, n: int) -> None:
+            kb = SqliteKbStore(db, quota)
+            barrier.wait()
+            for i in range(10):
+                try:
+                    asyncio.run(kb.add(t, f"writer{n} doc{i}"))
+                    results.append("ok")
+                except StockadeError as exc:
+                    results.append(exc.code)
+
+        await asyncio.gather(*(asyncio.to_thread(writer, db, n) for n, db in enumerate(dbs)))
+        assert results.count("ok") == 5 and results.count("kb.quota") == 15, results
+        assert dbs[0].query_one("SELECT count(*) AS n FROM kb_docs")["n"] == 5
+    finally:
+        for db in dbs:
+            await db.close()
+
+
+async def test_sqlite_migration_counts_documents_stored_before_it(tmp_path):
+    from supervisor.stores.migrations.runner import HERE, migrate_sqlite
+    from supervisor.stores.sqlite import SqliteTenantStore, open_sqlite
+
+    before = tmp_path / "before"
+    before.mkdir()
+    for f in (HERE / "sqlite").glob("*.sql"):
+        if f.name < "0034":
+            shutil.copy(f, before / f.name)
+    db = await open_sqlite(tmp_path / "kb.db", migrate=False)
+    try:
+        await migrate_sqlite(db, before)
+        a = (await SqliteTenantStore(db).create_tenant("a")).id
+        b = (await SqliteTenantStore(db).create_tenant("b")).id
+        for tenant, doc, title, source, body in ((a, "1", "t", None, "ünï"), (a, "2", None, "src", "xy"),
+                                                  (b, "1", None, None, "b" * 7)):
+            db.execute("INSERT INTO kb_docs (tenant_id, doc_id, title, source, body, created_at, updated_at)"
+                       " VALUES (?, ?, ?, ?, ?, 0, 0)", (tenant, doc, title, source, body))
+        assert "0034_kb_quota.sql" in await migrate_sqlite(db)
+        from supervisor.stores.sqlite.kb import SqliteKbStore
+
+        kb = SqliteKbStore(db)
+        assert await kb.usage(a) == KbUsage(2, 1 + 5 + 3 + 2) and await kb.usage(b) == KbUsage(1, 7)
+    finally:
+        await db.close()
+
+
+async def test_postgres_migration_counts_documents_stored_before_it(fresh_pg_url, tmp_path):
+    from supervisor.stores.migrations.runner import HERE, migrate_postgres
+    from supervisor.stores.postgres import PgTenantStore, open_postgres
+    from supervisor.stores.postgres.kb import PgKbStore
+
+    before = tmp_path / "before"
+    before.mkdir()
+    for f in (HERE / "postgres").glob("*.sql"):
+        if f.name < "0034":
+            shutil.copy(f, before / f.name)
+    await migrate_postgres(fresh_pg_url, before)
+    db = await open_postgres(fresh_pg_url, min_size=1, max_size=2, migrate=False)
+    try:
+        a = (await PgTenantStore(db).create_tenant("a")).id
+        b = (await PgTenantStore(db).create_tenant("b")).id
+        for tenant, doc, title, source, body in ((a, "1", "t", None, "ünï"), (a, "2", None, "src", "xy"),
+                                                  (b, "1", None, None, "b" * 7)):
+            async with db.tenant_tx(tenant) as c:
+                await c.execute("INSERT INTO kb_docs (tenant_id, doc_id, title, source, body, created_at, updated_at)"
+                                " VALUES ($1, $2, $3, $4, $5, 0, 0)", tenant, doc, title, source, body)
+        assert "0034_kb_quota.sql" in await migrate_postgres(db)
+        kb = PgKbStore(db)
+        assert await kb.usage(a) == KbUsage(2, 1 + 5 + 3 + 2) and await kb.usage(b) == KbUsage(1, 7)
     finally:
         await db.close()

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
+from supervisor.audit.chain import Sealer
+from supervisor.audit.keys import load_audit_key
+from supervisor.audit.recorder import AuditRecorder
+from supervisor.chain.base import Binding, CallState
+from supervisor.chain.build import build_chain
 from supervisor.errors import StockadeError
+from supervisor.factory import open_services
+from supervisor.policy import load_policy
 from supervisor.settings import Settings
+from supervisor.stores.kb_port import KbQuota
 from supervisor.stores.sqlite import SqliteTenantStore, open_sqlite
 from supervisor.stores.sqlite.kb import SqliteKbStore
 from supervisor.tools.kb import KbAddTool, KbSearchTool, tools
@@ -75,3 +86,58 @@ def test_args_and_metadata():
     assert set(by_name) == {"kb.add", "kb.search"}
     assert by_name["kb.search"].risk == "low" and not by_name["kb.search"].side_effects
     assert by_name["kb.add"].side_effects
+
+
+async def test_kb_add_over_the_quota_is_refused_with_kb_quota(tmp_path):
+    db = await open_sqlite(tmp_path / "s.db")
+    try:
+        ts, s = SqliteTenantStore(db), Settings(data_dir=tmp_path)
+        a, b = (await ts.create_tenant("a")).id, (await ts.create_tenant("b")).id
+        kb = SqliteKbStore(db, KbQuota(max_bytes=10**6, max_docs=1))
+        await _run(KbAddTool(), s, kb, a, text="first document")
+        with pytest.raises(StockadeError) as ei:
+            await _run(KbAddTool(), s, kb, a, text="second document")
+        # what the session sends the bundle in its error frame (ctx.call raises ToolError with this .code)
+        frame = ei.value.to_dict()
+        assert frame["code"] == "kb.quota" and frame["retryable"] is False and frame["quota_docs"] == 1
+        assert (await _run(KbSearchTool(), s, kb, a, query="second"))["results"] == []
+        assert (await _run(KbAddTool(), s, kb, b, text="second document"))["doc_id"]  # b has its own room
+    finally:
+        await db.close()
+
+
+async def test_kb_quota_setting_reaches_the_store_and_the_refusal_is_audited(tmp_path):
+    # settings -> factory -> store, and the governance chain a bundle's ctx.call("kb.add") goes through
+    s = Settings(data_dir=tmp_path / "data", kb_quota_docs=2, kb_quota_mb=1)
+    svc = await open_services(s)
+    try:
+        chain, _ = build_chain(AuditRecorder(svc.audit, Sealer(load_audit_key(s))))
+        tenant = (await svc.tenants.create_tenant("t-" + secrets.token_hex(3))).id
+        policy = "version: 1\nrules:\n  - id: kb\n    tool: kb.*\n    verdict: allow\n"
+        await svc.policies.put(tenant, policy, load_policy(policy).version)
+        binding = Binding(tenant_id=tenant, run_id="run_" + secrets.token_hex(4), bundle="b", bundle_version="1")
+
+        async def call(**args: Any) -> dict[str, Any] | StockadeError:
+            async def emit(type_: str, data: dict[str, Any]) -> None:
+                return None
+
+            try:
+                return await chain(CallState(binding=binding, tool_name="kb.add", raw_args=args, services=svc,
+                                             emit=emit))
+            except StockadeError as exc:
+                return exc
+
+        assert isinstance(await call(text="one", doc_id="one"), dict)
+        assert isinstance(await call(text="two", doc_id="two"), dict)
+        out = await call(text="three")
+        assert isinstance(out, StockadeError) and out.code == "kb.quota" and out.extra["quota_docs"] == 2
+        # 800,000 bytes each (4-byte characters): one fits in the 1 MB, two do not
+        assert isinstance(await call(text="\U0001F600" * 200_000, doc_id="one"), dict)
+        out = await call(text="\U0001F600" * 200_000, doc_id="two")
+        assert isinstance(out, StockadeError) and out.code == "kb.quota" and out.extra["quota_bytes"] == 1024 * 1024
+        records = await svc.audit.list(tenant, run_id=binding.run_id)
+        failed = [r for r in records if r.kind == "tool.failed"]
+        assert [(r.tool, r.code) for r in failed] == [("kb.add", "kb.quota")] * 2
+        assert (await svc.kb.usage(tenant)).docs == 2
+    finally:
+        await svc.close()

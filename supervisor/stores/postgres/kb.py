@@ -5,13 +5,22 @@ filters by ``tenant_id`` as well. ``websearch_to_tsquery`` never raises on
 user text (unlike ``to_tsquery``), so the query is passed through as data.
 ``ts_headline`` is costly (it re-parses the document), so it runs only on the
 ``limit`` best rows.
+
+Quota: ``add`` locks the tenant's ``kb_usage`` row (migration 0034; a trigger on
+``kb_docs`` keeps it), then reads the replaced document's size, checks, and
+writes, all in one transaction: a concurrent add of the same tenant waits on the
+row lock and, READ COMMITTED, its next statement sees what this one committed.
+``delete`` takes the same lock first, so every writer locks counter then
+document, in that order (FACTS.md: one lock order, no deadlock).
 """
 
 from __future__ import annotations
 
 import time
 
-from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, check_doc, check_search
+import asyncpg
+
+from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, KbQuota, KbUsage, check_doc, check_search, doc_bytes
 from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error
 from supervisor.stores.postgres.db import PgDB
 
@@ -38,18 +47,37 @@ ORDER BY top.score DESC, top.doc_id
 """
 
 
+_LOCK_USAGE = "SELECT docs, bytes FROM kb_usage WHERE tenant_id = $1 FOR UPDATE"
+_OLD_BYTES = ("SELECT stockade_kb_doc_bytes(title, source, body) FROM kb_docs"
+              " WHERE tenant_id = $1 AND doc_id = $2")
+
+
+async def _lock_usage(c: asyncpg.Connection, tenant_id: str) -> KbUsage:
+    """Lock the tenant's counter row (created on its first document) and return it."""
+    row = await c.fetchrow(_LOCK_USAGE, tenant_id)
+    if row is None:  # a concurrent first add inserts too: ours waits for it, does nothing, then locks its row
+        await c.execute(
+            "INSERT INTO kb_usage (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING", tenant_id)
+        row = await c.fetchrow(_LOCK_USAGE, tenant_id)
+    return KbUsage(int(row["docs"]), int(row["bytes"]))
+
+
 class PgKbStore:
-    def __init__(self, db: PgDB) -> None:
+    def __init__(self, db: PgDB, quota: KbQuota | None = None) -> None:
         self._db = db
+        self._quota = quota or KbQuota()
 
     async def add(
         self, tenant_id: str, text: str, *, title: str | None = None, source: str | None = None,
         doc_id: str | None = None,
     ) -> str:
         doc_id = check_doc(text, title, source, doc_id)
+        size = doc_bytes(text, title, source)
         now = time.time()
         async with self._db.tenant_tx(tenant_id) as c:
             try:
+                used = await _lock_usage(c, tenant_id)
+                self._quota.check(used, await c.fetchval(_OLD_BYTES, tenant_id, doc_id), size)
                 await c.execute(
                     "INSERT INTO kb_docs (tenant_id, doc_id, title, source, body, created_at, updated_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $6)"
@@ -71,5 +99,12 @@ class PgKbStore:
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:
         async with self._db.tenant_tx(tenant_id) as c:
+            if await c.fetchrow(_LOCK_USAGE, tenant_id) is None:
+                return False  # no counter row: the tenant never stored a document
             status = await c.execute("DELETE FROM kb_docs WHERE tenant_id = $1 AND doc_id = $2", tenant_id, doc_id)
         return status.endswith(" 1")
+
+    async def usage(self, tenant_id: str) -> KbUsage:
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow("SELECT docs, bytes FROM kb_usage WHERE tenant_id = $1", tenant_id)
+        return KbUsage(int(row["docs"]), int(row["bytes"])) if row else KbUsage(0, 0)

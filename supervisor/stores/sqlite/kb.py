@@ -11,6 +11,11 @@ User queries are never passed to FTS5 as syntax: they are translated from the
 web-search dialect PostgreSQL's ``websearch_to_tsquery`` accepts (words AND-ed,
 ``"phrases"``, ``or``, ``-word``) into FTS5 with every term double-quoted, so no
 user text can produce an FTS5 syntax error or reach a column filter.
+
+Quota: ``add`` reads the tenant's ``kb_usage`` row (migration 0034; triggers on
+``kb_docs`` keep it), checks and writes inside one ``BEGIN IMMEDIATE``
+transaction, which holds the database write lock: no other connection or
+process writes in between.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 import sqlite3
 import time
 
-from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, check_doc, check_search
+from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, KbQuota, KbUsage, check_doc, check_search, doc_bytes
 from supervisor.stores.sqlite._rows import integrity_error
 from supervisor.stores.sqlite.db import SqliteDB
 
@@ -78,9 +83,20 @@ def _fts_table(tenant_id: str) -> str:
     return "kb_fts_" + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:24]
 
 
+_USAGE = "SELECT docs, bytes FROM kb_usage WHERE tenant_id = ?"
+# the same sum as kb_port.doc_bytes and the kb_usage triggers
+_BYTES = ("length(CAST(body AS BLOB)) + coalesce(length(CAST(title AS BLOB)), 0)"
+          " + coalesce(length(CAST(source AS BLOB)), 0)")
+
+
+def _usage(row: sqlite3.Row | None) -> KbUsage:
+    return KbUsage(int(row["docs"]), int(row["bytes"])) if row else KbUsage(0, 0)
+
+
 class SqliteKbStore:
-    def __init__(self, db: SqliteDB) -> None:
+    def __init__(self, db: SqliteDB, quota: KbQuota | None = None) -> None:
         self._db = db
+        self._quota = quota or KbQuota()
         self._ready: set[str] = set()
 
     def _ensure_index(self, conn: sqlite3.Connection, table: str) -> None:
@@ -104,14 +120,18 @@ class SqliteKbStore:
         doc_id: str | None = None,
     ) -> str:
         doc_id = check_doc(text, title, source, doc_id)
+        size = doc_bytes(text, title, source)
         table = _fts_table(tenant_id)
         now = time.time()
         try:
             with self._db.tx() as c:
-                self._ensure_index(c, table)
                 old = c.execute(
-                    "SELECT id, title, body FROM kb_docs WHERE tenant_id = ? AND doc_id = ?", (tenant_id, doc_id)
+                    f"SELECT id, title, body, {_BYTES} AS size FROM kb_docs WHERE tenant_id = ? AND doc_id = ?",
+                    (tenant_id, doc_id),
                 ).fetchone()
+                self._quota.check(_usage(c.execute(_USAGE, (tenant_id,)).fetchone()),
+                                  None if old is None else int(old["size"]), size)
+                self._ensure_index(c, table)
                 if old is not None:
                     c.execute(
                         f"INSERT INTO {table} ({table}, rowid, title, body) VALUES ('delete', ?, ?, ?)",
@@ -168,3 +188,6 @@ class SqliteKbStore:
             c.execute("DELETE FROM kb_docs WHERE id = ?", (old["id"],))
         self._ready.add(table)
         return True
+
+    async def usage(self, tenant_id: str) -> KbUsage:
+        return _usage(self._db.query_one(_USAGE, (tenant_id,)))

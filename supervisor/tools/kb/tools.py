@@ -1,7 +1,9 @@
 """``kb.add`` / ``kb.search``: the tenant's knowledge base (``services.kb``, a ``KbStore``).
 
 The tenant comes from the run's binding. Results carry document ids so a
-bundle can emit ``citation`` events pointing at them.
+bundle can emit ``citation`` events pointing at them. A ``kb.add`` past the
+tenant's quota (``STOCKADE_KB_QUOTA_MB`` / ``STOCKADE_KB_QUOTA_DOCS``, enforced
+by the store) fails with ``kb.quota`` and stores nothing.
 """
 
 from __future__ import annotations
