@@ -10,9 +10,12 @@ from fastapi import Depends, Request
 from supervisor.errors import StockadeError
 from supervisor.tenancy import Principal, authenticate
 
-__all__ = ["MAX_ID", "principal", "require_role", "runtime"]
+__all__ = ["KEY_RECHECK_S", "MAX_ID", "principal", "require_role", "runtime"]
 
 MAX_ID = 2**63 - 1  # the largest sequence number / row id any store holds (PostgreSQL bigint)
+# An open SSE stream or Socket.IO connection looks its key up again this often (one lookup per stream, however
+# many events flow): a key revoked meanwhile is cut off within this bound. Read at call time (tests shorten it).
+KEY_RECHECK_S = 5.0
 
 
 def runtime(request: Request) -> Any:

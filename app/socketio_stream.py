@@ -9,8 +9,11 @@ again to a run replaces that subscription (events carry no subscription id, so
 two would deliver every event twice); ``unsubscribe`` ``{"run_id"}`` ends one.
 Every event is answered in its ack: ``{"ok": true}`` or ``{"ok": false,
 "code": ..., "message": ...}``. The key is checked again on every
-``subscribe``: a revoked key subscribes to nothing more (subscriptions already
-open end with their runs, as an open SSE stream does).
+``subscribe``, and every ``deps.KEY_RECHECK_S`` while connected: once it is
+revoked (or cannot be looked up) the connection's subscriptions stop, the
+client gets an ``error`` event ``{"code": "auth.invalid", "message",
+"retryable"}`` (the code of the failure, if the lookup failed) and is
+disconnected. Events already delivered stay delivered.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from typing import Any
 
 import socketio
 
+from app import deps
 from app.deps import MAX_ID
 from supervisor.errors import StockadeError
-from supervisor.keys import hash_key
 from supervisor.stores.records import TERMINAL_STATUSES, Event
-from supervisor.tenancy import authenticate
+from supervisor.tenancy import Principal, authenticate, key_is_live
 
 __all__ = ["mount_socketio"]
 
@@ -56,6 +59,7 @@ def _run_id_of(args: tuple[Any, ...]) -> str | None:
 def mount_socketio(app: Any, rt: Any) -> Any:
     sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [])
     subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it
+    watchers: dict[str, asyncio.Task] = {}  # sid -> the task re-checking its key
 
     def from_client(sid: str) -> bool:
         # python-socketio hands a client's *event* named "connect" or "disconnect" to these handlers too;
@@ -71,8 +75,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
             p = await authenticate(rt.services, f"Bearer {token}" if isinstance(token, str) and token else None)
         except StockadeError:
             raise socketio.exceptions.ConnectionRefusedError("auth.invalid") from None
-        await sio.save_session(sid, {"tenant_id": p.tenant_id, "key_hash": hash_key(token)})
+        await sio.save_session(sid, {"principal": p})
         subs[sid] = {}
+        watchers[sid] = asyncio.create_task(_watch_key(sio, rt, sid, p, subs, watchers))
         return True
 
     @sio.event
@@ -81,6 +86,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
             return _error("input.invalid", "disconnect is not an event: close the connection")
         for t in subs.pop(sid, {}).values():
             t.cancel()
+        watcher = watchers.pop(sid, None)
+        if watcher is not None and watcher is not asyncio.current_task():  # never the watcher disconnecting it
+            watcher.cancel()
         return None
 
     @sio.event
@@ -91,12 +99,11 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         after = args[0].get("after", 0)
         if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= MAX_ID:
             return _error("input.invalid", "after must be a sequence number (0 or more)")
-        session = await sio.get_session(sid)
+        p: Principal = (await sio.get_session(sid))["principal"]
         try:
-            key = await rt.services.tenants.find_key(session["key_hash"])
-            if key is None or key.revoked_at is not None or key.tenant_id != session["tenant_id"]:
+            if not await key_is_live(rt.services, p):
                 return _error("auth.invalid", "the API key is unknown or revoked")
-            run = await rt.services.runs.get_run(session["tenant_id"], run_id)
+            run = await rt.services.runs.get_run(p.tenant_id, run_id)
         except StockadeError as exc:
             return _error(exc.code, exc.detail)
         except Exception:
@@ -133,6 +140,36 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         return _error("input.invalid", "unknown event: use subscribe or unsubscribe")
 
     return socketio.ASGIApp(sio, other_asgi_app=app)
+
+
+async def _watch_key(sio: Any, rt: Any, sid: str, p: Principal, subs: dict[str, dict[str, asyncio.Task]],
+                     watchers: dict[str, asyncio.Task]) -> None:
+    """Look the connection's key up every KEY_RECHECK_S; once it fails, stop everything and disconnect."""
+    while True:
+        await asyncio.sleep(deps.KEY_RECHECK_S)
+        if sid not in subs:  # disconnected (the handler cancels this task too; belt and braces)
+            return
+        try:
+            if await key_is_live(rt.services, p):
+                continue
+            err = StockadeError("auth.invalid", "the API key was revoked")
+        except StockadeError as exc:  # the key cannot be confirmed: fail closed
+            err = exc
+        except Exception:
+            log.exception("re-checking the key of %s failed", sid)
+            err = StockadeError("internal", "internal error")
+        break
+    if watchers.get(sid) is asyncio.current_task():
+        del watchers[sid]
+    tasks = list(subs.pop(sid, {}).values())  # a subscribe racing this finds the connection gone
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # nothing more is forwarded after the error
+    try:
+        await sio.emit("error", err.to_dict(), to=sid)
+        await sio.disconnect(sid)
+    except Exception:
+        log.exception("disconnecting %s after its key failed", sid)
 
 
 async def _forward(sio: Any, rt: Any, sid: str, tenant_id: str, run_id: str, cursor: int) -> None:

@@ -6,6 +6,8 @@ gaps in the live tail are filled from the store, so a client never misses an
 event. The stream ends after the terminal event; comment keep-alives every 15 s. A cursor at or past
 the end of a run that has ended gets 204 (routes/runs.py: an EventSource then stops reconnecting); if
 the run ends behind the cursor while the stream is open, the next keep-alive check closes it.
+The key is looked up again every ``deps.KEY_RECHECK_S`` (however busy the stream): once revoked, or if
+the lookup fails, the stream closes after a comment naming the code (events already sent stay sent).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 
 from fastapi import Request
 
+from app import deps
+from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
+from supervisor.tenancy import Principal, key_is_live
 
 __all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
 
@@ -35,14 +40,22 @@ def encode_event(e: Event) -> bytes:
     return f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
 
 
-async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, cursor: int) -> AsyncIterator[bytes]:
+async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, cursor: int, *,
+                       principal: Principal) -> AsyncIterator[bytes]:
     runs, bus = rt.services.runs, rt.services.events
     metrics = rt.metrics
+    loop = asyncio.get_running_loop()
+    recheck_at = loop.time() + deps.KEY_RECHECK_S  # the request was authenticated just now
     metrics.sse_subscribers.inc()
     try:
         yield b": stream of run " + run_id.encode() + b"\nretry: 1000\n\n"
         # 1. replay what the store has
         while True:
+            if loop.time() >= recheck_at:
+                if (revoked := await _revoked(rt, principal)) is not None:
+                    yield revoked
+                    return
+                recheck_at = loop.time() + deps.KEY_RECHECK_S
             events = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
             if events:
                 yield b"".join(encode_event(e) for e in events)
@@ -54,11 +67,20 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
         # 2. live tail; a batch arrives per wake-up, joined into one write
         queue: asyncio.Queue = asyncio.Queue(maxsize=64)
         pump = asyncio.create_task(_pump(bus, run_id, cursor, queue))
+        quiet_until = loop.time() + KEEPALIVE_S
         try:
             while True:
+                if loop.time() >= recheck_at:  # by the clock, not per event: one lookup per interval
+                    if (revoked := await _revoked(rt, principal)) is not None:
+                        yield revoked
+                        return
+                    recheck_at = loop.time() + deps.KEY_RECHECK_S
                 try:
-                    batch = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    batch = await asyncio.wait_for(queue.get(), max(0.001, min(quiet_until, recheck_at) - loop.time()))
                 except TimeoutError:
+                    if loop.time() < quiet_until:
+                        continue  # woken for the key check only
+                    quiet_until = loop.time() + KEEPALIVE_S
                     if await request.is_disconnected():
                         return
                     yield b": keep-alive\n\n"
@@ -71,6 +93,7 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                         if ended:
                             return
                         continue
+                quiet_until = loop.time() + KEEPALIVE_S
                 if isinstance(batch, BaseException):
                     pump = asyncio.create_task(_pump(bus, run_id, cursor, queue, delay=1.0))
                     batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
@@ -100,6 +123,17 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                 await pump
     finally:
         metrics.sse_subscribers.dec()
+
+
+async def _revoked(rt: Any, principal: Principal) -> bytes | None:
+    """None while the stream's key still authenticates; else the comment to close the stream with."""
+    try:
+        if await key_is_live(rt.services, principal):
+            return None
+        code = "auth.invalid"
+    except StockadeError as exc:  # the key cannot be confirmed: fail closed (the client reconnects to resume)
+        code = exc.code
+    return b": " + code.encode() + b": stream closed\n\n"
 
 
 async def _ended(runs: Any, tenant_id: str, run_id: str) -> bool:

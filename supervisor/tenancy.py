@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.errors import StockadeError
@@ -12,7 +12,7 @@ from supervisor.ids import new_id
 from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
 from supervisor.stores.records import ROLES, ApiKey, Tenant
 
-__all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant"]
+__all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant", "key_is_live"]
 
 _TENANT_ID = re.compile(r"ten_[0-9a-z]{20}")
 
@@ -24,6 +24,8 @@ class Principal:
     role: str
     user_id: str | None = None
     project_id: str | None = None
+    key_hash: str = field(default="", repr=False, compare=False)  # what an open stream looks the key up by again
+
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,19 @@ async def authenticate(services: Any, authorization: str | None) -> Principal:
         raise StockadeError("auth.missing", "send Authorization: Bearer <api key>")
     if not well_formed(token):
         raise StockadeError("auth.invalid", "the API key is malformed")
-    key = await services.tenants.find_key(hash_key(token))
+    key_hash = hash_key(token)
+    key = await services.tenants.find_key(key_hash)
     if key is None or key.revoked_at is not None:
         raise StockadeError("auth.invalid", "the API key is unknown or revoked")
-    return Principal(tenant_id=key.tenant_id, key_id=key.id, role=key.role, user_id=key.user_id, project_id=key.project_id)
+    return Principal(tenant_id=key.tenant_id, key_id=key.id, role=key.role, user_id=key.user_id, project_id=key.project_id,
+                     key_hash=key_hash)
+
+
+async def key_is_live(services: Any, p: Principal) -> bool:
+    """Whether the key ``p`` authenticated with still authenticates (not revoked, not gone with its tenant).
+
+    Open streams call this periodically: authentication happens once per request, a stream outlives it.
+    Store errors propagate; the caller fails closed.
+    """
+    key = await services.tenants.find_key(p.key_hash) if p.key_hash else None
+    return key is not None and key.revoked_at is None and key.id == p.key_id and key.tenant_id == p.tenant_id

@@ -165,7 +165,7 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
         # the terminal event's id) but stops on 204 (HTML, server-sent events); a stream would stay open
         return Response(status_code=204)
     return StreamingResponse(
-        event_stream(rt, request, run.tenant_id, run.id, cursor),
+        event_stream(rt, request, run.tenant_id, run.id, cursor, principal=p),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
     )
