@@ -37,5 +37,18 @@ def require_role(*roles: str) -> Callable[..., Any]:
     return dep
 
 
+def require_tenant_wide(*roles: str) -> Callable[..., Any]:
+    """``require_role`` for what acts on the whole tenant (its policy, budgets, bundles, MCP servers, users,
+    projects, ledger): a key bound to a user or a project is refused, whatever its role."""
+    role_dep = require_role(*roles)
+
+    async def dep(p: Principal = Depends(role_dep)) -> Principal:
+        if p.bound:
+            raise StockadeError("auth.forbidden", "this key is bound to a user or project; this needs an unbound key")
+        return p
+
+    return dep
+
+
 READ_ROLES = ("admin", "member", "approver", "viewer")
 WRITE_ROLES = ("admin", "member")

@@ -109,7 +109,7 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         except Exception:
             log.exception("subscribe of %r failed", run_id)
             return _error("internal", "internal error")
-        if run is None:
+        if run is None or not p.sees(run.user_id, run.project_id):  # a bound key's: its binding's runs only
             return _error("not_found", "no such run")
         # from here on no await: the cap check and the insert cannot interleave with another subscribe
         live = subs.get(sid)

@@ -26,6 +26,17 @@ class Principal:
     project_id: str | None = None
     key_hash: str = field(default="", repr=False, compare=False)  # what an open stream looks the key up by again
 
+    # A key bound to a user and/or a project acts as that user / within that project: it sees the runs (and
+    # their events, receipts, approvals, audit records, conversations) of its binding only, and nothing it
+    # does reaches past it (tenant-wide settings, other keys). An unbound key sees the whole tenant.
+    @property
+    def bound(self) -> bool:
+        return self.user_id is not None or self.project_id is not None
+
+    def sees(self, user_id: str | None, project_id: str | None) -> bool:
+        """Whether an object owned by ``user_id`` / ``project_id`` (a run, a key) is within this key's binding."""
+        return (self.user_id is None or user_id == self.user_id) and (
+            self.project_id is None or project_id == self.project_id)
 
 
 @dataclass(frozen=True)

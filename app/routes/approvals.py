@@ -41,25 +41,32 @@ async def list_approvals(rt: Any = Depends(runtime), p: Principal = Depends(requ
                          status: Literal["pending", "approved", "rejected", "expired"] | None = Query(None),
                          limit: int = Query(100, ge=1, le=500),
                          run_id: str | None = Query(None, min_length=1, max_length=128)) -> dict[str, Any]:
-    items = await rt.services.approvals.list(p.tenant_id, status=status, limit=limit, run_id=run_id)
+    items = await rt.services.approvals.list(p.tenant_id, status=status, limit=limit, run_id=run_id,
+                                             user_id=p.user_id, project_id=p.project_id)
     return {"data": [approval_json(a) for a in items]}
 
 
 @router.get("/{approval_id}")
 async def get_approval(approval_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
-    a = await rt.services.approvals.get(p.tenant_id, approval_id)
+    return approval_json(await _load(rt.services, p, approval_id))
+
+
+async def _load(s: Any, p: Principal, approval_id: str) -> Approval:
+    a = await s.approvals.get(p.tenant_id, approval_id)
+    if a is not None and p.bound:  # a bound key sees the requests of its own runs only
+        run = await s.runs.get_run(p.tenant_id, a.run_id)
+        if run is None or not p.sees(run.user_id, run.project_id):
+            a = None
     if a is None:
         raise StockadeError("not_found", f"no approval {approval_id}")
-    return approval_json(a)
+    return a
 
 
 @router.post("/{approval_id}/decision")
 async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
                  p: Principal = Depends(require_role("admin", "approver"))) -> dict[str, Any]:
     s = rt.services
-    a = await s.approvals.get(p.tenant_id, approval_id)
-    if a is None:
-        raise StockadeError("not_found", f"no approval {approval_id}")
+    a = await _load(s, p, approval_id)
     if body.args_hash is not None and body.args_hash != a.args_hash:
         raise StockadeError("conflict", "the arguments changed since you looked: args_hash does not match")
     if a.status == "expired":

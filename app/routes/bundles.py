@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from app.deps import READ_ROLES, WRITE_ROLES, require_role, runtime
+from app.deps import READ_ROLES, WRITE_ROLES, require_role, require_tenant_wide, runtime
 from supervisor.errors import StockadeError
 from supervisor.tenancy import Principal
 
@@ -28,7 +28,7 @@ async def list_bundles(rt: Any = Depends(runtime), p: Principal = Depends(requir
 
 
 @router.post("", status_code=201)
-async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*WRITE_ROLES))) -> dict[str, Any]:
+async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*WRITE_ROLES))) -> dict[str, Any]:
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype not in ("application/gzip", "application/x-gzip", "application/x-tar", "application/zip",
                      "application/octet-stream", "application/x-compressed-tar"):

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import READ_ROLES, require_role, runtime
+from app.deps import READ_ROLES, require_role, require_tenant_wide, runtime
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal
@@ -63,7 +63,7 @@ def _server_json(s: Any, tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 @router.post("/servers", status_code=201)
 async def register_server(body: RegisterBody, rt: Any = Depends(runtime),
-                          p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+                          p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     server, pins, skipped = await _service(rt).register(p.tenant_id, body.name, body.url, body.headers, key_id=p.key_id)
     await rt.recorder.record(p.tenant_id, "mcp.server.registered", tool=f"mcp.{server.name}.*", detail={
         "key_id": p.key_id, "server": server.name, "url": server.url,
@@ -85,7 +85,7 @@ async def get_server(name: str, rt: Any = Depends(runtime), p: Principal = Depen
 
 
 @router.post("/servers/{name}/refresh")
-async def refresh_server(name: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+async def refresh_server(name: str, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     report = await _service(rt).refresh(p.tenant_id, name)
     changed = {c.tool.name: c.change for c in report.tools if c.change != "unchanged"}
     if changed or report.missing:
@@ -97,7 +97,7 @@ async def refresh_server(name: str, rt: Any = Depends(runtime), p: Principal = D
 
 @router.post("/servers/{name}/tools/{tool}/approve")
 async def approve_tool(name: str, tool: str, body: ApproveBody | None = None, rt: Any = Depends(runtime),
-                       p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+                       p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     expected = body.pending_hash if body is not None else None
     pin = await _service(rt).approve(p.tenant_id, name, tool, key_id=p.key_id, expected_hash=expected)
     await rt.recorder.record(p.tenant_id, "mcp.tool.approved", tool=pin.full_name, detail={
@@ -106,7 +106,7 @@ async def approve_tool(name: str, tool: str, body: ApproveBody | None = None, rt
 
 
 @router.delete("/servers/{name}")
-async def delete_server(name: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+async def delete_server(name: str, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     await _service(rt).delete(p.tenant_id, name)
     await rt.recorder.record(p.tenant_id, "mcp.server.deleted", tool=f"mcp.{name}.*",
                              detail={"key_id": p.key_id, "server": name})

@@ -50,7 +50,7 @@ def run_json(run: Run) -> dict[str, Any]:
 
 async def _load(rt: Any, p: Principal, run_id: str) -> Run:
     run = await rt.services.runs.get_run(p.tenant_id, run_id)
-    if run is None:
+    if run is None or not p.sees(run.user_id, run.project_id):  # outside a bound key's binding: as if missing
         raise StockadeError("not_found", f"no run {run_id}")
     return run
 
@@ -117,7 +117,8 @@ def _replay(run: Run, request_hash: str) -> JSONResponse:
 async def list_runs(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
                     limit: int = Query(50, ge=1, le=200),
                     before: float | None = Query(None, allow_inf_nan=False)) -> dict[str, Any]:
-    runs = await rt.services.runs.list_runs(p.tenant_id, limit=limit, before=before)
+    runs = await rt.services.runs.list_runs(p.tenant_id, limit=limit, before=before, user_id=p.user_id,
+                                            project_id=p.project_id)
     return {"data": [run_json(r) for r in runs], "next_before": runs[-1].created_at if len(runs) == limit else None}
 
 

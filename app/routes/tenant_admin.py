@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import MAX_ID, READ_ROLES, require_role, runtime
+from app.deps import MAX_ID, READ_ROLES, require_role, require_tenant_wide, runtime
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal, create_key
@@ -44,11 +44,14 @@ def _account_json(a: Any) -> dict[str, Any]:
 async def get_budgets(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
     import time
 
-    return {"data": [_account_json(a) for a in await rt.services.ledger.accounts(p.tenant_id, time.time())]}
+    accounts = await rt.services.ledger.accounts(p.tenant_id, time.time())
+    if p.bound:  # a bound key sees the accounts of its own user / project
+        accounts = [a for a in accounts if (a.scope, a.scope_id) in (("user", p.user_id), ("project", p.project_id))]
+    return {"data": [_account_json(a) for a in accounts]}
 
 
 @router.put("/budgets")
-async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     s = rt.services
     resolved = []
     for cap in body.budgets:  # validate every entry before writing any
@@ -80,7 +83,7 @@ async def get_policy(rt: Any = Depends(runtime), p: Principal = Depends(require_
 
 
 @router.put("/policy")
-async def put_policy(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+async def put_policy(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     from supervisor.policy import PolicyError, load_policy
 
     raw = await request.body()
@@ -109,7 +112,7 @@ def _page(items: list[Any], fn: Any, cursor_attr: str, limit: int) -> dict[str, 
 
 
 @router.get("/ledger")
-async def get_ledger(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
+async def get_ledger(rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*READ_ROLES)),
                      after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     items = await rt.services.ledger.entries(p.tenant_id, after_id=after, limit=limit)
     return _page(items, lambda e: {"id": e.id, "scope": e.scope, "scope_id": e.scope_id, "period_key": e.period_key,
@@ -121,6 +124,12 @@ async def get_ledger(rt: Any = Depends(runtime), p: Principal = Depends(require_
 async def get_audit(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
                     after: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(100, ge=1, le=1000),
                     run_id: str | None = None) -> dict[str, Any]:
+    if p.bound:  # the records of its own runs only, one run at a time
+        if run_id is None:
+            raise StockadeError("auth.forbidden", "this key is bound to a user or project: name one of its runs (run_id)")
+        run = await rt.services.runs.get_run(p.tenant_id, run_id)
+        if run is None or not p.sees(run.user_id, run.project_id):
+            return _page([], None, "seq", limit)  # as for a run that does not exist
     items = await rt.services.audit.list(p.tenant_id, after_seq=after, limit=limit, run_id=run_id)
     return _page(items, lambda r: {"seq": r.seq, "ts": r.ts, "kind": r.kind, "run_id": r.run_id, "tool": r.tool,
                                    "args_hash": r.args_hash, "rule_id": r.rule_id, "policy_version": r.policy_version,
@@ -150,13 +159,16 @@ async def post_key(body: NewKeyBody, rt: Any = Depends(runtime), p: Principal = 
 
 @router.get("/keys")
 async def list_keys(rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
-    keys = await rt.services.tenants.list_keys(p.tenant_id)
+    keys = [k for k in await rt.services.tenants.list_keys(p.tenant_id) if p.sees(k.user_id, k.project_id)]
     return {"data": [{"id": k.id, "prefix": k.prefix, "role": k.role, "user_id": k.user_id, "project_id": k.project_id,
                       "created_at": k.created_at, "revoked_at": k.revoked_at} for k in keys]}
 
 
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+    if p.bound and not any(k.id == key_id and p.sees(k.user_id, k.project_id)
+                           for k in await rt.services.tenants.list_keys(p.tenant_id)):
+        raise StockadeError("not_found", f"no key {key_id}")  # outside its binding: as if it did not exist
     if not await rt.services.tenants.revoke_key(p.tenant_id, key_id):
         raise StockadeError("not_found", f"no key {key_id}")
     return {"id": key_id, "revoked": True}
@@ -168,12 +180,12 @@ class NameBody(BaseModel):
 
 
 @router.post("/projects", status_code=201)
-async def post_project(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+async def post_project(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     pr = await rt.services.tenants.create_project(p.tenant_id, body.name)
     return {"id": pr.id, "name": pr.name}
 
 
 @router.post("/users", status_code=201)
-async def post_user(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_role("admin"))) -> dict[str, Any]:
+async def post_user(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     u = await rt.services.tenants.create_user(p.tenant_id, body.name)
     return {"id": u.id, "name": u.name}

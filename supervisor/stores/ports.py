@@ -66,7 +66,8 @@ class RunStore(Protocol):
         ...
     async def get_run(self, tenant_id: str, run_id: str) -> Run | None: ...
     async def get_run_any_tenant(self, run_id: str) -> Run | None: ...  # workers only
-    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None) -> list[Run]: ...
+    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
+                        user_id: str | None = None, project_id: str | None = None) -> list[Run]: ...  # None: any
     async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]: ...  # workers
     async def ended_among(self, run_ids: list[str]) -> set[str]:  # workers: which of these are over
         """The ids among ``run_ids`` whose run has a terminal status (any tenant), in one query."""
@@ -135,8 +136,9 @@ class AuditLog(Protocol):
 class ApprovalStore(Protocol):
     async def create(self, approval: Approval) -> Approval: ...
     async def get(self, tenant_id: str, approval_id: str) -> Approval | None: ...
-    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
-                   run_id: str | None = None) -> list[Approval]: ...  # newest first
+    async def list(self, tenant_id: str, status: str | None = None, limit: int = 100, run_id: str | None = None,
+                   user_id: str | None = None, project_id: str | None = None,
+                   ) -> list[Approval]: ...  # newest first; user_id / project_id: of that user's / project's runs
     async def decide(
         self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float
     ) -> Approval:

@@ -1,7 +1,9 @@
 """Authorization matrix: every route of the app x every kind of caller.
 
-Callers: no key, a malformed key, a revoked key, viewer / member / approver / admin keys of tenant A, and the
-admin of tenant B acting on tenant A's objects. Every route of the app must have a row in MATRIX: a route
+Callers: no key, a malformed key, a revoked key, viewer / member / approver / admin keys of tenant A, the
+admin of tenant B acting on tenant A's objects, and an admin key of tenant A bound to a user and a project
+acting on tenant A's objects outside its binding (BOUND: ``hidden`` - as tenant B's admin sees them;
+``forbidden`` - 403, tenant-wide; ``ok`` - as an unbound admin). Every route of the app must have a row in MATRIX: a route
 added later without one fails ``test_every_route_has_a_matrix_row``.
 
 Row semantics (``ok`` = the roles of tenant A that succeed; the others of A get 403 ``auth.forbidden``):
@@ -33,7 +35,7 @@ from tests.fakes.mcp_server import McpTestServer
 pytestmark = [pytest.mark.timeout(180), pytest.mark.node_settings(egress_allow_private=["127.0.0.0/8"])]
 
 SLEEPER = Path(__file__).resolve().parent / "bundles" / "sleeper"
-CALLERS = ("none", "malformed", "revoked", "viewer", "member", "approver", "admin", "other_admin")
+CALLERS = ("none", "malformed", "revoked", "viewer", "member", "approver", "admin", "other_admin", "bound_admin")
 READ = frozenset({"viewer", "member", "approver", "admin"})
 WRITE = frozenset({"member", "admin"})
 ADMIN = frozenset({"admin"})
@@ -93,6 +95,24 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/v1/mcp/servers/{name}"): Row("object", ADMIN),
 }
 
+# what the admin key bound to alice / apollo gets on tenant A's objects outside that binding
+BOUND: dict[tuple[str, str], str] = {
+    ("POST", "/v1/runs"): "ok", ("GET", "/v1/runs"): "hidden", ("GET", "/v1/runs/{run_id}"): "hidden",
+    ("POST", "/v1/runs/{run_id}/cancel"): "hidden", ("GET", "/v1/runs/{run_id}/events"): "hidden",
+    ("GET", "/v1/runs/{run_id}/receipt"): "hidden", ("GET", "/v1/approvals"): "hidden",
+    ("GET", "/v1/approvals/{approval_id}"): "hidden", ("POST", "/v1/approvals/{approval_id}/decision"): "hidden",
+    ("GET", "/v1/bundles"): "ok", ("POST", "/v1/bundles"): "forbidden",
+    ("GET", "/v1/budgets"): "hidden", ("PUT", "/v1/budgets"): "forbidden",
+    ("GET", "/v1/policy"): "ok", ("PUT", "/v1/policy"): "forbidden",
+    ("GET", "/v1/ledger"): "forbidden", ("GET", "/v1/audit"): "hidden",
+    ("POST", "/v1/keys"): "ok", ("GET", "/v1/keys"): "hidden", ("DELETE", "/v1/keys/{key_id}"): "hidden",
+    ("POST", "/v1/projects"): "forbidden", ("POST", "/v1/users"): "forbidden",
+    ("POST", "/v1/mcp/servers"): "forbidden", ("GET", "/v1/mcp/servers"): "ok", ("GET", "/v1/mcp/servers/{name}"): "ok",
+    ("POST", "/v1/mcp/servers/{name}/refresh"): "forbidden",
+    ("POST", "/v1/mcp/servers/{name}/tools/{tool}/approve"): "forbidden",
+    ("DELETE", "/v1/mcp/servers/{name}"): "forbidden",
+}
+
 POLICY = "version: 1\nrules:\n  - id: echo\n    tool: echo\n    verdict: allow\n"
 
 
@@ -121,6 +141,7 @@ def test_every_route_has_a_matrix_row():
     routes = _app_routes()
     assert routes - MATRIX.keys() == set(), "routes without an authorization-matrix row"
     assert MATRIX.keys() - routes == set(), "matrix rows for routes that no longer exist"
+    assert {k for k, row in MATRIX.items() if row.kind != "public"} == BOUND.keys(), "every row says what a bound key gets"
 
 
 def _bundle_tgz() -> bytes:
@@ -139,10 +160,12 @@ class World:
         self.tid_b, admin_b = await node.tenant()
         self.admin_a = node.client(admin_a)
         self.keys = {"admin": admin_a, "other_admin": admin_b, "malformed": "sk_not-a-real-key"}
+        self.keys_outside: list[str] = []  # ids of keys outside the bound key's binding
         for role in ("viewer", "member", "approver"):
             r = await self.admin_a.post("/v1/keys", json={"role": role})
             assert r.status_code == 201, r.text
             self.keys[role] = r.json()["api_key"]
+            self.keys_outside.append(r.json()["id"])
         r = await self.admin_a.post("/v1/keys", json={"role": "admin"})
         self.keys["revoked"] = r.json()["api_key"]
         assert (await self.admin_a.delete(f"/v1/keys/{r.json()['id']}")).status_code == 200
@@ -150,6 +173,13 @@ class World:
         self.user_a = r.json()["id"]
         r = await self.admin_a.post("/v1/projects", json={"name": "apollo"})
         self.project_a = r.json()["id"]
+        r = await self.admin_a.post("/v1/keys", json={"role": "admin", "user_id": self.user_a, "project_id": self.project_a})
+        self.keys["bound_admin"] = r.json()["api_key"]
+        # a budget of another user: what a key bound to alice must not see
+        r = await self.admin_a.post("/v1/users", json={"name": "carol"})
+        self.user_c = r.json()["id"]
+        r = await self.admin_a.put("/v1/budgets", json={"budgets": [{"scope": "user", "scope_id": self.user_c, "cap_usd": 1.0}]})
+        assert r.status_code == 200, r.text
         await node.rt.registry.register_dir(SLEEPER, self.tid_a)
         self.run_a = (await idle_runs(node, self.tid_a, 1))[0]
         self.mcp_a = await self.mcp_server()
@@ -262,7 +292,14 @@ async def _matrix(node: Any) -> list[str]:
                     want: tuple[int, str | None] = (401, "auth.missing")
                 elif caller in ("malformed", "revoked"):
                     want = (401, "auth.invalid")
-                elif caller == "other_admin":
+                elif caller == "bound_admin" and BOUND[(method, template)] == "forbidden":
+                    want = (403, "auth.forbidden")
+                elif caller == "bound_admin" and BOUND[(method, template)] == "hidden" and row.kind == "collection":
+                    want = (row.status, None)
+                    hidden = (w.run_a, w.approval_a, w.user_c) + tuple(w.keys_outside)
+                    if any(i.encode() in body for i in hidden):
+                        failures.append(f"{where} shows objects outside its binding")
+                elif caller == "other_admin" or (caller == "bound_admin" and BOUND[(method, template)] == "hidden"):
                     if row.kind == "object":
                         want = (404, "not_found")
                         gpath, gkw = await w.target(method, template, fresh=False, missing=True)
@@ -280,7 +317,7 @@ async def _matrix(node: Any) -> list[str]:
                         # (POST /v1/bundles as tenant B uploads a "sleeper" of its own)
                         if any(i.encode() in body for i in w.a_ids() if i != "sleeper" or method == "GET"):
                             failures.append(f"{where} shows tenant A's objects")
-                elif caller in row.ok:
+                elif caller in row.ok or (caller == "bound_admin" and "admin" in row.ok):
                     want = (row.status, None)
                 else:
                     want = (403, "auth.forbidden")
@@ -309,6 +346,20 @@ async def _escalations(w: World) -> list[str]:
         r = await bound.post("/v1/runs", json={"bundle": "echo", "input": "x"})
         if r.status_code != 201 or (r.json()["user_id"], r.json()["project_id"]) != (w.user_a, w.project_a):
             bad.append(f"{role} key bound to alice: run not bound to alice/apollo: {r.status_code} {r.text[:200]}")
+        own = r.json()["id"]
+        # its own runs it does see, in the list and one by one
+        listed = [x["id"] for x in (await bound.get("/v1/runs")).json()["data"]]
+        if own not in listed or w.run_a in listed or (await bound.get(f"/v1/runs/{own}")).status_code != 200:
+            bad.append(f"{role} key bound to alice: its own run {own} not visible, or another's listed: {listed}")
+        # a conversation id is not a way into another user's conversation: bob's turns stay bob's
+        runs = w.node.rt.services.runs
+        await runs.create_run(Run(id=new_id("run_"), tenant_id=w.tid_a, bundle="echo", bundle_version="x",
+                                  input="secret-of-bob", status="queued",
+                                  created_at=time.time(), user_id=bob, conversation_id=f"shared-{role}"))
+        r = await bound.post("/v1/runs", json={"bundle": "echo", "input": "mine", "conversation_id": f"shared-{role}"})
+        assert r.status_code == 201, r.text
+        if await runs.conversation_history(w.tid_a, f"shared-{role}", r.json()["id"]):
+            bad.append(f"{role} key bound to alice reads bob's conversation history")
         # minting a key outside the binding (unbound, or bound to someone else)
         for body in ({"role": "viewer"}, {"role": "admin", "user_id": bob}):
             r = await bound.post("/v1/keys", json=body)
@@ -361,6 +412,19 @@ async def _socketio(w: World) -> list[str]:
         ghost = await c.call("subscribe", {"run_id": "run_doesnotexist000000"}, timeout=10)
         if real.get("ok") is not False or real != ghost:
             bad.append(f"socket.io: tenant B subscribing to tenant A's run got {real}, a missing one {ghost}")
+    finally:
+        await c.disconnect()
+    # a key bound to a user subscribes to its own runs only (another's: as if it did not exist)
+    c = socketio.AsyncClient(reconnection=False)
+    await c.connect(w.node.base_url, auth={"token": w.keys["bound_admin"]}, transports=["websocket"], wait_timeout=5)
+    try:
+        real = await c.call("subscribe", {"run_id": w.run_a}, timeout=10)
+        ghost = await c.call("subscribe", {"run_id": "run_doesnotexist000000"}, timeout=10)
+        if real.get("ok") is not False or real != ghost:
+            bad.append(f"socket.io: a key bound to alice subscribing to an unbound run got {real}, a missing one {ghost}")
+        own = (await w.node.client(w.keys["bound_admin"]).post("/v1/runs", json={"bundle": "echo", "input": "x"})).json()
+        if (await c.call("subscribe", {"run_id": own["id"]}, timeout=10)).get("ok") is not True:
+            bad.append("socket.io: a key bound to alice cannot subscribe to its own run")
     finally:
         await c.disconnect()
     # a key revoked while its connection stays open subscribes to nothing more

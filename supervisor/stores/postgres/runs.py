@@ -65,12 +65,14 @@ class PgRunStore:
             row = await c.fetchrow(f"SELECT {RUN_COLS} FROM runs WHERE id = $1", run_id)
         return to_run(row) if row else None
 
-    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None) -> list[Run]:
+    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
+                        user_id: str | None = None, project_id: str | None = None) -> list[Run]:
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
                 f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND ($2::float8 IS NULL OR created_at < $2)"
+                " AND ($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR project_id = $5)"
                 " ORDER BY created_at DESC, id DESC LIMIT $3",
-                tenant_id, before, _limit(limit),
+                tenant_id, before, _limit(limit), user_id, project_id,
             )
         return [to_run(r) for r in rows]
 
@@ -168,12 +170,15 @@ class PgRunStore:
         return [Event(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
-        """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown)."""
+        """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown), of the
+        same user and project as ``before_run`` (none if it is unknown): a conversation id is not a way into
+        another user's conversation (``Principal.sees``)."""
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
                 "SELECT r.input, r.output FROM runs r"
                 " LEFT JOIN runs a ON a.tenant_id = $1 AND a.id = $3"
                 " WHERE r.tenant_id = $1 AND r.conversation_id = $2 AND r.id <> $3"
+                "   AND r.user_id IS NOT DISTINCT FROM a.user_id AND r.project_id IS NOT DISTINCT FROM a.project_id"
                 "   AND (a.id IS NULL OR (r.created_at, r.id) < (a.created_at, a.id))"
                 " ORDER BY r.created_at, r.id",
                 tenant_id, conversation_id, before_run,

@@ -57,9 +57,13 @@ class SqliteApprovalStore:
         return to_approval(row) if row else None
 
     async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
-                   run_id: str | None = None) -> list[Approval]:
+                   run_id: str | None = None, user_id: str | None = None, project_id: str | None = None) -> list[Approval]:
         sql = f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ?"
         params: list[Any] = [tenant_id]
+        if user_id is not None or project_id is not None:  # those of that user's / project's runs
+            sql += (" AND run_id IN (SELECT id FROM runs WHERE tenant_id = ? AND (? IS NULL OR user_id = ?)"
+                    " AND (? IS NULL OR project_id = ?))")
+            params += [tenant_id, user_id, user_id, project_id, project_id]
         if status is not None:
             sql += " AND status = ?"
             params.append(status)

@@ -63,20 +63,16 @@ class SqliteRunStore:
         row = self._db.query_one(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run_id,))
         return to_run(row) if row else None
 
-    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None) -> list[Run]:
-        n = _limit(limit)
-        if before is None:
-            rows = self._db.query(
-                f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
-                (tenant_id, n),
-            )
-        else:
-            rows = self._db.query(
-                f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND created_at < ?"
-                " ORDER BY created_at DESC, id DESC LIMIT ?",
-                (tenant_id, before, n),
-            )
-        return [to_run(r) for r in rows]
+    async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
+                        user_id: str | None = None, project_id: str | None = None) -> list[Run]:
+        sql = f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?"
+        params: list[Any] = [tenant_id]
+        for column, value in (("created_at <", before), ("user_id =", user_id), ("project_id =", project_id)):
+            if value is not None:
+                sql += f" AND {column} ?"
+                params.append(value)
+        params.append(_limit(limit))
+        return [to_run(r) for r in self._db.query(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", params)]
 
     async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]:
         if not statuses or any(s not in RUN_STATUSES for s in statuses):
@@ -179,10 +175,15 @@ class SqliteRunStore:
         return [Event(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
 
     async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
-        """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown)."""
-        anchor = self._db.query_one("SELECT created_at, id FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, before_run))
-        sql = "SELECT input, output FROM runs WHERE tenant_id = ? AND conversation_id = ? AND id <> ?"
-        params: list[Any] = [tenant_id, conversation_id, before_run]
+        """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown), of the
+        same user and project as ``before_run`` (none if it is unknown): a conversation id is not a way into
+        another user's conversation (``Principal.sees``)."""
+        anchor = self._db.query_one(
+            "SELECT created_at, id, user_id, project_id FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, before_run))
+        sql = ("SELECT input, output FROM runs WHERE tenant_id = ? AND conversation_id = ? AND id <> ?"
+               " AND user_id IS ? AND project_id IS ?")
+        params: list[Any] = [tenant_id, conversation_id, before_run,
+                             anchor[2] if anchor else None, anchor[3] if anchor else None]
         if anchor is not None:
             sql += " AND (created_at, id) < (?, ?)"
             params += [anchor[0], anchor[1]]
