@@ -69,11 +69,13 @@ async def create_run(body: CreateRun, rt: Any = Depends(runtime), p: Principal =
         raise StockadeError("not_found", f"no user {body.user_id}")
     if body.project_id and not p.project_id and await s.tenants.get_project(p.tenant_id, body.project_id) is None:
         raise StockadeError("not_found", f"no project {body.project_id}")
-    request_hash = sha256_hex(canonical(body.model_dump()))
+    # the run as it will be stored (a bound key's user / project included): a key naming another user's run
+    # of the same body is a mismatch, never a replay of that run
+    request_hash = sha256_hex(canonical({**body.model_dump(), "user_id": user_id, "project_id": project_id}))
     if idempotency_key is not None:
         existing = await _by_key(s, p.tenant_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, request_hash)
+            return _replay(existing, request_hash, p)
     version = await rt.registry.resolve(p.tenant_id, body.bundle)
     run = Run(
         id=new_id("run_"), tenant_id=p.tenant_id, bundle=version.name, bundle_version=version.digest,
@@ -83,7 +85,7 @@ async def create_run(body: CreateRun, rt: Any = Depends(runtime), p: Principal =
     )
     stored, created = await s.runs.create_run(run)
     if not created:
-        return _replay(stored, request_hash)
+        return _replay(stored, request_hash, p)
     try:
         await s.queue.enqueue(stored.tenant_id, stored.id)
     except StockadeError as exc:
@@ -107,8 +109,8 @@ async def _by_key(s: Any, tenant_id: str, key: str) -> Run | None:
     return await getter(tenant_id, key) if getter else None
 
 
-def _replay(run: Run, request_hash: str) -> JSONResponse:
-    if run.request_hash != request_hash:
+def _replay(run: Run, request_hash: str, p: Principal) -> JSONResponse:
+    if run.request_hash != request_hash or not p.sees(run.user_id, run.project_id):
         raise StockadeError("idempotency.mismatch", "this Idempotency-Key was used with a different request body")
     return JSONResponse(run_json(run), status_code=201, headers={"Idempotent-Replayed": "true"})
 

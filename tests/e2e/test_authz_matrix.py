@@ -198,7 +198,7 @@ class World:
         return a.id
 
     async def mcp_server(self) -> str:
-        name = f"s{next(_n)}"
+        name = f"mcp-{next(_n)}-a"  # "-": never inside base64 (a PEM), unlike "s12"
         r = await self.admin_a.post("/v1/mcp/servers", json={"name": name, "url": self.mcp.url})
         assert r.status_code == 201, r.text
         return name
@@ -246,7 +246,7 @@ class World:
         elif method == "POST" and path in ("/v1/projects", "/v1/users"):
             kw["json"] = {"name": f"n{next(_n)}"}
         elif (method, path) == ("POST", "/v1/mcp/servers"):
-            kw["json"] = {"name": f"s{next(_n)}", "url": self.mcp.url}
+            kw["json"] = {"name": f"mcp-{next(_n)}-a", "url": self.mcp.url}
         return path, kw
 
     def a_ids(self) -> list[str]:
@@ -347,6 +347,19 @@ async def _escalations(w: World) -> list[str]:
         if r.status_code != 201 or (r.json()["user_id"], r.json()["project_id"]) != (w.user_a, w.project_a):
             bad.append(f"{role} key bound to alice: run not bound to alice/apollo: {r.status_code} {r.text[:200]}")
         own = r.json()["id"]
+        # an Idempotency-Key another's run was created with replays nothing of it, even with the very same body
+        for i, owner in enumerate(({}, {"user_id": bob})):
+            key = f"idem-{role}-{i}"
+            r = await admin.post("/v1/runs", json={"bundle": "echo", "input": "x", **owner}, headers={"Idempotency-Key": key})
+            assert r.status_code == 201, r.text
+            r = await bound.post("/v1/runs", json={"bundle": "echo", "input": "x"}, headers={"Idempotency-Key": key})
+            if r.status_code != 422 or r.json()["code"] != "idempotency.mismatch":
+                bad.append(f"{role} key bound to alice, Idempotency-Key of a run of {owner or 'nobody'}: "
+                           f"{r.status_code} {r.text[:200]}")
+        r = await bound.post("/v1/runs", json={"bundle": "echo", "input": "y"}, headers={"Idempotency-Key": f"idem-{role}-own"})
+        again = await bound.post("/v1/runs", json={"bundle": "echo", "input": "y"}, headers={"Idempotency-Key": f"idem-{role}-own"})
+        if again.status_code != 201 or again.json()["id"] != r.json()["id"]:
+            bad.append(f"{role} key bound to alice: its own Idempotency-Key does not replay: {again.status_code} {again.text[:200]}")
         # its own runs it does see, in the list and one by one
         listed = [x["id"] for x in (await bound.get("/v1/runs")).json()["data"]]
         if own not in listed or w.run_a in listed or (await bound.get(f"/v1/runs/{own}")).status_code != 200:
