@@ -41,6 +41,7 @@ class Runtime:
     interceptors: list[Any] = field(default_factory=list)
     worker: Any = None
     warm: Any = None
+    abandoned: Any = None  # supervisor.runs.lost.AbandonedRuns, on nodes with workers
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     sandbox_problems: list[str] = field(default_factory=list)
@@ -66,6 +67,9 @@ class Runtime:
 
                 self.warm = WarmPool(self.settings, self.services.extras.get("uid_pool"))
                 self.warm.start()
+            from supervisor.runs.lost import AbandonedRuns
+
+            self.abandoned = AbandonedRuns(self.services.runs, self.settings.queue_visibility_s)
             self.worker = self._make_worker()
             self.tasks.append(asyncio.create_task(self.worker.run_forever(self.stop_event)))
             self.tasks.append(asyncio.create_task(self._sweeper()))
@@ -88,17 +92,13 @@ class Runtime:
         executing in this process are lost (never re-run: side effects may have happened)."""
         if self.settings.redis_url:
             return
-        from supervisor.events import finish_run_anywhere
+        from supervisor.runs.lost import end_lost
 
         s = self.services
         for run in await s.runs.list_runs_by_status(("queued",)):
             await s.queue.enqueue(run.tenant_id, run.id)
         for run in await s.runs.list_runs_by_status(("running", "waiting_approval")):
-            await finish_run_anywhere(s.runs, s.events, run.tenant_id, run.id, "failed",
-                                      {"code": "run.worker_lost", "message": "the server restarted during this run"},
-                                      ended_at=time.time(), error_code="run.worker_lost")
-            with contextlib.suppress(Exception):
-                await s.ledger.release_run(run.tenant_id, run.id)
+            await end_lost(s, run, "the server restarted during this run")
 
     async def _sweeper(self) -> None:
         s = self.services
@@ -110,8 +110,10 @@ class Runtime:
                 await s.ledger.sweep(now)
                 await s.approvals.expire_due(now)
                 await self.requeue_orphans(now)
+                await self.end_abandoned_runs()
                 await self._reap_orphans()
             except Exception:
+                self.abandoned.forget()  # its watch needs consecutive successful sweeps
                 log.warning("sweep failed", exc_info=True)
 
     async def _reap_orphans(self) -> None:
@@ -140,6 +142,20 @@ class Runtime:
         if orphans:
             log.warning("queued again %d run(s) the queue no longer held (did Redis restart empty?)", len(orphans))
         return len(orphans)
+
+    async def end_abandoned_runs(self) -> int:
+        """End as lost (``Worker._end_lost``) the running runs no worker carries any more: their worker
+        died and the queue had lost their job too (Redis restarted empty), so no redelivery would ever end
+        them. Who counts as gone, and why a run on a live worker never does: ``supervisor/runs/lost.py``."""
+        from supervisor.runs.lost import end_lost
+
+        ended = 0
+        for run in await self.abandoned.confirmed():
+            if await end_lost(self.services, run, "the run was interrupted: its worker was lost") is not None:
+                ended += 1
+        if ended:
+            log.warning("ended %d run(s) whose worker was lost and whose job the queue no longer held", ended)
+        return ended
 
     async def stop(self) -> None:
         self.stop_event.set()

@@ -20,6 +20,7 @@ from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
+from supervisor.runs.lost import RunBeat, end_lost
 from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
@@ -53,6 +54,7 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
         self.cancels = CancelWatch(services.runs, CANCEL_POLL_S)  # runs ended elsewhere (API cancel)
+        self.beats = RunBeat(services.runs, self.settings)  # the runs carried here, for sweepers (runs/lost.py)
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -94,6 +96,7 @@ class Worker:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cancels.close()
+        await self.beats.close()
 
     async def _guarded(self, job: Job) -> None:
         try:
@@ -153,6 +156,7 @@ class Worker:
             await s.queue.ack(job)
             return
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
+        self.beats.carry(run.id)
         ended = False
         try:
             await self._execute(run, emitter)
@@ -162,6 +166,7 @@ class Worker:
             raise
         finally:
             heartbeat.cancel()
+            self.beats.drop(run.id)
             await self._release(run)
             if ended:  # else the job stays: a run whose end could not be stored is ended by a later delivery
                 await s.queue.ack(job)
@@ -181,12 +186,7 @@ class Worker:
         return True
 
     async def _end_lost(self, run: Run, emitter: RunEmitter, message: str) -> None:
-        """End a run as ``run.worker_lost``: its reservations settled first (a client that sees the end sees
-        it all), its approval requests off the approvers' list, then the terminal event."""
-        await self._release(run)
-        await withdraw_run(self.s.approvals, run.tenant_id, run.id)
-        await emitter.finish("failed", {"code": "run.worker_lost", "message": message},
-                             ended_at=time.time(), error_code="run.worker_lost", error_message=message)
+        await end_lost(self.s, run, message, emitter)
 
     async def _heartbeat(self, job: Job) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)

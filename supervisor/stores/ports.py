@@ -76,7 +76,15 @@ class RunStore(Protocol):
         """Move a non-terminal run to a non-terminal status; None if the run is terminal."""
         ...
     async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
-        """queued -> running for exactly one claimer: None unless the run was still queued."""
+        """queued -> running for exactly one claimer: None unless the run was still queued. Its first beat."""
+        ...
+    async def beat_runs(self, run_ids: list[str]) -> None:  # workers: the runs they still carry
+        """Mark these running / waiting_approval runs (any tenant) as seen now, by the store's own clock."""
+        ...
+    async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:  # sweeps
+        """Running / waiting_approval runs (any tenant) last seen ``quiet_s`` or more seconds ago by the
+        store's clock, with that ``seen_at``, oldest first. Runs never seen (started before the store
+        had ``seen_at``) are left out."""
         ...
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         """Append with the next gap-free per-run seq (1, 2, ...). Refuses after the terminal event."""

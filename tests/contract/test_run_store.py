@@ -289,3 +289,39 @@ async def test_conversation_history(ctx):
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},
     ]
     assert await runs.conversation_history(t, "conv", r1.id) == []
+
+
+async def test_runs_carried_are_seen_and_the_rest_go_quiet(ctx):
+    """start_run is a run's first beat; beat_runs marks only runs a worker carries; quiet_runs lists the
+    running / waiting_approval runs (any tenant) not marked for quiet_s, never one that was never seen."""
+    sql_db, runs, t = ctx
+    other = await sql_db.new_tenant()
+    carried, dropped, waiting, done, theirs = (make_run(x, status="queued") for x in (t, t, t, t, other))
+    queued = make_run(t, status="queued")
+    unseen = make_run(t, status="running")  # started before seen_at existed
+    for r in (carried, dropped, waiting, done, theirs, queued, unseen):
+        await runs.create_run(r)
+    for r in (carried, dropped, waiting, done, theirs):
+        assert await runs.start_run(r.tenant_id, r.id, worker_id="w1", started_at=1.0) is not None
+    await runs.set_status(t, waiting.id, "waiting_approval")
+    await runs.finish_run(t, done.id, "failed", "run.failed", {})
+    ids = {r.id for r in (carried, dropped, waiting, done, theirs, queued, unseen)}
+
+    async def quiet(quiet_s: float) -> dict[str, float]:
+        found = {}
+        for run, seen_at in await runs.quiet_runs(quiet_s, limit=100_000):
+            if run.id in ids:
+                assert run == await runs.get_run_any_tenant(run.id)  # a plain Run; seen_at beside it
+                found[run.id] = seen_at
+        return found
+
+    first = await quiet(0.0)
+    assert set(first) == {carried.id, dropped.id, waiting.id, theirs.id}
+    assert await quiet(3600.0) == {}  # all just seen
+    await runs.beat_runs([carried.id, waiting.id, theirs.id, done.id, queued.id, "run_unknown"])
+    await runs.beat_runs([])
+    second = await quiet(0.0)
+    assert set(second) == set(first)  # an ended or queued run is not made carried by a beat
+    assert second[dropped.id] == first[dropped.id]
+    assert all(second[i] > first[i] for i in (carried.id, waiting.id, theirs.id))
+    assert list(second)[0] == dropped.id  # oldest first

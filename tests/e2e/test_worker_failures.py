@@ -194,3 +194,190 @@ async def test_runs_whose_jobs_redis_lost_are_queued_again_and_a_second_job_harm
         if worker is not None:
             await worker.stop()
         await api.stop()
+
+
+async def _waiting_for_approval(c, tid: str, api) -> dict:
+    """A run of ``caller`` held by a priced call waiting for a human (its reservation held meanwhile)."""
+    await push(api, tid, "caller")
+    r = await c.put("/v1/policy", content=APPROVAL_POLICY + "prices:\n  echo: 0.01\n",
+                    headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 200, r.text
+    run = await start(c, "caller", json.dumps({"calls": [{"tool": "echo", "args": {"n": 50}}]}))
+    async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+        if e.event == "approval.requested":
+            run["approval_id"] = e.data["approval_id"]
+            return run
+    raise AssertionError("the run never asked for approval")
+
+
+async def _lose_the_queue(settings) -> None:
+    """What Redis restarting without its data does to the run queue: every job is gone."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        assert await r.delete(settings.redis_prefix + "q:runs") == 1
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_a_lost_workers_run_whose_job_redis_lost_is_ended_by_the_sweeper(node_config, stack_kind):
+    """Redis lost the run's job, then its worker is SIGKILLed: no redelivery will ever come back for the
+    run. A sweeper sees that no worker marks it any more (runs.seen_at) and ends it as a lost worker's run
+    ends: run.failed / run.worker_lost, once, its reservation released and its request withdrawn."""
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
+    api = await start_node(settings, workers=False)
+    worker = worker_process(settings)
+    sweeper = None
+    try:
+        tid, key = await api.tenant(budget_usd=1.0)
+        c = api.client(key)
+        run = await _waiting_for_approval(c, tid, api)
+        assert any(b["reserved_usd"] > 0 for b in (await c.get("/v1/budgets")).json()["data"])
+        await _lose_the_queue(settings)
+        os.killpg(worker.pid, signal.SIGKILL)
+        await asyncio.to_thread(worker.wait, 10)
+        sweeper = await start_node(settings, api=False, workers=True)  # a worker node: its sweeper runs
+        events = await asyncio.wait_for(collect(c, run["id"]), 20)  # 2 + 1 visibility timeouts, and sweeps
+        check_stream(events)
+        assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost", events[-1]
+        assert events[-1].data["message"] == "the run was interrupted: its worker was lost"  # the sweep's
+        assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "failed"
+        assert all(b["reserved_usd"] == 0 for b in (await c.get("/v1/budgets")).json()["data"])
+        mine = (await c.get("/v1/approvals", params={"run_id": run["id"]})).json()["data"]
+        assert [a["status"] for a in mine] == ["expired"]
+    finally:
+        _reap(worker)
+        if sweeper is not None:
+            await sweeper.stop()
+        await api.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_a_live_workers_run_whose_job_redis_lost_is_left_alone(node_config, stack_kind):
+    """The same loss of the job, but its worker lives: sweeps over three times the span that ends a lost
+    worker's run leave it waiting, and once approved it completes."""
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
+    api = await start_node(settings, workers=False)
+    worker = worker_process(settings)
+    sweeper = None
+    try:
+        tid, key = await api.tenant(budget_usd=1.0)
+        c = api.client(key)
+        run = await _waiting_for_approval(c, tid, api)
+        await _lose_the_queue(settings)
+        sweeper = await start_node(settings, api=False, workers=True)
+        rt = sweeper.rt
+        span = 3 * (rt.abandoned.quiet_s + rt.abandoned.confirm_s)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + span
+        swept = asyncio.Event()
+        real = rt.end_abandoned_runs
+
+        async def sweep() -> int:
+            ended = await real()
+            if loop.time() >= until:
+                swept.set()
+            return ended
+
+        rt.end_abandoned_runs = sweep  # the barrier: a sweep that completed past the span
+        await asyncio.wait_for(swept.wait(), span + 20)
+        assert worker.poll() is None
+        assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "waiting_approval"
+        r = await c.post(f"/v1/approvals/{run['approval_id']}/decision", json={"decision": "approve"})
+        assert r.status_code == 200, r.text
+        events = await asyncio.wait_for(collect(c, run["id"]), 30)
+        check_stream(events)
+        assert events[-1].event == "run.completed", events[-1]
+    finally:
+        _reap(worker)
+        if sweeper is not None:
+            await sweeper.stop()
+        await api.stop()
+
+
+async def _carried_by_a_dead_worker(node, tid: str) -> str:
+    """A run a worker started, took a reservation and asked for approval for, then died with (nothing
+    marks it any more), and no job left on the queue: stored directly, as the dead worker left it."""
+    from supervisor.ids import new_id
+    from supervisor.stores.records import Approval, Run
+
+    s = node.rt.services
+    now = time.time()
+    run = Run(id=new_id("run_"), tenant_id=tid, bundle="echo", bundle_version="x", input="", status="queued",
+              created_at=now)
+    await s.runs.create_run(run)
+    assert await s.runs.start_run(tid, run.id, worker_id="a-worker-that-died", started_at=now) is not None
+    await s.runs.set_status(tid, run.id, "waiting_approval")
+    await s.ledger.reserve(tid, [("tenant", tid)], 10_000, reservation_id=new_id("rsv_"), run_id=run.id,
+                           expires_at=now + 3600, now=now)
+    await s.approvals.create(Approval(id=new_id("apr_"), tenant_id=tid, run_id=run.id, tool="echo", args_hash="h",
+                                      args={}, rule_id="big", reason=None, status="pending", created_at=now,
+                                      expires_at=now + 3600))
+    return run.id
+
+
+async def _ended_as_lost_once(c, run_id: str) -> None:
+    events = await asyncio.wait_for(collect(c, run_id), 20)
+    check_stream(events)
+    assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost", events[-1]
+    assert all(b["reserved_usd"] == 0 for b in (await c.get("/v1/budgets")).json()["data"])
+    assert [a["status"] for a in (await c.get("/v1/approvals", params={"run_id": run_id})).json()["data"]] == ["expired"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.node_settings(queue_visibility_s=1.0)
+async def test_a_run_no_worker_carries_any_more_is_ended_on_both_stacks(node):
+    tid, key = await node.tenant(budget_usd=1.0)
+    c = node.client(key)
+    run_id = await _carried_by_a_dead_worker(node, tid)
+    await _ended_as_lost_once(c, run_id)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_two_sweepers_racing_end_an_abandoned_run_once(node_config, stack_kind):
+    """Both nodes' sweepers find the run abandoned before either ends it (a barrier holds the first):
+    the store's compare-and-set lets one write the terminal event."""
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
+    a = await start_node(settings.model_copy(update={"worker_id": "node-a"}))
+    b = await start_node(settings.model_copy(update={"worker_id": "node-b"}))
+    try:
+        tid, key = await a.tenant(budget_usd=1.0)
+        c = a.client(key)
+        barrier = asyncio.Barrier(2)
+        run_id = ""
+
+        def racing(node) -> asyncio.Future[int]:
+            """How many runs this node's sweep ended, in the sweep that found the run abandoned."""
+            find, end = node.rt.abandoned.confirmed, node.rt.end_abandoned_runs
+            result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            held: list[bool] = []
+
+            async def confirmed():
+                got = await find()
+                if not held and any(r.id == run_id for r in got):
+                    held.append(True)
+                    await asyncio.wait_for(barrier.wait(), 20)  # until the other sweeper found it too
+                return got
+
+            async def end_abandoned_runs() -> int:
+                n = await end()
+                if held and not result.done():
+                    result.set_result(n)
+                return n
+
+            node.rt.abandoned.confirmed = confirmed
+            node.rt.end_abandoned_runs = end_abandoned_runs
+            return result
+
+        ended = [racing(a), racing(b)]
+        run_id = await _carried_by_a_dead_worker(a, tid)
+        await _ended_as_lost_once(c, run_id)
+        assert sorted(await asyncio.wait_for(asyncio.gather(*ended), 20)) == [0, 1]  # both raced, one ended it
+    finally:
+        await b.stop()
+        await a.stop()

@@ -23,6 +23,8 @@ from supervisor.stores.records import RUN_STATUSES, TERMINAL_STATUSES, Event, Ru
 __all__ = ["PgRunStore"]
 
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+_CARRIED_SQL = "('running', 'waiting_approval')"  # the statuses of a run a worker carries
+_NOW = "extract(epoch FROM clock_timestamp())"  # seen_at is on the database's clock: one clock for every node
 _RUN_FIELDS = [f.name for f in dataclasses.fields(Run)]
 _INSERT_RUN = (
     f"INSERT INTO runs ({RUN_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(_RUN_FIELDS)))})"
@@ -97,11 +99,32 @@ class PgRunStore:
     async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
         async with self._db.tenant_tx(tenant_id) as c:
             row = await c.fetchrow(
-                "UPDATE runs SET status = 'running', worker_id = $3, started_at = $4"
+                f"UPDATE runs SET status = 'running', worker_id = $3, started_at = $4, seen_at = {_NOW}"
                 f" WHERE tenant_id = $1 AND id = $2 AND status = 'queued' RETURNING {RUN_COLS}",
                 tenant_id, run_id, worker_id, started_at,
             )
         return to_run(row) if row else None
+
+    async def beat_runs(self, run_ids: list[str]) -> None:
+        if not run_ids:
+            return
+        async with self._db.system_tx() as c:
+            await c.execute(f"UPDATE runs SET seen_at = {_NOW} WHERE id = ANY($1::text[]) AND status IN {_CARRIED_SQL}",
+                            sorted(run_ids))  # one lock order for every beat
+
+    async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:
+        async with self._db.system_tx() as c:
+            rows = await c.fetch(
+                f"SELECT {RUN_COLS}, seen_at FROM runs WHERE status IN {_CARRIED_SQL} AND seen_at <= {_NOW} - $1"
+                " ORDER BY seen_at, id LIMIT $2",
+                float(quiet_s), _limit(limit),
+            )
+        out = []
+        for r in rows:
+            d = dict(r)
+            seen_at = d.pop("seen_at")
+            out.append((to_run(d), seen_at))
+        return out
 
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:

@@ -23,6 +23,7 @@ from supervisor.stores.sqlite.db import SqliteDB
 __all__ = ["SqliteRunStore"]
 
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+_CARRIED_SQL = "('running', 'waiting_approval')"  # the statuses of a run a worker carries
 
 
 def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -96,11 +97,36 @@ class SqliteRunStore:
     async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
         with self._db.tx() as c:
             row = c.execute(
-                "UPDATE runs SET status = 'running', worker_id = ?, started_at = ?"
+                "UPDATE runs SET status = 'running', worker_id = ?, started_at = ?, seen_at = ?"
                 f" WHERE tenant_id = ? AND id = ? AND status = 'queued' RETURNING {RUN_COLS}",
-                (worker_id, started_at, tenant_id, run_id),
+                (worker_id, started_at, time.time(), tenant_id, run_id),
             ).fetchone()
         return to_run(row) if row else None
+
+    async def beat_runs(self, run_ids: list[str]) -> None:
+        now = time.time()
+
+        def beat(c: sqlite3.Connection) -> None:
+            for i in range(0, len(run_ids), 500):
+                chunk = run_ids[i:i + 500]
+                c.execute(f"UPDATE runs SET seen_at = ? WHERE id IN ({', '.join('?' * len(chunk))})"
+                          f" AND status IN {_CARRIED_SQL}", (now, *chunk))
+
+        if run_ids:
+            await self._db.write(beat)
+
+    async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:
+        rows = self._db.query(
+            f"SELECT {RUN_COLS}, seen_at FROM runs WHERE status IN {_CARRIED_SQL} AND seen_at <= ?"
+            " ORDER BY seen_at, id LIMIT ?",
+            (time.time() - float(quiet_s), _limit(limit)),
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            seen_at = d.pop("seen_at")
+            out.append((Run(**d), seen_at))
+        return out
 
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:

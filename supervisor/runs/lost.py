@@ -1,0 +1,120 @@
+"""Runs whose worker is lost: ending them, and finding them when no job is left to bring them back.
+
+Normally a lost worker's run comes back through its job (redelivered after the visibility timeout,
+``Worker.execute``). When the queue lost the job too (Redis restarted empty) nothing would ever look
+at the run again, so the liveness of a run is also kept where the run is: every worker writes, one
+statement every visibility/3 s, ``seen_at`` = now (the store's clock) on all the runs it carries
+(``RunBeat``). A sweeper ends a running run as lost only if
+
+1. the store says nobody has marked it for ``2 x visibility`` (one clock, the store's), and
+2. this sweeper then sees that same ``seen_at`` unchanged over ``visibility`` more seconds of its own
+   consecutive successful sweeps (a failed sweep starts the watch over).
+
+(2) is what keeps a store outage from ending healthy runs: while the store is away no worker can
+mark anything, and after it comes back every live worker marks its runs within visibility/3 s, before
+any watch can complete. A run on a live worker is ended only if its worker could not write one beat in
+three visibility timeouts while the store answered - its job would have been redelivered and the run
+ended as lost far sooner. Runs started before ``seen_at`` existed (NULL) are never taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supervisor.chain.approval import withdraw_run
+from supervisor.events import RunEmitter, finish_run_anywhere
+from supervisor.stores.records import Event, Run
+
+__all__ = ["AbandonedRuns", "RunBeat", "end_lost"]
+
+log = logging.getLogger("stockade.worker")
+
+
+async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | None = None) -> Event | None:
+    """End a run as ``run.worker_lost``: its reservations released first (a client that sees the end sees
+    it all), its approval requests off the approvers' list, then the terminal event - through the worker's
+    emitter when it hosts the run, else straight to the store. ``finish_run`` is a compare-and-set: of two
+    enders (a redelivery, a sweeper, another sweeper) one writes the event, the other gets None."""
+    with contextlib.suppress(Exception):
+        await services.ledger.release_run(run.tenant_id, run.id)
+    await withdraw_run(services.approvals, run.tenant_id, run.id)
+    data = {"code": "run.worker_lost", "message": message}
+    fields = {"ended_at": time.time(), "error_code": "run.worker_lost", "error_message": message}
+    if emitter is not None:
+        return await emitter.finish("failed", data, **fields)
+    return await finish_run_anywhere(services.runs, services.events, run.tenant_id, run.id, "failed", data, **fields)
+
+
+class RunBeat:
+    """Worker side: one store write every visibility/3 s marks every run this worker carries as seen."""
+
+    def __init__(self, runs: Any, settings: Any) -> None:
+        self._runs = runs  # RunStore (beat_runs)
+        self._settings = settings
+        self._carried: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def carry(self, run_id: str) -> None:
+        self._carried.add(run_id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    def drop(self, run_id: str) -> None:
+        self._carried.discard(run_id)
+
+    async def _beat(self) -> None:
+        every = max(0.05, self._settings.queue_visibility_s / 3)  # as the job's own heartbeat
+        while self._carried:
+            await asyncio.sleep(every)
+            if not self._carried:
+                break
+            try:
+                await self._runs.beat_runs(sorted(self._carried))
+            except Exception as exc:  # the store is away: the sweepers' watch starts over when it is back
+                log.debug("run beat skipped: %s", exc)
+
+    async def close(self) -> None:
+        self._carried.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class AbandonedRuns:
+    """Sweeper side: which running runs no worker carries any more (rules in the module docstring)."""
+
+    def __init__(self, runs: Any, visibility_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._runs = runs  # RunStore (quiet_runs)
+        self.quiet_s = 2 * float(visibility_s)
+        self.confirm_s = float(visibility_s)
+        self._clock = clock
+        self._watch: dict[str, tuple[float, float]] = {}  # run id -> (seen_at found quiet, since when, ours)
+
+    def forget(self) -> None:
+        """A sweep failed: what was watched may have been marked meanwhile without our seeing it."""
+        self._watch.clear()
+
+    async def confirmed(self) -> list[Run]:
+        try:
+            quiet = await self._runs.quiet_runs(self.quiet_s)
+        except Exception:
+            self.forget()
+            raise
+        now = self._clock()
+        watch: dict[str, tuple[float, float]] = {}
+        gone: list[Run] = []
+        for run, seen_at in quiet:
+            seen = self._watch.get(run.id)
+            if seen is None or seen[0] != seen_at:  # newly quiet, or marked since: (re)start its watch
+                seen = (seen_at, now)
+            watch[run.id] = seen  # a run marked since (fresh again) or ended drops out of the watch here
+            if now - seen[1] >= self.confirm_s:
+                gone.append(run)
+        self._watch = watch
+        return gone
