@@ -29,7 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     tc = t.add_parser("create")
     tc.add_argument("name")
     tc.add_argument("--budget-usd", type=float)
+    t.add_parser("list", help="every tenant (JSON lines)")
     k = sub.add_parser("key", help="API keys").add_subparsers(dest="sub", required=True)
+    kl = k.add_parser("list", help="a tenant's keys (JSON lines; never a secret)")
+    kl.add_argument("--tenant", required=True, help="tenant id or name")
+    kr = k.add_parser("revoke", help="revoke a key (a lost or leaked one, even the tenant's last admin key)")
+    kr.add_argument("key_id")
+    kr.add_argument("--tenant", required=True, help="tenant id or name")
     kc = k.add_parser("create")
     kc.add_argument("--tenant", required=True, help="tenant id or name")
     kc.add_argument("--role", default="member", choices=["admin", "member", "approver", "viewer"])
@@ -125,9 +131,28 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "demo":
             return await _demo(rt, settings)
+        if args.cmd == "tenant" and args.sub == "list":
+            for t in await s.tenants.list_tenants():
+                print(json.dumps({"tenant_id": t.id, "name": t.name, "created_at": t.created_at}))
+            return 0
         if args.cmd == "tenant":
             tenant, key = await create_tenant(s, args.name, budget_usd=args.budget_usd)
             print(json.dumps({"tenant_id": tenant.id, "name": tenant.name, "api_key": key.secret}))
+            return 0
+        if args.cmd == "key" and args.sub == "list":
+            tid = await _tenant_id(s, args.tenant)
+            for k in await s.tenants.list_keys(tid):
+                print(json.dumps({"key_id": k.id, "prefix": k.prefix, "role": k.role, "user_id": k.user_id,
+                                  "project_id": k.project_id, "created_at": k.created_at, "revoked_at": k.revoked_at}))
+            return 0
+        if args.cmd == "key" and args.sub == "revoke":
+            tid = await _tenant_id(s, args.tenant)
+            if not await s.tenants.revoke_key(tid, args.key_id):
+                key = next((k for k in await s.tenants.list_keys(tid) if k.id == args.key_id), None)
+                if key is None:
+                    raise StockadeError("not_found", f"no key {args.key_id!r} in tenant {tid}")
+                # already revoked: what was asked holds (a retried command succeeds)
+            print(json.dumps({"tenant_id": tid, "key_id": args.key_id, "revoked": True}))
             return 0
         if args.cmd == "key":
             tid = await _tenant_id(s, args.tenant)

@@ -311,3 +311,40 @@ def test_a_bad_anchor_file_is_refused_before_anything_is_opened(env, capsys, tmp
     assert not (env / "stockade.db").exists()  # refused before the store was opened (or created)
     line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(tmp_path / "missing.json"))[::2])
     assert "missing.json" in line
+
+
+# --- tenants and keys: an operator lists them and revokes a lost or leaked key (even the last admin key)
+
+
+def test_tenant_and_key_list_and_revoke(env, capsys):
+    rc, out, _ = _run(capsys, "tenant", "create", "acme")
+    assert rc == 0
+    created = json.loads(out)
+    rc, out, _ = _run(capsys, "tenant", "create", "globex")
+    rc, out, _ = _run(capsys, "tenant", "list")
+    assert rc == 0 and {json.loads(line)["name"] for line in out.splitlines()} == {"acme", "globex"}
+    rc, out, _ = _run(capsys, "key", "create", "--tenant", "acme", "--role", "viewer")
+    viewer = json.loads(out)
+    rc, out, _ = _run(capsys, "key", "list", "--tenant", created["tenant_id"])
+    keys = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and {(k["role"], k["user_id"]) for k in keys} == {("admin", None), ("viewer", None)}
+    assert created["api_key"] not in out and viewer["api_key"] not in out  # never a secret
+    assert all(k["prefix"] and viewer["api_key"].startswith(k["prefix"]) for k in keys if k["role"] == "viewer")
+    admin_id = next(k["key_id"] for k in keys if k["role"] == "admin")
+
+    rc, out, _ = _run(capsys, "key", "revoke", admin_id, "--tenant", "acme")  # the tenant's only admin key
+    assert rc == 0 and json.loads(out) == {"tenant_id": created["tenant_id"], "key_id": admin_id, "revoked": True}
+    rc, out, _ = _run(capsys, "key", "list", "--tenant", "acme")
+    revoked = {json.loads(line)["key_id"]: json.loads(line)["revoked_at"] for line in out.splitlines()}
+    assert revoked[admin_id] is not None and revoked[viewer["key_id"]] is None
+    rc, out, _ = _run(capsys, "key", "revoke", admin_id, "--tenant", "acme")  # again: still revoked, success
+    assert rc == 0 and json.loads(out)["revoked"] is True
+
+    # a key of another tenant, or none at all: one line, not_found, nothing revoked
+    for tenant, key_id in (("globex", viewer["key_id"]), ("acme", "key_doesnotexist000000")):
+        rc, _, err = _run(capsys, "key", "revoke", key_id, "--tenant", tenant)
+        assert "not_found" in _one_line_error(rc, err)
+    rc, out, _ = _run(capsys, "key", "list", "--tenant", "acme")
+    assert {json.loads(line)["key_id"]: json.loads(line)["revoked_at"] for line in out.splitlines()}[viewer["key_id"]] is None
+    rc, _, err = _run(capsys, "key", "list", "--tenant", "nobody")
+    assert "not_found" in _one_line_error(rc, err)
