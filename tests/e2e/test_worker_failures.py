@@ -25,6 +25,14 @@ APPROVAL_POLICY = ("version: 1\nrules:\n  - id: big\n    tool: echo\n    when: {
                    "    verdict: require_approval\n  - id: echo\n    tool: echo\n    verdict: allow\n")
 
 
+@pytest.fixture
+def pg_url(fresh_pg_url):
+    """Each test here its own database: sweeps and recovery act on every run of the database (whatever the
+    tenant), so another test's runs - queued for ever in the session's shared database, their jobs in another
+    Redis prefix - would be requeued into, or ended by, this test's nodes."""
+    return fresh_pg_url
+
+
 def _reap(worker: subprocess.Popen) -> str:
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGKILL)
