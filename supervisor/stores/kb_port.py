@@ -115,6 +115,16 @@ class KbStore(Protocol):
         ...
 
 
+def _utf8(value: str) -> bool:
+    """False for text with a lone surrogate (JSON ``"\\ud800"`` decodes to one): it has no UTF-8 form, so
+    one adapter's driver would crash on it and the other's refuse it; both refuse it here, the same way."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_doc(text: str, title: str | None, source: str | None, doc_id: str | None) -> str:
     """Validate a document (same rules on both adapters); return the doc id to use."""
     if not isinstance(text, str) or not text.strip():
@@ -126,6 +136,8 @@ def check_doc(text: str, title: str | None, source: str | None, doc_id: str | No
             raise StockadeError("input.invalid", f"kb {what} must be a string of at most {cap} characters")
     if any(v is not None and _NUL in v for v in (text, title, source)):
         raise StockadeError("input.invalid", "kb documents cannot contain NUL characters")
+    if not all(v is None or _utf8(v) for v in (text, title, source)):
+        raise StockadeError("input.invalid", "kb documents must be valid Unicode text (no lone surrogates)")
     if doc_id is None:
         return new_id("doc_")
     if not isinstance(doc_id, str) or not DOC_ID.fullmatch(doc_id):
@@ -134,7 +146,7 @@ def check_doc(text: str, title: str | None, source: str | None, doc_id: str | No
 
 
 def check_search(query: str, limit: int) -> None:
-    if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS or _NUL in query:
+    if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS or _NUL in query or not _utf8(query):
         raise StockadeError("input.invalid", f"kb query must be text of at most {MAX_QUERY_CHARS} characters")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise StockadeError("input.invalid", f"kb search limit must be 1..{MAX_LIMIT}")

@@ -13,6 +13,8 @@ import json
 import time
 from typing import Any
 
+import asyncpg
+
 from supervisor.errors import StockadeError
 from supervisor.stores._common import RUN_COLS, check_new_run_status, check_run_fields, dumps
 from supervisor.stores._common import check_limit as _limit
@@ -109,13 +111,32 @@ class PgRunStore:
         if not run_ids:
             return
         async with self._db.system_tx() as c:
-            await c.execute(f"UPDATE runs SET seen_at = {_NOW} WHERE id = ANY($1::text[]) AND status IN {_CARRIED_SQL}",
-                            sorted(run_ids))  # one lock order for every beat
+            # One lock order for every beat. First the rows nobody holds: one run's row locked for long (a slow
+            # writer, an operator's session) must not leave this worker's other runs unmarked - the sweepers
+            # would end those healthy runs.
+            marked = {r[0] for r in await c.fetch(
+                f"UPDATE runs SET seen_at = {_NOW} WHERE id IN (SELECT id FROM runs WHERE id = ANY($1::text[])"
+                f" AND status IN {_CARRIED_SQL} ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id", sorted(run_ids))}
+            rest = sorted(set(run_ids) - marked)
+            if rest:
+                # Then the held ones, waiting a little: usually their run's own event write holds the row for a
+                # few ms, and a busy run skipped at every beat would look abandoned. Past the lock timeout only
+                # these go unmarked until the next beat (a savepoint keeps the rest of the beat).
+                await c.execute("SAVEPOINT beat_held; SET LOCAL lock_timeout = '1s'")
+                try:
+                    await c.execute(f"UPDATE runs SET seen_at = {_NOW} WHERE id = ANY($1::text[])"
+                                    f" AND status IN {_CARRIED_SQL}", rest)
+                except asyncpg.LockNotAvailableError:
+                    await c.execute("ROLLBACK TO SAVEPOINT beat_held")
+                await c.execute("RELEASE SAVEPOINT beat_held")
 
     async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:
         async with self._db.system_tx() as c:
             rows = await c.fetch(
-                f"SELECT {RUN_COLS}, seen_at FROM runs WHERE status IN {_CARRIED_SQL} AND seen_at <= {_NOW} - $1"
+                # the cutoff as a scalar subquery (an InitPlan): clock_timestamp() is volatile, and compared
+                # directly it could not bound the runs_carried index scan, so every sweep of every node read
+                # every carried run's row; this way it reads the quiet ones only
+                f"SELECT {RUN_COLS}, seen_at FROM runs WHERE status IN {_CARRIED_SQL} AND seen_at <= (SELECT {_NOW} - $1)"
                 " ORDER BY seen_at, id LIMIT $2",
                 float(quiet_s), _limit(limit),
             )
