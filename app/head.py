@@ -9,14 +9,20 @@ must answer at once, so there HEAD stays 405 (``Allow: GET``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["HeadAsGet", "head_allowed"]
 
 
+# Every path the router takes to an event stream: the route's regex ends in ``$``, which also matches before
+# one trailing newline (``/events%0A`` is the stream), and a trailing slash is redirected to it.
+_EVENTS = re.compile(r"/events\n?/*\Z")
+
+
 def head_allowed(path: str) -> bool:
     """Whether HEAD is served as GET on ``path`` (every GET resource but an event stream)."""
-    return not path.rstrip("/").endswith("/events")
+    return _EVENTS.search(path) is None
 
 
 class HeadAsGet:

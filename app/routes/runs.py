@@ -31,8 +31,8 @@ class CreateRun(BaseModel):
     bundle: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     input: Text = Field(max_length=256 * 1024)
     conversation_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    user_id: Text | None = Field(default=None, max_length=64)
-    project_id: Text | None = Field(default=None, max_length=64)
+    user_id: Text | None = Field(default=None, min_length=1, max_length=64)
+    project_id: Text | None = Field(default=None, min_length=1, max_length=64)
 
 
 def run_json(run: Run) -> dict[str, Any]:

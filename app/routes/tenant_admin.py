@@ -140,8 +140,8 @@ async def get_audit(rt: Any = Depends(runtime), p: Principal = Depends(require_r
 class NewKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["admin", "member", "approver", "viewer"] = "member"
-    user_id: Text | None = Field(default=None, max_length=64)
-    project_id: Text | None = Field(default=None, max_length=64)
+    user_id: Text | None = Field(default=None, min_length=1, max_length=64)
+    project_id: Text | None = Field(default=None, min_length=1, max_length=64)
 
 
 @router.post("/keys", status_code=201)

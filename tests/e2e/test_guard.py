@@ -104,3 +104,19 @@ async def test_head_is_get_without_the_body(node):
     await collect(c, run)
     r = await c.head(f"/v1/runs/{run}/events")
     assert r.status_code == 405 and r.headers["allow"] == "GET"
+
+
+async def test_an_empty_user_or_project_id_is_refused(node):
+    """Found by review: ``"user_id": ""`` skipped the "no such user" check (an empty string is falsy) and
+    stored a run (or minted a key) owned by a user that does not exist."""
+    _, key = await node.tenant()
+    c = node.client(key)
+    before = (await c.get("/v1/runs")).json()["data"]
+    keys_before = (await c.get("/v1/keys")).json()["data"]
+    for field in ("user_id", "project_id"):
+        r = await c.post("/v1/runs", json={"bundle": "echo", "input": "x", field: ""})
+        assert r.status_code == 422 and r.json()["code"] == "input.invalid", r.text
+        r = await c.post("/v1/keys", json={"role": "viewer", field: ""})
+        assert r.status_code == 422 and r.json()["code"] == "input.invalid", r.text
+    assert (await c.get("/v1/runs")).json()["data"] == before
+    assert (await c.get("/v1/keys")).json()["data"] == keys_before
