@@ -22,18 +22,43 @@ __all__ = ["Text", "reject_nul", "scrub_nul"]
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not an escaped backslash + "u0000"
 
 
+_LEAVES = frozenset({int, float, bool, type(None)})  # never hold a string: not even pushed
+
+
 def _has_nul(value: Any) -> bool:
+    # One pass over each container, its strings checked in place (only nested containers go on the
+    # stack, never scalars): this runs on every audit record and event. Iterative, so any depth the
+    # JSON decoder accepts is fine. Exactly str is checked, as before; dict/list/tuple subclasses are walked.
     stack = [value]
+    pop, push, leaves = stack.pop, stack.append, _LEAVES
     while stack:
-        v = stack.pop()
-        if type(v) is str:
+        v = pop()
+        t = type(v)
+        if t is str:
             if "\x00" in v:
                 return True
-        elif isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
+        elif t is dict or (t not in leaves and isinstance(v, dict)):
+            for k, x in v.items():
+                tk = type(k)
+                if tk is str:
+                    if "\x00" in k:
+                        return True
+                elif tk not in leaves:
+                    push(k)
+                tx = type(x)
+                if tx is str:
+                    if "\x00" in x:
+                        return True
+                elif tx not in leaves:
+                    push(x)
+        elif t is list or t is tuple or (t not in leaves and isinstance(v, (list, tuple))):
+            for x in v:
+                tx = type(x)
+                if tx is str:
+                    if "\x00" in x:
+                        return True
+                elif tx not in leaves:
+                    push(x)
     return False
 
 
