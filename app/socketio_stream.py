@@ -75,7 +75,10 @@ def mount_socketio(app: Any, rt: Any) -> Any:
             p = await authenticate(rt.services, f"Bearer {token}" if isinstance(token, str) and token else None)
         except StockadeError:
             raise socketio.exceptions.ConnectionRefusedError("auth.invalid") from None
-        await sio.save_session(sid, {"principal": p})
+        try:
+            await sio.save_session(sid, {"principal": p})
+        except KeyError:  # the client left while its key was looked up: no disconnect will follow, register nothing
+            return False
         subs[sid] = {}
         watchers[sid] = asyncio.create_task(_watch_key(sio, rt, sid, p, subs, watchers))
         return True
