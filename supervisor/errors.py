@@ -90,6 +90,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("frame.too_large", 413, False, "Frame too large"),
     ErrorSpec("frame.identity", 403, False, "Frame names another tenant or run"),
     ErrorSpec("store.unavailable", 503, True, "Store unavailable"),
+    ErrorSpec("store.misconfigured", 503, False, "Store misconfigured"),
     ErrorSpec("secret.unreadable", 500, False, "A stored secret cannot be opened"),
     ErrorSpec("internal", 500, True, "Internal error"),
 )

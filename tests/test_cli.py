@@ -228,6 +228,38 @@ def test_pg_missing_database_is_one_line(env, capsys, monkeypatch, fresh_pg_url)
 
 
 @pytest.mark.pg
+def test_pg_database_not_in_utf8_is_refused_before_any_change(env, capsys, monkeypatch, fresh_pg_url):
+    """Text is UTF-8 end to end (events, KB quota bytes); a LATIN1 database would mangle or refuse it later."""
+    import asyncpg
+
+    name = fresh_pg_url.rsplit("/", 1)[1] + "_latin1"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(fresh_pg_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}" ENCODING \'LATIN1\' LC_COLLATE \'C\' LC_CTYPE \'C\' TEMPLATE template0'))
+    try:
+        monkeypatch.setenv("STOCKADE_DATABASE_URL", fresh_pg_url.rsplit("/", 1)[0] + "/" + name)
+        line = _one_line_error(*_run(capsys, "migrate")[::2])
+        assert line.startswith("stockade: store.misconfigured: the PostgreSQL database is encoded LATIN1"), line
+
+        async def tables() -> int:
+            conn = await asyncpg.connect(fresh_pg_url.rsplit("/", 1)[0] + "/" + name)
+            try:
+                return await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            finally:
+                await conn.close()
+
+        assert asyncio.run(tables()) == 0  # nothing migrated
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.pg
 def test_pg_read_only_database_changes_nothing(env, capsys, monkeypatch, fresh_pg_url):
     monkeypatch.setenv("STOCKADE_DATABASE_URL", fresh_pg_url)
     assert _run(capsys, "migrate")[0] == 0

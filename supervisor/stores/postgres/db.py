@@ -162,6 +162,11 @@ async def open_postgres(url: str, min_size: int = 2, max_size: int = 10, migrate
             )
     except asyncpg.PostgresError as exc:  # refused at login: no such database or role, bad password, no access
         raise StockadeError("store.unavailable", f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from exc
+    encoding = await pool.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":  # text is UTF-8 end to end (events, quotas counting UTF-8 bytes): refuse, do not mangle
+        await pool.close()
+        raise StockadeError("store.misconfigured", f"the PostgreSQL database is encoded {encoding}; Stockade needs UTF8"
+                                                   " (CREATE DATABASE ... ENCODING 'UTF8')")
     db = PgDB(pool, url)
     if migrate:
         from supervisor.stores.migrations.runner import migrate_postgres
