@@ -30,7 +30,7 @@ from app import deps
 from app.deps import MAX_ID
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
-from supervisor.tenancy import Principal, authenticate, key_is_live
+from supervisor.tenancy import Principal, authenticate, key_failure, key_is_live
 
 __all__ = ["mount_socketio"]
 
@@ -153,15 +153,12 @@ async def _watch_key(sio: Any, rt: Any, sid: str, p: Principal, subs: dict[str, 
         if sid not in subs:  # disconnected (the handler cancels this task too; belt and braces)
             return
         try:
-            if await key_is_live(rt.services, p):
-                continue
-            err = StockadeError("auth.invalid", "the API key was revoked")
-        except StockadeError as exc:  # the key cannot be confirmed: fail closed
-            err = exc
+            err = await key_failure(rt.services, p)
         except Exception:
             log.exception("re-checking the key of %s failed", sid)
             err = StockadeError("internal", "internal error")
-        break
+        if err is not None:
+            break
     if watchers.get(sid) is asyncio.current_task():
         del watchers[sid]
     tasks = list(subs.pop(sid, {}).values())  # a subscribe racing this finds the connection gone

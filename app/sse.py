@@ -21,9 +21,8 @@ from typing import Any
 from fastapi import Request
 
 from app import deps
-from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
-from supervisor.tenancy import Principal, key_is_live
+from supervisor.tenancy import Principal, key_failure
 
 __all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
 
@@ -45,17 +44,15 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
     runs, bus = rt.services.runs, rt.services.events
     metrics = rt.metrics
     loop = asyncio.get_running_loop()
-    recheck_at = loop.time() + deps.KEY_RECHECK_S  # the request was authenticated just now
+    key = _KeyCheck(rt.services, principal, loop)
     metrics.sse_subscribers.inc()
     try:
         yield b": stream of run " + run_id.encode() + b"\nretry: 1000\n\n"
         # 1. replay what the store has
         while True:
-            if loop.time() >= recheck_at:
-                if (revoked := await _revoked(rt, principal)) is not None:
-                    yield revoked
-                    return
-                recheck_at = loop.time() + deps.KEY_RECHECK_S
+            if (closing := await key.closing()) is not None:
+                yield closing
+                return
             events = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
             if events:
                 yield b"".join(encode_event(e) for e in events)
@@ -70,13 +67,11 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
         quiet_until = loop.time() + KEEPALIVE_S
         try:
             while True:
-                if loop.time() >= recheck_at:  # by the clock, not per event: one lookup per interval
-                    if (revoked := await _revoked(rt, principal)) is not None:
-                        yield revoked
-                        return
-                    recheck_at = loop.time() + deps.KEY_RECHECK_S
+                if (closing := await key.closing()) is not None:
+                    yield closing
+                    return
                 try:
-                    batch = await asyncio.wait_for(queue.get(), max(0.001, min(quiet_until, recheck_at) - loop.time()))
+                    batch = await asyncio.wait_for(queue.get(), max(0.001, min(quiet_until, key.due) - loop.time()))
                 except TimeoutError:
                     if loop.time() < quiet_until:
                         continue  # woken for the key check only
@@ -125,15 +120,22 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
         metrics.sse_subscribers.dec()
 
 
-async def _revoked(rt: Any, principal: Principal) -> bytes | None:
-    """None while the stream's key still authenticates; else the comment to close the stream with."""
-    try:
-        if await key_is_live(rt.services, principal):
+class _KeyCheck:
+    """The stream's key, looked up again by the clock, not per event: one lookup per KEY_RECHECK_S."""
+
+    def __init__(self, services: Any, principal: Principal, loop: asyncio.AbstractEventLoop) -> None:
+        self.services, self.principal, self.loop = services, principal, loop
+        self.due = loop.time() + deps.KEY_RECHECK_S  # the request was authenticated just now
+
+    async def closing(self) -> bytes | None:
+        """None unless a check is due and fails; then the comment to close the stream with (the client
+        reconnects to resume, and is refused if the key was revoked)."""
+        if self.loop.time() < self.due:
             return None
-        code = "auth.invalid"
-    except StockadeError as exc:  # the key cannot be confirmed: fail closed (the client reconnects to resume)
-        code = exc.code
-    return b": " + code.encode() + b": stream closed\n\n"
+        if (err := await key_failure(self.services, self.principal)) is not None:
+            return b": " + err.code.encode() + b": stream closed\n\n"
+        self.due = self.loop.time() + deps.KEY_RECHECK_S
+        return None
 
 
 async def _ended(runs: Any, tenant_id: str, run_id: str) -> bool:

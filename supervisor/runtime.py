@@ -144,7 +144,7 @@ class Runtime:
         return len(orphans)
 
     async def end_abandoned_runs(self) -> int:
-        """End as lost (``Worker._end_lost``) the running runs no worker carries any more: their worker
+        """End as lost (``runs.lost.end_lost``) the running runs no worker carries any more: their worker
         died and the queue had lost their job too (Redis restarted empty), so no redelivery would ever end
         them. Who counts as gone, and why a run on a live worker never does: ``supervisor/runs/lost.py``."""
         from supervisor.runs.lost import end_lost

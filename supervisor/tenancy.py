@@ -12,7 +12,7 @@ from supervisor.ids import new_id
 from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
 from supervisor.stores.records import ROLES, ApiKey, Tenant
 
-__all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant", "key_is_live"]
+__all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant", "key_failure", "key_is_live"]
 
 _TENANT_ID = re.compile(r"ten_[0-9a-z]{20}")
 
@@ -104,3 +104,14 @@ async def key_is_live(services: Any, p: Principal) -> bool:
     """
     key = await services.tenants.find_key(p.key_hash) if p.key_hash else None
     return key is not None and key.revoked_at is None and key.id == p.key_id and key.tenant_id == p.tenant_id
+
+
+async def key_failure(services: Any, p: Principal) -> StockadeError | None:
+    """What an open stream checks every ``KEY_RECHECK_S``: None while the key ``p`` authenticated with still
+    authenticates; else why it stops - ``auth.invalid`` once revoked, or the lookup's own error (fail closed)."""
+    try:
+        if await key_is_live(services, p):
+            return None
+    except StockadeError as exc:
+        return exc
+    return StockadeError("auth.invalid", "the API key was revoked")

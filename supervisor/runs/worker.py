@@ -150,8 +150,8 @@ class Worker:
             return
         if run.status != "queued":
             # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
-            await self._end_lost(run, emitter, "the run was interrupted: its worker was lost, or could not record "
-                                               "it (store unavailable)")
+            await end_lost(s, run, "the run was interrupted: its worker was lost, or could not record it (store "
+                                   "unavailable)", emitter)
             await self._release(run)
             await s.queue.ack(job)
             return
@@ -178,15 +178,12 @@ class Worker:
         """End a run whose worker stops under it, at once (as a lost run: it is never re-run). False if
         that could not be stored: its job then stays, and another worker ends it after the visibility timeout."""
         try:
-            await asyncio.wait_for(self._end_lost(run, emitter, "the run was interrupted: its worker shut down"),
+            await asyncio.wait_for(end_lost(self.s, run, "the run was interrupted: its worker shut down", emitter),
                                    3 * SHUTDOWN_END_S)
         except Exception:
             log.warning("run %s: could not be ended on shutdown; another worker ends it", run.id, exc_info=True)
             return False
         return True
-
-    async def _end_lost(self, run: Run, emitter: RunEmitter, message: str) -> None:
-        await end_lost(self.s, run, message, emitter)
 
     async def _heartbeat(self, job: Job) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)
