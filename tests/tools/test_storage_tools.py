@@ -401,3 +401,55 @@ async def test_concurrent_calls_racing_on_one_path_stay_inside_and_consistent(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     area = _area_mod().TenantArea(tmp_path / "data", "ten_a", 1024 * 1024)
     assert area._usage_get() == area.usage()
+
+
+async def test_list_racing_a_delete_reports_the_moment_not_an_oserror(tmp_path, monkeypatch):
+    # list takes no lock: the directory, or an entry in it, can vanish between the checks and the reads.
+    # Deterministic versions of what the race above hits now and then.
+    s = _settings(tmp_path)
+    await _run(WRITE, s, path="d/keep", content="1")
+    await _run(WRITE, s, path="d/gone", content="2")
+    mod = _area_mod()
+    real_scandir = os.scandir
+
+    def entry_deleted_after_readdir(path):  # readdir saw "gone"; it is deleted before its stat
+        entries = list(real_scandir(path))
+        (Path(path) / "gone").unlink(missing_ok=True)
+
+        class It:
+            def __enter__(self):
+                return iter(entries)
+
+            def __exit__(self, *exc):
+                return False
+        return It()
+
+    monkeypatch.setattr(mod.os, "scandir", entry_deleted_after_readdir)
+    out = await _run(LIST, s, path="d")
+    assert [e["name"] for e in out["entries"]] == ["keep"]
+
+    def rm_tree(path):  # not shutil.rmtree: it calls os.scandir, patched here
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+
+    def dir_deleted_first(path):
+        rm_tree(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(mod.os, "scandir", dir_deleted_first)
+    with pytest.raises(StockadeError) as ei:
+        await _run(LIST, s, path="d")
+    assert ei.value.code == "storage.not_found"
+
+    await _run(WRITE, s, path="e/x", content="1")
+
+    def dir_became_file(path):
+        rm_tree(path)
+        Path(path).write_text("file")
+        return real_scandir(path)
+
+    monkeypatch.setattr(mod.os, "scandir", dir_became_file)
+    with pytest.raises(StockadeError) as ei:
+        await _run(LIST, s, path="e")
+    assert ei.value.code == "input.invalid"

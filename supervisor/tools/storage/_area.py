@@ -174,17 +174,27 @@ class TenantArea:
         if not loc.path.is_dir():
             raise StockadeError("input.invalid", f"{loc.rel!r} is a file, not a directory")
         entries: list[dict[str, object]] = []
-        with os.scandir(loc.path) as it:
-            for e in it:
-                if e.is_symlink():
-                    kind, size = "link", 0
-                elif e.is_dir(follow_symlinks=False):
-                    kind, size = "dir", 0
-                elif e.is_file(follow_symlinks=False):
-                    kind, size = "file", e.stat(follow_symlinks=False).st_size
-                else:
-                    continue
-                entries.append({"name": e.name, "type": kind, "size": size})
+        # listing takes no lock: a concurrent call of the run may delete the directory, turn it into a
+        # file or delete an entry while we read it; the listing is then of the moment, never an OSError
+        try:
+            with os.scandir(loc.path) as it:
+                for e in it:
+                    try:
+                        if e.is_symlink():
+                            kind, size = "link", 0
+                        elif e.is_dir(follow_symlinks=False):
+                            kind, size = "dir", 0
+                        elif e.is_file(follow_symlinks=False):
+                            kind, size = "file", e.stat(follow_symlinks=False).st_size
+                        else:
+                            continue
+                    except FileNotFoundError:
+                        continue  # deleted between readdir and stat
+                    entries.append({"name": e.name, "type": kind, "size": size})
+        except FileNotFoundError:
+            raise StockadeError("storage.not_found", f"no directory {loc.rel!r}") from None
+        except NotADirectoryError:
+            raise StockadeError("input.invalid", f"{loc.rel!r} is a file, not a directory") from None
         entries.sort(key=lambda x: str(x["name"]))
         return entries[:_LIST_LIMIT], len(entries) > _LIST_LIMIT
 
