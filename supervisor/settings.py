@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     # --- workers
     worker_id: str | None = None  # default: hostname:pid
     worker_concurrency: int = Field(16, ge=1, le=4096)
-    queue_visibility_s: float = Field(30.0, gt=0)
+    # a worker extends its job every visibility/3 s; below ~1 s a GC pause or a slow store write lets the
+    # job be redelivered while its run is still alive (seen below ~0.15 s); hence the floor
+    queue_visibility_s: float = Field(30.0, ge=1.0)
     run_timeout_max_s: float = Field(3600.0, gt=0)
     run_timeout_default_s: float = Field(300.0, gt=0)
     reservation_ttl_s: float = Field(120.0, gt=0)

@@ -28,6 +28,7 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     ("STOCKADE_CORS_ORIGINS", "https://a.example", "STOCKADE_CORS_ORIGINS"),  # not JSON: pydantic-settings' own error
     ("STOCKADE_EGRESS_ALLOW_PRIVATE", '["10.0.0.0/33"]', "STOCKADE_EGRESS_ALLOW_PRIVATE"),
     ("STOCKADE_SWEEP_INTERVAL_S", "inf", "STOCKADE_SWEEP_INTERVAL_S"),
+    ("STOCKADE_QUEUE_VISIBILITY_S", "0.1", "STOCKADE_QUEUE_VISIBILITY_S"),  # would redeliver live runs' jobs
     ("STOCKADE_DATABASE_URL", "postgresql://u@h:99999/db", "STOCKADE_DATABASE_URL"),
     ("STOCKADE_KB_QUOTA_MB", "0", "STOCKADE_KB_QUOTA_MB"),
     ("STOCKADE_KB_QUOTA_MB", "1.5", "STOCKADE_KB_QUOTA_MB"),
