@@ -10,12 +10,19 @@ from fastapi import Depends, Request
 from supervisor.errors import StockadeError
 from supervisor.tenancy import Principal, authenticate
 
-__all__ = ["KEY_RECHECK_S", "MAX_ID", "principal", "require_role", "runtime"]
+__all__ = ["KEY_RECHECK_S", "MAX_ID", "key_recheck", "principal", "require_role", "runtime"]
 
 MAX_ID = 2**63 - 1  # the largest sequence number / row id any store holds (PostgreSQL bigint)
-# An open SSE stream or Socket.IO connection looks its key up again this often (one lookup per stream, however
-# many events flow): a key revoked meanwhile is cut off within this bound. Read at call time (tests shorten it).
+# An open SSE stream or Socket.IO connection is cut off within this bound once its key is revoked. Read at call
+# time (tests shorten it). Each stream checks its key every 4/5 of it, however many events flow, and takes
+# the result of another stream's lookup of the same key that started at most 1/5 of it ago
+# (supervisor.key_checks): one store lookup per key, not per stream.
 KEY_RECHECK_S = 5.0
+
+
+def key_recheck() -> tuple[float, float]:
+    """(how often an open stream checks its key, how old a shared lookup it may take) - together KEY_RECHECK_S."""
+    return KEY_RECHECK_S * 0.8, KEY_RECHECK_S * 0.2
 
 
 def runtime(request: Request) -> Any:

@@ -9,8 +9,9 @@ again to a run replaces that subscription (events carry no subscription id, so
 two would deliver every event twice); ``unsubscribe`` ``{"run_id"}`` ends one.
 Every event is answered in its ack: ``{"ok": true}`` or ``{"ok": false,
 "code": ..., "message": ...}``. The key is checked again on every
-``subscribe``, and every ``deps.KEY_RECHECK_S`` while connected: once it is
-revoked (or cannot be looked up) the connection's subscriptions stop, the
+``subscribe``, and on a clock while connected (``deps.key_recheck``): once it
+is revoked (or cannot be looked up), within ``deps.KEY_RECHECK_S``, the
+connection's subscriptions stop, the
 client gets an ``error`` event ``{"code": "auth.invalid", "message",
 "retryable"}`` (the code of the failure, if the lookup failed) and is
 disconnected. Events already delivered stay delivered.
@@ -147,13 +148,14 @@ def mount_socketio(app: Any, rt: Any) -> Any:
 
 async def _watch_key(sio: Any, rt: Any, sid: str, p: Principal, subs: dict[str, dict[str, asyncio.Task]],
                      watchers: dict[str, asyncio.Task]) -> None:
-    """Look the connection's key up every KEY_RECHECK_S; once it fails, stop everything and disconnect."""
+    """Check the connection's key on a clock (deps.key_recheck); once it fails, stop everything and disconnect."""
     while True:
-        await asyncio.sleep(deps.KEY_RECHECK_S)
+        every, max_age = deps.key_recheck()
+        await asyncio.sleep(every)
         if sid not in subs:  # disconnected (the handler cancels this task too; belt and braces)
             return
         try:
-            err = await key_failure(rt.services, p)
+            err = await key_failure(rt.services, p, max_age=max_age)
         except Exception:
             log.exception("re-checking the key of %s failed", sid)
             err = StockadeError("internal", "internal error")

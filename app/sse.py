@@ -6,8 +6,9 @@ gaps in the live tail are filled from the store, so a client never misses an
 event. The stream ends after the terminal event; comment keep-alives every 15 s. A cursor at or past
 the end of a run that has ended gets 204 (routes/runs.py: an EventSource then stops reconnecting); if
 the run ends behind the cursor while the stream is open, the next keep-alive check closes it.
-The key is looked up again every ``deps.KEY_RECHECK_S`` (however busy the stream): once revoked, or if
-the lookup fails, the stream closes after a comment naming the code (events already sent stay sent).
+The key is checked again on a clock (however busy the stream; ``deps.key_recheck``), so a revoked key
+is cut off within ``deps.KEY_RECHECK_S``: once revoked, or if the lookup fails, the stream closes after
+a comment naming the code (events already sent stay sent).
 """
 
 from __future__ import annotations
@@ -121,20 +122,21 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
 
 
 class _KeyCheck:
-    """The stream's key, looked up again by the clock, not per event: one lookup per KEY_RECHECK_S."""
+    """The stream's key, looked up again by the clock, not per event (deps.key_recheck)."""
 
     def __init__(self, services: Any, principal: Principal, loop: asyncio.AbstractEventLoop) -> None:
         self.services, self.principal, self.loop = services, principal, loop
-        self.due = loop.time() + deps.KEY_RECHECK_S  # the request was authenticated just now
+        self.due = loop.time() + deps.key_recheck()[0]  # the request was authenticated just now
 
     async def closing(self) -> bytes | None:
         """None unless a check is due and fails; then the comment to close the stream with (the client
         reconnects to resume, and is refused if the key was revoked)."""
         if self.loop.time() < self.due:
             return None
-        if (err := await key_failure(self.services, self.principal)) is not None:
+        every, max_age = deps.key_recheck()
+        if (err := await key_failure(self.services, self.principal, max_age=max_age)) is not None:
             return b": " + err.code.encode() + b": stream closed\n\n"
-        self.due = self.loop.time() + deps.KEY_RECHECK_S
+        self.due = self.loop.time() + every
         return None
 
 

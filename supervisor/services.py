@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.key_checks import KeyChecks
 from supervisor.settings import Settings
 from supervisor.stores.ports import (
     ApprovalStore,
@@ -44,6 +45,7 @@ class Services:
     kb: Any = None  # knowledge-base store (supervisor.stores.*.kb)
     tools: Any = None  # supervisor.tools.registry.ToolRegistry
     extras: dict[str, Any] = field(default_factory=dict)
+    key_checks: KeyChecks = field(default_factory=KeyChecks)  # open streams' key re-checks, shared per key
     closers: list[Any] = field(default_factory=list)  # async callables run by close()
 
     async def close(self) -> None:

@@ -103,15 +103,24 @@ async def key_is_live(services: Any, p: Principal) -> bool:
     Store errors propagate; the caller fails closed.
     """
     key = await services.tenants.find_key(p.key_hash) if p.key_hash else None
+    return _authenticates(key, p)
+
+
+def _authenticates(key: ApiKey | None, p: Principal) -> bool:
     return key is not None and key.revoked_at is None and key.id == p.key_id and key.tenant_id == p.tenant_id
 
 
-async def key_failure(services: Any, p: Principal) -> StockadeError | None:
+async def key_failure(services: Any, p: Principal, *, max_age: float = 0.0) -> StockadeError | None:
     """What an open stream checks every ``KEY_RECHECK_S``: None while the key ``p`` authenticated with still
-    authenticates; else why it stops - ``auth.invalid`` once revoked, or the lookup's own error (fail closed)."""
+    authenticates; else why it stops - ``auth.invalid`` once revoked, or the lookup's own error (fail closed).
+    ``max_age``: a lookup of the same key by another stream that started at most this long ago will do."""
     try:
-        if await key_is_live(services, p):
-            return None
+        if max_age > 0 and p.key_hash:
+            live = _authenticates(await services.key_checks.find(services.tenants, p.key_hash, max_age), p)
+        else:
+            live = await key_is_live(services, p)
     except StockadeError as exc:
         return exc
+    if live:
+        return None
     return StockadeError("auth.invalid", "the API key was revoked")

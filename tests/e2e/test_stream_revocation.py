@@ -188,3 +188,35 @@ async def test_socketio_subscriptions_of_a_revoked_key_stop_with_an_error_then_a
             break
         await asyncio.sleep(0.01)
     assert _tasks("_watch_key") == [] and _tasks("_forward") == []
+
+
+async def test_streams_of_one_key_share_its_lookups(node, monkeypatch):
+    """Twenty SSE streams and five Socket.IO connections of one key, checking it every 20 ms, with shared
+    results good for a minute: one store lookup serves them all (before, one lookup per stream per check)."""
+    monkeypatch.setattr(app.deps, "key_recheck", lambda: (0.02, 60.0))
+    admin, viewer_key, viewer_id, run_id, emitter = await _world(node)
+    checks = node.rt.services.key_checks
+    finds = Changes()
+    finds.n = 0
+    real_find = checks.find
+
+    async def counted(*args: Any) -> Any:
+        finds.n += 1
+        finds.wake()
+        return await real_find(*args)
+
+    monkeypatch.setattr(checks, "find", counted)
+    before = checks.lookups
+    tails = [Tail(node.client(viewer_key), run_id) for _ in range(20)]
+    subs = [Sub() for _ in range(5)]
+    try:
+        for s in subs:
+            await s.open(node, viewer_key, run_id)
+        await finds.until(lambda: finds.n >= 200)
+        assert checks.lookups - before == 1
+        assert not any(t.ended for t in tails) and all(s.client.connected for s in subs)
+    finally:
+        for t in tails:
+            await t.close()
+        for s in subs:
+            await s.client.disconnect()
