@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.audit.recorder import AuditRecorder
-from supervisor.chain.base import Binding, CallState
+from supervisor.chain.base import Binding, CallState, through_cancel
 from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
-from supervisor.wire import HEADER, FrameError, decode_body, encode
+from supervisor.wire import HEADER, FrameError, decode_frame, encode
 
 __all__ = ["BUNDLE_EVENT_TYPES", "RunSession", "SessionOutcome"]
 
@@ -60,7 +60,8 @@ class RunSession:
         self.outcome = SessionOutcome()
         self._writer: asyncio.StreamWriter | None = None
         self._write_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: dict[asyncio.Task, int | None] = {}  # calls in flight -> their integer request id
+        self._ids: set[int] = set()  # request ids in flight: a second call with one is a protocol error
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._bucket = float(self.events_per_s)
         self._bucket_t = time.monotonic()
@@ -73,15 +74,20 @@ class RunSession:
         (size,) = HEADER.unpack(head)
         if size > self.max_frame:
             raise FrameError("frame.too_large", f"frame of {size} bytes exceeds the {self.max_frame}-byte cap")
-        return decode_body(await reader.readexactly(size))
+        return decode_frame(await reader.readexactly(size))
 
     async def send(self, obj: dict[str, Any]) -> None:
+        """Write one frame. A sandbox that went away is not an error here (the read loop sees it): what
+        the caller still has to do after replying (a call's outcome record) must not be skipped."""
         if self._writer is None or self._writer.is_closing():
             return
         data = encode(obj, max(self.max_frame, 16 * 1024 * 1024))
         async with self._write_lock:
-            self._writer.write(data)
-            await self._writer.drain()
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except ConnectionError:
+                pass
 
     # ------------------------------------------------------------------ main loop
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, greeted: bool = False) -> None:
@@ -103,6 +109,9 @@ class RunSession:
             pass  # the sandbox went away; the worker sees the exit
         except StockadeError as exc:  # e.g. an emit after the run ended, or the store went away mid-run
             log.info("run %s: session ended: %s", self.binding.run_id, exc)
+        except Exception:  # a frame nothing above foresaw still gets its one record, and a closed connection
+            log.exception("run %s: frame handling failed", self.binding.run_id)
+            await self._protocol_error("internal", "the supervisor could not handle a frame")
         finally:
             self.read_done.set()
             if self._tasks:
@@ -119,14 +128,21 @@ class RunSession:
                                  "message": "frames may not name a tenant, run, user or project", "retryable": False})
                 return True
         if kind == "call":
+            rid = frame.get("id")
+            if type(rid) is int:  # any other id is refused (and audited) by _call
+                if rid in self._ids:
+                    # its replies could not be told apart from the first call's, which may already have acted
+                    raise FrameError("frame.invalid", f"call id {rid} is already in flight")
+                self._ids.add(rid)
             await self._slots.acquire()
             task = asyncio.get_running_loop().create_task(self._call(frame))
-            self._tasks.add(task)
+            self._tasks[task] = rid if type(rid) is int else None
             task.add_done_callback(self._call_done)
             return True
         if kind == "emit":
             await self._emit(frame)
-            return True
+            # a run over its output or events limit is ending: what it sent after is not read (no call runs)
+            return self.outcome.limit is None
         if kind == "done":
             self._done(frame)
             return False
@@ -142,7 +158,9 @@ class RunSession:
             await asyncio.wait(tasks, timeout=grace_s)
 
     def _call_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
+        rid = self._tasks.pop(task)
+        if rid is not None:
+            self._ids.discard(rid)
         self._slots.release()
 
     # ------------------------------------------------------------------ calls
@@ -181,9 +199,13 @@ class RunSession:
             await self.send({"type": "error", "id": rid, "code": "internal", "message": "internal error", "retryable": True})
             return
         self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label))
-        await self.send({"type": "result", "id": rid, "result": result, "deduped": call.deduped})
-        for job in call.after_reply:
-            await job()
+        try:
+            await self.send({"type": "result", "id": rid, "result": result, "deduped": call.deduped})
+        except FrameError as exc:  # a tool's result too large for a frame: the call did run, the bundle learns why
+            await self.send({"type": "error", "id": rid, "code": exc.code, "message": exc.message, "retryable": False})
+        finally:  # the outcome record is written even if no reply could be (sandbox gone, run ending)
+            for job in call.after_reply:  # a cancel (run ended, node stopping) waits for it too
+                await through_cancel(job())
 
     @staticmethod
     def _result_event(call: CallState, tool: str, code: str | None = None) -> dict[str, Any]:
@@ -205,6 +227,7 @@ class RunSession:
                              "message": f"event type must be one of {sorted(BUNDLE_EVENT_TYPES)}"})
             return
         if etype == "message.delta" and (data.get("channel") not in ("answer", "thinking") or not isinstance(data.get("text"), str)):
+            await self._audit_frame("frame.invalid", "message.delta needs channel answer|thinking and text")
             await self.send({"type": "error", "id": None, "code": "input.invalid", "message": "message.delta needs channel answer|thinking and text"})
             return
         now = time.monotonic()

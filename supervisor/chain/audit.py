@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from supervisor.audit.recorder import AuditRecorder
-from supervisor.chain.base import CallState, Next
+from supervisor.chain.base import CallState, Next, through_cancel
 from supervisor.errors import StockadeError
 
 __all__ = ["AuditGate", "AuditInterceptor"]
@@ -60,8 +60,11 @@ def _detail(call: CallState, **more: Any) -> dict[str, Any]:
 
 async def _write(recorder: AuditRecorder, call: CallState, kind: str, code: str | None, **more: Any):
     b = call.binding
+    tool = call.tool_name
+    if type(tool) is not str:  # a bundle's ``"tool": 5`` or list: stored as text, so sealed as text too
+        tool = repr(tool)[:64]
     return await recorder.record(
-        b.tenant_id, kind, run_id=b.run_id, tool=call.tool_name, args_hash=call.args_hash, rule_id=call.rule_id,
+        b.tenant_id, kind, run_id=b.run_id, tool=tool, args_hash=call.args_hash, rule_id=call.rule_id,
         policy_version=call.policy_version, code=code, cost_micro=call.cost_micro if kind != "tool.allowed" else 0,
         detail=_detail(call, **more),
     )
@@ -77,11 +80,11 @@ class AuditInterceptor:
         except StockadeError as exc:
             call.error = exc
             kind = call.outcome or _KIND_BY_CODE.get(exc.code, "tool.failed")
-            await self._safe(call, kind, exc.code, message=exc.detail)
+            await through_cancel(self._safe(call, kind, exc.code, message=exc.detail))
             raise
         except Exception as exc:
             call.error = exc
-            await self._safe(call, "tool.failed", "internal")
+            await through_cancel(self._safe(call, "tool.failed", "internal"))
             raise
         except asyncio.CancelledError:  # the run ended (canceled, timed out) with the call unfinished
             await asyncio.shield(self._safe(call, "tool.canceled", "run.ended"))

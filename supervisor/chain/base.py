@@ -9,6 +9,7 @@ that into exactly one audit record per call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from supervisor.errors import StockadeError
 
-__all__ = ["Binding", "CallState", "Interceptor", "Next", "emit_while_running"]
+__all__ = ["Binding", "CallState", "Interceptor", "Next", "emit_while_running", "through_cancel"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,15 @@ async def emit_while_running(call: CallState, type_: str, data: dict[str, Any]) 
     except StockadeError as exc:
         if exc.code != "conflict":
             raise
+
+
+async def through_cancel(coro: Awaitable[Any]) -> Any:
+    """Await ``coro`` to its end even if the caller is canceled meanwhile (the caller then still waits for
+    it, and is canceled after). For audit writes: a cancel landing inside one drops the record or not,
+    unknowably (the store may have committed it), so it can be neither lost nor written again."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise

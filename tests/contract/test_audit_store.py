@@ -172,3 +172,18 @@ async def test_unreachable_store_raises_audit_unavailable(sql_db, tmp_path):
         await audit.append(t, {"kind": "lost"}, seal)
     assert err.value.code == "audit.unavailable"
     assert [r.kind for r in await store(sql_db, "AuditLog").list(t)] == ["ok"]
+
+
+async def test_floats_the_database_normalises_still_verify(ctx):
+    # jsonb (PostgreSQL) reads 1e16 back as 10000000000000000 and -0.0 as 0.0: a record sealed over the float
+    # broke its tenant's chain from that record on. SQLite keeps the text. Both must verify, and the record
+    # append returns must be the record that is read back.
+    _, audit, t = ctx
+    detail = {"big": 1e16, "neg0": -0.0, "huge": -1.5e300, "tiny": 5e-324, "list": [2e20, -0.0, 0.5, 1e-7],
+              "nested": {"x": 1e300, "n": 12345678901234567890}, "plain": 100.0}
+    r1 = await audit.append(t, {"kind": "tool.allowed", "detail": detail}, seal)
+    r2 = await audit.append(t, {"kind": "tool.completed"}, seal)
+    listed = await audit.list(t)
+    assert listed == [r1, r2]
+    verify(listed)
+    assert listed[0].detail["tiny"] == 5e-324 and listed[0].detail["plain"] == 100.0

@@ -46,6 +46,23 @@ _APPEND_LOCKED = (
 _LOCKS_MAX = 4096
 
 
+def as_jsonb_returns(v: Any) -> Any:
+    """``v`` with each float as jsonb gives it back. jsonb keeps a number as a decimal: ``1e+16`` comes
+    back ``10000000000000000`` (an int to the JSON parser; every float from 1e16 up is integral) and
+    ``-0.0`` as ``0.0``; every other finite float reads back as itself. The same object when nothing changes."""
+    if type(v) is float:
+        if v == 0.0:
+            return 0.0
+        return int(v) if abs(v) >= 1e16 else v
+    if isinstance(v, dict):
+        out = {k: as_jsonb_returns(x) for k, x in v.items()}
+        return v if all(out[k] is v[k] for k in v) else out
+    if isinstance(v, list):
+        items = [as_jsonb_returns(x) for x in v]
+        return v if all(a is b for a, b in zip(items, v, strict=True)) else items
+    return v
+
+
 @asynccontextmanager
 async def _audit_errors() -> AsyncIterator[None]:
     try:
@@ -75,6 +92,7 @@ class PgAuditLog:
         self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any]], tuple[str, str]]
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
+        f["detail"] = as_jsonb_returns(f["detail"])  # sealed as it will be read back, or it would not verify
         detail_json = dumps(f["detail"], "audit detail")
         async with _audit_errors(), self._lock(tenant_id):
             seq, prev_hash = self._heads.get(tenant_id, (0, GENESIS_HASH))
