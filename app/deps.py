@@ -30,6 +30,9 @@ def runtime(request: Request) -> Any:
 
 
 async def principal(request: Request) -> Principal:
+    if len(request.headers.getlist("authorization")) > 1:
+        # RFC 9110 allows it once: the first authenticated, a proxy reading the last saw another principal
+        raise StockadeError("auth.invalid", "send one Authorization header")
     p = await authenticate(request.app.state.runtime.services, request.headers.get("authorization"))
     request.state.principal = p
     return p

@@ -2,8 +2,9 @@
 
 Bodies over ``max_body_bytes`` are refused before the app reads them (by
 Content-Length, or while a chunked body arrives), so is a NUL in the path or
-query (supervisor/storable.py: the same on every stack); every request is counted
-and its time to the response headers observed. Plain ASGI on purpose:
+query (supervisor/storable.py: the same on every stack) and any other control
+character in the path; every request is counted and its time to the response
+headers observed. Plain ASGI on purpose:
 Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) relays every
 chunk of a streaming response through an extra task and memory stream, which
 on an SSE stream of a busy run cost more than the stream itself.
@@ -11,12 +12,15 @@ on an SSE stream of a busy run cost more than the stream itself.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from app.problems import problem
 
 __all__ = ["Guard"]
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -34,10 +38,16 @@ class Guard:
             return
         start = time.perf_counter()
         method = scope["method"]
-        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+        path = scope.get("path", "")
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
             # NUL in an id or a filter: PostgreSQL cannot even compare it (it answered 500), SQLite can
             return await self._refuse(scope, receive, send, "input.invalid",
                                       "NUL characters (U+0000) are not accepted in the URL", start)
+        if _CONTROL.search(path) is not None:
+            # no resource has one; and a route's regex ends in ``$``, which matches before a trailing newline:
+            # ``POST /v1/runs%0A`` created a run, ``PUT /v1/policy%0A`` replaced the policy
+            return await self._refuse(scope, receive, send, "input.invalid",
+                                      "control characters are not accepted in the URL path", start)
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
         if length is not None:

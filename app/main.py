@@ -14,6 +14,7 @@ from app.guard import Guard
 from app.head import HeadAsGet
 from app.headers import SecurityHeaders
 from app.metrics import Metrics
+from app.openapi import install_openapi
 from app.problems import install_problem_handlers, problem
 from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
 
@@ -37,6 +38,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
     rt.role_worker = role_worker
     app.state.runtime = rt
     install_problem_handlers(app)
+    install_openapi(app)
     max_body = rt.settings.max_body_bytes
 
     if rt.settings.cors_origins:

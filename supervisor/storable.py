@@ -4,7 +4,8 @@ SQLite stores it, so without a rule of our own the same input worked on the embe
 failed on PostgreSQL (a bundle's emit with a NUL ended its run ``sandbox.crashed``; an exception
 message with one left the run without a terminal event). The rule, the same on every stack:
 
-* what a client sends (API bodies) is refused: ``input.invalid`` (``Text``);
+* what a client sends (API bodies) is refused: ``input.invalid`` (``Text``), as is a lone UTF-16
+  surrogate, which no store can encode at all;
 * what a bundle or a tool produced is kept, with U+FFFD in place of each NUL (``scrub_nul``).
 """
 
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-__all__ = ["Text", "reject_nul", "scrub_nul"]
+__all__ = ["Text", "has_nul", "reject_nul", "scrub_nul"]
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not an escaped backslash + "u0000"
@@ -25,7 +26,7 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not a
 _LEAVES = frozenset({int, float, bool, type(None)})  # never hold a string: not even pushed
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
     # One pass over each container, its strings checked in place (only nested containers go on the
     # stack, never scalars): this runs on every audit record and event. Iterative, so any depth the
     # JSON decoder accepts is fine. Exactly str is checked, as before; dict/list/tuple subclasses are walked.
@@ -66,7 +67,7 @@ def scrub_nul(value: Any) -> Any:
     """``value`` with U+0000 replaced by U+FFFD in every string, keys included (the same object when
     there is none). For what a bundle or a tool produced and the supervisor must store: run events,
     terminal outcomes, idempotent results."""
-    if not _has_nul(value):
+    if not has_nul(value):
         return value
     if type(value) is str:
         return value.replace("\x00", "\ufffd")
@@ -74,9 +75,17 @@ def scrub_nul(value: Any) -> Any:
     return json.loads(_NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def reject_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("NUL characters (U+0000) are not accepted")
+    # A lone UTF-16 surrogate ("\ud800" is valid JSON) is no Unicode text: no store can encode it (it
+    # answered 500, or 503 audit.unavailable on an approval's reason). pydantic refuses one in a constrained
+    # str but lets it through an optional one (``Text | None``), so the rule is ours, on every Text field.
+    if _SURROGATE.search(value) is not None:
+        raise ValueError("lone UTF-16 surrogates (U+D800..U+DFFF) are not valid Unicode text")
     return value
 
 

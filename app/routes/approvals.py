@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, runtime
+from app.strict_json import StrictJSONRoute
 from supervisor.chain.approval import RUN_ENDED, withdraw
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
@@ -17,7 +18,7 @@ from supervisor.tenancy import Principal
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"], route_class=StrictJSONRoute)
 
 
 class Decision(BaseModel):

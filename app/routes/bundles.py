@@ -14,6 +14,10 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/bundles", tags=["bundles"])
 
+_ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
+_ARCHIVE_BODY = {"requestBody": {"required": True, "content": {
+    "application/gzip": _ARCHIVE, "application/zip": _ARCHIVE, "application/octet-stream": _ARCHIVE}}}
+
 
 def version_json(v: Any) -> dict[str, Any]:
     m = v.manifest
@@ -27,7 +31,7 @@ async def list_bundles(rt: Any = Depends(runtime), p: Principal = Depends(requir
     return {"data": [i if isinstance(i, dict) else version_json(i) for i in items]}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=_ARCHIVE_BODY)
 async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*WRITE_ROLES))) -> dict[str, Any]:
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype not in ("application/gzip", "application/x-gzip", "application/x-tar", "application/zip",

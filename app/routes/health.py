@@ -16,6 +16,10 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
+class _PemResponse(PlainTextResponse):
+    media_type = "application/x-pem-file"
+
+
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -45,7 +49,7 @@ async def readyz(rt: Any = Depends(runtime)) -> JSONResponse:
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(rt: Any = Depends(runtime)) -> Response:
     try:
         rt.metrics.queue_depth.set(await rt.services.queue.depth())
@@ -54,6 +58,6 @@ async def metrics(rt: Any = Depends(runtime)) -> Response:
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/receipts/public-key")
+@router.get("/v1/receipts/public-key", response_class=_PemResponse)
 async def receipt_public_key(rt: Any = Depends(runtime)) -> PlainTextResponse:
-    return PlainTextResponse(public_key_pem(rt.signing_key), media_type="application/x-pem-file")
+    return _PemResponse(public_key_pem(rt.signing_key))

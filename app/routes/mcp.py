@@ -17,13 +17,14 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import READ_ROLES, require_role, require_tenant_wide, runtime
+from app.strict_json import StrictJSONRoute
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/mcp", tags=["mcp"])
+router = APIRouter(prefix="/v1/mcp", tags=["mcp"], route_class=StrictJSONRoute)
 
 
 class RegisterBody(BaseModel):

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import MAX_ID, READ_ROLES, WRITE_ROLES, require_role, runtime
 from app.sse import event_stream
+from app.strict_json import StrictJSONRoute
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.audit.receipts import build_receipt, sign_receipt
 from supervisor.chain.approval import withdraw_run
@@ -23,7 +24,16 @@ from supervisor.tenancy import Principal
 
 __all__ = ["router", "run_json"]
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=StrictJSONRoute)
+
+
+class _EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+_SSE_EVENT = {"type": "object", "required": ["id", "event", "data"], "properties": {
+    "id": {"type": "string", "description": "the per-run sequence number"}, "event": {"type": "string"},
+    "data": {"type": "string", "description": "the event as JSON"}}}
 
 
 class CreateRun(BaseModel):
@@ -56,9 +66,12 @@ async def _load(rt: Any, p: Principal, run_id: str) -> Run:
 
 
 @router.post("", status_code=201)
-async def create_run(body: CreateRun, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*WRITE_ROLES)),
+async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtime),
+                     p: Principal = Depends(require_role(*WRITE_ROLES)),
                      idempotency_key: str | None = Header(default=None, min_length=1, max_length=255)) -> JSONResponse:
     s = rt.services
+    if len(request.headers.getlist("idempotency-key")) > 1:  # the first was the key; a proxy may take the last
+        raise StockadeError("input.invalid", "send one Idempotency-Key header")
     user_id = p.user_id or body.user_id
     project_id = p.project_id or body.project_id
     if p.user_id and body.user_id and body.user_id != p.user_id:
@@ -150,7 +163,9 @@ async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Dep
     return run_json(await _load(rt, p, run_id))
 
 
-@router.get("/{run_id}/events")
+@router.get("/{run_id}/events", response_class=_EventStream, responses={
+    200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}}},  # before OpenAPI 3.2: one event's schema
+    204: {"description": "The run has ended and every event was sent: nothing to stream"}})
 async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      p: Principal = Depends(require_role(*READ_ROLES)),
                      after: int | None = Query(None, ge=0, le=MAX_ID),
@@ -167,9 +182,8 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
         # nothing left to send, ever: an EventSource reconnects after every close (with Last-Event-ID =
         # the terminal event's id) but stops on 204 (HTML, server-sent events); a stream would stay open
         return Response(status_code=204)
-    return StreamingResponse(
+    return _EventStream(
         event_stream(rt, request, run.tenant_id, run.id, cursor, principal=p),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
     )
 

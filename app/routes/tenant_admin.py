@@ -10,15 +10,23 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import MAX_ID, READ_ROLES, require_role, require_tenant_wide, runtime
+from app.strict_json import StrictJSONRoute
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal, create_key
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["tenant"])
+router = APIRouter(prefix="/v1", tags=["tenant"], route_class=StrictJSONRoute)
 _DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "supervisor" / "policy" / "default.yaml"
 MAX_POLICY_BYTES = 256 * 1024
+
+
+class YamlResponse(PlainTextResponse):
+    media_type = "application/yaml"
+
+
+_YAML_BODY = {"requestBody": {"required": True, "content": {"application/yaml": {"schema": {"type": "object"}}}}}
 
 
 class Cap(BaseModel):
@@ -64,13 +72,17 @@ async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal
             raise StockadeError("not_found", f"no project {sid}")
         if cap.scope == "user" and await s.tenants.get_user(p.tenant_id, sid) is None:
             raise StockadeError("not_found", f"no user {sid}")
+        if any((cap.scope, sid) == (seen.scope, seen_id) for seen, seen_id in resolved):
+            # an account has one cap: two entries for it contradict each other (the last one won, silently)
+            raise StockadeError("input.invalid", f"the {cap.scope} budget {sid} is named twice")
         resolved.append((cap, sid))
     for cap, sid in resolved:
         await s.ledger.set_cap(p.tenant_id, cap.scope, sid, int(round(cap.cap_usd * 1_000_000)), cap.period)
     return await get_budgets(rt, p)
 
 
-@router.get("/policy")
+@router.get("/policy", response_class=YamlResponse,
+            responses={200: {"content": {"application/yaml": {"schema": {"type": "object"}}}}})
 async def get_policy(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> PlainTextResponse:
     got = await rt.services.policies.get(p.tenant_id)
     if got:
@@ -79,10 +91,10 @@ async def get_policy(rt: Any = Depends(runtime), p: Principal = Depends(require_
         from supervisor.policy import default_policy
 
         text, version = _DEFAULT_POLICY.read_text(encoding="utf-8"), default_policy().version
-    return PlainTextResponse(text, media_type="application/yaml", headers={"Policy-Version": version})
+    return YamlResponse(text, headers={"Policy-Version": version})
 
 
-@router.put("/policy")
+@router.put("/policy", openapi_extra=_YAML_BODY)
 async def put_policy(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     from supervisor.policy import PolicyError, load_policy
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from supervisor.bundles._yaml import YamlProblem, line_of, load_document
 from supervisor.errors import StockadeError
+from supervisor.storable import has_nul
 
 __all__ = [
     "MANIFEST_FILE", "NAME_PATTERN", "BundleLimits", "BundleManifest", "check_entrypoint",
@@ -200,6 +201,8 @@ def parse_manifest(text: str | bytes) -> BundleManifest:
         raise _fail(f"{MANIFEST_FILE} is empty")
     if not isinstance(data, dict):
         raise _fail(f"{_where(node.start_mark.line + 1 if node else None)}: the top level must be a mapping")
+    if has_nul(data):  # stored with the version: SQLite would keep it, PostgreSQL cannot (supervisor/storable.py)
+        raise _fail(f"{MANIFEST_FILE}: NUL characters (U+0000) are not accepted")
     try:
         manifest = BundleManifest.model_validate(data)
     except ValidationError as exc:

@@ -35,7 +35,10 @@ async def test_head_never_opens_an_event_stream(node, suffix):
             if r.status_code != 307:
                 break
             path = r.headers["location"]
-    assert r.status_code == 405 and r.headers["allow"] == "GET", (suffix, r.status_code, dict(r.headers))
+    if "%0A" in suffix:  # app.guard refuses a control character in the path before any route is matched
+        assert r.status_code == 422, (suffix, r.status_code, dict(r.headers))  # input.invalid (HEAD: no body)
+    else:
+        assert r.status_code == 405 and r.headers["allow"] == "GET", (suffix, r.status_code, dict(r.headers))
     assert not r.headers.get("content-type", "").startswith("text/event-stream")
     assert _open_streams(node) == before, "a HEAD left an event stream open on the server"
     # the stream itself is still there for GET

@@ -1,0 +1,57 @@
+"""JSON request bodies are read one way only: UTF-8, no duplicate key at any depth (else ``input.invalid``).
+
+``json.loads`` keeps the last of two equal keys, other parsers the first (or refuse): a body such as
+``{"role": "viewer", "role": "admin"}`` meant one thing to whatever read it before Stockade (a gateway, a
+log, a request audit) and another to Stockade itself. RFC 8259 says the names "SHOULD be unique"; a body
+where they are not has no one meaning, so it is bad input and changes nothing. Likewise ``json.loads``
+given bytes guesses UTF-16 or UTF-32 from their look, where RFC 8259 has JSON between systems in UTF-8:
+a body anything else reads as UTF-8 (NUL bytes and all) is refused, not guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+__all__ = ["StrictJSONRoute"]
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                # HTTPException: FastAPI lets it through as it is (anything else is "error parsing the body")
+                raise HTTPException(status_code=422, detail=f"duplicate key {key[:64]!r} in a JSON object of the body")
+            seen.add(key)
+    return obj
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                # bytes to json.loads would be guessed UTF-16 or UTF-32 (or UTF-8 behind a BOM) from their look
+                text = (await self.body()).decode("utf-8")
+            except UnicodeDecodeError:
+                raise HTTPException(status_code=422, detail="a JSON body must be UTF-8 (RFC 8259)") from None
+            self._json = json.loads(text, object_pairs_hook=_unique_object)  # a BOM: JSONDecodeError
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """An ``APIRoute`` whose JSON body must be UTF-8 without a duplicate key."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict
