@@ -173,6 +173,8 @@ class _Builder:
         tag = ev.tag
         if tag is None or tag == "!":
             tag = self.resolver.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+        if "\x00" in ev.value:  # a double-quoted "\0" escape: stored text takes no NUL (supervisor/storable.py)
+            raise YamlProblem(line, "NUL characters (U+0000) are not accepted")
         top = self.stack[-1] if self.stack else None
         if isinstance(top, _Frame) and isinstance(top.container, dict) and top.key is None:
             if tag == "tag:yaml.org,2002:merge":

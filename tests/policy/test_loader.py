@@ -163,6 +163,8 @@ def test_bad_documents_name_the_line(text, line, fragment):
     ("version: 1\nrules: [\n", 3, "YAML syntax error"),
     ("version: 1\n1: x\nrules: []\n", 2, "keys must be strings"),
     ("version: 1\nrules: []\nx: 'a\x00b'\n", 3, "NUL"),
+    ('version: 1\nrules:\n  - {id: r, tool: echo, verdict: deny, reason: "a\\0b"}\n', 3, "NUL"),  # the escape
+    ('version: 1\nrules:\n  - {id: r, tool: echo, verdict: deny, "k\\0": 1}\n', 3, "NUL"),
 ])
 def test_yaml_tricks_are_refused_with_lines(text, line, fragment):
     errs = validate_policy_text(text)
