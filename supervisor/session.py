@@ -174,10 +174,10 @@ class RunSession:
         call = CallState(
             binding=self.binding, tool_name=frame.get("tool"), raw_args=frame.get("args", {}), request_id=rid,
             idempotency_key=key, services=self.services,  # checked by the validate step, like the args
-            emit=self.emitter.emit, stream=bool(frame.get("stream")),
+            emit=self.emitter.emit, stream=frame.get("stream", False),  # a non-bool: refused by the validate step
         )
         tool_label = call.tool_name if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
-        if call.stream:
+        if call.stream is True:
             async def chunk(data: dict[str, Any]) -> None:
                 await self.send({"type": "chunk", "id": rid, "data": data})
             call.extra["stream_chunk"] = chunk
@@ -220,6 +220,14 @@ class RunSession:
 
     # ------------------------------------------------------------------ emits
     async def _emit(self, frame: dict[str, Any]) -> None:
+        # Every emit takes its token first, a refused one too: each refusal writes an audit record, so
+        # bad emits must not be a way around the events-per-second limit (an unmetered audit flood).
+        now = time.monotonic()
+        self._bucket = min(float(self.events_per_s), self._bucket + (now - self._bucket_t) * self.events_per_s)
+        self._bucket_t = now
+        if self._bucket < 1.0:
+            return await self._limit("limit.events", f"more than {self.events_per_s} events per second")
+        self._bucket -= 1.0
         etype, data = frame.get("event"), frame.get("data")
         if etype not in BUNDLE_EVENT_TYPES or not isinstance(data, dict):
             await self._audit_frame("frame.invalid", f"bundles may not emit {str(etype)[:64]!r}")
@@ -230,12 +238,6 @@ class RunSession:
             await self._audit_frame("frame.invalid", "message.delta needs channel answer|thinking and text")
             await self.send({"type": "error", "id": None, "code": "input.invalid", "message": "message.delta needs channel answer|thinking and text"})
             return
-        now = time.monotonic()
-        self._bucket = min(float(self.events_per_s), self._bucket + (now - self._bucket_t) * self.events_per_s)
-        self._bucket_t = now
-        if self._bucket < 1.0:
-            return await self._limit("limit.events", f"more than {self.events_per_s} events per second")
-        self._bucket -= 1.0
         size = len(encode({"d": data}, 1 << 30))
         self.emitter.bytes_emitted += size
         if self.emitter.bytes_emitted > self.max_output:

@@ -313,3 +313,22 @@ async def test_a_downgraded_float_argument_does_not_break_the_audit_chain(stack)
     # the numbers themselves (on PostgreSQL as jsonb reads them back: sealed that way, PgAuditLog.append)
     assert sorted(r.detail["downgraded"]["args"]["model"]["from"] for r in recs if r.kind == "tool.allowed") == \
         sorted([1e16, -0.0, 1e308, 2.5])
+
+
+async def test_refused_emits_count_against_the_events_limit(stack):
+    """Each refused emit writes an audit record; they did not take from the events-per-second bucket, so
+    a sandbox could write audit records as fast as it could send frames."""
+    bad = [raw({"type": "emit", "event": "run.completed", "data": {}}) for _ in range(10)]
+    run_id, out, sess = await stack.serve(*bad, call(1), DONE, events_per_s=3)
+    assert sess.outcome.limit == "limit.events"
+    assert [(f["type"], f["code"]) for f in out] == [("error", "input.invalid")] * 3
+    assert [r.kind for r in await stack.audit(run_id)] == ["frame.invalid"] * 3 + ["limit.events"]
+    assert await stack.events(run_id) == []
+
+
+@pytest.mark.parametrize("stream", ["no", 1, None, {}])
+async def test_a_stream_flag_that_is_not_a_bool_refuses_the_call(stack, stream):
+    # "stream": "no" streamed; now the call is refused like any other bad field (one record, no execution)
+    run_id, out, _ = await stack.serve(call(1, stream=stream), DONE)
+    assert [(f["type"], f["id"], f["code"]) for f in out] == [("error", 1, "input.invalid")]
+    assert [r.kind for r in await stack.audit(run_id)] == ["tool.invalid"]

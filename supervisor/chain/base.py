@@ -51,7 +51,7 @@ class CallState:
     # filled in along the chain
     tool: Any = None  # the supervisor.tools.base.Tool
     tool_ctx: Any = None  # the supervisor.tools.base.ToolContext handed to tool.run
-    stream: bool = False  # the bundle iterates chunks (ctx.stream)
+    stream: Any = False  # True: the bundle iterates chunks (ctx.stream); not a bool: refused by the validate step
     args: Any = None  # the validated ToolArgs
     args_hash: str | None = None  # sha256 of canonical JSON of the raw args
     resource: str | None = None  # resolved resource the policy matched on

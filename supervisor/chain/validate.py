@@ -36,6 +36,8 @@ class ValidateInterceptor:
             # refused, not ignored: a call its bundle meant to be at-most-once must not run unprotected
             raise StockadeError("input.invalid", f"idempotency_key must be a string of 1 to {MAX_KEY_CHARS} "
                                                  "characters without NUL")
+        if type(call.stream) is not bool:  # "stream": "no" streamed
+            raise StockadeError("input.invalid", "stream must be true or false")
         tool = await services.tools.get(call.tool_name, b.tenant_id)
         call.tool = tool
         call.args_hash = args_hash(call.tool_name, call.raw_args)
