@@ -21,6 +21,14 @@ CMP_NE, CMP_EQ, CMP_MASKED_EQ = 1, 4, 7
 _ATTR_ACT_BADARCH = 2
 _ATTR_CTL_NNP = 3
 _NR_SCMP_ERROR = -1
+# Syscalls added since Linux 5.1 have one number on every architecture but alpha. An older libseccomp
+# does not know the newest of them (fchmodat2 needs 2.5.5): a deny rule for a name it cannot resolve
+# would be skipped, and the call allowed. These numbers are used instead.
+_UNIFIED_NR = {"pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+               "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+               "pidfd_open": 434, "clone3": 435, "openat2": 437, "pidfd_getfd": 438, "process_madvise": 440,
+               "mount_setattr": 442, "quotactl_fd": 443, "memfd_secret": 447, "fchmodat2": 452}
+_UNIFIED_ARCHES = ("x86_64", "aarch64")
 
 
 def act_errno(errno: int) -> int:
@@ -79,6 +87,8 @@ def compile_filter(default_action: int, rules: Sequence[tuple[str, int, Sequence
         _check(lib.seccomp_attr_set(ctx, _ATTR_CTL_NNP, 1), "set NO_NEW_PRIVS")
         for name, action, args in rules:
             nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr == _NR_SCMP_ERROR and name in _UNIFIED_NR and os.uname().machine in _UNIFIED_ARCHES:
+                nr = _UNIFIED_NR[name]
             if nr == _NR_SCMP_ERROR:
                 unknown.append(name)
                 continue

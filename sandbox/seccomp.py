@@ -5,7 +5,8 @@ and version-dependent set of syscalls; the namespaces, the empty capability
 set and the read-only filesystem are the primary walls. This filter removes
 the kernel surfaces those walls do not cover (networks other than AF_UNIX,
 io_uring, ptrace-like access, keyrings, BPF, perf, userfaultfd, namespace and
-mount manipulation, terminal injection) and kills on foreign ABIs.
+mount manipulation, terminal injection, disk reserved past RLIMIT_FSIZE,
+set-user/group-ID files) and kills on foreign ABIs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import os
 import resource
 import socket
+import stat
 from dataclasses import dataclass
 
 from sandbox._libseccomp import (
@@ -83,6 +85,23 @@ def _rules() -> list[tuple[str, int, tuple[Arg, ...]]]:
     # prlimit64 with a NULL new limit is a read (glibc's getrlimit) and stays allowed.
     rules.append(("setrlimit", _EPERM, (Arg(0, CMP_MASKED_EQ, _LOW32, _RLIMIT_CORE),)))
     rules.append(("prlimit64", _EPERM, (Arg(1, CMP_MASKED_EQ, _LOW32, _RLIMIT_CORE), Arg(2, CMP_NE, 0))))
+    # fallocate with any mode but 0. FALLOC_FL_KEEP_SIZE reserves disk blocks without growing the file, so
+    # RLIMIT_FSIZE never applies: one call reserved any amount up to the host's free space (INSERT_RANGE and
+    # the others have no use here either). Mode 0 grows the file and stays under RLIMIT_FSIZE; it is what
+    # glibc's posix_fallocate uses, which falls back to writing zeros on EOPNOTSUPP. mode is an int: one
+    # rule per bit of the low half, so junk in the upper half does not matter.
+    rules += [("fallocate", act_errno(errno.EOPNOTSUPP), (Arg(1, CMP_MASKED_EQ, 1 << bit, 1 << bit),))
+              for bit in range(32)]
+    # No set-user-ID or set-group-ID file. /work is a directory on the host filesystem, and the sandbox owns
+    # it: it can open it to other users (chmod /work 0755) and leave a copy of /usr/bin/python3 with mode
+    # 04755 there. Any host user who runs that file gets the run's pool uid - and keeps it after the run,
+    # when the uid serves another tenant's run (its work dir, signals, the uid's process limit). Every call
+    # that sets a file mode is refused when the mode carries either bit; openat2 hides its mode in a struct
+    # seccomp cannot read, so it reports ENOSYS (Python and glibc do not use it).
+    for call, index in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("creat", 1), ("open", 2),
+                        ("openat", 3), ("mknod", 1), ("mknodat", 2)):
+        rules += [(call, _EPERM, (Arg(index, CMP_MASKED_EQ, bit, bit),)) for bit in (stat.S_ISUID, stat.S_ISGID)]
+    rules.append(("openat2", act_errno(errno.ENOSYS), ()))
     # ioctl's request is an unsigned int: mask the upper half so TIOCSTI | 1<<32 is still caught.
     for request in (_TIOCSTI, _TIOCLINUX):
         rules.append(("ioctl", _EPERM, (Arg(1, CMP_MASKED_EQ, 0xFFFFFFFF, request),)))

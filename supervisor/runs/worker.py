@@ -326,9 +326,14 @@ class Worker:
                     task.cancel()  # a session still reading what a dead sandbox wrote: the run is over
             if server is not None:
                 server.close()
-            dirs.remove()
-            if uid is not None and self.uid_pool is not None:
-                self.uid_pool.release(uid)
+            try:
+                if proc is not None:
+                    await proc.wait()  # its pid namespace gone (milliseconds after kill) before its uid serves another run
+                # a run may leave ~100,000 entries (the work-dir scan's cap): ~1 s of rmtree, not on the event loop
+                await asyncio.to_thread(dirs.remove)
+            finally:
+                if uid is not None and self.uid_pool is not None:
+                    self.uid_pool.release(uid)
 
     async def _supervise(self, run: Run, proc: Any, limit_s: float, sessions: list[RunSession],
                          killer: dict[str, str]) -> tuple[str, dict[str, Any]]:

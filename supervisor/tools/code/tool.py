@@ -63,6 +63,7 @@ class CodeRunTool:
         base = settings.data_dir / "coderun"
         base.mkdir(parents=True, exist_ok=True, mode=0o711)  # noqa: ASYNC240 - one mkdir, no I/O wait worth a thread
         work = Path(tempfile.mkdtemp(prefix="code-", dir=base))
+        proc = None
         try:
             before = await asyncio.to_thread(_prepare, work, args, uid)
             limits = Limits(
@@ -85,6 +86,10 @@ class CodeRunTool:
             info = await proc.wait()
             files = await asyncio.to_thread(_produced, work, before)
         finally:
+            if proc is not None and not proc.exited:
+                # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
+                proc.kill()
+                await proc.wait()
             shutil.rmtree(work, ignore_errors=True)
             if uid is not None and pool is not None:
                 pool.release(uid)
@@ -145,9 +150,14 @@ def _produced(work: Path, before: dict[str, tuple[int, float]]) -> list[dict[str
             continue
         if len(files) >= MAX_FILES:
             break
-        p = work / rel
-        data = p.read_bytes()[:MAX_FILE_BYTES]
-        entry: dict[str, Any] = {"path": rel, "size": p.stat().st_size, "truncated": p.stat().st_size > MAX_FILE_BYTES}
+        try:  # only what is returned is read (a run may leave 20 files of max_file_mb each); never a link
+            fd = os.open(work / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_FILE_BYTES)
+        entry: dict[str, Any] = {"path": rel, "size": size, "truncated": size > MAX_FILE_BYTES}
         try:
             entry["text"] = data.decode("utf-8")
         except UnicodeDecodeError:
