@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import MAX_ID, READ_ROLES, require_role, require_tenant_wide, runtime
 from app.strict_json import StrictJSONRoute
+from supervisor.budget import usd_to_micro
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal, create_key
@@ -77,7 +78,7 @@ async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal
             raise StockadeError("input.invalid", f"the {cap.scope} budget {sid} is named twice")
         resolved.append((cap, sid))
     for cap, sid in resolved:
-        await s.ledger.set_cap(p.tenant_id, cap.scope, sid, int(round(cap.cap_usd * 1_000_000)), cap.period)
+        await s.ledger.set_cap(p.tenant_id, cap.scope, sid, usd_to_micro(cap.cap_usd), cap.period)
     return await get_budgets(rt, p)
 
 

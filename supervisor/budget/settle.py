@@ -7,6 +7,10 @@
 - A reservation already released (expired and swept, or its run ended) is
   charged *late*: at most what still fits under every cap right now; the rest
   is recorded as ``unbilled_micro``.
+- A held one is charged at most ``cap - spent`` on every capped tier: its
+  reservation fitted the cap it was made under, but a cap lowered meanwhile
+  (``PUT /v1/budgets``) would otherwise be passed; the rest is ``unbilled_micro``
+  too. With the cap unchanged this never bites (spent + reserved <= cap).
 - The 80 % warning fires once per account row, i.e. once per tier per period.
 """
 
@@ -44,10 +48,11 @@ def settle(reserved_micro: int, actual_micro: int, late: bool, accounts: list[Ac
     due = min(actual_micro, reserved_micro)
     charge = due
     release = 0 if late else reserved_micro
-    if late:
-        heads = [a.cap_micro - a.spent_micro - a.reserved_micro for a in accounts if a.cap_micro is not None]
-        if heads:
-            charge = min(charge, max(0, min(heads)))
+    # Late: the room other reservations hold is not ours to take. Held: ``reserved`` includes our
+    # own hold, which this settlement releases, so only what is spent already counts against us.
+    heads = [a.cap_micro - a.spent_micro - (a.reserved_micro if late else 0) for a in accounts if a.cap_micro is not None]
+    if heads:
+        charge = min(charge, max(0, min(heads)))
     out: list[Settled] = []
     for a in accounts:
         spent = a.spent_micro + charge

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from typing import Any
 
-from supervisor.budget import CostEstimate, estimate_cost, micro_to_usd, scopes_for
+from supervisor.budget import MAX_MICRO, CostEstimate, estimate_cost, micro_to_usd, scopes_for
 from supervisor.chain.base import CallState, Next, emit_while_running
 from supervisor.errors import StockadeError
 
@@ -51,12 +52,19 @@ def _unavailable() -> StockadeError:
 
 
 class BudgetInterceptor:
-    """Reads ``call.extra['prices']`` (the tenant policy's ``prices:``, USD per call) when present."""
+    """Reads ``call.extra['prices']`` (the tenant policy's ``prices:``, USD per call) and
+    ``call.extra['llm_prices']`` (its per-token LLM prices) when present."""
 
     def __init__(self) -> None:
         self._pending: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
+        llm_prices = call.extra.get("llm_prices")
+        if llm_prices and call.tool_ctx is not None:
+            # The tenant's LLM prices (policy step) must price the worst case too, not only the
+            # execution: estimated at the shipped prices, a call whose tenant pays more reserved
+            # a fraction of its cost and was charged no more (settlement is capped at the reservation).
+            call.tool_ctx.llm_prices = llm_prices
         est = estimate_cost(call.tool, call.args, call.tool_ctx, call.extra.get("prices") or {})
         if est.micro <= 0:
             return await next(call)
@@ -109,7 +117,7 @@ class BudgetInterceptor:
     # --- settle
 
     async def _settle(self, call: CallState, est: CostEstimate, rid: str, *, succeeded: bool) -> None:
-        spent = max(0, int(call.cost_micro or 0))
+        spent = _reported_cost(call, est)
         if succeeded and est.per_call and spent == 0:
             spent = est.micro  # a per-call price is what a successful call costs
         task = asyncio.ensure_future(self._settle_and_report(call, est, rid, spent))
@@ -209,6 +217,30 @@ class BudgetInterceptor:
             task.cancel()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _reported_cost(call: CallState, est: CostEstimate) -> int:
+    """What the call says it spent, as an amount the ledger takes.
+
+    The call has run, so its reservation must be settled now whatever the tool reported: a report
+    the ledger refuses (NaN, a negative, above MAX_MICRO, not a number) used to fail the commit and
+    leave the reservation held until the sweeper released it - the call was never charged. A report
+    that makes no sense is charged the worst case (what was reserved); a huge one is capped (the
+    commit charges at most the reservation and records the overage); a fraction is rounded up.
+    """
+    reported = call.cost_micro
+    if reported is None:
+        return 0
+    if type(reported) is int and 0 <= reported <= MAX_MICRO:
+        return reported
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool) and reported >= 0:
+        if reported == math.inf or reported > MAX_MICRO:
+            return MAX_MICRO
+        if math.isfinite(reported):
+            return math.ceil(reported)
+    log.error("tool %s of run %s reported the cost %r; charging its reservation (%d micro-USD)",
+              call.tool_name, call.binding.run_id, reported, est.micro)
+    return est.micro
 
 
 def _tier_from_entry(e: Any) -> dict[str, Any]:

@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from supervisor.errors import StockadeError
 from supervisor.stores.records import RateRule
 
-__all__ = ["GcraResult", "gcra_check", "validate_rules"]
+__all__ = ["MAX_INTERVAL_S", "GcraResult", "gcra_check", "validate_rules"]
 
 # Float noise in ``tat + c*T - b*T`` must not refuse a call that arrives exactly on time.
 _EPSILON_S = 1e-9
+# The longest emission interval metered (~31,700 years): a slower rate (a policy may say
+# ``user_per_s: 1e-300``) means the same "not again", and keeps every sum finite - in Redis too,
+# whose expiry and integer replies overflow past it (the adapter clamps the same way).
+MAX_INTERVAL_S = 1e12
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,13 @@ def gcra_check(rules: Sequence[RateRule], tats: Sequence[float | None], now: flo
     worst_i: int | None = None
     new_tats: list[float] = []
     for i, (rule, stored) in enumerate(zip(rules, tats, strict=True)):
-        interval = 1.0 / rule.rate_per_s
+        interval = min(1.0 / rule.rate_per_s, MAX_INTERVAL_S)
         tat = now if stored is None or stored < now else stored
         new_tat = tat + rule.cost * interval
-        allow_at = new_tat - rule.burst * interval
-        if allow_at - now > _EPSILON_S:
-            wait = allow_at - now
+        # (tat - now) + (c - b)*T, not new_tat - b*T - now: with a long interval the latter rounds
+        # (now + T - T != now) and refused a fresh bucket's first call.
+        wait = (tat - now) + (rule.cost - rule.burst) * interval
+        if wait > _EPSILON_S:
             if wait > worst:
                 worst, worst_i = wait, i
         new_tats.append(new_tat)

@@ -270,3 +270,16 @@ async def test_a_json_body_not_in_utf8_is_refused_and_changes_nothing(node, enco
         r = await c.post("/v1/runs", content=body, headers={"Content-Type": "application/json"})
         assert _is_problem(r, 422, "input.invalid"), (r.status_code, r.text)
         assert (await c.get("/v1/runs")).json()["data"] == []
+
+
+async def test_a_budget_cap_rounds_as_policy_prices_do(node):
+    """PUT /v1/budgets rounded cap_usd with round() on the float (half to even, after binary error): 0.0000005
+    USD became a cap of 0 micro-USD, where usd_to_micro (policies, prices) rounds half up to 1."""
+    tid, key = await node.tenant()
+    c = node.client(key)
+    async with asyncio.timeout(20):
+        for usd, micro in ((0.0000005, 1), (0.0000025, 3), (0.001, 1000)):
+            r = await c.put("/v1/budgets", json={"budgets": [{"scope": "tenant", "cap_usd": usd}]})
+            assert r.status_code == 200, r.text
+            [acct] = [a for a in await node.rt.services.ledger.accounts(tid, time.time()) if a.scope == "tenant"]
+            assert acct.cap_micro == micro, (usd, acct.cap_micro)

@@ -9,8 +9,11 @@ __all__ = ["GCRA", "QUEUE_CLAIM_EXPIRED", "QUEUE_EXTEND", "QUEUE_REQUEUE"]
 # (TIME: one clock for every node, whatever their skew).  Then per rule:
 # interval µs (1e6/rate), burst, cost.  TATs are integer µs strings: Lua's
 # tostring keeps only 14 significant digits, too few for µs since 1970.
-# Returns {allowed 0|1, retry_after µs, 1-based index of the refusing rule}.
+# Returns {allowed 0|1, retry_after µs, 1-based index of the refusing rule}.  The caller clamps the
+# interval (gcra.MAX_INTERVAL_S); the wait and the expiry are clamped here, so that an absurdly slow
+# rate is metered as the in-memory limiter meters it instead of failing every call.
 GCRA = r"""
+local MAX = 4503599627370496  -- 2^52: an integer reply or a PX past it overflows (~142,000 years as ms)
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -29,17 +32,19 @@ for i = 1, n do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   local new_tat = tat + cost * interval
-  local wait = new_tat - burst * interval - now
+  local wait = (tat - now) + (cost - burst) * interval  -- not new_tat - burst*interval - now: rounding
   if wait > 0.5 then
     if wait > worst then worst, worst_i = wait, i end
   end
   new_tats[i] = new_tat
 end
 if worst_i > 0 then
+  if worst > MAX then worst = MAX end
   return {0, math.ceil(worst), worst_i}
 end
 for i = 1, n do
   local ttl_ms = math.floor((new_tats[i] - now) / 1000) + 1
+  if ttl_ms > MAX then ttl_ms = MAX end
   redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl_ms)
 end
 return {1, 0, 0}

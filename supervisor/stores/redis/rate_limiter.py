@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from supervisor.limits.gcra import validate_rules
+from supervisor.limits.gcra import MAX_INTERVAL_S, validate_rules
 from supervisor.stores.records import RateDecision, RateRule
 from supervisor.stores.redis._errors import unavailable
 from supervisor.stores.redis._lua import GCRA
 
 __all__ = ["RedisRateLimiter"]
+
+_MAX_INTERVAL_US = MAX_INTERVAL_S * 1_000_000
 
 
 class RedisRateLimiter:
@@ -31,7 +33,7 @@ class RedisRateLimiter:
             return RateDecision(True)
         args: list[str] = ["" if now is None else str(round(now * 1_000_000))]
         for r in rules:
-            args += [repr(1_000_000 / r.rate_per_s), str(r.burst), str(r.cost)]
+            args += [repr(min(1_000_000 / r.rate_per_s, _MAX_INTERVAL_US)), str(r.burst), str(r.cost)]
         with unavailable("rate.unavailable", "The rate limiter is unavailable"):
             allowed, retry_us, index = await self._script(keys=[self._prefix + r.key for r in rules], args=args)
         if int(allowed) == 1:
