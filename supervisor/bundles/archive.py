@@ -72,12 +72,15 @@ class _Member:
 
 
 def sniff_archive(data: bytes) -> str:
-    """``"tar.gz"`` or ``"zip"`` from the magic bytes; else ``archive.invalid``."""
+    """``"tar.gz"``, ``"tar"`` (POSIX/GNU, by its ``ustar`` magic) or ``"zip"`` from the magic bytes;
+    else ``archive.invalid``."""
     if data[:2] == b"\x1f\x8b":
         return "tar.gz"
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
-    raise StockadeError("archive.invalid", "the upload is neither a tar.gz nor a zip archive")
+    if data[257:262] == b"ustar":  # the upload route takes application/x-tar: a plain tar too
+        return "tar"
+    raise StockadeError("archive.invalid", "the upload is neither a tar.gz, a tar nor a zip archive")
 
 
 def _invalid(message: str) -> StockadeError:
@@ -216,8 +219,8 @@ class _TarInfo(tarfile.TarInfo):
         return super()._proc_pax(tf)  # type: ignore[misc, no-any-return]
 
 
-def _tar_members(data: bytes, dest: Path, max_files: int, max_bytes: int) -> list[_Member]:
-    raw = _gunzip(data, max_bytes + (max_files + 2) * _TAR_OVERHEAD_PER_MEMBER + (1 << 20))
+def _tar_members(data: bytes, dest: Path, max_files: int, max_bytes: int, *, gzipped: bool = True) -> list[_Member]:
+    raw = _gunzip(data, max_bytes + (max_files + 2) * _TAR_OVERHEAD_PER_MEMBER + (1 << 20)) if gzipped else data
     try:
         tf = tarfile.open(fileobj=io.BytesIO(raw), mode="r:", tarinfo=_TarInfo)
         infos: list[tarfile.TarInfo] = []
@@ -226,7 +229,7 @@ def _tar_members(data: bytes, dest: Path, max_files: int, max_bytes: int) -> lis
             if len(infos) > max_files:
                 break
     except (tarfile.TarError, EOFError, ValueError, UnicodeError) as exc:
-        raise _invalid(f"not a valid tar archive inside the gzip stream: {exc}") from None
+        raise _invalid(f"not a valid tar archive: {exc}") from None
     if len(infos) > max_files:
         raise StockadeError("archive.too_many_files", f"the archive has more than {max_files} entries")
     checked: list[_Member] = []
@@ -353,8 +356,8 @@ def extract_archive(data: bytes, dest: Path, *, max_files: int, max_bytes: int) 
     kind = sniff_archive(data)
     dest.mkdir(mode=0o700)
     try:
-        if kind == "tar.gz":
-            members = _tar_members(data, dest, max_files, max_bytes)
+        if kind in ("tar.gz", "tar"):
+            members = _tar_members(data, dest, max_files, max_bytes, gzipped=kind == "tar.gz")
         else:
             members = _zip_members(data, max_files)
         writer = _Writer(dest, max_files, max_bytes)

@@ -199,3 +199,17 @@ def test_dot_slash_names_are_fine(tmp_path: Path) -> None:
     data = tar_gz([tar_file("./bundle.yaml", GOOD["bundle.yaml"]), tar_file("./main.py", GOOD["main.py"])])
     root = extract_archive(data, tmp_path / "dest", max_files=100, max_bytes=MB)
     assert (root / "main.py").read_bytes() == GOOD["main.py"]
+
+
+def test_a_plain_tar_is_taken_with_the_same_checks(tmp_path: Path) -> None:
+    # The upload route accepts application/x-tar, yet an uncompressed tar was archive.invalid
+    import gzip
+
+    data = gzip.decompress(tar_of_files({**GOOD, "lib/util.py": b"X = 1\n"}, prefix="my-bundle/"))
+    files = [tar_file(k, v) for k, v in GOOD.items()]
+    plain = gzip.decompress(tar_gz([*files, tar_special("passwd", tarfile.SYMTYPE, "/etc/passwd")]))
+    refused(tmp_path, plain, "archive.link")
+    refused(tmp_path, gzip.decompress(tar_gz([*files, tar_file("../x", b"x")])), "archive.path_traversal")
+    refused(tmp_path, data[:600], "archive.invalid")  # cut inside the first member
+    root = extract_archive(data, tmp_path / "good", max_files=100, max_bytes=MB)
+    assert (root / "lib" / "util.py").read_bytes() == b"X = 1\n"
