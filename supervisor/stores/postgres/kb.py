@@ -1,8 +1,12 @@
 """PostgreSQL KbStore: generated tsvector + GIN, ``websearch_to_tsquery``, ``ts_rank``, ``ts_headline``.
 
 Every statement runs in ``tenant_tx`` (row-level security on ``kb_docs``) and
-filters by ``tenant_id`` as well. ``websearch_to_tsquery`` never raises on
-user text (unlike ``to_tsquery``), so the query is passed through as data.
+filters by ``tenant_id`` as well. ``websearch_to_tsquery`` takes user text as
+data (unlike ``to_tsquery`` it has no syntax errors), with one exception: each
+``-`` of a run (``---x``, ``- - - x``, ``-(-(-x``) is one more NOT on a 32-deep
+parser stack, and 33 fail the whole search with ``tsquery stack too small``
+(XX000: an internal error, not a result). ``_fold_negations`` shortens every
+run to one or two ``-`` (same parity: ``!!!x`` is ``!x``), so no query gets there.
 ``ts_headline`` is costly (it re-parses the document), so it runs only on the
 ``limit`` best rows.
 
@@ -16,6 +20,7 @@ document, in that order (FACTS.md: one lock order, no deadlock).
 
 from __future__ import annotations
 
+import re
 import time
 
 import asyncpg
@@ -45,6 +50,19 @@ SELECT top.doc_id, top.title, top.source, top.score,
 FROM top, q
 ORDER BY top.score DESC, top.doc_id
 """
+
+
+# what websearch_to_tsquery skips where it expects an operand: the operator characters of
+# to_tsquery and the spaces of iswspace (glibc and musl; U+00A0 and the other no-break spaces are
+# no space to it, so they are not folded across)
+_SKIP = "\t\n\v\f\r \x85\u1680\u2000-\u2006\u2008-\u200a\u2028\u2029\u205f\u3000!&|()<"
+# a run of NOT operators: "-" where an operand may start (at the start, after a skipped character or
+# a quote), then more of them with only skipped characters between
+_NOT_RUN = re.compile(f'(?<![^{_SKIP}"])-(?:[{_SKIP}]*-)+')
+
+
+def _fold_negations(query: str) -> str:
+    return _NOT_RUN.sub(lambda m: "-" * (2 - m.group().count("-") % 2), query)
 
 
 _LOCK_USAGE = "SELECT docs, bytes FROM kb_usage WHERE tenant_id = $1 FOR UPDATE"
@@ -94,7 +112,7 @@ class PgKbStore:
         if not query.strip():
             return []
         async with self._db.tenant_tx(tenant_id) as c:
-            rows = await c.fetch(_SEARCH, tenant_id, query, limit)
+            rows = await c.fetch(_SEARCH, tenant_id, _fold_negations(query), limit)
         return [KbHit(r["doc_id"], r["title"], r["source"], r["snippet"], float(r["score"])) for r in rows]
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:

@@ -19,8 +19,13 @@ Quota: live files *and* snapshots of the tenant count against
 ``storage_quota_mb``, and so does every directory, at ``DIR_BYTES`` (a block
 on disk) each: otherwise empty files under deep keys (``a/a/.../a/f``, up to
 ~500 directories per write) would fill the disk while counting 0 bytes. When a write would not fit, the tenant's oldest
-snapshots are dropped first (history is best-effort, live data is not); if it
-still does not fit, ``storage.quota`` and nothing changes.
+snapshots are dropped first (history is best-effort, live data is not; a
+snapshot directory dropped with its last snapshot counts as room made); if it
+still does not fit, ``storage.quota`` and nothing changes. What else adds
+directories asks the same: a ``rollback`` that brings back the parents a delete
+pruned (``storage.quota`` if they do not fit), a ``delete`` whose snapshot needs
+a new directory (if even dropping all history leaves no room, the file is
+deleted without a snapshot: a delete is never refused for the quota).
 """
 
 from __future__ import annotations
@@ -69,25 +74,34 @@ class TenantArea:
             raise StockadeError("storage.escape", "the storage scope directory is a link")
         target = resolve_storage_path(expected, raw, allow_root=allow_root)
         rel = target.relative_to(real).as_posix() if target != real else ""
+        if not _utf8(rel):  # a link put there by other means, to a name no key can spell
+            raise StockadeError("input.invalid", "the storage path resolves to a name that is not UTF-8 text")
         return Located(scope, real, target, rel)
 
     # ------------------------------------------------------------------ operations
 
     def read(self, loc: Located, max_bytes: int) -> bytes:
         try:
-            fd = os.open(loc.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_RDONLY opens a directory too, and would block forever on a FIFO someone put in the area
+            # (a worker thread lost for good); O_NONBLOCK changes nothing for a regular file
+            fd = os.open(loc.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StockadeError("storage.not_found", f"no file {loc.rel!r}") from None
         except (IsADirectoryError, NotADirectoryError):
             raise StockadeError("storage.not_found", f"{loc.rel!r} is not a file") from None
         except OSError as exc:  # ELOOP: swapped for a link after resolution
             raise StockadeError("storage.escape", f"cannot open {loc.rel!r} safely ({exc.strerror})") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
+        try:  # judge the open file, not the name: a directory or FIFO never reaches fdopen
+            st = os.fstat(fd)
             if not _is_file(st.st_mode):
                 raise StockadeError("storage.not_found", f"{loc.rel!r} is not a file")
             if st.st_size > max_bytes:
                 raise StockadeError("input.too_large", f"{loc.rel!r} is {st.st_size} bytes; reads are capped at {max_bytes}")
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             return f.read(max_bytes + 1)[:max_bytes]
 
     def write(self, loc: Located, data: bytes) -> bool:
@@ -96,11 +110,7 @@ class TenantArea:
             if loc.path.is_dir():
                 raise StockadeError("input.invalid", f"{loc.rel!r} is a directory")
             existed = loc.path.is_file()
-            parent = loc.path.parent
-            while parent != loc.root and parent.is_relative_to(loc.root):
-                if parent.exists() and not parent.is_dir():
-                    raise StockadeError("input.invalid", f"a parent of {loc.rel!r} is a file")
-                parent = parent.parent
+            _check_parents(loc)
             used = self._usage_get()
             vdir = self._versions_dir(loc)
             new_dirs = self._missing_dirs(loc.path.parent) + self._missing_dirs(vdir)
@@ -124,6 +134,15 @@ class TenantArea:
             vdir = self._versions_dir(loc)
             used = self._usage_get()  # before any mkdir: a recount must not see the new directories twice
             new_dirs = self._missing_dirs(vdir)
+            if new_dirs:  # the snapshot's directories count too (the file's bytes are counted already)
+                try:
+                    used -= self._make_room(used, new_dirs * DIR_BYTES, keep=vdir)
+                except StockadeError:  # not even dropping all history makes room: delete without a snapshot
+                    size = loc.path.stat().st_size
+                    loc.path.unlink()
+                    pruned = _prune_empty_dirs(loc.path.parent, loc.root)
+                    self._usage_set(used - size - pruned * DIR_BYTES)
+                    return
             vdir.mkdir(parents=True, exist_ok=True)
             os.replace(loc.path, vdir / f"{self._next_stamp(vdir)}.f")  # the snapshot *is* the old inode
             used -= self._trim_versions(loc)
@@ -151,7 +170,13 @@ class TenantArea:
             else:
                 if loc.path.is_dir():
                     raise StockadeError("input.invalid", f"{loc.rel!r} is now a directory")
+                _check_parents(loc)  # before any snapshot is dropped to make room
                 missing = self._missing_dirs(loc.path.parent)
+                # the parents a delete pruned come back: they count, so they must fit (the snapshot
+                # directory goes away when this was its last snapshot)
+                grown = missing * DIR_BYTES - (DIR_BYTES if len(snaps) == 1 else 0)
+                if grown > 0:
+                    used -= self._make_room(used, grown, keep=vdir, spare=latest)
                 try:
                     loc.path.parent.mkdir(parents=True, exist_ok=True)
                     new_dirs += missing
@@ -179,6 +204,8 @@ class TenantArea:
         try:
             with os.scandir(loc.path) as it:
                 for e in it:
+                    if not _utf8(e.name):  # put there by other means: no key can reach it, no reply can carry it
+                        continue
                     try:
                         if e.is_symlink():
                             kind, size = "link", 0
@@ -251,21 +278,33 @@ class TenantArea:
                 pass
         path.write_text(f"{max(0, value)} {computed_at}")
 
-    def _make_room(self, used: int, incoming: int, *, keep: Path) -> int:
-        """Ensure used + incoming fits, dropping the oldest snapshots if that is enough (else change
-        nothing and raise ``storage.quota``); return the bytes freed. A snapshot directory left empty
-        is removed too (and its ``DIR_BYTES`` freed), except ``keep``: the caller already counted on it."""
+    def _make_room(self, used: int, incoming: int, *, keep: Path, spare: Path | None = None) -> int:
+        """Ensure used + incoming fits, dropping the oldest snapshots (never ``spare``) if that is enough
+        (else change nothing and raise ``storage.quota``); return the bytes freed. A snapshot directory
+        left empty is removed too (and its ``DIR_BYTES`` freed, which counts towards the room made),
+        except ``keep``: the caller already counted on it."""
         over = used + incoming - self.quota_bytes
         if over <= 0:
             return 0
+        snaps = self._all_snapshots_oldest_first()
+        left: dict[Path, int] = {}
+        for snap in snaps:
+            left[snap.parent] = left.get(snap.parent, 0) + 1
         victims: list[Path] = []
-        freed = 0
-        for snap in self._all_snapshots_oldest_first():
+        freed = room = 0
+        for snap in snaps:
+            if snap == spare:
+                continue
             victims.append(snap)
-            freed += snap.stat().st_size
-            if freed >= over:
+            size = snap.stat().st_size
+            freed += size
+            room += size
+            left[snap.parent] -= 1
+            if not left[snap.parent] and snap.parent != keep:
+                room += DIR_BYTES  # its directory goes with its last snapshot
+            if room >= over:
                 break
-        if freed < over:
+        if room < over:
             raise StockadeError(
                 "storage.quota", f"the tenant's storage quota of {self.quota_bytes // (1024 * 1024)} MB would be exceeded",
                 quota_bytes=self.quota_bytes,
@@ -346,8 +385,25 @@ def _snapshots(vdir: Path) -> list[Path]:
     return sorted((p for p in vdir.iterdir() if p.suffix in (".f", ".absent")), key=lambda p: p.stem)
 
 
+def _utf8(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (``os`` hands them over as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_file(mode: int) -> bool:
     return stat.S_ISREG(mode)
+
+
+def _check_parents(loc: Located) -> None:
+    parent = loc.path.parent
+    while parent != loc.root and parent.is_relative_to(loc.root):
+        if parent.exists() and not parent.is_dir():
+            raise StockadeError("input.invalid", f"a parent of {loc.rel!r} is a file")
+        parent = parent.parent
 
 
 def _prune_empty_dirs(start: Path, stop: Path) -> int:
