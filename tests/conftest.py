@@ -113,3 +113,17 @@ def redis_prefix(redis_url):
             await r.aclose()
 
     asyncio.run(_cleanup())
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest):
+    """Each RateLimiter adapter: in-memory, and Redis under a fresh key prefix."""
+    from supervisor.stores.memory import MemoryRateLimiter
+    from supervisor.stores.redis import RedisRateLimiter, open_redis
+
+    if request.param == "memory":
+        yield MemoryRateLimiter()
+        return
+    client = await open_redis(request.getfixturevalue("redis_url"))
+    yield RedisRateLimiter(client, request.getfixturevalue("redis_prefix"))
+    await client.aclose()

@@ -228,19 +228,6 @@ async def test_an_insane_cost_report_still_settles_the_reservation(chain_env, re
 # --------------------------------------------------------------------------- absurdly slow rates
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def limiter(request: pytest.FixtureRequest):
-    from supervisor.stores.memory import MemoryRateLimiter
-    from supervisor.stores.redis import RedisRateLimiter, open_redis
-
-    if request.param == "memory":
-        yield MemoryRateLimiter()
-        return
-    client = await open_redis(request.getfixturevalue("redis_url"))
-    yield RedisRateLimiter(client, request.getfixturevalue("redis_prefix"))
-    await client.aclose()
-
-
 @pytest.mark.parametrize("rate", [1e-300, 1e-16, 1e-13, 1e-9])
 @pytest.mark.parametrize("clock", ["given", "real"])
 async def test_a_very_slow_rate_is_metered_alike_on_both_stacks(limiter, rate, clock):

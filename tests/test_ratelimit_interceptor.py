@@ -11,8 +11,6 @@ from supervisor.chain.ratelimit import RateLimitInterceptor
 from supervisor.errors import StockadeError
 from supervisor.limits import rule_kind, rules_for_call, validate_overrides
 from supervisor.settings import Settings
-from supervisor.stores.memory import MemoryRateLimiter
-from supervisor.stores.redis import RedisRateLimiter, open_redis
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,16 +26,6 @@ def settings(**kw) -> Settings:
 
 def binding(tenant="ten1", user="u1", key="k1", run="run1") -> Binding:
     return Binding(tenant_id=tenant, run_id=run, bundle="b", bundle_version="1", user_id=user, key_id=key)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def rate(request: pytest.FixtureRequest):
-    if request.param == "memory":
-        yield MemoryRateLimiter()
-        return
-    client = await open_redis(request.getfixturevalue("redis_url"))
-    yield RedisRateLimiter(client, request.getfixturevalue("redis_prefix"))
-    await client.aclose()
 
 
 def make_call(services, tool="echo", b: Binding | None = None, **extra) -> CallState:
@@ -60,8 +48,8 @@ async def run(icpt, call, nxt):
         return None, exc
 
 
-async def test_allows_until_the_user_burst_then_refuses_with_retry_after(rate):
-    services = SimpleNamespace(settings=settings(), rate=rate)
+async def test_allows_until_the_user_burst_then_refuses_with_retry_after(limiter):
+    services = SimpleNamespace(settings=settings(), rate=limiter)
     icpt, nxt = RateLimitInterceptor(), Next()
     for i in range(5):
         call = make_call(services)
@@ -76,9 +64,9 @@ async def test_allows_until_the_user_burst_then_refuses_with_retry_after(rate):
     assert nxt.calls == 5  # the refused call never ran
 
 
-async def test_refused_calls_do_not_eat_the_other_limits(rate):
+async def test_refused_calls_do_not_eat_the_other_limits(limiter):
     """User u1 is refused many times; the tenant bucket only paid for u1's five allowed calls."""
-    services = SimpleNamespace(settings=settings(rate_tenant_burst=10), rate=rate)
+    services = SimpleNamespace(settings=settings(rate_tenant_burst=10), rate=limiter)
     icpt, nxt = RateLimitInterceptor(), Next()
     for _ in range(30):
         await run(icpt, make_call(services, b=binding(user="u1")), nxt)
@@ -88,16 +76,16 @@ async def test_refused_calls_do_not_eat_the_other_limits(rate):
     assert nxt.calls == 10  # u2 got its 5: the tenant bucket had 5 left, not 0
 
 
-async def test_tenant_overrides_from_the_policy(rate):
-    services = SimpleNamespace(settings=settings(), rate=rate)
+async def test_tenant_overrides_from_the_policy(limiter):
+    services = SimpleNamespace(settings=settings(), rate=limiter)
     icpt, nxt = RateLimitInterceptor(), Next()
     for _ in range(5):
         await run(icpt, make_call(services, rate_overrides={"user_burst": 2}), nxt)
     assert nxt.calls == 2
 
 
-async def test_tenants_and_tools_have_their_own_buckets(rate):
-    services = SimpleNamespace(settings=settings(rate_user_burst=100, rate_tool_burst=3), rate=rate)
+async def test_tenants_and_tools_have_their_own_buckets(limiter):
+    services = SimpleNamespace(settings=settings(rate_user_burst=100, rate_tool_burst=3), rate=limiter)
     icpt, nxt = RateLimitInterceptor(), Next()
     outcomes = []
     for tenant, tool in [("A", "echo")] * 4 + [("A", "kb.search")] * 4 + [("B", "echo")] * 4:
@@ -106,8 +94,8 @@ async def test_tenants_and_tools_have_their_own_buckets(rate):
     assert outcomes == ["ok"] * 3 + ["tool"] + ["ok"] * 3 + ["tool"] + ["ok"] * 3 + ["tool"]
 
 
-async def test_llm_token_throughput(rate):
-    services = SimpleNamespace(settings=settings(rate_user_burst=100, rate_llm_tokens_per_min=6000), rate=rate)
+async def test_llm_token_throughput(limiter):
+    services = SimpleNamespace(settings=settings(rate_user_burst=100, rate_llm_tokens_per_min=6000), rate=limiter)
     icpt, nxt = RateLimitInterceptor(), Next()
     _, err = await run(icpt, make_call(services, tool="llm.chat", llm_tokens=4000), nxt)
     assert err is None
@@ -121,8 +109,8 @@ async def test_llm_token_throughput(rate):
     assert err is None  # other tools do not spend tokens
 
 
-async def test_invalid_overrides_refuse_the_call(rate):
-    services = SimpleNamespace(settings=settings(), rate=rate)
+async def test_invalid_overrides_refuse_the_call(limiter):
+    services = SimpleNamespace(settings=settings(), rate=limiter)
     nxt = Next()
     call = make_call(services, rate_overrides={"user_burst": -3})
     _, err = await run(RateLimitInterceptor(), call, nxt)

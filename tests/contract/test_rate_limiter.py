@@ -11,23 +11,12 @@ import asyncio
 import pytest
 
 from supervisor.errors import StockadeError
-from supervisor.stores.memory import MemoryRateLimiter
 from supervisor.stores.records import RateRule
 from supervisor.stores.redis import RedisRateLimiter, open_redis
 
 pytestmark = pytest.mark.timeout(30)
 
 T0 = 1_000_000.0  # an arbitrary clock origin (seconds)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def limiter(request: pytest.FixtureRequest):
-    if request.param == "memory":
-        yield MemoryRateLimiter()
-        return
-    client = await open_redis(request.getfixturevalue("redis_url"))
-    yield RedisRateLimiter(client, request.getfixturevalue("redis_prefix"))
-    await client.aclose()
 
 
 @pytest.fixture
