@@ -25,8 +25,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -39,11 +37,11 @@ from supervisor.errors import StockadeError
 from supervisor.settings import load_settings
 from supervisor.stores.postgres.db import PgDB, open_postgres
 from supervisor.stores.postgres.ledger import PgLedger
-from supervisor.stores.sqlite import SqliteTenantStore
-from supervisor.stores.sqlite.db import open_sqlite
 from supervisor.stores.sqlite.ledger import SqliteLedger
+from tests import test_budget_interceptor as _budget
 from tests.contract import conftest as _contract
 
+backend, budget_env = _budget.backend, _budget.env  # the budget step's test env: SQLite and PostgreSQL
 sql_target = _contract.sql_target  # the contract suite's fixtures: SQLite and PostgreSQL
 sql_db = _contract.sql_db
 
@@ -163,28 +161,11 @@ async def test_a_cap_set_on_an_uncapped_tier_mid_reserve_is_enforced(pg):
 # --------------------------------------------------------------------------- a tool's insane cost report
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
-async def chain_env(backend: str | None, tmp_path: Path):
-    from supervisor.stores.postgres import PgTenantStore
-
-    if backend is None:
-        db: Any = await open_sqlite(tmp_path / "s.db")
-        tenants: Any = SqliteTenantStore(db)
-        ledger: Any = SqliteLedger(db)
-    else:
-        db = await open_postgres(backend, min_size=1, max_size=4)
-        tenants, ledger = PgTenantStore(db), PgLedger(db)
-    try:
-        t = await tenants.create_tenant("t-" + secrets.token_hex(5))
-        services = SimpleNamespace(settings=load_settings(data_dir=tmp_path), ledger=ledger)
-        yield SimpleNamespace(ledger=ledger, tenant_id=t.id, services=services)
-    finally:
-        await db.close()
+def chain_env(budget_env: Any) -> Any:
+    """The budget step's own test env (tests/test_budget_interceptor.py): a tenant and a ledger on SQLite
+    and on PostgreSQL, with the services the step reads."""
+    return budget_env
 
 
 class EstimatedTool:

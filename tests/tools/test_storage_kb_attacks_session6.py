@@ -39,16 +39,16 @@ import pytest
 from sandbox.runtime.stockade_sdk.wire import encode
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings
-from supervisor.stores.postgres import PgTenantStore
-from supervisor.stores.postgres.db import open_postgres
 from supervisor.stores.postgres.kb import PgKbStore
-from supervisor.stores.sqlite import SqliteTenantStore, open_sqlite
 from supervisor.stores.sqlite.kb import SqliteKbStore
 from supervisor.tools.kb import KbSearchTool
 from supervisor.tools.storage import _area
 from supervisor.tools.storage._area import DIR_BYTES, TenantArea
+from tests.contract import conftest as _contract
 from tests.tools.test_http_helpers import make_ctx
 from tests.tools.test_storage_tools import DELETE, LIST, READ, ROLLBACK, WRITE, _root, _run, _settings
+
+sql_target, sql_db = _contract.sql_target, _contract.sql_db  # SQLite and PostgreSQL, as the contract suite
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,31 +264,11 @@ def test_two_processes_racing_every_storage_call_stay_consistent_and_within_the_
 # ---------------------------------------------------------------------------------------------- kb
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def kb_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
-    """Sync on purpose, as in tests/contract/conftest.py: ``pg_url`` runs its own event loop."""
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "kb.db"
-    return "postgres", request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
-async def kb_env(kb_target):
-    """(store, tenant a, tenant b) on a real database of each kind."""
-    kind, where = kb_target
-    if kind == "sqlite":
-        db: Any = await open_sqlite(where)
-        tenants: Any = SqliteTenantStore(db)
-        kb: Any = SqliteKbStore(db)
-    else:
-        db = await open_postgres(where, min_size=1, max_size=4)
-        tenants, kb = PgTenantStore(db), PgKbStore(db)
-    try:
-        a = (await tenants.create_tenant(f"a-{os.urandom(4).hex()}")).id
-        b = (await tenants.create_tenant(f"b-{os.urandom(4).hex()}")).id
-        yield kb, a, b
-    finally:
-        await db.close()
+async def kb_env(sql_db):
+    """(store, tenant a, tenant b) on a real database of each kind (the contract suite's ``sql_db``)."""
+    kb = PgKbStore(sql_db.db) if sql_db.is_pg else SqliteKbStore(sql_db.db)
+    return kb, await sql_db.new_tenant(), await sql_db.new_tenant()
 
 
 _NOT_RUNS = [
