@@ -43,7 +43,7 @@ from supervisor.stores.postgres.kb import PgKbStore
 from supervisor.stores.sqlite.kb import SqliteKbStore
 from supervisor.tools.kb import KbSearchTool
 from supervisor.tools.storage import _area
-from supervisor.tools.storage._area import DIR_BYTES, TenantArea
+from supervisor.tools.storage._area import DIR_BYTES, FILE_BYTES, TenantArea
 from tests.contract import conftest as _contract
 from tests.tools.test_http_helpers import make_ctx
 from tests.tools.test_storage_tools import DELETE, LIST, READ, ROLLBACK, WRITE, _root, _run, _settings
@@ -142,11 +142,12 @@ async def test_deletes_cannot_grow_snapshot_directories_past_the_quota(tmp_path,
     # operator clears it, which the counter picks up). Each delete needs a snapshot directory again.
     s = _settings(tmp_path, storage_quota_mb=1)
     area = _area_of(tmp_path)
-    for i in range(150):
+    for i in range(150):  # 600 kB: each live empty file is charged FILE_BYTES
         await _run(WRITE, s, path=f"d/f{i}", content="")
     shutil.rmtree(area.base / ".versions")
     monkeypatch.setattr(_area, "_USAGE_TTL_S", 0.0)
-    filler = MB - area.usage() - 4 * DIR_BYTES  # its snapshot directory and the three above it
+    # its creation marker, its snapshot directory and the three above it
+    filler = MB - area.usage() - FILE_BYTES - 4 * DIR_BYTES
     await _run(WRITE, s, path="filler", content="f" * filler)
     assert area.usage() <= MB
     for i in range(150):
@@ -157,30 +158,32 @@ async def test_deletes_cannot_grow_snapshot_directories_past_the_quota(tmp_path,
 
 
 async def test_dropping_creation_markers_makes_room_for_their_directories(tmp_path):
-    # 300 new empty files in one directory: 300 snapshot directories, 1.2 MB at DIR_BYTES each; dropping
-    # the oldest markers frees their directories, so every write fits and history shrinks instead
+    # 200 new empty files in one directory: 200 live files, markers and snapshot directories, 2.4 MB at
+    # FILE_BYTES/DIR_BYTES each; dropping the oldest markers frees their directories, so every write fits
+    # (the live files alone are 800 kB) and history shrinks instead
     s = _settings(tmp_path, storage_quota_mb=1)
     area = _area_of(tmp_path)
-    for i in range(300):
+    for i in range(200):
         await _run(WRITE, s, path=f"d/f{i}", content="")
-    assert len((await _run(LIST, s, path="d"))["entries"]) == 300
+    assert len((await _run(LIST, s, path="d"))["entries"]) == 200
     assert area._usage_get() == area.usage() <= MB
     assert await _code(_run(ROLLBACK, s, path="d/f0")) == "storage.not_found"  # the oldest history went first
-    assert (await _run(ROLLBACK, s, path="d/f299"))["outcome"] == "removed"
+    assert (await _run(ROLLBACK, s, path="d/f199"))["outcome"] == "removed"
 
 
 async def test_concurrent_writes_at_the_exact_boundary_fill_the_quota_and_never_pass_it(tmp_path):
     s = _settings(tmp_path, storage_quota_mb=1)
     area = _area_of(tmp_path)
     await _run(WRITE, s, path="d/seed", content="s")
-    room = MB - area.usage() - DIR_BYTES  # a new file in d/ also needs its snapshot directory
+    room = MB - area.usage() - FILE_BYTES - DIR_BYTES  # a new file in d/ also needs its marker and its directory
     out = await asyncio.gather(*(_run(WRITE, s, path=f"d/f{i}", content="x" * room, user="usr_1") for i in range(6)),
                                return_exceptions=True)
     assert sum(isinstance(r, dict) for r in out) == 1, out
     assert {r.code for r in out if isinstance(r, StockadeError)} == {"storage.quota"}
     assert area._usage_get() == area.usage() == MB  # exactly at the quota is allowed
-    # more than dropping all history (two creation markers and their directories) can make room for
-    assert await _code(_run(WRITE, s, path="d/new", content="n" * (DIR_BYTES + 1))) == "storage.quota"
+    # more than dropping all history (two creation markers and their directories) can make room for,
+    # with the new file's own marker and directory
+    assert await _code(_run(WRITE, s, path="d/new", content="n" * (FILE_BYTES + DIR_BYTES + 1))) == "storage.quota"
     assert area._usage_get() == area.usage() == MB
     assert (await _run(READ, s, path="d/seed"))["content"] == "s"
 

@@ -21,7 +21,11 @@ on disk) each: otherwise empty files under deep keys (``a/a/.../a/f``, up to
 ~500 directories per write) would fill the disk while counting 0 bytes. When a write would not fit, the tenant's oldest
 snapshots are dropped first (history is best-effort, live data is not; a
 snapshot directory dropped with its last snapshot counts as room made); if it
-still does not fit, ``storage.quota`` and nothing changes. What else adds
+still does not fit, ``storage.quota`` and nothing changes. Every file - live, snapshot or
+``.absent`` marker - is charged at least ``FILE_BYTES`` (``charged``): otherwise empty files were free
+once the quota had dropped their history, and a bundle could keep making them (each an inode on the
+host) by cycling writes and rollbacks of a filler. The charge is never below the bytes a file holds,
+and never more than a block above them. What else adds
 directories asks the same: a ``rollback`` that brings back the parents a delete
 pruned (``storage.quota`` if they do not fit), a ``delete`` whose snapshot needs
 a new directory (if even dropping all history leaves no room, the file is
@@ -44,12 +48,18 @@ from pathlib import Path
 from supervisor.errors import StockadeError
 from supervisor.resources.paths import check_segment, resolve_storage_path
 
-__all__ = ["DIR_BYTES", "MAX_VERSIONS", "Located", "TenantArea"]
+__all__ = ["DIR_BYTES", "FILE_BYTES", "MAX_VERSIONS", "Located", "TenantArea", "charged"]
 
 MAX_VERSIONS = 10  # snapshots kept per path
 _USAGE_TTL_S = 300.0  # the byte counter is re-walked at least this often
 _LIST_LIMIT = 1000
 DIR_BYTES = 4096  # what one directory is charged against the quota
+FILE_BYTES = 4096  # the least one file is charged (a block): an empty file is not free
+
+
+def charged(size: int) -> int:
+    """What a file of ``size`` bytes counts against the quota."""
+    return max(size, FILE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,8 @@ class TenantArea:
             vdir = self._versions_dir(loc)
             new_dirs = self._missing_dirs(loc.path.parent) + self._missing_dirs(vdir)
             # may drop old snapshots: only after every other check
-            used -= self._make_room(used, len(data) + new_dirs * DIR_BYTES, keep=vdir)
+            marker = 0 if existed else FILE_BYTES  # a new path's snapshot is an ``.absent`` marker file
+            used -= self._make_room(used, charged(len(data)) + marker + new_dirs * DIR_BYTES, keep=vdir)
             loc.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._temp_file(data)
             try:
@@ -123,7 +134,7 @@ class TenantArea:
                 os.replace(tmp, loc.path)
             finally:
                 tmp.unlink(missing_ok=True)
-            used += len(data) + new_dirs * DIR_BYTES - self._trim_versions(loc)
+            used += charged(len(data)) + marker + new_dirs * DIR_BYTES - self._trim_versions(loc)
             self._usage_set(used)
             return not existed
 
@@ -138,7 +149,7 @@ class TenantArea:
                 try:
                     used -= self._make_room(used, new_dirs * DIR_BYTES, keep=vdir)
                 except StockadeError:  # not even dropping all history makes room: delete without a snapshot
-                    size = loc.path.stat().st_size
+                    size = charged(loc.path.stat().st_size)
                     loc.path.unlink()
                     pruned = _prune_empty_dirs(loc.path.parent, loc.root)
                     self._usage_set(used - size - pruned * DIR_BYTES)
@@ -160,12 +171,13 @@ class TenantArea:
             used = self._usage_get()
             new_dirs = 0
             if loc.path.is_file():
-                used -= loc.path.stat().st_size  # the current content is discarded; the snapshot becomes live
+                used -= charged(loc.path.stat().st_size)  # the current content is discarded; the snapshot becomes live
             if latest.suffix == ".absent":
                 if loc.path.is_file():
                     loc.path.unlink()
                     new_dirs -= _prune_empty_dirs(loc.path.parent, loc.root)
                 latest.unlink()
+                used -= FILE_BYTES  # the marker
                 outcome = "removed"
             else:
                 if loc.path.is_dir():
@@ -226,7 +238,7 @@ class TenantArea:
         return entries[:_LIST_LIMIT], len(entries) > _LIST_LIMIT
 
     def usage(self) -> int:
-        """Bytes of live files and snapshots (not in-flight temp files) plus ``DIR_BYTES`` per directory
+        """Charged bytes of live files and snapshots (not in-flight temp files) plus ``DIR_BYTES`` per directory
         below the tenant directory, by walking the tree."""
         total = 0
         for dirpath, dirnames, filenames in os.walk(self.base, followlinks=False):
@@ -236,7 +248,7 @@ class TenantArea:
             total += DIR_BYTES * sum(1 for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
             for name in filenames:
                 try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                    total += charged(os.lstat(os.path.join(dirpath, name)).st_size)
                 except FileNotFoundError:
                     pass
         return total
@@ -296,7 +308,7 @@ class TenantArea:
             if snap == spare:
                 continue
             victims.append(snap)
-            size = snap.stat().st_size
+            size = charged(snap.stat().st_size)
             freed += size
             room += size
             left[snap.parent] -= 1
@@ -374,7 +386,7 @@ class TenantArea:
         """Keep the newest ``MAX_VERSIONS`` snapshots of the path; return the bytes freed."""
         freed = 0
         for old in _snapshots(self._versions_dir(loc))[:-MAX_VERSIONS]:
-            freed += old.stat().st_size
+            freed += charged(old.stat().st_size)
             old.unlink(missing_ok=True)
         return freed
 
