@@ -77,8 +77,8 @@ async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal
             # an account has one cap: two entries for it contradict each other (the last one won, silently)
             raise StockadeError("input.invalid", f"the {cap.scope} budget {sid} is named twice")
         resolved.append((cap, sid))
-    for cap, sid in resolved:
-        await s.ledger.set_cap(p.tenant_id, cap.scope, sid, usd_to_micro(cap.cap_usd), cap.period)
+    # one transaction: a failure part-way (the database going away) leaves every cap as it was
+    await s.ledger.set_caps(p.tenant_id, [(cap.scope, sid, usd_to_micro(cap.cap_usd), cap.period) for cap, sid in resolved])
     return await get_budgets(rt, p)
 
 

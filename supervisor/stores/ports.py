@@ -13,7 +13,7 @@ exception.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from supervisor.stores.records import (
@@ -21,6 +21,7 @@ from supervisor.stores.records import (
     Approval,
     AuditRecord,
     BudgetAccount,
+    CapSpec,
     Event,
     IdempotencyEntry,
     Job,
@@ -166,6 +167,9 @@ class IdempotencyStore(Protocol):
 
 class Ledger(Protocol):
     async def set_cap(self, tenant_id: str, scope: str, scope_id: str, cap_micro: int, period: str = "month") -> BudgetAccount: ...
+    async def set_caps(self, tenant_id: str, caps: Sequence[CapSpec]) -> list[BudgetAccount]:
+        """Several caps (scope, scope_id, cap_micro, period) in ONE transaction: all are set or none."""
+        ...
     async def accounts(self, tenant_id: str, now: float) -> list[BudgetAccount]: ...
     async def reserve(
         self, tenant_id: str, scopes: list[tuple[str, str]], amount_micro: int, *,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "ApiKey", "Approval", "AuditRecord", "BudgetAccount", "Event", "IdempotencyEntry",
+    "ApiKey", "Approval", "AuditRecord", "BudgetAccount", "CapSpec", "Event", "IdempotencyEntry",
     "Job", "LedgerEntry", "Project", "RateDecision", "RateRule", "Reservation", "Run",
     "Tenant", "User", "TERMINAL_STATUSES", "RUN_STATUSES", "ROLES",
 ]
@@ -14,6 +14,7 @@ __all__ = [
 RUN_STATUSES = ("queued", "running", "waiting_approval", "succeeded", "failed", "canceled", "timed_out")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "timed_out"})
 ROLES = ("admin", "member", "approver", "viewer")
+CapSpec = tuple[str, str, int, str]  # a budget cap to set: (scope, scope_id, cap_micro, period)
 
 
 @dataclass(frozen=True)

@@ -329,3 +329,30 @@ async def test_concurrent_reservers_on_two_handles_never_pass_the_cap(ctx):
         assert (acct.spent_micro, acct.reserved_micro) == (70, 0)
     finally:
         await other.close()
+
+
+async def test_set_caps_is_one_transaction_all_or_none(ctx):
+    # PUT /v1/budgets sets several caps: a failure at the second (here a trigger standing in for the database
+    # refusing or going away part-way) must leave the first as it was, not half the request applied
+    sql_db, ledger, t = ctx
+    await ledger.set_cap(t, "tenant", t, 10_000)
+    if sql_db.kind == "sqlite":
+        sql_db.db.execute("""CREATE TRIGGER boom BEFORE INSERT ON budget_caps WHEN NEW.scope_id = 'usr_boom'
+                             BEGIN SELECT RAISE(ABORT, 'boom'); END""")
+    else:
+        async with sql_db.db.acquire() as conn:
+            await conn.execute("""CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+                                  BEGIN RAISE EXCEPTION 'boom'; END $$;
+                                  CREATE TRIGGER boom BEFORE INSERT ON budget_caps FOR EACH ROW
+                                  WHEN (NEW.scope_id = 'usr_boom') EXECUTE FUNCTION boom()""")
+    with pytest.raises(Exception, match="boom"):
+        await ledger.set_caps(t, [("tenant", t, 20_000, "lifetime"), ("user", "usr_boom", 5_000, "month")])
+    assert [(a.scope, a.cap_micro, a.period) for a in await ledger.accounts(t, JAN)] == [("tenant", 10_000, "month")]
+    accts = await ledger.set_caps(t, [("tenant", t, 20_000, "lifetime"), ("user", "usr_a", 5_000, "month")])
+    assert [(a.scope, a.scope_id, a.cap_micro, a.period) for a in accts] == [
+        ("tenant", t, 20_000, "lifetime"), ("user", "usr_a", 5_000, "month")]
+    assert sorted((a.scope, a.cap_micro) for a in await ledger.accounts(t, JAN)) == [("tenant", 20_000), ("user", 5_000)]
+    with pytest.raises(StockadeError) as err:  # a bad cap anywhere in the list: checked before anything is written
+        await ledger.set_caps(t, [("tenant", t, 1, "month"), ("user", "usr_a", -1, "month")])
+    assert err.value.code == "input.invalid"
+    assert sorted((a.scope, a.cap_micro) for a in await ledger.accounts(t, JAN)) == [("tenant", 20_000), ("user", 5_000)]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,7 +36,7 @@ import asyncpg
 from supervisor.budget import check_amount, check_cap, check_scopes, exceeded_error, period_key, tier_order
 from supervisor.errors import StockadeError
 from supervisor.stores.postgres.db import UNAVAILABLE_ERRORS, PgDB
-from supervisor.stores.records import BudgetAccount, LedgerEntry, Reservation
+from supervisor.stores.records import BudgetAccount, CapSpec, LedgerEntry, Reservation
 
 __all__ = ["PgLedger"]
 
@@ -302,25 +302,32 @@ class PgLedger:
             task.add_done_callback(self._releasing.discard)
 
     async def set_cap(self, tenant_id: str, scope: str, scope_id: str, cap_micro: int, period: str = "month") -> BudgetAccount:
-        check_cap(tenant_id, scope, scope_id, cap_micro, period)
+        return (await self.set_caps(tenant_id, [(scope, scope_id, cap_micro, period)]))[0]
+
+    async def set_caps(self, tenant_id: str, caps: Sequence[CapSpec]) -> list[BudgetAccount]:
+        for scope, scope_id, cap_micro, period in caps:  # every cap checked before any is written
+            check_cap(tenant_id, scope, scope_id, cap_micro, period)
         now = time.time()
+        out: list[BudgetAccount] = []
         async with _ledger_errors(), self.db.tenant_tx(tenant_id) as conn:
-            await conn.execute(
-                """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (tenant_id, scope, scope_id)
-                   DO UPDATE SET cap_micro = excluded.cap_micro, period = excluded.period, updated_at = excluded.updated_at""",
-                tenant_id, scope, scope_id, cap_micro, period, now,
-            )
-            row = await conn.fetchrow(
-                "SELECT spent_micro, reserved_micro FROM budget_accounts"
-                " WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3 AND period_key = $4",
-                tenant_id, scope, scope_id, period_key(now, period),
-            )
-        return BudgetAccount(
-            tenant_id, scope, scope_id, cap_micro, period, period_key(now, period),
-            int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0,
-        )
+            for scope, scope_id, cap_micro, period in caps:
+                await conn.execute(
+                    """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (tenant_id, scope, scope_id)
+                       DO UPDATE SET cap_micro = excluded.cap_micro, period = excluded.period, updated_at = excluded.updated_at""",
+                    tenant_id, scope, scope_id, cap_micro, period, now,
+                )
+                row = await conn.fetchrow(
+                    "SELECT spent_micro, reserved_micro FROM budget_accounts"
+                    " WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3 AND period_key = $4",
+                    tenant_id, scope, scope_id, period_key(now, period),
+                )
+                out.append(BudgetAccount(
+                    tenant_id, scope, scope_id, cap_micro, period, period_key(now, period),
+                    int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0,
+                ))
+        return out
 
     async def accounts(self, tenant_id: str, now: float) -> list[BudgetAccount]:
         month = period_key(now, "month")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from supervisor.budget import (
@@ -24,7 +24,7 @@ from supervisor.budget import (
     tier_order,
 )
 from supervisor.errors import StockadeError
-from supervisor.stores.records import BudgetAccount, LedgerEntry, Reservation
+from supervisor.stores.records import BudgetAccount, CapSpec, LedgerEntry, Reservation
 from supervisor.stores.sqlite.db import SqliteDB
 
 __all__ = ["SqliteLedger"]
@@ -67,24 +67,31 @@ class SqliteLedger:
         self.db = db
 
     async def set_cap(self, tenant_id: str, scope: str, scope_id: str, cap_micro: int, period: str = "month") -> BudgetAccount:
-        check_cap(tenant_id, scope, scope_id, cap_micro, period)
+        return (await self.set_caps(tenant_id, [(scope, scope_id, cap_micro, period)]))[0]
+
+    async def set_caps(self, tenant_id: str, caps: Sequence[CapSpec]) -> list[BudgetAccount]:
+        for scope, scope_id, cap_micro, period in caps:  # every cap checked before any is written
+            check_cap(tenant_id, scope, scope_id, cap_micro, period)
         now = time.time()
-        pk = period_key(now, period)
+        out: list[BudgetAccount] = []
         with _ledger_errors(), self.db.tx() as conn:
-            conn.execute(
-                """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (tenant_id, scope, scope_id)
-                   DO UPDATE SET cap_micro = excluded.cap_micro, period = excluded.period, updated_at = excluded.updated_at""",
-                (tenant_id, scope, scope_id, cap_micro, period, now),
-            )
-            row = conn.execute(
-                "SELECT spent_micro, reserved_micro FROM budget_accounts"
-                " WHERE tenant_id = ? AND scope = ? AND scope_id = ? AND period_key = ?",
-                (tenant_id, scope, scope_id, pk),
-            ).fetchone()
-        return BudgetAccount(tenant_id, scope, scope_id, cap_micro, period, pk,
-                             int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0)
+            for scope, scope_id, cap_micro, period in caps:
+                pk = period_key(now, period)
+                conn.execute(
+                    """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (tenant_id, scope, scope_id)
+                       DO UPDATE SET cap_micro = excluded.cap_micro, period = excluded.period, updated_at = excluded.updated_at""",
+                    (tenant_id, scope, scope_id, cap_micro, period, now),
+                )
+                row = conn.execute(
+                    "SELECT spent_micro, reserved_micro FROM budget_accounts"
+                    " WHERE tenant_id = ? AND scope = ? AND scope_id = ? AND period_key = ?",
+                    (tenant_id, scope, scope_id, pk),
+                ).fetchone()
+                out.append(BudgetAccount(tenant_id, scope, scope_id, cap_micro, period, pk,
+                                         int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0))
+        return out
 
     async def accounts(self, tenant_id: str, now: float) -> list[BudgetAccount]:
         month = period_key(now, "month")
