@@ -34,6 +34,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("auth.missing", 401, False, "Authentication required"),
     ErrorSpec("auth.invalid", 401, False, "Invalid API key"),
     ErrorSpec("auth.forbidden", 403, False, "Forbidden for this role"),
+    ErrorSpec("project.not_member", 403, False, "The user is not a member of the project"),
     ErrorSpec("not_found", 404, False, "Not found"),
     ErrorSpec("conflict", 409, False, "Conflict"),
     ErrorSpec("idempotency.mismatch", 422, False, "Idempotency key reused with a different body"),

@@ -12,7 +12,8 @@ from supervisor.ids import new_id
 from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
 from supervisor.stores.records import ROLES, ApiKey, Tenant
 
-__all__ = ["NewKey", "Principal", "authenticate", "create_key", "create_tenant", "key_failure", "key_is_live"]
+__all__ = ["NewKey", "Principal", "authenticate", "check_membership", "create_key", "create_tenant", "key_failure",
+           "key_is_live"]
 
 _TENANT_ID = re.compile(r"ten_[0-9a-z]{20}")
 
@@ -45,6 +46,15 @@ class NewKey:
     secret: str  # shown once
 
 
+async def check_membership(services: Any, tenant_id: str, user_id: str | None, project_id: str | None) -> None:
+    """A run or a key that carries both a user and a project: the user must be a member of the project
+    (else a key bound to a project could act as any user of the tenant - their storage, their budget -
+    and a key bound to a user could charge any project)."""
+    if user_id is not None and project_id is not None and not await services.tenants.is_member(tenant_id, project_id, user_id):
+        raise StockadeError("project.not_member", f"user {user_id} is not a member of project {project_id}",
+                            user_id=user_id, project_id=project_id)
+
+
 async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user_id: str | None = None,
                      project_id: str | None = None) -> NewKey:
     if role not in ROLES:
@@ -55,6 +65,7 @@ async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user
         raise StockadeError("not_found", f"no user {user_id}")
     if project_id is not None and await services.tenants.get_project(tenant_id, project_id) is None:
         raise StockadeError("not_found", f"no project {project_id}")
+    await check_membership(services, tenant_id, user_id, project_id)
     secret = generate_key()
     key = await services.tenants.create_key(
         tenant_id, key_id=new_id("key_"), key_hash=hash_key(secret), prefix=key_display_prefix(secret), role=role,

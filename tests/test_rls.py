@@ -32,7 +32,8 @@ def _seal(prev: str, seq: int, fields: dict) -> tuple[str, str]:
 async def _populate(db, tenant_id: str) -> dict[str, str]:
     tenants = PgTenantStore(db)
     user = await tenants.create_user(tenant_id, "ada")
-    await tenants.create_project(tenant_id, "web")
+    project = await tenants.create_project(tenant_id, "web")
+    await tenants.add_member(tenant_id, project.id, user.id)
     await tenants.create_key(tenant_id, key_id=new_id("key_"), key_hash=secrets.token_hex(16), prefix="sk",
                              role="admin", user_id=user.id)
     run = Run(new_id("run_"), tenant_id, "echo", "1", "hi", "queued", time.time())
@@ -44,7 +45,7 @@ async def _populate(db, tenant_id: str) -> dict[str, str]:
     await PgIdempotencyStore(db).begin(tenant_id, "k", time.time())
     await PgPolicyStore(db).put(tenant_id, "rules: []", "v1")
     await PgBundleStore(db).put_version(tenant_id, "mine", "1", "sha256:" + tenant_id, {})
-    return {"run": run.id, "user": user.id}
+    return {"run": run.id, "user": user.id, "project": project.id}
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ async def world(pg_url):
 
 
 TABLES = ["projects", "users", "api_keys", "runs", "run_events", "audit_log", "audit_heads", "approvals",
-          "idempotency_keys", "policies"]
+          "idempotency_keys", "policies", "project_members"]
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -101,6 +102,9 @@ INSERTS = {
                   " VALUES ($2, $1, 'r', 'echo', 'h', '{}', 'pending', 0, 1)", lambda o: [new_id("apr_")]),
     "api_keys": ("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, role, created_at)"
                  " VALUES ($2, $1, $3, 'sk', 'admin', 0)", lambda o: [new_id("key_"), secrets.token_hex(16)]),
+    # B's own project and user: only the row's tenant is wrong
+    "project_members": ("INSERT INTO project_members (tenant_id, project_id, user_id, added_at) VALUES ($1, $2, $3, 0)",
+                        lambda o: [o["project"], o["user"]]),
     "bundle_versions": ("INSERT INTO bundle_versions (tenant_id, name, version, digest, manifest, created_at)"
                         " VALUES ($1, 'evil', '1', 'd', '{}', 0)", lambda o: []),
 }

@@ -20,7 +20,7 @@ from supervisor.events import finish_run_anywhere
 from supervisor.ids import new_id
 from supervisor.storable import Text
 from supervisor.stores.records import TERMINAL_STATUSES, Run
-from supervisor.tenancy import Principal
+from supervisor.tenancy import Principal, check_membership
 
 __all__ = ["router", "run_json"]
 
@@ -89,6 +89,8 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
         existing = await _by_key(s, p.tenant_id, idempotency_key)
         if existing is not None:
             return _replay(existing, request_hash, p)
+    # a run for a user in a project: the user must be a member (a project-bound key is not every user)
+    await check_membership(s, p.tenant_id, user_id, project_id)
     version = await rt.registry.resolve(p.tenant_id, body.bundle)
     run = Run(
         id=new_id("run_"), tenant_id=p.tenant_id, bundle=version.name, bundle_version=version.digest,

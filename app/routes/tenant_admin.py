@@ -202,3 +202,48 @@ async def post_project(body: NameBody, rt: Any = Depends(runtime), p: Principal 
 async def post_user(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     u = await rt.services.tenants.create_user(p.tenant_id, body.name)
     return {"id": u.id, "name": u.name}
+
+
+@router.get("/projects")
+async def get_projects(rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*READ_ROLES))) -> dict[str, Any]:
+    return {"data": [{"id": x.id, "name": x.name} for x in await rt.services.tenants.list_projects(p.tenant_id)]}
+
+
+@router.get("/users")
+async def get_users(rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*READ_ROLES))) -> dict[str, Any]:
+    return {"data": [{"id": x.id, "name": x.name} for x in await rt.services.tenants.list_users(p.tenant_id)]}
+
+
+async def _project(rt: Any, p: Principal, project_id: str) -> str:
+    if await rt.services.tenants.get_project(p.tenant_id, project_id) is None:
+        raise StockadeError("not_found", f"no project {project_id}")
+    return project_id
+
+
+@router.get("/projects/{project_id}/members")
+async def get_members(project_id: str, rt: Any = Depends(runtime),
+                      p: Principal = Depends(require_tenant_wide(*READ_ROLES))) -> dict[str, Any]:
+    await _project(rt, p, project_id)
+    return {"data": [{"user_id": u} for u in await rt.services.tenants.list_members(p.tenant_id, project_id)]}
+
+
+@router.put("/projects/{project_id}/members/{user_id}")
+async def put_member(project_id: str, user_id: str, rt: Any = Depends(runtime),
+                     p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
+    """Make the user a member of the project (idempotent: ``added`` is false when it already was)."""
+    await _project(rt, p, project_id)
+    if await rt.services.tenants.get_user(p.tenant_id, user_id) is None:
+        raise StockadeError("not_found", f"no user {user_id}")
+    added = await rt.services.tenants.add_member(p.tenant_id, project_id, user_id)
+    return {"project_id": project_id, "user_id": user_id, "added": added}
+
+
+@router.delete("/projects/{project_id}/members/{user_id}")
+async def delete_member(project_id: str, user_id: str, rt: Any = Depends(runtime),
+                        p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
+    """The user leaves the project: new runs and keys for the pair are refused (``project.not_member``),
+    including runs of keys already bound to both; runs already started go on."""
+    await _project(rt, p, project_id)
+    if not await rt.services.tenants.remove_member(p.tenant_id, project_id, user_id):
+        raise StockadeError("not_found", f"user {user_id} is not a member of project {project_id}")
+    return {"project_id": project_id, "user_id": user_id, "removed": True}

@@ -87,6 +87,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/v1/keys/{key_id}"): Row("object", ADMIN),
     ("POST", "/v1/projects"): Row("collection", ADMIN, 201),
     ("POST", "/v1/users"): Row("collection", ADMIN, 201),
+    ("GET", "/v1/projects"): Row("collection", READ),
+    ("GET", "/v1/users"): Row("collection", READ),
+    ("GET", "/v1/projects/{project_id}/members"): Row("object", READ),
+    ("PUT", "/v1/projects/{project_id}/members/{user_id}"): Row("object", ADMIN),
+    ("DELETE", "/v1/projects/{project_id}/members/{user_id}"): Row("object", ADMIN),
     ("POST", "/v1/mcp/servers"): Row("collection", ADMIN, 201),
     ("GET", "/v1/mcp/servers"): Row("collection", READ),
     ("GET", "/v1/mcp/servers/{name}"): Row("object", READ),
@@ -107,6 +112,10 @@ BOUND: dict[tuple[str, str], str] = {
     ("GET", "/v1/ledger"): "forbidden", ("GET", "/v1/audit"): "hidden",
     ("POST", "/v1/keys"): "ok", ("GET", "/v1/keys"): "hidden", ("DELETE", "/v1/keys/{key_id}"): "hidden",
     ("POST", "/v1/projects"): "forbidden", ("POST", "/v1/users"): "forbidden",
+    ("GET", "/v1/projects"): "forbidden", ("GET", "/v1/users"): "forbidden",
+    ("GET", "/v1/projects/{project_id}/members"): "forbidden",
+    ("PUT", "/v1/projects/{project_id}/members/{user_id}"): "forbidden",
+    ("DELETE", "/v1/projects/{project_id}/members/{user_id}"): "forbidden",
     ("POST", "/v1/mcp/servers"): "forbidden", ("GET", "/v1/mcp/servers"): "ok", ("GET", "/v1/mcp/servers/{name}"): "ok",
     ("POST", "/v1/mcp/servers/{name}/refresh"): "forbidden",
     ("POST", "/v1/mcp/servers/{name}/tools/{tool}/approve"): "forbidden",
@@ -173,6 +182,8 @@ class World:
         self.user_a = r.json()["id"]
         r = await self.admin_a.post("/v1/projects", json={"name": "apollo"})
         self.project_a = r.json()["id"]
+        r = await self.admin_a.put(f"/v1/projects/{self.project_a}/members/{self.user_a}")
+        assert r.status_code == 200, r.text
         r = await self.admin_a.post("/v1/keys", json={"role": "admin", "user_id": self.user_a, "project_id": self.project_a})
         self.keys["bound_admin"] = r.json()["api_key"]
         # a budget of another user: what a key bound to alice must not see
@@ -207,6 +218,13 @@ class World:
         r = await self.admin_a.post("/v1/keys", json={"role": "viewer"})
         return r.json()["id"]
 
+    async def member(self) -> str:
+        """A new user of tenant A, member of apollo."""
+        uid = (await self.admin_a.post("/v1/users", json={"name": f"m{next(_n)}"})).json()["id"]
+        r = await self.admin_a.put(f"/v1/projects/{self.project_a}/members/{uid}")
+        assert r.status_code == 200, r.text
+        return uid
+
     async def target(self, method: str, path: str, *, fresh: bool, missing: bool = False) -> tuple[str, dict[str, Any]]:
         """The concrete request for a matrix row on tenant A's objects (or on ids that never existed)."""
         kw: dict[str, Any] = {}
@@ -229,6 +247,11 @@ class World:
                 path = path.replace("{name}", name)
         if "{tool}" in path:
             path = path.replace("{tool}", "add")
+        if "{project_id}" in path:
+            path = path.replace("{project_id}", ghost.replace("x_", "prj_") if missing else self.project_a)
+        if "{user_id}" in path:
+            uid = ghost.replace("x_", "usr_") if missing else (await self.member() if method == "DELETE" else self.user_a)
+            path = path.replace("{user_id}", uid)
         if (method, path) == ("POST", "/v1/runs"):
             kw["json"] = {"bundle": "echo", "input": "hi"}
         elif (method, path) == ("POST", "/v1/bundles"):

@@ -82,6 +82,52 @@ class PgTenantStore:
             row = await c.fetchrow("SELECT id, tenant_id, name FROM users WHERE tenant_id = $1 AND id = $2", tenant_id, user_id)
         return User(**dict(row.items())) if row else None
 
+    async def list_projects(self, tenant_id: str) -> list[Project]:
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch("SELECT id, tenant_id, name FROM projects WHERE tenant_id = $1 ORDER BY created_at, id",
+                                 tenant_id)
+        return [Project(**dict(r.items())) for r in rows]
+
+    async def list_users(self, tenant_id: str) -> list[User]:
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch("SELECT id, tenant_id, name FROM users WHERE tenant_id = $1 ORDER BY created_at, id",
+                                 tenant_id)
+        return [User(**dict(r.items())) for r in rows]
+
+    async def add_member(self, tenant_id: str, project_id: str, user_id: str) -> bool:
+        async with self._db.tenant_tx(tenant_id) as c:
+            try:
+                status = await c.execute(
+                    "INSERT INTO project_members (tenant_id, project_id, user_id, added_at) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT DO NOTHING", tenant_id, project_id, user_id, time.time(),
+                )
+            except CONSTRAINT_ERRORS as exc:
+                raise constraint_error(exc, "project or user") from None
+        return status == "INSERT 0 1"
+
+    async def remove_member(self, tenant_id: str, project_id: str, user_id: str) -> bool:
+        async with self._db.tenant_tx(tenant_id) as c:
+            status = await c.execute(
+                "DELETE FROM project_members WHERE tenant_id = $1 AND project_id = $2 AND user_id = $3",
+                tenant_id, project_id, user_id,
+            )
+        return status == "DELETE 1"
+
+    async def list_members(self, tenant_id: str, project_id: str) -> list[str]:
+        async with self._db.tenant_tx(tenant_id) as c:
+            rows = await c.fetch(
+                "SELECT user_id FROM project_members WHERE tenant_id = $1 AND project_id = $2 ORDER BY added_at, user_id",
+                tenant_id, project_id,
+            )
+        return [r[0] for r in rows]
+
+    async def is_member(self, tenant_id: str, project_id: str, user_id: str) -> bool:
+        async with self._db.tenant_tx(tenant_id) as c:
+            return await c.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM project_members WHERE tenant_id = $1 AND project_id = $2 AND user_id = $3)",
+                tenant_id, project_id, user_id,
+            )
+
     async def create_key(
         self, tenant_id: str, *, key_id: str, key_hash: str, prefix: str, role: str,
         user_id: str | None = None, project_id: str | None = None,

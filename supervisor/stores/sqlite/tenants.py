@@ -71,6 +71,46 @@ class SqliteTenantStore:
         row = self._db.query_one("SELECT id, tenant_id, name FROM users WHERE tenant_id = ? AND id = ?", (tenant_id, user_id))
         return User(**dict(row)) if row else None
 
+    async def list_projects(self, tenant_id: str) -> list[Project]:
+        rows = self._db.query("SELECT id, tenant_id, name FROM projects WHERE tenant_id = ? ORDER BY created_at, id",
+                              (tenant_id,))
+        return [Project(**dict(r)) for r in rows]
+
+    async def list_users(self, tenant_id: str) -> list[User]:
+        rows = self._db.query("SELECT id, tenant_id, name FROM users WHERE tenant_id = ? ORDER BY created_at, id",
+                              (tenant_id,))
+        return [User(**dict(r)) for r in rows]
+
+    async def add_member(self, tenant_id: str, project_id: str, user_id: str) -> bool:
+        try:
+            cur = self._db.execute(
+                "INSERT INTO project_members (tenant_id, project_id, user_id, added_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING", (tenant_id, project_id, user_id, time.time()),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise integrity_error(exc, "project or user") from None
+        return cur.rowcount == 1
+
+    async def remove_member(self, tenant_id: str, project_id: str, user_id: str) -> bool:
+        cur = self._db.execute(
+            "DELETE FROM project_members WHERE tenant_id = ? AND project_id = ? AND user_id = ?",
+            (tenant_id, project_id, user_id),
+        )
+        return cur.rowcount == 1
+
+    async def list_members(self, tenant_id: str, project_id: str) -> list[str]:
+        rows = self._db.query(
+            "SELECT user_id FROM project_members WHERE tenant_id = ? AND project_id = ? ORDER BY added_at, user_id",
+            (tenant_id, project_id),
+        )
+        return [r[0] for r in rows]
+
+    async def is_member(self, tenant_id: str, project_id: str, user_id: str) -> bool:
+        return self._db.query_one(
+            "SELECT 1 FROM project_members WHERE tenant_id = ? AND project_id = ? AND user_id = ?",
+            (tenant_id, project_id, user_id),
+        ) is not None
+
     async def create_key(
         self, tenant_id: str, *, key_id: str, key_hash: str, prefix: str, role: str,
         user_id: str | None = None, project_id: str | None = None,

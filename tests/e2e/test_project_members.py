@@ -1,0 +1,99 @@
+"""Project membership: a run or key that carries both a user and a project needs the user in the project.
+
+Before it, a key bound to a project could start a run for any user of its tenant: the run was that user's
+(their ``u/<user>`` storage, their budget, their audit trail), and a key bound to a user could charge any
+project's budget. Now both get 403 ``project.not_member`` until an admin makes the user a member
+(``PUT /v1/projects/{id}/members/{user_id}``); removing the member refuses new runs of the pair again,
+including those of keys already bound to both. Both stacks.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def _new(admin, kind: str, name: str) -> str:
+    r = await admin.post(f"/v1/{kind}", json={"name": name})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def _key(admin, **binding) -> str:
+    r = await admin.post("/v1/keys", json={"role": "member", **binding})
+    assert r.status_code == 201, r.text
+    return r.json()["api_key"]
+
+
+def _refused(r, code: str = "project.not_member") -> bool:
+    return r.status_code == 403 and r.json()["code"] == code
+
+
+async def test_a_project_key_cannot_act_as_a_user_outside_its_project(node):
+    tid, admin_key = await node.tenant()
+    admin = node.client(admin_key)
+    proj, alice, bob = await _new(admin, "projects", "apollo"), await _new(admin, "users", "alice"), await _new(admin, "users", "bob")
+    project_key = node.client(await _key(admin, project_id=proj))
+    run = {"bundle": "echo", "input": "hi"}
+
+    r = await project_key.post("/v1/runs", json={**run, "user_id": bob})  # bob is in no project
+    assert _refused(r), r.text
+    assert r.json()["user_id"] == bob and r.json()["project_id"] == proj
+    assert (await project_key.post("/v1/runs", json=run)).status_code == 201  # no user: the project's own run
+
+    r = await admin.put(f"/v1/projects/{proj}/members/{alice}")
+    assert r.status_code == 200 and r.json() == {"project_id": proj, "user_id": alice, "added": True}
+    assert (await admin.put(f"/v1/projects/{proj}/members/{alice}")).json()["added"] is False  # idempotent
+    r = await project_key.post("/v1/runs", json={**run, "user_id": alice})
+    assert r.status_code == 201 and (r.json()["user_id"], r.json()["project_id"]) == (alice, proj), r.text
+    assert _refused(await project_key.post("/v1/runs", json={**run, "user_id": bob}))
+
+    # a key bound to a user charges only projects the user is in
+    alice_key = node.client(await _key(admin, user_id=alice))
+    other = await _new(admin, "projects", "zeus")
+    assert _refused(await alice_key.post("/v1/runs", json={**run, "project_id": other}))
+    assert (await alice_key.post("/v1/runs", json={**run, "project_id": proj})).status_code == 201
+    # a tenant-wide key too: the pair must be a membership
+    assert _refused(await admin.post("/v1/runs", json={**run, "user_id": bob, "project_id": proj}))
+
+    # keys bound to both: only for a member; removing the member refuses that key's new runs
+    r = await admin.post("/v1/keys", json={"role": "member", "user_id": bob, "project_id": proj})
+    assert _refused(r), r.text
+    both = node.client(await _key(admin, user_id=alice, project_id=proj))
+    assert (await both.post("/v1/runs", json=run)).status_code == 201
+    r = await admin.get(f"/v1/projects/{proj}/members")
+    assert r.status_code == 200 and r.json() == {"data": [{"user_id": alice}]}
+    r = await admin.delete(f"/v1/projects/{proj}/members/{alice}")
+    assert r.status_code == 200 and r.json()["removed"] is True
+    assert _refused(await both.post("/v1/runs", json=run))
+    assert _refused(await project_key.post("/v1/runs", json={**run, "user_id": alice}))
+    r = await admin.delete(f"/v1/projects/{proj}/members/{alice}")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    assert (await admin.get(f"/v1/projects/{proj}/members")).json() == {"data": []}
+
+    # lists of the tenant's projects and users, for tenant-wide keys
+    r = await admin.get("/v1/projects")
+    assert r.status_code == 200 and [p["id"] for p in r.json()["data"]] == [proj, other]
+    r = await admin.get("/v1/users")
+    assert r.status_code == 200 and [u["id"] for u in r.json()["data"]] == [alice, bob]
+    for path in ("/v1/projects", "/v1/users", f"/v1/projects/{proj}/members"):
+        assert _refused(await project_key.get(path), "auth.forbidden"), path
+    assert _refused(await project_key.put(f"/v1/projects/{proj}/members/{bob}"), "auth.forbidden")
+
+
+async def test_memberships_do_not_cross_tenants(node):
+    _, key_a = await node.tenant()
+    _, key_b = await node.tenant()
+    a, b = node.client(key_a), node.client(key_b)
+    proj_a, user_a = await _new(a, "projects", "p"), await _new(a, "users", "u")
+    proj_b, user_b = await _new(b, "projects", "p"), await _new(b, "users", "u")
+    for client, proj, user in ((b, proj_b, user_a), (b, proj_a, user_b), (b, proj_a, user_a)):
+        r = await client.put(f"/v1/projects/{proj}/members/{user}")
+        assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+        r = await client.delete(f"/v1/projects/{proj}/members/{user}")
+        assert r.status_code == 404, r.text
+    assert (await b.get(f"/v1/projects/{proj_a}/members")).status_code == 404
+    assert (await a.get(f"/v1/projects/{proj_a}/members")).json() == {"data": []}
+    assert [p["id"] for p in (await b.get("/v1/projects")).json()["data"]] == [proj_b]
+    assert [u["id"] for u in (await b.get("/v1/users")).json()["data"]] == [user_b]
