@@ -50,6 +50,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("approval.expired", 403, False, "Approval expired"),
     ErrorSpec("approval.already_decided", 409, False, "Approval already decided"),
     ErrorSpec("audit.unavailable", 503, True, "Audit log unavailable"),
+    ErrorSpec("audit.corrupt", 500, False, "An audit record fails verification"),
     ErrorSpec("tool.unknown", 404, False, "Unknown tool"),
     ErrorSpec("tool.failed", 502, True, "Tool failed"),
     ErrorSpec("tool.timeout", 504, True, "Tool timed out"),

@@ -2,8 +2,9 @@
 
 A hash chain proves that nothing inside it was changed, removed or reordered, but not that its
 newest records are all still there: whoever can write to the database can delete the last N records
-(or a tenant's whole chain) and what remains still verifies. A head seen earlier and kept elsewhere
-closes that gap: ``stockade audit verify --anchor FILE`` fails unless each anchored chain still holds
+(or a tenant's whole chain) and what remains still verifies. (PostgreSQL's head row, advanced with
+each append, catches a cut that leaves it behind; a writer who rewinds it too is caught only here.)
+A head seen earlier and kept elsewhere closes that gap: ``stockade audit verify --anchor FILE`` fails unless each anchored chain still holds
 the anchored record, unchanged. Anchor files are what Stockade already hands out:
 
 - the JSON that ``stockade audit verify`` prints (``"heads": {tenant_id: {"seq", "hash"}}``), e.g.

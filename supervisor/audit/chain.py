@@ -17,7 +17,7 @@ from typing import Any
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.stores.records import AuditRecord
 
-__all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "verify_chain"]
+__all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "record_problem", "verify_chain"]
 
 GENESIS = "0" * 64
 FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
@@ -74,14 +74,28 @@ class ChainVerifier:
             return ChainBreak(tenant_id, rec.seq, f"sequence gap: expected {expected_seq} (record deleted or inserted)")
         if rec.prev_hash != self.prev_hash:
             return ChainBreak(tenant_id, rec.seq, "prev_hash does not link to the previous record (reordered or removed)")
-        fields = {k: getattr(rec, k) for k in FIELDS}
-        digest = record_hash(tenant_id, rec.seq, rec.prev_hash, fields)
-        if digest != rec.hash:
-            return ChainBreak(tenant_id, rec.seq, "content does not match its hash (record changed)")
-        if not hmac.compare_digest(self.sealer.mac(digest), rec.mac):
-            return ChainBreak(tenant_id, rec.seq, "MAC invalid (record forged without the supervisor's key)")
+        problem = record_problem(tenant_id, rec, self.sealer)
+        if problem is not None:
+            return ChainBreak(tenant_id, rec.seq, problem)
         self.prev_hash, self.last_seq = rec.hash, rec.seq
         return None
+
+
+def record_problem(tenant_id: str, rec: AuditRecord, sealer: Sealer) -> str | None:
+    """What is wrong with one record of ``tenant_id``'s chain on its own - its content against its hash,
+    its hash against its MAC - or None. (How records link is ``ChainVerifier``'s.) Never raises, whatever
+    a database writer stored."""
+    fields = {k: getattr(rec, k) for k in FIELDS}
+    try:
+        digest = record_hash(tenant_id, rec.seq, rec.prev_hash, fields)
+    except (TypeError, ValueError, RecursionError):  # a value no record of ours holds (a writer's hand)
+        return "content cannot be hashed (record changed)"
+    if digest != rec.hash:
+        return "content does not match its hash (record changed)"
+    mac = rec.mac  # compare_digest raises on a non-ASCII str
+    if not (isinstance(mac, str) and mac.isascii() and hmac.compare_digest(sealer.mac(digest), mac)):
+        return "MAC invalid (record forged without the supervisor's key)"
+    return None
 
 
 def verify_chain(tenant_id: str, records: Iterable[AuditRecord], sealer: Sealer) -> ChainBreak | None:

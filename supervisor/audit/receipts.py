@@ -1,13 +1,14 @@
 """Signed run receipts: ordered spans + chain head, Ed25519 over canonical JSON.
 
-Offline check: ``verify_receipt(receipt, public_key_pem)`` (or ``stockade
-receipt verify FILE --public-key PEM``): strip ``signature``, canonicalise,
-verify the Ed25519 signature with the published key.
+Offline check: ``verify_receipt(load_receipt(text), public_key_pem)`` (or
+``stockade receipt verify FILE --public-key PEM``): strip ``signature``,
+canonicalise, verify the Ed25519 signature with the published key.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from supervisor.audit.canonical import canonical
 from supervisor.stores.records import AuditRecord, Run
 
-__all__ = ["build_receipt", "sign_receipt", "verify_receipt"]
+__all__ = ["build_receipt", "load_receipt", "sign_receipt", "verify_receipt"]
 
 def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None) -> dict[str, Any]:
     spans = []
@@ -56,6 +57,22 @@ def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, A
     body = {k: v for k, v in receipt.items() if k != "signature"}
     sig = key.sign(canonical(body))
     return {**body, "signature": {"alg": "Ed25519", "value": base64.b64encode(sig).decode()}}
+
+
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"duplicate member {k!r}")
+        obj[k] = v
+    return obj
+
+
+def load_receipt(data: bytes | str) -> Any:
+    """A receipt file's JSON; ValueError if a member appears twice. Python keeps the last of two, other
+    readers the first: a genuine receipt with a forged member put in front verified here and showed the
+    forgery there. RecursionError if nested deeper than the parser goes."""
+    return json.loads(data, object_pairs_hook=_one_of_each)
 
 
 def verify_receipt(receipt: dict[str, Any], public_key_pem: str | bytes) -> bool:

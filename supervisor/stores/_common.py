@@ -7,6 +7,8 @@ way (the contract suite runs against both).
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -23,8 +25,8 @@ from supervisor.stores.records import (
 
 __all__ = [
     "APIKEY_COLS", "APPROVAL_COLS", "APPROVAL_DECISIONS", "APPROVAL_STATUSES", "AUDIT_COLS", "GENESIS_HASH", "bundle_dict",
-    "IDEM_COLS", "RUN_COLS", "UPDATABLE_RUN_FIELDS", "check_limit", "check_name", "check_new_run_status",
-    "check_run_fields", "decision_outcome", "dumps", "normalize_audit_fields",
+    "IDEM_COLS", "RUN_COLS", "UPDATABLE_RUN_FIELDS", "audit_record", "check_limit", "check_name", "check_new_run_status",
+    "check_run_fields", "decision_outcome", "dumps", "load_audit_detail", "normalize_audit_fields",
 ]
 
 
@@ -58,6 +60,54 @@ def dumps(value: Any, what: str = "value") -> str:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise StockadeError("input.invalid", f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError("not a finite number")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:  # NaN, Infinity, -Infinity
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # read one way here, another way by SQLite's json_extract (the first key)
+        raise ValueError("duplicate key")
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a lone one decodes to a str no UTF-8 encoder takes
+
+
+def load_audit_detail(text: Any) -> Any:
+    """An audit record's detail as read from its column: the JSON the supervisor wrote, or - for what it
+    cannot have written (not JSON, NaN/Infinity, 1e400, a duplicate key, a lone surrogate, nesting or an
+    integer too long for the parser: a database writer's hand) - the stored text itself. That record then
+    fails its hash and ``audit verify`` names it, instead of every reader of the log (the verifier,
+    ``GET /v1/audit``, receipts) failing on it."""
+    try:
+        value = json.loads(text, parse_float=_finite, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        if _SURROGATE_ESCAPE.search(text):
+            _ENCODER.encode(value).encode()
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return text
+    return value
+
+
+def audit_record(row: dict[str, Any]) -> AuditRecord:
+    """An AuditRecord from its columns, whatever a database writer left in them: the detail as
+    ``load_audit_detail`` reads it, a timestamp that is no finite number (PostgreSQL's 'NaN', SQLite's
+    9e999) as its text. Such a record fails its hash (``audit verify`` names it) and every other reader
+    (GET /v1/audit, receipts) still gets what JSON can carry."""
+    row["detail"] = load_audit_detail(row["detail"])
+    ts = row["ts"]
+    if isinstance(ts, float) and not math.isfinite(ts):
+        row["ts"] = str(ts)
+    return AuditRecord(**row)
 
 
 def check_limit(n: int) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from supervisor.errors import StockadeError
+from supervisor.stores._common import audit_record
 from supervisor.stores.records import ApiKey, Approval, AuditRecord, IdempotencyEntry, Run
 
 __all__ = ["CONSTRAINT_ERRORS", "constraint_error", "to_apikey", "to_approval", "to_audit", "to_idem", "to_run"]
@@ -36,7 +37,7 @@ def to_apikey(row: Any) -> ApiKey:
 
 
 def to_audit(row: Any) -> AuditRecord:
-    return AuditRecord(**_d(row))
+    return audit_record(_d(row))  # detail selected as text (PgAuditLog): whatever a writer left there reads
 
 
 def to_approval(row: Any) -> Approval:

@@ -44,6 +44,16 @@ _APPEND_LOCKED = (
     " UPDATE audit_heads SET seq = $2, hash = $14 WHERE tenant_id = $1"
 )
 _LOCKS_MAX = 4096
+# detail read as text and parsed by to_audit, not by the connection's jsonb codec: a row a database
+# writer made (nesting deeper than the parser goes, a 5,000-digit number) then fails its own hash
+# instead of every listing of the log
+_READ_COLS = AUDIT_COLS.replace("detail", "detail::text AS detail")
+_COLS = AUDIT_COLS.split(", ")
+_HEAD_AND_ROW = (
+    f"WITH l AS (SELECT {_READ_COLS} FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1),"
+    " h AS (SELECT seq AS head_seq, hash AS head_hash FROM audit_heads WHERE tenant_id = $1)"
+    " SELECT * FROM l FULL JOIN h ON true"
+)
 
 
 def as_jsonb_returns(v: Any) -> Any:
@@ -57,9 +67,9 @@ def as_jsonb_returns(v: Any) -> Any:
     if isinstance(v, dict):
         out = {k: as_jsonb_returns(x) for k, x in v.items()}
         return v if all(out[k] is v[k] for k in v) else out
-    if isinstance(v, list):
+    if isinstance(v, list | tuple):  # a tuple is written as an array: it is a list once read back
         items = [as_jsonb_returns(x) for x in v]
-        return v if all(a is b for a, b in zip(items, v, strict=True)) else items
+        return v if type(v) is list and all(a is b for a, b in zip(items, v, strict=True)) else items
     return v
 
 
@@ -141,19 +151,39 @@ class PgAuditLog:
     ) -> list[AuditRecord]:
         async with _audit_errors(), self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
-                f"SELECT {AUDIT_COLS} FROM audit_log WHERE tenant_id = $1 AND seq > $2"
+                f"SELECT {_READ_COLS} FROM audit_log WHERE tenant_id = $1 AND seq > $2"
                 " AND ($3::text IS NULL OR run_id = $3) ORDER BY seq LIMIT $4",
                 tenant_id, after_seq, run_id, _limit(limit),
             )
         return [to_audit(r) for r in rows]
 
     async def head(self, tenant_id: str) -> AuditRecord | None:
+        """The chain's last record, checked against the head row each append advances in the same
+        statement: where the two disagree a writer cut the log's tail (or edited past the head row) -
+        caught here without an anchor. ``audit.corrupt`` with ``head_seq`` (what the head row names)."""
         async with _audit_errors(), self._db.tenant_tx(tenant_id) as c:
-            row = await c.fetchrow(
-                f"SELECT {AUDIT_COLS} FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1", tenant_id
-            )
-        return to_audit(row) if row else None
+            row = await c.fetchrow(_HEAD_AND_ROW, tenant_id)  # one statement: one snapshot of both
+        if row is None:
+            return None
+        head_seq, head_hash = row["head_seq"], row["head_hash"]
+        rec = to_audit({k: row[k] for k in _COLS}) if row["seq"] is not None else None
+        if rec is None and head_seq == 0:
+            return None  # a head row that names no record (seq 0, its default): an empty chain
+        if head_seq is None:
+            problem = "the chain has no head row (deleted)"
+        elif rec is None or rec.seq < head_seq:
+            problem = f"the chain's head row names record {head_seq} (records deleted from the end)"
+        elif rec.seq > head_seq:
+            problem = f"the chain's head row names record {head_seq} (records appended past it)"
+        elif rec.hash != head_hash:
+            problem = f"the chain's head row names another record {head_seq} (records replaced)"
+        else:
+            return rec
+        raise StockadeError("audit.corrupt", problem, head_seq=head_seq)
 
     async def tenants(self) -> list[str]:
+        # the chains in the log itself, not only the head rows: a writer who deletes a tenant's head row
+        # must not hide that tenant's chain from `audit verify` (which reads every record anyway)
         async with _audit_errors(), self._db.system_tx() as c:
-            return [r[0] for r in await c.fetch("SELECT tenant_id FROM audit_heads ORDER BY tenant_id")]
+            return [r[0] for r in await c.fetch(
+                "SELECT tenant_id FROM audit_heads UNION SELECT tenant_id FROM audit_log ORDER BY tenant_id")]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 from supervisor.errors import StockadeError
+from supervisor.stores._common import audit_record
 from supervisor.stores.records import ApiKey, Approval, AuditRecord, IdempotencyEntry, Run
 
 __all__ = ["integrity_error", "to_apikey", "to_approval", "to_audit", "to_idem", "to_run"]
@@ -28,15 +30,8 @@ def to_apikey(row: sqlite3.Row) -> ApiKey:
     return ApiKey(**dict(row))
 
 
-def to_audit(row: sqlite3.Row) -> AuditRecord:
-    d = dict(row)
-    try:
-        d["detail"] = json.loads(d["detail"])
-    except ValueError:
-        # written by hand, not by us (SQLite keeps any TEXT): hand the raw text on, so the chain
-        # verifier names this record as changed instead of the whole listing failing
-        pass
-    return AuditRecord(**d)
+def to_audit(row: sqlite3.Row | dict[str, Any]) -> AuditRecord:
+    return audit_record(dict(row))  # SQLite keeps any TEXT: hand-written text is handed on as is
 
 
 def to_approval(row: sqlite3.Row) -> Approval:

@@ -43,6 +43,16 @@ def _audit_errors() -> Iterator[None]:
 _INSERT = f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ({', '.join('?' * 15)})"
 _HEAD = "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1"
 _RETRIES = 16  # lost races in a row before giving up (each means another process appended)
+_TEXT_COLS = frozenset({"tenant_id", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code",
+                        "detail", "prev_hash", "hash", "mac"})
+# The same columns read as bytes: SQLite's TEXT holds whatever bytes a writer put there, and the driver
+# refuses to decode what is not UTF-8, failing the whole listing. Read that way (only then), a record
+# holding such bytes fails its hash and `audit verify` names it.
+_RAW_COLS = ", ".join(f"CAST({c} AS BLOB) AS {c}" if c in _TEXT_COLS else c for c in AUDIT_COLS.split(", "))
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in dict(row).items()}
 
 
 class SqliteAuditLog:
@@ -88,24 +98,29 @@ class SqliteAuditLog:
         with _audit_errors():
             return await db.write(insert, one_statement=True)
 
+    def _records(self, where: str, params: list[Any]) -> list[AuditRecord]:
+        with _audit_errors():
+            try:
+                return [to_audit(r) for r in self._db.query(f"SELECT {AUDIT_COLS} FROM audit_log {where}", params)]
+            except sqlite3.OperationalError as exc:
+                if "decode" not in str(exc):
+                    raise
+            return [to_audit(_decoded(r)) for r in self._db.query(f"SELECT {_RAW_COLS} FROM audit_log {where}", params)]
+
     async def list(
         self, tenant_id: str, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None
     ) -> list[AuditRecord]:
-        sql = f"SELECT {AUDIT_COLS} FROM audit_log WHERE tenant_id = ? AND seq > ?"
+        where = "WHERE tenant_id = ? AND seq > ?"
         params: list[Any] = [tenant_id, after_seq]
         if run_id is not None:
-            sql += " AND run_id = ?"
+            where += " AND run_id = ?"
             params.append(run_id)
         params.append(_limit(limit))
-        with _audit_errors():
-            return [to_audit(r) for r in self._db.query(sql + " ORDER BY seq LIMIT ?", params)]
+        return self._records(where + " ORDER BY seq LIMIT ?", params)
 
     async def head(self, tenant_id: str) -> AuditRecord | None:
-        with _audit_errors():
-            row = self._db.query_one(
-                f"SELECT {AUDIT_COLS} FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1", (tenant_id,)
-            )
-        return to_audit(row) if row else None
+        rows = self._records("WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1", [tenant_id])
+        return rows[0] if rows else None
 
     async def tenants(self) -> list[str]:
         with _audit_errors():
