@@ -182,7 +182,11 @@ class BundleRegistry:
 
     # --- lookup
     def _version(self, rec: dict[str, Any], tenant_id: str | None) -> BundleVersion:
-        manifest = BundleManifest.model_validate(rec["manifest"])
+        try:
+            manifest = BundleManifest.model_validate(rec["manifest"])
+        except ValueError:  # pydantic's ValidationError: a stored row no registration of ours wrote
+            raise StockadeError("bundle.invalid", f"the stored manifest of bundle {rec.get('name')!r} is not valid; "
+                                                  "register the bundle again") from None
         digest = str(rec["digest"])
         return BundleVersion(
             manifest.name, str(rec.get("version", manifest.version)), digest, tenant_id,
@@ -240,6 +244,10 @@ class BundleRegistry:
         out: list[BundleVersion] = []
         for scope, name in sorted(keys, key=lambda k: (k[0] is None, k[1])):
             rec = await self._store.latest(scope, name)
-            if rec is not None:
+            if rec is None:
+                continue
+            try:
                 out.append(self._version(rec, scope))
+            except StockadeError as exc:  # one unreadable row hides that bundle, not the whole list
+                log.warning("bundle %r (%s) left out of the listing: %s", name, scope or "platform", exc.detail)
         return out

@@ -99,3 +99,18 @@ async def test_reverting_an_edit_makes_the_old_content_current(sql: Sql, tmp_pat
     write_bundle(src, name=name, version="1", text="one")
     assert (await sql.registry.register_dir(src, None)).digest == v1.digest
     assert (await sql.registry.resolve(None, name)).digest == v1.digest
+
+
+async def test_one_unreadable_stored_manifest_hides_only_its_bundle(sql: Sql, tmp_path: Path) -> None:
+    # a platform row whose manifest no longer validates (a database writer's hand, or a row of an older
+    # schema) made GET /v1/bundles a 500 for every tenant, and resolving it a 500 (pydantic's error)
+    t = await sql.tenant()
+    good = await sql.registry.register_dir(write_bundle(tmp_path / "g", name=unique("good")), None)
+    bad = unique("bad")
+    await sql.registry._store.put_version(None, bad, "1", "sha256:" + "0" * 64, {})
+    listed = [v.name for v in await sql.registry.list(t)]
+    assert good.name in listed and bad not in listed
+    with pytest.raises(StockadeError) as ei:
+        await sql.registry.resolve(t, bad)
+    assert ei.value.code == "bundle.invalid"
+    assert await sql.registry.resolve(t, good.name) == good
