@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from app import cli
 from supervisor.audit import AuditRecorder, Sealer, build_receipt, canonical, sign_receipt, verify_receipt
 from supervisor.audit.anchors import Anchor
-from supervisor.audit.chain import FIELDS, ChainVerifier
+from supervisor.audit.chain import FIELDS, verify_chain
 from supervisor.audit.keys import public_key_pem
 from supervisor.stores.records import Run
 from tests import test_cli as _cli_tests
@@ -104,12 +104,7 @@ async def tamper(sql_db: Any, sql: str, *args: Any) -> None:
 
 
 def first_break(tid: str, records: list[Any]) -> Any:
-    verifier = ChainVerifier(tid, KEY)
-    for r in records:
-        brk = verifier.feed(r)
-        if brk is not None:
-            return brk
-    return None
+    return verify_chain(tid, records, KEY)
 
 
 def fake_runtime(sql_db: Any, audit: Any) -> Any:
