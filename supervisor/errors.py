@@ -39,6 +39,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("conflict", 409, False, "Conflict"),
     ErrorSpec("idempotency.mismatch", 422, False, "Idempotency key reused with a different body"),
     ErrorSpec("idempotency.in_progress", 409, True, "A request with this idempotency key is in progress"),
+    ErrorSpec("idempotency.interrupted", 409, False, "The first call with this idempotency key was cut off; its outcome is unknown"),
     ErrorSpec("policy.denied", 403, False, "Denied by policy"),
     ErrorSpec("policy.invalid", 422, False, "Invalid policy"),
     ErrorSpec("policy.unavailable", 503, True, "Policy unavailable"),

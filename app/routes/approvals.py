@@ -41,10 +41,13 @@ def approval_json(a: Approval) -> dict[str, Any]:
 async def list_approvals(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
                          status: Literal["pending", "approved", "rejected", "expired"] | None = Query(None),
                          limit: int = Query(100, ge=1, le=500),
-                         run_id: str | None = Query(None, min_length=1, max_length=128)) -> dict[str, Any]:
+                         run_id: str | None = Query(None, min_length=1, max_length=128),
+                         before: str | None = Query(None, min_length=1, max_length=128)) -> dict[str, Any]:
+    # newest first, a page at a time: ``before`` is the ``next_before`` of the page above (no request
+    # is out of an approver's reach however many newer ones a bundle has raised)
     items = await rt.services.approvals.list(p.tenant_id, status=status, limit=limit, run_id=run_id,
-                                             user_id=p.user_id, project_id=p.project_id)
-    return {"data": [approval_json(a) for a in items]}
+                                             user_id=p.user_id, project_id=p.project_id, before=before)
+    return {"data": [approval_json(a) for a in items], "next_before": items[-1].id if len(items) == limit else None}
 
 
 @router.get("/{approval_id}")
@@ -88,11 +91,16 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
         decided = await s.approvals.decide(p.tenant_id, approval_id, status=status, decided_by=p.key_id,
                                            reason=body.reason, now=time.time())
     except StockadeError as exc:
-        if exc.code in ("approval.already_decided", "approval.expired"):
-            # Another decision (or the expiry) got there between our check and our write: the record
-            # above names a decision that was never made. The chain cannot be edited, so it is voided.
-            await rt.recorder.record(p.tenant_id, "approval.void", run_id=a.run_id, tool=a.tool,
-                                     args_hash=a.args_hash, rule_id=a.rule_id, code=exc.code,
-                                     detail={"approval_id": a.id, "voids_seq": rec.seq, "approver_key_id": p.key_id})
+        if exc.code not in ("approval.already_decided", "approval.expired"):
+            # The store failed: the decision may still have been kept (only its answer lost), or not.
+            kept = await s.approvals.get(p.tenant_id, approval_id)  # raises if the store is still away
+            if kept is not None and kept.status == status and kept.decided_by == p.key_id:
+                return approval_json(kept)
+        # Another decision (or the expiry) got there between our check and our write, or the write was
+        # lost: the record above names a decision that was never made. The chain cannot be edited, so
+        # it is voided (else the approver's retry would leave two decisions of one request in the log).
+        await rt.recorder.record(p.tenant_id, "approval.void", run_id=a.run_id, tool=a.tool,
+                                 args_hash=a.args_hash, rule_id=a.rule_id, code=exc.code,
+                                 detail={"approval_id": a.id, "voids_seq": rec.seq, "approver_key_id": p.key_id})
         raise
     return approval_json(decided)

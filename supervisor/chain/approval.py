@@ -8,6 +8,7 @@ signal. The decision binds to the hash of the exact arguments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -17,9 +18,10 @@ from supervisor.ids import new_id
 from supervisor.storable import scrub_nul
 from supervisor.stores.records import Approval
 
-__all__ = ["RUN_ENDED", "ApprovalInterceptor", "withdraw", "withdraw_run"]
+__all__ = ["CALL_FAILED", "RUN_ENDED", "ApprovalInterceptor", "withdraw", "withdraw_run"]
 
 RUN_ENDED = "the run ended before a decision"  # why a withdrawn request expired (also the API's)
+CALL_FAILED = "the call failed while it waited for a decision"
 
 POLL_S = (0.05, 0.1, 0.2, 0.25)
 
@@ -44,6 +46,7 @@ class ApprovalInterceptor:
         call.approval_id = approval.id
         run_key = (b.tenant_id, b.run_id)
         self._waiting[run_key] = self._waiting.get(run_key, 0) + 1
+        failure: Exception | None = None
         try:
             if self._waiting[run_key] == 1:
                 await s.runs.set_status(b.tenant_id, b.run_id, "waiting_approval")
@@ -52,16 +55,27 @@ class ApprovalInterceptor:
                 "args_hash": approval.args_hash, "rule_id": call.rule_id, "reason": call.reason,
                 "expires_at": approval.expires_at,
             })
-            try:
-                decided = await self._wait(call, approval)
-            except asyncio.CancelledError:  # the run ended (canceled, timed out): nobody waits for a decision
-                await asyncio.shield(self._withdraw(call, approval))
-                raise
+            decided = await self._wait(call, approval)
+        except asyncio.CancelledError:  # the run ended (canceled, timed out): nobody waits for a decision
+            await asyncio.shield(self._withdraw(call, approval))
+            raise
+        except Exception as exc:  # the wait broke (a store blip): the call fails, its run goes on
+            failure = exc
         finally:
             self._waiting[run_key] -= 1
             last = self._waiting[run_key] == 0
             if last:
                 del self._waiting[run_key]
+        if failure is not None:
+            # nobody waits for this request any more: off the approvers' list, the run no longer waiting
+            await asyncio.shield(withdraw(s.approvals, approval.tenant_id, approval.id, CALL_FAILED))
+            with contextlib.suppress(StockadeError):  # best effort: the store may be what failed
+                if last:
+                    await s.runs.set_status(b.tenant_id, b.run_id, "running")
+                await emit_while_running(call, "approval.resolved", {
+                    "approval_id": approval.id, "decision": "expired", "decided_by": None, "reason": CALL_FAILED,
+                })
+            raise failure
         if last:
             await s.runs.set_status(b.tenant_id, b.run_id, "running")
         await emit_while_running(call, "approval.resolved", {
@@ -82,7 +96,9 @@ class ApprovalInterceptor:
         step = 0
         while True:
             current = await s.approvals.get(approval.tenant_id, approval.id)
-            if current is not None and current.status != "pending":
+            if current is None:  # the durable request is gone (removed behind the store's back): fail closed
+                raise StockadeError("approval.rejected", "the approval request no longer exists", approval_id=approval.id)
+            if current.status != "pending":
                 return current
             now = time.time()
             if now >= approval.expires_at:
@@ -101,10 +117,10 @@ class ApprovalInterceptor:
         await withdraw(call.services.approvals, approval.tenant_id, approval.id)
 
 
-async def withdraw(approvals: Any, tenant_id: str, approval_id: str) -> None:
-    """Take a still-pending request off the approvers' list (as expired, RUN_ENDED): its run ended."""
+async def withdraw(approvals: Any, tenant_id: str, approval_id: str, reason: str = RUN_ENDED) -> None:
+    """Take a still-pending request off the approvers' list (as expired, ``reason``): nobody waits for it."""
     try:
-        await approvals.decide(tenant_id, approval_id, status="expired", decided_by=None, reason=RUN_ENDED,
+        await approvals.decide(tenant_id, approval_id, status="expired", decided_by=None, reason=reason,
                                now=time.time())
     except StockadeError:
         pass  # decided meanwhile, or the store is away: the sweeper expires it at expires_at

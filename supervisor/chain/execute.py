@@ -18,6 +18,7 @@ async def execute(call: CallState) -> dict[str, Any]:
     tool = call.tool
     if call.tool_ctx is not None and call.extra.get("llm_prices"):
         call.tool_ctx.llm_prices = call.extra["llm_prices"]
+    call.extra["tool_started"] = True  # from here on the tool may act (the idempotency step keeps the key)
     try:
         timeout = float(tool.timeout_s)
         if timeout > 0:

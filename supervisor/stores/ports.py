@@ -153,8 +153,11 @@ class ApprovalStore(Protocol):
     async def create(self, approval: Approval) -> Approval: ...
     async def get(self, tenant_id: str, approval_id: str) -> Approval | None: ...
     async def list(self, tenant_id: str, status: str | None = None, limit: int = 100, run_id: str | None = None,
-                   user_id: str | None = None, project_id: str | None = None,
-                   ) -> list[Approval]: ...  # newest first; user_id / project_id: of that user's / project's runs
+                   user_id: str | None = None, project_id: str | None = None, before: str | None = None,
+                   ) -> list[Approval]:
+        """Newest first; user_id / project_id: of that user's / project's runs; before: an approval id,
+        the page after it (an empty one if the id is unknown)."""
+        ...
     async def decide(
         self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float
     ) -> Approval:

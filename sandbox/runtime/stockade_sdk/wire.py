@@ -11,6 +11,7 @@ UTF-8 JSON encoding one object. Every object carries ``"v": 1`` and a
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 __all__ = ["HEADER", "MAX_FRAME", "VERSION", "FrameError", "decode_body", "encode"]
@@ -43,7 +44,16 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON syntax but decodes to inf, which nothing downstream can encode again (the
+    # args hash, the stores, the SSE fan-out): refused here like the Infinity literal
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def decode_body(body: bytes) -> dict:

@@ -57,15 +57,19 @@ class PgApprovalStore:
         return to_approval(row) if row else None
 
     async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
-                   run_id: str | None = None, user_id: str | None = None, project_id: str | None = None) -> list[Approval]:
+                   run_id: str | None = None, user_id: str | None = None, project_id: str | None = None,
+                   before: str | None = None) -> list[Approval]:
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
                 f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)"
                 " AND ($4::text IS NULL OR run_id = $4)"
                 " AND (($5::text IS NULL AND $6::text IS NULL) OR run_id IN (SELECT id FROM runs WHERE tenant_id = $1"
                 "      AND ($5::text IS NULL OR user_id = $5) AND ($6::text IS NULL OR project_id = $6)))"
+                # an unknown cursor compares as NULL: an empty page
+                " AND ($7::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM approvals"
+                "      WHERE tenant_id = $1 AND id = $7))"
                 " ORDER BY created_at DESC, id DESC LIMIT $3",
-                tenant_id, status, _limit(limit), run_id, user_id, project_id,
+                tenant_id, status, _limit(limit), run_id, user_id, project_id, before,
             )
         return [to_approval(r) for r in rows]
 

@@ -57,7 +57,8 @@ class SqliteApprovalStore:
         return to_approval(row) if row else None
 
     async def list(self, tenant_id: str, status: str | None = None, limit: int = 100,
-                   run_id: str | None = None, user_id: str | None = None, project_id: str | None = None) -> list[Approval]:
+                   run_id: str | None = None, user_id: str | None = None, project_id: str | None = None,
+                   before: str | None = None) -> list[Approval]:
         sql = f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ?"
         params: list[Any] = [tenant_id]
         if user_id is not None or project_id is not None:  # those of that user's / project's runs
@@ -70,6 +71,9 @@ class SqliteApprovalStore:
         if run_id is not None:
             sql += " AND run_id = ?"
             params.append(run_id)
+        if before is not None:  # an unknown cursor compares as NULL: an empty page
+            sql += " AND (created_at, id) < (SELECT created_at, id FROM approvals WHERE tenant_id = ? AND id = ?)"
+            params += [tenant_id, before]
         params.append(_limit(limit))
         rows = self._db.query(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", params)
         return [to_approval(r) for r in rows]
