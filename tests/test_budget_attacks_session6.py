@@ -479,7 +479,7 @@ async def test_an_llm_call_reserves_its_worst_case_at_the_tenants_own_prices(cha
     from decimal import Decimal
 
     from supervisor.tools.base import ToolContext
-    from supervisor.tools.llm._tokens import input_estimate
+    from supervisor.tools.llm._tokens import input_ceiling
     from supervisor.tools.llm.args import LlmChatArgs
     from supervisor.tools.llm.pricing import Price
     from supervisor.tools.llm.tool import LlmChatTool
@@ -495,7 +495,7 @@ async def test_an_llm_call_reserves_its_worst_case_at_the_tenants_own_prices(cha
         call.args = args
         call.tool_ctx = ToolContext(tenant_id=t, run_id=b.run_id, user_id=None, project_id=None, emit=_no_emit)
         call.extra["llm_prices"] = {"openai/gpt-4.1-mini": {"input_per_mtok": 40.0, "output_per_mtok": 160.0}}
-        worst = Price(Decimal(40), Decimal(160)).cost_micro(input_estimate(args), 1000)  # at the tenant's price
+        worst = Price(Decimal(40), Decimal(160)).cost_micro(input_ceiling(args), 1000)  # at the tenant's price
         await env.ledger.set_cap(t, "tenant", t, worst)
         seen: list[int | None] = []
 

@@ -16,7 +16,7 @@ from supervisor.tools.llm import CircuitBreaker, LlmChatArgs, LlmChatTool, LlmPr
 from supervisor.tools.llm._clients import NO_KEY, endpoint_for
 from supervisor.tools.llm._failures import backoff_s
 from supervisor.tools.llm._openai_chat import _request as chat_request
-from supervisor.tools.llm._tokens import estimate_tokens, input_estimate
+from supervisor.tools.llm._tokens import estimate_tokens, input_ceiling, input_estimate
 from tests.fakes.tool_ctx import make_tool_ctx
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -197,7 +197,8 @@ def test_estimate_micro_is_prompt_plus_max_output() -> None:
     a = valid(messages=[{"role": "user", "content": "x" * 400}], system="y" * 40, max_tokens=1000)
     tokens_in = input_estimate(a)
     assert tokens_in >= (400 + 40) // 4
-    assert tool.estimate_micro(a, ctx) == tool.pricing.price_for(a.model).cost_micro(tokens_in, 1000)
+    assert input_ceiling(a) >= 400 + 40  # the reservation: one token per byte at most
+    assert tool.estimate_micro(a, ctx) == tool.pricing.price_for(a.model).cost_micro(input_ceiling(a), 1000)
     with_tools = valid(tools=[{"name": "f", "description": "d", "parameters": {"type": "object"}}])
     assert input_estimate(with_tools) > input_estimate(valid()) + 300
     assert tool.resource(a, ctx) == "openai/gpt-4.1-mini"

@@ -15,6 +15,7 @@ from typing import Any
 
 from supervisor.errors import StockadeError
 from supervisor.tools._capped import cap_responses
+from supervisor.tools._guard import guard_messages
 
 __all__ = ["ClientPool", "Endpoint", "endpoint_for"]
 
@@ -74,7 +75,7 @@ class ClientPool:
     def _make(self, ep: Endpoint) -> Any:
         # Redirects are never followed: a provider has no reason to send one, and following it would
         # carry the request (and Anthropic's x-api-key header, which httpx does not strip) anywhere.
-        hooks = {"response": [cap_responses(MAX_RESPONSE_BYTES)]}
+        hooks = {"response": [cap_responses(MAX_RESPONSE_BYTES), guard_messages()]}
         if ep.provider == "openai":
             import openai
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.tools.base import ToolContext
-from supervisor.tools.llm._failures import ProviderStreamError
+from supervisor.tools.llm._failures import AnswerTooBig
 from supervisor.tools.llm._tokens import as_count, estimate_tokens
+from supervisor.tools.llm.args import MAX_TOOL_CALLS
 
 __all__ = ["Collector", "clean_text"]
 
@@ -61,7 +62,7 @@ class Collector:
     def _count(self, text: str) -> None:
         self.generated += estimate_tokens(text)
         if self.max_tokens is not None and self.generated > self.max_tokens * _OVERRUN_FACTOR + _OVERRUN_SLACK:
-            raise ProviderStreamError(f"the provider sent far more than max_tokens ({self.max_tokens}) of output")
+            raise AnswerTooBig(f"sent far more than max_tokens ({self.max_tokens}) of output")
 
     def stop(self, reason: Any) -> None:
         self.stop_reason = clean_text(reason[:_MAX_STOP_REASON]) if isinstance(reason, str) else None
@@ -90,7 +91,12 @@ class Collector:
         replace: bool = False,
     ) -> None:
         self.started = True
-        acc = self.calls.setdefault(key, _ToolCallAcc())
+        acc = self.calls.get(key)
+        if acc is None:
+            # an empty call costs nothing in _count: without a cap, 50,000 of them in 2 MB all reached the bundle
+            if len(self.calls) >= MAX_TOOL_CALLS:
+                raise AnswerTooBig(f"sent more than {MAX_TOOL_CALLS} tool calls in one answer")
+            acc = self.calls[key] = _ToolCallAcc()
         if id and isinstance(id, str):
             self._count(id)
             acc.id = clean_text(id)
@@ -115,7 +121,7 @@ class Collector:
         for acc in self.calls.values():
             try:
                 args: Any = json.loads(acc.arguments) if acc.arguments.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # nested past the decoder's limit: RecursionError, no ValueError
                 args = acc.arguments  # the model wrote broken JSON: hand it over as it is
             out.append({"id": acc.id, "name": acc.name, "arguments": args})
         return out

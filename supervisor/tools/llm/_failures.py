@@ -13,14 +13,20 @@ import random
 from dataclasses import dataclass
 
 from supervisor.tools._capped import too_large_in
+from supervisor.tools._guard import TooManyItems
 
-__all__ = ["Failure", "ProviderStreamError", "backoff_s", "classify"]
+__all__ = ["AnswerTooBig", "Failure", "ProviderStreamError", "backoff_s", "classify"]
 
 _MAX_MESSAGE = 300
 
 
 class ProviderStreamError(Exception):
     """The provider reported a failure inside a 200 stream (Responses ``error`` / ``response.failed`` events)."""
+
+
+class AnswerTooBig(Exception):
+    """The answer passed a limit of ours (far past max_tokens, over 128 tool calls). A tenant can ask a model
+    for that, so it is no sign of an outage: the shared breaker does not count it."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Failure:
     retry_after: float | None = None
     timeout: bool = False
     too_large: bool = False  # the response passed the byte cap (``egress.too_large``)
+    unread: bool = False  # a generated reply nobody could read (nested too deep): it may hold the whole answer
 
 
 def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -> Failure | None:
@@ -41,6 +48,10 @@ def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -
 
     env = "STOCKADE_OPENAI_API_KEY" if provider == "openai" else "STOCKADE_ANTHROPIC_API_KEY"
     big = too_large_in(exc)  # the SDKs wrap it (APIConnectionError): it must not be retried as one
+    if isinstance(exc, AnswerTooBig):
+        return Failure(False, False, f"the {provider} API {exc}")
+    if isinstance(big, TooManyItems):  # said by the provider: not a sign of an outage
+        return Failure(False, False, f"the {provider} API sent {big}", too_large=True)
     if big is not None:
         return Failure(False, True, f"the {provider} API sent a response larger than {big.cap} bytes", too_large=True)
     timeouts, transport = _transport_errors()

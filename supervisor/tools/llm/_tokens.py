@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 from supervisor.tools.llm.args import LlmChatArgs
 
-__all__ = ["estimate_tokens", "input_estimate"]
+__all__ = ["estimate_tokens", "input_ceiling", "input_estimate"]
 
 PER_MESSAGE = 4  # role markers and separators a chat template adds per message
 PER_REQUEST = 8
@@ -20,16 +21,35 @@ def estimate_tokens(text: str) -> int:
     return math.ceil((len(text) - non_ascii) / 4) + non_ascii
 
 
-def input_estimate(args: LlmChatArgs) -> int:
-    """Input tokens of ``args`` as a provider would count them, erring high."""
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _input_tokens(args: LlmChatArgs, count: Callable[[str], int]) -> int:
     parts = [args.system or ""]
     for m in args.messages:
         parts.append(m.content)
         parts.extend(c.name + json.dumps(c.arguments) for c in m.tool_calls or [])
-    total = sum(estimate_tokens(p) for p in parts) + PER_MESSAGE * len(args.messages) + PER_REQUEST
+    total = sum(count(p) for p in parts) + PER_MESSAGE * len(args.messages) + PER_REQUEST
     if args.tools:
-        total += estimate_tokens(json.dumps([t.model_dump() for t in args.tools])) + TOOL_USE_OVERHEAD
+        total += count(json.dumps([t.model_dump() for t in args.tools])) + TOOL_USE_OVERHEAD
     return total
+
+
+def input_estimate(args: LlmChatArgs) -> int:
+    """Input tokens of ``args`` as a provider would likely count them (ordinary text): what is charged when the
+    provider reported no count, and what the token-throughput rate limit counts."""
+    return _input_tokens(args, estimate_tokens)
+
+
+def input_ceiling(args: LlmChatArgs) -> int:
+    """The most input tokens ``args`` can cost: what the budget reserves.
+
+    Byte-level tokenizers (OpenAI's, Anthropic's, Llama's, and SentencePiece's byte fallback) never make more
+    than one token of one UTF-8 byte; text built to tokenize badly (punctuation soup, rare 4-byte characters)
+    comes close, ~4x the ``input_estimate`` of chars/4, and settlement is capped at the reservation.
+    """
+    return _input_tokens(args, _utf8_len)
 
 
 # More than any context window; a provider reporting more is lying, and the cost of a bigger number would not

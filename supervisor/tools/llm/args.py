@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from supervisor.tools.base import ToolArgs
 
-__all__ = ["PROVIDERS", "ChatMessage", "LlmChatArgs", "ToolCall", "ToolSpec", "split_model"]
+__all__ = ["MAX_TOOL_CALLS", "PROVIDERS", "ChatMessage", "LlmChatArgs", "ToolCall", "ToolSpec", "split_model"]
 
 PROVIDERS = ("openai", "anthropic")
 # provider/name; names may carry a namespace ("openai/meta-llama/Llama-3.1-8B-Instruct" on vLLM) or a tag ("llama3.2:3b")
@@ -22,6 +22,7 @@ _MODEL = re.compile(r"^(openai|anthropic)/([A-Za-z0-9][A-Za-z0-9._:@-]*(?:/[A-Za
 _FN_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # what both providers accept as a function/tool name
 MAX_CONTENT = 1_000_000
 MAX_OUTPUT_TOKENS = 128_000
+MAX_TOOL_CALLS = 128  # per assistant turn, both ways: a model's answer must fit the next request
 # Anthropic thinking budgets per reasoning level (tokens, inside max_tokens)
 THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
 
@@ -55,7 +56,7 @@ class ToolSpec(ToolArgs):
 class ChatMessage(ToolArgs):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = Field("", max_length=MAX_CONTENT)
-    tool_calls: list[ToolCall] | None = Field(None, max_length=128)  # assistant turns that called tools
+    tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_TOOL_CALLS)  # assistant turns that called tools
     tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # role "tool": which call this answers
 
     @model_validator(mode="after")

@@ -6,6 +6,9 @@ Failure policy, in one place (the SDKs' own retries are off):
 - once output has started, nothing is retried (the answer would repeat): the
   call fails with ``llm.provider_error`` carrying ``partial_usage`` and
   ``cost_micro``, so the budget step commits what was really spent;
+- a reply too deep to be read at all (a tool_use input the model nested past
+  the JSON decoder's limit) is not retried and is charged the worst case, as
+  nobody can tell how much of the answer it held;
 - a circuit breaker per provider fails calls fast while the provider is down.
 """
 
@@ -26,7 +29,7 @@ from supervisor.tools.llm._collector import Collector
 from supervisor.tools.llm._failures import Failure, backoff_s, classify
 from supervisor.tools.llm._openai_chat import call_chat
 from supervisor.tools.llm._openai_responses import call_responses
-from supervisor.tools.llm._tokens import input_estimate
+from supervisor.tools.llm._tokens import input_ceiling, input_estimate
 from supervisor.tools.llm.args import PROVIDERS, LlmChatArgs
 from supervisor.tools.llm.breaker import CircuitBreaker
 from supervisor.tools.llm.pricing import LlmPricing, Price
@@ -87,15 +90,16 @@ class LlmChatTool:
         return _as_args(args).model  # policies can match "anthropic/*" or a single model
 
     def estimate_tokens(self, args: ToolArgs) -> int:
-        """Worst-case tokens of one call (prompt estimate + ``max_tokens``): what the per-user
-        token-throughput rate limit charges before the call runs."""
+        """Tokens of one call (the prompt's likely count + ``max_tokens``): what the per-user
+        token-throughput rate limit charges before the call runs. Not the worst case of the budget's
+        ``input_ceiling``: a throughput limit is not money, and 4x would refuse every 50k-word prompt."""
         a = _as_args(args)
         return input_estimate(a) + a.max_tokens
 
     def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
-        """Worst case: the whole prompt (estimated high) plus ``max_tokens`` of output."""
+        """Worst case: the whole prompt at one token per byte plus ``max_tokens`` of output."""
         a = _as_args(args)
-        return self._price(a.model, ctx).cost_micro(input_estimate(a), a.max_tokens)
+        return self._price(a.model, ctx).cost_micro(input_ceiling(a), a.max_tokens)
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         a = _as_args(args)
@@ -116,7 +120,7 @@ class LlmChatTool:
             except TimeoutError:
                 if not cut.expired():
                     raise  # pragma: no cover - only our own deadline raises a bare TimeoutError here
-                breaker.record_failure()
+                breaker.release()  # a long answer (max_tokens 128k on a slow model) says nothing about the provider
                 failure = Failure(False, True, f"the {a.provider} API did not finish within {self.deadline_s:g} s",
                                   timeout=True)
                 if col.started:
@@ -130,11 +134,14 @@ class LlmChatTool:
                     err.extra.setdefault("cost_micro", cost)
                 raise
             except Exception as exc:
-                failure = self._failure(exc, a.provider, breaker)
+                failure = self._failure(exc, a.provider, breaker, streamed=a.stream)
                 if col.started:
                     raise self._mid_stream_error(a, col, price, failure) from exc
                 if not failure.retryable or attempt >= self.max_retries:
-                    raise self._final_error(a, failure, attempt + 1) from exc
+                    err = self._final_error(a, failure, attempt + 1)
+                    if failure.unread:  # the provider may have generated (and billed) all of it: the worst case
+                        err.extra["cost_micro"] = price.cost_micro(input_ceiling(a), a.max_tokens)
+                    raise err from exc
                 delay = backoff_s(attempt, self.backoff_base_s, self.backoff_cap_s, failure.retry_after)
                 delay = min(delay, max(0.0, deadline - asyncio.get_running_loop().time()))
                 log.info(
@@ -167,13 +174,21 @@ class LlmChatTool:
         except SettingsError as exc:
             raise StockadeError("policy.invalid", f"LLM price overrides are invalid: {exc}") from None
 
-    def _failure(self, exc: Exception, provider: str, breaker: CircuitBreaker) -> Failure:
+    def _failure(self, exc: Exception, provider: str, breaker: CircuitBreaker, *, streamed: bool) -> Failure:
+        """What ``exc`` means, told to the breaker. The breaker is shared by every tenant, so what one tenant's
+        request can cause on its own is no sign of an outage: a non-streamed answer arrives only when all of
+        it is generated, and a tenant asking for 128k tokens makes it time out every time."""
         failure = classify(exc, provider, self._secrets)
         if failure is None:  # not an API error: a reply the SDK could not make sense of, or our own bug
             log.warning("llm.chat: unexpected error from the %s adapter", provider, exc_info=exc)
             breaker.release()
-            return Failure(False, False, f"unexpected reply from the {provider} API ({type(exc).__name__})")
-        if failure.unhealthy:
+            # A reply nested past the JSON decoder's limit is a generated answer (a tool_use input the model
+            # wrote) nobody could read: not one that never came (an HTML error page, our own bug).
+            return Failure(False, False, f"unexpected reply from the {provider} API ({type(exc).__name__})",
+                           unread=_too_deep(exc))
+        if failure.timeout and not streamed:
+            breaker.release()
+        elif failure.unhealthy:
             breaker.record_failure()
         else:
             breaker.record_success()  # the provider answered; it was this request it refused
@@ -234,6 +249,17 @@ class LlmChatTool:
             "estimated": estimated,
         }
         return ToolResult(result=result, cost_micro=cost, usage=usage)
+
+
+def _too_deep(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # the SDKs may wrap it
+        if seen is None:
+            return False
+        if isinstance(seen, RecursionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _as_args(args: ToolArgs | Mapping[str, Any]) -> LlmChatArgs:

@@ -7,14 +7,16 @@ Pinning: ``PinnedTransport`` sits under the SDK's httpx2 client and rewrites
 each request to one of the addresses ``resolve_target`` checked, keeping the
 original ``Host`` header and, for https, the TLS SNI / certificate name
 (httpcore's ``sni_hostname`` extension). It refuses any request for another
-origin; the SDK itself only follows same-origin redirects.
+origin; the SDK itself only follows same-origin redirects. It never opens the
+GET stream of server-initiated messages (see ``handle_async_request``). Every
+answer is counted (``_guard``) before the SDK validates it.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
@@ -27,14 +29,25 @@ from mcp_types import CONNECTION_CLOSED
 from pydantic import ValidationError
 
 from supervisor.errors import StockadeError
+from supervisor.storable import scrub_nul
 from supervisor.tools._capped import cap_responses, too_large_in
+from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
 __all__ = ["MAX_DEFINITION_BYTES", "PinnedTransport", "list_defs", "map_error", "open_client", "result_json"]
 
 MAX_DEFINITION_BYTES = 64 * 1024
+# One tools/list page. The SDK validates a page on the event loop at ~30 us per tool: 150,000 tiny tools in
+# 8 MB froze every tenant's calls for 5 s. 2 MiB (~1 s at worst) holds 400 tools with 2 KB schemas; bigger
+# servers paginate.
+MAX_LIST_PAGE_BYTES = 2 * 1024 * 1024
+# Names of unpinnable tools reported back (API answer, audit record); a hostile listing may hold millions.
+MAX_SKIPPED_NAMES = 100
 _MAX_PAGES = 50
+# Further pages are not read past this many listed tools: 50 pages of 36,000 names each were a minute of
+# parsing on the event loop for every call's live check, and nothing past the pin cap can be pinned anyway.
+MAX_LISTED_TOOLS = 10 * MAX_TOOLS_PER_SERVER
 _CLIENT_INFO = Implementation(name="stockade", version="0.1.0")
 
 
@@ -49,6 +62,11 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
         self._inner = httpx2.AsyncHTTPTransport(verify=_ssl_context(), trust_env=False)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            # GET streams carry only what the server starts (requests Stockade refuses, notifications it
+            # ignores), and a server ending one with `retry: 0` made the SDK reopen it in a tight loop for
+            # as long as the pooled client lived. Answered here, without the network: the SDK gives up.
+            return httpx2.Response(405, request=request)
         t = self._target.url
         u = request.url
         host = u.raw_host.decode("ascii", "replace").lower()
@@ -70,6 +88,40 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+_cap_list_page = cap_responses(MAX_LIST_PAGE_BYTES)
+
+
+def _counted_parts(doc: Any) -> list[Any]:
+    """What of a JSON-RPC message (or batch) the SDK turns into models: all but a result's structuredContent."""
+    parts: list[Any] = []
+    for m in doc if isinstance(doc, list) else [doc]:
+        if isinstance(m, dict):
+            result = m.get("result")
+            if isinstance(result, dict):
+                parts.extend(v for k, v in result.items() if k != "structuredContent")
+            parts.extend((m.get("params"), m.get("error")))
+    return parts
+
+
+_guard_messages = guard_messages(_counted_parts)
+
+
+async def _cap_listings(response: httpx2.Response) -> None:
+    """The response hook capping answers to tools/list at ``MAX_LIST_PAGE_BYTES``."""
+    try:
+        sent = response.request.content
+    except httpx2.RequestNotRead:  # pragma: no cover - the SDK sends whole JSON bodies
+        return
+    if len(sent) > 4096 or b'"tools/list"' not in sent:  # a tools/list request is a few dozen bytes
+        return
+    try:
+        method = json.loads(sent).get("method")
+    except (ValueError, AttributeError):
+        return
+    if method == "tools/list":
+        await _cap_list_page(response)
+
+
 @asynccontextmanager
 async def open_client(server: McpServer, target: Target, *, timeout_s: float,
                       max_bytes: int = 16 * 1024 * 1024) -> AsyncIterator[Client]:
@@ -79,11 +131,21 @@ async def open_client(server: McpServer, target: Target, *, timeout_s: float,
     timeout = httpx2.Timeout(timeout_s, read=max(timeout_s, 300.0))
     async with httpx2.AsyncClient(transport=PinnedTransport(target), headers=server.headers, timeout=timeout,
                                   trust_env=False, follow_redirects=False,
-                                  event_hooks={"response": [cap_responses(max_bytes)]}) as http:
+                                  event_hooks={"response": [cap_responses(max_bytes), _cap_listings,
+                                                            _guard_messages]}) as http:
         client = Client(streamable_http_client(target.url.text, http_client=http), cache=None,
                         read_timeout_seconds=timeout_s, client_info=_CLIENT_INFO)
         async with client:
+            # The SDK checks structuredContent against the tool's outputSchema with jsonschema on the event loop:
+            # both come from the server, which alone could freeze every tenant (a backtracking pattern, a
+            # pairwise uniqueItems). The outputSchema is not pinned and the result goes to the bundle as it
+            # came, so the check guards nothing here: it is switched off.
+            client.session.validate_tool_result = _unchecked  # type: ignore[method-assign]
             yield client
+
+
+async def _unchecked(name: str, result: Any) -> None:
+    return None
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -94,16 +156,29 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.failed") -> StockadeError:
+def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.failed",
+              secrets: Iterable[str] = ()) -> StockadeError:
     """A stable error for anything the SDK or the network raised. ``protocol_code`` is used for
     errors the server reported over MCP (``tool.failed`` for calls; ``tool.unavailable`` while
-    registering, where it means "not a working MCP endpoint")."""
+    registering, where it means "not a working MCP endpoint"). ``secrets`` (the stored header values)
+    are cut out of what the server or the network said: a server that echoes the Authorization header
+    in an error must not carry it to the bundle."""
+    words = _secret_words(secrets)
+
+    def said(text: object, limit: int) -> str:
+        out = str(text)
+        for w in words:
+            out = out.replace(w, "[redacted]")
+        return out[:limit]
+
     leaves = list(_leaves(exc))
     for e in leaves:
         if isinstance(e, StockadeError):
             return e
     for e in leaves:
         big = too_large_in(e)
+        if isinstance(big, TooManyItems):
+            return StockadeError("egress.too_large", f"{what}: the MCP server sent {big}")
         if big is not None:
             return StockadeError("egress.too_large", f"{what}: the MCP server sent a response larger than {big.cap} bytes")
     for e in leaves:
@@ -112,15 +187,26 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
     for e in leaves:
         if isinstance(e, MCPError):
             code = "tool.unavailable" if e.code == CONNECTION_CLOSED else protocol_code
-            return StockadeError(code, f"{what}: MCP error {e.code}: {str(e.message)[:300]}")
+            return StockadeError(code, f"{what}: MCP error {e.code}: {said(e.message, 300)}")
     for e in leaves:
         if isinstance(e, httpx2.HTTPError | OSError):
-            return StockadeError("tool.unavailable", f"{what}: cannot reach the MCP server ({type(e).__name__}: {str(e)[:200]})")
+            return StockadeError("tool.unavailable", f"{what}: cannot reach the MCP server ({type(e).__name__}: {said(e, 200)})")
     for e in leaves:
         if isinstance(e, ValidationError):
             return StockadeError(protocol_code, f"{what}: the MCP server sent a malformed response")
     first = leaves[0] if leaves else exc
-    return StockadeError(protocol_code, f"{what}: {type(first).__name__}: {str(first)[:200]}")
+    return StockadeError(protocol_code, f"{what}: {type(first).__name__}: {said(first, 200)}")
+
+
+def _secret_words(values: Iterable[str]) -> list[str]:
+    """Each stored header value, and its credential alone ("Bearer <token>" -> "<token>"), longest first.
+    Short ones are left alone: cutting "prod" out of every message would say nothing secret and garble it."""
+    words = set()
+    for v in values:
+        for w in (v.strip(), v.strip().rpartition(" ")[2]):
+            if len(w) >= 8:
+                words.add(w)
+    return sorted(words, key=len, reverse=True)
 
 
 def _plain(value: Any) -> Any:
@@ -130,31 +216,49 @@ def _plain(value: Any) -> Any:
 
 async def list_defs(client: Client) -> tuple[list[ToolDef], list[str]]:
     """Every tool the server lists now, as pinnable definitions, and the names that cannot be pinned
-    (bad name, duplicate, oversized, over the per-server cap)."""
+    (bad name, duplicate, oversized, over the per-server cap): the first ``MAX_SKIPPED_NAMES`` of them,
+    then one ``"... N more"`` entry, and one saying so if pages were left unread."""
     defs: dict[str, ToolDef] = {}
     skipped: list[str] = []
+    more = listed = 0
     cursor: str | None = None
     for _ in range(_MAX_PAGES):
+        if listed >= MAX_LISTED_TOOLS:
+            skipped.append(f"... the listing was not read past {listed} tools")
+            break
         page = await client.list_tools(cursor=cursor)
+        listed += len(page.tools)
         for t in page.tools:
             name = t.name if isinstance(t.name, str) else repr(t.name)
             if not TOOL_NAME.fullmatch(name) or name in defs or len(defs) >= MAX_TOOLS_PER_SERVER:
-                skipped.append(name[:128])
+                more += _skip(skipped, name)
                 continue
             try:
-                d = ToolDef(name, t.description, _plain(t.input_schema))
+                # NUL -> U+FFFD (deterministic, so the hash is stable): PostgreSQL cannot store a NUL, and a
+                # definition that could be pinned on SQLite only failed registration there with a 500
+                d = ToolDef(name, scrub_nul(t.description), scrub_nul(_plain(t.input_schema)))
                 size = len(json.dumps(d.as_dict(), ensure_ascii=False))
             except (TypeError, ValueError):
-                skipped.append(name)
+                more += _skip(skipped, name)
                 continue
             if size > MAX_DEFINITION_BYTES:
-                skipped.append(name)
+                more += _skip(skipped, name)
                 continue
             defs[name] = d
         cursor = page.next_cursor
         if not cursor:
             break
+    if more:
+        skipped.insert(MAX_SKIPPED_NAMES, f"... {more} more")
     return list(defs.values()), skipped
+
+
+def _skip(skipped: list[str], name: str) -> int:
+    """Note ``name`` as skipped; 1 if the list is full (it is only counted)."""
+    if len(skipped) >= MAX_SKIPPED_NAMES:
+        return 1
+    skipped.append(name[:128])
+    return 0
 
 
 def result_json(res: Any) -> dict[str, Any]:

@@ -154,7 +154,7 @@ class McpService:
         except Exception as exc:
             from supervisor.tools.mcp._client import map_error
 
-            err = map_error(exc, pin.full_name)
+            err = map_error(exc, pin.full_name, secrets=server.headers.values())
             if err.code == "tool.unavailable":
                 self._pool.discard(key)
             raise err from None
@@ -180,7 +180,8 @@ class McpService:
         except StockadeError:
             raise
         except Exception as exc:
-            err = map_error(exc, f"MCP server {server.name}", protocol_code="tool.unavailable")
+            err = map_error(exc, f"MCP server {server.name}", protocol_code="tool.unavailable",
+                            secrets=server.headers.values())
             code = err.code if err.code == "egress.blocked" else "tool.unavailable"
             raise StockadeError(code, err.detail, **err.extra) from None
 
@@ -205,7 +206,11 @@ class McpService:
     def _result(self, pin: PinnedTool, res: Any) -> dict[str, Any]:
         from supervisor.tools.mcp._client import result_json
 
-        out = result_json(res)
+        try:
+            out = result_json(res)
+        except (TypeError, ValueError, RecursionError):  # NaN, Infinity, 1e400 in structuredContent
+            raise StockadeError("tool.failed", f"{pin.full_name}: the MCP server sent a result that is not plain JSON"
+                                " (NaN or an infinite number)") from None
         size = len(json.dumps(out, ensure_ascii=False))
         if size > self._max_result:
             raise StockadeError("egress.too_large", f"{pin.full_name}: result of {size} bytes is over {self._max_result}")
