@@ -21,6 +21,10 @@ from app.problems import problem
 __all__ = ["Guard"]
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+# The method label of the request metrics: any other token a client sends counts as OTHER. A server
+# that passes any method token through (h11: uvicorn without httptools) let each new one add series
+# to the registry - unbounded memory and /metrics output, from clients that need no key.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -82,6 +86,7 @@ class Guard:
         await response(scope, receive, send)
 
     def _observe(self, method: str, status: int, start: float) -> None:
+        method = method if method in _METHODS else "OTHER"
         self.metrics.requests.labels(method, str(status)).inc()
         self.metrics.latency.labels(method).observe(time.perf_counter() - start)
 

@@ -7,12 +7,14 @@ object is passed down.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _EnvDecodeError
 
@@ -21,6 +23,15 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 class SettingsError(Exception):
     """Invalid settings; the message is one line naming the setting and the problem."""
+
+
+# Ceilings for values that become kernel limits, Redis milliseconds or timer deadlines: past them a setting
+# was accepted at start-up and then failed every run or call (STOCKADE_QUEUE_VISIBILITY_S=1e26: the Redis
+# queue answered every claim with an error, so no run ever started). The same bound as a bundle's limits.
+_MAX_S = 1e9  # about 31 years
+_MAX_MB = 2**24  # 16 TiB; times 2**20 it stays far inside a C long
+_MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
+_OVERFLOW_UID = 65534  # the kernel's overflowuid (sandbox/identity.py never hands it out)
 
 
 class Settings(BaseSettings):
@@ -51,12 +62,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(16, ge=1, le=4096)
     # a worker extends its job every visibility/3 s; below ~1 s a GC pause or a slow store write lets the
     # job be redelivered while its run is still alive (seen below ~0.15 s); hence the floor
-    queue_visibility_s: float = Field(30.0, ge=1.0)
-    run_timeout_max_s: float = Field(3600.0, gt=0)
-    run_timeout_default_s: float = Field(300.0, gt=0)
-    reservation_ttl_s: float = Field(120.0, gt=0)
-    approval_ttl_s: float = Field(3600.0, gt=0)
-    sweep_interval_s: float = Field(5.0, gt=0)
+    queue_visibility_s: float = Field(30.0, ge=1.0, le=_MAX_S)
+    run_timeout_max_s: float = Field(3600.0, gt=0, le=_MAX_S)
+    run_timeout_default_s: float = Field(300.0, gt=0, le=_MAX_S)
+    reservation_ttl_s: float = Field(120.0, gt=0, le=_MAX_S)
+    approval_ttl_s: float = Field(3600.0, gt=0, le=_MAX_S)
+    sweep_interval_s: float = Field(5.0, gt=0, le=_MAX_S)
 
     # --- secrets (never enter a sandbox)
     openai_api_key: SecretStr | None = None
@@ -69,13 +80,13 @@ class Settings(BaseSettings):
 
     # --- LLM
     llm_pricing_file: Path | None = None  # JSON/YAML table overriding the shipped per-token prices
-    llm_timeout_s: float = Field(120.0, gt=0)
+    llm_timeout_s: float = Field(120.0, gt=0, le=_MAX_S)
     llm_max_retries: int = Field(2, ge=0, le=10)
 
     # --- HTTP egress
     egress_allow_private: list[str] = []  # CIDRs an operator opens, e.g. ["10.1.0.0/16"]
     egress_max_bytes: int = Field(5 * 1024 * 1024, ge=1)
-    egress_timeout_s: float = Field(20.0, gt=0)
+    egress_timeout_s: float = Field(20.0, gt=0, le=_MAX_S)
     egress_max_redirects: int = Field(5, ge=0, le=20)
 
     # --- rate limits (defaults; tenants may override)
@@ -92,15 +103,19 @@ class Settings(BaseSettings):
     sandbox_backend: Literal["bwrap"] = "bwrap"
     sandbox_bwrap: str = "bwrap"
     sandbox_python: str | None = None  # interpreter inside the jail; default: the running one
+    # uids the run sandboxes get (sandbox/identity.py): unprivileged, below the kernel's (uid_t)-1, never
+    # its overflow uid; the pool is a list built at start-up, hence a count bound
     sandbox_uid_base: int = Field(200_000, ge=1000)
-    sandbox_uid_count: int = Field(1024, ge=1)
-    sandbox_memory_mb: int = Field(512, ge=16)
-    sandbox_max_procs: int = Field(64, ge=1)
-    sandbox_max_open_files: int = Field(256, ge=16)
-    sandbox_max_file_mb: int = Field(64, ge=1)
-    sandbox_cpu_s: int = Field(300, ge=1)
-    sandbox_workdir_mb: int = Field(256, ge=1)
-    sandbox_tmpfs_mb: int = Field(64, ge=1)
+    sandbox_uid_count: int = Field(1024, ge=1, le=1_000_000)
+    # rlimits set in the forked child (sandbox/_limits.py): a value the kernel cannot take (past a C long,
+    # RLIMIT_NOFILE past fs.nr_open) started fine and then failed every run; hence the ceilings
+    sandbox_memory_mb: int = Field(512, ge=16, le=_MAX_MB)
+    sandbox_max_procs: int = Field(64, ge=1, le=4_194_304)  # the kernel's PID_MAX_LIMIT
+    sandbox_max_open_files: int = Field(256, ge=16, le=1_048_576)  # the kernel's default fs.nr_open
+    sandbox_max_file_mb: int = Field(64, ge=1, le=_MAX_MB)
+    sandbox_cpu_s: int = Field(300, ge=1, le=int(_MAX_S))
+    sandbox_workdir_mb: int = Field(256, ge=1, le=_MAX_MB)
+    sandbox_tmpfs_mb: int = Field(64, ge=1, le=_MAX_MB)
     sandbox_max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     sandbox_max_events_per_s: int = Field(500, ge=1)
     sandbox_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
@@ -154,6 +169,30 @@ class Settings(BaseSettings):
         _check_port(v)
         return v
 
+    @field_validator("openai_base_url", "anthropic_base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        # checked here: the SDKs only fail at the first call, as "Connection error" ("localhost:8000/v1")
+        if v in (None, ""):
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1")
+        _check_port(v)
+        return v
+
+    @field_validator("sandbox_uid_count")
+    @classmethod
+    def _uid_range(cls, v: int, info: ValidationInfo) -> int:
+        base = info.data.get("sandbox_uid_base")
+        if base is None:  # already refused
+            return v
+        if base + v > _MAX_UID:
+            raise ValueError(f"STOCKADE_SANDBOX_UID_BASE + STOCKADE_SANDBOX_UID_COUNT must stay at most {_MAX_UID}")
+        if base <= _OVERFLOW_UID < base + v:
+            raise ValueError(f"the uids {base}..{base + v - 1} contain the kernel's overflow uid {_OVERFLOW_UID}")
+        return v
+
     @field_validator("egress_allow_private")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
@@ -187,6 +226,20 @@ def _check_port(url: str) -> None:
 _FIELD = re.compile(r'field "([a-z0-9_]+)"')
 
 
+def _nested_too_deep() -> str:
+    """The list setting whose value is too deeply nested to parse (the parser names none)."""
+    lists = {f"STOCKADE_{n.upper()}" for n, f in Settings.model_fields.items() if "list" in str(f.annotation)}
+    for name, value in os.environ.items():  # read here, at the one parse of the environment
+        if name.upper() in lists:
+            try:
+                json.loads(value)
+            except RecursionError:
+                return name.upper()
+            except ValueError:
+                continue
+    return "STOCKADE_SETTINGS"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Parse the environment once. Raises SettingsError with one line."""
     try:
@@ -195,6 +248,8 @@ def load_settings(**overrides: object) -> Settings:
         m = _FIELD.search(str(exc))
         name = "STOCKADE_" + (m.group(1).upper() if m else "SETTINGS")
         raise SettingsError(f'invalid setting {name}: must be a JSON list, e.g. ["a", "b"]') from None
+    except RecursionError:  # a list setting nested deeper than the JSON parser goes: ``[[[[...]]]]``
+        raise SettingsError(f'invalid setting {_nested_too_deep()}: must be a JSON list, e.g. ["a", "b"]') from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"

@@ -10,10 +10,11 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from supervisor.settings import Settings
+from supervisor.settings import Settings, SettingsError
 
 __all__ = ["generated_secret", "load_audit_key", "load_signing_key", "public_key_pem"]
 
@@ -37,6 +38,29 @@ def _write_secret(path: Path, data: bytes) -> None:
         os.unlink(tmp)
 
 
+# the setting a generated file stands in for (named in the one-line start-up error)
+_SETTING = {"audit.key": "STOCKADE_AUDIT_KEY", "secrets.key": "STOCKADE_SECRETS_KEY"}
+_MIN_SECRET = 16  # as a configured key (supervisor/settings.py)
+
+
+def _read_private(path: Path, setting: str) -> bytes:
+    """A key file in the data dir, refused (one line) unless only its owner can read it.
+
+    A copy restored with 0644, or a file someone chmod'ed, hands the key to every local user; as ssh does
+    with private keys, it is refused rather than used.
+    """
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise SettingsError(f"invalid setting {setting}: unset, and its file {path} is open to other users "
+                                    f"(mode {mode & 0o777:04o}); chmod 600 it")
+            return f.read()
+    except OSError as exc:
+        raise SettingsError(f"invalid setting {setting}: unset, and its file {path} cannot be read: "
+                            f"{exc.strerror or exc}") from None
+
+
 def generated_secret(settings: Settings, name: str) -> bytes:
     """``<data_dir>/keys/<name>``: a random secret made on first use (by whichever process comes first)."""
     path = settings.data_dir / "keys" / name
@@ -45,7 +69,14 @@ def generated_secret(settings: Settings, name: str) -> bytes:
             _write_secret(path, secrets.token_hex(32).encode())
         except FileExistsError:
             pass  # another process made it first
-    return path.read_bytes().strip()
+    setting = _SETTING.get(name, "STOCKADE_DATA_DIR")
+    raw = _read_private(path, setting).strip()
+    if len(raw) < _MIN_SECRET:
+        # an empty secrets.key (a touched or truncated file) sealed every MCP credential under a key anyone
+        # can derive; an empty audit.key MAC'd the chain under no key
+        raise SettingsError(f"invalid setting {setting}: unset, and its file {path} holds no key (fewer than "
+                            f"{_MIN_SECRET} characters); restore it from a backup")
+    return raw
 
 
 def load_audit_key(settings: Settings) -> bytes:
@@ -56,17 +87,26 @@ def load_audit_key(settings: Settings) -> bytes:
 
 def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
     path = settings.signing_key_file or settings.data_dir / "keys" / "receipt_ed25519.pem"
-    if not path.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        try:
-            _write_secret(path, pem)
-        except FileExistsError:
-            pass
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    bad = f"invalid setting STOCKADE_SIGNING_KEY_FILE: {path}"
+    try:
+        if not path.exists():
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            try:
+                _write_secret(path, pem)
+            except FileExistsError:
+                pass
+        # a configured file is the operator's to protect (a mounted secret is often 0644 inside a private mount)
+        data = path.read_bytes() if settings.signing_key_file else _read_private(path, "STOCKADE_SIGNING_KEY_FILE")
+    except OSError as exc:
+        raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: an encrypted key (we hold no password)
+        raise SettingsError(f"{bad} is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
+        raise SettingsError(f"{bad} is not an Ed25519 private key")
     return key
 
 

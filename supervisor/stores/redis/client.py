@@ -12,7 +12,7 @@ timeout; the adapters derive their block time from it (``block_ms``).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -26,12 +26,21 @@ __all__ = ["block_ms", "open_redis", "redact_url"]
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, safe for logs and error messages."""
+    """The URL without its password, safe for logs and error messages.
+
+    Only scheme, user, host, port and path are kept: redis-py also takes the password from the query
+    (``?password=...``), and a password with an unescaped ``#`` or ``?`` ends up in the query or fragment.
+    """
     p = urlsplit(url)
-    if p.password is None:
-        return url
-    netloc = f"{p.username or ''}:***@{p.hostname or ''}" + (f":{p.port}" if p.port else "")
-    return urlunsplit((p.scheme, netloc, p.path, p.query, p.fragment))
+    host = p.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{p.port}" if p.port else ""
+    except ValueError:
+        port = ""
+    user = f"{p.username or ''}:***@" if p.password is not None else (f"{p.username}@" if p.username else "")
+    return f"{p.scheme}://{user}{host}{port}{p.path}"
 
 
 async def open_redis(url: str, *, timeout_s: float = 1.5, ping: bool = True) -> aioredis.Redis:

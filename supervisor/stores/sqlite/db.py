@@ -50,6 +50,7 @@ can tell that a value it cached never became durable.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -358,6 +359,12 @@ async def open_sqlite(path: Path, *, migrate: bool = True) -> SqliteDB:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StockadeError("store.unavailable", f"cannot create {path.parent}: {exc.strerror}") from exc
+    try:  # every tenant's data: the owner's only (SQLite gives its -wal and -shm files the same mode)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StockadeError("store.unavailable", f"cannot create {path}: {exc.strerror}") from exc
     db = SqliteDB(path)
     if migrate:
         from supervisor.stores.migrations.runner import migrate_sqlite
