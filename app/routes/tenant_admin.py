@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from app.deps import MAX_ID, READ_ROLES, require_role, require_tenant_wide, runt
 from app.strict_json import StrictJSONRoute
 from supervisor.budget import usd_to_micro
 from supervisor.errors import StockadeError
+from supervisor.policy import MAX_POLICY_BYTES  # one limit: what `stockade policy validate` accepts, PUT accepts
 from supervisor.storable import Text
 from supervisor.tenancy import Principal, create_key
 
@@ -20,7 +22,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["tenant"], route_class=StrictJSONRoute)
 _DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "supervisor" / "policy" / "default.yaml"
-MAX_POLICY_BYTES = 256 * 1024
 
 
 class YamlResponse(PlainTextResponse):
@@ -107,7 +108,9 @@ async def put_policy(request: Request, rt: Any = Depends(runtime), p: Principal 
     except UnicodeDecodeError:
         raise StockadeError("policy.invalid", "the policy must be UTF-8 YAML") from None
     try:
-        policy = load_policy(text, source="policy")
+        # on a thread: a document near the size limit takes a second or more to check, and the event loop
+        # serves every other request (and stream) of this process meanwhile
+        policy = await asyncio.to_thread(load_policy, text, source="policy")
     except PolicyError as exc:
         raise StockadeError("policy.invalid", exc.detail, errors=getattr(exc, "errors", [])) from None
     await rt.services.policies.put(p.tenant_id, text, policy.version)

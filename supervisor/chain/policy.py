@@ -19,27 +19,37 @@ History semantics (what velocity and order count):
 Limitations: histories live in this process. A run is served by one worker,
 so per-run velocity and order are exact; per-user velocity counts only calls
 seen by this process (the cross-node limit is the Redis rate limiter). Memory
-is bounded: ``max_runs`` / ``max_users`` least recently used entries, each at
-most ``MAX_VELOCITY`` timestamps per tool. Evicting a run forgets its
-history (``forget_run`` drops it when the run ends).
+is bounded: ``max_runs`` runs and, per tenant, ``max_users`` users (least
+recently used; a tenant evicts only its own users), each at most
+``MAX_VELOCITY`` timestamps per tool. Evicting a run forgets its history
+(``forget_run`` drops it when the run ends).
+
+A downgraded call is judged again with its replaced arguments (and the
+resource they resolve to) before it is recorded: the call that runs is one
+the policy allows, whichever layer asked for the downgrade. A redirect hop
+(``recheck_resource``) is judged with the run's history too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
+from supervisor.audit.canonical import args_hash
 from supervisor.chain.base import CallState, Next
 from supervisor.errors import StockadeError
 from supervisor.policy import (
+    RESTRICTIVENESS,
     Policy,
     PolicyError,
     PolicyRequest,
@@ -49,6 +59,7 @@ from supervisor.policy import (
     is_valid_tool_name,
     load_policy,
 )
+from supervisor.policy.conditions import strict_eq
 from supervisor.policy.schema import MAX_VELOCITY
 
 __all__ = ["PolicyInterceptor"]
@@ -56,6 +67,7 @@ __all__ = ["PolicyInterceptor"]
 log = logging.getLogger("stockade.policy")
 
 OFFLOAD_CHARS = 64 * 1024  # argument text above which a policy with regex rules is evaluated on a thread
+OFFLOAD_POLICY_CHARS = 16 * 1024  # a stored policy longer than this is parsed on a thread (512 KiB: ~1.5 s)
 
 
 @dataclass
@@ -65,7 +77,7 @@ class _Log:
     per_tool: dict[str, deque[tuple[str, float]]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)  # passed policy
     completed: set[str] = field(default_factory=set)  # returned a result
-    # Decide-and-record is atomic per run, also when the evaluation runs on a thread.
+    # Decide-and-record is atomic per run (and per user), also when the evaluation runs on a thread.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def of(self, tool: str) -> deque[tuple[str, float]]:
@@ -96,23 +108,31 @@ class _Lru(OrderedDict[Any, _Log]):
 class PolicyInterceptor:
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        max_runs: int = 4096, max_users: int = 4096, cache_size: int = 128, stored_ttl_s: float = 1.0,
+        max_runs: int = 4096, max_users: int = 4096, max_tenants: int = 1024, cache_size: int = 128,
+        stored_ttl_s: float = 1.0,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
         self._runs = _Lru(max_runs)
-        self._users = _Lru(max_users)
+        # Per tenant: a tenant calling as thousands of users (or keys) evicts only its own users' histories,
+        # never another tenant's (their per-user velocity would silently start from zero).
+        self._users: OrderedDict[str, _Lru] = OrderedDict()
+        self._max_users = max_users
+        self._max_tenants = max_tenants
         self._cache: OrderedDict[str, tuple[str, Policy]] = OrderedDict()
+        self._loading: dict[str, tuple[str, asyncio.Future[Policy]]] = {}  # version -> a parse in progress
         self._cache_size = cache_size
         # The tenant's stored document, re-read at most every ``stored_ttl_s``: one store round trip per
         # call was a whole PostgreSQL transaction. A PUT through this process invalidates at once
         # (forget_tenant); other processes see it within the TTL.
         self._stored_ttl_s = stored_ttl_s
         self._stored: OrderedDict[str, tuple[float, tuple[str, str] | None]] = OrderedDict()
+        self._forgets = 0  # forget_tenant calls so far: a read in flight across one must not be cached
 
     def forget_tenant(self, tenant_id: str) -> None:
         """The tenant's policy changed: read it again on the next call."""
         self._stored.pop(tenant_id, None)
+        self._forgets += 1
 
     def forget_run(self, tenant_id: str, run_id: str) -> None:
         """Drop a finished run's history."""
@@ -134,10 +154,12 @@ class PolicyInterceptor:
         call.extra["rate_overrides"] = dict(tenant.limits)
 
         run = self._runs.touch((b.tenant_id, b.run_id))
-        user = self._users.touch((b.tenant_id, _principal(b)))
+        user = self._user_log(b.tenant_id, _principal(b))
         args = _args_of(call)
         counts = tenant.has_velocity or (bundle is not None and bundle.has_velocity)
-        async with run.lock:
+        # Per user too when rules count calls: two runs of one user must not both judge against a user history
+        # without the other's call (an evaluation on a thread yields the loop). Always run lock, then user lock.
+        async with run.lock, (user.lock if counts else contextlib.nullcontext()):
             now = self._clock()
             # Snapshots: the engine may run on a thread while other calls append. Histories (up to
             # MAX_VELOCITY entries each) are copied only when some rule counts calls.
@@ -147,24 +169,19 @@ class PolicyInterceptor:
                 user_history=tuple(user.of(tool)) if counts else (), now=now,
                 seen=frozenset(run.seen), completed=frozenset(run.completed),
             )
-            try:
-                if (tenant.has_patterns or (bundle is not None and bundle.has_patterns)) and _large(args):
-                    # Regex work grows with the arguments; RE2 releases the GIL, so the loop stays free.
-                    v = await asyncio.to_thread(evaluate_layers, tenant, bundle, req)
-                else:
-                    v = evaluate_layers(tenant, bundle, req)
-            except Exception as exc:  # an engine bug must not open the door
-                log.exception("policy evaluation failed")
-                raise self._unavailable(call, "the policy could not be evaluated") from exc
+            v = await self._evaluate(call, tenant, bundle, req)
             call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
             call.extra["policy_layer"] = v.layer
             if v.verdict == "deny":
                 raise self._deny(call, v.reason or "denied by policy", v)
             if v.replacements:
-                self._downgrade(call, v)
+                v = await self._downgrade(call, tenant, bundle, req, v)
+                call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
+                call.extra["policy_layer"] = v.layer
             run.of(tool).append((tool, now))
             run.seen.add(tool)
             user.of(tool).append((tool, now))
+            call.extra["policy_at"] = now  # a redirect hop of this call must not count the call itself
         if v.delay_s > 0:
             call.extra["delayed_s"] = v.delay_s
             await self._sleep(v.delay_s)
@@ -172,29 +189,62 @@ class PolicyInterceptor:
         run.completed.add(tool)
         return result
 
+    async def _evaluate(self, call: CallState, tenant: Policy, bundle: Policy | None, req: PolicyRequest) -> Verdict:
+        try:
+            if (tenant.has_patterns or (bundle is not None and bundle.has_patterns)) and _large(req.args):
+                # Regex work grows with the arguments; RE2 releases the GIL, so the loop stays free.
+                return await asyncio.to_thread(evaluate_layers, tenant, bundle, req)
+            return evaluate_layers(tenant, bundle, req)
+        except Exception as exc:  # an engine bug must not open the door
+            log.exception("policy evaluation failed")
+            raise self._unavailable(call, "the policy could not be evaluated") from exc
+
+    def _user_log(self, tenant_id: str, principal: str) -> _Log:
+        users = self._users.get(tenant_id)
+        if users is None:
+            users = self._users[tenant_id] = _Lru(self._max_users)
+            while len(self._users) > self._max_tenants:
+                self._users.popitem(last=False)
+        else:
+            self._users.move_to_end(tenant_id)
+        return users.touch(principal)
+
     async def recheck_resource(self, call: CallState, resource: str) -> None:
         """A tool's later hop (an HTTP redirect) must pass the same policy as its first URL.
 
-        Only ``allow`` lets the hop through: a redirect cannot wait for a human, so a hop that
-        would need approval (or a downgrade) is denied.
+        Only ``allow`` and ``delay`` (after waiting) let the hop through: a redirect cannot wait for a
+        human, so a hop that would need approval (or a downgrade) is denied.
         """
         b = call.binding
         tenant = await self._tenant_policy(call)
+        # The hop is judged with the run's history (an order rule "never http to X after secrets.read" must
+        # not be dodged by a URL that redirects to X), minus the call's own record.
+        tool = call.tool_name
+        run = self._runs.get((b.tenant_id, b.run_id)) or _Log()
+        users = self._users.get(b.tenant_id)
+        user = (users.get(_principal(b)) if users is not None else None) or _Log()
+        own = (tool, call.extra.get("policy_at"))
         req = PolicyRequest(
-            tool=call.tool_name, args=_args_of(call), resource=resource, role=b.role, user=b.user_id,
-            project=b.project_id, history=(), now=self._clock(),
+            tool=tool, args=_args_of(call), resource=resource, role=b.role, user=b.user_id,
+            project=b.project_id, history=_without(run.of(tool), own), user_history=_without(user.of(tool), own),
+            now=self._clock(), seen=frozenset(run.seen), completed=frozenset(run.completed),
         )
         v = evaluate_layers(tenant, b.bundle_policy if isinstance(b.bundle_policy, Policy) else None, req)
         if v.verdict not in ("allow", "delay"):
             raise StockadeError("policy.denied", f"redirect to {resource} is not allowed by policy ({v.reason or v.verdict})",
                                 rule_id=v.rule_id)
+        if v.delay_s > 0:  # a delay rule of the hop's resource holds the hop like it holds a first request
+            await self._sleep(v.delay_s)
 
     async def _stored_policy(self, call: CallState, tenant_id: str) -> tuple[str, str] | None:
         now = time.monotonic()
         hit = self._stored.get(tenant_id)
         if hit is not None and now - hit[0] < self._stored_ttl_s:
             return hit[1]
+        forgets = self._forgets
         stored = await call.services.policies.get(tenant_id)
+        if forgets != self._forgets:
+            return stored  # a PUT landed during the read: this answer may predate it, so it is not kept
         self._stored[tenant_id] = (now, stored)
         self._stored.move_to_end(tenant_id)
         while len(self._stored) > self._cache_size * 8:
@@ -220,7 +270,7 @@ class PolicyInterceptor:
             self._cache.move_to_end(version)
             return hit[1]
         try:
-            policy = load_policy(text, source="tenant policy")
+            policy = await self._load(text, version)
         except PolicyError as exc:
             log.error("stored policy of tenant %s is invalid: %s", tenant_id, exc.errors[:3])
             raise self._unavailable(call, "the tenant's stored policy is invalid") from None
@@ -229,7 +279,32 @@ class PolicyInterceptor:
             self._cache.popitem(last=False)
         return policy
 
-    def _downgrade(self, call: CallState, v: Verdict) -> None:
+    async def _load(self, text: str, version: str) -> Policy:
+        """Parse a stored document: a large one on a thread (a 512 KiB policy takes ~1.5 s, which would
+        freeze every run on this worker), and once however many calls are waiting for it."""
+        if len(text) <= OFFLOAD_POLICY_CHARS:
+            return load_policy(text, source="tenant policy")
+        pending = self._loading.get(version)
+        if pending is None or pending[0] != text:
+            fut = asyncio.ensure_future(asyncio.to_thread(load_policy, text, source="tenant policy"))
+            pending = self._loading[version] = (text, fut)
+
+            def done(f: asyncio.Future[Policy], version: str = version) -> None:
+                if self._loading.get(version, (None, None))[1] is f:
+                    del self._loading[version]
+                if not f.cancelled():
+                    f.exception()  # retrieved: every waiter may have gone (their runs ended)
+            fut.add_done_callback(done)
+        return await asyncio.shield(pending[1])
+
+    async def _downgrade(self, call: CallState, tenant: Policy, bundle: Policy | None, req: PolicyRequest,
+                         v: Verdict) -> Verdict:
+        """Apply the replacements, then judge the downgraded call afresh: it is the call that will run.
+
+        A bundle's downgrade cannot turn a call into one the tenant denies or makes wait for a human, and a
+        replacement that moves the call (llm.chat's resource is its model; a storage path) is judged at the
+        resource it now points to. Replacements that do not settle (rules rewriting each other) deny.
+        """
         repl = copy.deepcopy(dict(v.replacements))  # never hand the rule's own objects to a tool
         old_raw = call.raw_args if isinstance(call.raw_args, dict) else {}
         new_raw = {**old_raw, **repl}
@@ -243,15 +318,31 @@ class PolicyInterceptor:
                                        f"{exc.errors()[0].get('msg')}", v) from None
         elif new_args is not None and hasattr(new_args, "model_copy"):
             new_args = new_args.model_copy(update=repl)
+        resource = call.resource
         if call.tool is not None and new_args is not None:
-            # The policy judged the old resource; a replacement must not move the call elsewhere.
-            if call.tool.resource(new_args, call.tool_ctx) != call.resource:
-                raise self._deny(call, f"downgrade by rule {v.rule_id} would change the call's resource", v)
+            resource = call.tool.resource(new_args, call.tool_ctx)
+        dumped = new_args.model_dump(by_alias=True) if hasattr(new_args, "model_dump") else new_raw
+        again = await self._evaluate(call, tenant, bundle, dataclasses.replace(req, args=dumped, resource=resource))
+        if again.verdict == "deny":
+            moved = f" (resource {resource!r:.200})" if resource != call.resource else ""
+            raise self._deny(call, f"downgrade by rule {v.rule_id} makes a call{moved} the policy denies: "
+                                   f"{again.reason or 'denied by policy'}", again)
+        if any(k not in new_raw or not strict_eq(new_raw[k], val) for k, val in again.replacements.items()):
+            raise self._deny(call, f"downgrade by rule {v.rule_id} does not settle: rule {again.rule_id} "
+                                   "would change the arguments again", again)
         call.extra["downgraded"] = {
             "rule_id": v.rule_id, "layer": v.layer,
             "args": {k: {"from": _brief(old_raw.get(k)), "to": _brief(val)} for k, val in repl.items()},
         }
-        call.raw_args, call.args = new_raw, new_args
+        call.raw_args, call.args, call.resource = new_raw, new_args, resource
+        if call.args_hash is not None:  # approvals bind to (and idempotency derives from) the call that runs
+            call.args_hash = args_hash(call.tool_name, new_raw)
+        tokens = getattr(call.tool, "estimate_tokens", None)
+        if tokens is not None and new_args is not None:  # the token-rate limit charges the call that will run
+            call.extra["llm_tokens"] = int(tokens(new_args))
+        strict = again if RESTRICTIVENESS[again.verdict] > RESTRICTIVENESS[v.verdict] else v
+        return Verdict(strict.verdict, strict.rule_id, strict.reason, strict.layer,
+                       delay_s=max(v.delay_s, again.delay_s), replacements=v.replacements)
 
     @staticmethod
     def _deny(call: CallState, reason: str, v: Verdict) -> StockadeError:
@@ -271,6 +362,16 @@ def _principal(b: Any) -> str:
     if b.key_id:
         return "k." + b.key_id
     return "r." + b.run_id
+
+
+def _without(entries: Sequence[tuple[str, float]], own: tuple[str, Any]) -> tuple[tuple[str, float], ...]:
+    """``entries`` minus the newest occurrence of ``own`` (the checked call's own record)."""
+    out = list(entries)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i] == own:
+            del out[i]
+            break
+    return tuple(out)
 
 
 def _args_of(call: CallState) -> Any:

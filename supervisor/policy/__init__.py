@@ -38,7 +38,9 @@ Layers: the shipped default (``default.yaml``: allows echo, llm.chat, kb.*,
 storage.*, code.run; no egress) applies to a tenant without a policy; a
 tenant policy *replaces* it. A bundle's ``policy: {rules: [...]}`` can only
 narrow: see ``evaluate_layers``. Every verdict names its rule id and layer
-(``rule_id`` None = no rule matched).
+(``rule_id`` None = no rule matched). The chain's policy step judges a
+downgraded call again with its replaced arguments (and resource): a
+downgrade, from either layer, never runs a call the policy would refuse.
 
 Bounds (policies are untrusted input): documents <= 512 KiB, nesting <= 32,
 no YAML tags/anchors/aliases/merge keys, <= 1000 rules, <= 4096 conditions,
@@ -46,7 +48,8 @@ no YAML tags/anchors/aliases/merge keys, <= 1000 rules, <= 4096 conditions,
 quantifiers, backreferences or lookaround, run by RE2 (linear time; stdlib
 ``re`` needs 7 s for ``.*a.*b`` on 4 KB). One evaluation scans <= 1 Mi
 characters / 10,000 argument values and spends <= 2**27 regex units
-(characters x program size, < ~0.5 s worst case) and <= 100,000 other steps;
+(characters x program size, content, ``matches`` and resource globs alike;
+< ~0.5 s worst case) and <= 100,000 other steps;
 a rule that cannot be decided within that denies the call, naming itself.
 Large arguments meeting regex rules are evaluated on a thread (RE2 releases
 the GIL). The version of a policy is the sha256 of its canonical JSON form.
@@ -54,6 +57,7 @@ the GIL). The version of a policy is the sha256 of its canonical JSON form.
 
 from __future__ import annotations
 
+from supervisor.policy._yaml import MAX_POLICY_BYTES
 from supervisor.policy.evaluate import evaluate, evaluate_layers
 from supervisor.policy.loader import (
     PolicyError,
@@ -66,7 +70,7 @@ from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, VERDICTS, Policy,
 from supervisor.policy.names import is_valid_tool_name
 
 __all__ = [
-    "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Policy", "PolicyError", "PolicyRequest", "Rule", "Verdict",
+    "MAX_POLICY_BYTES", "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Policy", "PolicyError", "PolicyRequest", "Rule", "Verdict",
     "default_policy", "evaluate", "evaluate_layers", "is_valid_tool_name", "load_bundle_policy", "load_policy",
     "validate_policy_text",
 ]

@@ -39,6 +39,7 @@ class Glob:
     kind: str  # any | exact | prefix | regex
     value: str = ""
     regex: Any = None
+    cost: int = 1  # regex globs: RE2 program size, charged per character matched (evaluation budget)
 
     def matches(self, text: str) -> bool:
         k = self.kind
@@ -96,7 +97,8 @@ def _compile(pattern: str, *, star: str, double: str) -> Glob:
         else:
             parts.append(_literal(pattern[i]))
             i += 1
-    return Glob(pattern, "regex", regex=_compile_one("".join(parts)))
+    regex = _compile_one("".join(parts))
+    return Glob(pattern, "regex", regex=regex, cost=max(1, int(regex.programsize)))
 
 
 def _literal(ch: str) -> str:

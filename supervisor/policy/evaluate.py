@@ -6,8 +6,9 @@ conditions, order, velocity, content patterns.
 
 Evaluation cost is bounded. Statically: <= 1000 rules, <= 4096 conditions,
 <= 32 regex rules (loader). Per evaluation, one ``Budget`` shared by the
-layers: regex work (characters x RE2 program size, linear-time engine) and
-Python-level steps (list scans, velocity history, argument walks, at most
+layers: regex work (characters x RE2 program size, linear-time engine: content
+patterns, ``matches`` and resource globs with a ``*`` inside) and Python-level
+steps (list scans, velocity history, argument walks, at most
 ``MAX_SCAN_NODES`` values / ``MAX_SCAN_CHARS`` characters). A rule that
 cannot be decided within the bounds denies the call (fail closed) and names
 itself in the verdict.
@@ -117,11 +118,11 @@ def _matches(rule: Rule, req: PolicyRequest, ctx: _Ctx) -> bool:
         return False
     if rule.projects is not None and req.project not in rule.projects:
         return False
+    budget = ctx.budget
     if rule.resources is not None:
         res = req.resource
-        if type(res) is not str or not any(g.matches(res) for g in rule.resources):
+        if type(res) is not str or not _resource_hit(rule, res, budget):
             return False
-    budget = ctx.budget
     for c in rule.conditions:
         if not c.check(lookup(req.args, c.path), budget):
             return False
@@ -145,6 +146,19 @@ def _matches(rule: Rule, req: PolicyRequest, ctx: _Ctx) -> bool:
         if not any(regex_search(rule.content, s) for s in strings):
             return False
     return True
+
+
+def _resource_hit(rule: Rule, res: str, budget: Budget) -> bool:
+    # A policy may hold tens of thousands of resource globs and a resource may be an 8 KiB URL:
+    # regex globs are charged like patterns (characters x program size), the rest one step each.
+    for g in rule.resources or ():
+        if g.kind == "regex":
+            budget.charge_regex(len(res) * g.cost)
+        else:
+            budget.charge(1)
+        if g.matches(res):
+            return True
+    return False
 
 
 def _over_velocity(rule: Rule, req: PolicyRequest, budget: Budget) -> bool:

@@ -286,8 +286,9 @@ async def test_downgrade_replaces_arguments_through_the_schema(step, store):
     call = make_call(store, "llm.chat", {"model": "openai/gpt-4.1"})
     err = await denied(step, call, nxt2)
     assert err.code == "policy.denied" and err.extra["rule_id"] == "bad" and nxt2.calls == []
-    # and one that would move the call to another resource is refused too
-    await store.set("t1", "version: 1\nrules:\n  - {id: move, tool: storage.read, verdict: downgrade,"
+    # and one that moves the call to a resource the policy does not allow is refused too (the downgraded
+    # call is judged afresh, at its new resource)
+    await store.set("t1", "version: 1\nrules:\n  - {id: move, tool: storage.read, resource: '/ws/**', verdict: downgrade,"
                           " downgrade: {args.path: /elsewhere}}\n")
     call = make_call(store, "storage.read", {"path": "/ws/a"}, resource="/ws/a")
     err = await denied(step, call, nxt2)
