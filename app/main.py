@@ -17,6 +17,7 @@ from app.metrics import Metrics
 from app.openapi import install_openapi
 from app.problems import install_problem_handlers, problem
 from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
+from app.stream_slots import StreamSlots
 
 __all__ = ["build_asgi", "create_app"]
 
@@ -35,6 +36,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
     app = FastAPI(title="Stockade", version="0.1.0",
                   description="Self-hosted, multi-tenant runtime for AI agents. Errors are RFC 9457 problem+json with a stable `code`.")
     rt.metrics = getattr(rt, "metrics", None) or Metrics()
+    rt.stream_slots = getattr(rt, "stream_slots", None) or StreamSlots(rt.settings.max_streams_per_tenant)
     rt.role_worker = role_worker
     app.state.runtime = rt
     install_problem_handlers(app)

@@ -6,7 +6,9 @@ Connect with ``auth={"token": "<api key>"}``; emit ``subscribe`` with
 ``run_end`` ``{"run_id", "seq"}`` after the terminal event (at once, when
 ``after`` is already at or past the end of a run that has ended). Subscribing
 again to a run replaces that subscription (events carry no subscription id, so
-two would deliver every event twice); ``unsubscribe`` ``{"run_id"}`` ends one.
+two would deliver every event twice); ``unsubscribe`` ``{"run_id"}`` ends one. Each event is handled
+in its own task, yet the last one the client sent about a run decides: a subscribe overtaken, while it
+looked the run up, by a later subscribe or unsubscribe of that run starts nothing (its ack is still ok).
 Every event is answered in its ack: ``{"ok": true}`` or ``{"ok": false,
 "code": ..., "message": ...}``. The key is checked again on every
 ``subscribe``, and on a clock while connected (``deps.key_recheck``): once it
@@ -15,12 +17,17 @@ connection's subscriptions stop, the
 client gets an ``error`` event ``{"code": "auth.invalid", "message",
 "retryable"}`` (the code of the failure, if the lookup failed) and is
 disconnected. Events already delivered stay delivered.
+
+A client that reads slowly (or never) is not sent more than ``QUEUE_MAX`` events ahead: python-socketio
+queues every emit for its connection without bound (FACTS.md: no backpressure), so a subscription
+waits until the client has taken what was queued; replay reads the store in fitted pages (app/_pages.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +35,7 @@ from typing import Any
 import socketio
 
 from app import deps
+from app._pages import stored
 from app.deps import MAX_ID
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
@@ -39,9 +47,20 @@ log = logging.getLogger("stockade.socketio")
 
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_out"})
 MAX_SUBSCRIPTIONS = 64  # live ones per connection: each is a task tailing a run
-PAGE = 1000
+QUEUE_MAX = 64  # events queued for a connection before its subscriptions wait for the client to take them
 IDLE_S = 15.0  # a quiet tail checks this often whether its run ended without it (a cursor past the end)
 BUS_RETRY_S = 1.0
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _same(e: Event) -> Event:
+    return e
+
+
+def _size(e: Event) -> int:
+    return len(_ENCODER.encode(e.data))
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -61,6 +80,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
     sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [])
     subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it
     watchers: dict[str, asyncio.Task] = {}  # sid -> the task re-checking its key
+    # sid -> run id -> the newest subscribe of it still looking the run up; a later subscribe or unsubscribe
+    # of the run replaces or drops it (held only while lookups are in flight: bounded by them)
+    pending: dict[str, dict[str, object]] = {}
 
     def from_client(sid: str) -> bool:
         # python-socketio hands a client's *event* named "connect" or "disconnect" to these handlers too;
@@ -90,6 +112,7 @@ def mount_socketio(app: Any, rt: Any) -> Any:
             return _error("input.invalid", "disconnect is not an event: close the connection")
         for t in subs.pop(sid, {}).values():
             t.cancel()
+        pending.pop(sid, None)
         watcher = watchers.pop(sid, None)
         if watcher is not None and watcher is not asyncio.current_task():  # never the watcher disconnecting it
             watcher.cancel()
@@ -103,6 +126,18 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         after = args[0].get("after", 0)
         if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= MAX_ID:
             return _error("input.invalid", "after must be a sequence number (0 or more)")
+        ticket = object()  # taken before the first await: handlers start in the order the client sent them
+        pending.setdefault(sid, {})[run_id] = ticket
+        try:
+            return await _subscribe(sid, run_id, after, ticket)
+        finally:
+            mine = pending.get(sid)
+            if mine is not None and mine.get(run_id) is ticket:
+                del mine[run_id]
+                if not mine:
+                    pending.pop(sid, None)
+
+    async def _subscribe(sid: str, run_id: str, after: int, ticket: object) -> dict[str, Any]:
         p: Principal = (await sio.get_session(sid))["principal"]
         try:
             if not await key_is_live(rt.services, p):
@@ -119,14 +154,24 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         live = subs.get(sid)
         if live is None:  # the client went away while we looked the run up
             return _error("input.invalid", "not connected")
+        if pending.get(sid, {}).get(run_id) is not ticket:  # a later subscribe or unsubscribe of it decides
+            return {"ok": True}
         old = live.pop(run.id, None)
         if old is not None:
             old.cancel()
         if len(live) >= MAX_SUBSCRIPTIONS:
             return _error("input.too_large", f"at most {MAX_SUBSCRIPTIONS} live subscriptions per connection")
+        if not rt.stream_slots.take(run.tenant_id, replacing=old is not None):  # app/stream_slots.py: SSE too
+            return _error("rate.limited", f"at most {rt.stream_slots.limit} open streams per tenant")
         task = asyncio.create_task(_forward(sio, rt, sid, run.tenant_id, run.id, after))
         live[run.id] = task
-        task.add_done_callback(lambda t: live.pop(run.id) if live.get(run.id) is t else None)
+
+        def done(t: asyncio.Task) -> None:
+            rt.stream_slots.give_back(run.tenant_id)
+            if live.get(run.id) is t:
+                live.pop(run.id)
+
+        task.add_done_callback(done)
         return {"ok": True}
 
     @sio.event
@@ -134,6 +179,7 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         run_id = _run_id_of(args)
         if run_id is None:
             return _error("input.invalid", "send {run_id}")
+        pending.get(sid, {}).pop(run_id, None)  # a subscribe sent before this one, still looking up, starts nothing
         task = subs.get(sid, {}).pop(run_id, None)
         if task is not None:
             task.cancel()
@@ -180,6 +226,7 @@ async def _forward(sio: Any, rt: Any, sid: str, tenant_id: str, run_id: str, cur
         last: Event | None = None
         async for batch in _batches(runs, rt.services.events, tenant_id, run_id, cursor):
             for last in batch:
+                await _taken(sio, sid)
                 await sio.emit("run_event", last.to_wire(), to=sid)
         if last is None or last.type not in TERMINAL:  # the cursor was already at or past the end
             run = await runs.get_run(tenant_id, run_id)
@@ -193,6 +240,14 @@ async def _forward(sio: Any, rt: Any, sid: str, tenant_id: str, run_id: str, cur
         log.exception("forwarding run %s to %s failed", run_id, sid)
 
 
+async def _taken(sio: Any, sid: str) -> None:
+    """Wait while the connection has QUEUE_MAX packets or more that its client has not taken yet."""
+    eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+    queue = getattr(sio.eio.sockets.get(eio_sid), "queue", None) if eio_sid is not None else None
+    if queue is not None and queue.qsize() >= QUEUE_MAX:
+        await queue.join()  # Engine.IO's writer marks each packet done as it takes it to send
+
+
 async def _batches(runs: Any, bus: Any, tenant_id: str, run_id: str, cursor: int) -> AsyncIterator[list[Event]]:
     """The run's events after ``cursor``, each once and in seq order, through the terminal one.
 
@@ -201,17 +256,12 @@ async def _batches(runs: Any, bus: Any, tenant_id: str, run_id: str, cursor: int
     fails, it falls back to the store and tails again.
     """
     while True:
-        while True:  # replay
-            events = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
-            for i, e in enumerate(events):
+        async with contextlib.aclosing(stored(runs, tenant_id, run_id, cursor, _same, _size)) as replay:
+            async for e, _ in replay:
+                yield [e]
+                cursor = e.seq
                 if e.type in TERMINAL:
-                    yield events[: i + 1]
                     return
-            if events:
-                yield events
-                cursor = events[-1].seq
-            if len(events) < PAGE:
-                break
         if await _ended(runs, tenant_id, run_id):  # anything it wrote is in the store: the replay above
             if not await runs.events_after(tenant_id, run_id, cursor, limit=1):
                 return
@@ -228,7 +278,13 @@ async def _batches(runs: Any, bus: Any, tenant_id: str, run_id: str, cursor: int
                         if e.seq <= cursor:
                             continue
                         if e.seq != cursor + 1:  # the bus skipped some: fill from the durable log
-                            out.extend(await runs.events_after(tenant_id, run_id, cursor, limit=e.seq - cursor - 1))
+                            missed = stored(runs, tenant_id, run_id, cursor, _same, _size, e.seq - cursor - 1)
+                            async with contextlib.aclosing(missed) as gap:
+                                async for g, _ in gap:
+                                    out.append(g)
+                                    if len(out) >= QUEUE_MAX:
+                                        yield out
+                                        out = []
                         out.append(e)
                         cursor = e.seq
                         if e.type in TERMINAL:

@@ -1,7 +1,9 @@
 """SSE: replay from the store after the cursor, then the live tail from the bus.
 
-Frames are pre-encoded and everything pending is joined into one write
-(FACTS.md: ~30x under load, 12-100x on replay). ``id`` is the per-run seq;
+Frames are pre-encoded and everything pending is joined into writes of up to ``CHUNK`` bytes
+(FACTS.md: ~30x under load, 12-100x on replay). What a stream holds is bounded, however slowly
+its client reads (a client that never reads blocks the stream at its next write): one write in
+the transport, and one page of stored events (``app/_pages.py``: fitted to about 1 MB). ``id`` is the per-run seq;
 gaps in the live tail are filled from the store, so a client never misses an
 event. The stream ends after the terminal event; comment keep-alives every 15 s. A cursor at or past
 the end of a run that has ended gets 204 (routes/runs.py: an EventSource then stops reconnecting); if
@@ -22,6 +24,7 @@ from typing import Any
 from fastapi import Request
 
 from app import deps
+from app._pages import PAGE, stored
 from supervisor.stores.records import TERMINAL_STATUSES, Event
 from supervisor.tenancy import Principal, key_failure
 
@@ -29,14 +32,20 @@ __all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
 
 KEEPALIVE_S = 15.0
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_out"})
-PAGE = 1000
+CHUNK = 64 * 1024  # one write, about (it ends with the frame that reaches it)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per event
+# Left raw by ensure_ascii=False, yet line breaks to clients that split lines like str.splitlines (httpx's
+# aiter_lines): a bundle's text would cut its own data line in two. Escaped, the JSON means the same.
+_LINE_BREAKS = (("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\x85", "\\u0085"))
 
 
 def encode_event(e: Event) -> bytes:
     data = _ENCODER.encode(e.to_wire())
+    for raw, escaped in _LINE_BREAKS:
+        if raw in data:  # rare: a scan, no copy
+            data = data.replace(raw, escaped)
     return f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
 
 
@@ -46,23 +55,29 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
     metrics = rt.metrics
     loop = asyncio.get_running_loop()
     key = _KeyCheck(rt.services, principal, loop)
+    if not rt.stream_slots.take(tenant_id):  # the route checked: only streams started since then took it
+        yield b": rate.limited: stream closed\n\n"
+        return
     metrics.sse_subscribers.inc()
     try:
         yield b": stream of run " + run_id.encode() + b"\nretry: 1000\n\n"
         # 1. replay what the store has
-        while True:
-            if (closing := await key.closing()) is not None:
-                yield closing
-                return
-            events = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
-            if events:
-                yield b"".join(encode_event(e) for e in events)
-                cursor = events[-1].seq
-                if events[-1].type in TERMINAL:
-                    return
-            if len(events) < PAGE:
-                break
-        # 2. live tail; a batch arrives per wake-up, joined into one write
+        out, ended = _Writes(), False
+        async with contextlib.aclosing(stored(runs, tenant_id, run_id, cursor, encode_event, len)) as replay:
+            async for e, frame in replay:
+                cursor, ended = e.seq, e.type in TERMINAL
+                if (chunk := out.add(frame)) is not None:
+                    if (closing := await key.closing()) is not None:
+                        yield closing
+                        return
+                    yield chunk
+                if ended:
+                    break
+        if (chunk := out.flush()) is not None:
+            yield chunk
+        if ended:
+            return
+        # 2. live tail; a batch arrives per wake-up, joined into writes
         queue: asyncio.Queue = asyncio.Queue(maxsize=64)
         pump = asyncio.create_task(_pump(bus, run_id, cursor, queue))
         quiet_until = loop.time() + KEEPALIVE_S
@@ -83,10 +98,10 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                     # the bus may have missed a publish (e.g. a restarted node): check the store; a run
                     # that ended behind a cursor past its end publishes nothing more (status read first:
                     # a run ending between the two reads still has its last events delivered)
-                    ended = await _ended(runs, tenant_id, run_id)
+                    over = await _ended(runs, tenant_id, run_id)
                     batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
                     if not batch:
-                        if ended:
+                        if over:
                             return
                         continue
                 quiet_until = loop.time() + KEEPALIVE_S
@@ -95,23 +110,24 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                     batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
                     if not batch:
                         continue
-                out: list[bytes] = []
-                done = False
                 for e in batch:
                     if e.seq <= cursor:
                         continue
                     if e.seq != cursor + 1:  # the bus skipped some: fill from the durable log
-                        for g in await runs.events_after(tenant_id, run_id, cursor, limit=e.seq - cursor - 1):
-                            out.append(encode_event(g))
-                            cursor = g.seq
-                    out.append(encode_event(e))
-                    cursor = e.seq
-                    if e.type in TERMINAL:
-                        done = True
+                        missed = stored(runs, tenant_id, run_id, cursor, encode_event, len, e.seq - cursor - 1)
+                        async with contextlib.aclosing(missed) as gap:
+                            async for g, frame in gap:
+                                cursor = g.seq
+                                if (chunk := out.add(frame)) is not None:
+                                    yield chunk
+                    if (chunk := out.add(encode_event(e))) is not None:
+                        yield chunk
+                    cursor, ended = e.seq, e.type in TERMINAL
+                    if ended:
                         break
-                if out:
-                    yield b"".join(out)
-                if done:
+                if (chunk := out.flush()) is not None:
+                    yield chunk
+                if ended:
                     return
         finally:
             pump.cancel()
@@ -119,6 +135,26 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                 await pump
     finally:
         metrics.sse_subscribers.dec()
+        rt.stream_slots.give_back(tenant_id)
+
+
+class _Writes:
+    """Frames joined into writes of about CHUNK bytes."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.size = 0
+
+    def add(self, frame: bytes) -> bytes | None:
+        self.frames.append(frame)
+        self.size += len(frame)
+        return self.flush() if self.size >= CHUNK else None
+
+    def flush(self) -> bytes | None:
+        if not self.frames:
+            return None
+        chunk, self.frames, self.size = b"".join(self.frames), [], 0
+        return chunk
 
 
 class _KeyCheck:

@@ -176,7 +176,9 @@ class RunSession:
             idempotency_key=key, services=self.services,  # checked by the validate step, like the args
             emit=self.emitter.emit, stream=frame.get("stream", False),  # a non-bool: refused by the validate step
         )
-        tool_label = call.tool_name if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
+        # the events name the tool as the bundle spelt it, up to a point: they do not count against its output
+        # limit, and a 60 KB name per call wrote MBs of events past it (an unknown tool is refused anyway)
+        tool_label = call.tool_name[:1024] if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
         if call.stream is True:
             async def chunk(data: dict[str, Any]) -> None:
                 await self.send({"type": "chunk", "id": rid, "data": data})

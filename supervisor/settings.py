@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     cors_origins: list[str] = []
+    # SSE streams + Socket.IO subscriptions one tenant may hold open on one API process (app/stream_slots.py)
+    max_streams_per_tenant: int = Field(1000, ge=1)
 
     # --- workers
     worker_id: str | None = None  # default: hostname:pid

@@ -5,7 +5,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: localStorage.getItem("stockade.key") || "", conversation: newConversationId(), run: null, abort: null };
+// The API key lives in this page's memory only: any page of the origin reads localStorage and
+// sessionStorage, and /docs runs a CDN's script. Earlier versions stored it there: gone on load.
+localStorage.removeItem("stockade.key");
+const state = { key: "", conversation: newConversationId(), run: null, abort: null };
 
 // Any JSON value as display text: an event's fields are whatever the bundle put there.
 function str(v) { return v === undefined || v === null ? "" : typeof v === "string" ? v : JSON.stringify(v); }
@@ -139,8 +142,16 @@ function addMessage(role, text) {
   const m = el("div", "msg " + role);
   if (text !== undefined) m.appendChild(el("div", "text", text));
   $("messages").appendChild(m);
-  $("messages").scrollTop = $("messages").scrollHeight;
+  scrollDown();
   return m;
+}
+
+// Reading scrollHeight lays the page out at once: done per event, a run of a few MB in a thousand
+// deltas froze the page for minutes (each layout takes longer as the answer grows). Once a frame.
+function scrollDown() {
+  if (state.scrollPending) return;
+  state.scrollPending = true;
+  requestAnimationFrame(() => { state.scrollPending = false; $("messages").scrollTop = $("messages").scrollHeight; });
 }
 
 async function send(text) {
@@ -202,8 +213,9 @@ async function stream(runId, view) {
 function render(ev, v) {
   switch (ev.type) {
     case "message.delta":
-      if (ev.channel === "thinking") { v.thinking.hidden = false; v.thinking.textContent += str(ev.text); }
-      else v.answer.textContent += str(ev.text);
+      // one text node per delta: `textContent +=` copied the whole answer so far on every delta (MBs each)
+      if (ev.channel === "thinking") { v.thinking.hidden = false; v.thinking.append(str(ev.text)); }
+      else v.answer.append(str(ev.text));
       break;
     case "tool.result": {
       const t = el("div", "tool" + (ev.code ? " denied" : ""),
@@ -244,14 +256,13 @@ function render(ev, v) {
       v.meta.textContent = ev.type.replace("run.", "") + (ev.message ? ": " + str(ev.message) : "");
       return true;
   }
-  $("messages").scrollTop = $("messages").scrollHeight;
+  scrollDown();
   return false;
 }
 
 $("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.key = $("api-key").value.trim();
-  localStorage.setItem("stockade.key", state.key);
   connect();
 });
 $("bundle").addEventListener("change", () => {
@@ -274,4 +285,3 @@ $("cancel").addEventListener("click", async () => {
   try { await api(`/v1/runs/${encodeURIComponent(state.run)}/cancel`, { method: "POST" }); } catch (e) { showError(e); }
 });
 setInterval(refreshSide, 3000);
-if (state.key) { $("api-key").value = state.key; connect(); }

@@ -177,14 +177,17 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
     cursor = after or 0
     if last_event_id is not None:
         raw = last_event_id.strip()
-        # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it
-        if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_ID):
+        # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
+        # the length first: int() of more than 4300 digits raises (a 500), and is slow well before
+        if not (raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_ID)) and int(raw) <= MAX_ID):
             raise StockadeError("input.invalid", "Last-Event-ID must be a sequence number")
         cursor = int(raw)
     if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
         # nothing left to send, ever: an EventSource reconnects after every close (with Last-Event-ID =
         # the terminal event's id) but stops on 204 (HTML, server-sent events); a stream would stay open
         return Response(status_code=204)
+    if rt.stream_slots.full(run.tenant_id):  # taken when the stream starts (app/sse.py)
+        raise StockadeError("rate.limited", f"at most {rt.stream_slots.limit} open streams per tenant")
     return _EventStream(
         event_stream(rt, request, run.tenant_id, run.id, cursor, principal=p),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"},

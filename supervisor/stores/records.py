@@ -83,7 +83,10 @@ class Event:
     ts: float
 
     def to_wire(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "seq": self.seq, "type": self.type, **self.data}
+        wire = {"run_id": self.run_id, "seq": self.seq, "type": self.type, **self.data}
+        if len(wire) != 3 + len(self.data):  # the data named run_id, seq or type: the envelope's own win
+            wire.update(run_id=self.run_id, seq=self.seq, type=self.type)
+        return wire
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,19 @@ prices:
   echo: 0.001
 """
 
-# Records every text the answer box of an assistant bubble shows, in order: `textContent +=`
-# replaces the box's text node, so each added node is one rendered state.
+# Records every text the answer box of an assistant bubble shows, in order: each delta is appended
+# as a text node of its own, so the text up to each added node is one rendered state.
 RECORD_ANSWERS = """() => {
   window.__answers = [];
   new MutationObserver((records) => {
     for (const r of records) {
       if (!(r.target.classList && r.target.classList.contains("answer"))) continue;
-      for (const n of r.addedNodes) if (n.nodeType === Node.TEXT_NODE) window.__answers.push(n.data);
+      for (const n of r.addedNodes) {
+        if (n.nodeType !== Node.TEXT_NODE) continue;
+        let shown = "";
+        for (let x = r.target.firstChild; x; x = x.nextSibling) { shown += x.data; if (x === n) break; }
+        window.__answers.push(shown);
+      }
     }
   }).observe(document.getElementById("messages"), { childList: true, subtree: true });
 }"""

@@ -185,6 +185,8 @@ class RedisEventBus:
             try:
                 raw = fields.get("e", fields.get(b"e")) if isinstance(fields, dict) else None
                 doc = json.loads(_s(raw))
+                if not isinstance(doc["t"], str) or not isinstance(doc["d"], dict):  # a stream writer not ours
+                    raise TypeError("an event is a type and an object")
                 out.append(Event(run_id=run_id, seq=_seq_of(entry_id), type=doc["t"], data=doc["d"], ts=float(doc["ts"])))
             except (ValueError, KeyError, TypeError):
                 log.warning("skipping a malformed live event %s in run %s", _s(entry_id), run_id)
