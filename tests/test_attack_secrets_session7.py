@@ -43,6 +43,7 @@ from app import cli
 from supervisor.audit.keys import generated_secret, load_audit_key, load_signing_key
 from supervisor.secretbox import load_secrets_key
 from supervisor.settings import Settings, SettingsError, load_settings
+from tests import test_cli as _cli_tests
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,16 +51,7 @@ _NUMERIC = [name for name, f in Settings.model_fields.items()
             if f.annotation in (int, float)]
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A clean STOCKADE_ environment on a throwaway embedded data dir."""
-    for k in list(os.environ):
-        if k.startswith("STOCKADE_"):
-            monkeypatch.delenv(k)
-    data = tmp_path / "data"
-    monkeypatch.setenv("STOCKADE_DATA_DIR", str(data))
-    monkeypatch.setenv("STOCKADE_BUNDLES_DIR", str(tmp_path / "no-bundles"))
-    return data
+env = _cli_tests.env  # the CLI tests' clean STOCKADE_ environment on a throwaway data dir
 
 
 def _one_line(capsys, *argv: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -30,6 +31,18 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=StrictJSONRoute
 
 class _EventStream(StreamingResponse):
     media_type = "text/event-stream"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Starlette leaves the stream's generator to the garbage collector when the client goes away; held
+            # in a cycle through the exception's traceback, it kept its stream slot, its gauge and its bus
+            # pump until a cyclic collection: closed here, at once
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(RuntimeError):  # still running elsewhere: it ends with that task
+                    await aclose()
 
 
 _SSE_EVENT = {"type": "object", "required": ["id", "event", "data"], "properties": {
