@@ -12,7 +12,10 @@ the OpenAPI document name no tenant, key, data directory, database URL or config
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -149,9 +152,13 @@ async def _stored_text(node) -> str:
                 parts.append(repr(await client.xrange(k)))
             elif kind == "hash":
                 parts.append(repr(await client.hgetall(k)))
-    for f in node.data_dir.rglob("*"):  # SQLite database, its WAL, bundles, run dirs (not the keys dir)
-        if f.is_file() and "keys" not in f.relative_to(node.data_dir).parts:
-            parts.append(f.read_bytes().decode("latin-1"))
+    # SQLite database, its WAL, bundles, run dirs (not the keys dir); a finished run's folder may be removed
+    # by its worker while this walks (os.walk skips what is gone)
+    for root, dirs, files in os.walk(node.data_dir):
+        dirs[:] = [d for d in dirs if not (Path(root) == node.data_dir and d == "keys")]
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                parts.append((Path(root) / name).read_bytes().decode("latin-1"))
     return "\n".join(parts)
 
 
