@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -157,8 +158,10 @@ async def _stored_text(node) -> str:
     for root, dirs, files in os.walk(node.data_dir):
         dirs[:] = [d for d in dirs if not (Path(root) == node.data_dir and d == "keys")]
         for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                parts.append((Path(root) / name).read_bytes().decode("latin-1"))
+            f = Path(root) / name
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if stat.S_ISREG(f.lstat().st_mode):  # not a run's socket (open() of it: ENXIO)
+                    parts.append(f.read_bytes().decode("latin-1"))
     return "\n".join(parts)
 
 
