@@ -38,6 +38,15 @@ async def test_history_is_append_only(ctx):
     assert versions == ["v1", "v2", "v3"]  # re-putting the current version adds nothing
 
 
+async def test_a_new_text_of_the_same_version_is_kept(ctx):
+    # the version is a hash of the policy's content: a PUT that changes only comments or layout has the
+    # same version, and was dropped - GET /v1/policy went on returning the old text
+    _, policies, t = ctx
+    await policies.put(t, "version: 1\nrules: []\n", "v1")
+    await policies.put(t, "# who changed what, and why\nversion: 1\nrules: []\n", "v1")
+    assert await policies.get(t) == ("# who changed what, and why\nversion: 1\nrules: []\n", "v1")
+
+
 async def test_bad_input(ctx):
     _, policies, t = ctx
     with pytest.raises(StockadeError) as err:

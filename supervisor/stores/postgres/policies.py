@@ -23,7 +23,8 @@ class PgPolicyStore:
         return (row[0], row[1]) if row else None
 
     async def put(self, tenant_id: str, yaml_text: str, version: str) -> None:
-        """Append a version (a no-op if it equals the current one)."""
+        """Append a version (a no-op if the current one has this version and this very text: a change of
+        comments or layout keeps the version, the content hash, but is kept so that GET returns it)."""
         if not isinstance(yaml_text, str) or not isinstance(version, str) or not version:
             raise StockadeError("input.invalid", "a policy needs its YAML text and a version")
         async with self._db.tenant_tx(tenant_id) as c:
@@ -31,8 +32,8 @@ class PgPolicyStore:
                 await c.execute(
                     "INSERT INTO policies (tenant_id, version, yaml_text, created_at)"
                     " SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM"
-                    "   (SELECT version FROM policies WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1) cur"
-                    "   WHERE cur.version = $2)",
+                    "   (SELECT version, yaml_text FROM policies WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1) cur"
+                    "   WHERE cur.version = $2 AND cur.yaml_text = $3)",
                     tenant_id, version, yaml_text, time.time(),
                 )
             except CONSTRAINT_ERRORS as exc:

@@ -22,14 +22,15 @@ class SqlitePolicyStore:
         return (row[0], row[1]) if row else None
 
     async def put(self, tenant_id: str, yaml_text: str, version: str) -> None:
-        """Append a version (a no-op if it equals the current one)."""
+        """Append a version (a no-op if the current one has this version and this very text: a change of
+        comments or layout keeps the version, the content hash, but is kept so that GET returns it)."""
         if not isinstance(yaml_text, str) or not isinstance(version, str) or not version:
             raise StockadeError("input.invalid", "a policy needs its YAML text and a version")
         with self._db.tx() as c:
             cur = c.execute(
-                "SELECT version FROM policies WHERE tenant_id = ? ORDER BY id DESC LIMIT 1", (tenant_id,)
+                "SELECT version, yaml_text FROM policies WHERE tenant_id = ? ORDER BY id DESC LIMIT 1", (tenant_id,)
             ).fetchone()
-            if cur is not None and cur[0] == version:
+            if cur is not None and (cur[0], cur[1]) == (version, yaml_text):
                 return
             try:
                 c.execute(
