@@ -43,8 +43,9 @@ class Settings(BaseSettings):
 
     # --- where state lives
     data_dir: Path = Path("./.stockade")
-    database_url: str | None = None  # None -> SQLite in data_dir; postgresql://... -> PostgreSQL
-    redis_url: str | None = None  # None -> in-memory limits/queues/event tail
+    # None -> SQLite in data_dir; postgresql://... -> PostgreSQL. Both URLs may hold a password: out of repr()
+    database_url: str | None = Field(None, repr=False)
+    redis_url: str | None = Field(None, repr=False)  # None -> in-memory limits/queues/event tail
     redis_prefix: str = "stockade:"
     db_pool_min: int = Field(2, ge=1, le=200)
     db_pool_max: int = Field(10, ge=1, le=500)

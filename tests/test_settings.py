@@ -84,3 +84,11 @@ def test_kb_quota_defaults_and_environment(monkeypatch):
     monkeypatch.setenv("STOCKADE_KB_QUOTA_DOCS", "20")
     s = load_settings()
     assert s.kb_quota_mb == 5 and s.kb_quota_docs == 20
+
+
+def test_repr_of_the_settings_shows_no_url_password():
+    # database and Redis URLs may carry a password; a settings object that ends up in a log line or a traceback
+    # (repr) must not show it, as SecretStr fields do not
+    s = Settings(database_url="postgresql://app:pg-pass-123@db:5432/stockade", redis_url="redis://:rd-pass-456@redis:6379/0")
+    assert "pg-pass-123" not in repr(s) and "rd-pass-456" not in repr(s)
+    assert s.database_url.endswith("@db:5432/stockade")  # the value itself is untouched
