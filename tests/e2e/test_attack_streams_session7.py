@@ -17,6 +17,7 @@ import socketio
 
 from supervisor.events import RunEmitter
 from tests.e2e.harness import collect, idle_runs, read_sse
+from tests.e2e.test_socketio import forwarding
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -270,10 +271,6 @@ async def test_socketio_a_flood_of_subscribes_and_unsubscribes_ends_as_last_aske
             break
         await asyncio.sleep(0.01)
     assert forwarding() == []
-
-
-def forwarding() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if not t.done() and t.get_coro().__qualname__ == "_forward"]
 
 
 async def test_socketio_an_unsubscribe_sent_after_a_subscribe_wins(node, monkeypatch):
