@@ -70,11 +70,24 @@ class RunSession:
 
     # ------------------------------------------------------------------ framing
     async def _read_frame(self, reader: asyncio.StreamReader) -> dict[str, Any]:
-        head = await reader.readexactly(HEADER.size)
+        """The next frame. ``IncompleteReadError`` only for an end of stream between two frames; one that
+        cuts a frame short is a bad frame (``FrameError``: it gets its audit record like any other)."""
+        try:
+            head = await reader.readexactly(HEADER.size)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise FrameError("frame.invalid", f"connection closed inside a frame header "
+                                 f"({len(exc.partial)} of {HEADER.size} bytes)") from None
+            raise
         (size,) = HEADER.unpack(head)
         if size > self.max_frame:
             raise FrameError("frame.too_large", f"frame of {size} bytes exceeds the {self.max_frame}-byte cap")
-        return decode_frame(await reader.readexactly(size))
+        try:
+            body = await reader.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            raise FrameError("frame.invalid", f"connection closed inside a frame ({len(exc.partial)} of "
+                             f"{size} bytes)") from None
+        return decode_frame(body)
 
     async def send(self, obj: dict[str, Any]) -> None:
         """Write one frame. A sandbox that went away is not an error here (the read loop sees it): what

@@ -332,3 +332,23 @@ async def test_a_stream_flag_that_is_not_a_bool_refuses_the_call(stack, stream):
     run_id, out, _ = await stack.serve(call(1, stream=stream), DONE)
     assert [(f["type"], f["id"], f["code"]) for f in out] == [("error", 1, "input.invalid")]
     assert [r.kind for r in await stack.audit(run_id)] == ["tool.invalid"]
+
+
+@pytest.mark.parametrize("cut", ["header", "body", "body-empty"])
+async def test_a_frame_cut_short_by_the_end_of_the_stream_is_a_bad_frame_with_its_record(stack, cut):
+    """A sandbox that closed its socket inside a frame (a header of 2 of 4 bytes, a body of 10 of 40) ended
+    the session as if it had closed between frames: no audit record for the bad frame."""
+    frame = call(1)
+    part = {"header": frame[:2], "body": frame[:HEADER.size + 10], "body-empty": frame[:HEADER.size]}[cut]
+    run_id, out, _ = await stack.serve(part)
+    assert [(f["type"], f["code"]) for f in out] == [("error", "frame.invalid")]
+    recs = await stack.audit(run_id)
+    assert [(r.kind, r.code) for r in recs] == [("frame.invalid", "frame.invalid")]
+    assert "connection closed inside a frame" in recs[0].detail["message"]
+    await stack.still_serves()
+
+
+async def test_an_end_of_stream_between_frames_is_no_bad_frame(stack):
+    run_id, out, _ = await stack.serve(call(1))
+    assert [(f["type"], f["id"]) for f in out] == [("result", 1)]
+    assert [r.kind for r in await stack.audit(run_id)] == ["tool.allowed", "tool.completed"]
