@@ -396,3 +396,35 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_variable(env, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("stockade: invalid setting STOCKADE_PORT: ") and str(port) in lines[0]
+
+
+@pytest.mark.parametrize("name,setting", [
+    ("audit.key", "STOCKADE_AUDIT_KEY"), ("secrets.key", "STOCKADE_SECRETS_KEY"),
+    ("receipt_ed25519.pem", "STOCKADE_SIGNING_KEY_FILE"),
+])
+def test_a_generated_key_file_of_another_user_is_refused(env, name, setting):
+    """Mode 0600 but owned by another account: that account reads it, and can put a key of its own in
+    its place (session 8; the mode alone was checked)."""
+    s = load_settings()
+    load_audit_key(s), load_secrets_key(s), load_signing_key(s)
+    path = env / "keys" / name
+    load = {"audit.key": load_audit_key, "secrets.key": load_secrets_key, "receipt_ed25519.pem": load_signing_key}[name]
+    os.chown(path, 0, 0)  # root's: accepted (as ssh does)
+    load(s)
+    os.chown(path, 4242, 4242)
+    with pytest.raises(SettingsError) as exc:
+        load(s)
+    msg = str(exc.value)
+    assert msg.startswith(f"invalid setting {setting}: ") and "uid 4242" in msg and "chown" in msg and "\n" not in msg
+
+
+def test_an_existing_embedded_database_open_to_others_is_made_private(env, capsys):
+    """A database created before 0600 was the rule, or restored as 0644, kept its mode for ever."""
+    assert cli.main(["tenant", "create", "acme"]) == 0
+    files = [p for p in env.iterdir() if p.name.startswith("stockade.db")]
+    for p in files:
+        os.chmod(p, 0o644)
+    capsys.readouterr()
+    assert cli.main(["tenant", "list"]) == 0
+    files = [p for p in env.iterdir() if p.name.startswith("stockade.db")]
+    assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files), {p.name: oct(p.stat().st_mode) for p in files}

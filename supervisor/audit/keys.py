@@ -47,14 +47,19 @@ def _read_private(path: Path, setting: str) -> bytes:
     """A key file in the data dir, refused (one line) unless only its owner can read it.
 
     A copy restored with 0644, or a file someone chmod'ed, hands the key to every local user; as ssh does
-    with private keys, it is refused rather than used.
+    with private keys, it is refused rather than used. So is one owned by another account (neither this
+    process's user nor root): that account can read it, and replace it with a key of its own.
     """
     try:
         with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if mode & 0o077:
+            st = os.fstat(f.fileno())
+            if st.st_mode & 0o077:
                 raise SettingsError(f"invalid setting {setting}: unset, and its file {path} is open to other users "
-                                    f"(mode {mode & 0o777:04o}); chmod 600 it")
+                                    f"(mode {st.st_mode & 0o777:04o}); chmod 600 it")
+            if st.st_uid not in (os.geteuid(), 0):
+                raise SettingsError(f"invalid setting {setting}: unset, and its file {path} belongs to another "
+                                    f"user (uid {st.st_uid}, not {os.geteuid()}); chown it to the user that runs "
+                                    "stockade")
             return f.read()
     except OSError as exc:
         raise SettingsError(f"invalid setting {setting}: unset, and its file {path} cannot be read: "

@@ -50,8 +50,10 @@ can tell that a value it cached never became durable.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -63,6 +65,8 @@ from typing import Any, TypeVar
 from supervisor.errors import StockadeError
 
 __all__ = ["SqliteDB", "open_sqlite"]
+
+log = logging.getLogger("stockade.store")
 
 T = TypeVar("T")
 
@@ -352,6 +356,21 @@ class _Checkpointer:
                     pass  # busy or closing: the next round (or the writer, inline) catches up
 
 
+def _make_private(path: Path) -> None:
+    """A database made before its files were created 0600 (or restored from a backup as 0644) is made
+    the owner's only, with its -wal and -shm files: as a new one is. Files of another owner are left
+    alone (not ours to change; the open then fails or works as the file system says)."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = os.stat(p)
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode):
+                os.chmod(p, stat.S_IMODE(st.st_mode) & 0o700)
+                log.warning("%s was readable by other users (mode %04o): now 0%o", p, stat.S_IMODE(st.st_mode),
+                            stat.S_IMODE(st.st_mode) & 0o700)
+        except OSError:
+            pass  # absent (-wal, -shm), or not ours to change
+
+
 async def open_sqlite(path: Path, *, migrate: bool = True) -> SqliteDB:
     """Open (creating the parent directory) and, by default, apply pending migrations."""
     path = Path(path)
@@ -362,7 +381,7 @@ async def open_sqlite(path: Path, *, migrate: bool = True) -> SqliteDB:
     try:  # every tenant's data: the owner's only (SQLite gives its -wal and -shm files the same mode)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
-        pass
+        _make_private(path)
     except OSError as exc:
         raise StockadeError("store.unavailable", f"cannot create {path}: {exc.strerror}") from exc
     db = SqliteDB(path)
