@@ -44,7 +44,10 @@ def problem(code: str, detail: str, instance: str | None = None, **extra: Any) -
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StockadeError)
     async def _stockade(request: Request, exc: StockadeError) -> JSONResponse:
-        return problem(exc.code, exc.detail, request.url.path, **exc.extra)
+        detail = exc.public_detail
+        if detail != exc.detail:  # the operator's part (an address, a driver's message) goes to the log only
+            log.warning("%s on %s: %s", exc.code, request.url.path, exc.detail)
+        return problem(exc.code, detail, request.url.path, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

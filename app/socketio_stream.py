@@ -144,7 +144,7 @@ def mount_socketio(app: Any, rt: Any) -> Any:
                 return _error("auth.invalid", "the API key is unknown or revoked")
             run = await rt.services.runs.get_run(p.tenant_id, run_id)
         except StockadeError as exc:
-            return _error(exc.code, exc.detail)
+            return _error(exc.code, exc.public_detail)
         except Exception:
             log.exception("subscribe of %r failed", run_id)
             return _error("internal", "internal error")

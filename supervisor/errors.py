@@ -106,9 +106,13 @@ def spec_for(code: str) -> ErrorSpec:
 class StockadeError(Exception):
     """Base of every error Stockade raises on purpose.
 
-    ``detail`` is a human sentence safe to show the tenant; ``extra`` holds
-    structured members (``tier``, ``retry_after``, ``rule_id`` ...) that are
-    copied into problem+json bodies and tool error frames.
+    ``detail`` is a human sentence safe to show the tenant - except for the
+    codes of ``_OPERATOR_DETAIL``, whose detail names the operator's
+    infrastructure (a database address, a file path, a driver's message): a
+    tenant is shown ``public_detail`` (API bodies, tool error frames, events,
+    audit records), the operator the full ``detail`` (CLI, server log).
+    ``extra`` holds structured members (``tier``, ``retry_after``, ``rule_id``
+    ...) that are copied into problem+json bodies and tool error frames.
     """
 
     def __init__(self, code: str, detail: str = "", **extra: Any) -> None:
@@ -131,5 +135,18 @@ class StockadeError(Exception):
     def http_status(self) -> int:
         return self.spec.http_status
 
+    @property
+    def public_detail(self) -> str:
+        """``detail`` as a tenant may see it (see the class docstring)."""
+        return _OPERATOR_DETAIL.get(self.code, self.detail)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.detail, "retryable": self.retryable, **self.extra}
+        return {"code": self.code, "message": self.public_detail, "retryable": self.retryable, **self.extra}
+
+
+# Codes whose detail is the operator's: what tenants are told instead.
+_OPERATOR_DETAIL = {
+    "store.unavailable": "The store cannot be reached right now; try again later.",
+    "store.misconfigured": "The store is misconfigured; the operator can see why in the server log.",
+    "audit.unavailable": "The audit log cannot be reached right now; try again later.",  # wraps store.unavailable
+}

@@ -20,6 +20,7 @@ import pytest
 
 from supervisor.audit.chain import verify_chain
 from supervisor.chain.base import Binding
+from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
 from supervisor.ids import new_id
 from supervisor.policy import load_policy
@@ -352,3 +353,17 @@ async def test_an_end_of_stream_between_frames_is_no_bad_frame(stack):
     run_id, out, _ = await stack.serve(call(1))
     assert [(f["type"], f["id"]) for f in out] == [("result", 1)]
     assert [r.kind for r in await stack.audit(run_id)] == ["tool.allowed", "tool.completed"]
+
+
+async def test_an_audit_outage_tells_the_bundle_the_code_not_the_database_address(stack, monkeypatch):
+    """The error frame of a call refused because its record could not be written carried the driver's
+    message (the database's address or file path) into the sandbox and the tenant's audit records."""
+    hidden = "cannot connect to PostgreSQL: ConnectionRefusedError: Connect call failed ('10.9.8.7', 5432)"
+
+    async def append(*a, **k):
+        raise StockadeError("audit.unavailable", hidden)  # as the adapters wrap store.unavailable
+
+    monkeypatch.setattr(stack.rt.recorder.log, "append", append)
+    _, out, _ = await stack.serve(call(1), DONE)
+    assert [(f["type"], f["id"], f["code"]) for f in out] == [("error", 1, "audit.unavailable")]
+    assert "10.9.8.7" not in json.dumps(out)

@@ -80,7 +80,7 @@ class AuditInterceptor:
         except StockadeError as exc:
             call.error = exc
             kind = call.outcome or _KIND_BY_CODE.get(exc.code, "tool.failed")
-            await through_cancel(self._safe(call, kind, exc.code, message=exc.detail))
+            await through_cancel(self._safe(call, kind, exc.code, message=exc.public_detail))
             raise
         except Exception as exc:
             call.error = exc

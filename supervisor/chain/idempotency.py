@@ -114,7 +114,7 @@ def _may_have_acted(exc: BaseException) -> bool:
 
 def _stored_error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, StockadeError):
-        return {"code": exc.code, "message": scrub_nul(exc.detail)}
+        return {"code": exc.code, "message": scrub_nul(exc.public_detail)}
     if isinstance(exc, asyncio.CancelledError):
         return {"code": "idempotency.interrupted",
                 "message": "the first call with this idempotency key was cut off while its tool ran (its run "
