@@ -37,6 +37,7 @@ import socketio
 from app import deps
 from app._pages import stored
 from app.deps import MAX_ID
+from app.stream_slots import StreamSlots
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
 from supervisor.tenancy import Principal, authenticate, key_failure, key_is_live
@@ -83,6 +84,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
     # sid -> run id -> the newest subscribe of it still looking the run up; a later subscribe or unsubscribe
     # of the run replaces or drops it (held only while lookups are in flight: bounded by them)
     pending: dict[str, dict[str, object]] = {}
+    # connections per tenant on this process (app/stream_slots.py counts them as it counts streams)
+    connections = rt.socketio_slots = StreamSlots(rt.settings.max_socketio_connections_per_tenant)
+    tenant_of: dict[str, str] = {}  # sid -> its tenant, for the connections it holds
 
     def from_client(sid: str) -> bool:
         # python-socketio hands a client's *event* named "connect" or "disconnect" to these handlers too;
@@ -98,10 +102,14 @@ def mount_socketio(app: Any, rt: Any) -> Any:
             p = await authenticate(rt.services, f"Bearer {token}" if isinstance(token, str) and token else None)
         except StockadeError:
             raise socketio.exceptions.ConnectionRefusedError("auth.invalid") from None
+        if not connections.take(p.tenant_id):  # refused like a bad key: the client's connect_error names it
+            raise socketio.exceptions.ConnectionRefusedError("rate.limited")
         try:
             await sio.save_session(sid, {"principal": p})
         except KeyError:  # the client left while its key was looked up: no disconnect will follow, register nothing
+            connections.give_back(p.tenant_id)
             return False
+        tenant_of[sid] = p.tenant_id
         subs[sid] = {}
         watchers[sid] = asyncio.create_task(_watch_key(sio, rt, sid, p, subs, watchers))
         return True
@@ -113,6 +121,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         for t in subs.pop(sid, {}).values():
             t.cancel()
         pending.pop(sid, None)
+        tenant = tenant_of.pop(sid, None)
+        if tenant is not None:
+            connections.give_back(tenant)
         watcher = watchers.pop(sid, None)
         if watcher is not None and watcher is not asyncio.current_task():  # never the watcher disconnecting it
             watcher.cancel()

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     # SSE streams + Socket.IO subscriptions one tenant may hold open on one API process (app/stream_slots.py)
     max_streams_per_tenant: int = Field(1000, ge=1)
+    # Socket.IO connections one tenant may hold open on one API process (each holds a session and a task
+    # re-checking its key, subscribed or not)
+    max_socketio_connections_per_tenant: int = Field(1000, ge=1)
 
     # --- workers
     worker_id: str | None = None  # default: hostname:pid
@@ -141,7 +144,10 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # resolved once, here: sandboxes bind these paths, and bwrap needs them absolute
-        return None if v is None else v.expanduser().resolve()
+        try:
+            return None if v is None else v.expanduser().resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13), "~nobody"
+            raise ValueError(f"cannot resolve {v}: {exc}") from None
 
     @field_validator("audit_key", "secrets_key", mode="before")
     @classmethod
