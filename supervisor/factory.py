@@ -86,14 +86,14 @@ def _kb(kind: str) -> Any:
 
 async def _open_kv(settings: Settings) -> dict[str, Any]:
     if settings.redis_url:
-        from supervisor.stores.redis import RedisEventBus, RedisRateLimiter, RedisRunQueue
+        from supervisor.stores.redis import RedisEventBus, RedisRateLimiter, RedisRunQueue, RedisVelocityLog
         from supervisor.stores.redis.client import open_redis
 
         client = await open_redis(settings.redis_url)
         p = settings.redis_prefix
         bus = RedisEventBus(client, p)
         ports = {"events": bus, "queue": RedisRunQueue(client, p, settings.queue_visibility_s),
-                 "rate": RedisRateLimiter(client, p)}
+                 "rate": RedisRateLimiter(client, p), "velocity": RedisVelocityLog(client, p)}
 
         async def close() -> None:
             await bus.close()

@@ -43,6 +43,9 @@ class Services:
     bundles: BundleStore
     policies: PolicyStore
     kb: Any = None  # knowledge-base store (supervisor.stores.*.kb)
+    # per-user history of velocity rules shared by every node (Redis); None: this process's own is exact
+    # (the embedded stack is one process) - supervisor/chain/policy.py
+    velocity: Any = None
     tools: Any = None  # supervisor.tools.registry.ToolRegistry
     extras: dict[str, Any] = field(default_factory=dict)
     key_checks: KeyChecks = field(default_factory=KeyChecks)  # open streams' key re-checks, shared per key

@@ -16,9 +16,14 @@ History semantics (what velocity and order count):
 * ``after: A`` needs A to have *completed* (returned a result): A that was
   denied, rejected by an approver or failed does not unlock B.
 
-Limitations: histories live in this process. A run is served by one worker,
-so per-run velocity and order are exact; per-user velocity counts only calls
-seen by this process (the cross-node limit is the Redis rate limiter). Memory
+Where histories live: a run is served by one worker, so its history lives in
+this process and per-run velocity and order are exact. A user's runs are
+served by any worker: with ``services.velocity`` (production, Redis:
+supervisor/stores/redis/velocity.py) per-user velocity counts the calls of
+every node - the history is read, the call judged, and recorded only if no
+other node recorded one of that user and tool meanwhile, else judged again.
+Without it (the embedded stack, one process) this process's history is the
+user's. (A redirect hop is judged with this process's copy.) Memory
 is bounded: ``max_runs`` runs and, per tenant, ``max_users`` users (least
 recently used; a tenant evicts only its own users), each at most
 ``MAX_VELOCITY`` timestamps per tool. Evicting a run forgets its history
@@ -66,6 +71,7 @@ __all__ = ["PolicyInterceptor"]
 
 log = logging.getLogger("stockade.policy")
 
+SHARED_TRIES = 16  # judgements of one call against a shared user history another node kept changing
 OFFLOAD_CHARS = 64 * 1024  # argument text above which a policy with regex rules is evaluated on a thread
 OFFLOAD_POLICY_CHARS = 16 * 1024  # a stored policy longer than this is parsed on a thread (512 KiB: ~1.5 s)
 
@@ -159,25 +165,38 @@ class PolicyInterceptor:
         counts = tenant.has_velocity or (bundle is not None and bundle.has_velocity)
         # Per user too when rules count calls: two runs of one user must not both judge against a user history
         # without the other's call (an evaluation on a thread yields the loop). Always run lock, then user lock.
+        # Per-user history shared by every node (production: Redis), read and judged again if another node
+        # recorded a call of this user meanwhile; without it, this process's own history.
+        shared = getattr(call.services, "velocity", None) if counts and _per_user(tenant, bundle) else None
         async with run.lock, (user.lock if counts else contextlib.nullcontext()):
-            now = self._clock()
-            # Snapshots: the engine may run on a thread while other calls append. Histories (up to
-            # MAX_VELOCITY entries each) are copied only when some rule counts calls.
-            req = PolicyRequest(
-                tool=tool, args=args, resource=call.resource, role=b.role, user=b.user_id,
-                project=b.project_id, history=tuple(run.of(tool)) if counts else (),
-                user_history=tuple(user.of(tool)) if counts else (), now=now,
-                seen=frozenset(run.seen), completed=frozenset(run.completed),
-            )
-            v = await self._evaluate(call, tenant, bundle, req)
-            call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
-            call.extra["policy_layer"] = v.layer
-            if v.verdict == "deny":
-                raise self._deny(call, v.reason or "denied by policy", v)
-            if v.replacements:
-                v = await self._downgrade(call, tenant, bundle, req, v)
+            for _ in range(SHARED_TRIES):
+                if shared is not None:
+                    version, ages = await shared.read(b.tenant_id, _principal(b), tool)
+                now = self._clock()
+                # Snapshots: the engine may run on a thread while other calls append. Histories (up to
+                # MAX_VELOCITY entries each) are copied only when some rule counts calls.
+                if shared is not None:
+                    user_history: tuple[tuple[str, float], ...] = tuple((tool, now - age) for age in ages)
+                else:
+                    user_history = tuple(user.of(tool)) if counts else ()
+                req = PolicyRequest(
+                    tool=tool, args=args, resource=call.resource, role=b.role, user=b.user_id,
+                    project=b.project_id, history=tuple(run.of(tool)) if counts else (),
+                    user_history=user_history, now=now, seen=frozenset(run.seen), completed=frozenset(run.completed),
+                )
+                v = await self._evaluate(call, tenant, bundle, req)
                 call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
                 call.extra["policy_layer"] = v.layer
+                if v.verdict == "deny":
+                    raise self._deny(call, v.reason or "denied by policy", v)
+                if v.replacements:
+                    v = await self._downgrade(call, tenant, bundle, req, v)
+                    call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
+                    call.extra["policy_layer"] = v.layer
+                if shared is None or await shared.record(b.tenant_id, _principal(b), tool, version):
+                    break
+            else:
+                raise self._unavailable(call, "the user's call history kept changing under other nodes' calls")
             run.of(tool).append((tool, now))
             run.seen.add(tool)
             user.of(tool).append((tool, now))
@@ -354,6 +373,12 @@ class PolicyInterceptor:
     def _unavailable(call: CallState, why: str) -> StockadeError:
         call.outcome = "policy.unavailable"
         return StockadeError("policy.unavailable", f"{why}; the call was not run")
+
+
+def _per_user(*policies: Policy | None) -> bool:
+    """Some rule counts a user's calls across runs (``velocity: {scope: user}``)."""
+    return any(r.velocity is not None and r.velocity.scope == "user"
+               for p in policies if p is not None and p.has_velocity for r in p.rules)
 
 
 def _principal(b: Any) -> str:

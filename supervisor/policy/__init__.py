@@ -17,6 +17,8 @@ A tenant's policy is one YAML document (``PUT /v1/policy``)::
           args.n: {gt: 100}        # eq ne in not_in gt gte lt lte contains matches
         content: "(?i)password"    # optional RE2 pattern(s) searched in every argument string and key
         velocity: {max: 5, per_s: 60, scope: run}   # matches when this call would be the 6th in 60 s
+        #   scope: run counts this run's calls; scope: user counts the user's (else the key's) calls in all
+        #   their runs - on every worker (production: the history is in Redis)
         order: {after: kb.search}  # matches while no kb.search has completed in this run
         # order: {not_after: storage.read}  # matches once storage.read passed policy in this run
         verdict: deny              # allow | deny | require_approval | delay | downgrade
