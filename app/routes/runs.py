@@ -14,8 +14,7 @@ from app.deps import MAX_ID, READ_ROLES, WRITE_ROLES, require_role, runtime
 from app.sse import event_stream
 from app.strict_json import StrictJSONRoute
 from supervisor.audit.canonical import canonical, sha256_hex
-from supervisor.audit.chain import record_problem
-from supervisor.audit.receipts import build_receipt, sign_receipt
+from supervisor.audit.receipts import build_receipt, check_before_signing, sign_receipt
 from supervisor.chain.approval import withdraw_run
 from supervisor.errors import StockadeError
 from supervisor.events import finish_run_anywhere
@@ -219,9 +218,5 @@ async def run_receipt(run_id: str, rt: Any = Depends(runtime), p: Principal = De
             break
         after = page[-1].seq
     head = await audit.head(p.tenant_id)
-    for rec in [*records, head] if head is not None else records:
-        # never sign what the chain refuses: the signature would vouch for a database writer's edit
-        if (problem := record_problem(p.tenant_id, rec, rt.sealer)) is not None:
-            raise StockadeError("audit.corrupt", f"audit record {rec.seq} fails verification ({problem}); "
-                                                 "run `stockade audit verify`")
+    await check_before_signing(audit, p.tenant_id, records, head, rt.sealer)  # else audit.corrupt, nothing signed
     return sign_receipt(build_receipt(run, records, head), rt.signing_key)

@@ -16,9 +16,48 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from supervisor.audit.canonical import canonical
+from supervisor.audit.chain import ChainVerifier, Sealer, record_problem
+from supervisor.errors import StockadeError
 from supervisor.stores.records import AuditRecord, Run
 
-__all__ = ["build_receipt", "load_receipt", "sign_receipt", "verify_receipt"]
+__all__ = ["build_receipt", "check_before_signing", "load_receipt", "sign_receipt", "verify_receipt"]
+
+_PAGE = 1000
+
+
+async def check_before_signing(audit: Any, tenant_id: str, records: list[AuditRecord], head: AuditRecord | None,
+                               sealer: Sealer) -> None:
+    """Raise ``audit.corrupt`` unless the chain vouches for what a receipt of ``records`` would say.
+
+    Never sign what the chain refuses: the signature would vouch for a database writer's edit. Every record
+    of the tenant's chain from the run's first record to its last is checked - content, MAC, and that each
+    links to the one before - so a record of the run deleted (or slipped in) between them is caught, not
+    just an edited one; then the chain head. Costs one read of the records written while the run ran.
+    """
+    def corrupt(seq: int, problem: str) -> StockadeError:
+        return StockadeError("audit.corrupt", f"audit record {seq} fails verification ({problem}); "
+                                              "run `stockade audit verify`")
+
+    if records:
+        first, last = records[0], records[-1]
+        verifier = ChainVerifier(tenant_id, sealer)
+        verifier.prev_hash, verifier.last_seq = first.prev_hash, first.seq - 1
+        after = first.seq - 1
+        while after < last.seq:
+            page = await audit.list(tenant_id, after_seq=after, limit=_PAGE)
+            if not page:
+                raise corrupt(after + 1, "sequence gap: the run's records are no longer in the chain")
+            for rec in page:
+                if rec.seq > last.seq:
+                    break
+                brk = verifier.feed(rec)
+                if brk is not None:
+                    raise corrupt(brk.seq, brk.problem)
+            after = page[-1].seq
+        if verifier.last_seq != last.seq:
+            raise corrupt(verifier.last_seq + 1, "sequence gap (record deleted or inserted)")
+    if head is not None and (problem := record_problem(tenant_id, head, sealer)) is not None:
+        raise corrupt(head.seq, problem)
 
 def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None) -> dict[str, Any]:
     spans = []

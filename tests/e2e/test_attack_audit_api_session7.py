@@ -129,3 +129,22 @@ async def test_a_receipt_over_a_chain_whose_tail_was_cut(node):
         assert r.json()["detail"] == "the chain's head row names record 5 (records deleted from the end)"
     else:
         assert r.status_code == 200 and r.json()["chain_head"]["seq"] == 3
+
+
+@pytest.mark.parametrize("deleted", [2, 4], ids=["a-record-of-the-run", "another-runs-record-mid-run"])
+async def test_a_receipt_over_a_run_with_a_record_deleted_mid_run_is_refused(node, deleted):
+    """Session 8 (carried over): each remaining record of the run still verified on its own, so the
+    supervisor signed a receipt without the deleted call - as if it never happened. Every record between
+    the run's first and last is now checked to link to the one before it."""
+    tid, run_id, c = await _tenant_with_records(node, 2)  # seq 1, 2
+    await node.rt.recorder.record(tid, "tool.allowed", run_id="run_other", tool="echo")  # seq 3
+    await node.rt.recorder.record(tid, "tool.allowed", run_id="run_other", tool="echo")  # seq 4
+    await node.rt.recorder.record(tid, "tool.completed", run_id=run_id, tool="echo")  # seq 5
+    pem = (await c.get("/v1/receipts/public-key")).text
+    intact = await c.get(f"/v1/runs/{run_id}/receipt")
+    assert intact.status_code == 200 and verify_receipt(intact.json(), pem)
+    assert [s["seq"] for s in intact.json()["spans"]] == [1, 2, 5]
+    await tamper(_db(node), f"DELETE FROM audit_log WHERE tenant_id = ? AND seq = {deleted}", tid)
+    r = await c.get(f"/v1/runs/{run_id}/receipt")
+    assert r.status_code == 500 and r.json()["code"] == "audit.corrupt", r.text[:300]
+    assert r.json()["detail"].startswith(f"audit record {deleted + 1} fails verification (sequence gap"), r.json()
