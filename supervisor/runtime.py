@@ -27,6 +27,8 @@ from supervisor.settings import Settings
 __all__ = ["Runtime", "open_runtime"]
 
 log = logging.getLogger("stockade.runtime")
+_PRUNE_BATCH = 1000  # idempotency keys deleted per statement
+_PRUNE_BATCHES = 10  # statements per sweep
 
 
 @dataclass
@@ -109,12 +111,28 @@ class Runtime:
             try:
                 await s.ledger.sweep(now)
                 await s.approvals.expire_due(now)
+                await self.prune_idempotency_keys(now)
                 await self.requeue_orphans(now)
                 await self.end_abandoned_runs()
                 await self._reap_orphans()
             except Exception:
                 self.abandoned.forget()  # its watch needs consecutive successful sweeps
                 log.warning("sweep failed", exc_info=True)
+
+    async def prune_idempotency_keys(self, now: float) -> int:
+        """Drop tool-call idempotency keys past ``idempotency_ttl_s`` (each holds its result, replayed to
+        repeats: without this the table only grew). A pending key - its claimant may still hold it through
+        an approval wait and the tool's run, or was lost - is kept a day past both. At most
+        ``_PRUNE_BATCHES`` batches a sweep: a backlog drains over several sweeps, none of them long."""
+        done_before = now - self.settings.idempotency_ttl_s
+        pending_before = done_before - self.settings.approval_ttl_s - 86_400
+        pruned = 0
+        for _ in range(_PRUNE_BATCHES):
+            n = await self.services.idempotency.prune(done_before, pending_before, _PRUNE_BATCH)
+            pruned += n
+            if n < _PRUNE_BATCH:
+                break
+        return pruned
 
     async def _reap_orphans(self) -> None:
         """Kill sandbox children left blocked by an earlier supervisor killed mid-setup (sandbox.orphans)."""

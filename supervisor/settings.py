@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     reservation_ttl_s: float = Field(120.0, gt=0, le=_MAX_S)
     approval_ttl_s: float = Field(3600.0, gt=0, le=_MAX_S)
     sweep_interval_s: float = Field(5.0, gt=0, le=_MAX_S)
+    # how long a tool call's idempotency key (and the result replayed to its repeats) is kept; older ones
+    # are pruned by the sweeper, so a repeat after that runs again (as Stripe's keys expire after 24 h)
+    idempotency_ttl_s: float = Field(86_400.0, ge=3600, le=_MAX_S)
 
     # --- secrets (never enter a sandbox)
     openai_api_key: SecretStr | None = None

@@ -438,3 +438,18 @@ async def test_a_request_removed_behind_the_stores_back_fails_the_call_closed(ch
     assert isinstance(res, StockadeError) and res.code == "approval.rejected", res
     assert chain.tool.runs == 0 and (await chain.kinds(run))[-1] == "approval.rejected"
 
+
+
+async def test_the_sweeper_prunes_keys_past_their_ttl_and_a_repeat_then_runs_again(chain):
+    """Session 8: a key and its result were kept for ever. Past ``idempotency_ttl_s`` the sweep drops it
+    (a day in; a repeat within it is still deduped), and a repeat then runs the tool again, as with Stripe."""
+    chain.tool.release.set()
+    first = await chain.call(await chain.run(), {"x": 1}, key="order-9")
+    again = await chain.call(await chain.run(), {"x": 1}, key="order-9")
+    assert first == again and chain.tool.runs == 1
+    ttl = chain.rt.settings.idempotency_ttl_s
+    assert await chain.rt.prune_idempotency_keys(time.time() + ttl - 60) == 0  # not yet due
+    assert await chain.call(await chain.run(), {"x": 1}, key="order-9") == first and chain.tool.runs == 1
+    assert await chain.rt.prune_idempotency_keys(time.time() + ttl + 60) >= 1
+    later = await chain.call(await chain.run(), {"x": 1}, key="order-9")
+    assert chain.tool.runs == 2 and later != first

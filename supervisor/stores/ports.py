@@ -173,6 +173,10 @@ class IdempotencyStore(Protocol):
     async def complete(self, tenant_id: str, key: str, result: dict[str, Any]) -> None: ...
     async def abandon(self, tenant_id: str, key: str) -> None: ...  # the call failed before a side effect
     async def get(self, tenant_id: str, key: str) -> IdempotencyEntry | None: ...
+    async def prune(self, done_before: float, pending_before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` keys of any tenant: done ones created before ``done_before``, pending
+        ones before ``pending_before``. Returns how many went."""
+        ...
 
 
 class Ledger(Protocol):

@@ -75,3 +75,31 @@ async def test_concurrent_begin_exactly_one_claimant(ctx):
         results = await asyncio.gather(*(claim(barrier, f"race-{round_}") for _ in range(n)))
         assert sum(1 for r in results if r is None) == 1
         assert all(r.state == "pending" for r in results if r is not None)
+
+
+async def test_prune_drops_old_keys_done_before_pending(ctx):
+    """Keys were never pruned: every side-effect call left a row holding its result for ever (session 8)."""
+    sql_db, idem, t = ctx
+    other = await sql_db.new_tenant()
+    for tenant in (t, other):
+        for key, at in (("old-done", 1000.0), ("new-done", 3000.0), ("old-pending", 1000.0), ("ancient-pending", 100.0)):
+            assert await idem.begin(tenant, key, at) is None
+            if key.endswith("done"):
+                await idem.complete(tenant, key, {"result": {"big": "x" * 1000}})
+    n = await idem.prune(done_before=2000.0, pending_before=500.0)
+    assert n >= 4  # both tenants' old done and ancient pending keys (others of this database may go too)
+    for tenant in (t, other):
+        assert await idem.get(tenant, "old-done") is None and await idem.get(tenant, "ancient-pending") is None
+        assert (await idem.get(tenant, "new-done")).state == "done"
+        assert (await idem.get(tenant, "old-pending")).state == "pending"  # its claimant may still hold it
+    assert await idem.begin(t, "old-done", 4000.0) is None  # a repeat after that runs again
+
+
+async def test_prune_goes_in_batches(ctx):
+    _, idem, t = ctx
+    for i in range(7):
+        assert await idem.begin(t, f"b{i}", 50.0 + i) is None
+        await idem.complete(t, f"b{i}", {})
+    assert await idem.prune(done_before=60.0, pending_before=0.0, limit=3) == 3
+    assert [await idem.get(t, f"b{i}") is None for i in range(7)] == [True] * 3 + [False] * 4  # oldest first
+    assert await idem.prune(done_before=60.0, pending_before=0.0, limit=100) == 4

@@ -68,3 +68,12 @@ class PgIdempotencyStore:
                 f"SELECT {IDEM_COLS} FROM idempotency_keys WHERE tenant_id = $1 AND key = $2", tenant_id, key
             )
         return to_idem(row) if row else None
+
+    async def prune(self, done_before: float, pending_before: float, limit: int = 1000) -> int:
+        async with self._db.system_tx() as c:
+            status = await c.execute(
+                "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
+                " WHERE created_at < $1 AND (state = 'done' OR created_at < $2) ORDER BY created_at LIMIT $3)",
+                done_before, pending_before, limit,
+            )
+        return int(status.split()[-1])

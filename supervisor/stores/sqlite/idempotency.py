@@ -57,4 +57,12 @@ class SqliteIdempotencyStore:
         row = self._db.query_one(f"SELECT {IDEM_COLS} FROM idempotency_keys WHERE tenant_id = ? AND key = ?", (tenant_id, key))
         return to_idem(row) if row else None
 
+    async def prune(self, done_before: float, pending_before: float, limit: int = 1000) -> int:
+        def delete(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "DELETE FROM idempotency_keys WHERE (tenant_id, key) IN (SELECT tenant_id, key FROM idempotency_keys"
+                " WHERE created_at < ? AND (state = 'done' OR created_at < ?) ORDER BY created_at LIMIT ?)",
+                (done_before, pending_before, limit),
+            ).rowcount
 
+        return await self._db.write(delete, one_statement=True)
