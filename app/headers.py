@@ -5,13 +5,15 @@ sniffed into HTML), ``Referrer-Policy: no-referrer`` and ``X-Frame-Options: DENY
 the node may be framed: the approvals side bar is not clickjackable). The web UI under ``/ui/``
 also gets a strict Content-Security-Policy: its own script and style files only, no inline
 script, no plugins, fetches to this origin only, and Trusted Types so that no string can ever
-be assigned to ``innerHTML`` (the UI builds its DOM with ``textContent``). The API docs
-(``/docs``, which load their script from a CDN) get the first three only.
+be assigned to ``innerHTML`` (the UI builds its DOM with ``textContent``). The API docs under
+``/docs`` (served by the node: app/docs.py) get one as strict but for style attributes.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from app.docs import DOCS_CSP
 
 __all__ = ["UI_CSP", "SecurityHeaders"]
 
@@ -22,6 +24,7 @@ UI_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'sel
 _COMMON = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
            (b"x-frame-options", b"DENY")]
 _UI = [*_COMMON, (b"content-security-policy", UI_CSP.encode())]
+_DOCS = [*_COMMON, (b"content-security-policy", DOCS_CSP.encode())]
 
 
 class SecurityHeaders:
@@ -33,7 +36,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        extra = _UI if path == "/ui" or path.startswith("/ui/") else _COMMON
+        if path == "/ui" or path.startswith("/ui/"):
+            extra = _UI
+        elif path == "/docs" or path.startswith("/docs/"):
+            extra = _DOCS
+        else:
+            extra = _COMMON
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.middleware.cors import CORSMiddleware
 
+from app.docs import install_docs
 from app.guard import Guard
 from app.head import HeadAsGet
 from app.headers import SecurityHeaders
@@ -33,7 +34,7 @@ UI_DIR = _ui_dir()
 
 
 def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
-    app = FastAPI(title="Stockade", version="0.1.0",
+    app = FastAPI(title="Stockade", version="0.1.0", docs_url=None, redoc_url=None,  # app/docs.py: no CDN
                   description="Self-hosted, multi-tenant runtime for AI agents. Errors are RFC 9457 problem+json with a stable `code`.")
     rt.metrics = getattr(rt, "metrics", None) or Metrics()
     rt.stream_slots = getattr(rt, "stream_slots", None) or StreamSlots(rt.settings.max_streams_per_tenant)
@@ -41,6 +42,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
     app.state.runtime = rt
     install_problem_handlers(app)
     install_openapi(app)
+    install_docs(app)
     max_body = rt.settings.max_body_bytes
 
     if rt.settings.cors_origins:

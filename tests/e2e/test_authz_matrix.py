@@ -60,8 +60,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/receipts/public-key"): Row("public", PUBLIC_ROLES),
     ("GET", "/openapi.json"): Row("public", PUBLIC_ROLES),
     ("GET", "/docs"): Row("public", PUBLIC_ROLES),
-    ("GET", "/docs/oauth2-redirect"): Row("public", PUBLIC_ROLES),
-    ("GET", "/redoc"): Row("public", PUBLIC_ROLES),
+    ("GET", "/docs/assets/init.js"): Row("public", PUBLIC_ROLES),
+    ("GET", "/docs/assets/{name}"): Row("public", PUBLIC_ROLES),
     ("GET", "/"): Row("public", PUBLIC_ROLES, 307),
     ("GET", "/ui/"): Row("public", PUBLIC_ROLES),
     ("GET", "/ui/{name}"): Row("public", PUBLIC_ROLES),
@@ -242,6 +242,8 @@ class World:
         if "{name}" in path:
             if path.startswith("/ui/"):
                 path = path.replace("{name}", "index.html")
+            elif path.startswith("/docs/"):
+                path = path.replace("{name}", "swagger-ui.css")
             else:
                 name = "ghost" if missing else (await self.mcp_server() if fresh else self.mcp_a)
                 path = path.replace("{name}", name)

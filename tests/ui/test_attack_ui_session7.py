@@ -151,30 +151,37 @@ SNOOP = """window.__found = JSON.stringify({
 
 async def test_the_api_key_is_not_left_for_other_pages_of_the_origin(ui: UI) -> None:
     """The UI kept the key in localStorage: any page of the origin could read it, for ever after, and
-    /docs runs a CDN's script (swagger-ui-dist@5, unpinned). A compromised CDN took every tenant admin's
-    key that ever used the UI in that browser. The key stays in the page's memory only."""
+    /docs ran a CDN's script (swagger-ui-dist@5, unpinned). A compromised CDN took every tenant admin's
+    key that ever used the UI in that browser. The key stays in the page's memory only; and since session
+    8 /docs loads nothing from anywhere but the node (app/docs.py). Whatever script runs on another page
+    of the origin finds no key."""
     page = ui.page
     context = page.context
+    elsewhere: list[str] = []
 
-    async def cdn(route) -> None:  # type: ignore[no-untyped-def]
-        if route.request.url.endswith(".js"):
-            await route.fulfill(status=200, content_type="text/javascript", body=SNOOP)
-        else:
-            await route.abort()  # no test reaches the internet
+    async def offsite(route) -> None:  # type: ignore[no-untyped-def]
+        elsewhere.append(route.request.url)
+        await route.abort()  # no test reaches the internet
 
-    await context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/]).*"), cdn)
+    await context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/]).*"), offsite)
     key = await connected(ui)
     bubble = await say(ui, "echo", "hello")
     await expect(bubble.locator(".meta")).to_have_text("done")
     docs = await context.new_page()  # another tab of the same browser, same origin
+    refused: list[str] = []  # what the docs' Content-Security-Policy had to block (nothing: it needs none of it)
+    docs.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     await docs.goto(ui.node.base_url + "/docs")
-    await docs.wait_for_function("window.__found !== undefined")
+    await expect(docs.locator(".opblock").first).to_be_visible(timeout=20_000)  # Swagger UI rendered the API
+    await docs.evaluate(SNOOP)  # what any script of the origin could read
     found = await docs.evaluate("window.__found")
     assert key not in found, found
     await page.goto(ui.node.base_url + "/docs")  # the same tab, navigated away from the UI
-    await page.wait_for_function("window.__found !== undefined")
+    await expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
+    await page.evaluate(SNOOP)
     found = await page.evaluate("window.__found")
     assert key not in found, found
+    assert elsewhere == [], elsewhere  # /docs asked no other host for anything
+    assert refused == [], refused
     # back in the UI: it asks for the key again
     await page.goto(ui.node.base_url + "/ui/")
     await expect(page.locator("#api-key")).to_have_value("")
