@@ -21,6 +21,7 @@ from app.strict_json import StrictJSONRoute
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.tenancy import Principal
+from supervisor.tools.mcp import redact_query
 
 __all__ = ["router"]
 
@@ -58,7 +59,7 @@ def _tool_json(p: Any, change: str | None = None) -> dict[str, Any]:
 
 
 def _server_json(s: Any, tools: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": s.name, "url": s.url, "created_at": s.created_at, "created_by": s.created_by,
+    return {"name": s.name, "url": redact_query(s.url), "created_at": s.created_at, "created_by": s.created_by,
             "header_names": sorted(s.headers), "tools": tools}
 
 
@@ -67,7 +68,7 @@ async def register_server(body: RegisterBody, rt: Any = Depends(runtime),
                           p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     server, pins, skipped = await _service(rt).register(p.tenant_id, body.name, body.url, body.headers, key_id=p.key_id)
     await rt.recorder.record(p.tenant_id, "mcp.server.registered", tool=f"mcp.{server.name}.*", detail={
-        "key_id": p.key_id, "server": server.name, "url": server.url,
+        "key_id": p.key_id, "server": server.name, "url": redact_query(server.url),
         "tools": {t.name: t.def_hash for t in pins}, "skipped": skipped})
     return {**_server_json(server, [_tool_json(t) for t in pins]), "skipped": skipped}
 

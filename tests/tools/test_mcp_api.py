@@ -162,3 +162,29 @@ async def test_bundle_calls_mcp_tools_through_the_chain(node, server):
     audit = (await c.get("/v1/audit", params={"limit": 1000})).json()["data"]
     quarantined = [a for a in audit if a["tool"] == "mcp.calc.add" and a["code"] == "tool.quarantined"]
     assert len(quarantined) == 1
+
+
+async def test_a_credential_in_the_url_query_is_never_shown(node, server):
+    """Hosted MCP servers often take their key in the query (``?api_key=...``). The URL was shown to
+    every reader of the tenant and written to the append-only audit log as given (session 8)."""
+    _, c = await _admin(node)
+    url = server.url + "?api_key=Q-SEKRET-t0ken%2Bx&plain"
+    r = await c.post("/v1/mcp/servers", json={"name": "calc", "url": url})
+    assert r.status_code == 201, r.text
+    assert r.json()["url"] == server.url + "?api_key=[redacted]&plain"
+    assert (await c.post("/v1/mcp/servers/calc/refresh")).status_code == 200  # the stored URL is whole
+    shown = [(await c.get("/v1/mcp/servers")).text, (await c.get("/v1/mcp/servers/calc")).text,
+             (await c.get("/v1/audit")).text]
+    assert all("SEKRET" not in text for text in shown), shown
+
+
+def test_query_values_are_cut_out_of_what_the_network_says():
+    from supervisor.tools.mcp._client import map_error
+    from supervisor.tools.mcp._egress import query_secrets, redact_query
+
+    url = "https://mcp.example/s/mcp?key=abc%2Bdef123456&x=&flag"
+    assert redact_query(url) == "https://mcp.example/s/mcp?key=[redacted]&x=&flag"
+    assert redact_query("https://mcp.example/mcp") == "https://mcp.example/mcp"
+    err = map_error(RuntimeError(f"Client error '401' for url '{url}' (abc+def123456)"), "mcp.calc.add",
+                    secrets=query_secrets(url))
+    assert "abc" not in err.detail and "[redacted]" in err.detail, err.detail

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.errors import StockadeError
-from supervisor.tools.mcp._egress import check_url, resolve_target
+from supervisor.tools.mcp._egress import check_url, query_secrets, resolve_target
 from supervisor.tools.mcp._headers import check_headers
 from supervisor.tools.mcp._pool import ClientPool
 from supervisor.tools.mcp._schema import check_arguments
@@ -154,7 +154,7 @@ class McpService:
         except Exception as exc:
             from supervisor.tools.mcp._client import map_error
 
-            err = map_error(exc, pin.full_name, secrets=server.headers.values())
+            err = map_error(exc, pin.full_name, secrets=[*server.headers.values(), *query_secrets(server.url)])
             if err.code == "tool.unavailable":
                 self._pool.discard(key)
             raise err from None
@@ -181,7 +181,7 @@ class McpService:
             raise
         except Exception as exc:
             err = map_error(exc, f"MCP server {server.name}", protocol_code="tool.unavailable",
-                            secrets=server.headers.values())
+                            secrets=[*server.headers.values(), *query_secrets(server.url)])
             code = err.code if err.code == "egress.blocked" else "tool.unavailable"
             raise StockadeError(code, err.detail, **err.extra) from None
 
