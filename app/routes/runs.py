@@ -26,6 +26,7 @@ from supervisor.tenancy import Principal, check_membership
 __all__ = ["router", "run_json"]
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=StrictJSONRoute)
+PAGE_BYTES = 16 * 1024 * 1024  # of inputs and answers in one page of GET /v1/runs (at least one run)
 
 
 class _EventStream(StreamingResponse):
@@ -146,10 +147,20 @@ def _replay(run: Run, request_hash: str, p: Principal) -> JSONResponse:
 @router.get("")
 async def list_runs(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES)),
                     limit: int = Query(50, ge=1, le=200),
-                    before: float | None = Query(None, allow_inf_nan=False)) -> dict[str, Any]:
+                    before: float | None = Query(None, allow_inf_nan=False),
+                    before_id: str | None = Query(None, min_length=1, max_length=64,
+                                                  pattern=r"^[A-Za-z0-9_-]+$")) -> dict[str, Any]:
+    # the cursor is (created_at, id): runs created at the same instant (two API replicas) straddling a
+    # page's end were skipped by a created_at alone
+    if before_id is not None and before is None:
+        raise StockadeError("input.invalid", "before_id goes with before (both from the previous page)")
     runs = await rt.services.runs.list_runs(p.tenant_id, limit=limit, before=before, user_id=p.user_id,
-                                            project_id=p.project_id)
-    return {"data": [run_json(r) for r in runs], "next_before": runs[-1].created_at if len(runs) == limit else None}
+                                            project_id=p.project_id, before_id=before_id, max_bytes=PAGE_BYTES)
+    # a page cut short by its size (a run holds up to 256 KiB of input and an answer up to the output
+    # limit: 200 of them were gigabytes in this process) goes on like a full one
+    more = len(runs) == limit or sum(len(r.input.encode()) + len((r.output or "").encode()) for r in runs) >= PAGE_BYTES
+    return {"data": [run_json(r) for r in runs], "next_before": runs[-1].created_at if more else None,
+            "next_before_id": runs[-1].id if more else None}
 
 
 @router.get("/{run_id}")

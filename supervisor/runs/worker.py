@@ -20,6 +20,7 @@ from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
+from supervisor.runs.history import conversation_history
 from supervisor.runs.lost import RunBeat, end_lost
 from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
 from supervisor.runs.warm import copy_bundle
@@ -230,7 +231,8 @@ class Worker:
         try:
             history = []
             if run.conversation_id:
-                history = await s.runs.conversation_history(run.tenant_id, run.conversation_id, run.id)
+                history = await conversation_history(s.runs, run.tenant_id, run.conversation_id, run.id,
+                                                     self.settings.sandbox_max_frame_bytes, run.input)
             binding = Binding(
                 tenant_id=run.tenant_id, run_id=run.id, bundle=run.bundle, bundle_version=run.bundle_version,
                 project_id=run.project_id, user_id=run.user_id, key_id=run.key_id,

@@ -25,6 +25,7 @@ from supervisor.stores.records import (
 
 __all__ = [
     "APIKEY_COLS", "APPROVAL_COLS", "APPROVAL_DECISIONS", "APPROVAL_STATUSES", "AUDIT_COLS", "GENESIS_HASH", "bundle_dict",
+    "HISTORY_RUN_BYTES",
     "IDEM_COLS", "RUN_COLS", "UPDATABLE_RUN_FIELDS", "audit_record", "check_limit", "check_name", "check_new_run_status",
     "check_run_fields", "decision_outcome", "dumps", "load_audit_detail", "normalize_audit_fields",
 ]
@@ -42,6 +43,9 @@ APPROVAL_COLS = _cols(Approval)
 IDEM_COLS = _cols(IdempotencyEntry)
 
 GENESIS_HASH = "0" * 64  # prev_hash of a chain's first record
+# what a run of a conversation counts in conversation_history's max_bytes besides its input and output: the
+# JSON of its two turns around them (else ten thousand runs with empty inputs would count nothing)
+HISTORY_RUN_BYTES = 64
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
 APPROVAL_DECISIONS = frozenset({"approved", "rejected", "expired"})
 

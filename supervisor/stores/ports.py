@@ -75,7 +75,13 @@ class RunStore(Protocol):
     async def get_run(self, tenant_id: str, run_id: str) -> Run | None: ...
     async def get_run_any_tenant(self, run_id: str) -> Run | None: ...  # workers only
     async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
-                        user_id: str | None = None, project_id: str | None = None) -> list[Run]: ...  # None: any
+                        user_id: str | None = None, project_id: str | None = None,
+                        before_id: str | None = None, max_bytes: int | None = None) -> list[Run]:
+        """Newest first. The cursor: runs created before ``before``, or at ``before`` with an id below
+        ``before_id`` (runs share a created_at: a page may end inside such a group). None: any.
+        ``max_bytes``: the page ends with the run that brings its inputs and outputs (UTF-8) to that many
+        bytes or more (the first run always comes)."""
+        ...
     async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]: ...  # workers
     async def ended_among(self, run_ids: list[str]) -> set[str]:  # workers: which of these are over
         """The ids among ``run_ids`` whose run has a terminal status (any tenant), in one query."""
@@ -106,8 +112,11 @@ class RunStore(Protocol):
         """
         ...
     async def events_after(self, tenant_id: str, run_id: str, after: int, limit: int = 1000) -> list[Event]: ...
-    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
-        """Earlier turns as [{"role": "user"|"assistant", "content": ...}], oldest first."""
+    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str,
+                                   max_bytes: int | None = None) -> list[dict[str, str]]:
+        """Earlier turns as [{"role": "user"|"assistant", "content": ...}], oldest first. ``max_bytes``: only
+        the newest runs whose inputs and outputs (UTF-8) add up to at most that many bytes, each run whole,
+        each counting ``HISTORY_RUN_BYTES`` more (the JSON around its turns)."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import RUN_COLS, check_new_run_status, check_run_fields, dumps
+from supervisor.stores._common import HISTORY_RUN_BYTES, RUN_COLS, check_new_run_status, check_run_fields, dumps
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error, to_run
 from supervisor.stores.postgres.db import PgDB
@@ -70,13 +70,21 @@ class PgRunStore:
         return to_run(row) if row else None
 
     async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
-                        user_id: str | None = None, project_id: str | None = None) -> list[Run]:
+                        user_id: str | None = None, project_id: str | None = None,
+                        before_id: str | None = None, max_bytes: int | None = None) -> list[Run]:
         async with self._db.tenant_tx(tenant_id) as c:
+            # summed over the page's rows only (at most ``limit``), inside the database
             rows = await c.fetch(
-                f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND ($2::float8 IS NULL OR created_at < $2)"
+                f"SELECT {RUN_COLS} FROM (SELECT *, SUM(octet_length(input) + COALESCE(octet_length(output), 0))"
+                "   OVER (ORDER BY created_at DESC, id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier"
+                f" FROM (SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND ($2::float8 IS NULL OR created_at < $2"
+                "   OR ($6::text IS NOT NULL AND created_at = $2 AND id < $6))"
                 " AND ($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR project_id = $5)"
-                " ORDER BY created_at DESC, id DESC LIMIT $3",
-                tenant_id, before, _limit(limit), user_id, project_id,
+                " ORDER BY created_at DESC, id DESC LIMIT $3) page) sized"
+                " WHERE $7::bigint IS NULL OR earlier IS NULL OR earlier < $7::bigint"
+                " ORDER BY created_at DESC, id DESC",
+                tenant_id, before, _limit(limit), user_id, project_id, before_id,
+                None if max_bytes is None else int(max_bytes),
             )
         return [to_run(r) for r in rows]
 
@@ -213,19 +221,24 @@ class PgRunStore:
             )
         return [Event(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
-    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
+    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str,
+                                   max_bytes: int | None = None) -> list[dict[str, str]]:
         """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown), of the
         same user and project as ``before_run`` (none if it is unknown): a conversation id is not a way into
-        another user's conversation (``Principal.sees``)."""
+        another user's conversation (``Principal.sees``). ``max_bytes``: the newest runs only, whose inputs and
+        outputs add up to at most that (summed newest first in the query: an old 8 MiB answer is never read)."""
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
-                "SELECT r.input, r.output FROM runs r"
-                " LEFT JOIN runs a ON a.tenant_id = $1 AND a.id = $3"
-                " WHERE r.tenant_id = $1 AND r.conversation_id = $2 AND r.id <> $3"
-                "   AND r.user_id IS NOT DISTINCT FROM a.user_id AND r.project_id IS NOT DISTINCT FROM a.project_id"
-                "   AND (a.id IS NULL OR (r.created_at, r.id) < (a.created_at, a.id))"
-                " ORDER BY r.created_at, r.id",
-                tenant_id, conversation_id, before_run,
+                "SELECT input, output FROM ("
+                f"  SELECT r.input, r.output, r.created_at, r.id, SUM({HISTORY_RUN_BYTES} + octet_length(r.input)"
+                "    + COALESCE(octet_length(r.output), 0)) OVER (ORDER BY r.created_at DESC, r.id DESC) AS total"
+                "  FROM runs r LEFT JOIN runs a ON a.tenant_id = $1 AND a.id = $3"
+                "  WHERE r.tenant_id = $1 AND r.conversation_id = $2 AND r.id <> $3"
+                "    AND r.user_id IS NOT DISTINCT FROM a.user_id AND r.project_id IS NOT DISTINCT FROM a.project_id"
+                "    AND (a.id IS NULL OR (r.created_at, r.id) < (a.created_at, a.id))"
+                ") t WHERE $4::bigint IS NULL OR total <= $4::bigint"
+                " ORDER BY created_at, id",
+                tenant_id, conversation_id, before_run, None if max_bytes is None else int(max_bytes),
             )
         turns: list[dict[str, str]] = []
         for r in rows:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import RUN_COLS, check_new_run_status, check_run_fields, dumps
+from supervisor.stores._common import HISTORY_RUN_BYTES, RUN_COLS, check_new_run_status, check_run_fields, dumps
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.records import RUN_STATUSES, TERMINAL_STATUSES, Event, Run
 from supervisor.stores.sqlite._rows import integrity_error, to_run
@@ -65,15 +65,27 @@ class SqliteRunStore:
         return to_run(row) if row else None
 
     async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
-                        user_id: str | None = None, project_id: str | None = None) -> list[Run]:
+                        user_id: str | None = None, project_id: str | None = None,
+                        before_id: str | None = None, max_bytes: int | None = None) -> list[Run]:
         sql = f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?"
         params: list[Any] = [tenant_id]
+        if before is not None and before_id is not None:
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [before, before, before_id]
+            before = None
         for column, value in (("created_at <", before), ("user_id =", user_id), ("project_id =", project_id)):
             if value is not None:
                 sql += f" AND {column} ?"
                 params.append(value)
         params.append(_limit(limit))
-        return [to_run(r) for r in self._db.query(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", params)]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        if max_bytes is not None:  # summed over the page's rows only (at most ``limit``), inside the database
+            sql = (f"SELECT {RUN_COLS} FROM (SELECT {RUN_COLS}, SUM(length(CAST(input AS BLOB))"
+                   " + COALESCE(length(CAST(output AS BLOB)), 0)) OVER (ORDER BY created_at DESC, id DESC"
+                   f" ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier FROM ({sql}))"
+                   " WHERE earlier IS NULL OR earlier < ? ORDER BY created_at DESC, id DESC")
+            params.append(int(max_bytes))
+        return [to_run(r) for r in self._db.query(sql, params)]
 
     async def list_runs_by_status(self, statuses: tuple[str, ...], limit: int = 1000) -> list[Run]:
         if not statuses or any(s not in RUN_STATUSES for s in statuses):
@@ -200,23 +212,29 @@ class SqliteRunStore:
         )
         return [Event(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
 
-    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str) -> list[dict[str, str]]:
+    async def conversation_history(self, tenant_id: str, conversation_id: str, before_run: str,
+                                   max_bytes: int | None = None) -> list[dict[str, str]]:
         """Turns of the conversation's runs created before ``before_run`` (all others if it is unknown), of the
         same user and project as ``before_run`` (none if it is unknown): a conversation id is not a way into
-        another user's conversation (``Principal.sees``)."""
+        another user's conversation (``Principal.sees``). ``max_bytes``: the newest runs only, whose inputs and
+        outputs add up to at most that (summed newest first in the query: an old 8 MiB answer is never read)."""
         anchor = self._db.query_one(
             "SELECT created_at, id, user_id, project_id FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, before_run))
-        sql = ("SELECT input, output FROM runs WHERE tenant_id = ? AND conversation_id = ? AND id <> ?"
-               " AND user_id IS ? AND project_id IS ?")
+        where = "WHERE tenant_id = ? AND conversation_id = ? AND id <> ? AND user_id IS ? AND project_id IS ?"
         params: list[Any] = [tenant_id, conversation_id, before_run,
                              anchor[2] if anchor else None, anchor[3] if anchor else None]
         if anchor is not None:
-            sql += " AND (created_at, id) < (?, ?)"
+            where += " AND (created_at, id) < (?, ?)"
             params += [anchor[0], anchor[1]]
+        sql = (f"SELECT input, output, created_at, id, SUM({HISTORY_RUN_BYTES} + length(CAST(input AS BLOB))"
+               " + COALESCE(length(CAST(output AS BLOB)), 0)) OVER (ORDER BY created_at DESC, id DESC) AS total"
+               f" FROM runs {where}")
+        if max_bytes is not None:
+            sql = f"SELECT input, output, created_at, id FROM ({sql}) WHERE total <= ?"
+            params.append(int(max_bytes))
         turns: list[dict[str, str]] = []
-        for r in self._db.query(sql + " ORDER BY created_at, id", params):
+        for r in self._db.query(f"SELECT input, output FROM ({sql}) ORDER BY created_at, id", params):
             turns.append({"role": "user", "content": r[0]})
             if r[1]:
                 turns.append({"role": "assistant", "content": r[1]})
         return turns
-
