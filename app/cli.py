@@ -4,53 +4,75 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import os
+import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings, SettingsError, load_settings
+from supervisor.stores.migrations.runner import MigrationError
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line with a stable code, like every other error (not argparse's usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"input.invalid: {message} (see: {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _text(value: str) -> str:
+    """A name or id given on the command line: UTF-8 text (bytes that are not arrive as lone surrogates, which no
+    store can hold). Paths are left alone: a file name need not be UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid UTF-8 text") from None
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stockade", description="Self-hosted runtime for AI agents.")
+    p = _Parser(prog="stockade", description="Self-hosted runtime for AI agents.")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, helptext in (("serve", "all-in-one server (API + workers)"), ("api", "API replica"), ("worker", "worker replica")):
         sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("--host")
+        sp.add_argument("--host", type=_text)
         sp.add_argument("--port", type=int)
         sp.add_argument("--data-dir")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("demo", help="create the demo tenant if none exists and print its key")
     t = sub.add_parser("tenant", help="tenants").add_subparsers(dest="sub", required=True)
     tc = t.add_parser("create")
-    tc.add_argument("name")
+    tc.add_argument("name", type=_text)
     tc.add_argument("--budget-usd", type=float)
     t.add_parser("list", help="every tenant (JSON lines)")
     k = sub.add_parser("key", help="API keys").add_subparsers(dest="sub", required=True)
     kl = k.add_parser("list", help="a tenant's keys (JSON lines; never a secret)")
-    kl.add_argument("--tenant", required=True, help="tenant id or name")
+    kl.add_argument("--tenant", required=True, type=_text, help="tenant id or name")
     kr = k.add_parser("revoke", help="revoke a key (a lost or leaked one, even the tenant's last admin key)")
-    kr.add_argument("key_id")
-    kr.add_argument("--tenant", required=True, help="tenant id or name")
+    kr.add_argument("key_id", type=_text)
+    kr.add_argument("--tenant", required=True, type=_text, help="tenant id or name")
     kc = k.add_parser("create")
-    kc.add_argument("--tenant", required=True, help="tenant id or name")
+    kc.add_argument("--tenant", required=True, type=_text, help="tenant id or name")
     kc.add_argument("--role", default="member", choices=["admin", "member", "approver", "viewer"])
-    kc.add_argument("--user")
-    kc.add_argument("--project")
+    kc.add_argument("--user", type=_text)
+    kc.add_argument("--project", type=_text)
     b = sub.add_parser("bundle", help="bundles").add_subparsers(dest="sub", required=True)
     bp = b.add_parser("push")
     bp.add_argument("dir")
-    bp.add_argument("--tenant", required=True, help="tenant id or name")
+    bp.add_argument("--tenant", required=True, type=_text, help="tenant id or name")
     pol = sub.add_parser("policy", help="policies").add_subparsers(dest="sub", required=True)
     pv = pol.add_parser("validate")
     pv.add_argument("file")
     a = sub.add_parser("audit", help="audit log").add_subparsers(dest="sub", required=True)
     av = a.add_parser("verify")
-    av.add_argument("--tenant", help="tenant id or name (default: every tenant)")
+    av.add_argument("--tenant", type=_text, help="tenant id or name (default: every tenant)")
     av.add_argument("--anchor", action="append", default=[], metavar="FILE",
                     help="a chain head kept elsewhere (an earlier `audit verify` output, or a run receipt): "
                          "fails if the chain no longer holds it (its tail was cut off); repeatable")
@@ -62,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already reported on one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
     overrides: dict[str, Any] = {}
     for attr, key in (("host", "host"), ("port", "port"), ("data_dir", "data_dir")):
         v = getattr(args, attr, None)
@@ -82,23 +107,75 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
             return 0
-        return asyncio.run(_admin(settings, args))
+        return asyncio.run(_admin(_waiting_at_most(settings), args))
     except KeyboardInterrupt:  # Ctrl-C: what was committed stays, nothing half-done is published
         print("stockade: interrupted", file=sys.stderr)
         return 130
     except SettingsError as exc:
         return _fail(str(exc))
+    except MigrationError as exc:  # e.g. a database migrated by a newer Stockade, or an applied file edited since
+        return _fail(f"store.misconfigured: {exc}")
     except StockadeError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
     except (OSError, ValueError) as exc:
-        return _fail(f"{type(exc).__name__}: {exc}")
+        return _fail(f"internal: {type(exc).__name__}: {exc}")
     except Exception as exc:  # the contract: one line, no traceback -- even for what we did not foresee
         return _fail(f"internal: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected error'}")
 
 
+def _printable(text: str) -> str:
+    """``text`` with every control or format character escaped (``\\x1b``, ``\\n``, ``\\u202e``): a name taken
+    from a bundle folder, an anchor file or the command line cannot drive the terminal or start a second line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _fail(msg: str) -> int:
-    print(f"stockade: {msg}", file=sys.stderr)
+    print(f"stockade: {_printable(msg)}", file=sys.stderr)
     return 1
+
+
+def _out(text: str, *, unseen: str = "") -> None:
+    """``text`` on stdout, written now: a full disk or a closed pipe is one line naming what was done but not
+    shown (``unseen``: a key made and never printed), not a lost secret or a traceback at exit. A reader that
+    stopped reading a listing (``| head``) is no error."""
+    try:
+        if sys.stdout is None:  # started with stdout closed (>&-): print() would drop the text without a word
+            raise OSError(errno.EBADF, "standard output is closed")
+        print(text, flush=True)
+    except OSError as exc:
+        try:  # the unwritten rest: dropped, not retried (and reported again, as a traceback) at exit
+            if sys.stdout is not None:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass  # stdout is no file (embedded, captured): nothing is flushed at exit either
+        if isinstance(exc, BrokenPipeError) and not unseen:
+            return
+        raise StockadeError("internal", f"cannot write the output: {exc.strerror or exc}" + (f"; {unseen}" if unseen else "")) from None
+
+
+def _unseen_key(tenant_id: str, key_id: str) -> str:
+    return (f"key {key_id} of tenant {tenant_id} was made but not shown: revoke it "
+            f"(stockade key revoke {key_id} --tenant {tenant_id}) and make another (stockade key create)")
+
+
+# How long a command waits for a row or table another session holds (an operator's open transaction, a long
+# migration), as SQLite's busy_timeout bounds it there: then one line (store.unavailable), not a hang for ever.
+_PG_LOCK_TIMEOUT = "10s"
+
+
+def _waiting_at_most(settings: Settings) -> Settings:
+    """The settings, with the CLI's PostgreSQL sessions given a lock timeout (asyncpg passes a URL's unknown query
+    parameters as session settings); one the operator put in the URL is kept."""
+    if not settings.uses_postgres or settings.database_url is None:
+        return settings
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(settings.database_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "lock_timeout" for k, _ in query):
+        return settings
+    url = urlunsplit(parts._replace(query=urlencode([*query, ("lock_timeout", _PG_LOCK_TIMEOUT)])))
+    return settings.model_copy(update={"database_url": url})
 
 
 async def _tenant_id(services: Any, ref: str) -> str:
@@ -119,30 +196,35 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         try:
             for path in args.anchor:
                 anchors += anchors_in(_read_capped(path, _MAX_RECEIPT_BYTES, f"anchor file {path}"), path)
-        except OSError as exc:
-            raise StockadeError("input.invalid", f"cannot read {exc.filename}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise StockadeError("input.invalid", str(exc)) from None
+    if args.cmd not in ("migrate", "demo") and (args.cmd, args.sub) != ("tenant", "create") and not settings.uses_postgres:
+        # these read or change what exists: a mistyped STOCKADE_DATA_DIR must not get a fresh empty store (and an
+        # audit "verified" over no records), nor leave a data dir behind
+        if not settings.sqlite_path.exists():  # noqa: ASYNC240 - one stat in a CLI command
+            raise StockadeError("store.misconfigured", f"no database at {settings.sqlite_path}: check STOCKADE_DATA_DIR "
+                                "(or run `stockade migrate` to create one)")
     rt = await open_runtime(settings)
     s = rt.services
     try:
         if args.cmd == "migrate":
-            print(json.dumps({"migrated": True, "database": "postgresql" if settings.uses_postgres else str(settings.sqlite_path)}))
+            _out(json.dumps({"migrated": True, "database": "postgresql" if settings.uses_postgres else str(settings.sqlite_path)}))
             return 0
         if args.cmd == "demo":
             return await _demo(rt, settings)
         if args.cmd == "tenant" and args.sub == "list":
             for t in await s.tenants.list_tenants():
-                print(json.dumps({"tenant_id": t.id, "name": t.name, "created_at": t.created_at}))
+                _out(json.dumps({"tenant_id": t.id, "name": t.name, "created_at": t.created_at}))
             return 0
         if args.cmd == "tenant":
             tenant, key = await create_tenant(s, args.name, budget_usd=args.budget_usd)
-            print(json.dumps({"tenant_id": tenant.id, "name": tenant.name, "api_key": key.secret}))
+            _out(json.dumps({"tenant_id": tenant.id, "name": tenant.name, "api_key": key.secret}),
+                 unseen=_unseen_key(tenant.id, key.key.id))
             return 0
         if args.cmd == "key" and args.sub == "list":
             tid = await _tenant_id(s, args.tenant)
             for k in await s.tenants.list_keys(tid):
-                print(json.dumps({"key_id": k.id, "prefix": k.prefix, "role": k.role, "user_id": k.user_id,
+                _out(json.dumps({"key_id": k.id, "prefix": k.prefix, "role": k.role, "user_id": k.user_id,
                                   "project_id": k.project_id, "created_at": k.created_at, "revoked_at": k.revoked_at}))
             return 0
         if args.cmd == "key" and args.sub == "revoke":
@@ -152,12 +234,13 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
                 if key is None:
                     raise StockadeError("not_found", f"no key {args.key_id!r} in tenant {tid}")
                 # already revoked: what was asked holds (a retried command succeeds)
-            print(json.dumps({"tenant_id": tid, "key_id": args.key_id, "revoked": True}))
+            _out(json.dumps({"tenant_id": tid, "key_id": args.key_id, "revoked": True}))
             return 0
         if args.cmd == "key":
             tid = await _tenant_id(s, args.tenant)
             nk = await create_key(s, tid, args.role, user_id=args.user, project_id=args.project)
-            print(json.dumps({"tenant_id": tid, "key_id": nk.key.id, "role": nk.key.role, "api_key": nk.secret}))
+            _out(json.dumps({"tenant_id": tid, "key_id": nk.key.id, "role": nk.key.role, "api_key": nk.secret}),
+                 unseen=_unseen_key(tid, nk.key.id))
             return 0
         if args.cmd == "bundle":
             tid = await _tenant_id(s, args.tenant)
@@ -165,7 +248,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             if not src.is_dir():  # noqa: ASYNC240 - one stat in a CLI command
                 raise StockadeError("bundle.invalid", f"{src} is not a directory")
             v = await rt.registry.register_dir(src, tid)
-            print(json.dumps({"name": v.name, "version": v.version, "digest": v.digest, "tenant_id": tid}))
+            _out(json.dumps({"name": v.name, "version": v.version, "digest": v.digest, "tenant_id": tid}))
             return 0
         if args.cmd == "audit":
             return await _audit_verify(rt, args.tenant, anchors)
@@ -184,11 +267,12 @@ async def _demo(rt: Any, settings: Settings) -> int:
     else:
         nk = await create_key(s, tenant.id, "admin")
     url = f"http://{settings.host}:{settings.port}"
-    print(f"\nStockade is starting on {url}  (web UI: {url}/ui/)")
-    print(f"demo tenant {tenant.id}; API key (shown once): {nk.secret}\n")
-    print(f"  curl -s -X POST {url}/v1/runs -H 'Authorization: Bearer {nk.secret}' "
-          f"-H 'Content-Type: application/json' -d '{{\"bundle\":\"echo\",\"input\":\"hello stockade\"}}'")
-    print(f"  curl -N {url}/v1/runs/<run id>/events -H 'Authorization: Bearer {nk.secret}'\n", flush=True)
+    _out(f"\nStockade is starting on {url}  (web UI: {url}/ui/)\n"
+         f"demo tenant {tenant.id}; API key (shown once): {nk.secret}\n\n"
+         f"  curl -s -X POST {url}/v1/runs -H 'Authorization: Bearer {nk.secret}' "
+         f"-H 'Content-Type: application/json' -d '{{\"bundle\":\"echo\",\"input\":\"hello stockade\"}}'\n"
+         f"  curl -N {url}/v1/runs/<run id>/events -H 'Authorization: Bearer {nk.secret}'\n",
+         unseen=_unseen_key(tenant.id, nk.key.id))
     return 0
 
 
@@ -229,33 +313,37 @@ async def _audit_verify(rt: Any, tenant_ref: str | None, anchors: list[Any]) -> 
                 break
             await asyncio.sleep(0)  # the embedded store never suspends: let Ctrl-C (task cancellation) in
         if brk is not None:
-            print(f"stockade: audit chain broken: {brk}", file=sys.stderr)
-            return 1
+            return _fail(f"audit chain broken: {brk}")
         if head_problem is not None:
-            print(f"stockade: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {head_problem}",
-                  file=sys.stderr)
-            return 1
+            return _fail(f"audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {head_problem}")
         if head is not None and verifier.last_seq < head.seq:
-            print(f"stockade: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but the head is {head.seq} (records deleted)", file=sys.stderr)
-            return 1
+            return _fail(f"audit chain broken: tenant {tid}: records end at {verifier.last_seq} but the head is {head.seq} (records deleted)")
         cut = [a for seq, pins in pinned.items() if seq > verifier.last_seq for a in pins]
         if cut:
             a = max(cut, key=lambda x: x.seq)
-            print(f"stockade: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {a.source} "
-                  f"anchors record {a.seq} (records deleted from the end)", file=sys.stderr)
-            return 1
+            return _fail(f"audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {a.source} "
+                         f"anchors record {a.seq} (records deleted from the end)")
         if verifier.last_seq:  # the last record verified (not the head read before: records came since)
             heads[tid] = {"seq": verifier.last_seq, "hash": verifier.prev_hash}
     # "heads" is an anchor file for a later run (--anchor): keep it where the database's writers cannot reach
-    print(json.dumps({"verified": True, "tenants": len(tenants), "records": total, "anchors": checked,
+    _out(json.dumps({"verified": True, "tenants": len(tenants), "records": total, "anchors": checked,
                       "heads": heads}))
     return 0
 
 
 def _policy_validate(path: str) -> int:
-    from supervisor.policy.cli import validate_main
+    from supervisor.policy.cli import validate_file
 
-    return validate_main(path)
+    try:
+        errors = validate_file(path)
+    except OSError as exc:  # missing, a folder, a FIFO or a device (refused, not waited on)
+        raise StockadeError("input.invalid", f"cannot read {path}: {exc.strerror or exc}") from None
+    for e in errors:  # the errors quote the file's own text: escaped like every other line
+        print(_printable(f"{path}: {e}"), file=sys.stderr)
+    if errors:
+        return 1
+    _out(_printable(f"{path}: valid policy"))
+    return 0
 
 
 _MAX_RECEIPT_BYTES = 256 * 1024 * 1024  # also anchor files: receipts are anchors too
@@ -263,27 +351,31 @@ _MAX_KEY_BYTES = 64 * 1024
 
 
 def _read_capped(path: str, cap: int, what: str) -> bytes:
-    """At most ``cap`` bytes of ``path`` (``-``: stdin): never read /dev/zero or a stray huge file whole."""
-    if path == "-":
-        data = sys.stdin.buffer.read(cap + 1)
-    else:
-        with open(path, "rb") as fh:
-            data = fh.read(cap + 1)
+    """At most ``cap`` bytes of ``path`` (``-``: stdin), a regular file: never wait on a FIFO without a writer
+    (or a terminal device), never read /dev/zero or a stray huge file whole."""
+    try:
+        if path == "-":
+            if sys.stdin is None:  # started with stdin closed (<&-)
+                raise OSError(errno.EBADF, "standard input is closed")
+            data = sys.stdin.buffer.read(cap + 1)
+        else:
+            # O_NONBLOCK: opening a FIFO without a writer returns at once (then it is refused) instead of blocking
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise StockadeError("input.invalid", f"cannot read {path}: not a regular file")
+                data = fh.read(cap + 1)
+    except OSError as exc:
+        raise StockadeError("input.invalid", f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > cap:
-        raise ValueError(f"the {what} is larger than {cap} bytes")
+        raise StockadeError("input.too_large", f"the {what} is larger than {cap} bytes")
     return data
 
 
 def _receipt_verify(path: str, key_path: str) -> int:
     from supervisor.audit.receipts import load_receipt, verify_receipt
 
-    try:
-        data = _read_capped(path, _MAX_RECEIPT_BYTES, "receipt")
-        pem = _read_capped(key_path, _MAX_KEY_BYTES, "public key")
-    except OSError as exc:
-        return _fail(f"cannot read {exc.filename or path}: {exc.strerror or exc}")
-    except ValueError as exc:
-        return _fail(str(exc))
+    data = _read_capped(path, _MAX_RECEIPT_BYTES, "receipt")
+    pem = _read_capped(key_path, _MAX_KEY_BYTES, "public key")
     try:
         receipt = load_receipt(data)  # a member written twice: refused (other readers keep the other one)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
@@ -294,7 +386,7 @@ def _receipt_verify(path: str, key_path: str) -> int:
         return _fail(f"public key {key_path} is not a PEM public key")
     if not valid:
         return _fail("receipt signature is INVALID")
-    print(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", []))}))
+    _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", []))}))
     return 0
 
 

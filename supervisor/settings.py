@@ -152,6 +152,25 @@ class Settings(BaseSettings):
         except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13), "~nobody"
             raise ValueError(f"cannot resolve {v}: {exc}") from None
 
+    @field_validator("data_dir")
+    @classmethod
+    def _utf8_path(cls, v: Path) -> Path:
+        # run folders under it are handed to bwrap as UTF-8 text: a server on a non-UTF-8 path started, and then
+        # no sandbox could be launched
+        try:
+            str(v).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{ascii(str(v))} is not a UTF-8 path") from None
+        return v
+
+    @field_validator("llm_pricing_file", "signing_key_file")
+    @classmethod
+    def _regular_file(cls, v: Path | None) -> Path | None:
+        # read whole at start-up: a FIFO would block it for ever, /dev/zero would fill the memory
+        if v is not None and v.exists() and not v.is_file():
+            raise ValueError(f"{v} is not a regular file")
+        return v
+
     @field_validator("audit_key", "secrets_key", mode="before")
     @classmethod
     def _key(cls, v: object) -> object:

@@ -209,10 +209,13 @@ def test_receipt_verify_unreadable_inputs(env, tmp_path, capsys, pub_pem, monkey
     line = _one_line_error(*_run(capsys, "receipt", "verify", str(good), "--public-key", str(not_pem))[::2])
     assert line == f"stockade: public key {not_pem} is not a PEM public key"
 
-    monkeypatch.setattr(cli, "_MAX_RECEIPT_BYTES", 16)  # never read /dev/zero or a stray huge file whole
-    line = _one_line_error(*_run(capsys, "receipt", "verify", "/dev/zero",
-                                 "--public-key", str(pub_pem))[::2])
-    assert line == "stockade: the receipt is larger than 16 bytes"
+    monkeypatch.setattr(cli, "_MAX_RECEIPT_BYTES", 16)  # never read a stray huge file whole (nor /dev/zero: not a file)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * 17)
+    line = _one_line_error(*_run(capsys, "receipt", "verify", str(huge), "--public-key", str(pub_pem))[::2])
+    assert line == "stockade: input.too_large: the receipt is larger than 16 bytes"
+    line = _one_line_error(*_run(capsys, "receipt", "verify", "/dev/zero", "--public-key", str(pub_pem))[::2])
+    assert line == "stockade: input.invalid: cannot read /dev/zero: not a regular file"
 
 
 # --- PostgreSQL: refused at login, or read-only

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -51,8 +52,11 @@ def _read_private(path: Path, setting: str) -> bytes:
     process's user nor root): that account can read it, and replace it with a key of its own.
     """
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: a FIFO put in the key's place is refused below, not waited on for ever
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
             st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise SettingsError(f"invalid setting {setting}: unset, and its file {path} is not a regular file")
             if st.st_mode & 0o077:
                 raise SettingsError(f"invalid setting {setting}: unset, and its file {path} is open to other users "
                                     f"(mode {st.st_mode & 0o777:04o}); chmod 600 it")

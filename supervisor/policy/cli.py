@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -15,9 +18,12 @@ __all__ = ["validate_file", "validate_main"]
 def validate_file(path: str | Path) -> list[str]:
     """The errors of the policy file at ``path`` (``line N: message``); ``[]`` if it is valid.
 
-    Raises ``OSError`` if the file cannot be read.
+    Raises ``OSError`` if the file cannot be read, or is not a regular file (a FIFO, device or folder).
     """
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a FIFO without a writer is refused at once, not waited on forever
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         data = fh.read(MAX_POLICY_BYTES + 1)  # never read an arbitrarily large file whole
     if len(data) > MAX_POLICY_BYTES:
         return [f"line 1: policy document is larger than {MAX_POLICY_BYTES} bytes"]

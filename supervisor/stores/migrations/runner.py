@@ -20,6 +20,7 @@ Numbering: 0001–0009 core stores, 0010–0019 ledger, 0020–0029 knowledge ba
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import time
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from supervisor.stores.sqlite.db import SqliteDB
 
 __all__ = ["Migration", "MigrationError", "load_migrations", "migrate_postgres", "migrate_sqlite"]
+
+log = logging.getLogger("stockade.migrations")
 
 HERE = Path(__file__).resolve().parent
 _NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
@@ -85,6 +88,18 @@ def _check(mig: Migration, applied: dict[int, str]) -> bool:
     return True
 
 
+def _note_unknown(applied: list[tuple[int, str]], migrations: list[Migration]) -> None:
+    """An applied migration this code does not ship: the database was migrated by a newer Stockade (a
+    rollback, or an old replica restarted during a rolling upgrade). As Flyway does by default, it is not
+    refused - migrations only add, so this version still runs on it, and refusing would leave a rollback
+    no way back but a backup - but it is said, once per start, for the operator."""
+    known = {m.version for m in migrations}
+    unknown = sorted((v, name) for v, name in applied if v not in known)
+    if unknown:
+        log.warning("the database has migration %s applied, which this version of Stockade does not have (it was "
+                    "migrated by a newer version): running on it; upgrade Stockade to match", unknown[-1][1])
+
+
 # --------------------------------------------------------------------------- SQLite
 
 
@@ -109,6 +124,7 @@ async def migrate_sqlite(db: SqliteDB, directory: Path | None = None) -> list[st
     """Apply pending SQLite migrations; return the names applied (empty if none)."""
     migrations = load_migrations("sqlite", directory)
     db.execute(_SQLITE_TABLE)
+    _note_unknown([(r[0], r[1]) for r in db.query("SELECT version, name FROM schema_migrations")], migrations)
     applied_names: list[str] = []
     for mig in migrations:
         statements = _sqlite_statements(mig.sql)
@@ -163,7 +179,9 @@ async def _migrate_pg_conn(conn: Any, migrations: list[Migration]) -> list[str]:
     # Fast path, no lock: everything applied already (the common start-up case).
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if exists:
-        applied = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        _note_unknown([(r["version"], r["name"]) for r in rows], migrations)
+        applied = {r["version"]: r["checksum"] for r in rows}
         if all(_check(m, applied) for m in migrations):
             return []
     applied_names: list[str] = []

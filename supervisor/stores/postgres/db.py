@@ -46,6 +46,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, or a database set read-only: no writes here now
+    asyncpg.exceptions.LockNotAvailableError,  # a lock_timeout ran out: another session holds the row or table
     # a pooled connection the server cut while it sat idle can answer its next query with this protocol
     # state error instead of a connection error ("cannot switch to state 12; another operation is in progress")
     asyncpg.exceptions._base.InternalClientError,
