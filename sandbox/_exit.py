@@ -20,6 +20,9 @@ class ExitInfo:
     stderr_tail: bytes
     elapsed_s: float = 0.0
     output_bytes: int = 0  # stdout + stderr bytes seen (the tails keep only the end)
+    # the reason rests only on what the sandboxed program controls - its exit status (exit(152) reads as
+    # SIGXCPU) or its stderr ("MemoryError") - not on a limit the launcher imposed or a cgroup OOM kill
+    reason_claimed: bool = False
 
 
 def classify(*, wait_status: int, imposed: str | None, cpu_s: float, elapsed_s: float, memory_oom: bool,

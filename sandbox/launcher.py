@@ -226,7 +226,8 @@ class SandboxProcess:
                                      elapsed_s=elapsed, memory_oom=memory_oom, stderr_tail=self._err.value())
         self._done.set_result(ExitInfo(returncode=code, signal=sig, reason=reason, stdout_tail=self._out.value(),
                                        stderr_tail=self._err.value(), elapsed_s=elapsed,
-                                       output_bytes=self._out.total + self._err.total))
+                                       output_bytes=self._out.total + self._err.total,
+                                       reason_claimed=reason is not None and not self._imposed and not memory_oom))
 
 
 def _disk_used(root: str, dev: int, init_pid: int | None, max_file: int) -> _diskwatch.Usage:

@@ -10,6 +10,7 @@ from typing import Any
 
 import sandbox.runtime as _runtime_pkg
 from sandbox.spec import Limits, SandboxSpec
+from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 
 __all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "make_run_dirs", "sandbox_python"]
@@ -58,16 +59,21 @@ def limits_for(settings: Settings, manifest_limits: dict[str, Any] | None) -> tu
     timeout = narrow("timeout_s", settings.run_timeout_max_s)
     if "timeout_s" not in m:
         timeout = min(settings.run_timeout_default_s, settings.run_timeout_max_s)
-    limits = Limits(
-        memory_mb=int(narrow("memory_mb", settings.sandbox_memory_mb)),
-        max_procs=int(narrow("max_procs", settings.sandbox_max_procs)),
-        max_open_files=int(narrow("max_open_files", settings.sandbox_max_open_files)),
-        max_file_mb=int(narrow("max_file_mb", settings.sandbox_max_file_mb)),
-        cpu_s=int(narrow("cpu_s", settings.sandbox_cpu_s)),
-        wall_s=float(timeout) + 5.0,  # the worker's own timer fires first; this is the backstop
-        workdir_mb=int(narrow("workdir_mb", settings.sandbox_workdir_mb)),
-        tmpfs_mb=int(narrow("tmpfs_mb", settings.sandbox_tmpfs_mb)),
-    )
+    try:
+        limits = Limits(
+            memory_mb=int(narrow("memory_mb", settings.sandbox_memory_mb)),
+            max_procs=int(narrow("max_procs", settings.sandbox_max_procs)),
+            max_open_files=int(narrow("max_open_files", settings.sandbox_max_open_files)),
+            max_file_mb=int(narrow("max_file_mb", settings.sandbox_max_file_mb)),
+            cpu_s=float(narrow("cpu_s", settings.sandbox_cpu_s)),  # int() made cpu_s: 0.5 a 0 (refused)
+            wall_s=float(timeout) + 5.0,  # the worker's own timer fires first; this is the backstop
+            workdir_mb=int(narrow("workdir_mb", settings.sandbox_workdir_mb)),
+            tmpfs_mb=int(narrow("tmpfs_mb", settings.sandbox_tmpfs_mb)),
+            # stdout + stderr: was left at Limits' own 8 MiB whatever the operator set or the bundle asked
+            max_output_bytes=int(narrow("max_output_bytes", settings.sandbox_max_output_bytes)),
+        )
+    except ValueError as exc:  # a request no sandbox can meet (memory_mb: 8): the bundle's error, not the worker's
+        raise StockadeError("bundle.invalid", f"the bundle's limits cannot be met: {exc}") from None
     return limits, float(timeout)
 
 

@@ -209,7 +209,8 @@ def copy_bundle(src: Path, dest: Path) -> None:
 
 
 def _same(a: Any, b: Any) -> bool:
-    fields = ("memory_mb", "max_procs", "max_open_files", "max_file_mb", "cpu_s", "workdir_mb", "tmpfs_mb")
+    fields = ("memory_mb", "max_procs", "max_open_files", "max_file_mb", "cpu_s", "workdir_mb", "tmpfs_mb",
+              "max_output_bytes")
     return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 

@@ -16,7 +16,7 @@ from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.approval import withdraw_run
 from supervisor.chain.base import Binding
 from supervisor.chain.build import Chain
-from supervisor.errors import StockadeError
+from supervisor.errors import ERRORS, StockadeError
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
@@ -213,7 +213,11 @@ class Worker:
         await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})
         manifest = version.manifest
         manifest_limits = _dump(getattr(manifest, "limits", None))
-        limits, timeout = limits_for(self.settings, manifest_limits)
+        try:
+            limits, timeout = limits_for(self.settings, manifest_limits)
+        except StockadeError as exc:
+            await self._fail(emitter, exc.code, exc.detail)
+            return
         slot = self.warm.take() if self.warm is not None and self.warm.eligible(manifest_limits) else None
         if slot is not None:
             uid, gid, dirs = slot.uid, slot.gid, slot.dirs
@@ -263,6 +267,10 @@ class Worker:
                                                detail={"message": exc.detail})
                     writer.close()
                     return
+                # the run has its one connection: later connects are refused by the kernel, not each verified and
+                # audited here (a bundle's loop of them wrote ~3,000 peer.rejected records a second)
+                if server is not None:
+                    server.close()
                 self.started[run.id] = time.monotonic()
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
                                   emitter=emitter, welcome=welcome, on_limit=on_limit)
@@ -270,6 +278,7 @@ class Worker:
                 box["serving"] = asyncio.current_task()  # canceled once the run has ended
                 try:
                     await sess.serve(reader, writer)
+                    await self._stop_when_silent(box, killer)
                 except asyncio.CancelledError:  # the run ended (cancel/timeout) while the sandbox was still talking
                     writer.close()
                 finally:
@@ -277,6 +286,7 @@ class Worker:
 
             if slot is not None:
                 proc, server = slot.proc, slot.server
+                server.close()  # its one connection is made (as above: no more connects, each logged)
                 box["proc"] = proc
                 await asyncio.to_thread(copy_bundle, version.path, slot.bundle_dir)
                 reader, writer, peer = slot.conn.result()
@@ -288,6 +298,7 @@ class Worker:
                 async def serve_warm() -> None:
                     try:
                         await sess.serve(reader, writer, greeted=True)
+                        await self._stop_when_silent(box, killer)
                     finally:
                         peer.close()
 
@@ -337,6 +348,20 @@ class Worker:
                 if uid is not None and self.uid_pool is not None:
                     self.uid_pool.release(uid)
 
+    @staticmethod
+    async def _stop_when_silent(box: dict[str, Any], killer: dict[str, str]) -> None:
+        """The session has read the sandbox's last frame (its done frame, its hang-up, a bad frame): nothing
+        the sandbox does from now on reaches anyone. One still alive after a short grace is stopped, not left
+        to run to the time limit - a thread or task the bundle left behind, a bundle that wrote garbage and sleeps."""
+        proc = box.get("proc")
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), DRAIN_MIN_S)
+        except TimeoutError:
+            killer.setdefault("silent", "1")
+            proc.kill()
+
     async def _supervise(self, run: Run, proc: Any, limit_s: float, sessions: list[RunSession],
                          killer: dict[str, str]) -> tuple[str, dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -367,7 +392,11 @@ class Worker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(sessions[0].finished.wait(), DRAIN_MIN_S)
         outcome = sessions[0].outcome if sessions else None
-        limit = killer.get("code") or (outcome.limit if outcome else None) or getattr(exit_info, "reason", None)
+        exit_reason = getattr(exit_info, "reason", None)
+        if getattr(exit_info, "reason_claimed", False) and outcome is not None and outcome.status is not None:
+            # the runtime reported how main ended; an exit status or stderr text after that is the bundle's word
+            exit_reason = None
+        limit = killer.get("code") or (outcome.limit if outcome else None) or exit_reason
         if limit:
             if limit == "limit.wall":
                 return "timed_out", {"code": "run.timed_out", "message": "the run exceeded its time limit"}
@@ -375,15 +404,20 @@ class Worker:
         if outcome is not None and outcome.status == "ok":
             return "succeeded", {}
         if outcome is not None and outcome.status == "error":
-            return "failed", {"code": outcome.code or "run.failed", "message": f"{outcome.error_type}: {outcome.message}",
+            # the code is the sandbox's word: one of the table's (a ToolError's, passed on), or none
+            code = outcome.code if outcome.code in ERRORS else "run.failed"
+            error_type = outcome.error_type or "Error"
+            message = f"{error_type}: {outcome.message}" if outcome.message else error_type
+            return "failed", {"code": code, "message": message,
                               "error_type": outcome.error_type, "traceback": outcome.traceback}
         if not drained:
             return "timed_out", {"code": "run.timed_out",
                                  "message": f"the run exceeded its {limit_s:g}s time limit (its output was still being read)"}
         tail = (getattr(exit_info, "stderr_tail", b"") or b"").decode(errors="replace")[-2000:]
-        return "failed", {"code": "sandbox.crashed",
-                          "message": f"the sandbox exited (code {getattr(exit_info, 'returncode', None)}) without finishing",
-                          "stderr": tail}
+        message = f"the sandbox exited (code {getattr(exit_info, 'returncode', None)}) without finishing"
+        if killer.get("silent"):
+            message = "the sandbox stopped talking to the supervisor without finishing, and was stopped"
+        return "failed", {"code": "sandbox.crashed", "message": message, "stderr": tail}
 
     async def _role(self, run: Run) -> str:
         if not run.key_id:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .wire import HEADER, MAX_FRAME, FrameError, decode_body, encode
+from .wire import HEADER, MAX_DEPTH, MAX_FRAME, MAX_REPLY, FrameError, decode_body, encode, nests_deeper
 
 __all__ = ["Connection"]
 
@@ -21,6 +21,7 @@ class Connection:
         self._lock = asyncio.Lock()
         self.max_frame = MAX_FRAME
         self.closed_reason: str | None = None
+        self._dead = False  # nothing reads replies any more
 
     @classmethod
     async def open(cls, path: str) -> Connection:
@@ -39,12 +40,15 @@ class Connection:
     async def _read(self) -> dict[str, Any]:
         head = await self._reader.readexactly(HEADER.size)
         (size,) = HEADER.unpack(head)
-        if size > self.max_frame + 1024:
+        if size > max(self.max_frame, MAX_REPLY) + 1024:
             raise FrameError("frame.too_large", "reply frame too large")
         return decode_body(await self._reader.readexactly(size))
 
     async def _send(self, obj: dict[str, Any]) -> None:
         data = encode(obj, self.max_frame)
+        if data.count(b"[") + data.count(b"{") > MAX_DEPTH and nests_deeper(obj):
+            # refused here, as the bundle's own error: the supervisor would close the connection over it
+            raise FrameError("frame.invalid", f"arguments or event data nest deeper than {MAX_DEPTH} levels")
         async with self._lock:
             self._writer.write(data)
             await self._writer.drain()
@@ -63,9 +67,10 @@ class Connection:
                     fut.set_result(msg)
                 elif kind == "error" and rid is None:
                     self.closed_reason = f"{msg.get('code')}: {msg.get('message')}"
-        except (asyncio.IncompleteReadError, ConnectionError, FrameError) as exc:
+        except Exception as exc:  # EOF, a reset, or a reply it cannot make sense of: nothing later is read
             self.closed_reason = self.closed_reason or f"connection closed ({type(exc).__name__})"
         finally:
+            self._dead = True
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError(self.closed_reason or "supervisor closed the connection"))
@@ -74,6 +79,8 @@ class Connection:
                 q.put_nowait(None)
 
     async def request(self, obj: dict[str, Any], stream: asyncio.Queue | None = None) -> dict[str, Any]:
+        if self._dead:  # its reply would never be read: the call would wait for ever
+            raise ConnectionError(self.closed_reason or "supervisor closed the connection")
         self._next_id += 1
         rid = self._next_id
         fut = asyncio.get_running_loop().create_future()

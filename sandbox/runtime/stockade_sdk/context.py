@@ -9,7 +9,11 @@ from typing import Any
 from .connection import Connection
 from .helpers import Http, Kb, Llm, Storage
 
-__all__ = ["Context", "ToolError"]
+__all__ = ["EVENT_TYPES", "Context", "ToolError"]
+
+# What a bundle may put on its run's stream (run.*, tool.*, approval.*, usage come from the supervisor only,
+# which refuses the rest too - with an error frame a fire-and-forget emit never waits for)
+EVENT_TYPES = frozenset({"message.delta", "status", "followups", "citation", "custom"})
 
 
 class ToolError(Exception):
@@ -43,6 +47,11 @@ class Context:
 
     # --- events
     async def emit(self, type: str, **data: Any) -> None:
+        if not isinstance(type, str) or type not in EVENT_TYPES:
+            raise ToolError("input.invalid", f"ctx.emit: the event type must be one of {sorted(EVENT_TYPES)}")
+        if type == "message.delta" and (data.get("channel") not in ("answer", "thinking")
+                                        or not isinstance(data.get("text"), str)):
+            raise ToolError("input.invalid", "ctx.emit: message.delta needs channel answer|thinking and a str text")
         await self._conn.notify({"type": "emit", "event": type, "data": data})
 
     async def answer(self, text: str) -> None:

@@ -14,11 +14,17 @@ import json
 import math
 import struct
 
-__all__ = ["HEADER", "MAX_FRAME", "VERSION", "FrameError", "decode_body", "encode"]
+__all__ = ["HEADER", "MAX_DEPTH", "MAX_FRAME", "MAX_REPLY", "VERSION", "FrameError", "decode_body", "encode",
+           "nests_deeper"]
 
 VERSION = 1
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1024 * 1024  # default cap; the supervisor announces its own in ``welcome``
+# What the supervisor may send back, whatever the negotiated cap: a tool's result can be larger than
+# what a sandbox may send (code.run returns up to 20 files of 256 KiB, base64)
+MAX_REPLY = 16 * 1024 * 1024
+# Deeper nesting is refused by the supervisor (a frame that decodes may be too deep to encode again)
+MAX_DEPTH = 128
 
 
 class FrameError(Exception):
@@ -34,7 +40,10 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 
 def encode(obj: dict, max_frame: int = MAX_FRAME) -> bytes:
     obj.setdefault("v", VERSION)
-    body = _ENCODER.encode(obj).encode()
+    try:
+        body = _ENCODER.encode(obj).encode()
+    except UnicodeEncodeError:  # a str with a lone surrogate ("\udc80"): no UTF-8 for it, on either side
+        raise FrameError("frame.invalid", "frame has a lone UTF-16 surrogate (not a Unicode character)") from None
     if len(body) > max_frame:
         raise FrameError("frame.too_large", f"frame of {len(body)} bytes exceeds {max_frame}")
     return HEADER.pack(len(body)) + body
@@ -68,3 +77,17 @@ def decode_body(body: bytes) -> dict:
     if not isinstance(obj.get("type"), str):
         raise FrameError("frame.invalid", "frame has no type")
     return obj
+
+
+def nests_deeper(obj: object, limit: int = MAX_DEPTH) -> bool:
+    """True if dicts/lists nest deeper than ``limit`` levels (iterative: any depth is safe to check)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return True
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values() if isinstance(v, (dict, list)))
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return False
