@@ -14,19 +14,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.runtime.stockade_sdk.context import EVENT_TYPES
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.base import Binding, CallState, through_cancel
 from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
-from supervisor.wire import HEADER, FrameError, decode_frame, encode
+from supervisor.wire import HEADER, MAX_REPLY, FrameError, decode_frame, encode
 
 __all__ = ["BUNDLE_EVENT_TYPES", "RunSession", "SessionOutcome"]
 
 log = logging.getLogger("stockade.session")
 
 # What a bundle may put on its run's stream; run.* / tool.* / approval.* / usage come from the supervisor only.
-BUNDLE_EVENT_TYPES = frozenset({"message.delta", "status", "followups", "citation", "custom"})
+BUNDLE_EVENT_TYPES = EVENT_TYPES  # what a bundle may emit: the SDK checks the same set before sending
 IDENTITY_KEYS = ("tenant", "tenant_id", "run", "run_id", "user", "user_id", "project", "project_id")
 MAX_IN_FLIGHT = 64
 
@@ -73,7 +74,7 @@ class RunSession:
         """The next frame. ``IncompleteReadError`` only for an end of stream between two frames; one that
         cuts a frame short is a bad frame (``FrameError``: it gets its audit record like any other)."""
         try:
-            head = await reader.readexactly(HEADER.size)
+            head = await _exactly(reader, HEADER.size)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise FrameError("frame.invalid", f"connection closed inside a frame header "
@@ -83,7 +84,7 @@ class RunSession:
         if size > self.max_frame:
             raise FrameError("frame.too_large", f"frame of {size} bytes exceeds the {self.max_frame}-byte cap")
         try:
-            body = await reader.readexactly(size)
+            body = await _exactly(reader, size)
         except asyncio.IncompleteReadError as exc:
             raise FrameError("frame.invalid", f"connection closed inside a frame ({len(exc.partial)} of "
                              f"{size} bytes)") from None
@@ -94,7 +95,7 @@ class RunSession:
         the caller still has to do after replying (a call's outcome record) must not be skipped."""
         if self._writer is None or self._writer.is_closing():
             return
-        data = encode(obj, max(self.max_frame, 16 * 1024 * 1024))
+        data = encode(obj, max(self.max_frame, MAX_REPLY))
         async with self._write_lock:
             try:
                 self._writer.write(data)
@@ -136,12 +137,16 @@ class RunSession:
         kind = frame["type"]
         for key in IDENTITY_KEYS:
             if key in frame:
+                if not await self._token():  # each refusal writes an audit record: metered like an emit
+                    return False
                 await self._audit_frame("frame.identity", f"frame names {key!r}; identity comes from the socket")
                 await self.send({"type": "error", "id": frame.get("id"), "code": "frame.identity",
                                  "message": "frames may not name a tenant, run, user or project", "retryable": False})
                 return True
         if kind == "call":
             rid = frame.get("id")
+            if type(rid) is not int and not await self._token():  # refused and audited by _call: metered
+                return False
             if type(rid) is int:  # any other id is refused (and audited) by _call
                 if rid in self._ids:
                     # its replies could not be told apart from the first call's, which may already have acted
@@ -237,14 +242,10 @@ class RunSession:
     async def _emit(self, frame: dict[str, Any]) -> None:
         # Every emit takes its token first, a refused one too: each refusal writes an audit record, so
         # bad emits must not be a way around the events-per-second limit (an unmetered audit flood).
-        now = time.monotonic()
-        self._bucket = min(float(self.events_per_s), self._bucket + (now - self._bucket_t) * self.events_per_s)
-        self._bucket_t = now
-        if self._bucket < 1.0:
-            return await self._limit("limit.events", f"more than {self.events_per_s} events per second")
-        self._bucket -= 1.0
+        if not await self._token():
+            return
         etype, data = frame.get("event"), frame.get("data")
-        if etype not in BUNDLE_EVENT_TYPES or not isinstance(data, dict):
+        if not isinstance(etype, str) or etype not in BUNDLE_EVENT_TYPES or not isinstance(data, dict):
             await self._audit_frame("frame.invalid", f"bundles may not emit {str(etype)[:64]!r}")
             await self.send({"type": "error", "id": None, "code": "input.invalid",
                              "message": f"event type must be one of {sorted(BUNDLE_EVENT_TYPES)}"})
@@ -259,6 +260,17 @@ class RunSession:
             return await self._limit("limit.output", f"emitted more than {self.max_output} bytes")
         data = {k: v for k, v in data.items() if k not in ("run_id", "seq", "type")}
         await self.emitter.emit(etype, data)
+
+    async def _token(self) -> bool:
+        """One token of the events-per-second bucket; past the limit the run ends ``limit.events`` (False)."""
+        now = time.monotonic()
+        self._bucket = min(float(self.events_per_s), self._bucket + (now - self._bucket_t) * self.events_per_s)
+        self._bucket_t = now
+        if self._bucket < 1.0:
+            await self._limit("limit.events", f"more than {self.events_per_s} events per second")
+            return False
+        self._bucket -= 1.0
+        return True
 
     def _done(self, frame: dict[str, Any]) -> None:
         o = self.outcome
@@ -277,6 +289,8 @@ class RunSession:
 
     # ------------------------------------------------------------------ protocol errors
     async def _protocol_error(self, code: str, message: str) -> None:
+        if self.outcome.limit is None:  # the run ends with this code (not as a crash): the connection closes now
+            self.outcome.limit = code
         await self._audit_frame(code, message)
         try:
             await self.send({"type": "error", "id": None, "code": code, "message": message, "retryable": False})
@@ -289,3 +303,18 @@ class RunSession:
                                        detail={"message": message[:500]})
         except StockadeError:
             log.error("could not audit %s for run %s", kind, self.binding.run_id)
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+    """``reader.readexactly(n)``, except after a failed write of ours. A reply written to a sandbox that had
+    just hung up fails (EPIPE), and the transport then fails the reader too - with what the sandbox sent before
+    hanging up (its last emits, its done frame) still unread in the reader's buffer: a run that returned
+    normally ended sandbox.crashed. What was sent before the hang-up is read, then the end of the stream."""
+    try:
+        return await reader.readexactly(n)
+    except ConnectionError:
+        if not getattr(reader, "_buffer", None):  # nothing left unread: the connection's end, as before
+            raise
+        reader._exception = None  # asyncio keeps the buffer; only this stands between it and us
+        reader.feed_eof()
+        return await reader.readexactly(n)

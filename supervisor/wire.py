@@ -7,13 +7,22 @@ import json
 import re
 from typing import Any
 
-from sandbox.runtime.stockade_sdk.wire import HEADER, MAX_FRAME, VERSION, FrameError, decode_body, encode
+from sandbox.runtime.stockade_sdk.wire import (
+    HEADER,
+    MAX_DEPTH,
+    MAX_FRAME,
+    MAX_REPLY,
+    VERSION,
+    FrameError,
+    decode_body,
+    encode,
+    nests_deeper,
+)
 
-__all__ = ["HEADER", "MAX_DEPTH", "MAX_FRAME", "VERSION", "FrameError", "decode_body", "decode_frame", "encode"]
+__all__ = ["HEADER", "MAX_DEPTH", "MAX_FRAME", "MAX_REPLY", "VERSION", "FrameError", "decode_body", "decode_frame", "encode"]
 
-# Deeper nesting is refused at the door: a frame that decodes may still be too deep to encode again
-# (the store, the SSE fan-out, the audit hash run on the same recursion limit, with more frames on the stack).
-MAX_DEPTH = 128
+# Deeper nesting than MAX_DEPTH is refused at the door: a frame that decodes may still be too deep to encode
+# again (the store, the SSE fan-out, the audit hash run on the same recursion limit, with more frames on the stack).
 # A JSON escape of a UTF-16 surrogate: the only way a lone one (not storable, not encodable) gets in.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _CHECK = json.JSONEncoder(ensure_ascii=False, check_circular=False)
@@ -27,7 +36,7 @@ def decode_frame(body: bytes) -> dict[str, Any]:
     v = obj["v"]
     if type(v) is not int:  # decode_body compared with ==: true and 1.0 passed as version 1
         raise FrameError("frame.invalid", f"unsupported protocol version {v!r}")
-    if len(body) > 2 * MAX_DEPTH and body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_over(obj, MAX_DEPTH):
+    if len(body) > 2 * MAX_DEPTH and body.count(b"[") + body.count(b"{") > MAX_DEPTH and nests_deeper(obj, MAX_DEPTH):
         raise FrameError("frame.invalid", f"frame nests deeper than {MAX_DEPTH} levels")
     if b"\\" in body and _SURROGATE_ESCAPE.search(body) is not None:
         try:  # escaped pairs decode to one character; a lone surrogate cannot be encoded as UTF-8
@@ -36,15 +45,3 @@ def decode_frame(body: bytes) -> dict[str, Any]:
             raise FrameError("frame.invalid", "frame has a lone UTF-16 surrogate (not a Unicode character)") from None
     return obj
 
-
-def _depth_over(obj: Any, limit: int) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if d > limit:
-            return True
-        if isinstance(o, dict):
-            stack.extend((v, d + 1) for v in o.values() if isinstance(v, (dict, list)))
-        else:
-            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
-    return False

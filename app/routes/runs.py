@@ -123,9 +123,9 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
         # with the queue's error - never run later behind the back of a client that was told 503.
         try:
             await finish_run_anywhere(s.runs, s.events, stored.tenant_id, stored.id, "failed",
-                                      {"code": exc.code, "message": f"the run could not be queued: {exc.detail}"},
+                                      {"code": exc.code, "message": f"the run could not be queued: {exc.public_detail}"},
                                       ended_at=time.time(), error_code=exc.code,
-                                      error_message=f"the run could not be queued: {exc.detail}")
+                                      error_message=f"the run could not be queued: {exc.public_detail}")
         except StockadeError:
             pass
         raise

@@ -206,7 +206,7 @@ class Worker:
         try:  # the tenant's version, else the platform's (get looks in both)
             version = await self.registry.get(run.tenant_id, run.bundle, run.bundle_version)
         except StockadeError as exc:
-            await self._fail(emitter, exc.code, exc.detail)
+            await self._fail(emitter, exc.code, exc.public_detail)
             return
         if await s.runs.start_run(run.tenant_id, run.id, worker_id=self.worker_id, started_at=time.time()) is None:
             return  # canceled while queued, or another worker took it (a second job for the same run)
@@ -216,7 +216,7 @@ class Worker:
         try:
             limits, timeout = limits_for(self.settings, manifest_limits)
         except StockadeError as exc:
-            await self._fail(emitter, exc.code, exc.detail)
+            await self._fail(emitter, exc.code, exc.public_detail)
             return
         slot = self.warm.take() if self.warm is not None and self.warm.eligible(manifest_limits) else None
         if slot is not None:
@@ -314,7 +314,7 @@ class Worker:
                     proc = await launch(spec, bwrap=self.settings.sandbox_bwrap)
                 except (StockadeError, SandboxError) as exc:
                     log.error("run %s: sandbox could not start: %s", run.id, exc.detail)
-                    await self._fail(emitter, exc.code, exc.detail)
+                    await self._fail(emitter, exc.code, exc.public_detail)
                     return
                 box["proc"] = proc
                 launched.set()
@@ -450,4 +450,7 @@ def _limit_message(code: str) -> str:
         "limit.output": "the run emitted more output than allowed",
         "limit.events": "the run emitted events faster than allowed",
         "limit.disk": "the sandbox exceeded its file size limit",
+        "frame.invalid": "the sandbox sent a frame the supervisor refuses (the audit log says which)",
+        "frame.too_large": "the sandbox sent a frame larger than the frame cap",
+        "internal": "the supervisor could not handle a frame of the sandbox",
     }.get(code, code)

@@ -77,8 +77,6 @@ async def test_an_emit_the_supervisor_refuses_raises_in_the_bundle(node):
     assert "".join(e.data["text"] for e in events[1:-1]) == "input.invalid " * 4
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor/session.py _emit: `etype not in BUNDLE_EVENT_TYPES` raises "
-                   "TypeError for a list; needs `not isinstance(etype, str) or ...` (file not in this helper's area)")
 async def test_a_raw_emit_with_an_unhashable_event_type_is_refused_not_a_crash(node):
     """An emit frame whose event is a list (sent past the SDK) made the session's handler raise TypeError:
     logged as a supervisor exception, audited ``internal``, the connection closed - for a bad emit, which
@@ -173,8 +171,6 @@ async def test_connects_after_the_runs_connection_are_refused_not_audited_one_by
     assert "".join(e.data["text"] for e in events if e.event == "message.delta") == "0"
     assert (await _audit_kinds(node.clients[0], events[0].data["run_id"])).get("peer.rejected", 0) == 0
 
-@pytest.mark.xfail(strict=True, reason="supervisor/session.py: frames naming an identity (_dispatch) and calls "
-                   "without an integer id (_call) write an audit record each without taking a token")
 @pytest.mark.node_settings(sandbox_max_events_per_s=50)
 async def test_bad_frames_are_metered_like_bad_emits(node):
     """A refused emit takes a token of the events-per-second limit (each refusal is an audit record), but a
@@ -196,9 +192,6 @@ async def test_bad_frames_are_metered_like_bad_emits(node):
     assert bad <= 200, kinds  # ~a second's worth of tokens, then limit.events
 
 
-@pytest.mark.xfail(strict=False, reason="supervisor/session.py send(): a write to a peer that has hung up fails "
-                   "EPIPE and asyncio's transport then drops the unread input (reader.set_exception); not strict: "
-                   "a supervisor that keeps up with the burst would pass by luck")
 @pytest.mark.node_settings(sandbox_max_events_per_s=100_000)
 async def test_a_reply_written_after_the_sandbox_exited_does_not_lose_its_done_frame(node):
     """The supervisor is still reading a burst when the sandbox returns and exits; one refused frame in it
