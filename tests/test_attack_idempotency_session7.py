@@ -448,7 +448,8 @@ async def test_the_sweeper_prunes_keys_past_their_ttl_and_a_repeat_then_runs_aga
     again = await chain.call(await chain.run(), {"x": 1}, key="order-9")
     assert first == again and chain.tool.runs == 1
     ttl = chain.rt.settings.idempotency_ttl_s
-    assert await chain.rt.prune_idempotency_keys(time.time() + ttl - 60) == 0  # not yet due
+    await chain.rt.prune_idempotency_keys(time.time() + ttl - 60)  # not yet due (on a shared PostgreSQL test
+    # database other tests' older keys may go: no count is asserted, the key's own fate is)
     assert await chain.call(await chain.run(), {"x": 1}, key="order-9") == first and chain.tool.runs == 1
     assert await chain.rt.prune_idempotency_keys(time.time() + ttl + 60) >= 1
     later = await chain.call(await chain.run(), {"x": 1}, key="order-9")
