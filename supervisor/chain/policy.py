@@ -167,7 +167,8 @@ class PolicyInterceptor:
         # without the other's call (an evaluation on a thread yields the loop). Always run lock, then user lock.
         # Per-user history shared by every node (production: Redis), read and judged again if another node
         # recorded a call of this user meanwhile; without it, this process's own history.
-        shared = getattr(call.services, "velocity", None) if counts and _per_user(tenant, bundle) else None
+        per_user = tenant.has_user_velocity or (bundle is not None and bundle.has_user_velocity)
+        shared = getattr(call.services, "velocity", None) if per_user else None
         async with run.lock, (user.lock if counts else contextlib.nullcontext()):
             for _ in range(SHARED_TRIES):
                 if shared is not None:
@@ -373,12 +374,6 @@ class PolicyInterceptor:
     def _unavailable(call: CallState, why: str) -> StockadeError:
         call.outcome = "policy.unavailable"
         return StockadeError("policy.unavailable", f"{why}; the call was not run")
-
-
-def _per_user(*policies: Policy | None) -> bool:
-    """Some rule counts a user's calls across runs (``velocity: {scope: user}``)."""
-    return any(r.velocity is not None and r.velocity.scope == "user"
-               for p in policies if p is not None and p.has_velocity for r in p.rules)
 
 
 def _principal(b: Any) -> str:

@@ -94,6 +94,7 @@ def _build(model: Any, loaded: LoadedYaml, *, source: str, layer: str, lines: bo
         limits=MappingProxyType(limits),
         has_patterns=any(r.content is not None or any(c.op == "matches" for c in r.conditions) for r in rules),
         has_velocity=any(r.velocity is not None for r in rules),
+        has_user_velocity=any(r.velocity is not None and r.velocity.scope == "user" for r in rules),
     )
 
 

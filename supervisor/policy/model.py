@@ -85,6 +85,7 @@ class Policy:
     limits: Mapping[str, float | int] = field(default_factory=dict)  # rate-limit overrides (supervisor.limits names)
     has_patterns: bool = False  # some rule uses content or matches (regex work grows with argument size)
     has_velocity: bool = False  # some rule counts calls (only then does the caller need to pass histories)
+    has_user_velocity: bool = False  # some rule counts a user's calls across runs (velocity scope user)
     _by_tool: dict[str, RuleIndex] = field(default_factory=dict, repr=False, compare=False)
 
     def index_for_tool(self, tool: str) -> RuleIndex:
