@@ -46,7 +46,10 @@ class RunSession:
     def __init__(
         self, *, services: Any, chain: Chain, recorder: AuditRecorder, binding: Binding,
         emitter: RunEmitter, welcome: dict[str, Any], on_limit: Any = None,
+        max_output: int | None = None, events_per_s: int | None = None,
     ) -> None:
+        """``max_output`` / ``events_per_s``: this run's caps (a bundle's own limits may be lower than the
+        settings'); never above the settings."""
         self.services = services
         self.chain = chain
         self.recorder = recorder
@@ -56,8 +59,8 @@ class RunSession:
         self.on_limit = on_limit  # callable(code) -> None: the worker kills the sandbox
         s = services.settings
         self.max_frame = s.sandbox_max_frame_bytes
-        self.max_output = s.sandbox_max_output_bytes
-        self.events_per_s = s.sandbox_max_events_per_s
+        self.max_output = min(s.sandbox_max_output_bytes, max_output or s.sandbox_max_output_bytes)
+        self.events_per_s = min(s.sandbox_max_events_per_s, events_per_s or s.sandbox_max_events_per_s)
         self.outcome = SessionOutcome()
         self._writer: asyncio.StreamWriter | None = None
         self._write_lock = asyncio.Lock()

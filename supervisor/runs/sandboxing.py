@@ -48,13 +48,23 @@ def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | N
     return RunDirs(root=root, work=work, sock_dir=sock)
 
 
+def _narrow(m: dict[str, Any], key: str, default: float) -> Any:
+    v = m.get(key)
+    return min(default, v) if isinstance(v, (int, float)) and v > 0 else default
+
+
+def events_per_s_for(settings: Settings, manifest_limits: dict[str, Any] | None) -> int:
+    """The run session's event rate: the setting, or the bundle's ``limits.max_events_per_s`` if lower.
+    (The session's byte cap is ``Limits.max_output_bytes``: one number for stdout + stderr and for events.)"""
+    return int(_narrow(manifest_limits or {}, "max_events_per_s", settings.sandbox_max_events_per_s))
+
+
 def limits_for(settings: Settings, manifest_limits: dict[str, Any] | None) -> tuple[Limits, float]:
     """Settings are the ceiling; a bundle may only ask for less. Returns (limits, wall timeout)."""
     m = manifest_limits or {}
 
     def narrow(key: str, default: float) -> Any:
-        v = m.get(key)
-        return min(default, v) if isinstance(v, (int, float)) and v > 0 else default
+        return _narrow(m, key, default)
 
     timeout = narrow("timeout_s", settings.run_timeout_max_s)
     if "timeout_s" not in m:

@@ -22,7 +22,7 @@ from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
 from supervisor.runs.lost import RunBeat, end_lost
-from supervisor.runs.sandboxing import build_spec, limits_for, make_run_dirs
+from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
 from supervisor.stores.records import TERMINAL_STATUSES, Job, Run
@@ -215,6 +215,8 @@ class Worker:
         manifest_limits = _dump(getattr(manifest, "limits", None))
         try:
             limits, timeout = limits_for(self.settings, manifest_limits)
+            session_caps = {"max_output": limits.max_output_bytes,
+                            "events_per_s": events_per_s_for(self.settings, manifest_limits)}
         except StockadeError as exc:
             await self._fail(emitter, exc.code, exc.public_detail)
             return
@@ -273,7 +275,7 @@ class Worker:
                     server.close()
                 self.started[run.id] = time.monotonic()
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
-                                  emitter=emitter, welcome=welcome, on_limit=on_limit)
+                                  emitter=emitter, welcome=welcome, on_limit=on_limit, **session_caps)
                 sessions.append(sess)
                 box["serving"] = asyncio.current_task()  # canceled once the run has ended
                 try:
@@ -292,7 +294,7 @@ class Worker:
                 reader, writer, peer = slot.conn.result()
                 self.started[run.id] = time.monotonic()
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
-                                  emitter=emitter, welcome=welcome, on_limit=on_limit)
+                                  emitter=emitter, welcome=welcome, on_limit=on_limit, **session_caps)
                 sessions.append(sess)
 
                 async def serve_warm() -> None:
