@@ -30,9 +30,13 @@ async def check_before_signing(audit: Any, tenant_id: str, records: list[AuditRe
     """Raise ``audit.corrupt`` unless the chain vouches for what a receipt of ``records`` would say.
 
     Never sign what the chain refuses: the signature would vouch for a database writer's edit. Every record
-    of the tenant's chain from the run's first record to its last is checked - content, MAC, and that each
-    links to the one before - so a record of the run deleted (or slipped in) between them is caught, not
-    just an edited one; then the chain head. Costs one read of the records written while the run ran.
+    of the tenant's chain from the one before the run's first record to the one after its last is checked -
+    content, MAC, and that each links to the one before - so a record of the run deleted (or slipped in)
+    anywhere is caught, not just an edited one: its first (the next one no longer links to the record
+    before) and its last (the record after no longer links to it) included. Only a last record that was
+    also the chain's last escapes this (no record after it): PostgreSQL's head row, checked with the head,
+    or an anchor (``audit verify --anchor``) catches that. Costs one read of the records written while the
+    run ran.
     """
     def corrupt(seq: int, problem: str) -> StockadeError:
         return StockadeError("audit.corrupt", f"audit record {seq} fails verification ({problem}); "
@@ -40,24 +44,31 @@ async def check_before_signing(audit: Any, tenant_id: str, records: list[AuditRe
 
     if records:
         first, last = records[0], records[-1]
+        start = max(first.seq - 1, 1)  # the record before the run's first
         verifier = ChainVerifier(tenant_id, sealer)
-        verifier.prev_hash, verifier.last_seq = first.prev_hash, first.seq - 1
-        after = first.seq - 1
-        while after < last.seq:
+        after, past_last = start - 1, False
+        while not past_last:
             page = await audit.list(tenant_id, after_seq=after, limit=_PAGE)
             if not page:
-                raise corrupt(after + 1, "sequence gap: the run's records are no longer in the chain")
+                break  # the chain ends here (checked below)
+            if after == start - 1:  # the first page: the record before the run's must still be there
+                if page[0].seq != start:
+                    raise corrupt(start, "sequence gap: a record before or of the run is no longer in the chain")
+                if start > 1:  # its own link is outside the window: start the chain there
+                    verifier.prev_hash, verifier.last_seq = page[0].prev_hash, start - 1
             for rec in page:
-                if rec.seq > last.seq:
-                    break
-                brk = verifier.feed(rec)
+                brk = verifier.feed(rec)  # the first record after the run's last too: it must be last.seq + 1
                 if brk is not None:
                     raise corrupt(brk.seq, brk.problem)
+                if rec.seq > last.seq:
+                    past_last = True
+                    break
             after = page[-1].seq
-        if verifier.last_seq != last.seq:
-            raise corrupt(verifier.last_seq + 1, "sequence gap (record deleted or inserted)")
+        if verifier.last_seq < last.seq:
+            raise corrupt(verifier.last_seq + 1, "sequence gap: the run's records are no longer in the chain")
     if head is not None and (problem := record_problem(tenant_id, head, sealer)) is not None:
         raise corrupt(head.seq, problem)
+
 
 def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None) -> dict[str, Any]:
     spans = []
