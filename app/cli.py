@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stockade: interrupted", file=sys.stderr)
         return 130
     except SettingsError as exc:
-        return _fail(str(exc))
+        return _fail(f"settings.invalid: {exc}")
     except MigrationError as exc:  # e.g. a database migrated by a newer Stockade, or an applied file edited since
         return _fail(f"store.misconfigured: {exc}")
     except StockadeError as exc:
@@ -313,15 +313,15 @@ async def _audit_verify(rt: Any, tenant_ref: str | None, anchors: list[Any]) -> 
                 break
             await asyncio.sleep(0)  # the embedded store never suspends: let Ctrl-C (task cancellation) in
         if brk is not None:
-            return _fail(f"audit chain broken: {brk}")
+            return _fail(f"audit.corrupt: audit chain broken: {brk}")
         if head_problem is not None:
-            return _fail(f"audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {head_problem}")
+            return _fail(f"audit.corrupt: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {head_problem}")
         if head is not None and verifier.last_seq < head.seq:
-            return _fail(f"audit chain broken: tenant {tid}: records end at {verifier.last_seq} but the head is {head.seq} (records deleted)")
+            return _fail(f"audit.corrupt: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but the head is {head.seq} (records deleted)")
         cut = [a for seq, pins in pinned.items() if seq > verifier.last_seq for a in pins]
         if cut:
             a = max(cut, key=lambda x: x.seq)
-            return _fail(f"audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {a.source} "
+            return _fail(f"audit.corrupt: audit chain broken: tenant {tid}: records end at {verifier.last_seq} but {a.source} "
                          f"anchors record {a.seq} (records deleted from the end)")
         if verifier.last_seq:  # the last record verified (not the head read before: records came since)
             heads[tid] = {"seq": verifier.last_seq, "hash": verifier.prev_hash}
@@ -379,13 +379,13 @@ def _receipt_verify(path: str, key_path: str) -> int:
     try:
         receipt = load_receipt(data)  # a member written twice: refused (other readers keep the other one)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
-        return _fail(f"the receipt is not JSON: {str(exc).splitlines()[0] if str(exc) else 'nested too deeply'}")
+        return _fail(f"input.invalid: the receipt is not JSON: {str(exc).splitlines()[0] if str(exc) else 'nested too deeply'}")
     try:
         valid = verify_receipt(receipt, pem)
     except ValueError:
-        return _fail(f"public key {key_path} is not a PEM public key")
+        return _fail(f"input.invalid: public key {key_path} is not a PEM public key")
     if not valid:
-        return _fail("receipt signature is INVALID")
+        return _fail("receipt.invalid: receipt signature is INVALID")
     _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", []))}))
     return 0
 

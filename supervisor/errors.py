@@ -95,6 +95,8 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("store.unavailable", 503, True, "Store unavailable"),
     ErrorSpec("store.misconfigured", 503, False, "Store misconfigured"),
     ErrorSpec("secret.unreadable", 500, False, "A stored secret cannot be opened"),
+    ErrorSpec("settings.invalid", 500, False, "Invalid settings"),  # the CLI's, at start-up: never served
+    ErrorSpec("receipt.invalid", 422, False, "Receipt signature does not verify"),  # `stockade receipt verify`
     ErrorSpec("internal", 500, True, "Internal error"),
 )
 

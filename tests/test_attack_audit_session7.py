@@ -210,7 +210,7 @@ async def test_bytes_that_are_not_utf8_are_named_not_crashed(sql_db, column, seq
     brk = first_break(tid, records)
     assert brk is not None and brk.seq == seq
     rc, err = await verify(sql_db, audit, capsys, tid)
-    assert rc == 1 and err.startswith(f"stockade: audit chain broken: tenant {tid}: record {seq}: "), err
+    assert rc == 1 and err.startswith(f"stockade: audit.corrupt: audit chain broken: tenant {tid}: record {seq}: "), err
 
 
 # --------------------------------------------------------------------------- every column is bound
@@ -347,7 +347,7 @@ async def test_pg_a_cut_off_tail_is_caught_by_the_head_row(sql_db, capsys, cut):
     await tamper(sql_db, "DELETE FROM audit_log WHERE tenant_id = ? AND seq > ?", tid, 3 if cut == "tail" else 0)
     rc, err = await verify(sql_db, audit, capsys, tid)
     end = 3 if cut == "tail" else 0
-    assert (rc, err) == (1, f"stockade: audit chain broken: tenant {tid}: records end at {end} but the chain's head"
+    assert (rc, err) == (1, f"stockade: audit.corrupt: audit chain broken: tenant {tid}: records end at {end} but the chain's head"
                             " row names record 5 (records deleted from the end)")
     assert tid in await audit.tenants()  # `audit verify` without --tenant: the head row still lists it
 
@@ -364,7 +364,7 @@ async def test_pg_a_head_row_that_disagrees_with_the_log_is_named(sql_db, capsys
     tid, audit = await seeded(sql_db, 3)
     await tamper(sql_db, edit, *([tid] * edit.count("?")))
     rc, err = await verify(sql_db, audit, capsys, tid)
-    assert (rc, err) == (1, f"stockade: audit chain broken: tenant {tid}: records end at 3 but {problem}")
+    assert (rc, err) == (1, f"stockade: audit.corrupt: audit chain broken: tenant {tid}: records end at 3 but {problem}")
 
 
 async def test_a_replayed_older_chain_is_caught_by_an_anchor(sql_db, capsys):
@@ -546,4 +546,4 @@ def test_receipt_verify_refuses_a_file_that_reads_two_ways(env, capsys, tmp_path
     two_ways.write_text("{" + json.dumps(member) + ": " + json.dumps(forged[member]) + ", " + text[1:])
     assert json.loads(two_ways.read_text()) == receipt  # what the verifier used to see: the genuine receipt
     rc, out, err = _cli(capsys, "receipt", "verify", str(two_ways), "--public-key", str(pub))
-    assert (rc, out) == (1, "") and err == f"stockade: the receipt is not JSON: duplicate member {member!r}\n"
+    assert (rc, out) == (1, "") and err == f"stockade: input.invalid: the receipt is not JSON: duplicate member {member!r}\n"

@@ -72,7 +72,7 @@ def test_a_data_dir_that_is_not_utf8_is_a_setting_error(env, capsys, monkeypatch
             if argv == ["migrate"]:
                 m.setenv("STOCKADE_DATA_DIR", bad)
             line = _one_line_error(*_run(capsys, *argv)[::2])
-        assert line == f"stockade: invalid setting STOCKADE_DATA_DIR: Value error, '{tmp_path}/data\\udcff' is not a UTF-8 path"
+        assert line == f"stockade: settings.invalid: invalid setting STOCKADE_DATA_DIR: Value error, '{tmp_path}/data\\udcff' is not a UTF-8 path"
     assert not (tmp_path / os.fsdecode(b"data\xff")).exists()
 
 
@@ -133,7 +133,7 @@ def test_anchor_file_contents_are_escaped(env, capsys, tmp_path):
     gone = tmp_path / "gone.json"  # a well-formed anchor naming a tenant with no records: reported, escaped
     gone.write_text(json.dumps({"heads": {f"{ESC}ten\nX": {"seq": 1, "hash": "a" * 64}}}))
     rc, _, err = _run(capsys, "audit", "verify", "--anchor", str(gone))
-    assert _one_line_error(rc, err).startswith("stockade: audit chain broken: tenant \\x1b[31mten\\nX: records end at 0")
+    assert _one_line_error(rc, err).startswith("stockade: audit.corrupt: audit chain broken: tenant \\x1b[31mten\\nX: records end at 0")
     _clean(err)
 
 
@@ -332,7 +332,7 @@ def test_data_dir_in_a_symlink_loop_is_a_setting_error(env, capsys, monkeypatch,
         with monkeypatch.context() as m:
             m.setenv(var, str(tmp_path / "a"))
             line = _one_line_error(*_run(capsys, "migrate")[::2])
-            assert line.startswith(f"stockade: invalid setting {var}: ") and "cannot resolve" in line, line
+            assert line.startswith(f"stockade: settings.invalid: invalid setting {var}: ") and "cannot resolve" in line, line
     assert not env.exists()
 
 
@@ -396,7 +396,7 @@ def test_a_file_setting_that_is_a_fifo_or_device_is_refused(env, capsys, monkeyp
     target = str(fifo) if kind == "fifo" else os.devnull  # (not /dev/zero: without the fix it eats the memory)
     monkeypatch.setenv(name, target)
     line = _one_line_error(*_run(capsys, "tenant", "list")[::2])
-    assert line == f"stockade: invalid setting {name}: Value error, {target} is not a regular file"
+    assert line == f"stockade: settings.invalid: invalid setting {name}: Value error, {target} is not a regular file"
     assert not env.exists()
 
 
@@ -407,7 +407,7 @@ def test_a_generated_key_file_replaced_by_a_fifo_is_refused(env, capsys, key):
     (env / "keys" / key).unlink()
     os.mkfifo(env / "keys" / key, 0o600)
     line = _one_line_error(*_run(capsys, "tenant", "create", "acme")[::2])
-    assert line.startswith("stockade: invalid setting STOCKADE_") and line.endswith(f"keys/{key} is not a regular file")
+    assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_") and line.endswith(f"keys/{key} is not a regular file")
     with sqlite3.connect(env / "stockade.db") as c:
         assert c.execute("SELECT count(*) FROM tenants").fetchone()[0] == 0
 

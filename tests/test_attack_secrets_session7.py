@@ -214,7 +214,7 @@ def test_an_empty_audit_key_file_stops_the_cli_naming_the_variable(env, capsys):
     path.parent.mkdir(parents=True, mode=0o700)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # `touch`ed
     line = _one_line(capsys, "migrate")
-    assert line.startswith("stockade: invalid setting STOCKADE_AUDIT_KEY: ") and str(path) in line
+    assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_AUDIT_KEY: ") and str(path) in line
 
 
 @pytest.mark.parametrize("name,setting", [
@@ -244,7 +244,7 @@ def test_a_configured_key_never_reads_the_data_dir(env):
 def test_a_key_file_that_cannot_be_read_is_one_line(env, capsys):
     (env / "keys" / "audit.key").mkdir(parents=True)  # a directory where the key should be
     line = _one_line(capsys, "migrate")
-    assert line.startswith("stockade: invalid setting STOCKADE_AUDIT_KEY: ")
+    assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_AUDIT_KEY: ")
 
 
 def test_settings_never_show_a_secret_in_their_repr():
@@ -284,7 +284,7 @@ def test_no_key_file_is_left_half_written_for_a_racing_reader(env):
 def test_hostile_list_settings_are_one_line_naming_the_variable(env, monkeypatch, capsys, name, value, needle):
     monkeypatch.setenv(name, value)
     line = _one_line(capsys, "migrate")
-    assert line.startswith(f"stockade: invalid setting {name}") and needle in line
+    assert line.startswith(f"stockade: settings.invalid: invalid setting {name}") and needle in line
     assert not env.exists()
 
 
@@ -316,7 +316,7 @@ def test_a_bad_signing_key_file_is_one_line_naming_the_variable(env, tmp_path, m
         path.write_bytes(_pem(kind))
     monkeypatch.setenv("STOCKADE_SIGNING_KEY_FILE", str(path))
     line = _one_line(capsys, "migrate")
-    assert line.startswith("stockade: invalid setting STOCKADE_SIGNING_KEY_FILE: ") and str(path) in line
+    assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_SIGNING_KEY_FILE: ") and str(path) in line
 
 
 @pytest.mark.parametrize("name", ["STOCKADE_OPENAI_BASE_URL", "STOCKADE_ANTHROPIC_BASE_URL"])
@@ -383,7 +383,7 @@ def test_serve_on_an_address_it_cannot_listen_on_is_one_line_naming_the_variable
     proc = _serve(env, tmp_path, STOCKADE_HOST=host, STOCKADE_PORT="0")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("stockade: invalid setting STOCKADE_HOST: ") and host in lines[0]
+    assert lines[0].startswith("stockade: settings.invalid: invalid setting STOCKADE_HOST: ") and host in lines[0]
     assert not env.exists()  # refused before anything was opened
 
 
@@ -395,7 +395,7 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_variable(env, tmp_path):
         proc = _serve(env, tmp_path, STOCKADE_HOST="127.0.0.1", STOCKADE_PORT=str(port))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("stockade: invalid setting STOCKADE_PORT: ") and str(port) in lines[0]
+    assert lines[0].startswith("stockade: settings.invalid: invalid setting STOCKADE_PORT: ") and str(port) in lines[0]
 
 
 @pytest.mark.parametrize("name,setting", [

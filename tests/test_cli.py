@@ -64,7 +64,7 @@ def _tenant_count(data: Path) -> int:
 def test_bad_setting_names_the_variable(env, capsys, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     line = _one_line_error(*_run(capsys, "tenant", "create", "acme")[::2])
-    assert line.startswith(f"stockade: invalid setting {name}: ")
+    assert line.startswith(f"stockade: settings.invalid: invalid setting {name}: ")
     assert not env.exists()  # refused before anything was opened
 
 
@@ -75,7 +75,7 @@ def test_data_dir_that_is_not_a_directory(env, tmp_path, capsys, monkeypatch, ma
         target.write_text("x")
     monkeypatch.setenv("STOCKADE_DATA_DIR", str(target))
     line = _one_line_error(*_run(capsys, "migrate")[::2])
-    assert line == f"stockade: invalid setting STOCKADE_DATA_DIR: {target} is not a directory"
+    assert line == f"stockade: settings.invalid: invalid setting STOCKADE_DATA_DIR: {target} is not a directory"
 
 
 def test_empty_variables_mean_unset(env, capsys, monkeypatch, tmp_path):
@@ -128,7 +128,7 @@ def test_audit_verify_names_a_record_whose_detail_is_not_json(env, capsys):
         c.execute("DROP TRIGGER audit_log_no_update")
         c.execute("UPDATE audit_log SET detail = '{not json' WHERE tenant_id = ? AND seq = 2", (tid,))
     line = _one_line_error(*_run(capsys, "audit", "verify")[::2])
-    assert line == f"stockade: audit chain broken: tenant {tid}: record 2: content does not match its hash (record changed)"
+    assert line == f"stockade: audit.corrupt: audit chain broken: tenant {tid}: record 2: content does not match its hash (record changed)"
 
 
 def test_audit_verify_stops_on_ctrl_c(env, capsys, monkeypatch):
@@ -193,21 +193,21 @@ def test_receipt_verify_malformed_receipt_is_invalid(env, tmp_path, capsys, pub_
     f = tmp_path / "r.json"
     f.write_text(json.dumps(receipt))
     line = _one_line_error(*_run(capsys, "receipt", "verify", str(f), "--public-key", str(pub_pem))[::2])
-    assert line == "stockade: receipt signature is INVALID"
+    assert line == "stockade: receipt.invalid: receipt signature is INVALID"
 
 
 def test_receipt_verify_unreadable_inputs(env, tmp_path, capsys, pub_pem, monkeypatch):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     line = _one_line_error(*_run(capsys, "receipt", "verify", str(deep), "--public-key", str(pub_pem))[::2])
-    assert line.startswith("stockade: the receipt is not JSON: ")
+    assert line.startswith("stockade: input.invalid: the receipt is not JSON: ")
 
     good = tmp_path / "r.json"
     good.write_text(json.dumps({"run_id": "r", "signature": {"alg": "Ed25519", "value": "AAAA"}}))
     not_pem = tmp_path / "key.txt"
     not_pem.write_text("hello")
     line = _one_line_error(*_run(capsys, "receipt", "verify", str(good), "--public-key", str(not_pem))[::2])
-    assert line == f"stockade: public key {not_pem} is not a PEM public key"
+    assert line == f"stockade: input.invalid: public key {not_pem} is not a PEM public key"
 
     monkeypatch.setattr(cli, "_MAX_RECEIPT_BYTES", 16)  # never read a stray huge file whole (nor /dev/zero: not a file)
     huge = tmp_path / "huge.json"
@@ -305,7 +305,7 @@ def test_audit_verify_with_an_anchor_detects_a_cut_off_tail(env, capsys, tmp_pat
     rc, out, _ = _run(capsys, "audit", "verify")
     assert rc == 0 and json.loads(out)["records"] == 3  # without the anchor the shorter chain still verifies
     line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(anchor))[::2])
-    assert line == (f"stockade: audit chain broken: tenant {tid}: records end at 3 but {anchor} anchors record 5 "
+    assert line == (f"stockade: audit.corrupt: audit chain broken: tenant {tid}: records end at 3 but {anchor} anchors record 5 "
                     "(records deleted from the end)")
 
 
