@@ -22,7 +22,7 @@ import pytest
 
 from supervisor.runs import worker as worker_mod
 from supervisor.runs.worker import Worker
-from supervisor.session import SessionOutcome
+from supervisor.session import RunSession, SessionOutcome
 
 pytestmark = pytest.mark.timeout(60)
 RUNTIME = Path(__file__).resolve().parents[1] / "sandbox" / "runtime"
@@ -144,7 +144,6 @@ async def test_an_emit_after_the_run_ended_ends_the_session_quietly():
     """The worker may end the run (time limit) while the session still reads: the store then
     refuses the event, and the session stops instead of raising out of the socket callback."""
     from supervisor.errors import StockadeError
-    from supervisor.session import RunSession
     from supervisor.wire import encode
 
     class Ended:
@@ -153,11 +152,7 @@ async def test_an_emit_after_the_run_ended_ends_the_session_quietly():
         async def emit(self, *a, **k):
             raise StockadeError("conflict", "the run has ended; no more events")
 
-    settings = SimpleNamespace(sandbox_max_frame_bytes=1 << 20, sandbox_max_output_bytes=1 << 20,
-                               sandbox_max_events_per_s=100)
-    sess = RunSession(services=SimpleNamespace(settings=settings), chain=None, recorder=None,  # type: ignore[arg-type]
-                      binding=SimpleNamespace(run_id="run_x", tenant_id="ten_x"), emitter=Ended(),  # type: ignore[arg-type]
-                      welcome={})
+    sess = bare_session(emitter=Ended())
     reader = asyncio.StreamReader()
     reader.feed_data(encode({"type": "emit", "event": "custom", "data": {"i": 1}}, 1 << 20))
     reader.feed_data(encode({"type": "done", "status": "ok"}, 1 << 20))
@@ -193,3 +188,13 @@ async def test_a_call_still_in_flight_when_the_sandbox_is_gone_gets_only_a_short
     sess.read_done.set()  # finished never comes
     status, _ = await asyncio.wait_for(_worker()._supervise(run, _Proc(), 30.0, [sess], {}), 5)
     assert status == "succeeded"
+
+
+def bare_session(*, emitter: object, chain: object = None) -> RunSession:
+    """A RunSession over nothing but ``emitter`` and ``chain`` (1 MiB frames and output, 100 events/s), for
+    driving ``serve`` with a hand-fed reader and a fake writer."""
+    settings = SimpleNamespace(sandbox_max_frame_bytes=1 << 20, sandbox_max_output_bytes=1 << 20,
+                               sandbox_max_events_per_s=100)
+    return RunSession(services=SimpleNamespace(settings=settings), chain=chain, recorder=None,  # type: ignore[arg-type]
+                      binding=SimpleNamespace(run_id="run_x", tenant_id="ten_x"), emitter=emitter,  # type: ignore[arg-type]
+                      welcome={})

@@ -212,10 +212,8 @@ async def test_a_tool_result_with_a_lone_surrogate_gets_the_call_an_error_not_si
     """A result no UTF-8 can carry (a lone surrogate, as an MCP server or an LLM provider may send in JSON)
     made the reply's encode raise UnicodeEncodeError out of the call's task: no reply at all, and the
     bundle's ``ctx.call`` waited until the run's time limit. It now gets ``frame.invalid`` (the call ran)."""
-    from types import SimpleNamespace
-
-    from supervisor.session import RunSession
     from supervisor.wire import decode_body, encode
+    from tests.test_run_ending import bare_session
 
     loop = asyncio.get_running_loop()
 
@@ -249,11 +247,7 @@ async def test_a_tool_result_with_a_lone_surrogate_gets_the_call_an_error_not_si
         def close(self):
             self.closed = True
 
-    settings = SimpleNamespace(sandbox_max_frame_bytes=1 << 20, sandbox_max_output_bytes=1 << 20,
-                               sandbox_max_events_per_s=100)
-    sess = RunSession(services=SimpleNamespace(settings=settings), chain=chain, recorder=None,  # type: ignore[arg-type]
-                      binding=SimpleNamespace(run_id="run_x", tenant_id="ten_x"), emitter=Emitter(),  # type: ignore[arg-type]
-                      welcome={})
+    sess = bare_session(emitter=Emitter(), chain=chain)
     reader = asyncio.StreamReader()
     reader.feed_data(encode({"type": "call", "id": 1, "tool": "echo", "args": {}}))
     reader.feed_eof()  # the session reads the call, then waits for it before it ends
