@@ -118,3 +118,41 @@ def test_generated_key_is_made_once_even_by_racing_processes(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["secrets.key"]  # no temporary file left behind
     configured = load_settings(data_dir=tmp_path / "data", secrets_key="x" * 32)
     assert load_secrets_key(configured) != keys[0]
+
+
+async def _raw_url(sql_db, tenant: str, name: str) -> str:
+    sql = "SELECT url FROM mcp_servers WHERE tenant_id = {} AND name = {}"
+    if isinstance(sql_db.db, PgDB):
+        async with sql_db.db.acquire() as c:
+            return await c.fetchval(sql.format("$1", "$2"), tenant, name)
+    return sql_db.db.query_one(sql.format("?", "?"), (tenant, name))[0]
+
+
+async def _set_raw_url(sql_db, tenant: str, name: str, url: str) -> None:
+    sql = "UPDATE mcp_servers SET url = {} WHERE tenant_id = {} AND name = {}"
+    if isinstance(sql_db.db, PgDB):
+        async with sql_db.db.acquire() as c:
+            await c.execute(sql.format("$3", "$1", "$2"), tenant, name, url)
+    else:
+        sql_db.db.execute(sql.format("?", "?", "?"), (url, tenant, name))
+
+
+async def test_the_url_is_sealed_too_bound_to_its_tenant_and_server(sealed):
+    """Many MCP servers take their token in the URL's path (``/mcp/<token>``), which no redaction can tell
+    from a name: the stored URL was plain text in the database (and its backups)."""
+    store, sql_db = sealed
+    a, b = await sql_db.new_tenant(), await sql_db.new_tenant()
+    url = "http://127.0.0.1:9/mcp/tok-0123456789abcdef?key=q-secret"
+    await store.create_server(_server(a, url=url), [ADD], approved_by="k")
+    await store.create_server(_server(b, url="http://127.0.0.1:9/mcp/b-own"), [ADD], approved_by="k")
+    raw = await _raw_url(sql_db, a, "calc")
+    assert raw.startswith(PREFIX) and "tok-0123" not in raw and "q-secret" not in raw
+    assert (await store.get_server(a, "calc")).url == url
+    assert (await store.list_servers(a))[0].url == url
+    assert (await store.get_pinned(a, "calc", "add"))[0].url == url
+    await _set_raw_url(sql_db, b, "calc", raw)  # A's sealed URL moved to B's server: it does not open there
+    with pytest.raises(StockadeError) as err:
+        await store.get_server(b, "calc")
+    assert err.value.code == "secret.unreadable"
+    await _set_raw_url(sql_db, b, "calc", "http://127.0.0.1:9/mcp/written-before-sealing")  # legacy: read as is
+    assert (await store.get_server(b, "calc")).url == "http://127.0.0.1:9/mcp/written-before-sealing"

@@ -1,8 +1,11 @@
-"""An ``McpStore`` whose server headers are sealed at rest (``supervisor.secretbox``).
+"""An ``McpStore`` whose server headers and URL are sealed at rest (``supervisor.secretbox``).
 
 Header names stay readable (the API lists them); each value is sealed, bound to
 ``tenant / server / header name``, on the way in and opened on the way out, so
 the rest of the MCP code sees plain headers and the database never holds one.
+The URL is sealed too, bound to ``tenant / server``: many MCP servers take
+their token in the URL (``/mcp/<token>``, ``?key=``), and nothing can tell a
+token in a path from a name; the API shows it with query values redacted.
 Values stored before sealing existed (plain text) are still read as they are.
 """
 
@@ -21,6 +24,10 @@ def _bound_to(tenant_id: str, server: str, header: str) -> str:
     return f"mcp-header\x00{tenant_id}\x00{server}\x00{header}"
 
 
+def _url_bound_to(tenant_id: str, server: str) -> str:
+    return f"mcp-url\x00{tenant_id}\x00{server}"
+
+
 class SealedMcpStore:
     def __init__(self, inner: McpStore, box: SecretBox) -> None:
         self.inner = inner
@@ -30,11 +37,12 @@ class SealedMcpStore:
         return getattr(self.inner, name)
 
     def _seal(self, s: McpServer) -> McpServer:
-        return dataclasses.replace(s, headers={
+        return dataclasses.replace(s, url=self.box.seal(s.url, _url_bound_to(s.tenant_id, s.name)), headers={
             k: self.box.seal(v, _bound_to(s.tenant_id, s.name, k)) for k, v in s.headers.items()})
 
     def _open(self, s: McpServer) -> McpServer:
-        return dataclasses.replace(s, headers={
+        url = self.box.open(s.url, _url_bound_to(s.tenant_id, s.name)) if self.box.is_sealed(s.url) else s.url
+        return dataclasses.replace(s, url=url, headers={
             k: self.box.open(v, _bound_to(s.tenant_id, s.name, k)) if self.box.is_sealed(v) else v
             for k, v in s.headers.items()})
 
