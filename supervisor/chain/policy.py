@@ -23,7 +23,7 @@ supervisor/stores/redis/velocity.py) per-user velocity counts the calls of
 every node - the history is read, the call judged, and recorded only if no
 other node recorded one of that user and tool meanwhile, else judged again.
 Without it (the embedded stack, one process) this process's history is the
-user's. (A redirect hop is judged with this process's copy.) Memory
+user's. A redirect hop reads the same history as its call. Memory
 is bounded: ``max_runs`` runs and, per tenant, ``max_users`` users (least
 recently used; a tenant evicts only its own users), each at most
 ``MAX_VELOCITY`` timestamps per tool. Evicting a run forgets its history
@@ -240,16 +240,26 @@ class PolicyInterceptor:
         # The hop is judged with the run's history (an order rule "never http to X after secrets.read" must
         # not be dodged by a URL that redirects to X), minus the call's own record.
         tool = call.tool_name
+        bundle = b.bundle_policy if isinstance(b.bundle_policy, Policy) else None
         run = self._runs.get((b.tenant_id, b.run_id)) or _Log()
-        users = self._users.get(b.tenant_id)
-        user = (users.get(_principal(b)) if users is not None else None) or _Log()
         own = (tool, call.extra.get("policy_at"))
+        now = self._clock()
+        shared = None
+        if tenant.has_user_velocity or (bundle is not None and bundle.has_user_velocity):
+            shared = getattr(call.services, "velocity", None)
+        if shared is not None:  # the user's calls on every node (read only: a hop is no new call)
+            _, ages = await shared.read(b.tenant_id, _principal(b), tool)
+            user_history = _without_nearest([(tool, now - age) for age in ages], own)
+        else:
+            users = self._users.get(b.tenant_id)
+            user = (users.get(_principal(b)) if users is not None else None) or _Log()
+            user_history = _without(user.of(tool), own)
         req = PolicyRequest(
             tool=tool, args=_args_of(call), resource=resource, role=b.role, user=b.user_id,
-            project=b.project_id, history=_without(run.of(tool), own), user_history=_without(user.of(tool), own),
-            now=self._clock(), seen=frozenset(run.seen), completed=frozenset(run.completed),
+            project=b.project_id, history=_without(run.of(tool), own), user_history=user_history,
+            now=now, seen=frozenset(run.seen), completed=frozenset(run.completed),
         )
-        v = evaluate_layers(tenant, b.bundle_policy if isinstance(b.bundle_policy, Policy) else None, req)
+        v = evaluate_layers(tenant, bundle, req)
         if v.verdict not in ("allow", "delay"):
             raise StockadeError("policy.denied", f"redirect to {resource} is not allowed by policy ({v.reason or v.verdict})",
                                 rule_id=v.rule_id)
@@ -382,6 +392,15 @@ def _principal(b: Any) -> str:
     if b.key_id:
         return "k." + b.key_id
     return "r." + b.run_id
+
+
+def _without_nearest(entries: list[tuple[str, float]], own: tuple[str, Any]) -> tuple[tuple[str, float], ...]:
+    """The shared history minus the entry nearest in time to ``own``: the checked call's own record, timed
+    by the Redis server's clock (so not equal to this node's timestamp)."""
+    at = own[1]
+    if at is not None and entries:
+        del entries[min(range(len(entries)), key=lambda i: abs(entries[i][1] - at))]
+    return tuple(entries)
 
 
 def _without(entries: Sequence[tuple[str, float]], own: tuple[str, Any]) -> tuple[tuple[str, float], ...]:

@@ -123,3 +123,28 @@ async def test_run_scoped_velocity_alone_never_asks_redis(vlog):
     c.services = SimpleNamespace(policies=store, velocity=vlog)
     await PolicyInterceptor(stored_ttl_s=0)(c, Next())
     assert await vlog.read("t1", "u.u1", "echo") == ("0", [])
+
+
+async def test_a_redirect_hop_counts_the_users_calls_on_every_node(vlog):
+    """A hop (an HTTP redirect) was judged with this node's copy of the user's history: a URL redirecting to a
+    host metered per user passed on a node that had not seen the user's earlier call there."""
+    store = FakePolicyStore()
+    await store.set("t1", "version: 1\nrules:\n"
+                          "  - {id: once, tool: http.request, resource: 'https://metered.example/**',"
+                          " velocity: {max: 1, per_s: 600, scope: user}, verdict: deny}\n"
+                          "  - {id: any, tool: '*', verdict: allow}\n")
+    node_a, node_b = PolicyInterceptor(stored_ttl_s=0), PolicyInterceptor(stored_ttl_s=0)
+
+    def call(run: str, url: str):
+        c = make_call(store, "http.request", run=run, resource=url)
+        c.services = SimpleNamespace(policies=store, velocity=vlog)
+        return c
+
+    first = call("a", "https://metered.example/a")
+    await node_a(first, Next())
+    await node_a.recheck_resource(first, "https://metered.example/b")  # its own call is not counted twice
+    second = call("b", "https://public.example/")
+    await node_b(second, Next())
+    with pytest.raises(StockadeError) as exc:
+        await node_b.recheck_resource(second, "https://metered.example/c")
+    assert exc.value.code == "policy.denied" and exc.value.extra["rule_id"] == "once"
