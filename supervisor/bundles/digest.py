@@ -47,6 +47,6 @@ def digest_files(files: Iterable[tuple[str, bytes]]) -> str:
     return DIGEST_PREFIX + h.hexdigest()
 
 
-def digest_dir(path: Path, *, max_files: int = 100_000, max_bytes: int = 1 << 30) -> str:
+def digest_dir(path: Path, *, max_files: int = 100_000, max_bytes: int = 1 << 30, max_path: int = 1024) -> str:
     """Digest of a bundle folder, with the same walk (and refusals) as registration."""
-    return digest_files(snapshot_dir(path, max_files=max_files, max_bytes=max_bytes).items())
+    return digest_files(snapshot_dir(path, max_files=max_files, max_bytes=max_bytes, max_path=max_path).items())

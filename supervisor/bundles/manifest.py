@@ -92,7 +92,8 @@ class BundleManifest(BaseModel):
     def _version(cls, v: Any) -> Any:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             raise ValueError(f'must be a string; quote it, e.g. version: "{v}"')
-        if isinstance(v, str) and (not v.strip() or len(v) > 64 or _CONTROL.search(v)):
+        # isprintable: also C1 controls, line/paragraph separators, bidi overrides, lone surrogates (logs, UI)
+        if isinstance(v, str) and (not v.strip() or len(v) > 64 or not v.isprintable()):
             raise ValueError("must be 1-64 printable characters")
         return v
 
@@ -197,6 +198,9 @@ def parse_manifest(text: str | bytes) -> BundleManifest:
         data, node = load_document(text)
     except YamlProblem as p:
         raise _fail(f"{_where(p.line)}: {p.message}", [{"line": p.line, "field": "", "message": p.message}]) from None
+    except (ValueError, OverflowError) as exc:  # a scalar YAML cannot construct: `2001-13-45`, a 5000-digit int
+        message = f"a value cannot be read: {str(exc)[:200]}"
+        raise _fail(f"{MANIFEST_FILE}: {message}", [{"line": None, "field": "", "message": message}]) from None
     if data is None:
         raise _fail(f"{MANIFEST_FILE} is empty")
     if not isinstance(data, dict):

@@ -83,9 +83,14 @@ class BundleRegistry:
 
     # --- registration
     async def register_dir(self, src: Path, tenant_id: str | None) -> BundleVersion:
-        """Validate the folder and register it as a new immutable version (or reuse an identical one)."""
+        """Validate the folder and register it as a new immutable version (or reuse an identical one).
+
+        A folder inside the store (e.g. a bundles-folder link to another tenant's version) is refused.
+        """
         _check_tenant(tenant_id)
-        return await self._publish(tenant_id, *await asyncio.to_thread(self._prepare_dir, Path(src), tenant_id))
+        return await self._publish(
+            tenant_id, *await asyncio.to_thread(self._prepare_dir, Path(src), tenant_id, outside=self.root)
+        )
 
     async def register_archive(self, data: bytes, tenant_id: str | None) -> BundleVersion:
         """Like ``register_dir`` for an uploaded tar.gz or zip (hostile input; see ``archive``)."""
@@ -114,8 +119,10 @@ class BundleRegistry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _prepare_dir(self, src: Path, tenant_id: str | None) -> tuple[BundleManifest, str, Path, bool]:
-        files = snapshot_dir(src, max_files=self.max_files, max_bytes=self.max_bytes)
+    def _prepare_dir(
+        self, src: Path, tenant_id: str | None, outside: Path | None = None
+    ) -> tuple[BundleManifest, str, Path, bool]:
+        files = snapshot_dir(src, max_files=self.max_files, max_bytes=self.max_bytes, outside=outside)
         manifest = validate_bundle_files(files)
         digest = digest_files(files.items())
         return (manifest, digest, *self._materialize(files, tenant_id, manifest.name, digest))
@@ -172,10 +179,12 @@ class BundleRegistry:
     def _intact(self, path: Path, digest: str) -> bool:
         """Whether the stored copy still hashes to its digest (same walk and refusals as registration).
 
-        Generous limits: a version registered before the operator lowered them is still intact.
+        Generous limits: a version registered before the operator lowered them (or before paths were
+        capped) is still intact.
         """
         try:
-            found = digest_dir(path, max_files=max(self.max_files, 100_000), max_bytes=max(self.max_bytes, 1 << 30))
+            found = digest_dir(path, max_files=max(self.max_files, 100_000), max_bytes=max(self.max_bytes, 1 << 30),
+                               max_path=1 << 16)
         except StockadeError:
             return False
         return found == digest

@@ -7,10 +7,15 @@ content as it was (a touch, a chmod) registers nothing. If several folders
 declare the same name, the one registered last is current (a warning says
 so): at start-up the last in name order, then the one whose content changed
 last. A folder that turns broken logs one warning (per distinct error) and
-its previous version stays current.
+its previous version stays current. A folder that failed for a reason that
+may pass (the store is down, the data folder is full) is tried again by
+itself, backing off from a second to a minute; one folder failing never stops
+the others. Every file of a bundle is watched (watchfiles' default filter
+would skip ``notes~`` or ``node_modules/``, which are part of the bundle).
 Deleting a folder does not unregister anything. If the bundles folder itself
 is deleted and created again, the watch is re-armed on the new one (and it is
-scanned in full).
+scanned in full); so is a watch that broke (watchfiles gives up for good on a
+file name that is not UTF-8, or when the host's inotify limits are reached).
 
 The watch is armed before the first full scan (the scan runs on the first
 tick of ``awatch``), so nothing written around start-up is missed.
@@ -23,12 +28,13 @@ import contextlib
 import inspect
 import logging
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from supervisor.bundles.digest import digest_dir
+from supervisor.bundles.digest import digest_dir, is_ignored
 from supervisor.bundles.manifest import MANIFEST_FILE
 from supervisor.bundles.registry import BundleRegistry, BundleVersion
 from supervisor.errors import StockadeError
@@ -40,15 +46,33 @@ log = logging.getLogger("stockade.bundles")
 OnChange = Callable[[BundleVersion], Awaitable[None] | None]
 _REAPPEAR_POLL_S = 1.0
 _MAX_BACKOFF_S = 60.0
+_RETRY_FIRST_S = 1.0  # a folder that failed for a reason that may pass: first retry after this, then doubling
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, for the log (anyio wraps watchfiles' errors in a one-member group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError) and exc.strerror:  # without the file name: a staging folder's changes each time
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{exc}" or type(exc).__name__
+
+
+def _shown(text: str) -> str:
+    """A name or detail from the folder, safe for a log line: a newline in a file name must not forge a
+    line, a name that is not UTF-8 must not make the log handler drop the warning."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _is_bundle_folder(p: Path) -> bool:
     """A direct subfolder holding a ``bundle.yaml``. One unreadable folder must not hide the others:
-    it counts as a bundle folder, so registering it logs why it cannot be loaded."""
+    it counts as a bundle folder, so registering it logs why it cannot be loaded. So does one whose
+    ``bundle.yaml`` is not a file (a folder, a fifo, a dangling link): a broken edit, not a deletion."""
     if p.name.startswith("."):
         return False
     try:
-        return p.is_dir() and (p / MANIFEST_FILE).is_file()
+        manifest = p / MANIFEST_FILE
+        return p.is_dir() and (manifest.is_file() or manifest.is_symlink() or manifest.exists())
     except OSError:  # e.g. EACCES: is_dir/is_file only swallow "does not exist"
         return True
 
@@ -69,7 +93,9 @@ async def load_bundles_dir(registry: BundleRegistry, bundles_dir: Path) -> list[
         try:
             loaded.append(await registry.register_dir(folder, None))
         except StockadeError as exc:
-            log.warning("bundle folder %s not loaded: %s", folder.name, exc.detail)
+            log.warning("bundle folder %s not loaded: %s", _shown(folder.name), _shown(exc.detail))
+        except Exception as exc:  # e.g. the store's folder cannot be written: one folder must not stop start-up
+            log.warning("bundle folder %s not loaded: %s", _shown(folder.name), _shown(_describe(exc)), exc_info=True)
     _warn_duplicate_names(loaded)
     return loaded
 
@@ -90,6 +116,7 @@ class _Watch:
         self.digests: dict[str, str] = {}  # folder name -> digest last registered
         self.names: dict[str, str] = {}  # folder name -> bundle name it declared
         self.errors: dict[str, str] = {}  # folder name -> last warning, to warn once
+        self.retry: dict[str, tuple[float, float]] = {}  # folder name -> (monotonic time due, backoff)
 
     async def scan_all(self) -> None:
         for folder in _bundle_folders(self.dir):
@@ -110,29 +137,58 @@ class _Watch:
         return False
 
     async def scan_one(self, folder_name: str) -> None:
+        """Register the folder if its content changed. Whatever goes wrong is this folder's alone: it is
+        logged (once per distinct reason) and, if it may pass, retried later without waiting for an edit."""
+        backoff = self.retry.pop(folder_name, (0.0, 0.0))[1]
+        try:
+            version = await self._register(folder_name)
+        except Exception as exc:
+            if isinstance(exc, StockadeError):
+                self._failed(folder_name, exc.detail, expected=True)
+                retry = exc.retryable  # e.g. store.unavailable
+            else:  # not the folder's fault (a full disk, a damaged store): logged with its traceback
+                self._failed(folder_name, _describe(exc), expected=False)
+                retry = True
+            if retry:  # no edit may ever come to try it again
+                backoff = min(backoff * 2, _MAX_BACKOFF_S) if backoff else _RETRY_FIRST_S
+                self.retry[folder_name] = (time.monotonic() + backoff, backoff)
+            return
+        if version is not None and self.on_change is not None:
+            try:
+                result = self.on_change(version)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("bundle hot-load: on_change failed for %s", version.name)
+
+    async def retry_due(self) -> None:
+        now = time.monotonic()
+        for folder_name in sorted(f for f, (due, _) in self.retry.items() if due <= now):
+            await self.scan_one(folder_name)
+
+    def _failed(self, folder_name: str, detail: str, expected: bool) -> None:
+        if self.errors.get(folder_name) == detail:
+            return
+        self.errors[folder_name] = detail
+        how = "not reloaded, keeping its previous version" if folder_name in self.digests else "not loaded"
+        log.warning("bundle folder %s %s: %s", _shown(folder_name), how, _shown(detail), exc_info=not expected)
+
+    async def _register(self, folder_name: str) -> BundleVersion | None:
+        """The version registered, if it is new for this folder; raises what registration raises."""
         folder = self.dir / folder_name
         if not _is_bundle_folder(folder):
             self.digests.pop(folder_name, None)
             self.names.pop(folder_name, None)
-            return
+            return None
         if folder_name in self.digests and await asyncio.to_thread(self._digest, folder) == self.digests[folder_name]:
             # touched, not changed (mtime, chmod, a checkout): registering it again would make it current
             # again, silently taking the name back from another folder that declares the same name
             self.errors.pop(folder_name, None)
-            return
-        try:
-            version = await self.registry.register_dir(folder, None)
-        except StockadeError as exc:
-            if self.errors.get(folder_name) != exc.detail:
-                self.errors[folder_name] = exc.detail
-                if folder_name in self.digests:
-                    log.warning("bundle folder %s not reloaded, keeping its previous version: %s", folder_name, exc.detail)
-                else:
-                    log.warning("bundle folder %s not loaded: %s", folder_name, exc.detail)
-            return
+            return None
+        version = await self.registry.register_dir(folder, None)
         self.errors.pop(folder_name, None)
         if self.digests.get(folder_name) == version.digest:
-            return
+            return None
         self.digests[folder_name] = version.digest
         self.names[folder_name] = version.name
         log.info("bundle %s %s registered (%s)", version.name, version.version, version.digest[:19])
@@ -142,11 +198,8 @@ class _Watch:
         )
         if others:
             log.warning("bundle folders %s and %s declare the same name %r; the one registered last (%s) is current",
-                        folder_name, ", ".join(others), version.name, folder_name)
-        if self.on_change is not None:
-            result = self.on_change(version)
-            if inspect.isawaitable(result):
-                await result
+                        _shown(folder_name), _shown(", ".join(others)), version.name, _shown(folder_name))
+        return version
 
     def folder_of(self, path: str) -> str | None:
         try:
@@ -191,13 +244,18 @@ async def watch_bundles_dir(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _REAPPEAR_POLL_S)
             continue
-        watch.dir = await asyncio.to_thread(Path(bundles_dir).resolve)
+        armed = time.monotonic()
         try:
+            watch.dir = await asyncio.to_thread(Path(bundles_dir).resolve)
             await _watch_until_replaced(watch, Path(bundles_dir), identity, stop, ready, debounce_ms, step_ms)
-        except OSError as exc:  # the folder vanished while arming, or the host's inotify limits are reached
-            if str(exc) != failure:
-                failure = str(exc)
-                log.warning("cannot watch bundles folder %s (retrying): %s", bundles_dir, exc)
+        except Exception as exc:
+            # the folder vanished while arming, the host's inotify limits are reached, or watchfiles gave up
+            # (for good: it cannot decode a file name that is not UTF-8): re-armed, the folder scanned in full
+            if time.monotonic() - armed > _MAX_BACKOFF_S:  # it had been watching fine: a new failure
+                failure, backoff = "", _REAPPEAR_POLL_S
+            if _describe(exc) != failure:
+                failure = _describe(exc)
+                log.warning("cannot watch bundles folder %s (retrying): %s", bundles_dir, _shown(failure))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
@@ -206,6 +264,23 @@ async def watch_bundles_dir(
         ready = None  # set once, after the first full scan
         if not stop.is_set():
             log.warning("bundles folder %s was removed or replaced; watching it again once it is back", bundles_dir)
+
+
+class _Relevant:
+    """Drops only changes a bundle cannot contain (the ``is_ignored`` rules of ``digest.py``): under a
+    hidden or ``__pycache__`` folder (``.git``), or to a hidden name (editor swap files)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def __call__(self, change: Change, path: str) -> bool:
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:
+            return True
+        return not parts or not (
+            any(is_ignored(p, is_dir=True) for p in parts[:-1]) or parts[-1].startswith(".")
+        )
 
 
 def _identity(directory: Path) -> tuple[int, int] | None:
@@ -228,9 +303,11 @@ async def _watch_until_replaced(
     first = True
     # step: wait for this much quiet before reacting, so a multi-file copy lands as one version;
     # rust_timeout + yield_on_timeout: the first tick comes quickly even when nothing changes, and
-    # later ones come at least every half second, to notice a replaced folder.
+    # later ones come at least every half second, to notice a replaced folder and retry failed folders.
+    # our own filter: watchfiles' default one skips names (`notes~`, `node_modules/`) that are part of a bundle.
     ticks = awatch(
         watch.dir, stop_event=stop, debounce=debounce_ms, step=step_ms, rust_timeout=500, yield_on_timeout=True,
+        watch_filter=_Relevant(str(watch.dir)),
     )
     async with contextlib.aclosing(ticks):  # returning early must release the inotify watch now
         async for changes in ticks:
@@ -251,5 +328,6 @@ async def _watch_until_replaced(
                 folders = {f for _, path in changes if (f := watch.folder_of(path)) is not None}
                 for name in sorted(folders):
                     await watch.scan_one(name)
-            except Exception:  # the watcher must outlive a store hiccup; the next change retries
+                await watch.retry_due()
+            except Exception:  # the watcher must outlive a hiccup (scan_one keeps each folder's to itself)
                 log.exception("bundle hot-load failed")
