@@ -16,6 +16,11 @@ Deleting a folder does not unregister anything. If the bundles folder itself
 is deleted and created again, the watch is re-armed on the new one (and it is
 scanned in full); so is a watch that broke (watchfiles gives up for good on a
 file name that is not UTF-8, or when the host's inotify limits are reached).
+Events can also be lost without a word (the kernel's inotify queue overflows
+under a big checkout; watchfiles drops the notice): every ``_SWEEP_S`` each
+folder's metadata (names, sizes, mtimes, inodes; no file is read) is compared
+with what it was when the folder was last scanned, and a folder that differs
+is scanned again.
 
 The watch is armed before the first full scan (the scan runs on the first
 tick of ``awatch``), so nothing written around start-up is missed.
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +53,8 @@ OnChange = Callable[[BundleVersion], Awaitable[None] | None]
 _REAPPEAR_POLL_S = 1.0
 _MAX_BACKOFF_S = 60.0
 _RETRY_FIRST_S = 1.0  # a folder that failed for a reason that may pass: first retry after this, then doubling
+_SWEEP_S = 30.0  # the backstop for lost events (module docstring)
+_STAMP_MAX = 200_000  # entries a stamp looks at; past it the stamp says so (the scan refuses such a folder anyway)
 
 
 def _describe(exc: BaseException) -> str:
@@ -117,6 +125,8 @@ class _Watch:
         self.names: dict[str, str] = {}  # folder name -> bundle name it declared
         self.errors: dict[str, str] = {}  # folder name -> last warning, to warn once
         self.retry: dict[str, tuple[float, float]] = {}  # folder name -> (monotonic time due, backoff)
+        self.stamps: dict[str, str] = {}  # folder name -> its metadata stamp when last scanned
+        self.next_sweep = time.monotonic() + _SWEEP_S
 
     async def scan_all(self) -> None:
         for folder in _bundle_folders(self.dir):
@@ -140,6 +150,8 @@ class _Watch:
         """Register the folder if its content changed. Whatever goes wrong is this folder's alone: it is
         logged (once per distinct reason) and, if it may pass, retried later without waiting for an edit."""
         backoff = self.retry.pop(folder_name, (0.0, 0.0))[1]
+        # before the scan reads anything: an edit landing during the scan differs from it at the next sweep
+        self.stamps[folder_name] = await asyncio.to_thread(_stamp, self.dir / folder_name)
         try:
             version = await self._register(folder_name)
         except Exception as exc:
@@ -160,6 +172,16 @@ class _Watch:
                     await result
             except Exception:
                 log.exception("bundle hot-load: on_change failed for %s", version.name)
+
+    async def sweep(self) -> None:
+        """Scan again every folder whose metadata changed since it was last scanned (lost events)."""
+        self.next_sweep = time.monotonic() + _SWEEP_S
+        folders = await asyncio.to_thread(_bundle_folders, self.dir)
+        for gone in set(self.stamps) - {f.name for f in folders}:
+            del self.stamps[gone]
+        for folder in folders:
+            if self.stamps.get(folder.name) != await asyncio.to_thread(_stamp, folder):
+                await self.scan_one(folder.name)
 
     async def retry_due(self) -> None:
         now = time.monotonic()
@@ -266,6 +288,34 @@ async def watch_bundles_dir(
             log.warning("bundles folder %s was removed or replaced; watching it again once it is back", bundles_dir)
 
 
+def _stamp(folder: Path) -> str:
+    """A digest of the folder's metadata - every entry's path, type, size, mtime and inode - without
+    reading a file. ``""`` if it cannot be listed at all."""
+    import hashlib
+
+    h = hashlib.sha256()
+    seen = 0
+    try:
+        for root, dirs, files in os.walk(folder, followlinks=False):
+            dirs.sort()
+            for name in sorted(files) + dirs:
+                seen += 1
+                if seen > _STAMP_MAX:
+                    h.update(b"\0too many")
+                    return h.hexdigest()
+                try:
+                    st = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                h.update(os.fsencode(os.path.join(root, name)) + b"\0")
+                h.update(f"{st.st_mode},{st.st_size},{st.st_mtime_ns},{st.st_ino}\0".encode())
+        st = os.stat(folder)
+        h.update(f"{st.st_mode},{st.st_ino}".encode())
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
 class _Relevant:
     """Drops only changes a bundle cannot contain (the ``is_ignored`` rules of ``digest.py``): under a
     hidden or ``__pycache__`` folder (``.git``), or to a hidden name (editor swap files)."""
@@ -329,5 +379,7 @@ async def _watch_until_replaced(
                 for name in sorted(folders):
                     await watch.scan_one(name)
                 await watch.retry_due()
+                if time.monotonic() >= watch.next_sweep:
+                    await watch.sweep()
             except Exception:  # the watcher must outlive a hiccup (scan_one keeps each folder's to itself)
                 log.exception("bundle hot-load failed")

@@ -301,3 +301,21 @@ def test_a_version_must_be_printable_as_promised(version: str) -> None:
 
     with pytest.raises(ValueError, match="printable"):
         BundleManifest.model_validate({"name": "app", "version": version})
+
+
+async def test_edits_whose_events_were_lost_are_found_by_the_sweep(
+    tmp_path: Path, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's inotify queue can overflow (a big checkout) and watchfiles drops the notice: those
+    edits were never registered until the folder changed again. Lost here on purpose (a filter that
+    drops every event); the sweep compares each folder's metadata with its last scan and finds them."""
+    monkeypatch.setattr(watcher, "_SWEEP_S", 0.3)
+    monkeypatch.setattr(watcher, "_Relevant", lambda root: (lambda change, path: False))
+    d = tmp_path / "bundles"
+    write_bundle(d / "app", name="app", text="first")
+    w = await start(d)
+    await w.change_named("app", "first")
+    write_bundle(d / "app", name="app", text="second")  # no event reaches the watcher
+    await w.change_named("app", "second")
+    write_bundle(d / "new", name="new")  # nor for a whole new folder
+    await w.change_named("new")
