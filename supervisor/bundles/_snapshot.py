@@ -154,9 +154,19 @@ def _check_outside(fd: int, src: Path, store: Path) -> None:
         real = Path(os.readlink(f"/proc/self/fd/{fd}"))  # what was opened, not what the path says now
     except OSError:
         real = Path(os.path.realpath(src))
-    root = Path(os.path.realpath(store))
-    if real == root or root in real.parents:
-        raise _fail("the bundle folder is inside the bundle store (a link to a registered version?)")
+    try:
+        st = os.stat(store)
+    except OSError:
+        return  # no store yet: nothing registered to republish
+    root = (st.st_dev, st.st_ino)
+    # by device and inode, not by path: a bind mount of the data folder is the store under another name
+    for p in (real, *real.parents):
+        try:
+            pst = os.stat(p)
+        except OSError:
+            continue
+        if (pst.st_dev, pst.st_ino) == root:
+            raise _fail("the bundle folder is inside the bundle store (a link to a registered version?)")
 
 
 def snapshot_dir(

@@ -220,6 +220,30 @@ async def test_a_bundle_folder_linked_into_the_store_is_refused(
     assert err.value.code == "bundle.invalid"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+async def test_a_bundle_folder_reached_through_a_bind_mount_of_the_store_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store under another name (a bind mount of the data folder: real paths differ, the folder is the
+    same): compared by device and inode, not by path."""
+    import subprocess
+
+    registry = BundleRegistry(MemoryBundleStore(), tmp_path / "data")
+    private = await registry.register_dir(write_bundle(tmp_path / "src", name="private", text="tenant a"), "tenant-a")
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(registry.root), str(alias)], check=True)
+    try:
+        d = tmp_path / "bundles"
+        d.mkdir()
+        (d / "evil").symlink_to(alias / private.path.relative_to(registry.root))
+        write_bundle(d / "ok", name="ok")
+        assert [v.name for v in await load_bundles_dir(registry, d)] == ["ok"]
+        assert "inside the bundle store" in caplog.text
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
+
+
 @pytest.mark.parametrize("breakage", ["folder", "fifo", "dangling link"])
 async def test_a_bundle_yaml_that_is_not_a_file_says_so_and_keeps_the_version(
     tmp_path: Path, start: Any, caplog: pytest.LogCaptureFixture, breakage: str
