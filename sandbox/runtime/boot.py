@@ -6,6 +6,7 @@ the outcome in a ``done`` frame, then ends the process at once. Standard library
 """
 
 import asyncio
+import builtins
 import importlib.util
 import os
 import re
@@ -24,6 +25,8 @@ from stockade_sdk.wire import FrameError  # noqa: E402
 SOCKET = os.environ.get("STOCKADE_SOCKET", "/run/stockade/s")
 BUNDLE = os.environ.get("STOCKADE_BUNDLE_DIR", "/bundle")
 _exit = os._exit  # taken before the bundle runs, which may replace it
+_BUILTINS = dict(builtins.__dict__)  # likewise: the report needs isinstance, str, len ... as they were
+_update, _ANY = dict.update, BaseException  # module globals: found before the (replaceable) builtins
 _CODE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*")
 MESSAGE_CHARS, TRACEBACK_CHARS, NAME_CHARS, CODE_CHARS = 4000, 16000, 200, 64
 
@@ -121,9 +124,19 @@ async def _run() -> NoReturn:
     try:
         main = _load_main(welcome.get("entrypoint", "main.py"))
         await main(ctx)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, CancelledError too: reported, not hidden
+    except _ANY as exc:  # SystemExit, KeyboardInterrupt, CancelledError too: reported, not hidden
+        _restore_builtins()
         done = _failure(exc)
+    _restore_builtins()
     _end(await _report(conn, done))
+
+
+def _restore_builtins() -> None:
+    """Put back every builtin the bundle replaced or deleted (what it added stays: harmless)."""
+    try:
+        _update(builtins.__dict__, _BUILTINS)
+    except _ANY:  # the report is tried either way
+        pass
 
 
 def _end(code: int) -> NoReturn:
