@@ -10,7 +10,9 @@ the end of a run that has ended gets 204 (routes/runs.py: an EventSource then st
 the run ends behind the cursor while the stream is open, the next keep-alive check closes it.
 The key is checked again on a clock (however busy the stream; ``deps.key_recheck``), so a revoked key
 is cut off within ``deps.KEY_RECHECK_S``: once revoked, or if the lookup fails, the stream closes after
-a comment naming the code (events already sent stay sent).
+a comment naming the code (events already sent stay sent). The store away (PostgreSQL restarting) does not
+end a stream its live tail still serves: its checks are skipped until it is back; a gap only the store could
+fill closes the stream the same way (the client resumes with Last-Event-ID).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fastapi import Request
 
 from app import deps
 from app._pages import PAGE, stored
+from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
 from supervisor.tenancy import Principal, key_failure
 
@@ -98,8 +101,13 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                     # the bus may have missed a publish (e.g. a restarted node): check the store; a run
                     # that ended behind a cursor past its end publishes nothing more (status read first:
                     # a run ending between the two reads still has its last events delivered)
-                    over = await _ended(runs, tenant_id, run_id)
-                    batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+                    try:
+                        over = await _ended(runs, tenant_id, run_id)
+                        batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+                    except StockadeError as exc:
+                        if not exc.code.endswith(".unavailable"):
+                            raise
+                        continue  # the store is away (restarting): the live tail goes on; checked next time
                     if not batch:
                         if over:
                             return
@@ -107,7 +115,13 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                 quiet_until = loop.time() + KEEPALIVE_S
                 if isinstance(batch, BaseException):
                     pump = asyncio.create_task(_pump(bus, run_id, cursor, queue, delay=1.0))
-                    batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+                    try:
+                        batch = await runs.events_after(tenant_id, run_id, cursor, limit=PAGE)
+                    except StockadeError as exc:
+                        if not exc.code.endswith(".unavailable"):
+                            raise
+                        continue  # the store is away too: read again when that pump fails (the key re-check
+                        # closes the stream if the store stays away)
                     if not batch:
                         continue
                 for e in batch:
@@ -115,11 +129,20 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                         continue
                     if e.seq != cursor + 1:  # the bus skipped some: fill from the durable log
                         missed = stored(runs, tenant_id, run_id, cursor, encode_event, len, e.seq - cursor - 1)
-                        async with contextlib.aclosing(missed) as gap:
-                            async for g, frame in gap:
-                                cursor = g.seq
-                                if (chunk := out.add(frame)) is not None:
-                                    yield chunk
+                        try:
+                            async with contextlib.aclosing(missed) as gap:
+                                async for g, frame in gap:
+                                    cursor = g.seq
+                                    if (chunk := out.add(frame)) is not None:
+                                        yield chunk
+                        except StockadeError as exc:
+                            if not exc.code.endswith(".unavailable"):
+                                raise
+                            # the store is away: the gap can be neither filled nor skipped. What was read goes
+                            # out, then the stream closes naming the code (as a failed key re-check closes it);
+                            # the client resumes with Last-Event-ID
+                            yield (out.flush() or b"") + b": " + exc.code.encode() + b": stream closed\n\n"
+                            return
                     if (chunk := out.add(encode_event(e))) is not None:
                         yield chunk
                     cursor, ended = e.seq, e.type in TERMINAL

@@ -80,6 +80,13 @@ class Worker:
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            except Exception:  # a bug, not an outage: logged, and the loop goes on (had it ended, this
+                # node would never claim a run again, and nothing would say so)
+                self._slots.release()
+                log.exception("claiming a run failed; retrying")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
             if job is None:
                 self._slots.release()
                 continue

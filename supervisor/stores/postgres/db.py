@@ -44,6 +44,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # the rest of class 57 (operator intervention): a statement canceled by pg_cancel_backend or a
+    # statement_timeout, a session cut by idle_session_timeout, the database dropped - not served now
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # 25P03: the server cut a session left in a transaction
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, or a database set read-only: no writes here now
     asyncpg.exceptions.LockNotAvailableError,  # a lock_timeout ran out: another session holds the row or table

@@ -37,6 +37,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from supervisor.errors import StockadeError
 from supervisor.stores.memory._runlog import TERMINAL_TYPES, RunLog, follow
@@ -50,6 +51,12 @@ log = logging.getLogger("stockade.events.redis")
 
 _WHAT = "The live event stream is unavailable"
 _RENEWALS_MAX = 10_000
+# After a publish times out (a Redis that hangs: a frozen primary, a partition), the next publishes of this
+# process fail at once for this long instead of each waiting the socket timeout in turn - every event of a
+# run is published in order, so a run of N events took N timeouts. They are in the store already; tailers,
+# whose reads fail too, read them there. A terminal event is always tried (live tailers wait for it).
+_QUIET_S = 1.0
+_SLOW = (TimeoutError, RedisTimeoutError)
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # built once, not per event
 
@@ -90,6 +97,7 @@ class RedisEventBus:
         self._clock = time.monotonic
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._quiet_until = 0.0  # monotonic: publishes before this fail fast (_QUIET_S)
 
     # --- publishing
 
@@ -101,19 +109,26 @@ class RedisEventBus:
         now = self._clock()
         renewed = self._ttl_renewed.get(event.run_id)
         final = event.type in TERMINAL_TYPES
+        if not final and now < self._quiet_until:
+            raise StockadeError("store.unavailable", f"{_WHAT}: Redis did not answer a moment ago.")
         renew = final or renewed is None or now - renewed > self._ttl_s / 8
-        with unavailable("store.unavailable", _WHAT):
-            if renew:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0", maxlen=self._max_per_run, approximate=True)
-                    pipe.expire(key, self._ttl_s)
-                    added, _ = await pipe.execute(raise_on_error=False)
-            else:
-                try:
-                    added = await self._client.xadd(key, {"e": payload}, id=f"{event.seq}-0",
-                                                    maxlen=self._max_per_run, approximate=True)
-                except ResponseError as exc:
-                    added = exc
+        try:
+            with unavailable("store.unavailable", _WHAT):
+                if renew:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0", maxlen=self._max_per_run, approximate=True)
+                        pipe.expire(key, self._ttl_s)
+                        added, _ = await pipe.execute(raise_on_error=False)
+                else:
+                    try:
+                        added = await self._client.xadd(key, {"e": payload}, id=f"{event.seq}-0",
+                                                        maxlen=self._max_per_run, approximate=True)
+                    except ResponseError as exc:
+                        added = exc
+        except StockadeError as exc:
+            if isinstance(exc.__cause__, _SLOW):
+                self._quiet_until = self._clock() + _QUIET_S
+            raise
         if final:
             self._ttl_renewed.pop(event.run_id, None)
         elif renew:

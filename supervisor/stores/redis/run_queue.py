@@ -14,6 +14,7 @@ up while a worker waits.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -26,6 +27,8 @@ from supervisor.stores.redis._lua import QUEUE_CLAIM_EXPIRED, QUEUE_EXTEND, QUEU
 from supervisor.stores.redis.client import block_ms
 
 __all__ = ["RedisRunQueue"]
+
+log = logging.getLogger("stockade.queue")
 
 _GROUP = "workers"
 _WHAT = "The run queue is unavailable"
@@ -83,9 +86,19 @@ class RedisRunQueue:
         with unavailable("store.unavailable", _WHAT):
             await self._client.xadd(self._key, {"t": tenant_id, "r": run_id, "a": "0"})
 
-    def _job(self, entry_id: Any, flat: Any, deliveries: int) -> Job:
-        f = _fields(flat)
-        return Job(run_id=f["r"], tenant_id=f["t"], receipt=_s(entry_id), attempts=int(f.get("a", "0")) + deliveries)
+    def _job(self, entry_id: Any, flat: Any, deliveries: Any) -> Job | None:
+        """The job an entry holds; None for an entry that holds none (another writer's, or gone)."""
+        try:
+            f = _fields(flat)
+            return Job(run_id=f["r"], tenant_id=f["t"], receipt=_s(entry_id),
+                       attempts=int(f.get("a", "0")) + int(deliveries))
+        except (KeyError, ValueError, TypeError, IndexError):
+            return None
+
+    async def _drop(self, entry_id: Any) -> None:
+        """An entry that is no job: off the queue, or every claim would hand it out again."""
+        log.warning("run queue entry %s is not a job (fields r, t); dropped", _s(entry_id))
+        await self._finish_id(_s(entry_id))
 
     async def claim(self, worker_id: str, timeout_s: float) -> Job | None:
         deadline = time.monotonic() + max(0.0, timeout_s)
@@ -95,7 +108,11 @@ class RedisRunQueue:
                 lambda: self._claim_expired(keys=[self._key], args=[_GROUP, worker_id, idle_ms])
             )
             if got:
-                return self._job(got[0], got[1], int(got[2]))
+                job = self._job(got[0], got[1] if len(got) > 1 else None, got[2] if len(got) > 2 else 1)
+                if job is not None:
+                    return job
+                await self._drop(got[0])
+                continue
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             # BLOCK 0 would mean "forever": a finished wait polls once without blocking.
             block = min(remaining_ms, self._block_ms, idle_ms)
@@ -107,7 +124,10 @@ class RedisRunQueue:
             )
             for _stream, entries in res or ():
                 for entry_id, flat in entries:
-                    return self._job(entry_id, flat, 1)
+                    job = self._job(entry_id, flat, 1)
+                    if job is not None:
+                        return job
+                    await self._drop(entry_id)
             if remaining_ms <= 0:
                 return None
 
@@ -115,10 +135,13 @@ class RedisRunQueue:
         await self._call(lambda: self._extend(keys=[self._key], args=[_GROUP, job.receipt, job.attempts]))
 
     async def _finish(self, job: Job) -> None:
+        await self._finish_id(job.receipt)
+
+    async def _finish_id(self, receipt: str) -> None:
         async def run() -> None:
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(self._key, _GROUP, job.receipt)
-                pipe.xdel(self._key, job.receipt)
+                pipe.xack(self._key, _GROUP, receipt)
+                pipe.xdel(self._key, receipt)
                 await pipe.execute()
 
         await self._call(run)
