@@ -95,7 +95,15 @@ class ApprovalInterceptor:
         s = call.services
         step = 0
         while True:
-            current = await s.approvals.get(approval.tenant_id, approval.id)
+            try:
+                current = await s.approvals.get(approval.tenant_id, approval.id)
+            except StockadeError as exc:
+                # the store is away (PostgreSQL restarting): the human's decision is not lost with it, so the
+                # call waits on until it expires; past that, it fails closed with the store's code
+                if not exc.code.endswith(".unavailable") or time.time() >= approval.expires_at:
+                    raise
+                await asyncio.sleep(POLL_S[-1])
+                continue
             if current is None:  # the durable request is gone (removed behind the store's back): fail closed
                 raise StockadeError("approval.rejected", "the approval request no longer exists", approval_id=approval.id)
             if current.status != "pending":
@@ -108,7 +116,8 @@ class ApprovalInterceptor:
                         reason="expired without a decision", now=now,
                     )
                 except StockadeError:
-                    continue  # decided concurrently; read it again
+                    await asyncio.sleep(POLL_S[0])
+                    continue  # decided concurrently (or the store is away); read it again
             await asyncio.sleep(POLL_S[min(step, len(POLL_S) - 1)])
             step += 1
 

@@ -323,11 +323,9 @@ async def test_the_cancel_watch_outlives_a_canceled_statement(outage_settings):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason="supervisor/chain/approval.py (not this helper's file): ApprovalInterceptor."
-                   "_wait gives up on the first store.unavailable while polling; see the session 9 outage report")
 async def test_a_pg_restart_while_a_run_waits_for_approval_does_not_end_it(outage_settings):
     """PostgreSQL restarts (1.5 s without connections) while a run waits for a human. The wait only
-    polls the store: it should ride the outage out. Before: the call failed at the first poll, and the
+    polls the store: it rides the outage out. Before: the call failed at the first poll, and the
     run ended run.worker_lost - although its approver then approved it (200)."""
     node = await start_node(outage_settings)
     try:
