@@ -108,16 +108,22 @@ class Runtime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.sweep_interval_s)
             now = time.time()
-            try:
-                await s.ledger.sweep(now)
-                await s.approvals.expire_due(now)
-                await self.prune_idempotency_keys(now)
+            # Each step on its own: one that fails (Redis away: the queue's step) must not hold the others
+            # back (expiring approvals and reservations in PostgreSQL, killing orphaned sandboxes).
+            steps = (("ledger", s.ledger.sweep, (now,)), ("approvals", s.approvals.expire_due, (now,)),
+                     ("idempotency keys", self.prune_idempotency_keys, (now,)),
+                     ("orphaned sandboxes", self._reap_orphans, ()))
+            for name, step, args in steps:
+                try:
+                    await step(*args)
+                except Exception:
+                    log.warning("sweep of %s failed", name, exc_info=True)
+            try:  # together: a run counts as abandoned only after consecutive sweeps that saw the whole queue
                 await self.requeue_orphans(now)
                 await self.end_abandoned_runs()
-                await self._reap_orphans()
             except Exception:
                 self.abandoned.forget()  # its watch needs consecutive successful sweeps
-                log.warning("sweep failed", exc_info=True)
+                log.warning("sweep of queued and abandoned runs failed", exc_info=True)
 
     async def prune_idempotency_keys(self, now: float) -> int:
         """Drop tool-call idempotency keys past ``idempotency_ttl_s`` (each holds its result, replayed to

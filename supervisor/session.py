@@ -39,7 +39,7 @@ class SessionOutcome:
     message: str | None = None
     traceback: str | None = None
     code: str | None = None
-    limit: str | None = None  # limit.output / limit.events / frame.* that ended the run
+    limit: str | None = None  # limit.output / limit.events / frame.* / store.unavailable that ended the run
 
 
 class RunSession:
@@ -125,6 +125,8 @@ class RunSession:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the sandbox went away; the worker sees the exit
         except StockadeError as exc:  # e.g. an emit after the run ended, or the store went away mid-run
+            if exc.code.endswith(".unavailable") and self.outcome.limit is None:
+                self.outcome.limit = exc.code  # the run fails with it, not as a sandbox that crashed
             log.info("run %s: session ended: %s", self.binding.run_id, exc)
         except Exception:  # a frame nothing above foresaw still gets its one record, and a closed connection
             log.exception("run %s: frame handling failed", self.binding.run_id)

@@ -54,6 +54,9 @@ class CancelWatch:
             except StockadeError as exc:
                 log.debug("cancel poll skipped: %s", exc)
                 continue
+            except Exception:  # a bug, not an outage: had it ended the poll, no cancel would reach a run again
+                log.warning("cancel poll failed; retrying", exc_info=True)
+                continue
             for rid in ended:
                 fut = self._watched.get(rid)
                 if fut is not None and not fut.done():

@@ -462,4 +462,5 @@ def _limit_message(code: str) -> str:
         "frame.invalid": "the sandbox sent a frame the supervisor refuses (the audit log says which)",
         "frame.too_large": "the sandbox sent a frame larger than the frame cap",
         "internal": "the supervisor could not handle a frame of the sandbox",
+        "store.unavailable": "the run's events could not be stored (the store was unavailable), so it was stopped",
     }.get(code, code)
