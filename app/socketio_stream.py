@@ -16,11 +16,17 @@ is revoked (or cannot be looked up), within ``deps.KEY_RECHECK_S``, the
 connection's subscriptions stop, the
 client gets an ``error`` event ``{"code": "auth.invalid", "message",
 "retryable"}`` (the code of the failure, if the lookup failed) and is
-disconnected. Events already delivered stay delivered.
+disconnected. Events already delivered stay delivered. A subscription the store or the bus fails
+(retryable) goes on from where it was once they are back; one that fails otherwise ends with an ``error``
+event ``{"code", "message", "retryable", "run_id"}`` (no disconnect) instead of run_end.
 
 A client that reads slowly (or never) is not sent more than ``QUEUE_MAX`` events ahead: python-socketio
 queues every emit for its connection without bound (FACTS.md: no backpressure), so a subscription
 waits until the client has taken what was queued; replay reads the store in fitted pages (app/_pages.py).
+A WebSocket send the client takes nothing of for ``SEND_TIMEOUT_S`` drops the connection. At most
+``MAX_LOOKUPS`` subscribes of a connection look their run up at once (the rest: ``rate.limited``). A
+packet announcing more than ``MAX_ATTACHMENTS`` binary attachments, or that is no Socket.IO packet, drops
+the connection (python-socketio kept every attachment announced, up to 10**10, in memory).
 """
 
 from __future__ import annotations
@@ -51,8 +57,13 @@ MAX_SUBSCRIPTIONS = 64  # live ones per connection: each is a task tailing a run
 QUEUE_MAX = 64  # events queued for a connection before its subscriptions wait for the client to take them
 IDLE_S = 15.0  # a quiet tail checks this often whether its run ended without it (a cursor past the end)
 BUS_RETRY_S = 1.0
+MAX_LOOKUPS = 2 * MAX_SUBSCRIPTIONS  # subscribes of one connection looking their run up at once
+SEND_TIMEOUT_S = 60.0  # a WebSocket send its client takes nothing of for this long drops the connection
+CONNECT_TIMEOUT_S = 10.0  # an Engine.IO session with no namespace connected (no key) for this long is closed
+MAX_ATTACHMENTS = 1  # binary attachments a client's packet may announce (each up to Engine.IO's max payload)
 
 
+_closing: set[asyncio.Task] = set()  # sessions being closed (CONNECT_TIMEOUT_S): held until done
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
@@ -77,13 +88,97 @@ def _run_id_of(args: tuple[Any, ...]) -> str | None:
     return run_id
 
 
+class _Packet(socketio.packet.Packet):
+    """A Socket.IO packet that announces at most MAX_ATTACHMENTS binary attachments.
+
+    python-socketio accepts up to 9,999,999,999 and keeps every binary message that follows in memory
+    until that many have come: one connection held all it cared to send (1 MB a message). The API's
+    events are JSON; a binary one is answered ``input.invalid``, a larger announcement drops the connection.
+    """
+
+    def decode(self, encoded_packet: Any) -> int:
+        count = super().decode(encoded_packet)
+        if count > MAX_ATTACHMENTS:
+            raise ValueError("too many attachments")
+        return count
+
+
+class _Server(socketio.AsyncServer):
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        self.unless_connected(eio_sid)
+
+    def unless_connected(self, eio_sid: str) -> None:
+        """Close the Engine.IO session in CONNECT_TIMEOUT_S unless a namespace is connected on it by then.
+
+        Engine.IO opens a session for anyone, the key comes with the Socket.IO CONNECT: a client that never
+        sent one (or was refused, or left the namespace) kept its WebSocket, session and ping task for as
+        long as it answered pings, held without a key and counted against no tenant."""
+
+        def check() -> None:
+            if eio_sid in self.eio.sockets and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
+                task = asyncio.ensure_future(self.drop(eio_sid))
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+
+        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, check)
+
+    async def drop(self, eio_sid: str) -> None:
+        """Close an Engine.IO session without waiting for its client to take the CLOSE packet (``eio.disconnect``
+        waits: for ever, for a long-polling client that never polls again)."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is not None:
+            await sock.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
+            self.eio.sockets.pop(eio_sid, None)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # not a Socket.IO packet (python-socketio
+            # logged a traceback and read on: a few bytes from the client bought a traceback in the log)
+            log.info("dropping %s: %s: %s", eio_sid, type(exc).__name__, exc)
+            self._binary_packet.pop(eio_sid, None)
+            await self.drop(eio_sid)
+
+
+class _ASGIApp(socketio.ASGIApp):
+    """Engine.IO's WebSocket writer waits in each send until the transport drains, without a deadline: a
+    client that reads nothing held it (and the batch of packets it had taken, and the TCP connection) for
+    ever, even once dropped by the ping timeout, its tenant's connection place given back. Here a send the
+    client takes nothing of for SEND_TIMEOUT_S fails, and so does every one after it: the writer ends, the
+    Engine.IO handler closes the connection, and everything it held is let go."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            send = _deadlined(send)
+        await super().__call__(scope, receive, send)
+
+
+def _deadlined(send: Any) -> Any:
+    stuck = False
+
+    async def deadlined(message: Any) -> None:
+        nonlocal stuck
+        if stuck:
+            raise OSError("the client took nothing for SEND_TIMEOUT_S")
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await send(message)
+        except TimeoutError:
+            stuck = True
+            raise OSError("the client took nothing for SEND_TIMEOUT_S") from None
+
+    return deadlined
+
+
 def mount_socketio(app: Any, rt: Any) -> Any:
-    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [])
+    sio = _Server(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [], serializer=_Packet)
     subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it
     watchers: dict[str, asyncio.Task] = {}  # sid -> the task re-checking its key
     # sid -> run id -> the newest subscribe of it still looking the run up; a later subscribe or unsubscribe
     # of the run replaces or drops it (held only while lookups are in flight: bounded by them)
     pending: dict[str, dict[str, object]] = {}
+    looking: dict[str, int] = {}  # sid -> its subscribes looking their run up now (at most MAX_LOOKUPS)
     # connections per tenant on this process (app/stream_slots.py counts them as it counts streams)
     connections = rt.socketio_slots = StreamSlots(rt.settings.max_socketio_connections_per_tenant)
     tenant_of: dict[str, str] = {}  # sid -> its tenant, for the connections it holds
@@ -93,6 +188,12 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         # the real ones run while the sid is still pending (connecting / disconnecting), never connected
         return sio.manager.is_connected(sid, "/")
 
+    def refused(sid: str, code: str) -> Exception:
+        eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:  # its session closes unless it connects again (CONNECT_TIMEOUT_S)
+            sio.unless_connected(eio_sid)
+        return socketio.exceptions.ConnectionRefusedError(code)
+
     @sio.event
     async def connect(sid: str, environ: dict, auth: Any = None) -> Any:
         if from_client(sid):  # would reset the subscriptions' bookkeeping: tasks leaked, the cap lifted
@@ -101,9 +202,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         try:
             p = await authenticate(rt.services, f"Bearer {token}" if isinstance(token, str) and token else None)
         except StockadeError:
-            raise socketio.exceptions.ConnectionRefusedError("auth.invalid") from None
+            raise refused(sid, "auth.invalid") from None
         if not connections.take(p.tenant_id):  # refused like a bad key: the client's connect_error names it
-            raise socketio.exceptions.ConnectionRefusedError("rate.limited")
+            raise refused(sid, "rate.limited")
         try:
             await sio.save_session(sid, {"principal": p})
         except KeyError:  # the client left while its key was looked up: no disconnect will follow, register nothing
@@ -120,6 +221,9 @@ def mount_socketio(app: Any, rt: Any) -> Any:
             return _error("input.invalid", "disconnect is not an event: close the connection")
         for t in subs.pop(sid, {}).values():
             t.cancel()
+        eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:  # the client left the namespace (or was made to): the session goes too unless
+            sio.unless_connected(eio_sid)  # it connects again
         pending.pop(sid, None)
         tenant = tenant_of.pop(sid, None)
         if tenant is not None:
@@ -137,11 +241,18 @@ def mount_socketio(app: Any, rt: Any) -> Any:
         after = args[0].get("after", 0)
         if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= MAX_ID:
             return _error("input.invalid", "after must be a sequence number (0 or more)")
+        if looking.get(sid, 0) >= MAX_LOOKUPS:  # each looks the store up: not without number at once
+            return _error("rate.limited", f"at most {MAX_LOOKUPS} subscribes in flight per connection")
+        looking[sid] = looking.get(sid, 0) + 1
         ticket = object()  # taken before the first await: handlers start in the order the client sent them
         pending.setdefault(sid, {})[run_id] = ticket
         try:
             return await _subscribe(sid, run_id, after, ticket)
         finally:
+            if looking[sid] > 1:
+                looking[sid] -= 1
+            else:
+                del looking[sid]
             mine = pending.get(sid)
             if mine is not None and mine.get(run_id) is ticket:
                 del mine[run_id]
@@ -200,7 +311,7 @@ def mount_socketio(app: Any, rt: Any) -> Any:
     async def other(event: str, sid: str, *args: Any) -> dict[str, Any]:
         return _error("input.invalid", "unknown event: use subscribe or unsubscribe")
 
-    return socketio.ASGIApp(sio, other_asgi_app=app)
+    return _ASGIApp(sio, other_asgi_app=app)
 
 
 async def _watch_key(sio: Any, rt: Any, sid: str, p: Principal, subs: dict[str, dict[str, asyncio.Task]],
@@ -232,23 +343,38 @@ async def _watch_key(sio: Any, rt: Any, sid: str, p: Principal, subs: dict[str, 
 
 
 async def _forward(sio: Any, rt: Any, sid: str, tenant_id: str, run_id: str, cursor: int) -> None:
+    """The run's events after ``cursor`` to the client, then run_end. The store or the bus away for a while
+    (retryable): it goes on from the last event delivered once they are back (while the key watcher lets
+    the connection be). Anything else ends the subscription with an ``error`` event naming the run."""
     runs = rt.services.runs
-    try:
-        last: Event | None = None
-        async for batch in _batches(runs, rt.services.events, tenant_id, run_id, cursor):
-            for last in batch:
-                await _taken(sio, sid)
-                await sio.emit("run_event", last.to_wire(), to=sid)
-        if last is None or last.type not in TERMINAL:  # the cursor was already at or past the end
-            run = await runs.get_run(tenant_id, run_id)
-            seq = run.last_seq if run is not None else cursor
-        else:
-            seq = last.seq
-        await sio.emit("run_end", {"run_id": run_id, "seq": seq}, to=sid)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("forwarding run %s to %s failed", run_id, sid)
+    last: Event | None = None
+    while True:
+        try:
+            async for batch in _batches(runs, rt.services.events, tenant_id, run_id, cursor):
+                for e in batch:
+                    await _taken(sio, sid)
+                    await sio.emit("run_event", e.to_wire(), to=sid)
+                    last, cursor = e, e.seq
+            if last is None or last.type not in TERMINAL:  # the cursor was already at or past the end
+                run = await runs.get_run(tenant_id, run_id)
+                seq = run.last_seq if run is not None else cursor
+            else:
+                seq = last.seq
+            await sio.emit("run_end", {"run_id": run_id, "seq": seq}, to=sid)
+            return
+        except asyncio.CancelledError:
+            raise
+        except StockadeError as exc:
+            if exc.retryable:  # e.g. PostgreSQL restarting between two pages of the replay
+                log.warning("forwarding run %s to %s: %s; going on from %d", run_id, sid, exc.code, cursor)
+                await asyncio.sleep(BUS_RETRY_S)
+                continue
+            err = exc
+        except Exception:
+            log.exception("forwarding run %s to %s failed", run_id, sid)
+            err = StockadeError("internal", "internal error")
+        await sio.emit("error", {**err.to_dict(), "run_id": run_id}, to=sid)
+        return
 
 
 async def _taken(sio: Any, sid: str) -> None:

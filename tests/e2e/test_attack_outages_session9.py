@@ -445,13 +445,11 @@ async def test_the_claim_loop_outlives_an_unexpected_error(node):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason="app/socketio_stream.py (not this helper's file): _forward ends on any store "
-                   "error, silently; see the session 9 outage report")
 async def test_a_pg_blip_does_not_end_a_socketio_subscription_silently(outage_settings, monkeypatch):
     """A Socket.IO subscription checks the store when its tail is idle. A PostgreSQL restart at that moment
     ended the subscription's task (logged, nothing sent): the connection stayed up, its key re-check
     passed again once the store was back, and the client never heard of the run again - no event, no
-    run_end, no error. The subscription should wait the store out, as the SSE stream does."""
+    run_end, no error. The subscription waits the store out, as the SSE stream does."""
     import socketio
 
     import app.socketio_stream
