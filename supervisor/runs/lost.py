@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from supervisor.chain.approval import withdraw_run
@@ -46,8 +48,23 @@ async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | 
     data = {"code": "run.worker_lost", "message": message}
     fields = {"ended_at": time.time(), "error_code": "run.worker_lost", "error_message": message}
     if emitter is not None:
-        return await emitter.finish("failed", data, **fields)
-    return await finish_run_anywhere(services.runs, services.events, run.tenant_id, run.id, "failed", data, **fields)
+        ended = await emitter.finish("failed", data, **fields)
+    else:
+        ended = await finish_run_anywhere(services.runs, services.events, run.tenant_id, run.id, "failed", data,
+                                          **fields)
+    await _remove_run_dir(services, run.id)
+    return ended
+
+
+async def _remove_run_dir(services: Any, run_id: str) -> None:
+    """A lost worker leaves its run's directory (the bundle's work files: tenant data) on the data volume
+    every node shares; nothing else would ever remove it. The run is over, so whoever ends it removes it
+    (a no-op when its own worker already did, on shutdown)."""
+    settings = getattr(services, "settings", None)
+    data_dir = getattr(settings, "data_dir", None)
+    if data_dir is None or not run_id or "/" in run_id or run_id.startswith("."):
+        return
+    await asyncio.to_thread(shutil.rmtree, Path(data_dir) / "runs" / run_id, True)
 
 
 class RunBeat:

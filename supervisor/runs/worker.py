@@ -166,11 +166,17 @@ class Worker:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
         self.beats.carry(run.id)
         ended = False
+        state: dict[str, bool] = {}  # how far _execute got: "starting" (start_run sent), "started"
         try:
-            await self._execute(run, emitter)
+            await self._execute(run, emitter, state)
             ended = True
-        except asyncio.CancelledError:  # this node is stopping (SIGTERM): its sandbox is gone, so is the run
-            ended = await self._end_on_shutdown(run, emitter)
+        except asyncio.CancelledError:  # this node is stopping (SIGTERM)
+            if state.get("started"):  # its sandbox is gone, so is the run (side effects may have happened)
+                ended = await self._end_on_shutdown(run, emitter)
+            elif not state.get("starting"):  # claimed, never started, nothing done: another worker runs it
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.queue.requeue(job), SHUTDOWN_END_S)
+            # else start_run was in flight: the job stays; its redelivery runs the run (still queued) or ends it
             raise
         finally:
             heartbeat.cancel()
@@ -208,15 +214,17 @@ class Worker:
         await emitter.finish("failed", {"code": code, "message": message, **extra}, ended_at=time.time(),
                              error_code=code, error_message=message)
 
-    async def _execute(self, run: Run, emitter: RunEmitter) -> None:
+    async def _execute(self, run: Run, emitter: RunEmitter, state: dict[str, bool]) -> None:
         s = self.s
         try:  # the tenant's version, else the platform's (get looks in both)
             version = await self.registry.get(run.tenant_id, run.bundle, run.bundle_version)
         except StockadeError as exc:
             await self._fail(emitter, exc.code, exc.public_detail)
             return
+        state["starting"] = True
         if await s.runs.start_run(run.tenant_id, run.id, worker_id=self.worker_id, started_at=time.time()) is None:
             return  # canceled while queued, or another worker took it (a second job for the same run)
+        state["started"] = True
         await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})
         manifest = version.manifest
         manifest_limits = _dump(getattr(manifest, "limits", None))
