@@ -112,7 +112,8 @@ class Runtime:
             # back (expiring approvals and reservations in PostgreSQL, killing orphaned sandboxes).
             steps = (("ledger", s.ledger.sweep, (now,)), ("approvals", s.approvals.expire_due, (now,)),
                      ("idempotency keys", self.prune_idempotency_keys, (now,)),
-                     ("orphaned sandboxes", self._reap_orphans, ()))
+                     ("orphaned sandboxes", self._reap_orphans, ()),
+                     ("dead workers' warm slots", self._sweep_dead_slots, ()))
             for name, step, args in steps:
                 try:
                     await step(*args)
@@ -139,6 +140,15 @@ class Runtime:
             if n < _PRUNE_BATCH:
                 break
         return pruned
+
+    async def _sweep_dead_slots(self) -> None:
+        """Directories of warm slots (and the runs that took them) whose worker died: on the data volume
+        every node shares, nothing else would remove them (supervisor.runs.sandboxing.sweep_dead_slots)."""
+        from supervisor.runs.sandboxing import sweep_dead_slots
+
+        removed = await asyncio.to_thread(sweep_dead_slots, self.settings.data_dir)
+        if removed:
+            log.warning("removed %d warm sandbox folder(s) left by a worker that died", removed)
 
     async def _reap_orphans(self) -> None:
         """Kill sandbox children left blocked by an earlier supervisor killed mid-setup (sandbox.orphans)."""

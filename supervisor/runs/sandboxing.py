@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,28 @@ from sandbox.spec import Limits, SandboxSpec
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 
-__all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "make_run_dirs", "sandbox_python"]
+__all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "make_run_dirs", "sandbox_python",
+           "sweep_dead_slots"]
 
 RUNTIME_DIR = Path(_runtime_pkg.__file__).resolve().parent
 SOCKET_NAME = "s"
+_TMP_STALE_S = 60.0  # a lock file still under its temporary name after this long lost its holder
+
+
+class _Held:
+    """The ``flock`` this process holds on ``<run dir>.lock`` while it uses the directory (warm slots): the
+    kernel lets go of it when the process dies, however it dies, so any node can tell a dead worker's
+    directories (``sweep_dead_slots``) from a live one's."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:  # once: closing a number twice could close a descriptor opened since
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -24,6 +45,7 @@ class RunDirs:
     root: Path
     work: Path
     sock_dir: Path
+    held: _Held | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -31,21 +53,81 @@ class RunDirs:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.held is not None:  # after the directory: a lock file with no directory is swept, never the reverse
+            self.held.release()
 
 
-def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | None) -> RunDirs:
-    root = (settings.data_dir / "runs" / run_id).resolve()
-    if root.exists():
-        shutil.rmtree(root, ignore_errors=True)
-    work, sock = root / "work", root / "sock"
-    root.mkdir(parents=True, mode=0o711)
-    work.mkdir(mode=0o700)
-    sock.mkdir(mode=0o700)
-    if uid is not None and os.geteuid() == 0:
-        # only the run's own uid may enter its work and socket directories
-        for p in (work, sock):
-            os.chown(p, uid, gid if gid is not None else uid)
-    return RunDirs(root=root, work=work, sock_dir=sock)
+def _hold(runs: Path, name: str) -> _Held:
+    """Create ``runs/<name>.lock`` already locked: made and locked under a temporary name, then renamed, so a
+    sweep never finds it unlocked while its holder lives."""
+    runs.mkdir(parents=True, exist_ok=True)
+    tmp = runs / f".{name}.lock.{os.getpid()}"
+    fd = os.open(tmp, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, runs / f"{name}.lock")
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return _Held(runs / f"{name}.lock", fd)
+
+
+def sweep_dead_slots(data_dir: Path) -> int:
+    """Remove the run directories whose holder died (a SIGKILLed worker's warm slots, and the run that had
+    taken one: tenant files): every ``runs/*.lock`` nobody holds, with its directory. Returns how many."""
+    runs, removed = data_dir / "runs", 0
+    try:
+        names = [p for p in runs.iterdir() if ".lock" in p.name]
+    except OSError:
+        return 0
+    locks = [p for p in names if p.name.endswith(".lock") and not p.name.startswith(".")]
+    for tmp in (p for p in names if p.name.startswith(".")):  # a holder killed between creating and renaming
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.lstat().st_mtime > _TMP_STALE_S:
+                tmp.unlink()
+    for lock in locks:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue  # released meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its worker lives
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(runs / lock.name[: -len(".lock")], ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | None, *, held: bool = False) -> RunDirs:
+    """``held``: the directory is locked for as long as this process uses it (``_Held``): a warm slot, whose
+    name no run's end would ever clean up after a killed worker."""
+    runs = settings.data_dir / "runs"
+    lock = _hold(runs, run_id) if held else None
+    root = (runs / run_id).resolve()
+    try:
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+        work, sock = root / "work", root / "sock"
+        root.mkdir(parents=True, mode=0o711)
+        work.mkdir(mode=0o700)
+        sock.mkdir(mode=0o700)
+        if uid is not None and os.geteuid() == 0:
+            # only the run's own uid may enter its work and socket directories
+            for p in (work, sock):
+                os.chown(p, uid, gid if gid is not None else uid)
+    except BaseException:
+        RunDirs(root=root, work=root, sock_dir=root, held=lock).remove()
+        raise
+    return RunDirs(root=root, work=work, sock_dir=sock, held=lock)
 
 
 def _narrow(m: dict[str, Any], key: str, default: float) -> Any:

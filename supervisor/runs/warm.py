@@ -124,7 +124,7 @@ class WarmPool:
         s = self.settings
         uid = self.uid_pool.acquire() if self.uid_pool is not None else None
         gid = uid
-        dirs = make_run_dirs(s, "_warm_" + new_id("w"), uid, gid)
+        dirs = make_run_dirs(s, "_warm_" + new_id("w"), uid, gid, held=True)  # swept if this process dies
         bundle_dir = dirs.root / "bundle"
         bundle_dir.mkdir(mode=0o755)
         box: dict[str, Any] = {}

@@ -406,9 +406,6 @@ async def test_a_worker_frozen_past_the_visibility_timeout_cannot_revive_its_los
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason="a SIGKILLed worker's warm-pool slot directories (runs/_warm_*) stay on the "
-                                       "shared data volume for ever: no node can tell a dead worker's slots from a "
-                                       "live one's (proposed: flock held per slot, swept when free)")
 async def test_a_killed_warm_workers_slots_leave_no_files_on_the_shared_volume(node_config, stack_kind):
     """The production warm pool (2 parked sandboxes per worker): SIGKILL of the worker. Once its run is
     ended as lost, neither the run's directory nor the dead worker's parked slots stay on the data
