@@ -249,10 +249,14 @@ async def test_a_tool_that_refused_having_done_nothing_frees_the_key(chain):
     assert (await chain.call(run, {"x": 1}, key="k-2"))["run"] == 2  # and from then on, that result
 
 
-async def test_a_wait_for_a_decision_that_breaks_leaves_no_request_behind_and_the_run_running(chain):
-    """The approval store fails while the call waits for a human (a database blip): the call fails closed,
-    but its request stayed pending - approvable, recorded as approved, for a call that had already failed -
-    and its run stayed ``waiting_approval`` while it went on."""
+async def test_a_wait_for_a_decision_that_breaks_leaves_no_request_behind_and_the_run_running(chain, monkeypatch):
+    """The approval store fails while the call waits for a human, for longer than a wait rides out (session 9:
+    ``OUTAGE_MAX_S``; shortened here): the call fails closed, but its request stayed pending - approvable,
+    recorded as approved, for a call that had already failed - and its run stayed ``waiting_approval``
+    while it went on."""
+    from supervisor.chain import approval
+
+    monkeypatch.setattr(approval, "OUTAGE_MAX_S", 0.3)
     s = chain.rt.services
     run = await chain.run()
     real_get = s.approvals.get

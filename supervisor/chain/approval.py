@@ -24,6 +24,7 @@ RUN_ENDED = "the run ended before a decision"  # why a withdrawn request expired
 CALL_FAILED = "the call failed while it waited for a decision"
 
 POLL_S = (0.05, 0.1, 0.2, 0.25)
+OUTAGE_MAX_S = 60.0  # a store outage a waiting call rides out (a restart, a failover) before it fails closed
 
 
 class ApprovalInterceptor:
@@ -94,16 +95,22 @@ class ApprovalInterceptor:
     async def _wait(self, call: CallState, approval: Approval) -> Approval:
         s = call.services
         step = 0
+        down_since: float | None = None
         while True:
             try:
                 current = await s.approvals.get(approval.tenant_id, approval.id)
             except StockadeError as exc:
-                # the store is away (PostgreSQL restarting): the human's decision is not lost with it, so the
-                # call waits on until it expires; past that, it fails closed with the store's code
-                if not exc.code.endswith(".unavailable") or time.time() >= approval.expires_at:
+                # the store is away (PostgreSQL restarting, a failover): the human's decision is not lost with
+                # it, so the call waits on - at most OUTAGE_MAX_S of outage, and not past the request's expiry;
+                # then it fails closed with the store's code
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if (not exc.code.endswith(".unavailable") or now - down_since >= OUTAGE_MAX_S
+                        or time.time() >= approval.expires_at):
                     raise
                 await asyncio.sleep(POLL_S[-1])
                 continue
+            down_since = None
             if current is None:  # the durable request is gone (removed behind the store's back): fail closed
                 raise StockadeError("approval.rejected", "the approval request no longer exists", approval_id=approval.id)
             if current.status != "pending":
