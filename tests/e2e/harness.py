@@ -140,8 +140,9 @@ async def idle_runs(node: Node, tenant_id: str, n: int) -> list[str]:
     return ids
 
 
-def worker_process(settings: Settings) -> subprocess.Popen:
-    """A separate `stockade worker` process on the node's stores (its own process group)."""
+def worker_process(settings: Settings, warm_pool: int = 0) -> subprocess.Popen:
+    """A separate `stockade worker` process on the node's stores (its own process group); no warm pool
+    unless asked for (production's default is 2)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
     env.update({
         "STOCKADE_DATABASE_URL": settings.database_url or "", "STOCKADE_REDIS_URL": settings.redis_url or "",
@@ -149,7 +150,7 @@ def worker_process(settings: Settings) -> subprocess.Popen:
         "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
         "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else "",
         "STOCKADE_QUEUE_VISIBILITY_S": str(settings.queue_visibility_s),
-        "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s), "STOCKADE_SANDBOX_WARM_POOL": "0",
+        "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s), "STOCKADE_SANDBOX_WARM_POOL": str(warm_pool),
         "STOCKADE_LOG_LEVEL": "warning",
     })
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,

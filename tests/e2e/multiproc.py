@@ -183,15 +183,4 @@ async def resume(c, run_id: str, last: int):
 
 def warm_worker_process(settings, warm_pool: int) -> subprocess.Popen:
     """``harness.worker_process`` with a warm pool (its default, 2, in production; the harness turns it off)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
-    env.update({
-        "STOCKADE_DATABASE_URL": settings.database_url or "", "STOCKADE_REDIS_URL": settings.redis_url or "",
-        "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
-        "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
-        "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else "",
-        "STOCKADE_QUEUE_VISIBILITY_S": str(settings.queue_visibility_s),
-        "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s),
-        "STOCKADE_SANDBOX_WARM_POOL": str(warm_pool), "STOCKADE_LOG_LEVEL": "warning",
-    })
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return worker_process(settings, warm_pool)

@@ -42,6 +42,15 @@ APPROVAL_POLICY = ("version: 1\nrules:\n  - id: big\n    tool: echo\n    when: {
                    "    verdict: require_approval\n  - id: echo\n    tool: echo\n    verdict: allow\n")
 
 
+async def _read_lines(c, run_id: str, lines: list[str], seen: asyncio.Event) -> None:
+    """The run's SSE stream, line by line as it comes (``seen`` set on each)."""
+    async with c.stream("GET", f"/v1/runs/{run_id}/events") as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            lines.append(line)
+            seen.set()
+
+
 @pytest.fixture
 def pg_url(fresh_pg_url):
     """Each test its own database: a node's sweeps act on every run of its database (test_worker_failures)."""
@@ -230,12 +239,6 @@ async def test_a_pg_outage_under_a_live_stream_does_not_tear_it_down(outage_sett
         lines: list[str] = []
         seen = asyncio.Event()
 
-        async def read() -> None:
-            async with c.stream("GET", f"/v1/runs/{run_id}/events") as resp:
-                assert resp.status_code == 200
-                async for line in resp.aiter_lines():
-                    lines.append(line)
-                    seen.set()
 
         async def keepalives(n: int) -> None:
             start = lines.count(": keep-alive")
@@ -246,7 +249,7 @@ async def test_a_pg_outage_under_a_live_stream_does_not_tear_it_down(outage_sett
                 seen.clear()
                 await seen.wait()
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(_read_lines(c, run_id, lines, seen))
         await asyncio.wait_for(keepalives(1), 20)
         if redis_too:
             redis_server.stop(signal.SIGKILL)
@@ -498,14 +501,8 @@ async def test_a_gap_the_store_cannot_fill_closes_the_stream_cleanly(outage_sett
         lines: list[str] = []
         opened = asyncio.Event()
 
-        async def read() -> None:
-            async with c.stream("GET", f"/v1/runs/{run_id}/events") as resp:
-                assert resp.status_code == 200
-                async for line in resp.aiter_lines():
-                    lines.append(line)
-                    opened.set()
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(_read_lines(c, run_id, lines, opened))
         await asyncio.wait_for(opened.wait(), 20)
         bus = node.rt.services.events
         for _ in range(400):  # past the replay: on the live tail (its feed on the bus)

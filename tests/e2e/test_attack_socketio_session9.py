@@ -84,6 +84,20 @@ async def _until(cond, timeout: float) -> None:
     raise AssertionError("never happened")
 
 
+def _count_run_events(sio, monkeypatch) -> list[int]:
+    """A spy on the server's emit: the list grows by one for each run_event that left for a client."""
+    emitted: list[int] = []
+    real_emit = sio.emit
+
+    async def counting_emit(event, *args, **kwargs):
+        if event == "run_event":
+            emitted.append(1)
+        return await real_emit(event, *args, **kwargs)
+
+    monkeypatch.setattr(sio, "emit", counting_emit)
+    return emitted
+
+
 def _tasks(name: str) -> list[asyncio.Task]:
     return [t for t in asyncio.all_tasks() if not t.done() and t.get_coro().__qualname__ == name]
 
@@ -181,16 +195,7 @@ async def test_a_client_that_never_reads_holds_a_bounded_number_of_events(node, 
     for _ in range(total - 1):
         await emitter.emit("message.delta", {"channel": "answer", "text": text})
     await emitter.finish("succeeded", {})
-    sio = _server(node)
-    emitted = []
-    real_emit = sio.emit
-
-    async def counting_emit(event, *args, **kwargs):  # a spy: counts what left the stream for the client
-        if event == "run_event":
-            emitted.append(1)
-        return await real_emit(event, *args, **kwargs)
-
-    monkeypatch.setattr(sio, "emit", counting_emit)
+    emitted = _count_run_events(_server(node), monkeypatch)
     raw = await Raw.open(node, key, rcvbuf=65536)
     try:
         await raw.send('421["subscribe",{"run_id":"' + run_id + '"}]')
@@ -270,16 +275,7 @@ async def test_a_store_outage_mid_replay_does_not_end_the_subscription_silently(
     for _ in range(total - 1):
         await emitter.emit("message.delta", {"channel": "answer", "text": "x" * 32_000})
     await emitter.finish("succeeded", {})
-    sio = _server(node)
-    emitted = []
-    real_emit = sio.emit
-
-    async def counting_emit(event, *args, **kwargs):  # a spy: counts what left the stream for the client
-        if event == "run_event":
-            emitted.append(1)
-        return await real_emit(event, *args, **kwargs)
-
-    monkeypatch.setattr(sio, "emit", counting_emit)
+    emitted = _count_run_events(_server(node), monkeypatch)
     raw = await Raw.open(node, key, rcvbuf=65536)
     try:
         await raw.send('421["subscribe",{"run_id":"' + run_id + '"}]')
