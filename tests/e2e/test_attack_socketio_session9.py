@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 import app.socketio_stream
+from supervisor.errors import StockadeError
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -432,3 +433,37 @@ async def test_an_engineio_connection_that_never_authenticates_is_let_go(node, m
             await c.post(path, content=body)
     await _until(lambda: not sio.eio.sockets, 10)
     await _until(lambda: not app.socketio_stream._closing, 10)  # nothing left waiting for a client
+
+
+async def test_a_subscription_the_store_fails_for_good_ends_with_an_error_naming_the_run(node, monkeypatch):
+    """A store failure that will not pass (not retryable: here a misconfigured store, injected into the one
+    read) ends that one subscription with an ``error`` event naming its run - not silently, and without
+    disconnecting: the connection's other subscriptions, and later ones, go on."""
+    tid, key = await node.tenant()
+    run_id = await _run_with_events(node, tid, 5)
+    runs = node.rt.services.runs
+    real = runs.events_after
+
+    async def broken(tenant_id, rid, *args, **kwargs):
+        if rid == run_id:
+            raise StockadeError("store.misconfigured", "relation \"run_events\" does not exist (operator detail)")
+        return await real(tenant_id, rid, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "events_after", broken)
+    raw = await Raw.open(node, key)
+    try:
+        await raw.send('421["subscribe",{"run_id":"' + run_id + '"}]')
+        async with asyncio.timeout(20):
+            while not any(name == "error" for name, _ in raw.events):
+                await raw.read()
+        [err] = [args[0] for name, args in raw.events if name == "error"]
+        assert err["code"] == "store.misconfigured" and err["run_id"] == run_id, err
+        assert "operator detail" not in err["message"], err  # the tenant sees the public sentence
+        monkeypatch.setattr(runs, "events_after", real)
+        await raw.send('422["subscribe",{"run_id":"' + run_id + '"}]')  # the same connection: still served
+        async with asyncio.timeout(20):
+            while not any(name == "run_end" for name, _ in raw.events):
+                await raw.read()
+        assert [args[0]["seq"] for name, args in raw.events if name == "run_event"] == [1, 2, 3, 4, 5]
+    finally:
+        await raw.close()
