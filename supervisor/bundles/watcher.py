@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import os
@@ -291,8 +292,6 @@ async def watch_bundles_dir(
 def _stamp(folder: Path) -> str:
     """A digest of the folder's metadata - every entry's path, type, size, mtime and inode - without
     reading a file. ``""`` if it cannot be listed at all."""
-    import hashlib
-
     h = hashlib.sha256()
     seen = 0
     try:

@@ -68,6 +68,15 @@ class Raw:
             await self.read()
         return self.acks[n]
 
+    async def read_whole_run(self, run_id: str, total: int) -> None:
+        """Read on until the run's run_end; every one of its ``total`` events came once, in order."""
+        async with asyncio.timeout(60):
+            while not any(name == "run_end" for name, _ in self.events):
+                await self.read()
+        seqs = [args[0]["seq"] for name, args in self.events if name == "run_event"]
+        assert seqs == list(range(1, total + 1))
+        assert [args[0] for name, args in self.events if name == "run_end"] == [{"run_id": run_id, "seq": total}]
+
     async def close(self) -> None:
         await self.ws.close()
 
@@ -207,12 +216,7 @@ async def test_a_client_that_never_reads_holds_a_bounded_number_of_events(node, 
                 await asyncio.sleep(1.0)
         assert seen < total, "the whole run was queued for a client that read nothing"
         assert seen * len(text) < 16_000_000, f"{seen} events queued for a client that read nothing"
-        async with asyncio.timeout(60):
-            while not any(name == "run_end" for name, _ in raw.events):
-                await raw.read()
-        seqs = [args[0]["seq"] for name, args in raw.events if name == "run_event"]
-        assert seqs == list(range(1, total + 1))
-        assert [args[0] for name, args in raw.events if name == "run_end"] == [{"run_id": run_id, "seq": total}]
+        await raw.read_whole_run(run_id, total)
     finally:
         await raw.close()
 
@@ -290,12 +294,7 @@ async def test_a_store_outage_mid_replay_does_not_end_the_subscription_silently(
             with contextlib.suppress(TimeoutError):
                 while True:  # the client takes all there is; the replay needs the next page
                     await asyncio.wait_for(raw.read(), 2.0)
-        async with asyncio.timeout(60):
-            while not any(name == "run_end" for name, _ in raw.events):
-                await raw.read()
-        seqs = [args[0]["seq"] for name, args in raw.events if name == "run_event"]
-        assert seqs == list(range(1, total + 1))
-        assert [args[0] for name, args in raw.events if name == "run_end"] == [{"run_id": run_id, "seq": total}]
+        await raw.read_whole_run(run_id, total)
     finally:
         await raw.close()
 
