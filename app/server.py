@@ -19,7 +19,7 @@ from supervisor.settings import Settings, SettingsError
 
 T = TypeVar("T")
 
-__all__ = ["check_listen", "run", "run_server"]
+__all__ = ["STALL_S", "check_listen", "listen_sockets", "run", "run_server", "serve"]
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -37,40 +37,90 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-def check_listen(host: str, port: int) -> None:
-    """SettingsError (one line naming the variable) unless ``host:port`` can be listened on.
+STALL_S = 60.0  # a client that takes none of what is sent to it for this long is cut off (see listen_sockets)
+BACKLOG = 2048  # uvicorn's default
+
+
+def listen_sockets(host: str, port: int, *, stall_s: float = STALL_S) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to, or SettingsError (one line naming the variable).
 
     Checked before anything is opened: uvicorn found out only after the runtime and its workers had
     started, and said ``ERROR: [Errno -2] Name or service not known`` (exit 3), naming no setting.
+
+    Each carries ``TCP_USER_TIMEOUT`` = ``stall_s``, which every accepted connection inherits: one whose
+    client has taken none of the bytes sent to it for that long (its receive window shut: a client that
+    reads nothing) is reset by the kernel. No write of ours waits on such a client for ever any more:
+    an SSE stream or a Socket.IO long-poll response stuck in ``drain`` (uvicorn has no write deadline),
+    and the bytes and the stream place it held, are let go; the application's next send finds the
+    connection gone. An idle connection (nothing unacknowledged) is not affected, nor is a slow
+    reader that takes something every ``stall_s``. The sockets are made here, before uvicorn serves
+    them, so no connection is ever accepted without the option.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
         raise SettingsError(f"invalid setting STOCKADE_HOST: cannot resolve {host!r}: {reason}") from None
-    bound, unavailable = 0, None
-    for family, kind, proto, _, addr in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+    socks: list[socket.socket] = []
+    unavailable: OSError | None = None
+    try:
+        for family, kind, proto, addr in dict.fromkeys((f, k, p, a) for f, k, p, _, a in infos):  # hosts files repeat
+            sock = socket.socket(family, kind, proto)
             try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+                if family == socket.AF_INET6:  # one socket per family, as asyncio's create_server makes them
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(stall_s * 1000)))
+                if port == 0 and socks:  # one port for every address, as when it is given
+                    addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
                 sock.bind(addr)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
             except OSError as exc:
+                sock.close()
                 if exc.errno == errno.EADDRNOTAVAIL:  # e.g. ::1 of "localhost" without IPv6: asyncio skips it too
                     unavailable = exc
                     continue
                 name = "STOCKADE_PORT" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "STOCKADE_HOST"
                 raise SettingsError(f"invalid setting {name}: cannot listen on {host}:{port}: "
                                     f"{exc.strerror or exc}") from None
-            bound += 1
-    if not bound and unavailable is not None:
-        raise SettingsError(f"invalid setting STOCKADE_HOST: cannot listen on {host}:{port}: "
-                            f"{unavailable.strerror or unavailable}")
+            socks.append(sock)
+        if not socks:
+            reason = unavailable.strerror or unavailable if unavailable is not None else "no address"
+            raise SettingsError(f"invalid setting STOCKADE_HOST: cannot listen on {host}:{port}: {reason}")
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def check_listen(host: str, port: int) -> None:
+    """SettingsError (one line naming the variable) unless ``host:port`` can be listened on."""
+    for sock in listen_sockets(host, port):
+        sock.close()
+
+
+async def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+    """``server`` on ``sockets`` (from ``listen_sockets``), saying where, as uvicorn says it for a host."""
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+        logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
+    await server.serve(sockets=sockets)
 
 
 async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if api:
-        check_listen(settings.host, settings.port)
+    sockets = listen_sockets(settings.host, settings.port) if api else []
+    try:
+        await _run(settings, sockets, api=api, workers=workers)
+    finally:
+        for sock in sockets:  # uvicorn closed those it served; these are the ones it never got to
+            sock.close()
+
+
+async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, workers: bool) -> None:
     rt = await open_runtime(settings)
     await rt.start(workers=workers, watch=workers)
     try:
@@ -78,7 +128,7 @@ async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
             app = build_asgi(rt, role_worker=workers)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                                     lifespan="off", timeout_graceful_shutdown=3, proxy_headers=True)
-            await uvicorn.Server(config).serve()
+            await serve(uvicorn.Server(config), sockets)
         else:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ import httpx
 import uvicorn
 
 from app.main import build_asgi
+from app.server import STALL_S, listen_sockets, serve
 from supervisor.ids import new_id
 from supervisor.runtime import Runtime, open_runtime
 from supervisor.settings import Settings
@@ -68,14 +69,25 @@ class Node:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-async def start_node(settings: Settings, *, workers: bool = True, api: bool = True) -> Node:
+async def until(cond: Any, timeout: float) -> None:
+    """Wait, boundedly, for something the server does in its own time (AssertionError if it never does)."""
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
+
+
+async def start_node(settings: Settings, *, workers: bool = True, api: bool = True,
+                     stall_s: float = STALL_S) -> Node:
     rt = await open_runtime(settings)
     await rt.start(workers=workers, watch=settings.watch_bundles)
     app = build_asgi(rt, role_worker=workers)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
+    # the sockets `stockade serve` listens on (app/server.py), so the node cuts off stalled clients as it does
+    task = asyncio.create_task(serve(server, listen_sockets("127.0.0.1", 0, stall_s=stall_s)))
     while not server.started:
         if task.done():
             task.result()

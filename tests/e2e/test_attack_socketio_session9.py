@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 import app.socketio_stream
 from supervisor.errors import StockadeError
+from tests.e2e.harness import until
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -83,15 +84,6 @@ class Raw:
 
 def _server(node):
     return node.server.config.app.engineio_server
-
-
-async def _until(cond, timeout: float) -> None:
-    """Wait, boundedly, for something the server does in its own time."""
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("never happened")
 
 
 def _count_run_events(sio, monkeypatch) -> list[int]:
@@ -243,10 +235,10 @@ async def test_a_client_that_never_reads_is_let_go_with_what_it_held(node, monke
     raw = await Raw.open(node, key, rcvbuf=65536)
     try:
         await raw.send('421["subscribe",{"run_id":"' + run_id + '"}]')
-        await _until(lambda: not node.rt.socketio_slots.held(tid), 30)  # dropped: its place is back
+        await until(lambda: not node.rt.socketio_slots.held(tid), 30)  # dropped: its place is back
         # and Engine.IO let go of it: no writer holding packets, no handler, the transport closing (what
         # uvicorn buffered for the socket, up to its high-water mark, waits there for the kernel)
-        await _until(lambda: not _tasks("AsyncSocket._websocket_handler.<locals>.writer")
+        await until(lambda: not _tasks("AsyncSocket._websocket_handler.<locals>.writer")
                      and not _tasks("WebSocketsSansIOProtocol.run_asgi"), 30)
         assert all(c.transport.is_closing() for c in node.server.server_state.connections)
     finally:
@@ -388,7 +380,7 @@ async def test_a_packet_that_is_no_socketio_packet_drops_the_connection(node, ca
         assert (await asyncio.wait_for(raw.ack(3), 10))[0]["code"] == "input.invalid"
     finally:
         await raw.close()
-    await _until(lambda: not sio.environ, 10)
+    await until(lambda: not sio.environ, 10)
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
@@ -430,8 +422,8 @@ async def test_an_engineio_connection_that_never_authenticates_is_let_go(node, m
         if body is not None:
             path = "/socket.io/?EIO=4&transport=polling&sid=" + json.loads(opened[opened.index("{"):])["sid"]
             await c.post(path, content=body)
-    await _until(lambda: not sio.eio.sockets, 10)
-    await _until(lambda: not app.socketio_stream._closing, 10)  # nothing left waiting for a client
+    await until(lambda: not sio.eio.sockets, 10)
+    await until(lambda: not app.socketio_stream._closing, 10)  # nothing left waiting for a client
 
 
 async def test_a_subscription_the_store_fails_for_good_ends_with_an_error_naming_the_run(node, monkeypatch):
