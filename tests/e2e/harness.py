@@ -38,6 +38,9 @@ def make_data_dir() -> Path:
     return d
 
 
+_LIVE: dict[Path, int] = {}  # data dir -> nodes started on it and not stopped yet
+
+
 @dataclass
 class Node:
     rt: Runtime
@@ -66,7 +69,11 @@ class Node:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, 5)
         await self.rt.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        key = self.data_dir.resolve()
+        _LIVE[key] -= 1
+        if not _LIVE[key]:  # the last node on it: nodes of one deployment share their data dir
+            del _LIVE[key]
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 async def until(cond: Any, timeout: float) -> None:
@@ -93,6 +100,7 @@ async def start_node(settings: Settings, *, workers: bool = True, api: bool = Tr
             task.result()
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
+    _LIVE[Path(settings.data_dir).resolve()] = _LIVE.get(Path(settings.data_dir).resolve(), 0) + 1
     return Node(rt=rt, server=server, task=task, base_url=f"http://127.0.0.1:{port}", data_dir=settings.data_dir)
 
 

@@ -146,3 +146,4 @@ async def test_a_socketio_long_poll_that_is_never_read_is_cut_off(stalling_node)
     finally:
         with contextlib.suppress(OSError):
             sock.close()
+
