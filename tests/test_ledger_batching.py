@@ -155,23 +155,42 @@ TENANT_ROW = ("SELECT 1 FROM budget_account_holds WHERE tenant_id = $1 AND scope
 
 
 async def held_of(db: PgDB) -> dict[tuple[str, str], tuple[int, int]]:
+    """(spent, reserved) per tier. Every tier is metered on its month and its lifetime row (0043); all of
+    these tests run in one month, so the two must agree."""
     async with db.acquire() as conn:
-        rows = await conn.fetch("SELECT scope, scope_id, spent_micro, reserved_micro FROM budget_accounts WHERE tenant_id = $1", T)
-    return {(r["scope"], r["scope_id"]): (r["spent_micro"], r["reserved_micro"]) for r in rows}
+        rows = await conn.fetch("SELECT scope, scope_id, period_key, spent_micro, reserved_micro FROM budget_accounts"
+                                " WHERE tenant_id = $1", T)
+    out: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for r in rows:
+        out.setdefault((r["scope"], r["scope_id"]), set()).add((r["spent_micro"], r["reserved_micro"]))
+    assert all(len(v) == 1 for v in out.values()), out
+    assert sum(r["period_key"] == "lifetime" for r in rows) * 2 == len(rows), rows  # a month row for each lifetime one
+    return {k: v.pop() for k, v in out.items()}
 
 
 async def assert_consistent(db: PgDB) -> None:
-    """Every account equals the sum of its entries (spent) and of its held reservations (reserved)."""
+    """Every account equals the sum of the charges of the settled reservations holding it (spent) and of its
+    held reservations (reserved); a settlement has one entry per tier (a reservation holds two rows per tier),
+    of its charge, on one of its rows."""
     async with db.acquire() as conn:
         rows = await conn.fetch(
             """SELECT a.id, a.spent_micro, a.reserved_micro,
-                      (SELECT coalesce(sum(e.amount_micro), 0) FROM ledger_entries e WHERE e.account_id = a.id) AS entries,
+                      (SELECT coalesce(sum(r.charged_micro), 0) FROM budget_reservations r
+                        WHERE r.state = 'committed' AND a.id = ANY (r.account_ids)) AS charged,
                       (SELECT coalesce(sum(r.amount_micro), 0) FROM budget_reservations r
                         WHERE r.state = 'held' AND a.id = ANY (r.account_ids)) AS held
                  FROM budget_accounts a""")
+        settled = await conn.fetch(
+            """SELECT r.id, r.charged_micro, cardinality(r.account_ids) AS rows,
+                      (SELECT count(*) FROM ledger_entries e WHERE e.tenant_id = r.tenant_id AND e.reservation_id = r.id
+                          AND e.amount_micro = r.charged_micro AND e.account_id = ANY (r.account_ids)) AS n,
+                      (SELECT count(*) FROM ledger_entries e WHERE e.tenant_id = r.tenant_id AND e.reservation_id = r.id) AS all_n
+                 FROM budget_reservations r WHERE r.state = 'committed'""")
     assert rows
     for r in rows:
-        assert (r["spent_micro"], r["reserved_micro"]) == (r["entries"], r["held"]), dict(r)
+        assert (r["spent_micro"], r["reserved_micro"]) == (r["charged"], r["held"]), dict(r)
+    for r in settled:
+        assert r["rows"] % 2 == 0 and r["n"] == r["all_n"] == (r["rows"] // 2 if r["charged_micro"] else 0), dict(r)
 
 
 # --------------------------------------------------------------------------- reserve batches
@@ -359,7 +378,7 @@ async def test_a_deadlocked_batch_is_retried_whole_and_charges_each_item_once(en
     url, db, ledger = env
     await reserve(ledger, "rsv_warm", 0, [("tenant", T), ("user", "usr_1")])
     async with db.acquire() as conn:
-        ids = dict(await conn.fetch("SELECT scope, id FROM budget_account_holds WHERE tenant_id = $1", T))
+        ids = dict(await conn.fetch("SELECT scope, id FROM budget_account_holds WHERE tenant_id = $1 AND period_key <> 'lifetime'", T))
     assert ids["tenant"] < ids["user"]  # a batch locks the tenant row first, then the user row
     x = await asyncpg.connect(url)  # the other party of the deadlock; it waits long, so the batch is the victim
     try:

@@ -61,11 +61,14 @@ async def _reservations(db: Any) -> dict[str, tuple[str, int]]:
 
 
 async def _assert_consistent(db: Any) -> None:
-    """Every account equals the sum of its entries (spent) and of its held reservations (reserved)."""
+    """Every account equals the sum of the charges of the settled reservations holding it (spent) and of its
+    held reservations (reserved). (Each tier is metered on two rows, its month's and its lifetime one, and
+    its entry is written on one of them: migration 0043.)"""
     async with db.acquire() as conn:
         bad = await conn.fetch(
             """SELECT a.id, a.spent_micro, a.reserved_micro,
-                      (SELECT coalesce(sum(e.amount_micro), 0) FROM ledger_entries e WHERE e.account_id = a.id) AS entries,
+                      (SELECT coalesce(sum(r.charged_micro), 0) FROM budget_reservations r
+                        WHERE r.state = 'committed' AND a.id = ANY (r.account_ids)) AS entries,
                       (SELECT coalesce(sum(r.amount_micro), 0) FROM budget_reservations r
                         WHERE r.state = 'held' AND a.id = ANY (r.account_ids)) AS held
                  FROM budget_accounts a"""
@@ -73,10 +76,11 @@ async def _assert_consistent(db: Any) -> None:
         assert bad, "no accounts at all"
         for r in bad:
             assert (r["spent_micro"], r["reserved_micro"]) == (r["entries"], r["held"]), dict(r)
-        # a committed reservation has one entry per tier it holds, each of the charged amount
+        # a committed reservation has one entry per tier it holds (two rows each), each of the charged amount
         rows = await conn.fetch(
-            """SELECT r.id, r.charged_micro, cardinality(r.account_ids) AS tiers,
-                      (SELECT count(*) FROM ledger_entries e WHERE e.tenant_id = r.tenant_id AND e.reservation_id = r.id) AS n,
+            """SELECT r.id, r.charged_micro, cardinality(r.account_ids) / 2 AS tiers,
+                      (SELECT count(*) FROM ledger_entries e WHERE e.tenant_id = r.tenant_id AND e.reservation_id = r.id
+                          AND e.account_id = ANY (r.account_ids)) AS n,
                       (SELECT coalesce(sum(e.amount_micro), 0) FROM ledger_entries e
                         WHERE e.tenant_id = r.tenant_id AND e.reservation_id = r.id) AS total
                  FROM budget_reservations r WHERE r.state = 'committed'"""

@@ -7,7 +7,9 @@ Pure domain code (no database driver, no web framework). The ledger adapters
 Tiers: every call is metered against the tenant, and the run's project and user
 when it has them. A tier with a cap row is *capped* (reservations are refused
 past it); a tier without one is *uncapped* — its spend is still recorded (so a
-cap set mid-month starts from the real figure) but never checked.
+cap set mid-month starts from the real figure) but never checked. Each tier is metered
+on its month row and its lifetime row (``periods``), so a cap that switches period keeps
+what was spent.
 """
 
 from supervisor.budget.amounts import MAX_MICRO, MICRO_PER_USD, micro_to_usd, usd_to_micro

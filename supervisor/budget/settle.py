@@ -33,7 +33,8 @@ class AccountState:
     spent_micro: int
     reserved_micro: int
     warned: bool
-    cap_micro: int | None  # None: uncapped tier
+    cap_micro: int | None  # None: uncapped tier, or a row only metered (its cap is of the other period kind)
+    booked: bool = True  # the row this tier's ledger entry is written on (see supervisor/budget/periods.py)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def settle(reserved_micro: int, actual_micro: int, late: bool, accounts: list[Ac
             detail["remaining_micro"] = a.cap_micro - spent - reserved
         if warn:
             detail["warning_pct"] = WARN_PCT
-        new = AccountState(a.id, a.scope, a.scope_id, a.period_key, spent, reserved, a.warned or warn, a.cap_micro)
+        new = AccountState(a.id, a.scope, a.scope_id, a.period_key, spent, reserved, a.warned or warn, a.cap_micro,
+                           a.booked)
         out.append(Settled(new, warn, detail))
     return charge, out

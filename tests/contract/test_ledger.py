@@ -356,3 +356,186 @@ async def test_set_caps_is_one_transaction_all_or_none(ctx):
         await ledger.set_caps(t, [("tenant", t, 1, "month"), ("user", "usr_a", -1, "month")])
     assert err.value.code == "input.invalid"
     assert sorted((a.scope, a.cap_micro) for a in await ledger.accounts(t, JAN)) == [("tenant", 20_000), ("user", 5_000)]
+
+
+# --------------------------------------------------------------------------- a cap switching period (session 10)
+# Every tier is metered on its month row and its lifetime row; the cap checks the row of its period kind.
+# So a switch (PUT /v1/budgets) neither forgets what was spent or held, nor counts it twice.
+
+DEC = datetime(2025, 12, 10, tzinfo=UTC).timestamp()
+
+
+async def spend(ledger: Any, t: str, amount: int, scopes: list[tuple[str, str]] | None = None, now: float = JAN):
+    res = await reserve(ledger, t, amount, scopes, now=now)
+    return await ledger.commit(t, res.id, amount, tool="echo", now=now)
+
+
+async def test_a_cap_switched_to_lifetime_counts_what_was_spent_under_month(ctx):
+    _, ledger, t = ctx
+    await ledger.set_cap(t, "tenant", t, 10_000)
+    await spend(ledger, t, 3_000, now=DEC)
+    await spend(ledger, t, 6_000, now=JAN)
+    acct = await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")  # "$100 lifetime" after $90 was spent
+    assert (acct.period_key, acct.spent_micro, acct.reserved_micro) == ("lifetime", 9_000, 0)
+    got = await ledger.accounts(t, JAN)
+    assert [(a.period, a.period_key, a.spent_micro) for a in got] == [("lifetime", "lifetime", 9_000)]
+    with pytest.raises(StockadeError) as err:
+        await reserve(ledger, t, 1_001)
+    assert err.value.extra["tier"] == "tenant" and err.value.extra["remaining_usd"] == 0.001
+    await spend(ledger, t, 1_000)  # exactly what is left
+    assert (await ledger.accounts(t, FEB))[0].spent_micro == 10_000  # and it does not roll over
+    with pytest.raises(StockadeError):
+        await reserve(ledger, t, 1, now=FEB)
+
+
+async def test_a_cap_switched_to_month_counts_this_months_spend_made_under_lifetime(ctx):
+    _, ledger, t = ctx
+    await ledger.set_cap(t, "tenant", t, 100_000, "lifetime")
+    await spend(ledger, t, 3_000, now=DEC)
+    await spend(ledger, t, 4_000, now=JAN)
+    await ledger.set_cap(t, "tenant", t, 5_000, "month")
+    got = (await ledger.accounts(t, JAN))[0]
+    assert (got.period, got.period_key, got.spent_micro) == ("month", "2026-01", 4_000)  # January's, not December's
+    assert (await ledger.accounts(t, DEC))[0].spent_micro == 3_000
+    with pytest.raises(StockadeError) as err:
+        await reserve(ledger, t, 1_001)
+    assert err.value.extra["remaining_usd"] == 0.001
+    await spend(ledger, t, 1_000)
+    assert (await ledger.accounts(t, FEB))[0].spent_micro == 0  # a new month still starts at zero
+    await spend(ledger, t, 2_000, now=FEB)
+    # and back to lifetime: every charge made under the monthly cap is there
+    acct = await ledger.set_cap(t, "tenant", t, 100_000, "lifetime")
+    assert acct.spent_micro == 10_000 and (await ledger.accounts(t, FEB))[0].spent_micro == 10_000
+    # one entry per tier and charge, on the row the cap checked
+    assert [(e.period_key, e.amount_micro) for e in await ledger.entries(t)] == [
+        ("lifetime", 3_000), ("lifetime", 4_000), ("2026-01", 1_000), ("2026-02", 2_000)]
+
+
+async def test_a_lifetime_cap_set_on_an_uncapped_tier_counts_every_earlier_month(ctx):
+    _, ledger, t = ctx
+    scopes = [("tenant", t), ("user", "usr_u")]
+    await spend(ledger, t, 2_000, scopes, now=DEC)
+    await spend(ledger, t, 500, scopes, now=JAN)
+    acct = await ledger.set_cap(t, "user", "usr_u", 3_000, "lifetime")
+    assert acct.spent_micro == 2_500
+    with pytest.raises(StockadeError) as err:
+        await reserve(ledger, t, 501, scopes)
+    assert err.value.extra["tier"] == "user"
+    await spend(ledger, t, 500, scopes)
+    assert len(await ledger.entries(t)) == 6  # one per tier and charge
+
+
+async def test_a_reservation_held_across_a_switch_settles_once_on_both_periods(ctx):
+    _, ledger, t = ctx
+    await ledger.set_cap(t, "tenant", t, 10_000)
+    await spend(ledger, t, 2_000)
+    held = await reserve(ledger, t, 5_000)
+    await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")
+    got = (await ledger.accounts(t, JAN))[0]
+    assert (got.period_key, got.spent_micro, got.reserved_micro) == ("lifetime", 2_000, 5_000)  # the hold counts
+    with pytest.raises(StockadeError) as err:
+        await reserve(ledger, t, 3_001)
+    assert err.value.extra["remaining_usd"] == 0.003
+    entries = await ledger.commit(t, held.id, 4_000, tool="echo", now=JAN)
+    assert [(e.scope, e.period_key, e.amount_micro) for e in entries] == [("tenant", "lifetime", 4_000)]
+    assert entries[0].detail["spent_micro"] == 6_000 and entries[0].detail["remaining_micro"] == 4_000
+    got = (await ledger.accounts(t, JAN))[0]
+    assert (got.spent_micro, got.reserved_micro) == (6_000, 0)
+    assert await ledger.commit(t, held.id, 4_000, tool="echo", now=JAN + 1) == entries  # a repeat changes nothing
+    await ledger.set_cap(t, "tenant", t, 10_000, "month")  # and back: the month saw the same charge, once
+    got = (await ledger.accounts(t, JAN))[0]
+    assert (got.period_key, got.spent_micro, got.reserved_micro) == ("2026-01", 6_000, 0)
+    await spend(ledger, t, 4_000)
+    with pytest.raises(StockadeError):
+        await reserve(ledger, t, 1)
+    assert sum(e.amount_micro for e in await ledger.entries(t)) == 10_000
+
+
+async def test_a_reservation_released_after_a_switch_frees_what_it_held(ctx):
+    _, ledger, t = ctx
+    await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")
+    await spend(ledger, t, 1_000, now=DEC)
+    a = await reserve(ledger, t, 6_000, run_id="run_a")
+    b = await reserve(ledger, t, 2_000, run_id="run_b")
+    await ledger.set_cap(t, "tenant", t, 9_000, "month")  # January: nothing spent yet, 8,000 held
+    assert [(x.spent_micro, x.reserved_micro) for x in await ledger.accounts(t, JAN)] == [(0, 8_000)]
+    with pytest.raises(StockadeError):
+        await reserve(ledger, t, 1_001)
+    await ledger.release(t, a.id)
+    assert await ledger.release_run(t, "run_b") == 1
+    assert [(x.spent_micro, x.reserved_micro) for x in await ledger.accounts(t, JAN)] == [(0, 0)]
+    full = await reserve(ledger, t, 9_000)  # the month's whole cap is free again
+    await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")
+    assert [(x.spent_micro, x.reserved_micro) for x in await ledger.accounts(t, JAN)] == [(1_000, 9_000)]
+    await ledger.release(t, full.id)
+    assert [(x.spent_micro, x.reserved_micro) for x in await ledger.accounts(t, JAN)] == [(1_000, 0)]
+    # late settlements of released holds: charged at most what fits under the cap in force now, on both rows
+    late = await ledger.commit(t, a.id, 6_000, tool="echo", now=JAN)
+    assert [(e.period_key, e.amount_micro) for e in late] == [("lifetime", 6_000)]
+    await ledger.set_cap(t, "tenant", t, 7_000, "month")  # January has 6,000 spent: 1,000 fits
+    late = await ledger.commit(t, b.id, 2_000, tool="echo", now=JAN)
+    assert [(e.period_key, e.amount_micro, e.detail["unbilled_micro"]) for e in late] == [("2026-01", 1_000, 1_000)]
+    assert [(x.spent_micro, x.reserved_micro) for x in await ledger.accounts(t, JAN)] == [(7_000, 0)]
+    await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")
+    assert [(x.spent_micro, x.reserved_micro) for x in await ledger.accounts(t, JAN)] == [(8_000, 0)]
+
+
+async def test_reservers_racing_a_cap_that_flips_period_never_pass_it(ctx):
+    sql_db, ledger, t = ctx
+    other = ledger_of(await sql_db.reopen())  # a second handle: another node
+    cap, price = 20_000, 1_000
+    await ledger.set_cap(t, "tenant", t, cap, "month")
+    go = asyncio.Event()
+
+    async def caller(i: int) -> int:
+        led, charged = (ledger if i % 2 else other), 0
+        await go.wait()
+        for _ in range(6):  # the switches land between the reserves and settlements of every caller
+            try:
+                res = await reserve(led, t, price)
+            except StockadeError as exc:
+                assert exc.code == "budget.exceeded", exc
+                continue
+            finally:
+                await asyncio.sleep(0)
+            await led.commit(t, res.id, price, tool="echo", now=JAN)
+            charged += price
+            await asyncio.sleep(0)
+        return charged
+
+    async def flipper() -> int:
+        await go.wait()
+        for n in range(24):
+            await (other if n % 2 else ledger).set_cap(t, "tenant", t, cap, ("lifetime", "month")[n % 2])
+            await asyncio.sleep(0)
+        return 0
+
+    try:
+        tasks = [asyncio.ensure_future(caller(i)) for i in range(10)] + [asyncio.ensure_future(flipper())]
+        go.set()
+        charged = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        await other.db.close()
+    assert sum(charged) == cap  # as many calls as fitted ran, and not one more
+    assert sum(e.amount_micro for e in await ledger.entries(t, limit=1000)) == cap
+    for period in ("month", "lifetime"):
+        await ledger.set_cap(t, "tenant", t, cap, period)
+        assert [(a.spent_micro, a.reserved_micro) for a in await ledger.accounts(t, JAN)] == [(cap, 0)]
+
+
+async def test_an_expired_reservation_swept_after_a_switch_frees_both_periods(ctx):
+    _, ledger, t = ctx
+    await ledger.set_cap(t, "tenant", t, 10_000)
+    base = 2_000_000.0  # expiries in 1970: this sweep touches no other test's (or the app's) reservations
+    gone = await reserve(ledger, t, 7_000, expires_at=base + 1)
+    await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")
+    assert [(a.spent_micro, a.reserved_micro) for a in await ledger.accounts(t, JAN)] == [(0, 7_000)]
+    assert await ledger.sweep(base + 2) >= 1  # (the PostgreSQL database is shared: others' stale ones go too)
+    assert [(a.spent_micro, a.reserved_micro) for a in await ledger.accounts(t, JAN)] == [(0, 0)]
+    await ledger.set_cap(t, "tenant", t, 10_000, "month")
+    assert [(a.spent_micro, a.reserved_micro) for a in await ledger.accounts(t, JAN)] == [(0, 0)]
+    await spend(ledger, t, 10_000)  # the whole cap is free on both rows
+    late = await ledger.commit(t, gone.id, 7_000, tool="echo", now=JAN)  # nothing fits any more: nothing charged
+    assert late == []
+    await ledger.set_cap(t, "tenant", t, 10_000, "lifetime")
+    assert [(a.spent_micro, a.reserved_micro) for a in await ledger.accounts(t, JAN)] == [(10_000, 0)]

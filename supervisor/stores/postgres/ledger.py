@@ -20,6 +20,10 @@ the statement is its own transaction, so a cut connection leaves all of a batch 
 none of it, and every caller of a call that failed gets ``ledger.unavailable``
 (fail closed; nothing is retried after an ambiguous cut, only after PostgreSQL
 aborted the whole call).
+
+Every tier is metered on two account rows, its month's and its lifetime one, and the
+cap checks the row of its own period kind (0043; supervisor/budget/periods.py says why):
+the functions find the rows by period key alone, so a cap switched mid-call needs no retry.
 """
 
 from __future__ import annotations

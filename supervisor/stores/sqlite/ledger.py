@@ -3,6 +3,11 @@
 Every mutation is one ``BEGIN IMMEDIATE`` transaction (``SqliteDB.tx``): the
 database write lock serialises reservers across coroutines and processes, so
 check-then-update cannot race. Nothing awaits inside a transaction.
+
+Every tier is metered on two account rows, this month's and its lifetime one: a
+reservation holds on both, a settlement charges and releases both, the cap checks
+the row of its own period kind, and the entry is written on that row
+(supervisor/budget/periods.py says why: a cap that switches period keeps what was spent).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from supervisor.budget import (
+    LIFETIME,
     AccountState,
     check_amount,
     check_cap,
@@ -29,10 +35,13 @@ from supervisor.stores.sqlite.db import SqliteDB
 
 __all__ = ["SqliteLedger"]
 
-_ACCOUNTS_OF = """SELECT a.id, a.scope, a.scope_id, a.period_key, a.spent_micro, a.reserved_micro, a.warned, c.cap_micro
+# cap_micro: the tier's cap when it is of this row's period kind (else the row is only metered);
+# booked: the row the tier's entry is written on (the cap's kind; month when uncapped).
+_ACCOUNTS_OF = """SELECT a.id, a.scope, a.scope_id, a.period_key, a.spent_micro, a.reserved_micro, a.warned,
+           CASE WHEN (c.period = 'lifetime') = (a.period_key = 'lifetime') THEN c.cap_micro END AS cap_micro,
+           (coalesce(c.period, 'month') = 'lifetime') = (a.period_key = 'lifetime') AS booked
     FROM budget_accounts a
     LEFT JOIN budget_caps c ON c.tenant_id = a.tenant_id AND c.scope = a.scope AND c.scope_id = a.scope_id
-                           AND (c.period = 'lifetime') = (a.period_key = 'lifetime')
     WHERE a.tenant_id = ? AND a.id IN (SELECT value FROM json_each(?)) ORDER BY a.id"""
 
 
@@ -52,7 +61,8 @@ def _ledger_errors() -> Iterator[None]:
 
 def _state(r: sqlite3.Row) -> AccountState:
     return AccountState(int(r["id"]), r["scope"], r["scope_id"], r["period_key"], int(r["spent_micro"]),
-                        int(r["reserved_micro"]), bool(r["warned"]), None if r["cap_micro"] is None else int(r["cap_micro"]))
+                        int(r["reserved_micro"]), bool(r["warned"]), None if r["cap_micro"] is None else int(r["cap_micro"]),
+                        bool(r["booked"]))
 
 
 def _entry(tenant_id: str, r: sqlite3.Row) -> LedgerEntry:
@@ -115,21 +125,18 @@ class SqliteLedger:
         return sorted(accounts, key=lambda a: tier_order(a.scope, a.scope_id))
 
     def _account_ids(self, conn: sqlite3.Connection, tenant_id: str, tiers: list[tuple[str, str]], month: str) -> list[int]:
+        """Both rows of every tier (this month's and the lifetime one), created at zero on first use."""
+        keys = [(tenant_id, scope, scope_id, pk) for scope, scope_id in tiers for pk in (month, LIFETIME)]
+        conn.executemany(
+            "INSERT INTO budget_accounts (tenant_id, scope, scope_id, period_key) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (tenant_id, scope, scope_id, period_key) DO NOTHING",
+            keys,
+        )
         ids = []
-        for scope, scope_id in tiers:
-            cap = conn.execute(
-                "SELECT period FROM budget_caps WHERE tenant_id = ? AND scope = ? AND scope_id = ?",
-                (tenant_id, scope, scope_id),
-            ).fetchone()
-            pk = "lifetime" if cap is not None and cap["period"] == "lifetime" else month
-            conn.execute(
-                "INSERT INTO budget_accounts (tenant_id, scope, scope_id, period_key) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (tenant_id, scope, scope_id, period_key) DO NOTHING",
-                (tenant_id, scope, scope_id, pk),
-            )
+        for key in keys:
             row = conn.execute(
                 "SELECT id FROM budget_accounts WHERE tenant_id = ? AND scope = ? AND scope_id = ? AND period_key = ?",
-                (tenant_id, scope, scope_id, pk),
+                key,
             ).fetchone()
             ids.append(int(row["id"]))
         return sorted(ids)
@@ -189,7 +196,7 @@ class SqliteLedger:
                 a = s.account
                 conn.execute("UPDATE budget_accounts SET spent_micro = ?, reserved_micro = ?, warned = ? WHERE id = ?",
                              (a.spent_micro, a.reserved_micro, int(a.warned), a.id))
-                if charge > 0:
+                if charge > 0 and a.booked:  # one entry per tier: on the row its cap checks
                     detail = json.dumps(s.detail, separators=(",", ":"))
                     cur = conn.execute(
                         """INSERT INTO ledger_entries (tenant_id, account_id, scope, scope_id, period_key, amount_micro,
