@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("receipt", help="run receipts").add_subparsers(dest="sub", required=True)
     rv = r.add_parser("verify")
     rv.add_argument("file", help="receipt JSON (- for stdin)")
-    rv.add_argument("--public-key", required=True, help="PEM file of the published key")
+    rv.add_argument("--public-key", required=True, action="append", metavar="PEM",
+                    help="file of the published key(s): PEM (one or more), or the JSON of GET "
+                         "/v1/receipts/public-keys (retired keys too; the receipt's key_id picks one); repeatable")
     return p
 
 
@@ -371,22 +373,43 @@ def _read_capped(path: str, cap: int, what: str) -> bytes:
     return data
 
 
-def _receipt_verify(path: str, key_path: str) -> int:
+def _public_keys(data: bytes, key_path: str) -> list[bytes]:
+    """The PEM public keys in one ``--public-key`` file: one or more PEM blocks, or the JSON document of
+    ``GET /v1/receipts/public-keys`` (the current key and the retired ones, after a rotation)."""
+    import re
+
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    bad = StockadeError("input.invalid", f"public key {key_path} is not a PEM public key")
+    if data.lstrip()[:1] == b"{":
+        try:
+            pems = [k["pem"].encode() for k in json.loads(data)["data"]]
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            raise bad from None
+    else:
+        pems = re.findall(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", data, re.S) or [data]
+    for pem in pems or [b""]:
+        try:
+            serialization.load_pem_public_key(pem)
+        except (ValueError, UnsupportedAlgorithm):
+            raise bad from None
+    return pems
+
+
+def _receipt_verify(path: str, key_paths: list[str]) -> int:
     from supervisor.audit.receipts import load_receipt, verify_receipt
 
     data = _read_capped(path, _MAX_RECEIPT_BYTES, "receipt")
-    pem = _read_capped(key_path, _MAX_KEY_BYTES, "public key")
+    pems = [p for kp in key_paths for p in _public_keys(_read_capped(kp, _MAX_KEY_BYTES, "public key"), kp)]
     try:
         receipt = load_receipt(data)  # a member written twice: refused (other readers keep the other one)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         return _fail(f"input.invalid: the receipt is not JSON: {str(exc).splitlines()[0] if str(exc) else 'nested too deeply'}")
-    try:
-        valid = verify_receipt(receipt, pem)
-    except ValueError:
-        return _fail(f"input.invalid: public key {key_path} is not a PEM public key")
-    if not valid:
+    if not verify_receipt(receipt, pems):  # several keys: the one the receipt's key_id names
         return _fail("receipt.invalid: receipt signature is INVALID")
-    _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", []))}))
+    _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", [])),
+                     "key_id": receipt.get("key_id")}))
     return 0
 
 

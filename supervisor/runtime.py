@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.audit.chain import Sealer
-from supervisor.audit.keys import load_audit_key, load_signing_key
+from supervisor.audit.keys import load_audit_keys, load_retired_signing_keys, load_signing_key
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
 from supervisor.errors import StockadeError
@@ -41,6 +41,7 @@ class Runtime:
     registry: Any
     chain: Any
     interceptors: list[Any] = field(default_factory=list)
+    retired_signing_keys: list[Any] = field(default_factory=list)  # public keys: old receipts verify
     worker: Any = None
     warm: Any = None
     abandoned: Any = None  # supervisor.runs.lost.AbandonedRuns, on nodes with workers
@@ -211,7 +212,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     from supervisor.bundles.registry import BundleRegistry
 
     services = await open_services(settings, migrate=migrate)
-    sealer = Sealer(load_audit_key(settings))
+    current, retired = load_audit_keys(settings)
+    sealer = Sealer(current, retired)  # seals under the current key; verifies under the retired ones too
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)
@@ -223,9 +225,10 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
 
         # one pool per node: bundle sandboxes and code.run sandboxes never share a uid
         services.extras["uid_pool"] = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
+    signing_key = load_signing_key(settings)
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
-                   signing_key=load_signing_key(settings), registry=registry, chain=chain,
-                   interceptors=interceptors)
+                   signing_key=signing_key, registry=registry, chain=chain, interceptors=interceptors,
+                   retired_signing_keys=load_retired_signing_keys(settings, signing_key))
 
 
 def _install_redirect_guard(services: Services, interceptors: list[Any]) -> None:

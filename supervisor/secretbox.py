@@ -8,6 +8,11 @@ neither read a value nor move one to another tenant or header: it then fails
 to open, with ``secret.unreadable``, and nothing is sent.
 
 Sealed values are text: ``enc:v1:`` + base64url(nonce || ciphertext+tag).
+
+Key rotation: ``STOCKADE_SECRETS_KEYS_RETIRED`` lists the keys used before;
+values sealed under them still open (the current key is tried first), and
+``reseal`` turns such a value into one sealed under the current key, after which
+the retired key can be dropped. Nothing is ever sealed under a retired key.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from supervisor.audit.keys import generated_secret
 from supervisor.errors import StockadeError
-from supervisor.settings import Settings
+from supervisor.settings import Settings, SettingsError
 
-__all__ = ["PREFIX", "SecretBox", "load_secrets_key"]
+__all__ = ["PREFIX", "SecretBox", "load_secrets_key", "load_secrets_keys"]
 
 PREFIX = "enc:v1:"
+
+
+def _derive(raw: bytes) -> bytes:
+    return hashlib.sha256(b"stockade secrets v1\x00" + raw).digest()  # any >= 16-char secret -> a 256-bit key
 
 
 def load_secrets_key(settings: Settings) -> bytes:
@@ -34,14 +43,26 @@ def load_secrets_key(settings: Settings) -> bytes:
         raw = settings.secrets_key.get_secret_value().encode()
     else:
         raw = generated_secret(settings, "secrets.key")
-    return hashlib.sha256(b"stockade secrets v1\x00" + raw).digest()  # any >= 16-char secret -> a 256-bit key
+    return _derive(raw)
+
+
+def load_secrets_keys(settings: Settings) -> tuple[bytes, tuple[bytes, ...]]:
+    """The current key and the retired ones (oldest first), as ``SecretBox`` takes them. A retired list
+    holding the current key is a rotation half done (STOCKADE_SECRETS_KEY not set to a new secret)."""
+    current = load_secrets_key(settings)
+    retired = tuple(_derive(k.get_secret_value().encode()) for k in settings.secrets_keys_retired)
+    if current in retired:
+        raise SettingsError("invalid setting STOCKADE_SECRETS_KEYS_RETIRED: holds the current secrets key (to "
+                            "rotate, set STOCKADE_SECRETS_KEY to a new secret)")
+    return current, retired
 
 
 class SecretBox:
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
+    def __init__(self, key: bytes, retired: tuple[bytes, ...] | list[bytes] = ()) -> None:
+        if len(key) != 32 or any(len(k) != 32 for k in retired):
             raise ValueError("the secrets key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._older = tuple(AESGCM(k) for k in reversed(tuple(retired)))  # newest first
 
     def seal(self, value: str, bound_to: str) -> str:
         nonce = os.urandom(12)
@@ -53,10 +74,26 @@ class SecretBox:
         return isinstance(value, str) and value.startswith(PREFIX)
 
     def open(self, token: str, bound_to: str) -> str:
+        return self._open(token, bound_to)[0]
+
+    def reseal(self, token: str, bound_to: str) -> str | None:
+        """``token`` sealed anew under the current key if a retired key sealed it; None if the current key
+        did (nothing to do). ``secret.unreadable`` if no key opens it."""
+        value, current = self._open(token, bound_to)
+        return None if current else self.seal(value, bound_to)
+
+    def _open(self, token: str, bound_to: str) -> tuple[str, bool]:
+        """The value, and whether the current key sealed it."""
         try:
             blob = base64.urlsafe_b64decode(token[len(PREFIX):].encode("ascii"))
-            return self._aead.decrypt(blob[:12], blob[12:], bound_to.encode("utf-8")).decode("utf-8")
-        except (InvalidTag, ValueError, UnicodeError):
-            raise StockadeError(
-                "secret.unreadable", "a stored secret cannot be opened (other key, or moved/changed in the database)"
-            ) from None
+            nonce, ct, aad = blob[:12], blob[12:], bound_to.encode("utf-8")
+            for i, aead in enumerate((self._aead, *self._older)):
+                try:
+                    return aead.decrypt(nonce, ct, aad).decode("utf-8"), i == 0
+                except InvalidTag:
+                    continue
+        except (ValueError, UnicodeError):
+            pass
+        raise StockadeError(
+            "secret.unreadable", "a stored secret cannot be opened (other key, or moved/changed in the database)"
+        )

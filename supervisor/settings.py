@@ -11,11 +11,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _EnvDecodeError
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = None  # HMAC key for the audit chain; default: generated into data_dir
     secrets_key: SecretStr | None = None  # seals secrets at rest (MCP headers); default: generated into data_dir
     signing_key_file: Path | None = None  # Ed25519 private key (PEM) for receipts; default: data_dir
+    # key rotation: the keys used before the current one, oldest first, comma-separated (or a JSON list, for
+    # a key holding a comma). Audit: records MAC'd under them still verify, never after a newer key's record
+    # (supervisor/audit/chain.py). Signing: PEM files (private or public) whose receipts still verify.
+    audit_keys_retired: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    signing_key_files_retired: Annotated[tuple[Path, ...], NoDecode] = ()
+    secrets_keys_retired: Annotated[tuple[SecretStr, ...], NoDecode] = ()  # sealed values still open
 
     # --- LLM
     llm_pricing_file: Path | None = None  # JSON/YAML table overriding the shipped per-token prices
@@ -180,6 +186,34 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters (it is a key)")
         return v
 
+    @field_validator("audit_keys_retired", "secrets_keys_retired", mode="before")
+    @classmethod
+    def _retired_keys(cls, v: object) -> object:
+        # never echoed: the message names the position of a bad key, not its value
+        keys = _retired_list(v)
+        for i, k in enumerate(keys, start=1):
+            if not isinstance(k, str) or len(k) < 16:
+                raise ValueError(f"key {i} of {len(keys)} must be at least 16 characters (it is a key)")
+        if len(set(keys)) != len(keys):
+            raise ValueError("lists one key twice")
+        return tuple(keys)
+
+    @field_validator("signing_key_files_retired", mode="before")
+    @classmethod
+    def _retired_files(cls, v: object) -> object:
+        out = []
+        for f in _retired_list(v):
+            if not isinstance(f, (str, Path)):
+                raise ValueError("must be PEM file paths")
+            try:  # resolved once, as signing_key_file; read (and refused if no key) where the keys are loaded
+                path = Path(f).expanduser().resolve()
+            except (RuntimeError, OSError) as exc:
+                raise ValueError(f"cannot resolve {f}: {exc}") from None
+            if path.exists() and not path.is_file():
+                raise ValueError(f"{path} is not a regular file")
+            out.append(path)
+        return tuple(out)
+
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:
@@ -243,6 +277,32 @@ class Settings(BaseSettings):
         if self.database_url and self.database_url.startswith("sqlite:///"):
             return Path(self.database_url[len("sqlite:///") :])
         return self.data_dir / "stockade.db"
+
+
+def _retired_list(v: object) -> list[object]:
+    """A retired-keys setting: comma-separated (spaces around each item dropped), or a JSON list when it
+    starts with ``[``; unset or empty: none. An empty item (``a,,b``) is refused, not skipped: a key lost to
+    a stray comma would surface only as records that no longer verify."""
+    if v is None or v == "":
+        return []
+    if isinstance(v, (list, tuple)):
+        return [x.get_secret_value() if isinstance(x, SecretStr) else x for x in v]
+    if not isinstance(v, str):
+        raise ValueError("must be a comma-separated list")
+    text = v.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except (ValueError, RecursionError):
+            raise ValueError('starts with "[" but is not a JSON list of strings') from None
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise ValueError('starts with "[" but is not a JSON list of strings')
+        items = [x.strip() for x in items]
+    else:
+        items = [x.strip() for x in text.split(",")]
+    if any(x == "" for x in items):
+        raise ValueError("holds an empty item (two commas in a row, or one at an end)")
+    return items
 
 
 def _check_port(url: str) -> None:

@@ -1,4 +1,4 @@
-"""Liveness, readiness (store, queue, sandbox backend), Prometheus metrics, the receipt public key."""
+"""Liveness, readiness (store, queue, sandbox backend), Prometheus metrics, the receipt public keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import runtime
-from supervisor.audit.keys import public_key_pem
+from supervisor.audit.keys import key_id, public_key_pem
 
 __all__ = ["router"]
 
@@ -61,3 +61,12 @@ async def metrics(rt: Any = Depends(runtime)) -> Response:
 @router.get("/v1/receipts/public-key", response_class=_PemResponse)
 async def receipt_public_key(rt: Any = Depends(runtime)) -> PlainTextResponse:
     return _PemResponse(public_key_pem(rt.signing_key))
+
+
+@router.get("/v1/receipts/public-keys")
+async def receipt_public_keys(rt: Any = Depends(runtime)) -> dict[str, Any]:
+    """Every key a receipt of this deployment may be signed with: the current one (what
+    ``/v1/receipts/public-key`` serves) and the retired ones (``STOCKADE_SIGNING_KEY_FILES_RETIRED``), so a
+    receipt handed out before a rotation still verifies. A receipt's ``key_id`` names its key."""
+    keys = [(rt.signing_key, True), *((k, False) for k in reversed(rt.retired_signing_keys))]  # newest first
+    return {"data": [{"key_id": key_id(k), "pem": public_key_pem(k), "current": cur} for k, cur in keys]}

@@ -5,19 +5,30 @@ sequence number, the tenant and the previous record's hash); its ``mac`` is
 HMAC-SHA256 of that hash under a key only the supervisor holds. Someone who can
 write to the database can recompute hashes, but not MACs: a changed, deleted,
 inserted or reordered record breaks verification.
+
+Key rotation: records are always sealed under the current key; verification also
+accepts the retired keys (``STOCKADE_AUDIT_KEYS_RETIRED``), so history written
+before a rotation still verifies. A retired key may have leaked (that is often why
+it was retired), so it must not be able to extend history: along one tenant's chain
+the key never goes back. Keys are numbered oldest first (retired 0..n-1, current
+n); once a record verified under key i, a later record that verifies only under a
+key below i is a break. A forger holding an old key can then only write records
+before the first record of a newer key, where the chain's links already bind the
+genuine records that follow.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.stores.records import AuditRecord
 
-__all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "record_problem", "verify_chain"]
+__all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "record_key", "record_problem",
+           "verify_chain"]
 
 GENESIS = "0" * 64
 FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
@@ -30,15 +41,31 @@ def record_hash(tenant_id: str, seq: int, prev_hash: str, fields: dict[str, Any]
 
 
 class Sealer:
-    """Computes (hash, mac) for the store's ``AuditLog.append`` under the chain lock."""
+    """Computes (hash, mac) for the store's ``AuditLog.append`` under the chain lock, always under the
+    current key; ``key_index`` tells a verifier which key (current or retired) made a MAC."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
+    def __init__(self, key: bytes, retired: Sequence[bytes] = ()) -> None:
+        if len(key) < 16 or any(len(k) < 16 for k in retired):
             raise ValueError("audit key must be at least 16 bytes")
         self._key = key
+        # newest first: a record of today's chain is tried against the current key, then the key before it
+        self._older = tuple(reversed(tuple(retired)))
+        self.current_index = len(self._older)  # keys are numbered oldest first: retired 0..n-1, current n
 
     def mac(self, digest: str) -> str:
         return hmac.digest(self._key, digest.encode(), "sha256").hex()  # == hmac.new(...).hexdigest(), one C call
+
+    def key_index(self, digest: str, mac: str) -> int | None:
+        """The newest key whose MAC of ``digest`` is ``mac`` (``current_index`` for the current key), or None.
+        ``mac`` must be an ASCII str. The current key is tried first: unless a chain is older than the last
+        rotation, one HMAC, as before rotation existed."""
+        if hmac.compare_digest(self.mac(digest), mac):
+            return self.current_index
+        msg = digest.encode()
+        for i, key in enumerate(self._older):
+            if hmac.compare_digest(hmac.digest(key, msg, "sha256").hex(), mac):
+                return self.current_index - 1 - i
+        return None
 
     def for_tenant(self, tenant_id: str):
         def seal(prev_hash: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:
@@ -60,13 +87,15 @@ class ChainBreak:
 
 class ChainVerifier:
     """Checks a chain one record at a time (in seq order), so a long chain is verified page by page
-    in constant memory. ``feed`` returns the first break; ``last_seq`` is the last good record."""
+    in constant memory. ``feed`` returns the first break; ``last_seq`` is the last good record and
+    ``key_floor`` the key it verified under (no later record may verify only under an older one)."""
 
     def __init__(self, tenant_id: str, sealer: Sealer) -> None:
         self.tenant_id = tenant_id
         self.sealer = sealer
         self.prev_hash = GENESIS
         self.last_seq = 0
+        self.key_floor = 0
 
     def feed(self, rec: AuditRecord) -> ChainBreak | None:
         tenant_id, expected_seq = self.tenant_id, self.last_seq + 1
@@ -74,28 +103,38 @@ class ChainVerifier:
             return ChainBreak(tenant_id, rec.seq, f"sequence gap: expected {expected_seq} (record deleted or inserted)")
         if rec.prev_hash != self.prev_hash:
             return ChainBreak(tenant_id, rec.seq, "prev_hash does not link to the previous record (reordered or removed)")
-        problem = record_problem(tenant_id, rec, self.sealer)
+        problem, index = record_key(tenant_id, rec, self.sealer, self.key_floor)
         if problem is not None:
             return ChainBreak(tenant_id, rec.seq, problem)
-        self.prev_hash, self.last_seq = rec.hash, rec.seq
+        self.prev_hash, self.last_seq, self.key_floor = rec.hash, rec.seq, index
         return None
 
 
-def record_problem(tenant_id: str, rec: AuditRecord, sealer: Sealer) -> str | None:
-    """What is wrong with one record of ``tenant_id``'s chain on its own - its content against its hash,
-    its hash against its MAC - or None. (How records link is ``ChainVerifier``'s.) Never raises, whatever
-    a database writer stored."""
+def record_key(tenant_id: str, rec: AuditRecord, sealer: Sealer, floor: int = 0) -> tuple[str | None, int]:
+    """``record_problem``, and the key the record verified under (``floor`` when it did not): the record's
+    MAC must be made by a key no older than ``floor`` (the key of the record before it)."""
     fields = {k: getattr(rec, k) for k in FIELDS}
     try:
         digest = record_hash(tenant_id, rec.seq, rec.prev_hash, fields)
     except (TypeError, ValueError, RecursionError):  # a value no record of ours holds (a writer's hand)
-        return "content cannot be hashed (record changed)"
+        return "content cannot be hashed (record changed)", floor
     if digest != rec.hash:
-        return "content does not match its hash (record changed)"
+        return "content does not match its hash (record changed)", floor
     mac = rec.mac  # compare_digest raises on a non-ASCII str
-    if not (isinstance(mac, str) and mac.isascii() and hmac.compare_digest(sealer.mac(digest), mac)):
-        return "MAC invalid (record forged without the supervisor's key)"
-    return None
+    index = sealer.key_index(digest, mac) if isinstance(mac, str) and mac.isascii() else None
+    if index is None:
+        return "MAC invalid (record forged without the supervisor's key)", floor
+    if index < floor:
+        return ("MAC made with a retired key after rotation (forged with an old key after a record of a newer "
+                "one; or STOCKADE_AUDIT_KEYS_RETIRED is not oldest first)"), floor
+    return None, index
+
+
+def record_problem(tenant_id: str, rec: AuditRecord, sealer: Sealer, floor: int = 0) -> str | None:
+    """What is wrong with one record of ``tenant_id``'s chain on its own - its content against its hash,
+    its hash against its MAC (under the current key or a retired one no older than ``floor``) - or None.
+    (How records link is ``ChainVerifier``'s.) Never raises, whatever a database writer stored."""
+    return record_key(tenant_id, rec, sealer, floor)[0]
 
 
 def verify_chain(tenant_id: str, records: Iterable[AuditRecord], sealer: Sealer) -> ChainBreak | None:

@@ -2,10 +2,14 @@
 
 Production: ``STOCKADE_AUDIT_KEY`` and ``STOCKADE_SIGNING_KEY_FILE`` shared by
 every worker. Embedded: generated once into ``<data_dir>/keys`` (mode 0600).
+Rotation: the keys used before (``STOCKADE_AUDIT_KEYS_RETIRED``,
+``STOCKADE_SIGNING_KEY_FILES_RETIRED``) still verify what they made; nothing new
+is made with them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import stat
@@ -13,11 +17,12 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from supervisor.settings import Settings, SettingsError
 
-__all__ = ["generated_secret", "load_audit_key", "load_signing_key", "public_key_pem"]
+__all__ = ["generated_secret", "key_id", "load_audit_key", "load_audit_keys", "load_retired_signing_keys",
+           "load_signing_key", "public_key_pem"]
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -94,6 +99,19 @@ def load_audit_key(settings: Settings) -> bytes:
     return generated_secret(settings, "audit.key")
 
 
+def load_audit_keys(settings: Settings) -> tuple[bytes, tuple[bytes, ...]]:
+    """The current audit key and the retired ones (oldest first), as ``Sealer`` takes them.
+
+    A retired list holding the current key is refused: that is a rotation half done (the old key moved to
+    the retired list, STOCKADE_AUDIT_KEY not set to a new one, so the generated file is still current)."""
+    current = load_audit_key(settings)
+    retired = tuple(k.get_secret_value().encode() for k in settings.audit_keys_retired)
+    if current in retired:
+        raise SettingsError("invalid setting STOCKADE_AUDIT_KEYS_RETIRED: holds the current audit key (to rotate, "
+                            "set STOCKADE_AUDIT_KEY to a new secret)")
+    return current, retired
+
+
 def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
     path = settings.signing_key_file or settings.data_dir / "keys" / "receipt_ed25519.pem"
     bad = f"invalid setting STOCKADE_SIGNING_KEY_FILE: {path}"
@@ -119,7 +137,49 @@ def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
     return key
 
 
-def public_key_pem(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+_MAX_PEM = 64 * 1024  # a key file is a few hundred bytes: never read a stray huge file whole
+
+
+def load_retired_signing_keys(settings: Settings, current: Ed25519PrivateKey) -> list[Ed25519PublicKey]:
+    """The public halves of ``STOCKADE_SIGNING_KEY_FILES_RETIRED`` (oldest first): receipts they signed still
+    verify (``GET /v1/receipts/public-keys``); nothing is signed with them. A public-key PEM is enough, and is
+    what to keep: the private half of a retired key has no use left."""
+    out: list[Ed25519PublicKey] = []
+    seen = {key_id(current.public_key())}
+    for path in settings.signing_key_files_retired:
+        bad = f"invalid setting STOCKADE_SIGNING_KEY_FILES_RETIRED: {path}"
+        try:
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise SettingsError(f"{bad} is not a regular file")
+                data = f.read(_MAX_PEM + 1)
+        except OSError as exc:
+            raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
+        key: object = None
+        if len(data) <= _MAX_PEM:
+            for load in (lambda d: serialization.load_pem_private_key(d, password=None).public_key(),
+                         serialization.load_pem_public_key):
+                try:
+                    key = load(data)
+                    break
+                except (ValueError, TypeError, UnsupportedAlgorithm):
+                    continue
+        if not isinstance(key, Ed25519PublicKey):
+            raise SettingsError(f"{bad} is not an Ed25519 PEM key (public, or unencrypted private)")
+        kid = key_id(key)
+        if kid in seen:
+            raise SettingsError(f"{bad} is the current signing key or listed twice (key id {kid})")
+        seen.add(kid)
+        out.append(key)
+    return out
+
+
+def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """A receipt's ``key_id``: the first 16 hex digits of sha256 over the raw 32-byte public key."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return hashlib.sha256(pub.public_bytes_raw()).hexdigest()[:16]
+
+
+def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -3,12 +3,19 @@
 Offline check: ``verify_receipt(load_receipt(text), public_key_pem)`` (or
 ``stockade receipt verify FILE --public-key PEM``): strip ``signature``,
 canonicalise, verify the Ed25519 signature with the published key.
+
+Key rotation: a receipt names the key that signed it (``key_id``, signed with the
+rest: the first 16 hex digits of sha256 over the raw public key). Given several
+keys (``GET /v1/receipts/public-keys``: the current one and the retired ones),
+the verifier uses the one with that id; a receipt from before ``key_id`` existed
+is checked against each.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -17,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from supervisor.audit.canonical import canonical
 from supervisor.audit.chain import ChainVerifier, Sealer, record_problem
+from supervisor.audit.keys import key_id
 from supervisor.errors import StockadeError
 from supervisor.stores.records import AuditRecord, Run
 
@@ -36,12 +44,15 @@ async def check_before_signing(audit: Any, tenant_id: str, records: list[AuditRe
     before) and its last (the record after no longer links to it) included. Only a last record that was
     also the chain's last escapes this (no record after it): PostgreSQL's head row, checked with the head,
     or an anchor (``audit verify --anchor``) catches that. Costs one read of the records written while the
-    run ran.
+    run ran. After a key rotation the window's records may verify under a retired key (a receipt of an old
+    run is still signed), but never after one of a newer key within the window; a record forged with an old
+    key before the window is ``audit verify``'s to find (it reads the whole chain).
     """
     def corrupt(seq: int, problem: str) -> StockadeError:
         return StockadeError("audit.corrupt", f"audit record {seq} fails verification ({problem}); "
                                               "run `stockade audit verify`")
 
+    floor = 0  # the key of the newest record checked: the head, if newer, may not verify only under an older one
     if records:
         first, last = records[0], records[-1]
         start = max(first.seq - 1, 1)  # the record before the run's first
@@ -66,7 +77,9 @@ async def check_before_signing(audit: Any, tenant_id: str, records: list[AuditRe
             after = page[-1].seq
         if verifier.last_seq < last.seq:
             raise corrupt(verifier.last_seq + 1, "sequence gap: the run's records are no longer in the chain")
-    if head is not None and (problem := record_problem(tenant_id, head, sealer)) is not None:
+        if head is not None and head.seq > verifier.last_seq:
+            floor = verifier.key_floor
+    if head is not None and (problem := record_problem(tenant_id, head, sealer, floor)) is not None:
         raise corrupt(head.seq, problem)
 
 
@@ -105,6 +118,7 @@ def build_receipt(run: Run, records: list[AuditRecord], head: AuditRecord | None
 
 def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     body = {k: v for k, v in receipt.items() if k != "signature"}
+    body["key_id"] = key_id(key)  # signed too: which of the published keys to check it with
     sig = key.sign(canonical(body))
     return {**body, "signature": {"alg": "Ed25519", "value": base64.b64encode(sig).decode()}}
 
@@ -125,18 +139,30 @@ def load_receipt(data: bytes | str) -> Any:
     return json.loads(data, object_pairs_hook=_one_of_each)
 
 
-def verify_receipt(receipt: dict[str, Any], public_key_pem: str | bytes) -> bool:
-    """True if ``receipt`` carries a valid signature by the key. A malformed receipt is simply not valid;
-    a ``public_key_pem`` that is not a PEM public key raises ``ValueError``."""
-    key = serialization.load_pem_public_key(public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem)
-    if not isinstance(receipt, dict) or not isinstance(key, Ed25519PublicKey):
+def verify_receipt(receipt: dict[str, Any], public_key_pem: str | bytes | Sequence[str | bytes]) -> bool:
+    """True if ``receipt`` carries a valid signature by the key, or by one of several keys (the one its
+    ``key_id`` names; a receipt without one: any of them). A malformed receipt is simply not valid; a
+    ``public_key_pem`` that is not a PEM public key raises ``ValueError``."""
+    pems = [public_key_pem] if isinstance(public_key_pem, (str, bytes)) else list(public_key_pem)
+    keys = [serialization.load_pem_public_key(p.encode() if isinstance(p, str) else p) for p in pems]
+    if not isinstance(receipt, dict):
         return False
+    keys = [k for k in keys if isinstance(k, Ed25519PublicKey)]
+    if "key_id" in receipt:  # signed with the rest: a changed id fails the signature, never picks a weaker check
+        kid = receipt["key_id"]
+        keys = [k for k in keys if isinstance(kid, str) and key_id(k) == kid]
     sig = receipt.get("signature")
-    if not isinstance(sig, dict) or sig.get("alg") != "Ed25519" or not isinstance(sig.get("value"), str):
+    if not keys or not isinstance(sig, dict) or sig.get("alg") != "Ed25519" or not isinstance(sig.get("value"), str):
         return False
     body = {k: v for k, v in receipt.items() if k != "signature"}
     try:
-        key.verify(base64.b64decode(sig["value"], validate=True), canonical(body))
-    except (InvalidSignature, ValueError, TypeError, RecursionError):
+        raw, msg = base64.b64decode(sig["value"], validate=True), canonical(body)
+    except (ValueError, TypeError, RecursionError):
         return False
-    return True
+    for key in keys:
+        try:
+            key.verify(raw, msg)
+            return True
+        except InvalidSignature:
+            continue
+    return False

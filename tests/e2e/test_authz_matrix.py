@@ -58,6 +58,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/readyz"): Row("public", PUBLIC_ROLES),
     ("GET", "/metrics"): Row("public", PUBLIC_ROLES),
     ("GET", "/v1/receipts/public-key"): Row("public", PUBLIC_ROLES),
+    ("GET", "/v1/receipts/public-keys"): Row("public", PUBLIC_ROLES),
     ("GET", "/openapi.json"): Row("public", PUBLIC_ROLES),
     ("GET", "/docs"): Row("public", PUBLIC_ROLES),
     ("GET", "/docs/assets/init.js"): Row("public", PUBLIC_ROLES),

@@ -53,10 +53,10 @@ def install(reg: Any, settings: Any, services: Any) -> McpService | None:
         return None
     service = services.extras.get("mcp")
     if not isinstance(service, McpService):
-        from supervisor.secretbox import SecretBox, load_secrets_key
+        from supervisor.secretbox import SecretBox, load_secrets_keys
         from supervisor.tools.mcp.sealed import SealedMcpStore
 
-        store = SealedMcpStore(open_store(db), SecretBox(load_secrets_key(settings)))  # headers sealed at rest
+        store = SealedMcpStore(open_store(db), SecretBox(*load_secrets_keys(settings)))  # sealed at rest; retired keys open
         service = McpService(
             store, allow_private=list(settings.egress_allow_private), timeout_s=float(settings.egress_timeout_s),
             max_result_bytes=int(settings.egress_max_bytes),
