@@ -105,6 +105,10 @@ class RunEmitter:
             )
             if event is not None:
                 await self._publish(event)
+            else:  # ended elsewhere (an API's cancel), whose terminal event went out there: nothing more here
+                forget = getattr(self._bus, "forget", None)
+                if forget is not None:
+                    forget(self.run_id)
             return event
 
         return await self._in_turn(before, mine, op)

@@ -23,11 +23,11 @@ supervisor/stores/redis/velocity.py) per-user velocity counts the calls of
 every node - the history is read, the call judged, and recorded only if no
 other node recorded one of that user and tool meanwhile, else judged again.
 Without it (the embedded stack, one process) this process's history is the
-user's. A redirect hop reads the same history as its call. Memory
-is bounded: ``max_runs`` runs and, per tenant, ``max_users`` users (least
-recently used; a tenant evicts only its own users), each at most
-``MAX_VELOCITY`` timestamps per tool. Evicting a run forgets its history
-(``forget_run`` drops it when the run ends).
+user's; with it, this process keeps no user history at all. A redirect hop
+reads the same history as its call. Memory is bounded: ``max_runs`` runs
+and, per tenant, ``max_users`` users (least recently used; a tenant evicts
+only its own users), each at most ``MAX_VELOCITY`` timestamps per tool.
+Evicting a run forgets its history (``forget_run`` drops it when the run ends).
 
 A downgraded call is judged again with its replaced arguments (and the
 resource they resolve to) before it is recorded: the call that runs is one
@@ -160,9 +160,13 @@ class PolicyInterceptor:
         call.extra["rate_overrides"] = dict(tenant.limits)
 
         run = self._runs.touch((b.tenant_id, b.run_id))
-        user = self._user_log(b.tenant_id, _principal(b))
         args = _args_of(call)
         counts = tenant.has_velocity or (bundle is not None and bundle.has_velocity)
+        # With a shared log (production) that log is the user's history: this process keeps none, only the
+        # user's lock while rules count calls. Kept here too, it was written on every call and never read -
+        # up to MAX_VELOCITY timestamps per tool for each of max_users users of each of max_tenants tenants.
+        keeps_users = getattr(call.services, "velocity", None) is None
+        user = self._user_log(b.tenant_id, _principal(b)) if keeps_users or counts else _Log()
         # Per user too when rules count calls: two runs of one user must not both judge against a user history
         # without the other's call (an evaluation on a thread yields the loop). Always run lock, then user lock.
         # Per-user history shared by every node (production: Redis), read and judged again if another node
@@ -200,7 +204,8 @@ class PolicyInterceptor:
                 raise self._unavailable(call, "the user's call history kept changing under other nodes' calls")
             run.of(tool).append((tool, now))
             run.seen.add(tool)
-            user.of(tool).append((tool, now))
+            if keeps_users:
+                user.of(tool).append((tool, now))
             call.extra["policy_at"] = now  # a redirect hop of this call must not count the call itself
         if v.delay_s > 0:
             call.extra["delayed_s"] = v.delay_s

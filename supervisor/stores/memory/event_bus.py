@@ -9,11 +9,18 @@ the RunStore, which holds every event.
 Logs of ended runs are kept ``retain_s`` for late tailers, then dropped; at
 most ``max_runs`` logs are held (the least recently published without tailers
 go first). A tail of a run whose log was dropped waits for new events: callers
-read the RunStore first and tail only runs that have not ended.
+read the RunStore first and tail only runs that have not ended, so a late tailer
+is one that raced the run's end by a few milliseconds; a minute covers it. Kept
+ten minutes, ten minutes of every run's output stayed in memory (a run that emits
+up to the default 8 MiB output cap holds ~8 MB: 48 of them in a minute took a
+node from 270 to 570 MB); now a minute's worth does. The drop runs on a timer as
+well as on publish: done only on publish, a server that went quiet kept its last
+runs' logs for as long as it stayed quiet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -26,7 +33,7 @@ __all__ = ["MemoryEventBus"]
 
 
 class MemoryEventBus:
-    def __init__(self, max_per_run: int = 10_000, *, retain_s: float = 600.0, max_runs: int = 10_000) -> None:
+    def __init__(self, max_per_run: int = 10_000, *, retain_s: float = 60.0, max_runs: int = 10_000) -> None:
         if max_per_run < 1 or max_runs < 1:
             raise ValueError("max_per_run and max_runs must be >= 1")
         self._max_per_run = max_per_run
@@ -34,6 +41,7 @@ class MemoryEventBus:
         self._max_runs = max_runs
         self._logs: OrderedDict[str, RunLog] = OrderedDict()  # least recently published first
         self._ended: OrderedDict[str, float] = OrderedDict()  # run -> monotonic time it ended
+        self._timer: asyncio.TimerHandle | None = None  # the next drop of ended logs, while any is kept
         self._closed = False
 
     async def publish(self, event: Event) -> None:
@@ -47,6 +55,7 @@ class MemoryEventBus:
         if log.ended and not was_ended:
             self._ended[event.run_id] = time.monotonic()
         self._evict()
+        self._arm()
 
     def tail(self, run_id: str, after: int) -> AsyncIterator[Event]:
         return self._tail(run_id, after)
@@ -77,10 +86,27 @@ class MemoryEventBus:
     async def close(self) -> None:
         """Ends every tail quietly; later tails raise ``store.unavailable``."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for log in self._logs.values():
             log.close()
         self._logs.clear()
         self._ended.clear()
+
+    def _arm(self) -> None:
+        """A timer for the oldest ended log still kept (one timer, however many runs ended)."""
+        if self._timer is not None or not self._ended or self._closed:
+            return
+        ended_at = next(iter(self._ended.values()))
+        # a floor: a loop clock a hair behind this one must not re-arm it over and over at zero delay
+        delay = max(0.01, ended_at + self._retain_s - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._evict()
+        self._arm()
 
     def _evict(self) -> None:
         now = time.monotonic()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GCRA", "QUEUE_CLAIM_EXPIRED", "QUEUE_EXTEND", "QUEUE_REQUEUE"]
+__all__ = ["GCRA", "QUEUE_CLAIM_EXPIRED", "QUEUE_EXTEND", "QUEUE_PRUNE_CONSUMERS", "QUEUE_REQUEUE"]
 
 # GCRA over every rule, all or nothing (see supervisor.limits.gcra for the maths).
 # KEYS: one bucket per rule.  ARGV[1]: now in µs, or '' for the server clock
@@ -108,4 +108,21 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return redis.call('XADD', KEYS[1], '*', 't', t, 'r', r, 'a', ARGV[3])
+"""
+
+# Drop the group's consumers that hold nothing and have not touched the queue for ARGV[2] ms: each worker
+# process is a consumer (hostname:pid) that Redis keeps after the process is gone. Atomic, so a consumer
+# cannot claim a job between the check and the delete (DELCONSUMER drops what a consumer holds).
+# KEYS[1] stream.  ARGV: group, min idle ms.  Returns how many were dropped.
+QUEUE_PRUNE_CONSUMERS = r"""
+local dropped = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    dropped = dropped + 1
+  end
+end
+return dropped
 """

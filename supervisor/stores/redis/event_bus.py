@@ -4,9 +4,15 @@ One stream per run, ``{prefix}ev:{run_id}``, whose entry ids are ``{seq}-0``:
 "events after N" is simply "stream entries after ``N-0``", no mapping table.
 Streams are trimmed to about ``max_per_run`` entries and expire ``ttl_s``
 after the last publish (give or take an eighth: a process renews the TTL with
-the first event of a run it publishes, then at most every ``ttl_s / 8``, and
-with the terminal event; a plain XADD costs ~40 % less than XADD + EXPIRE in a
-pipeline); the RunStore keeps every event.
+the first event of a run it publishes, then at most every ``ttl_s / 8``; a plain
+XADD costs ~40 % less than XADD + EXPIRE in a pipeline); the RunStore keeps every
+event. The terminal event sets ``ended_ttl_s`` instead (a minute, as long as
+the memory bus keeps an ended run's log): tailers read the store first and tail
+only runs that have not ended, so an ended run's stream serves only a tailer that
+raced its end. Kept a day, every run's output stayed in Redis memory for a day
+after it ended (a run that emits up to the default 8 MiB output cap leaves a
+7.4 MB stream): Redis grew with a day of output, and a full Redis refuses the
+queue and the rate limiter too.
 
 Fan-out: a process runs *one* reader task issuing one ``XREAD BLOCK`` over
 the streams of every run it is tailing, and feeds each run's local log; all
@@ -81,12 +87,14 @@ class _Feed:
 class RedisEventBus:
     def __init__(
         self, client: aioredis.Redis, prefix: str = "stockade:", *,
-        max_per_run: int = 10_000, ttl_s: int = 86_400, local_max: int = 10_000, read_count: int = 500,
+        max_per_run: int = 10_000, ttl_s: int = 86_400, ended_ttl_s: int = 60, local_max: int = 10_000,
+        read_count: int = 500,
     ) -> None:
         self._client = client
         self._prefix = prefix + "ev:"
         self._max_per_run = max_per_run
         self._ttl_s = ttl_s
+        self._ended_ttl_s = min(ended_ttl_s, ttl_s)
         self._local_max = local_max
         self._read_count = read_count
         self._block_ms = block_ms(client)
@@ -117,7 +125,7 @@ class RedisEventBus:
                 if renew:
                     async with self._client.pipeline(transaction=False) as pipe:
                         pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0", maxlen=self._max_per_run, approximate=True)
-                        pipe.expire(key, self._ttl_s)
+                        pipe.expire(key, self._ended_ttl_s if final else self._ttl_s)
                         added, _ = await pipe.execute(raise_on_error=False)
                 else:
                     try:
@@ -140,6 +148,12 @@ class RedisEventBus:
                 log.debug("event %s/%s not added to the live stream: %s", event.run_id, event.seq, added)
                 return
             raise StockadeError("store.unavailable", f"{_WHAT}: {added}") from added
+
+    def forget(self, run_id: str) -> None:
+        """The run ended in another process (an API's cancel): this one publishes nothing more of it, so it
+        stops tracking its stream's TTL. Its terminal event, published there, would have dropped the entry
+        here; without this, every run canceled from elsewhere left one behind in its worker."""
+        self._ttl_renewed.pop(run_id, None)
 
     # --- tailing
 

@@ -10,6 +10,14 @@ the delivery count. ``extend`` / ``requeue`` by a holder whose delivery has
 since gone to another worker change nothing. Blocking reads are cut into
 slices no longer than the visibility timeout, so an expired claim is picked
 up while a worker waits.
+
+Every worker process is a consumer of the group (``hostname:pid``), and Redis
+keeps a consumer after its process is gone: one more per restart, deploy or
+scaled-up pod, for ever. Each process, when it first uses the queue, drops the
+consumers that hold no job and have not read one for ``consumer_idle_s``. That is
+safe even for a live worker (Redis 7.0 does not count its empty reads as activity):
+a consumer holding nothing loses nothing, and its next read makes it again; the
+check and the drop are one script, so no claim lands between them.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from redis.exceptions import ResponseError
 
 from supervisor.stores.records import Job
 from supervisor.stores.redis._errors import unavailable
-from supervisor.stores.redis._lua import QUEUE_CLAIM_EXPIRED, QUEUE_EXTEND, QUEUE_REQUEUE
+from supervisor.stores.redis._lua import QUEUE_CLAIM_EXPIRED, QUEUE_EXTEND, QUEUE_PRUNE_CONSUMERS, QUEUE_REQUEUE
 from supervisor.stores.redis.client import block_ms
 
 __all__ = ["RedisRunQueue"]
@@ -46,9 +54,10 @@ def _fields(flat: Any) -> dict[str, str]:
 
 
 class RedisRunQueue:
-    def __init__(self, client: aioredis.Redis, prefix: str = "stockade:", visibility_s: float = 30.0) -> None:
-        if visibility_s <= 0:
-            raise ValueError("visibility_s must be > 0")
+    def __init__(self, client: aioredis.Redis, prefix: str = "stockade:", visibility_s: float = 30.0, *,
+                 consumer_idle_s: float = 3600.0) -> None:
+        if visibility_s <= 0 or consumer_idle_s < 0:
+            raise ValueError("visibility_s must be > 0 and consumer_idle_s >= 0")
         self._client = client
         self._key = prefix + "q:runs"
         self.visibility_s = visibility_s
@@ -57,6 +66,9 @@ class RedisRunQueue:
         self._claim_expired = client.register_script(QUEUE_CLAIM_EXPIRED)
         self._extend = client.register_script(QUEUE_EXTEND)
         self._requeue = client.register_script(QUEUE_REQUEUE)
+        self._prune_consumers = client.register_script(QUEUE_PRUNE_CONSUMERS)
+        self._consumer_idle_ms = int(consumer_idle_s * 1000)
+        self._pruned = False
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -68,6 +80,15 @@ class RedisRunQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
+        if not self._pruned:
+            self._pruned = True  # once per process: consumers pile up only as processes come and go
+            try:
+                dropped = await self._prune_consumers(keys=[self._key], args=[_GROUP, self._consumer_idle_ms])
+            except ResponseError as exc:  # housekeeping: never what keeps a worker from its queue
+                log.warning("run queue: stale consumers not pruned: %s", exc)
+            else:
+                if dropped:
+                    log.info("run queue: dropped %d consumer(s) of worker processes gone", dropped)
 
     async def _call(self, fn: Any) -> Any:
         """Run ``fn`` with the group in place; recreate it once if the key vanished (flush, expiry)."""
