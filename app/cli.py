@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     av.add_argument("--anchor", action="append", default=[], metavar="FILE",
                     help="a chain head kept elsewhere (an earlier `audit verify` output, or a run receipt): "
                          "fails if the chain no longer holds it (its tail was cut off); repeatable")
+    sec = sub.add_parser("secrets", help="secrets sealed at rest").add_subparsers(dest="sub", required=True)
+    sr = sec.add_parser("reseal", help="seal every stored secret (MCP server URLs and headers) anew under the "
+                                        "current STOCKADE_SECRETS_KEY, after a rotation: then the retired key can go")
+    sr.add_argument("--tenant", type=_text, help="tenant id or name (default: every tenant)")
     r = sub.add_parser("receipt", help="run receipts").add_subparsers(dest="sub", required=True)
     rv = r.add_parser("verify")
     rv.add_argument("file", help="receipt JSON (- for stdin)")
@@ -254,9 +258,25 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "audit":
             return await _audit_verify(rt, args.tenant, anchors)
+        if args.cmd == "secrets":
+            return await _secrets_reseal(rt, args.tenant)
     finally:
         await rt.stop()
     return 2
+
+
+async def _secrets_reseal(rt: Any, tenant_ref: str | None) -> int:
+    """One JSON line per tenant: its MCP servers, how many were sealed anew under the current key, and how many
+    changed or went away meanwhile (left as they are: run the command again)."""
+    s = rt.services
+    mcp = s.extras.get("mcp")
+    if mcp is None:
+        raise StockadeError("store.misconfigured", "no MCP store in this deployment: nothing is sealed")
+    tids = [await _tenant_id(s, tenant_ref)] if tenant_ref else [t.id for t in await s.tenants.list_tenants()]
+    for tid in tids:
+        servers, done = await mcp.store.reseal(tid)
+        _out(json.dumps({"tenant_id": tid, "servers": servers, "resealed": done}))
+    return 0
 
 
 async def _demo(rt: Any, settings: Settings) -> int:

@@ -83,6 +83,13 @@ class PgMcpStore:
             status = await c.execute("DELETE FROM mcp_servers WHERE tenant_id = $1 AND name = $2", tenant_id, name)
         return status != "DELETE 0"
 
+    async def replace_secrets(self, old: McpServer, url: str, headers: dict[str, str]) -> bool:
+        async with self._db.tenant_tx(old.tenant_id) as c:
+            status = await c.execute(
+                "UPDATE mcp_servers SET url = $1, headers = $2 WHERE tenant_id = $3 AND name = $4 AND url = $5"
+                " AND headers = $6", url, headers, old.tenant_id, old.name, old.url, old.headers)
+        return status.endswith(" 1")
+
     async def list_tools(self, tenant_id: str, server: str) -> list[PinnedTool]:
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(f"SELECT {_TOOL_COLS} FROM mcp_tools WHERE tenant_id = $1 AND server = $2 ORDER BY name",

@@ -87,6 +87,12 @@ class SqliteMcpStore:
             cur = c.execute("DELETE FROM mcp_servers WHERE tenant_id = ? AND name = ?", (tenant_id, name))
         return cur.rowcount > 0
 
+    async def replace_secrets(self, old: McpServer, url: str, headers: dict[str, str]) -> bool:
+        with self._db.tx() as c:
+            cur = c.execute("UPDATE mcp_servers SET url = ?, headers = ? WHERE tenant_id = ? AND name = ? AND url = ?"
+                            " AND headers = ?", (url, _dump(headers), old.tenant_id, old.name, old.url, _dump(old.headers)))
+        return cur.rowcount > 0
+
     async def list_tools(self, tenant_id: str, server: str) -> list[PinnedTool]:
         rows = self._db.query(f"SELECT {_TOOL_COLS} FROM mcp_tools WHERE tenant_id = ? AND server = ? ORDER BY name",
                               (tenant_id, server))

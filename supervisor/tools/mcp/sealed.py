@@ -7,6 +7,11 @@ The URL is sealed too, bound to ``tenant / server``: many MCP servers take
 their token in the URL (``/mcp/<token>``, ``?key=``), and nothing can tell a
 token in a path from a name; the API shows it with query values redacted.
 Values stored before sealing existed (plain text) are still read as they are.
+
+After a secrets key rotation (``STOCKADE_SECRETS_KEYS_RETIRED``), values sealed under a
+retired key still open; ``reseal`` (``stockade secrets reseal``) seals every stored value
+anew under the current key - plain ones from before sealing too - so the retired key can
+be dropped.
 """
 
 from __future__ import annotations
@@ -45,6 +50,33 @@ class SealedMcpStore:
         return dataclasses.replace(s, url=url, headers={
             k: self.box.open(v, _bound_to(s.tenant_id, s.name, k)) if self.box.is_sealed(v) else v
             for k, v in s.headers.items()})
+
+    async def replace_secrets(self, old: McpServer, url: str, headers: dict[str, str]) -> bool:
+        raise TypeError("SealedMcpStore re-seals stored values itself (reseal); it never stores them as given")
+
+    async def reseal(self, tenant_id: str) -> tuple[int, int]:
+        """Every server of the tenant whose URL or a header value is not sealed under the current key gets
+        them sealed under it (compare-and-set: a server changed or removed meanwhile is left as it is, and
+        counted as not re-sealed). (servers, re-sealed); ``secret.unreadable`` if no key opens a value."""
+        servers = await self.inner.list_servers(tenant_id)
+        todo = []  # every value opened before any is written: one no key opens changes nothing of the tenant
+        for s in servers:
+            url = self._resealed(s.url, _url_bound_to(s.tenant_id, s.name))
+            headers = {k: self._resealed(v, _bound_to(s.tenant_id, s.name, k)) for k, v in s.headers.items()}
+            if url is not None or any(v is not None for v in headers.values()):
+                todo.append((s, s.url if url is None else url,
+                             {k: s.headers[k] if v is None else v for k, v in headers.items()}))
+        done = 0
+        for s, url, new_headers in todo:
+            if await self.inner.replace_secrets(s, url, new_headers):
+                done += 1
+        return len(servers), done
+
+    def _resealed(self, stored: str, bound_to: str) -> str | None:
+        """``stored`` sealed under the current key, or None if it is already."""
+        if not self.box.is_sealed(stored):
+            return self.box.seal(stored, bound_to)
+        return self.box.reseal(stored, bound_to)
 
     async def create_server(self, server: McpServer, tools: list[ToolDef], approved_by: str | None) -> list[PinnedTool]:
         return await self.inner.create_server(self._seal(server), tools, approved_by)
