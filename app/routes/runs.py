@@ -99,10 +99,13 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
     # the run as it will be stored (a bound key's user / project included): a key naming another user's run
     # of the same body is a mismatch, never a replay of that run
     request_hash = sha256_hex(canonical({**body.model_dump(), "user_id": user_id, "project_id": project_id}))
+    # what a run stored before f45d3cf holds (the body alone): its client's retry after an upgrade is still a
+    # replay. Safe to accept: the same body, and a replay is still only of a run the caller sees (_replay)
+    hashes = (request_hash, sha256_hex(canonical(body.model_dump())))
     if idempotency_key is not None:
         existing = await _by_key(s, p.tenant_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, request_hash, p)
+            return _replay(existing, hashes, p)
     # a run for a user in a project: the user must be a member (a project-bound key is not every user)
     await check_membership(s, p.tenant_id, user_id, project_id)
     version = await rt.registry.resolve(p.tenant_id, body.bundle)
@@ -114,7 +117,7 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
     )
     stored, created = await s.runs.create_run(run)
     if not created:
-        return _replay(stored, request_hash, p)
+        return _replay(stored, hashes, p)
     try:
         await s.queue.enqueue(stored.tenant_id, stored.id)
     except StockadeError as exc:
@@ -138,8 +141,8 @@ async def _by_key(s: Any, tenant_id: str, key: str) -> Run | None:
     return await getter(tenant_id, key) if getter else None
 
 
-def _replay(run: Run, request_hash: str, p: Principal) -> JSONResponse:
-    if run.request_hash != request_hash or not p.sees(run.user_id, run.project_id):
+def _replay(run: Run, request_hashes: tuple[str, ...], p: Principal) -> JSONResponse:
+    if run.request_hash not in request_hashes or not p.sees(run.user_id, run.project_id):
         raise StockadeError("idempotency.mismatch", "this Idempotency-Key was used with a different request body")
     return JSONResponse(run_json(run), status_code=201, headers={"Idempotent-Replayed": "true"})
 

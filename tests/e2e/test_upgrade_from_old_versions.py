@@ -286,9 +286,6 @@ async def test_a_policy_an_older_version_accepted_still_applies(node: Any) -> No
     assert got["status"] == "succeeded", got.get("error")
 
 
-@pytest.mark.xfail(strict=True, reason="runs created before f45d3cf by a bound key stored a request hash without "
-                   "the key's user/project; HEAD hashes them in (app/routes/runs.py), so the client's retry of that "
-                   "POST /v1/runs with its Idempotency-Key gets idempotency.mismatch instead of its run")
 async def test_an_old_bound_keys_run_replays_its_idempotency_key() -> None:
     exp = json.loads((FIXTURES / "d727db2" / "embedded.json").read_text(encoding="utf-8"))
     outer, data_dir = _unpack("d727db2", "embedded")
