@@ -32,7 +32,28 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> Services
     from supervisor.tools.registry import default_registry
 
     services.tools = default_registry(settings, services)
+    if getattr(sql["db"], "migrations_applied", None):
+        await _seal_plain_secrets(services)
     return services
+
+
+async def _seal_plain_secrets(services: Services) -> None:
+    """After an upgrade (this process applied migrations): MCP server URLs and headers an older version stored
+    in plain are sealed (sealing at rest came later; they were read as stored, and stayed plain in the database
+    for good). Values sealed already are left as they are (re-sealing under a new key is ``stockade secrets
+    reseal``'s, when the operator says so). Housekeeping: a failure is logged, never stops a start."""
+    import logging
+
+    mcp = services.extras.get("mcp")
+    if mcp is None:
+        return
+    try:
+        for tenant in await services.tenants.list_tenants():
+            servers, sealed = await mcp.store.reseal(tenant.id, plain_only=True)
+            if sealed:
+                logging.getLogger(__name__).info("tenant %s: %d MCP server(s) stored in plain sealed", tenant.id, sealed)
+    except Exception as exc:
+        logging.getLogger(__name__).warning("MCP secrets stored in plain not sealed: %s", exc)
 
 
 async def _open_sql(settings: Settings, migrate: bool) -> dict[str, Any]:

@@ -85,3 +85,17 @@ async def test_the_sealed_store_never_stores_values_as_given(sql_db):
     with pytest.raises(TypeError):
         await store.replace_secrets(s, s.url, {"Authorization": SECRET})
     assert "s3cret" not in str(await _raw_headers(sql_db, t, "calc"))
+
+
+async def test_plain_only_seals_plain_values_and_leaves_sealed_ones_unopened(sql_db):
+    """What a start after an upgrade does (supervisor/factory.py): plain values sealed; a value sealed under a
+    key this node does not hold is neither opened nor touched (no secret.unreadable)."""
+    t = await _seed(sql_db)  # sealed under OLD, which the store below does not know
+    await _store(sql_db).create_server(_server(t, name="plain", headers={"Authorization": SECRET}), [ADD], approved_by="k")
+    sealed_before = await _raw_headers(sql_db, t, "calc")
+    store = SealedMcpStore(_store(sql_db), SecretBox(NEW))
+    assert await store.reseal(t, plain_only=True) == (2, 1)
+    assert await _raw_headers(sql_db, t, "calc") == sealed_before
+    raw = await _raw_headers(sql_db, t, "plain")
+    assert raw["Authorization"].startswith(PREFIX)
+    assert (await store.get_server(t, "plain")).headers["Authorization"] == SECRET

@@ -300,9 +300,6 @@ async def test_an_old_bound_keys_run_replays_its_idempotency_key() -> None:
         shutil.rmtree(outer, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="MCP credentials an older version stored in plain (headers before de44ace, "
-                   "URLs before a485b6d) stay plain in the database after the upgrade: they are read as they are "
-                   "and never sealed (supervisor/tools/mcp/sealed.py; not this helper's files)")
 @pytest.mark.parametrize("rev", ["d727db2", "963cb42"])  # headers and URL in plain; URL in plain
 async def test_mcp_credentials_stored_in_plain_are_sealed_after_the_upgrade(rev: str) -> None:
     exp = json.loads((FIXTURES / rev / "embedded.json").read_text(encoding="utf-8"))

@@ -94,6 +94,7 @@ class PgDB:
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
         self.url = url
+        self.migrations_applied: list[str] = []  # by open_*(migrate=True) in this process
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
@@ -177,7 +178,7 @@ async def open_postgres(url: str, min_size: int = 2, max_size: int = 10, migrate
         from supervisor.stores.migrations.runner import migrate_postgres
 
         try:
-            await migrate_postgres(db)
+            db.migrations_applied = await migrate_postgres(db)  # an upgrade, when not empty (supervisor/factory.py)
         except BaseException:
             await db.close()
             raise

@@ -108,6 +108,7 @@ class SqliteDB:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.migrations_applied: list[str] = []  # by open_*(migrate=True) in this process
         with _mapped():
             conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=5.0,
@@ -389,7 +390,7 @@ async def open_sqlite(path: Path, *, migrate: bool = True) -> SqliteDB:
         from supervisor.stores.migrations.runner import migrate_sqlite
 
         try:
-            await migrate_sqlite(db)
+            db.migrations_applied = await migrate_sqlite(db)  # an upgrade, when not empty (supervisor/factory.py)
         except BaseException:
             await db.close()
             raise

@@ -54,15 +54,16 @@ class SealedMcpStore:
     async def replace_secrets(self, old: McpServer, url: str, headers: dict[str, str]) -> bool:
         raise TypeError("SealedMcpStore re-seals stored values itself (reseal); it never stores them as given")
 
-    async def reseal(self, tenant_id: str) -> tuple[int, int]:
+    async def reseal(self, tenant_id: str, *, plain_only: bool = False) -> tuple[int, int]:
         """Every server of the tenant whose URL or a header value is not sealed under the current key gets
         them sealed under it (compare-and-set: a server changed or removed meanwhile is left as it is, and
-        counted as not re-sealed). (servers, re-sealed); ``secret.unreadable`` if no key opens a value."""
+        counted as not re-sealed). (servers, re-sealed); ``secret.unreadable`` if no key opens a value.
+        ``plain_only``: only values stored in plain (before sealing existed); sealed ones are not opened."""
         servers = await self.inner.list_servers(tenant_id)
         todo = []  # every value opened before any is written: one no key opens changes nothing of the tenant
         for s in servers:
-            url = self._resealed(s.url, _url_bound_to(s.tenant_id, s.name))
-            headers = {k: self._resealed(v, _bound_to(s.tenant_id, s.name, k)) for k, v in s.headers.items()}
+            url = self._resealed(s.url, _url_bound_to(s.tenant_id, s.name), plain_only)
+            headers = {k: self._resealed(v, _bound_to(s.tenant_id, s.name, k), plain_only) for k, v in s.headers.items()}
             if url is not None or any(v is not None for v in headers.values()):
                 todo.append((s, s.url if url is None else url,
                              {k: s.headers[k] if v is None else v for k, v in headers.items()}))
@@ -72,11 +73,11 @@ class SealedMcpStore:
                 done += 1
         return len(servers), done
 
-    def _resealed(self, stored: str, bound_to: str) -> str | None:
-        """``stored`` sealed under the current key, or None if it is already."""
+    def _resealed(self, stored: str, bound_to: str, plain_only: bool = False) -> str | None:
+        """``stored`` sealed under the current key, or None if it is already (``plain_only``: if it is sealed)."""
         if not self.box.is_sealed(stored):
             return self.box.seal(stored, bound_to)
-        return self.box.reseal(stored, bound_to)
+        return None if plain_only else self.box.reseal(stored, bound_to)
 
     async def create_server(self, server: McpServer, tools: list[ToolDef], approved_by: str | None) -> list[PinnedTool]:
         return await self.inner.create_server(self._seal(server), tools, approved_by)
