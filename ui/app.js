@@ -114,6 +114,10 @@ function approvalItem(ap) {
   const li = el("li");
   li.dataset.approval = ap.id;
   li.appendChild(el("div", null, visible(ap.tool) + " — " + visible(ap.reason || ap.rule_id || "")));
+  if (Number(ap.required_approvals) > 1) {  // several people must approve: how many have
+    const yes = (Array.isArray(ap.votes) ? ap.votes : []).filter((v) => v && v.decision === "approve").length;
+    li.appendChild(el("div", "tool", `${yes} of ${Number(ap.required_approvals)} approvals`));
+  }
   li.appendChild(el("code", null, visible(JSON.stringify(ap.args === undefined ? null : ap.args))));
   const row = el("div");
   for (const [label, decision] of [["Approve", "approve"], ["Reject", "reject"]]) {

@@ -3,6 +3,12 @@
 The approval is durable; the decision arrives through the ApprovalStore (any
 API process may take it), which this step polls — no in-process event is the
 signal. The decision binds to the hash of the exact arguments.
+
+The rule that asked for a human also says how it is decided (policy
+``approval: {approvers: N, separate: B}``); those terms are written onto the
+durable request, where the API enforces them vote by vote. The request stays
+pending until the N-th approve (or the first reject), so this step's wait is
+the same whatever N is.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from typing import Any
 from supervisor.chain.base import CallState, Next, emit_while_running
 from supervisor.errors import StockadeError
 from supervisor.ids import new_id
+from supervisor.policy import ApprovalSpec
 from supervisor.storable import scrub_nul
 from supervisor.stores.records import Approval
 
-__all__ = ["CALL_FAILED", "RUN_ENDED", "ApprovalInterceptor", "withdraw", "withdraw_run"]
+__all__ = ["CALL_FAILED", "RUN_ENDED", "ApprovalInterceptor", "approval_terms", "withdraw", "withdraw_run"]
 
 RUN_ENDED = "the run ended before a decision"  # why a withdrawn request expired (also the API's)
 CALL_FAILED = "the call failed while it waited for a decision"
@@ -38,11 +45,13 @@ class ApprovalInterceptor:
             return await next(call)
         s = call.services
         b = call.binding
+        spec = approval_terms(call)
         now = time.time()
         approval = await s.approvals.create(Approval(
             id=new_id("apr_"), tenant_id=b.tenant_id, run_id=b.run_id, tool=call.tool_name,
             args_hash=call.args_hash or "", args=scrub_nul(call.raw_args), rule_id=call.rule_id, reason=call.reason,
             status="pending", created_at=now, expires_at=now + s.settings.approval_ttl_s,
+            required_approvals=spec.approvers, separate=spec.separate,
         ))
         call.approval_id = approval.id
         run_key = (b.tenant_id, b.run_id)
@@ -54,7 +63,8 @@ class ApprovalInterceptor:
             await emit_while_running(call, "approval.requested", {
                 "approval_id": approval.id, "tool": call.tool_name, "args": call.raw_args,
                 "args_hash": approval.args_hash, "rule_id": call.rule_id, "reason": call.reason,
-                "expires_at": approval.expires_at,
+                "expires_at": approval.expires_at, "required_approvals": approval.required_approvals,
+                "separate": approval.separate,
             })
             decided = await self._wait(call, approval)
         except asyncio.CancelledError:  # the run ended (canceled, timed out): nobody waits for a decision
@@ -131,6 +141,17 @@ class ApprovalInterceptor:
     @staticmethod
     async def _withdraw(call: CallState, approval: Approval) -> None:
         await withdraw(call.services.approvals, approval.tenant_id, approval.id)
+
+
+def approval_terms(call: CallState) -> ApprovalSpec:
+    """The approval terms of the rule that asked for a human, as the policy step judged them (the
+    verdict carries them). A call that reached this step without them fails closed
+    (``policy.unavailable``), never with laxer terms."""
+    spec = call.extra.get("approval_terms")
+    if not isinstance(spec, ApprovalSpec):
+        raise StockadeError("policy.unavailable", "the rule that asked for approval gave no terms",
+                            rule_id=call.rule_id)
+    return spec
 
 
 async def withdraw(approvals: Any, tenant_id: str, approval_id: str, reason: str = RUN_ENDED) -> None:

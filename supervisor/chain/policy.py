@@ -192,12 +192,14 @@ class PolicyInterceptor:
                 v = await self._evaluate(call, tenant, bundle, req)
                 call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
                 call.extra["policy_layer"] = v.layer
+                call.extra["approval_terms"] = v.approval  # require_approval: how it is decided (chain/approval.py)
                 if v.verdict == "deny":
                     raise self._deny(call, v.reason or "denied by policy", v)
                 if v.replacements:
                     v = await self._downgrade(call, tenant, bundle, req, v)
                     call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
                     call.extra["policy_layer"] = v.layer
+                    call.extra["approval_terms"] = v.approval
                 if shared is None or await shared.record(b.tenant_id, _principal(b), tool, version):
                     break
             else:

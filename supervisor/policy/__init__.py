@@ -25,6 +25,9 @@ A tenant's policy is one YAML document (``PUT /v1/policy``)::
         reason: too big            # shown to the bundle and recorded in the audit log
         # delay_s: 5               # with verdict delay (0 < s <= 60): wait, then continue
         # downgrade: {args.model: openai/gpt-4.1-mini}  # with verdict downgrade: replace arguments
+        # approval: {approvers: 2, separate: true}  # with verdict require_approval only: approvers (1-5,
+        #   default 1) distinct keys - and distinct users, for keys bound to one - must approve; one reject
+        #   rejects. separate: the key that started the run and any key bound to the run's user may not decide
     prices: {echo: 0.001, "mcp.*": 0.01}   # USD per call; exact name first, else first matching glob
     llm_prices: {openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}}
     limits: {tenant_per_s: 20, tenant_burst: 40}   # rate-limit overrides (supervisor.limits names)
@@ -68,11 +71,20 @@ from supervisor.policy.loader import (
     load_policy,
     validate_policy_text,
 )
-from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, VERDICTS, Policy, PolicyRequest, Rule, Verdict
+from supervisor.policy.model import (
+    NO_MATCH,
+    RESTRICTIVENESS,
+    VERDICTS,
+    ApprovalSpec,
+    Policy,
+    PolicyRequest,
+    Rule,
+    Verdict,
+)
 from supervisor.policy.names import is_valid_tool_name
 
 __all__ = [
-    "MAX_POLICY_BYTES", "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Policy", "PolicyError", "PolicyRequest", "Rule", "Verdict",
+    "MAX_POLICY_BYTES", "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "ApprovalSpec", "Policy", "PolicyError", "PolicyRequest", "Rule", "Verdict",
     "default_policy", "evaluate", "evaluate_layers", "is_valid_tool_name", "load_bundle_policy", "load_policy",
     "validate_policy_text",
 ]

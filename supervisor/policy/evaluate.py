@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from supervisor.policy.conditions import MAX_SCAN_CHARS, Budget, Undecidable, lookup, regex_search
-from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, Policy, PolicyRequest, Rule, Verdict
+from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, ApprovalSpec, Policy, PolicyRequest, Rule, Verdict
 from supervisor.policy.names import is_valid_tool_name
 
 __all__ = ["MAX_SCAN_NODES", "evaluate", "evaluate_layers"]
@@ -44,7 +44,8 @@ def evaluate_layers(tenant: Policy, bundle: Policy | None, req: PolicyRequest) -
     tenant's). Obligations of the other layer are kept: the result carries the
     longest delay and the downgrade replacements of both (the tenant's value
     wins for an argument both replace), so a bundle's approval rule does not
-    drop a tenant's downgrade. A bundle allow never overrides a tenant deny or
+    drop a tenant's downgrade. When both ask for approval, the bundle's rule is
+    named if its ``approval:`` terms are stricter (more approvers, separation). A bundle allow never overrides a tenant deny or
     no-match: a tenant deny returns before the bundle is consulted.
     """
     budget = Budget()
@@ -57,11 +58,25 @@ def evaluate_layers(tenant: Policy, bundle: Policy | None, req: PolicyRequest) -
     if b.verdict == "deny":
         return b
     strict = b if RESTRICTIVENESS[b.verdict] > RESTRICTIVENESS[t.verdict] else t
+    if b.verdict == t.verdict == "require_approval" and _stricter_terms(b.approval, t.approval):
+        strict = b  # the bundle asks for more people (or for separation): its rule decides how
     return Verdict(
         strict.verdict, strict.rule_id, strict.reason, strict.layer,
         delay_s=max(t.delay_s, b.delay_s),
         replacements={**b.replacements, **t.replacements},
+        approval=strict.approval,
     )
+
+
+def _stricter_terms(b: ApprovalSpec | None, t: ApprovalSpec | None) -> bool:
+    """Whether the bundle's approval terms ask for at least as much as the tenant's, and more.
+
+    The approval step applies the terms of one rule (the one the verdict names), so when both layers
+    ask for a human the rule with the dominating terms is named; terms neither dominates (3 approvers
+    vs. separation) keep the tenant's rule.
+    """
+    b, t = b or ApprovalSpec(), t or ApprovalSpec()
+    return b.approvers >= t.approvers and b.separate >= t.separate and b != t
 
 
 def _decide(policy: Policy, req: PolicyRequest, budget: Budget) -> Verdict | None:
@@ -78,6 +93,7 @@ def _decide(policy: Policy, req: PolicyRequest, budget: Budget) -> Verdict | Non
                 rule.verdict, rule.id, rule.reason, policy.layer,
                 delay_s=rule.delay_s if rule.verdict == "delay" else 0.0,
                 replacements=dict(rule.replacements) if rule.verdict == "downgrade" else {},
+                approval=ApprovalSpec(rule.approvers, rule.separate) if rule.verdict == "require_approval" else None,
             )
     return None
 

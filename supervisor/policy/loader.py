@@ -133,6 +133,8 @@ def _rule(r: RuleDoc, line: int | None) -> Rule:
         content_cost=max(1, int(r.content.programsize)) if r.content is not None else 1,
         replacements=MappingProxyType({k.split(".", 1)[1]: v for k, v in (r.downgrade or {}).items()}),
         line=line,
+        approvers=r.approval.approvers if r.approval is not None else 1,
+        separate=r.approval.separate if r.approval is not None else False,
     )
 
 

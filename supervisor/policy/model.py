@@ -12,7 +12,7 @@ from supervisor.policy._regex import _SURROGATE
 from supervisor.policy.conditions import compile_condition
 
 __all__ = [
-    "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "Condition", "Order", "Policy", "PolicyRequest", "Rule",
+    "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "ApprovalSpec", "Condition", "Order", "Policy", "PolicyRequest", "Rule",
     "RuleIndex", "Velocity", "Verdict",
 ]
 
@@ -67,9 +67,19 @@ class Rule:
     delay_s: float = 0.0
     replacements: Mapping[str, Any] = field(default_factory=dict)  # top-level argument name -> new value (downgrade)
     line: int | None = None
+    approvers: int = 1  # require_approval: distinct approver keys (and users) that must approve
+    separate: bool = False  # require_approval: the run's starting key and its user's keys may not decide
 
     def matches_tool(self, tool: str) -> bool:
         return any(g.matches(tool) for g in self.tools)
+
+
+@dataclass(frozen=True)
+class ApprovalSpec:
+    """What a require_approval rule asks of its approvers (the defaults: one approver, any key)."""
+
+    approvers: int = 1
+    separate: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +107,13 @@ class Policy:
                 self._by_tool.clear()
             self._by_tool[tool] = hit
         return hit
+
+    def approval_spec(self, rule_id: str | None) -> ApprovalSpec | None:
+        """The approval terms of the require_approval rule ``rule_id``; None if this policy has no such rule."""
+        for r in self.rules:
+            if r.id == rule_id and r.verdict == "require_approval":
+                return ApprovalSpec(r.approvers, r.separate)
+        return None
 
     def price_for(self, tool: str) -> float | None:
         """USD per call: the exact name's price, else the first glob (document order) that matches."""
@@ -182,3 +199,4 @@ class Verdict:
     layer: str | None
     delay_s: float = 0
     replacements: Mapping[str, Any] = field(default_factory=dict)
+    approval: ApprovalSpec | None = None  # require_approval: the deciding rule's terms

@@ -20,7 +20,7 @@ from supervisor.policy.model import Condition
 
 __all__ = [
     "LIMIT_NAMES", "MAX_DELAY_S", "MAX_LIST", "MAX_RULES", "MAX_VELOCITY", "MAX_WINDOW_S",
-    "BundlePolicyDoc", "PolicyDoc", "RuleDoc",
+    "MAX_APPROVERS", "ApprovalDoc", "BundlePolicyDoc", "PolicyDoc", "RuleDoc",
 ]
 
 MAX_RULES = 1000
@@ -30,6 +30,7 @@ MAX_VELOCITY = 1000  # the interceptor keeps this many timestamps per tool per r
 MAX_WINDOW_S = 86_400.0
 MAX_REASON = 500
 MAX_OPERAND_DEPTH = 8
+MAX_APPROVERS = 5  # distinct approver keys one request may need (four-eyes and a little more)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _WHEN_PATH = re.compile(r"args(\.[A-Za-z0-9_-]{1,64}){1,16}")
 _ARG_NAME = re.compile(r"args\.[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -202,6 +203,26 @@ class OrderDoc(_Strict):
         return self
 
 
+def _whole(v: Any) -> Any:
+    if type(v) is not int:  # strict mode already refuses "2"; this also names 2.0 and true plainly
+        raise ValueError(f"must be a whole number from 1 to {MAX_APPROVERS} (got {v!r:.40})")
+    return v
+
+
+def _flag(v: Any) -> Any:
+    if type(v) is not bool:
+        raise ValueError(f"must be true or false (got {v!r:.40})")
+    return v
+
+
+class ApprovalDoc(_Strict):
+    """How a ``require_approval`` rule is decided: by how many distinct approvers, and whether
+    the run's own starter (its key, its user's keys) is barred from deciding (separation of duties)."""
+
+    approvers: Annotated[int, BeforeValidator(_whole), Field(ge=1, le=MAX_APPROVERS)] = 1
+    separate: Annotated[bool, BeforeValidator(_flag)] = False
+
+
 class RuleDoc(_Strict):
     id: Annotated[str, AfterValidator(_regexp(_ID.pattern))]
     tool: ToolGlobs
@@ -219,6 +240,7 @@ class RuleDoc(_Strict):
     downgrade: dict[ArgName, Annotated[Any, BeforeValidator(_json_value)]] | None = Field(
         None, min_length=1, max_length=16
     )
+    approval: ApprovalDoc | None = None
 
     @model_validator(mode="after")
     def _verdict_fields(self) -> RuleDoc:
@@ -226,6 +248,8 @@ class RuleDoc(_Strict):
             raise ValueError("delay_s (seconds, at most 60) is required with verdict delay and only with it")
         if (self.verdict == "downgrade") != (self.downgrade is not None):
             raise ValueError("downgrade ({args.NAME: value, ...}) is required with verdict downgrade and only with it")
+        if self.approval is not None and self.verdict != "require_approval":
+            raise ValueError("approval ({approvers: N, separate: true|false}) is allowed only with verdict require_approval")
         return self
 
 

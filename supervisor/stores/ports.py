@@ -168,9 +168,23 @@ class ApprovalStore(Protocol):
         the page after it (an empty one if the id is unknown)."""
         ...
     async def decide(
-        self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float
+        self, tenant_id: str, approval_id: str, *, status: str, decided_by: str | None, reason: str | None, now: float,
+        user_id: str | None = None,
     ) -> Approval:
-        """pending -> approved/rejected/expired exactly once; raises StockadeError('approval.already_decided')."""
+        """pending -> approved/rejected/expired exactly once; raises StockadeError('approval.already_decided').
+        An approve/reject by a key is also appended to ``votes`` (``user_id``: the key's user). For a request
+        of one approver (``required_approvals`` 1); several go through ``vote``."""
+        ...
+    async def vote(
+        self, tenant_id: str, approval_id: str, *, key_id: str, user_id: str | None, decision: str,
+        reason: str | None, now: float, expected_votes: int | None = None,
+    ) -> Approval:
+        """One approver's vote (``approve``/``reject``), judged by ``Approval.with_vote`` with the request
+        locked against other voters on any process: appended to ``votes``; one reject rejects, the
+        ``required_approvals``-th approve approves (``decided_by`` = that voter); otherwise it stays pending.
+        A second vote of a key (or user) -> ``approval.already_decided``; past due -> kept expired and
+        ``approval.expired``; ``expected_votes`` given and other votes landed since -> ``conflict``,
+        nothing written."""
         ...
     async def expire_due(self, now: float) -> list[Approval]: ...
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from supervisor.errors import StockadeError
 
 __all__ = [
     "ApiKey", "Approval", "AuditRecord", "BudgetAccount", "CapSpec", "Event", "IdempotencyEntry",
     "Job", "LedgerEntry", "Project", "RateDecision", "RateRule", "Reservation", "Run",
-    "Tenant", "User", "TERMINAL_STATUSES", "RUN_STATUSES", "ROLES",
+    "Tenant", "User", "TERMINAL_STATUSES", "RUN_STATUSES", "ROLES", "decision_vote",
 ]
 
 RUN_STATUSES = ("queued", "running", "waiting_approval", "succeeded", "failed", "canceled", "timed_out")
@@ -132,8 +135,56 @@ class Approval:
     created_at: float
     expires_at: float
     decided_at: float | None = None
-    decided_by: str | None = None  # approver's key id
+    decided_by: str | None = None  # approver's key id (with several approvers: the one whose vote decided)
     decision_reason: str | None = None
+    # The rule's terms (policy ``approval:``): distinct approvers needed; whether the run's own key / user
+    # is barred from deciding. Votes so far, oldest first: {key_id, user_id, decision, at, reason} each.
+    required_approvals: int = 1
+    separate: bool = False
+    votes: tuple[dict[str, Any], ...] = ()
+
+    def with_vote(self, *, key_id: str, user_id: str | None, decision: str, reason: str | None, now: float,
+                  expected_votes: int | None = None) -> Approval:
+        """This request after one approver's vote (both store adapters apply it with the row locked).
+
+        Raises what the vote cannot do: a request no longer pending (``approval.expired`` /
+        ``approval.already_decided``), a second vote of one key - or of one user, for keys bound to
+        users - (``approval.already_decided``), and ``conflict`` when ``expected_votes`` is given and
+        other votes landed since the caller looked (it audited what it expected this vote to do). A
+        pending request past due comes back ``expired`` (the caller keeps that, then refuses the vote).
+        One reject rejects; the ``required_approvals``-th approve approves.
+        """
+        if decision not in ("approve", "reject"):
+            raise StockadeError("input.invalid", "a vote is approve or reject")
+        if self.status == "expired":
+            raise StockadeError("approval.expired", "the approval already expired", status="expired")
+        if self.status != "pending":
+            raise StockadeError("approval.already_decided", f"the approval was already {self.status}", status=self.status)
+        if self.expires_at <= now:
+            return replace(self, status="expired", decided_at=now, decided_by=None, decision_reason=None)
+        if any(v.get("key_id") == key_id for v in self.votes):
+            raise StockadeError("approval.already_decided", "this key has already voted on the approval", status="pending")
+        if user_id is not None and any(v.get("user_id") == user_id for v in self.votes):
+            raise StockadeError("approval.already_decided", "this user has already voted on the approval (with another key)",
+                                status="pending")
+        if expected_votes is not None and expected_votes != len(self.votes):
+            raise StockadeError("conflict", "another vote landed meanwhile", votes=len(self.votes))
+        votes = (*self.votes, {"key_id": key_id, "user_id": user_id, "decision": decision, "at": now, "reason": reason})
+        approves = sum(1 for v in votes if v.get("decision") == "approve")
+        if decision == "reject" or approves >= self.required_approvals:
+            return replace(self, votes=votes, status="rejected" if decision == "reject" else "approved",
+                           decided_at=now, decided_by=key_id, decision_reason=reason)
+        return replace(self, votes=votes)
+
+
+def decision_vote(status: str, decided_by: str | None, user_id: str | None, reason: str | None,
+                  now: float) -> str | None:
+    """The vote (JSON) a single approver's ``ApprovalStore.decide`` appends; None for an expiry."""
+    if status not in ("approved", "rejected") or decided_by is None:
+        return None
+    vote = {"key_id": decided_by, "user_id": user_id, "decision": "approve" if status == "approved" else "reject",
+            "at": now, "reason": reason}
+    return json.dumps(vote, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)
