@@ -320,10 +320,10 @@ class PolicyInterceptor:
         """Parse a stored document: a large one on a thread (a 512 KiB policy takes ~1.5 s, which would
         freeze every run on this worker), and once however many calls are waiting for it."""
         if len(text) <= OFFLOAD_POLICY_CHARS:
-            return load_policy(text, source="tenant policy")
+            return load_policy(text, source="tenant policy", stored=True)
         pending = self._loading.get(version)
         if pending is None or pending[0] != text:
-            fut = asyncio.ensure_future(asyncio.to_thread(load_policy, text, source="tenant policy"))
+            fut = asyncio.ensure_future(asyncio.to_thread(load_policy, text, source="tenant policy", stored=True))
             pending = self._loading[version] = (text, fut)
 
             def done(f: asyncio.Future[Policy], version: str = version) -> None:

@@ -37,8 +37,14 @@ class PolicyError(StockadeError):
         super().__init__("policy.invalid", f"{source}: {self.errors[0]}{more}", errors=self.errors)
 
 
-def load_policy(yaml_text: str, *, source: str = "policy", layer: str = "tenant") -> Policy:
-    """Parse and validate a tenant policy document (YAML). Raises ``PolicyError``; runs nothing."""
+def load_policy(yaml_text: str, *, source: str = "policy", layer: str = "tenant", stored: bool = False) -> Policy:
+    """Parse and validate a tenant policy document (YAML). Raises ``PolicyError``; runs nothing.
+
+    ``stored``: a document already stored, which an older version accepted: ``version: 1.0`` or ``true``
+    (refused since a104fb1, as any new document still is) reads as 1 - else every call of its tenant was
+    refused ``policy.unavailable`` after an upgrade until an admin stored it again. Its version (the hash
+    of the document as written) is unchanged.
+    """
     try:
         loaded = load_yaml(yaml_text)
     except YamlProblem as exc:
@@ -46,7 +52,9 @@ def load_policy(yaml_text: str, *, source: str = "policy", layer: str = "tenant"
     if not isinstance(loaded.data, dict):
         raise PolicyError([f"line {loaded.line_for(())}: a policy is a mapping with version: 1 and rules: [...]"],
                           source=source)
-    return _build(PolicyDoc, loaded, source=source, layer=layer)
+    legacy = stored and loaded.data.get("version") in (1.0, True) and type(loaded.data.get("version")) is not int
+    return _build(PolicyDoc, loaded, source=source, layer=layer,
+                  data={**loaded.data, "version": 1} if legacy else None)
 
 
 def validate_policy_text(yaml_text: str) -> list[str]:
@@ -77,9 +85,10 @@ def default_policy() -> Policy:
     return load_policy(text, source="default policy", layer="default")
 
 
-def _build(model: Any, loaded: LoadedYaml, *, source: str, layer: str, lines: bool = True) -> Policy:
+def _build(model: Any, loaded: LoadedYaml, *, source: str, layer: str, lines: bool = True,
+           data: Any = None) -> Policy:
     try:
-        doc = model.model_validate(loaded.data)
+        doc = model.model_validate(loaded.data if data is None else data)
     except ValidationError as exc:
         raise PolicyError(_format(exc, loaded, lines), source=source) from None
     problems = _semantic(doc)

@@ -275,9 +275,6 @@ async def _check(node: Any, settings: Any, exp: dict[str, Any]) -> None:
 _OLD_VALID_POLICY = "version: 1.0\nrules:\n  - id: echo\n    tool: echo\n    verdict: allow\n"
 
 
-@pytest.mark.xfail(strict=True, reason="a stored policy an older version accepted (version: 1.0) no longer loads: "
-                   "every tool call of the tenant is refused policy.unavailable after the upgrade "
-                   "(supervisor/policy/schema.py, supervisor/chain/policy.py; not this helper's files)")
 async def test_a_policy_an_older_version_accepted_still_applies(node: Any) -> None:
     tid, key = await node.tenant()
     # stored as the old PUT /v1/policy stored it: the text, and a version (the old code's content hash)

@@ -290,3 +290,21 @@ def test_cli(tmp_path, capsys):
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"version: 1\nrules: []\n# caf\xe9\n")
     assert validate_file(latin) == ["line 3: the file is not UTF-8 text"]
+
+
+@pytest.mark.parametrize("written", ["1.0", "true", "1.00", "True"])
+def test_a_stored_policy_an_older_version_accepted_still_loads(written):
+    """Before a104fb1, `version: 1.0` / `true` were accepted and stored; a stored document still loads after an
+    upgrade (its version hash unchanged), while a new document with them is still refused."""
+    text = f"version: {written}\nrules:\n  - id: echo\n    tool: echo\n    verdict: allow\n"
+    with pytest.raises(PolicyError):
+        load_policy(text)
+    p = load_policy(text, stored=True)
+    assert [r.id for r in p.rules] == ["echo"]
+    assert p.version != load_policy(text.replace(f"version: {written}", "version: 1")).version  # as written
+
+
+@pytest.mark.parametrize("written", ["2", "2.0", "false", "0", '"1"', "1.5"])
+def test_a_stored_policy_with_another_version_is_still_refused(written):
+    with pytest.raises(PolicyError):
+        load_policy(f"version: {written}\nrules: []\n", stored=True)
