@@ -127,3 +127,21 @@ async def limiter(request: pytest.FixtureRequest):
     client = await open_redis(request.getfixturevalue("redis_url"))
     yield RedisRateLimiter(client, request.getfixturevalue("redis_prefix"))
     await client.aclose()
+
+
+_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """Every test leaves the process's SIGINT/SIGTERM handlers as it found them. An in-process uvicorn
+    server swaps them for its own while it serves and puts back what it found when it ends: one left
+    running, or servers stopped out of start order, left a server's handler behind, and a later test
+    of Ctrl-C (the CLI's) saw no KeyboardInterrupt. Put back here, whatever the test did."""
+    import signal
+
+    before = {name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS}
+    yield
+    for name, handler in before.items():
+        if signal.getsignal(getattr(signal, name)) is not handler and handler is not None:
+            signal.signal(getattr(signal, name), handler)
