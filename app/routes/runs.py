@@ -101,7 +101,8 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
     request_hash = sha256_hex(canonical({**body.model_dump(), "user_id": user_id, "project_id": project_id}))
     # what a run stored before f45d3cf holds (the body alone): its client's retry after an upgrade is still a
     # replay. Safe to accept: the same body, and a replay is still only of a run the caller sees (_replay)
-    hashes = (request_hash, sha256_hex(canonical(body.model_dump())))
+    # (only a request with an Idempotency-Key can be a replay: no second hash on the plain path)
+    hashes = (request_hash, sha256_hex(canonical(body.model_dump()))) if idempotency_key is not None else (request_hash,)
     if idempotency_key is not None:
         existing = await _by_key(s, p.tenant_id, idempotency_key)
         if existing is not None:
