@@ -94,9 +94,12 @@ function renderApprovals(items) {
   for (const li of [...list.children]) {
     if (!ids.has(li.dataset.approval)) { li.remove(); changed = true; }
   }
-  const shown = new Set([...list.children].map((li) => li.dataset.approval));
+  const shown = new Map([...list.children].map((li) => [li.dataset.approval, li]));
   for (const ap of pending) {
-    if (!shown.has(ap.id)) { list.appendChild(approvalItem(ap)); changed = true; }
+    const li = shown.get(ap.id);
+    if (!li) { list.appendChild(approvalItem(ap)); changed = true; continue; }
+    const count = li.querySelector(".votes");  // kept in place: only its count of votes moves on
+    if (count) count.textContent = votesText(ap);
   }
   $("approval-count").textContent = String(pending.length);
   if (changed) arm(list);
@@ -110,14 +113,16 @@ function arm(list) {
   }, ARM_MS);
 }
 
+function votesText(ap) {  // how many of the people needed have approved
+  const yes = (Array.isArray(ap.votes) ? ap.votes : []).filter((v) => v && v.decision === "approve").length;
+  return `${yes} of ${Number(ap.required_approvals)} approvals`;
+}
+
 function approvalItem(ap) {
   const li = el("li");
   li.dataset.approval = ap.id;
   li.appendChild(el("div", null, visible(ap.tool) + " — " + visible(ap.reason || ap.rule_id || "")));
-  if (Number(ap.required_approvals) > 1) {  // several people must approve: how many have
-    const yes = (Array.isArray(ap.votes) ? ap.votes : []).filter((v) => v && v.decision === "approve").length;
-    li.appendChild(el("div", "tool", `${yes} of ${Number(ap.required_approvals)} approvals`));
-  }
+  if (Number(ap.required_approvals) > 1) li.appendChild(el("div", "tool votes", votesText(ap)));  // several must approve
   li.appendChild(el("code", null, visible(JSON.stringify(ap.args === undefined ? null : ap.args))));
   const row = el("div");
   for (const [label, decision] of [["Approve", "approve"], ["Reject", "reject"]]) {
@@ -232,8 +237,14 @@ function render(ev, v) {
       refreshSide();
       break;
     }
+    case "approval.vote":  // one vote of several needed: "1 of 2 approvals" as it is cast
+      v.bubble.insertBefore(el("div", "tool",
+        `✓ ${str(ev.decision)} (${Number(ev.approvals)} of ${Number(ev.required_approvals)} approvals)`), v.answer);
+      refreshSide();
+      break;
     case "approval.resolved":
       v.bubble.insertBefore(el("div", "tool", `▶ approval ${str(ev.decision)}`), v.answer);
+      refreshSide();
       break;
     case "citation": {
       const c = el("div", "citation", `[${str(ev.title || ev.doc_id)}] ${str(ev.source)}`);

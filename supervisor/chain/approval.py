@@ -106,6 +106,7 @@ class ApprovalInterceptor:
         s = call.services
         step = 0
         down_since: float | None = None
+        told = 0  # votes already on the run's stream
         while True:
             try:
                 current = await s.approvals.get(approval.tenant_id, approval.id)
@@ -123,6 +124,7 @@ class ApprovalInterceptor:
             down_since = None
             if current is None:  # the durable request is gone (removed behind the store's back): fail closed
                 raise StockadeError("approval.rejected", "the approval request no longer exists", approval_id=approval.id)
+            told = await _tell_votes(call, current, told)
             if current.status != "pending":
                 return current
             now = time.time()
@@ -141,6 +143,29 @@ class ApprovalInterceptor:
     @staticmethod
     async def _withdraw(call: CallState, approval: Approval) -> None:
         await withdraw(call.services.approvals, approval.tenant_id, approval.id)
+
+
+async def _tell_votes(call: CallState, current: Approval, told: int) -> int:
+    """Each vote of an N-person request not yet on the run's stream, as ``approval.vote`` (the deciding one
+    too, before ``approval.resolved``): a client sees "1 of 2" as it happens. Votes are cast on any API
+    process; this step sees them as it polls. A store away loses none: the rest go out at the next poll.
+    One approver's decision is its ``approval.resolved`` alone."""
+    if current.required_approvals <= 1:
+        return told
+    for vote in current.votes[told:]:
+        try:
+            await emit_while_running(call, "approval.vote", {
+                "approval_id": current.id, "decision": vote.get("decision"), "key_id": vote.get("key_id"),
+                "user_id": vote.get("user_id"), "reason": vote.get("reason"),
+                "approvals": sum(1 for v in current.votes[:told + 1] if v.get("decision") == "approve"),
+                "required_approvals": current.required_approvals,
+            })
+        except StockadeError as exc:
+            if not exc.code.endswith(".unavailable"):
+                raise
+            break
+        told += 1
+    return told
 
 
 def approval_terms(call: CallState) -> ApprovalSpec:

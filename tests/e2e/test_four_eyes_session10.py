@@ -128,6 +128,14 @@ async def test_two_approvers_the_run_waits_for_the_second(node, node_config, sta
         assert r.status_code == 409 and r.json()["code"] == "approval.already_decided", r.text
         r = await decide(c, apr)  # the starting key may not be the second pair of eyes
         assert r.status_code == 403 and r.json()["code"] == "approval.separation", r.text
+        # the first vote reaches the run's stream while the run still waits ("1 of 2" as it happens)
+        async with asyncio.timeout(20):
+            async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+                if e.event == "approval.vote":
+                    break
+        assert e.data == {"run_id": run["id"], "seq": e.id, "type": "approval.vote", "approval_id": apr,
+                          "decision": "approve", "key_id": body["votes"][0]["key_id"], "user_id": None,
+                          "reason": "looked", "approvals": 1, "required_approvals": 2}, e.data
         # the run still waits: its call has not run
         assert (await c.get(f"/v1/runs/{run['id']}")).json()["status"] == "waiting_approval"
         assert (await node.rt.services.approvals.get(tid, apr)).status == "pending"
@@ -141,6 +149,10 @@ async def test_two_approvers_the_run_waits_for_the_second(node, node_config, sta
         resolved = next(e for e in events if e.event == "approval.resolved")
         result = next(e for e in events if e.event == "tool.result")
         assert resolved.id < result.id and resolved.data["decision"] == "approved"
+        # each vote once, in order, the deciding one too, before the resolution
+        votes = [e for e in events if e.event == "approval.vote"]
+        assert [(v.data["approvals"], v.data["decision"]) for v in votes] == [(1, "approve"), (2, "approve")]
+        assert votes[-1].id < resolved.id
         audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
         assert approval_records(audit, apr) == ["approval.vote", "approval.approved"]
     finally:
@@ -158,8 +170,10 @@ async def test_a_reject_after_an_approve_rejects(node):
     assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
     r = await decide(k3, apr)
     assert r.status_code == 409 and r.json()["code"] == "approval.already_decided"
-    results, _ = await results_of(c, run["id"])
+    results, events = await results_of(c, run["id"])
     assert results[0]["error"] == "approval.rejected"
+    votes = [(e.data["approvals"], e.data["decision"], e.data["required_approvals"]) for e in events if e.event == "approval.vote"]
+    assert votes == [(1, "approve", 3), (1, "reject", 3)]
     audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
     assert approval_records(audit, apr) == ["approval.vote", "approval.rejected"]
 

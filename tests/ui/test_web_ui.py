@@ -180,3 +180,31 @@ async def test_reject_from_the_side_bar_fails_the_call(ui: UI) -> None:
     assert [a["tool"] for a in (await c.get("/v1/approvals", params={"status": "rejected"})).json()["data"]] == ["echo"]
     assert (await c.get(f"/v1/runs/{await bubble.get_attribute('data-run')}")).json()["status"] == "failed"
     assert ui.js_errors == []
+
+
+async def test_two_approvers_each_vote_shows_as_it_is_cast(ui: UI) -> None:
+    """approvers: 2 - the side bar's vote keeps the request pending and counts it ("1 of 2"); the run's
+    bubble shows each vote (streamed as approval.vote) as it is cast, the second one made elsewhere."""
+    key = await connected(ui)
+    await put_policy(ui, key, APPROVAL_POLICY.replace(
+        "    reason: a human checks every echo\n", "    reason: a human checks every echo\n    approval: {approvers: 2}\n"))
+    page = ui.page
+    bubble = await say(ui, "hello-tools", "hi")
+    pending = page.locator("#approvals li")
+    await expect(pending.locator(".votes")).to_have_text("0 of 2 approvals")
+    await pending.get_by_role("button", name="Approve").click()
+    waiting = "‖ waiting for approval of echo: a human checks every echo"
+    await expect(bubble.locator(".tool")).to_have_text([waiting, "✓ approve (1 of 2 approvals)"])
+    await expect(pending.locator(".votes")).to_have_text("1 of 2 approvals")  # the same item, its count moved on
+    await expect(pending.get_by_role("button", name="Approve")).to_be_disabled()  # this key has voted
+    c = ui.node.client(key)
+    other = (await c.post("/v1/keys", json={"role": "approver"})).json()["api_key"]
+    [apr] = (await c.get("/v1/approvals", params={"status": "pending"})).json()["data"]
+    r = await ui.node.client(other).post(f"/v1/approvals/{apr['id']}/decision", json={"decision": "approve"})
+    assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+    await expect(bubble.locator(".meta")).to_have_text("done")
+    await expect(bubble.locator(".tool")).to_have_text([
+        waiting, "✓ approve (1 of 2 approvals)", "✓ approve (2 of 2 approvals)", "▶ approval approved",
+        "⚙ echo → allow $0.001000"])
+    await expect(page.locator("#approvals li")).to_have_count(0)
+    assert ui.js_errors == [] and ui.console_errors == []
