@@ -50,7 +50,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("approval.rejected", 403, False, "Approval rejected"),
     ErrorSpec("approval.expired", 403, False, "Approval expired"),
     ErrorSpec("approval.already_decided", 409, False, "Approval already decided"),
-    ErrorSpec("approval.separation", 403, False, "Separation of duties: the run's own key or user may not decide its approval"),
+    ErrorSpec("approval.separation", 403, False, "Separation of duties: the run's own key or user, or a key made after the request, may not decide its approval"),
     ErrorSpec("audit.unavailable", 503, True, "Audit log unavailable"),
     ErrorSpec("audit.corrupt", 500, False, "An audit record fails verification"),
     ErrorSpec("tool.unknown", 404, False, "Unknown tool"),

@@ -1,8 +1,8 @@
 """Human-in-the-loop: list pending approvals, decide once (admin or approver keys).
 
 A rule may ask for more (policy ``approval: {approvers: N, separate: true}``): ``separate`` bars the
-key that started the run, and every key bound to the run's user, from voting (``approval.separation``,
-nothing recorded); ``approvers: N`` needs N distinct keys - distinct users, for keys bound to one - to
+key that started the run, every key bound to the run's user, and every key made after the request was
+raised, from voting (``approval.separation``, nothing recorded); ``approvers: N`` needs N distinct keys - distinct users, for keys bound to one - to
 approve, and one reject rejects. Each vote is audited before it is stored (``approval.vote``; the
 deciding one as ``approval.approved`` / ``approval.rejected``, once, as with a single approver); the
 store appends it with the request locked, and only if no other vote landed since this process looked
@@ -98,11 +98,8 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
             # nothing waits for this decision any more (its worker withdraws such requests, unless it died)
             await withdraw(s.approvals, p.tenant_id, approval_id)
             raise StockadeError("approval.expired", f"approval {approval_id} expired: {RUN_ENDED}")
-        if a.separate and (p.key_id == run.key_id or (run.user_id is not None and p.user_id == run.user_id)):
-            # refused before anything is recorded: no audit record may claim a decision that was never made
-            raise StockadeError("approval.separation",
-                                "separation of duties: the key that started the run, or a key of the run's user, "
-                                "may not decide its approval")
+        if a.separate:  # refused before anything is recorded: no audit record may claim a decision never made
+            await _independent(s, p, a, run)
         if any(v.get("key_id") == p.key_id or (p.user_id is not None and v.get("user_id") == p.user_id)
                for v in a.votes):
             raise StockadeError("approval.already_decided", f"you have already voted on approval {approval_id}")
@@ -110,6 +107,20 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
         if decided is not None:
             return approval_json(decided)
     raise StockadeError("conflict", "other votes kept landing on this approval; try again")
+
+
+async def _independent(s: Any, p: Principal, a: Approval, run: Any) -> None:
+    """``separate``: the voter is not the run's starter (its key, its user's keys), nor a key made since the
+    request was raised. An admin could otherwise answer its own run's request with a key minted for the
+    purpose (unbound, or bound to a user made for it): whoever decides must have held a key before."""
+    if p.key_id == run.key_id or (run.user_id is not None and p.user_id == run.user_id):
+        raise StockadeError("approval.separation",
+                            "separation of duties: the key that started the run, or a key of the run's user, "
+                            "may not decide its approval")
+    key = await s.tenants.find_key(p.key_hash) if p.key_hash else None
+    if key is None or key.id != p.key_id or key.created_at >= a.created_at:
+        raise StockadeError("approval.separation",
+                            "separation of duties: a key made after the approval was requested may not decide it")
 
 
 async def _vote(rt: Any, p: Principal, a: Approval, body: Decision) -> Approval | None:

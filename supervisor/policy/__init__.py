@@ -27,7 +27,8 @@ A tenant's policy is one YAML document (``PUT /v1/policy``)::
         # downgrade: {args.model: openai/gpt-4.1-mini}  # with verdict downgrade: replace arguments
         # approval: {approvers: 2, separate: true}  # with verdict require_approval only: approvers (1-5,
         #   default 1) distinct keys - and distinct users, for keys bound to one - must approve; one reject
-        #   rejects. separate: the key that started the run and any key bound to the run's user may not decide
+        #   rejects. separate: the key that started the run, any key bound to the run's user and any key made
+        #   after the request may not decide
     prices: {echo: 0.001, "mcp.*": 0.01}   # USD per call; exact name first, else first matching glob
     llm_prices: {openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}}
     limits: {tenant_per_s: 20, tenant_burst: 40}   # rate-limit overrides (supervisor.limits names)

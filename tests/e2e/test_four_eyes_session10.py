@@ -94,6 +94,29 @@ async def test_the_starting_key_and_its_users_keys_may_not_decide(node):
     assert approval_records(audit, apr) == ["approval.approved"]
 
 
+async def test_a_key_made_after_the_request_may_not_decide_a_separate_one(node):
+    """separate: true - the admin whose run asked cannot mint its own second pair of eyes: a fresh admin or
+    approver key made after the request is refused (nothing recorded); a key held before the request
+    decides. (A key bound to a user made for the purpose sees no run but that user's: not this one.)"""
+    tid, _, c = await setup(node, policy("{separate: true}"))
+    before = node.client(await key(c))
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}))
+    apr = await requested(c, run["id"])
+    fresh = node.client(await key(c, "admin"))
+    fresh_approver = node.client(await key(c, "approver"))
+    for who in (fresh, fresh_approver):
+        r = await decide(who, apr)
+        assert r.status_code == 403 and r.json()["code"] == "approval.separation", r.text
+        assert "made after" in r.json()["detail"], r.text
+    stored = await node.rt.services.approvals.get(tid, apr)
+    assert stored.status == "pending" and stored.votes == ()
+    audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
+    assert [a["kind"] for a in audit if a["kind"].startswith("approval.")] == [], audit
+    r = await decide(before, apr)
+    assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+    assert (await results_of(c, run["id"]))[0] == [{"ok": {"n": 50}}]
+
+
 async def test_without_separation_the_starting_key_may_still_decide(node):
     """The default is today's behaviour: the key that started the run may approve its request."""
     _, _, c = await setup(node, policy("{approvers: 1}"))
