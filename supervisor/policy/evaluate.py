@@ -93,7 +93,7 @@ def _decide(policy: Policy, req: PolicyRequest, budget: Budget) -> Verdict | Non
                 rule.verdict, rule.id, rule.reason, policy.layer,
                 delay_s=rule.delay_s if rule.verdict == "delay" else 0.0,
                 replacements=dict(rule.replacements) if rule.verdict == "downgrade" else {},
-                approval=ApprovalSpec(rule.approvers, rule.separate) if rule.verdict == "require_approval" else None,
+                approval=rule.approval,
             )
     return None
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from supervisor.errors import StockadeError
 from supervisor.policy._yaml import LoadedYaml, YamlProblem, load_yaml
-from supervisor.policy.model import Order, Policy, Rule, Velocity
+from supervisor.policy.model import ApprovalSpec, Order, Policy, Rule, Velocity
 from supervisor.policy.schema import BundlePolicyDoc, PolicyDoc, RuleDoc
 
 __all__ = [
@@ -142,8 +142,8 @@ def _rule(r: RuleDoc, line: int | None) -> Rule:
         content_cost=max(1, int(r.content.programsize)) if r.content is not None else 1,
         replacements=MappingProxyType({k.split(".", 1)[1]: v for k, v in (r.downgrade or {}).items()}),
         line=line,
-        approvers=r.approval.approvers if r.approval is not None else 1,
-        separate=r.approval.separate if r.approval is not None else False,
+        approval=(ApprovalSpec(r.approval.approvers, r.approval.separate) if r.approval is not None else ApprovalSpec())
+        if r.verdict == "require_approval" else None,
     )
 
 

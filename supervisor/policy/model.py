@@ -50,6 +50,14 @@ class Order:
 
 
 @dataclass(frozen=True)
+class ApprovalSpec:
+    """What a require_approval rule asks of its approvers (the defaults: one approver, any key)."""
+
+    approvers: int = 1
+    separate: bool = False
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     tools: tuple[Glob, ...]
@@ -67,19 +75,11 @@ class Rule:
     delay_s: float = 0.0
     replacements: Mapping[str, Any] = field(default_factory=dict)  # top-level argument name -> new value (downgrade)
     line: int | None = None
-    approvers: int = 1  # require_approval: distinct approver keys (and users) that must approve
-    separate: bool = False  # require_approval: the run's starting key and its user's keys may not decide
+    # require_approval: how it is decided (distinct approvers; separation of duties); None for other verdicts
+    approval: ApprovalSpec | None = None
 
     def matches_tool(self, tool: str) -> bool:
         return any(g.matches(tool) for g in self.tools)
-
-
-@dataclass(frozen=True)
-class ApprovalSpec:
-    """What a require_approval rule asks of its approvers (the defaults: one approver, any key)."""
-
-    approvers: int = 1
-    separate: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,10 +110,7 @@ class Policy:
 
     def approval_spec(self, rule_id: str | None) -> ApprovalSpec | None:
         """The approval terms of the require_approval rule ``rule_id``; None if this policy has no such rule."""
-        for r in self.rules:
-            if r.id == rule_id and r.verdict == "require_approval":
-                return ApprovalSpec(r.approvers, r.separate)
-        return None
+        return next((r.approval for r in self.rules if r.id == rule_id and r.approval is not None), None)
 
     def price_for(self, tool: str) -> float | None:
         """USD per call: the exact name's price, else the first glob (document order) that matches."""
