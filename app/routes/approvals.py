@@ -2,11 +2,12 @@
 
 A rule may ask for more (policy ``approval: {approvers: N, separate: true}``): ``separate`` bars the
 key that started the run, every key bound to the run's user, and every key made after the request was
-raised, from voting (``approval.separation``, nothing recorded); ``approvers: N`` needs N distinct keys - distinct users, for keys bound to one - to
-approve, and one reject rejects. Each vote is audited before it is stored (``approval.vote``; the
-deciding one as ``approval.approved`` / ``approval.rejected``, once, as with a single approver); the
-store appends it with the request locked, and only if no other vote landed since this process looked
-(else the record is voided and the vote judged again), so what was audited is what happened.
+raised, from voting (``approval.separation``, nothing recorded); ``approvers: N`` needs N distinct
+keys - distinct users, for keys bound to one - to approve, and one reject rejects. Each vote is audited
+before it is stored (``approval.vote``; the deciding one as ``approval.approved`` /
+``approval.rejected``, once, as with a single approver); the store appends it with the request locked,
+and only if no other vote landed since this process looked (else the record is voided and the vote
+judged again), so what was audited is what happened.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ async def decide(approval_id: str, body: Decision, rt: Any = Depends(runtime),
 
 async def _independent(s: Any, p: Principal, a: Approval, run: Any) -> None:
     """``separate``: the voter is not the run's starter (its key, its user's keys), nor a key made since the
-    request was raised. An admin could otherwise answer its own run's request with a key minted for the
-    purpose (unbound, or bound to a user made for it): whoever decides must have held a key before."""
+    request was raised. An admin could otherwise answer its own run's request with a fresh key minted for
+    the purpose: whoever decides must have held its key before the request."""
     if p.key_id == run.key_id or (run.user_id is not None and p.user_id == run.user_id):
         raise StockadeError("approval.separation",
                             "separation of duties: the key that started the run, or a key of the run's user, "
