@@ -21,7 +21,7 @@ from supervisor.stores.redis import open_redis
 
 pytestmark = pytest.mark.timeout(60)
 
-BROKEN = (3, 11, 3) <= sys.version_info[:3] < (3, 12)  # where the interpreter's own loses cancels
+BROKEN = sys.version_info[:2] == (3, 11)  # where the interpreter's own loses cancels
 
 
 @pytest.fixture(params=["fixed", "interpreter"])
@@ -68,6 +68,32 @@ async def test_timeouts_results_and_errors_are_as_before(impl):
 
     with pytest.raises(ValueError, match="inner"):
         await asyncio.wait_for(boom(), 5)
+
+
+async def test_a_timeout_in_a_task_already_cancelled_is_a_timeout_and_an_outside_cancel_wins(impl):
+    """Cleanup after a cancel (a worker ending its run on shutdown) that times out gets TimeoutError, as with
+    3.11.3+'s asyncio.timeout (3.11.2's raised CancelledError there); a cancel from outside during the wait
+    is a cancel, never turned into a timeout."""
+    async def cleanup() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(asyncio.sleep(5), 0.01)
+            except TimeoutError:
+                return "timeout"
+        return "not cancelled"
+
+    task = asyncio.create_task(cleanup())
+    await asyncio.sleep(0)
+    task.cancel()
+    assert await task == "timeout"
+
+    waiting = asyncio.create_task(asyncio.wait_for(asyncio.sleep(5), 0.2))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    await asyncio.wait({waiting})
+    assert waiting.cancelled()
 
 
 async def _lost_cancels(start, rounds: int = 400) -> int:
