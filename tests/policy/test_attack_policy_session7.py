@@ -342,7 +342,9 @@ async def test_loading_a_huge_policy_does_not_stall_the_event_loop(step, store):
     async with watch_loop() as stall:
         with pytest.raises(StockadeError):  # no rule for echo: denied - after the load
             await step(make_call(store, "echo"), Next())
-    assert stall.longest < max(0.3, stall.took / 3), stall
+    # a parse on the loop stalls it for nearly all of the call (0.9 of it and more); on a thread the longest
+    # stall is a fraction (about 0.2 here; 0.35 seen once in CI, under some hiccup)
+    assert stall.longest < stall.took / 2, stall
 
 
 async def test_concurrent_calls_parse_a_new_large_policy_once(step, store, monkeypatch):
