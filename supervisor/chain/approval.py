@@ -152,12 +152,13 @@ async def _tell_votes(call: CallState, current: Approval, told: int) -> int:
     One approver's decision is its ``approval.resolved`` alone."""
     if current.required_approvals <= 1:
         return told
+    approvals = sum(1 for v in current.votes[:told] if v.get("decision") == "approve")  # before the first untold
     for vote in current.votes[told:]:
+        approvals += vote.get("decision") == "approve"
         try:
             await emit_while_running(call, "approval.vote", {
                 "approval_id": current.id, "decision": vote.get("decision"), "key_id": vote.get("key_id"),
-                "user_id": vote.get("user_id"), "reason": vote.get("reason"),
-                "approvals": sum(1 for v in current.votes[:told + 1] if v.get("decision") == "approve"),
+                "user_id": vote.get("user_id"), "reason": vote.get("reason"), "approvals": approvals,
                 "required_approvals": current.required_approvals,
             })
         except StockadeError as exc:

@@ -95,7 +95,6 @@ async def start_node(settings: Settings, *, workers: bool = True, api: bool = Tr
     # the test's process keeps its own signal handlers: uvicorn's serve() swaps SIGINT/SIGTERM for its own while
     # it runs, restoring what it found when it ends - so nodes stopped out of start order (or never) left a
     # stopped server's handler in place, and a later Ctrl-C test saw no KeyboardInterrupt
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  (uvicorn < 0.29)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     # the sockets `stockade serve` listens on (app/server.py), so the node cuts off stalled clients as it does
     task = asyncio.create_task(serve(server, listen_sockets("127.0.0.1", 0, stall_s=stall_s)))
