@@ -27,6 +27,7 @@ from fastapi import Request
 
 from app import deps
 from app._pages import PAGE, stored
+from supervisor.aio import cancel_and_wait
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
 from supervisor.tenancy import Principal, key_failure
@@ -153,9 +154,7 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                 if ended:
                     return
         finally:
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            await cancel_and_wait(pump)
     finally:
         metrics.sse_subscribers.dec()
         rt.stream_slots.give_back(tenant_id)

@@ -9,10 +9,10 @@ processes; a tick that fails (store away) is simply skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from supervisor.aio import cancel_and_wait
 from supervisor.errors import StockadeError
 
 __all__ = ["CancelWatch"]
@@ -66,6 +66,4 @@ class CancelWatch:
         for rid in list(self._watched):
             self.unwatch(rid)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

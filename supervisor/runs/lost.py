@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from supervisor.aio import cancel_and_wait
 from supervisor.chain.approval import withdraw_run
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.stores.records import Event, Run
@@ -98,9 +99,7 @@ class RunBeat:
     async def close(self) -> None:
         self._carried.clear()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 class AbandonedRuns:

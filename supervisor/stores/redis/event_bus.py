@@ -45,6 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from supervisor.aio import cancel_and_wait
 from supervisor.errors import StockadeError
 from supervisor.stores.memory._runlog import TERMINAL_TYPES, RunLog, follow
 from supervisor.stores.records import Event
@@ -275,12 +276,7 @@ class RedisEventBus:
     async def close(self) -> None:
         """Ends every tail quietly; later tails raise ``store.unavailable``. The client is the caller's."""
         self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._reader)
         for feed in self._feeds.values():
             feed.log.close()
         self._feeds.clear()
