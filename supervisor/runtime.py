@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.audit.chain import Sealer
-from supervisor.audit.keys import load_audit_keys, load_retired_signing_keys, load_signing_key
+from supervisor.audit.keys import (
+    load_audit_keys,
+    load_audit_next_key,
+    load_next_signing_key,
+    load_retired_signing_keys,
+    load_signing_key,
+)
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
 from supervisor.errors import StockadeError
@@ -42,6 +48,7 @@ class Runtime:
     chain: Any
     interceptors: list[Any] = field(default_factory=list)
     retired_signing_keys: list[Any] = field(default_factory=list)  # public keys: old receipts verify
+    next_signing_key: Any = None  # public key (rolling rotation): published, signs nothing here
     worker: Any = None
     warm: Any = None
     abandoned: Any = None  # supervisor.runs.lost.AbandonedRuns, on nodes with workers
@@ -213,7 +220,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
 
     services = await open_services(settings, migrate=migrate)
     current, retired = load_audit_keys(settings)
-    sealer = Sealer(current, retired)  # seals under the current key; verifies under the retired ones too
+    # seals under the current key (the next one once another node does); verifies under the others too
+    sealer = Sealer(current, retired, load_audit_next_key(settings, current, retired))
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)
@@ -226,9 +234,11 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         # one pool per node: bundle sandboxes and code.run sandboxes never share a uid
         services.extras["uid_pool"] = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
     signing_key = load_signing_key(settings)
+    retired_signing = load_retired_signing_keys(settings, signing_key)
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
                    signing_key=signing_key, registry=registry, chain=chain, interceptors=interceptors,
-                   retired_signing_keys=load_retired_signing_keys(settings, signing_key))
+                   retired_signing_keys=retired_signing,
+                   next_signing_key=load_next_signing_key(settings, signing_key, retired_signing))
 
 
 def _install_redirect_guard(services: Services, interceptors: list[Any]) -> None:

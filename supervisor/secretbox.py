@@ -28,7 +28,7 @@ from supervisor.audit.keys import generated_secret
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings, SettingsError
 
-__all__ = ["PREFIX", "SecretBox", "load_secrets_key", "load_secrets_keys"]
+__all__ = ["PREFIX", "SecretBox", "load_secrets_key", "load_secrets_keys", "load_secrets_next_key"]
 
 PREFIX = "enc:v1:"
 
@@ -57,12 +57,26 @@ def load_secrets_keys(settings: Settings) -> tuple[bytes, tuple[bytes, ...]]:
     return current, retired
 
 
+def load_secrets_next_key(settings: Settings, current: bytes, retired: tuple[bytes, ...]) -> bytes | None:
+    """``STOCKADE_SECRETS_KEY_NEXT`` (rolling rotation): values a node already on the new key sealed open
+    here too; nothing is sealed with it here, nor re-sealed away from it."""
+    if settings.secrets_key_next is None:
+        return None
+    nxt = _derive(settings.secrets_key_next.get_secret_value().encode())
+    if nxt == current or nxt in retired:
+        raise SettingsError("invalid setting STOCKADE_SECRETS_KEY_NEXT: is the current secrets key or a retired "
+                            "one (it is the new key every node will seal with)")
+    return nxt
+
+
 class SecretBox:
-    def __init__(self, key: bytes, retired: tuple[bytes, ...] | list[bytes] = ()) -> None:
-        if len(key) != 32 or any(len(k) != 32 for k in retired):
+    def __init__(self, key: bytes, retired: tuple[bytes, ...] | list[bytes] = (), next_key: bytes | None = None) -> None:
+        if len(key) != 32 or any(len(k) != 32 for k in retired) or (next_key is not None and len(next_key) != 32):
             raise ValueError("the secrets key must be 32 bytes")
         self._aead = AESGCM(key)
-        self._older = tuple(AESGCM(k) for k in reversed(tuple(retired)))  # newest first
+        # what opens but does not seal: the next key (rolling rotation), then the retired ones newest first
+        self._newer = () if next_key is None else (AESGCM(next_key),)
+        self._older = tuple(AESGCM(k) for k in reversed(tuple(retired)))
 
     def seal(self, value: str, bound_to: str) -> str:
         nonce = os.urandom(12)
@@ -78,18 +92,20 @@ class SecretBox:
 
     def reseal(self, token: str, bound_to: str) -> str | None:
         """``token`` sealed anew under the current key if a retired key sealed it; None if the current key
-        did (nothing to do). ``secret.unreadable`` if no key opens it."""
-        value, current = self._open(token, bound_to)
-        return None if current else self.seal(value, bound_to)
+        did, or the next one (nothing to do: never back to an older key). ``secret.unreadable`` if no key
+        opens it."""
+        value, older = self._open(token, bound_to)
+        return self.seal(value, bound_to) if older else None
 
     def _open(self, token: str, bound_to: str) -> tuple[str, bool]:
-        """The value, and whether the current key sealed it."""
+        """The value, and whether a retired key sealed it."""
         try:
             blob = base64.urlsafe_b64decode(token[len(PREFIX):].encode("ascii"))
             nonce, ct, aad = blob[:12], blob[12:], bound_to.encode("utf-8")
-            for i, aead in enumerate((self._aead, *self._older)):
+            newer = 1 + len(self._newer)
+            for i, aead in enumerate((self._aead, *self._newer, *self._older)):
                 try:
-                    return aead.decrypt(nonce, ct, aad).decode("utf-8"), i == 0
+                    return aead.decrypt(nonce, ct, aad).decode("utf-8"), i >= newer
                 except InvalidTag:
                     continue
         except (ValueError, UnicodeError):

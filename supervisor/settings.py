@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     audit_keys_retired: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     signing_key_files_retired: Annotated[tuple[Path, ...], NoDecode] = ()
     secrets_keys_retired: Annotated[tuple[SecretStr, ...], NoDecode] = ()  # sealed values still open
+    # rolling rotation (README): the key every node will use next, set on all nodes before any makes it current.
+    # Audit: records MAC'd under it verify (a node seals with it once it finds another node did). Signing:
+    # published by /v1/receipts/public-keys, signs nothing. Secrets: values sealed under it open.
+    audit_key_next: SecretStr | None = None
+    signing_key_file_next: Path | None = None
+    secrets_key_next: SecretStr | None = None
 
     # --- LLM
     llm_pricing_file: Path | None = None  # JSON/YAML table overriding the shipped per-token prices
@@ -149,7 +155,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("data_dir", "bundles_dir", "llm_pricing_file", "signing_key_file")
+    @field_validator("data_dir", "bundles_dir", "llm_pricing_file", "signing_key_file", "signing_key_file_next")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # resolved once, here: sandboxes bind these paths, and bwrap needs them absolute
@@ -169,7 +175,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{ascii(str(v))} is not a UTF-8 path") from None
         return v
 
-    @field_validator("llm_pricing_file", "signing_key_file")
+    @field_validator("llm_pricing_file", "signing_key_file", "signing_key_file_next")
     @classmethod
     def _regular_file(cls, v: Path | None) -> Path | None:
         # read whole at start-up: a FIFO would block it for ever, /dev/zero would fill the memory
@@ -177,7 +183,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{v} is not a regular file")
         return v
 
-    @field_validator("audit_key", "secrets_key", mode="before")
+    @field_validator("audit_key", "secrets_key", "audit_key_next", "secrets_key_next", mode="before")
     @classmethod
     def _key(cls, v: object) -> object:
         if v in (None, ""):

@@ -25,7 +25,7 @@ from supervisor.stores.records import Approval, Run
 pytestmark = pytest.mark.pg
 
 
-def _seal(prev: str, seq: int, fields: dict) -> tuple[str, str]:
+def _seal(prev: str, seq: int, fields: dict, prev_mac: str | None = None) -> tuple[str, str]:
     return f"{seq:064x}", "mac"
 
 

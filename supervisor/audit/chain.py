@@ -15,11 +15,23 @@ n); once a record verified under key i, a later record that verifies only under 
 key below i is a break. A forger holding an old key can then only write records
 before the first record of a newer key, where the chain's links already bind the
 genuine records that follow.
+
+Rolling rotation (no node stopped): every node first gets the new key as
+``STOCKADE_AUDIT_KEY_NEXT`` (numbered current + 1; it verifies, nothing is sealed
+with it yet), then, node by node, becomes current with the old key retired. A
+node that still holds the new key as *next* must not seal a chain's next record
+with the old key once a restarted node sealed one with the new key: that record
+would go back a key. Its store finds such a head whenever the head is not this
+node's own last write (the append lost its race, or nothing was cached) and
+hands the head's MAC to ``seal``; made by the next key, it switches this node to
+sealing with the next key for good (``promoted``). A chain's key therefore only
+ever moves forward, while nodes old and new append to it side by side.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +43,8 @@ __all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "r
            "verify_chain"]
 
 GENESIS = "0" * 64
+log = logging.getLogger("stockade.audit")
+
 FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
 
 
@@ -42,36 +56,71 @@ def record_hash(tenant_id: str, seq: int, prev_hash: str, fields: dict[str, Any]
 
 class Sealer:
     """Computes (hash, mac) for the store's ``AuditLog.append`` under the chain lock, always under the
-    current key; ``key_index`` tells a verifier which key (current or retired) made a MAC."""
+    key this node seals with (the current key, or the next one once promoted); ``key_index`` tells a
+    verifier which key (retired, current or next) made a MAC."""
 
-    def __init__(self, key: bytes, retired: Sequence[bytes] = ()) -> None:
-        if len(key) < 16 or any(len(k) < 16 for k in retired):
+    def __init__(self, key: bytes, retired: Sequence[bytes] = (), next_key: bytes | None = None) -> None:
+        if len(key) < 16 or any(len(k) < 16 for k in retired) or (next_key is not None and len(next_key) < 16):
             raise ValueError("audit key must be at least 16 bytes")
-        self._key = key
+        if next_key is not None and (next_key == key or next_key in retired):
+            raise ValueError("the next audit key must be a new key")
+        self._current = key
+        self._key = key  # what this node seals with: the current key, the next one once promoted
         # newest first: a record of today's chain is tried against the current key, then the key before it
         self._older = tuple(reversed(tuple(retired)))
         self.current_index = len(self._older)  # keys are numbered oldest first: retired 0..n-1, current n
+        self._next = next_key  # STOCKADE_AUDIT_KEY_NEXT: numbered n + 1 (module docstring: rolling rotation)
+        self.promoted = False  # this node seals with the next key (another node already did, in some chain)
+
+    @property
+    def sealing_index(self) -> int:
+        return self.current_index + 1 if self.promoted else self.current_index
 
     def mac(self, digest: str) -> str:
+        """The MAC this node seals with now (current key, or next key once promoted)."""
         return hmac.digest(self._key, digest.encode(), "sha256").hex()  # == hmac.new(...).hexdigest(), one C call
 
     def key_index(self, digest: str, mac: str) -> int | None:
         """The newest key whose MAC of ``digest`` is ``mac`` (``current_index`` for the current key), or None.
-        ``mac`` must be an ASCII str. The current key is tried first: unless a chain is older than the last
-        rotation, one HMAC, as before rotation existed."""
+        ``mac`` must be an ASCII str. The key this node seals with is tried first: unless a chain is older than
+        the last rotation, one HMAC, as before rotation existed."""
         if hmac.compare_digest(self.mac(digest), mac):
-            return self.current_index
+            return self.sealing_index
         msg = digest.encode()
+        if self._next is not None:  # the other one of current and next
+            other, index = (self._current, self.current_index) if self.promoted else (self._next, self.current_index + 1)
+            if hmac.compare_digest(hmac.digest(other, msg, "sha256").hex(), mac):
+                return index
         for i, key in enumerate(self._older):
             if hmac.compare_digest(hmac.digest(key, msg, "sha256").hex(), mac):
                 return self.current_index - 1 - i
         return None
 
+    def promote(self) -> None:
+        """Seal with the next key from now on (another node already does). Idempotent; never goes back."""
+        if self._next is not None and not self.promoted:
+            self._key = self._next
+            self.promoted = True
+            log.warning("audit key: another node seals with STOCKADE_AUDIT_KEY_NEXT; this node now does too "
+                        "(finish the rotation: make it STOCKADE_AUDIT_KEY, the old key retired)")
+
+    def _saw(self, head_hash: str, head_mac: str | None) -> None:
+        """A chain head this node did not write itself: promote if the next key made it."""
+        if head_mac is None or self._next is None or self.promoted or not isinstance(head_mac, str):
+            return
+        if head_mac.isascii() and hmac.compare_digest(hmac.digest(self._next, head_hash.encode(), "sha256").hex(),
+                                                      head_mac):
+            self.promote()
+
     def for_tenant(self, tenant_id: str):
-        def seal(prev_hash: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:
+        def seal(prev_hash: str, seq: int, fields: dict[str, Any], prev_mac: str | None = None) -> tuple[str, str]:
+            """``prev_mac``: the head's MAC, when the store read the head (it was not this node's last write)."""
+            if prev_mac is not None:
+                self._saw(prev_hash, prev_mac)
             digest = record_hash(tenant_id, seq, prev_hash, fields)
             return digest, self.mac(digest)
 
+        seal.wants_head_mac = lambda: self._next is not None and not self.promoted  # type: ignore[attr-defined]
         return seal
 
 

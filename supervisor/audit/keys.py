@@ -4,7 +4,8 @@ Production: ``STOCKADE_AUDIT_KEY`` and ``STOCKADE_SIGNING_KEY_FILE`` shared by
 every worker. Embedded: generated once into ``<data_dir>/keys`` (mode 0600).
 Rotation: the keys used before (``STOCKADE_AUDIT_KEYS_RETIRED``,
 ``STOCKADE_SIGNING_KEY_FILES_RETIRED``) still verify what they made; nothing new
-is made with them.
+is made with them. A rolling rotation first hands every node the new key as
+``..._NEXT`` (verifies, published; the audit key seals once another node did).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from supervisor.settings import Settings, SettingsError
 
-__all__ = ["generated_secret", "key_id", "load_audit_key", "load_audit_keys", "load_retired_signing_keys",
-           "load_signing_key", "public_key_pem"]
+__all__ = ["generated_secret", "key_id", "load_audit_key", "load_audit_keys", "load_audit_next_key",
+           "load_next_signing_key", "load_retired_signing_keys", "load_signing_key", "public_key_pem"]
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -47,6 +48,7 @@ def _write_secret(path: Path, data: bytes) -> None:
 # the setting a generated file stands in for (named in the one-line start-up error)
 _SETTING = {"audit.key": "STOCKADE_AUDIT_KEY", "secrets.key": "STOCKADE_SECRETS_KEY"}
 _MIN_SECRET = 16  # as a configured key (supervisor/settings.py)
+_MAX_PEM = 64 * 1024  # a key file is a few hundred bytes: never read a stray huge file whole
 
 
 def _read_private(path: Path, setting: str) -> bytes:
@@ -112,6 +114,43 @@ def load_audit_keys(settings: Settings) -> tuple[bytes, tuple[bytes, ...]]:
     return current, retired
 
 
+def load_audit_next_key(settings: Settings, current: bytes, retired: tuple[bytes, ...]) -> bytes | None:
+    """``STOCKADE_AUDIT_KEY_NEXT`` (rolling rotation), refused if it is the current key or a retired one."""
+    if settings.audit_key_next is None:
+        return None
+    nxt = settings.audit_key_next.get_secret_value().encode()
+    if nxt == current or nxt in retired:
+        raise SettingsError("invalid setting STOCKADE_AUDIT_KEY_NEXT: is the current audit key or a retired one "
+                            "(it is the new key every node will seal with)")
+    return nxt
+
+
+def _read_pem(path: Path, setting: str) -> bytes:
+    """A PEM key file named by a setting, read whole (refused: not a regular file, unreadable)."""
+    bad = f"invalid setting {setting}: {path}"
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SettingsError(f"{bad} is not a regular file")
+            return f.read(_MAX_PEM + 1)
+    except OSError as exc:
+        raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
+
+
+def _public_key(data: bytes) -> Ed25519PublicKey | None:
+    """The Ed25519 public key of a PEM file's bytes (a public key, or an unencrypted private one), or None."""
+    if len(data) > _MAX_PEM:
+        return None
+    for load in (lambda d: serialization.load_pem_private_key(d, password=None).public_key(),
+                 serialization.load_pem_public_key):
+        try:
+            key = load(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+        return key if isinstance(key, Ed25519PublicKey) else None
+    return None
+
+
 def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
     path = settings.signing_key_file or settings.data_dir / "keys" / "receipt_ed25519.pem"
     bad = f"invalid setting STOCKADE_SIGNING_KEY_FILE: {path}"
@@ -137,9 +176,6 @@ def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
     return key
 
 
-_MAX_PEM = 64 * 1024  # a key file is a few hundred bytes: never read a stray huge file whole
-
-
 def load_retired_signing_keys(settings: Settings, current: Ed25519PrivateKey) -> list[Ed25519PublicKey]:
     """The public halves of ``STOCKADE_SIGNING_KEY_FILES_RETIRED`` (oldest first): receipts they signed still
     verify (``GET /v1/receipts/public-keys``); nothing is signed with them. A public-key PEM is enough, and is
@@ -148,23 +184,8 @@ def load_retired_signing_keys(settings: Settings, current: Ed25519PrivateKey) ->
     seen = {key_id(current.public_key())}
     for path in settings.signing_key_files_retired:
         bad = f"invalid setting STOCKADE_SIGNING_KEY_FILES_RETIRED: {path}"
-        try:
-            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise SettingsError(f"{bad} is not a regular file")
-                data = f.read(_MAX_PEM + 1)
-        except OSError as exc:
-            raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
-        key: object = None
-        if len(data) <= _MAX_PEM:
-            for load in (lambda d: serialization.load_pem_private_key(d, password=None).public_key(),
-                         serialization.load_pem_public_key):
-                try:
-                    key = load(data)
-                    break
-                except (ValueError, TypeError, UnsupportedAlgorithm):
-                    continue
-        if not isinstance(key, Ed25519PublicKey):
+        key = _public_key(_read_pem(path, "STOCKADE_SIGNING_KEY_FILES_RETIRED"))
+        if key is None:
             raise SettingsError(f"{bad} is not an Ed25519 PEM key (public, or unencrypted private)")
         kid = key_id(key)
         if kid in seen:
@@ -172,6 +193,23 @@ def load_retired_signing_keys(settings: Settings, current: Ed25519PrivateKey) ->
         seen.add(kid)
         out.append(key)
     return out
+
+
+def load_next_signing_key(settings: Settings, current: Ed25519PrivateKey,
+                          retired: list[Ed25519PublicKey]) -> Ed25519PublicKey | None:
+    """``STOCKADE_SIGNING_KEY_FILE_NEXT`` (rolling rotation): published with the others, signs nothing here.
+    Its public half is enough; refused if it is the current key or a retired one."""
+    path = settings.signing_key_file_next
+    if path is None:
+        return None
+    bad = f"invalid setting STOCKADE_SIGNING_KEY_FILE_NEXT: {path}"
+    key = _public_key(_read_pem(path, "STOCKADE_SIGNING_KEY_FILE_NEXT"))
+    if key is None:
+        raise SettingsError(f"{bad} is not an Ed25519 PEM key (public, or unencrypted private)")
+    kid = key_id(key)
+    if kid in {key_id(current), *(key_id(k) for k in retired)}:
+        raise SettingsError(f"{bad} is the current signing key or a retired one (key id {kid})")
+    return key
 
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:

@@ -151,7 +151,10 @@ class AuditLog(Protocol):
     the adapter's transaction, through ``seal``."""
 
     async def append(self, tenant_id: str, fields: dict[str, Any], seal: Any) -> AuditRecord:
-        """``seal(prev_hash, seq, fields) -> (hash, mac)`` is called under the chain lock."""
+        """``seal(prev_hash, seq, fields, prev_mac) -> (hash, mac)`` is called under the chain lock.
+        ``prev_mac`` is the head record's MAC when the adapter read the head (it is not this process's own
+        last write), else None; an adapter for which that read costs a round trip makes it only when
+        ``seal.wants_head_mac()`` (if present) is true (supervisor/audit/chain.py: rolling rotation)."""
         ...
     async def list(self, tenant_id: str, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None) -> list[AuditRecord]: ...
     async def head(self, tenant_id: str) -> AuditRecord | None: ...

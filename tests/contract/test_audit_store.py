@@ -19,7 +19,7 @@ KEY = b"test-mac-key"
 GENESIS = "0" * 64
 
 
-def seal(prev_hash: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:
+def seal(prev_hash: str, seq: int, fields: dict[str, Any], prev_mac: str | None = None) -> tuple[str, str]:
     body = json.dumps({"prev": prev_hash, "seq": seq, **fields}, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
     return digest, hmac.new(KEY, digest.encode(), hashlib.sha256).hexdigest()
@@ -73,7 +73,7 @@ async def test_seal_is_called_under_the_lock_with_the_head(ctx):
     _, audit, t = ctx
     seen: list[tuple[str, int]] = []
 
-    def spy(prev: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:
+    def spy(prev: str, seq: int, fields: dict[str, Any], prev_mac: str | None = None) -> tuple[str, str]:
         seen.append((prev, seq))
         assert set(fields) == {"ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code",
                                "cost_micro", "detail"}
@@ -122,7 +122,7 @@ async def test_failed_seal_or_bad_input_writes_nothing(ctx):
     _, audit, t = ctx
     await audit.append(t, {"kind": "first"}, seal)
 
-    def broken(prev: str, seq: int, fields: dict[str, Any]) -> tuple[str, str]:
+    def broken(prev: str, seq: int, fields: dict[str, Any], prev_mac: str | None = None) -> tuple[str, str]:
         raise RuntimeError("hsm down")
 
     with pytest.raises(RuntimeError):

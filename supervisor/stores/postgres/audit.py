@@ -43,6 +43,7 @@ _APPEND_LOCKED = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13, $14, $15))"
     " UPDATE audit_heads SET seq = $2, hash = $14 WHERE tenant_id = $1"
 )
+_MAC_AT = "SELECT mac FROM audit_log WHERE tenant_id = $1 AND seq = $2"
 _LOCKS_MAX = 4096
 # detail read as text and parsed by to_audit, not by the connection's jsonb codec: a row a database
 # writer made (nesting deeper than the parser goes, a 5,000-digit number) then fails its own hash
@@ -54,6 +55,13 @@ _HEAD_AND_ROW = (
     " h AS (SELECT seq AS head_seq, hash AS head_hash FROM audit_heads WHERE tenant_id = $1)"
     " SELECT * FROM l FULL JOIN h ON true"
 )
+
+
+def _wants_head_mac(seal: Any) -> bool:
+    """Whether ``seal`` looks at a head's MAC (a sealer holding a next key: rolling rotation); reading it
+    costs a round trip, so it is read only then."""
+    wants = getattr(seal, "wants_head_mac", None)
+    return bool(wants()) if callable(wants) else False
 
 
 def as_jsonb_returns(v: Any) -> Any:
@@ -99,17 +107,18 @@ class PgAuditLog:
         return lock
 
     async def append(
-        self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any]], tuple[str, str]]
+        self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any], str | None], tuple[str, str]]
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
         f["detail"] = as_jsonb_returns(f["detail"])  # sealed as it will be read back, or it would not verify
         detail_json = dumps(f["detail"], "audit detail")
         async with _audit_errors(), self._lock(tenant_id):
             seq, prev_hash = self._heads.get(tenant_id, (0, GENESIS_HASH))
+            prev_mac: str | None = None  # the head's MAC, once it is a head another process wrote
             try:
                 for _ in range(_OPTIMISTIC):
                     seq += 1
-                    digest, mac = seal(prev_hash, seq, f)
+                    digest, mac = seal(prev_hash, seq, f, prev_mac)
                     async with self._db.acquire() as c:
                         row = await c.fetchrow(
                             _APPEND, tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"],
@@ -120,6 +129,7 @@ class PgAuditLog:
                         break
                     # another process appended: seal against the head it left (none yet: genesis)
                     seq, prev_hash = (int(row["r_seq"]), row["r_hash"]) if row is not None else (0, GENESIS_HASH)
+                    prev_mac = await self._head_mac(tenant_id, seq, seal)
                 else:
                     seq, prev_hash, digest, mac = await self._append_locked(tenant_id, f, detail_json, seal)
             except asyncpg.ForeignKeyViolationError:
@@ -130,16 +140,25 @@ class PgAuditLog:
             self._heads[tenant_id] = (seq, digest)
         return AuditRecord(tenant_id=tenant_id, seq=seq, prev_hash=prev_hash, hash=digest, mac=mac, **f)
 
+    async def _head_mac(self, tenant_id: str, seq: int, seal: Any) -> str | None:
+        if seq == 0 or not _wants_head_mac(seal):
+            return None
+        async with self._db.tenant_tx(tenant_id) as c:
+            return await c.fetchval(_MAC_AT, tenant_id, seq)
+
     async def _append_locked(
         self, tenant_id: str, f: dict[str, Any], detail_json: str,
-        seal: Callable[[str, int, dict[str, Any]], tuple[str, str]],
+        seal: Callable[[str, int, dict[str, Any], str | None], tuple[str, str]],
     ) -> tuple[int, str, str, str]:
         async with self._db.tenant_tx(tenant_id) as c:
             head = await c.fetchrow(_LOCK_HEAD, tenant_id)
             if head is None:
                 head = await c.fetchrow(_CREATE_HEAD, tenant_id)
             prev_hash, seq = head["hash"], head["seq"] + 1
-            digest, mac = seal(prev_hash, seq, f)
+            prev_mac = None
+            if head["seq"] > 0 and _wants_head_mac(seal):
+                prev_mac = await c.fetchval(_MAC_AT, tenant_id, head["seq"])
+            digest, mac = seal(prev_hash, seq, f, prev_mac)
             await c.execute(
                 _APPEND_LOCKED, tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"],
                 f["rule_id"], f["policy_version"], f["code"], f["cost_micro"], detail_json, prev_hash, digest, mac,

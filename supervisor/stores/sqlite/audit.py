@@ -41,7 +41,7 @@ def _audit_errors() -> Iterator[None]:
 
 
 _INSERT = f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ({', '.join('?' * 15)})"
-_HEAD = "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1"
+_HEAD = "SELECT seq, hash, mac FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1"
 _RETRIES = 16  # lost races in a row before giving up (each means another process appended)
 _TEXT_COLS = frozenset({"tenant_id", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code",
                         "detail", "prev_hash", "hash", "mac"})
@@ -62,7 +62,7 @@ class SqliteAuditLog:
         self._heads: dict[str, tuple[int, int, str]] = {}
 
     async def append(
-        self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any]], tuple[str, str]]
+        self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any], str | None], tuple[str, str]]
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
         detail_json = dumps(f["detail"], "audit detail")
@@ -70,13 +70,14 @@ class SqliteAuditLog:
 
         def insert(c: sqlite3.Connection) -> AuditRecord:
             cached = self._heads.get(tenant_id)
-            head = cached[1:] if cached is not None and cached[0] == db.generation else None
+            # (seq, hash, mac): the mac only of a head read here (not this process's own last write)
+            head = (cached[1], cached[2], None) if cached is not None and cached[0] == db.generation else None
             for _ in range(_RETRIES):
                 if head is None:
                     row = c.execute(_HEAD, (tenant_id,)).fetchone()
-                    head = (row[0], row[1]) if row else (0, GENESIS_HASH)
+                    head = (row[0], row[1], row[2]) if row else (0, GENESIS_HASH, None)
                 seq, prev_hash = head[0] + 1, head[1]
-                digest, mac = seal(prev_hash, seq, f)
+                digest, mac = seal(prev_hash, seq, f, head[2])
                 try:
                     c.execute(_INSERT, (
                         tenant_id, seq, f["ts"], f["kind"], f["run_id"], f["tool"], f["args_hash"], f["rule_id"],

@@ -53,10 +53,12 @@ def install(reg: Any, settings: Any, services: Any) -> McpService | None:
         return None
     service = services.extras.get("mcp")
     if not isinstance(service, McpService):
-        from supervisor.secretbox import SecretBox, load_secrets_keys
+        from supervisor.secretbox import SecretBox, load_secrets_keys, load_secrets_next_key
         from supervisor.tools.mcp.sealed import SealedMcpStore
 
-        store = SealedMcpStore(open_store(db), SecretBox(*load_secrets_keys(settings)))  # sealed at rest; retired keys open
+        current, retired = load_secrets_keys(settings)
+        box = SecretBox(current, retired, load_secrets_next_key(settings, current, retired))
+        store = SealedMcpStore(open_store(db), box)  # sealed at rest; retired keys (and the next one) open
         service = McpService(
             store, allow_private=list(settings.egress_allow_private), timeout_s=float(settings.egress_timeout_s),
             max_result_bytes=int(settings.egress_max_bytes),
