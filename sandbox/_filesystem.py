@@ -72,7 +72,9 @@ def _dev(plan: Plan) -> None:
     for name in _DEVICES:
         plan.add("--dev-bind", f"/dev/{name}", f"/dev/{name}")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):
+                         ("stderr", "/proc/self/fd/2"), ("shm", "/tmp")):
+        # shm: POSIX semaphores and shared memory (multiprocessing's locks, Pool, ProcessPoolExecutor) live
+        # in /dev/shm; the sandbox's own size-capped /tmp holds them
         plan.add("--symlink", target, f"/dev/{name}")
     # the tmpfs belongs to the sandbox's own uid (bwrap maps its setup root to it): make it read-only
     plan.add("--remount-ro", "/dev")

@@ -6,7 +6,8 @@ set and the read-only filesystem are the primary walls. This filter removes
 the kernel surfaces those walls do not cover (networks other than AF_UNIX,
 io_uring, ptrace-like access, keyrings, BPF, perf, userfaultfd, namespace and
 mount manipulation, terminal injection, disk reserved past RLIMIT_FSIZE,
-set-user/group-ID files) and kills on foreign ABIs.
+set-user/group-ID files, descriptors passed in SCM_RIGHTS messages) and kills
+on foreign ABIs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ DENIED: dict[str, tuple[str, ...]] = {
     # Python installation, /runtime) reports every open and read of it by other runs and the host, a side
     # channel into other tenants' activity and a covert channel between sandboxes.
     "filesystem watches": ("inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark"),
+    # A descriptor in flight in an SCM_RIGHTS message belongs to no process: a file unlinked after being
+    # sent that way is in no /proc, so the work dir's disk scan cannot count it (tests/sandbox/
+    # test_escapes_session6.py: 8 x 3 MiB held past an 8 MiB quota). sendmsg and sendmmsg are the only
+    # calls that carry ancillary data (io_uring is refused above; the i386 socketcall ABI is killed);
+    # send/sendto/write, which Python's sockets, asyncio and multiprocessing use, stay allowed.
+    "descriptor passing": ("sendmsg", "sendmmsg"),
     "host administration": ("kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
                             "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd"),
 }

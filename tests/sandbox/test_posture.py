@@ -103,7 +103,7 @@ def test_mounts(posture: dict) -> None:
         assert host_only not in seen
     assert posture["root"] == sorted(["bin", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr", "work"]
                                      + ([str(home).split("/")[1]] if not str(home).startswith("/usr") else []))
-    assert posture["dev"] == ["fd", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero"]
+    assert posture["dev"] == ["fd", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
 
 
 def test_descriptors_environment_and_network(posture: dict) -> None:
