@@ -56,6 +56,9 @@ class Worker:
         self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
         self.cancels = CancelWatch(services.runs, CANCEL_POLL_S)  # runs ended elsewhere (API cancel)
         self.beats = RunBeat(services.runs, self.settings)  # the runs carried here, for sweepers (runs/lost.py)
+        # run_id -> the job delivery this worker holds for a run it carries (a lapsed lease that comes back
+        # here is adopted: ``execute``)
+        self._leases: dict[str, Job] = {}
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -148,6 +151,18 @@ class Worker:
         if run is None or run.status in TERMINAL_STATUSES:
             await s.queue.ack(job)
             return
+        held = self._leases.get(run.id)
+        if held is not None:  # this worker carries the run (claimed it, runs it): never a lost worker's job
+            if held.receipt == job.receipt:
+                # Its own job came back: a heartbeat missed the visibility timeout (an event loop stalled, a
+                # slow queue). The run goes on here on this delivery (the old one's extends and requeues do
+                # nothing now), acked when the run ends.
+                log.warning("run %s: its job came back while this worker runs it (a heartbeat came too late); "
+                            "the run goes on", run.id)
+                self._leases[run.id] = job
+            else:  # a second job for it (Runtime.requeue_orphans): dropped
+                await s.queue.ack(job)
+            return
         emitter = RunEmitter(s.runs, s.events, run.tenant_id, run.id)
         if run.status != "queued" and job.attempts <= 1:
             # A job delivered for the first time, for a run already started: not a redelivery (a worker's
@@ -163,7 +178,8 @@ class Worker:
             await self._release(run)
             await s.queue.ack(job)
             return
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
+        self._leases[run.id] = job
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(run.id))
         self.beats.carry(run.id)
         ended = False
         state: dict[str, bool] = {}  # how far _execute got: "starting" (start_run sent), "started"
@@ -175,12 +191,13 @@ class Worker:
                 ended = await self._end_on_shutdown(run, emitter)
             elif not state.get("starting"):  # claimed, never started, nothing done: another worker runs it
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(s.queue.requeue(job), SHUTDOWN_END_S)
+                    await asyncio.wait_for(s.queue.requeue(self._leases.get(run.id, job)), SHUTDOWN_END_S)
             # else start_run was in flight: the job stays; its redelivery runs the run (still queued) or ends it
             raise
         finally:
             heartbeat.cancel()
             self.beats.drop(run.id)
+            job = self._leases.pop(run.id, job)  # the delivery held now (one that came back is adopted)
             await self._release(run)
             if ended:  # else the job stays: a run whose end could not be stored is ended by a later delivery
                 await s.queue.ack(job)
@@ -199,12 +216,14 @@ class Worker:
             return False
         return True
 
-    async def _heartbeat(self, job: Job) -> None:
+    async def _heartbeat(self, run_id: str) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)
         while True:
             await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                await self.s.queue.extend(job)
+            job = self._leases.get(run_id)
+            if job is not None:
+                with contextlib.suppress(Exception):
+                    await self.s.queue.extend(job)
 
     async def _release(self, run: Run) -> None:
         with contextlib.suppress(Exception):
