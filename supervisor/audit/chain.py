@@ -106,10 +106,8 @@ class Sealer:
 
     def _saw(self, head_hash: str, head_mac: str | None) -> None:
         """A chain head this node did not write itself: promote if the next key made it."""
-        if head_mac is None or self._next is None or self.promoted or not isinstance(head_mac, str):
-            return
-        if head_mac.isascii() and hmac.compare_digest(hmac.digest(self._next, head_hash.encode(), "sha256").hex(),
-                                                      head_mac):
+        if (not self.promoted and self._next is not None and isinstance(head_mac, str) and head_mac.isascii()
+                and self.key_index(head_hash, head_mac) == self.current_index + 1):
             self.promote()
 
     def for_tenant(self, tenant_id: str):

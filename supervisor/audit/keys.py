@@ -137,18 +137,20 @@ def _read_pem(path: Path, setting: str) -> bytes:
         raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
 
 
-def _public_key(data: bytes) -> Ed25519PublicKey | None:
-    """The Ed25519 public key of a PEM file's bytes (a public key, or an unencrypted private one), or None."""
-    if len(data) > _MAX_PEM:
-        return None
-    for load in (lambda d: serialization.load_pem_private_key(d, password=None).public_key(),
-                 serialization.load_pem_public_key):
-        try:
-            key = load(data)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            continue
-        return key if isinstance(key, Ed25519PublicKey) else None
-    return None
+def _pem_public_key(path: Path, setting: str) -> Ed25519PublicKey:
+    """The Ed25519 public key in a PEM file a setting names (a public key, or an unencrypted private one)."""
+    data = _read_pem(path, setting)
+    if len(data) <= _MAX_PEM:
+        for load in (lambda d: serialization.load_pem_private_key(d, password=None).public_key(),
+                     serialization.load_pem_public_key):
+            try:
+                key = load(data)
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                continue
+            if isinstance(key, Ed25519PublicKey):
+                return key
+            break
+    raise SettingsError(f"invalid setting {setting}: {path} is not an Ed25519 PEM key (public, or unencrypted private)")
 
 
 def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -183,13 +185,11 @@ def load_retired_signing_keys(settings: Settings, current: Ed25519PrivateKey) ->
     out: list[Ed25519PublicKey] = []
     seen = {key_id(current.public_key())}
     for path in settings.signing_key_files_retired:
-        bad = f"invalid setting STOCKADE_SIGNING_KEY_FILES_RETIRED: {path}"
-        key = _public_key(_read_pem(path, "STOCKADE_SIGNING_KEY_FILES_RETIRED"))
-        if key is None:
-            raise SettingsError(f"{bad} is not an Ed25519 PEM key (public, or unencrypted private)")
+        key = _pem_public_key(path, "STOCKADE_SIGNING_KEY_FILES_RETIRED")
         kid = key_id(key)
         if kid in seen:
-            raise SettingsError(f"{bad} is the current signing key or listed twice (key id {kid})")
+            raise SettingsError(f"invalid setting STOCKADE_SIGNING_KEY_FILES_RETIRED: {path} is the current signing "
+                                f"key or listed twice (key id {kid})")
         seen.add(kid)
         out.append(key)
     return out
@@ -202,13 +202,11 @@ def load_next_signing_key(settings: Settings, current: Ed25519PrivateKey,
     path = settings.signing_key_file_next
     if path is None:
         return None
-    bad = f"invalid setting STOCKADE_SIGNING_KEY_FILE_NEXT: {path}"
-    key = _public_key(_read_pem(path, "STOCKADE_SIGNING_KEY_FILE_NEXT"))
-    if key is None:
-        raise SettingsError(f"{bad} is not an Ed25519 PEM key (public, or unencrypted private)")
+    key = _pem_public_key(path, "STOCKADE_SIGNING_KEY_FILE_NEXT")
     kid = key_id(key)
     if kid in {key_id(current), *(key_id(k) for k in retired)}:
-        raise SettingsError(f"{bad} is the current signing key or a retired one (key id {kid})")
+        raise SettingsError(f"invalid setting STOCKADE_SIGNING_KEY_FILE_NEXT: {path} is the current signing key "
+                            f"or a retired one (key id {kid})")
     return key
 
 
