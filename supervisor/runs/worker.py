@@ -172,7 +172,13 @@ class Worker:
             await s.queue.ack(job)
             return
         if run.status != "queued":
-            # redelivered: the worker that held it died mid-run. Side effects may have happened: never re-run.
+            # redelivered: the lease of the worker that held it lapsed. Only late (alive) -> left to it; lost
+            # mid-run -> ended. Side effects may have happened: never re-run.
+            if await self._carried_elsewhere(run, job):
+                log.warning("run %s: its job came back, but its worker (%s) still carries it (a heartbeat came "
+                            "too late); the run goes on there", run.id, run.worker_id)
+                await s.queue.ack(job)
+                return
             await end_lost(s, run, "the run was interrupted: its worker was lost, or could not record it (store "
                                    "unavailable)", emitter)
             await self._release(run)
@@ -204,6 +210,28 @@ class Worker:
             self.started.pop(run.id, None)
             for forget in self.on_run_end:
                 forget(run.tenant_id, run.id)
+
+    async def _carried_elsewhere(self, run: Run, job: Job) -> bool:
+        """A redelivered job of a started run that this worker does not carry. Its lease lapsed, which does
+        not prove the run's worker dead: a stalled event loop or a slow queue makes a heartbeat late while
+        that worker still runs the run and still marks it seen (``RunBeat``, every visibility/3 s). So the
+        run's ``seen_at`` is watched for one visibility timeout, this delivery kept meanwhile (a third node
+        must not get it): marked again, or ended -> its worker lives (True; should it die later, the
+        sweepers of ``runs/lost.py`` end the run); unchanged -> that worker is lost (False)."""
+        s = self.s
+        first = await s.runs.last_seen(run.id)
+        if first is None:  # never seen (started before seen_at), or over already
+            return False
+        visibility = self.settings.queue_visibility_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + visibility
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(visibility / 6, left))
+            with contextlib.suppress(Exception):
+                await s.queue.extend(job)
+            if await s.runs.last_seen(run.id) != first:
+                return True
+        return False
 
     async def _end_on_shutdown(self, run: Run, emitter: RunEmitter) -> bool:
         """End a run whose worker stops under it, at once (as a lost run: it is never re-run). False if

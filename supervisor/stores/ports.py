@@ -100,6 +100,10 @@ class RunStore(Protocol):
         store's clock, with that ``seen_at``, oldest first. Runs never seen (started before the store
         had ``seen_at``) are left out."""
         ...
+    async def last_seen(self, run_id: str) -> float | None:  # workers: is a lapsed job's holder alive?
+        """This run's ``seen_at`` (any tenant) while it is running / waiting_approval; None once it has
+        ended, or if it was never seen."""
+        ...
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         """Append with the next gap-free per-run seq (1, 2, ...). Refuses after the terminal event."""
         ...

@@ -325,3 +325,10 @@ async def test_runs_carried_are_seen_and_the_rest_go_quiet(ctx):
     assert second[dropped.id] == first[dropped.id]
     assert all(second[i] > first[i] for i in (carried.id, waiting.id, theirs.id))
     assert list(second)[0] == dropped.id  # oldest first
+    # last_seen: one run's seen_at (any tenant) while it is carried; None once it ended, if it was never
+    # seen, or if there is no such run
+    for r in (carried, waiting, theirs, dropped):
+        assert await runs.last_seen(r.id) == second[r.id]
+    for r in (done, queued, unseen):
+        assert await runs.last_seen(r.id) is None
+    assert await runs.last_seen("run_unknown") is None

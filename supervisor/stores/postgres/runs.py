@@ -155,6 +155,10 @@ class PgRunStore:
             out.append((to_run(d), seen_at))
         return out
 
+    async def last_seen(self, run_id: str) -> float | None:
+        async with self._db.system_tx() as c:
+            return await c.fetchval(f"SELECT seen_at FROM runs WHERE id = $1 AND status IN {_CARRIED_SQL}", run_id)
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")

@@ -140,6 +140,10 @@ class SqliteRunStore:
             out.append((Run(**d), seen_at))
         return out
 
+    async def last_seen(self, run_id: str) -> float | None:
+        rows = self._db.query(f"SELECT seen_at FROM runs WHERE id = ? AND status IN {_CARRIED_SQL}", (run_id,))
+        return rows[0][0] if rows else None
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")

@@ -1,0 +1,83 @@
+"""A run whose job lease lapses goes on when the job is redelivered to *another* node (session 13).
+
+Session 12 fixed the case of a late heartbeat whose job came back to the very worker running the run.
+With two nodes the job can go to the other one instead, which took any redelivery of a started run for
+a lost worker's and ended the live run ``run.worker_lost``. Now that node first watches the run's
+``seen_at`` (marked by its worker every visibility/3 s) for one visibility timeout: marked again, the
+worker lives, and the job is dropped; the run goes on there. Should that worker die afterwards, nothing
+redelivers a job any more, and the sweepers end the run (``runs/lost.py``).
+
+Production stack only: the embedded queue lives in one process, so a job never reaches another node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import collect, start_node
+
+TICKER = Path(__file__).resolve().parent / "bundles" / "ticker"
+pytestmark = [pytest.mark.timeout(90)]
+
+
+@pytest.mark.parametrize("stack_kind", ["production"])
+@pytest.mark.parametrize("then", ["lives", "dies"])
+async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_config, stack_kind, then, caplog):
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
+    # one slot: once it runs the run, this node claims nothing more, so the job's redelivery goes to the other
+    a = await start_node(settings.model_copy(update={"worker_concurrency": 1}))
+    b = None
+    try:
+        tid, key = await a.tenant()
+        await a.rt.registry.register_dir(TICKER, tid)
+        late: list[int] = []
+
+        async def too_late(job):  # every heartbeat of node a misses the visibility timeout (a stalled loop)
+            late.append(job.attempts)
+
+        a.rt.services.queue.extend = too_late
+        c = a.client(key)
+        wait = 3.5 if then == "lives" else 60
+        r = await c.post("/v1/runs", json={"bundle": "ticker", "input": json.dumps({"wait": wait, "n": 2})})
+        assert r.status_code in (200, 201), r.text
+        run_id = r.json()["id"]
+        for _ in range(500):
+            if run_id in a.rt.worker.beats._carried:
+                break
+            await asyncio.sleep(0.01)
+        assert run_id in a.rt.worker.beats._carried
+        b = await start_node(settings, api=False, workers=True)
+        dropped = asyncio.Event()
+        ack = b.rt.services.queue.ack
+
+        async def acked(job):
+            await ack(job)
+            if job.run_id == run_id:
+                dropped.set()
+
+        b.rt.services.queue.ack = acked
+        with caplog.at_level(logging.WARNING, logger="stockade.worker"):
+            await asyncio.wait_for(dropped.wait(), 20)
+            assert "its worker (" in caplog.text and "still carries it" in caplog.text, caplog.text
+            if then == "dies":  # node a stops marking its runs (as a dead node would): the sweepers end the run
+                async def no_beat(run_ids):
+                    return None
+
+                a.rt.services.runs.beat_runs = no_beat
+            events = await asyncio.wait_for(collect(c, run_id), 40)
+        if then == "lives":
+            assert events[-1].event == "run.completed", events[-1]
+            assert not any(e.data.get("code") == "run.worker_lost" for e in events), events
+            assert await b.rt.services.queue.depth() == 0  # acked by the node that got it; nothing comes back
+        else:
+            assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost", events[-1]
+        assert [e.event for e in events].count("run.started") == 1
+    finally:
+        if b is not None:
+            await b.stop()
+        await a.stop()
