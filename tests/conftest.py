@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -129,19 +130,29 @@ async def limiter(request: pytest.FixtureRequest):
     await client.aclose()
 
 
-_SIGNALS = ("SIGINT", "SIGTERM")
+# What a process started in a terminal has: Python's KeyboardInterrupt handler, and the default for SIGTERM.
+# Not what this process found: a test run started in the background by a non-interactive shell (`cmd &` in a
+# script, as a CI job may be) inherits SIGINT *ignored*, and CPython then keeps it ignored - a Ctrl-C test saw
+# no KeyboardInterrupt and the command returned 0 (the clean-clone CI failure of session 12; found in
+# session 13, tests/test_signal_baseline_session13.py), and every child process would inherit the same.
+_OWN_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+
+def _put_back_own_handlers() -> None:
+    for sig, handler in _OWN_HANDLERS.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
+_put_back_own_handlers()
 
 
 @pytest.fixture(autouse=True)
 def _signal_handlers_kept():
-    """Every test leaves the process's SIGINT/SIGTERM handlers as it found them. An in-process uvicorn
-    server swaps them for its own while it serves and puts back what it found when it ends: one left
-    running, or servers stopped out of start order, left a server's handler behind, and a later test
-    of Ctrl-C (the CLI's) saw no KeyboardInterrupt. Put back here, whatever the test did."""
-    import signal
-
-    before = {name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS}
+    """Every test starts and ends with the process's own SIGINT/SIGTERM handlers (above). An in-process
+    uvicorn server swaps them for its own while it serves and puts back what it found when it ends: one
+    left running, or servers stopped out of start order, left a server's handler behind. Put back before
+    and after each test, whatever the test (or a module or session fixture between two tests) did."""
+    _put_back_own_handlers()
     yield
-    for name, handler in before.items():
-        if signal.getsignal(getattr(signal, name)) is not handler and handler is not None:
-            signal.signal(getattr(signal, name), handler)
+    _put_back_own_handlers()
