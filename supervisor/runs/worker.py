@@ -173,8 +173,9 @@ class Worker:
             return
         if run.status != "queued":
             # redelivered: the lease of the worker that held it lapsed. Only late (alive) -> left to it; lost
-            # mid-run -> ended. Side effects may have happened: never re-run.
-            if await self._carried_elsewhere(run, job):
+            # mid-run -> ended. Side effects may have happened: never re-run. A run this worker started and
+            # no longer carries (its end could not be stored) has no sandbox any more: ended at once.
+            if run.worker_id != self.worker_id and await self._carried_elsewhere(run, job):
                 log.warning("run %s: its job came back, but its worker (%s) still carries it (a heartbeat came "
                             "too late); the run goes on there", run.id, run.worker_id)
                 await s.queue.ack(job)
@@ -212,7 +213,7 @@ class Worker:
                 forget(run.tenant_id, run.id)
 
     async def _carried_elsewhere(self, run: Run, job: Job) -> bool:
-        """A redelivered job of a started run that this worker does not carry. Its lease lapsed, which does
+        """A redelivered job of a run another worker started. Its lease lapsed, which does
         not prove the run's worker dead: a stalled event loop or a slow queue makes a heartbeat late while
         that worker still runs the run and still marks it seen (``RunBeat``, every visibility/3 s). So the
         run's ``seen_at`` is watched for one visibility timeout, this delivery kept meanwhile (a third node

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.timeout(90)]
 async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_config, stack_kind, then, caplog):
     settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
     # one slot: once it runs the run, this node claims nothing more, so the job's redelivery goes to the other
-    a = await start_node(settings.model_copy(update={"worker_concurrency": 1}))
+    a = await start_node(settings.model_copy(update={"worker_concurrency": 1, "worker_id": "node-a"}))
     b = None
     try:
         tid, key = await a.tenant()
@@ -51,7 +51,7 @@ async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_con
                 break
             await asyncio.sleep(0.01)
         assert run_id in a.rt.worker.beats._carried
-        b = await start_node(settings, api=False, workers=True)
+        b = await start_node(settings.model_copy(update={"worker_id": "node-b"}), api=False, workers=True)
         dropped = asyncio.Event()
         ack = b.rt.services.queue.ack
 
