@@ -33,7 +33,7 @@ from supervisor.chain.approval import withdraw_run
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.stores.records import Event, Run
 
-__all__ = ["AbandonedRuns", "RunBeat", "end_lost"]
+__all__ = ["AbandonedRuns", "RunBeat", "end_lost", "holder_alive"]
 
 log = logging.getLogger("stockade.worker")
 
@@ -55,6 +55,28 @@ async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | 
                                           **fields)
     await _remove_run_dir(services, run.id)
     return ended
+
+
+async def holder_alive(services: Any, run: Run, job: Any) -> bool:
+    """A redelivered job of a run another worker started. Its lease lapsed, which does not prove the run's
+    worker dead: a stalled event loop or a slow queue makes a heartbeat late while that worker still runs
+    the run and still marks it seen (``RunBeat``, every visibility/3 s). So the run's ``seen_at`` is watched
+    for one visibility timeout, the delivery kept meanwhile (a third node must not get it): marked again, or
+    ended -> its worker lives (True; should it die later, the sweepers below end the run); unchanged ->
+    that worker is lost (False)."""
+    first = await services.runs.last_seen(run.id)
+    if first is None:  # never seen (started before seen_at), or over already
+        return False
+    visibility = services.settings.queue_visibility_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + visibility
+    while (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(visibility / 6, left))
+        with contextlib.suppress(Exception):
+            await services.queue.extend(job)
+        if await services.runs.last_seen(run.id) != first:
+            return True
+    return False
 
 
 async def _remove_run_dir(services: Any, run_id: str) -> None:

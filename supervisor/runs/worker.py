@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sandbox.errors import SandboxError
@@ -21,7 +23,7 @@ from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
-from supervisor.runs.lost import RunBeat, end_lost
+from supervisor.runs.lost import RunBeat, end_lost, holder_alive
 from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
@@ -59,6 +61,7 @@ class Worker:
         # run_id -> the job delivery this worker holds for a run it carries (a lapsed lease that comes back
         # here is adopted: ``execute``)
         self._leases: dict[str, Job] = {}
+        self._watches: set[asyncio.Task] = set()  # redelivered jobs of other workers' runs, being judged
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -102,16 +105,18 @@ class Worker:
         self._slots.release()
 
     async def drain(self) -> None:
-        for t in list(self._tasks):
+        tasks = self._tasks | self._watches
+        for t in tasks:
             t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         await self.cancels.close()
         await self.beats.close()
 
-    async def _guarded(self, job: Job) -> None:
+    async def _guarded(self, job: Job, work: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``execute(job)`` (or ``work``, for that job), its failures handled: the job retried or given up."""
         try:
-            await self.execute(job)
+            await (work() if work is not None else self.execute(job))
         except asyncio.CancelledError:
             raise
         except StockadeError as exc:
@@ -175,15 +180,14 @@ class Worker:
             # redelivered: the lease of the worker that held it lapsed. Only late (alive) -> left to it; lost
             # mid-run -> ended. Side effects may have happened: never re-run. A run this worker started and
             # no longer carries (its end could not be stored) has no sandbox any more: ended at once.
-            if run.worker_id != self.worker_id and await self._carried_elsewhere(run, job):
-                log.warning("run %s: its job came back, but its worker (%s) still carries it (a heartbeat came "
-                            "too late); the run goes on there", run.id, run.worker_id)
-                await s.queue.ack(job)
-                return
-            await end_lost(s, run, "the run was interrupted: its worker was lost, or could not record it (store "
-                                   "unavailable)", emitter)
-            await self._release(run)
-            await s.queue.ack(job)
+            if run.worker_id == self.worker_id:
+                return await self._end_lapsed(run, job, emitter)
+            # judged beside this worker's runs, not in a run slot: a node that stalls can hand every other
+            # node many such jobs at once, each watched for up to one visibility timeout
+            watch = asyncio.get_running_loop().create_task(
+                self._guarded(job, functools.partial(self._judge_lapsed, run, job, emitter)))
+            self._watches.add(watch)
+            watch.add_done_callback(self._watches.discard)
             return
         self._leases[run.id] = job
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(run.id))
@@ -212,27 +216,19 @@ class Worker:
             for forget in self.on_run_end:
                 forget(run.tenant_id, run.id)
 
-    async def _carried_elsewhere(self, run: Run, job: Job) -> bool:
-        """A redelivered job of a run another worker started. Its lease lapsed, which does
-        not prove the run's worker dead: a stalled event loop or a slow queue makes a heartbeat late while
-        that worker still runs the run and still marks it seen (``RunBeat``, every visibility/3 s). So the
-        run's ``seen_at`` is watched for one visibility timeout, this delivery kept meanwhile (a third node
-        must not get it): marked again, or ended -> its worker lives (True; should it die later, the
-        sweepers of ``runs/lost.py`` end the run); unchanged -> that worker is lost (False)."""
-        s = self.s
-        first = await s.runs.last_seen(run.id)
-        if first is None:  # never seen (started before seen_at), or over already
-            return False
-        visibility = self.settings.queue_visibility_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + visibility
-        while (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(visibility / 6, left))
-            with contextlib.suppress(Exception):
-                await s.queue.extend(job)
-            if await s.runs.last_seen(run.id) != first:
-                return True
-        return False
+    async def _judge_lapsed(self, run: Run, job: Job, emitter: RunEmitter) -> None:
+        if await holder_alive(self.s, run, job):
+            log.warning("run %s: its job came back, but its worker (%s) still carries it (a heartbeat came too "
+                        "late); the run goes on there", run.id, run.worker_id)
+            await self.s.queue.ack(job)
+            return
+        await self._end_lapsed(run, job, emitter)
+
+    async def _end_lapsed(self, run: Run, job: Job, emitter: RunEmitter) -> None:
+        await end_lost(self.s, run, "the run was interrupted: its worker was lost, or could not record it (store "
+                                    "unavailable)", emitter)
+        await self._release(run)
+        await self.s.queue.ack(job)
 
     async def _end_on_shutdown(self, run: Run, emitter: RunEmitter) -> bool:
         """End a run whose worker stops under it, at once (as a lost run: it is never re-run). False if

@@ -81,3 +81,57 @@ async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_con
         if b is not None:
             await b.stop()
         await a.stop()
+
+
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_judging_a_redelivered_job_holds_no_run_slot(node_config, stack_kind):
+    """Node b (one run slot) watches a redelivered job of node a's run for its visibility timeout (3 s): a
+    node that stalls can hand the others many such jobs at once, and watching them in run slots would stop
+    those nodes running anything meanwhile. A run posted while the watch goes on runs on b at once; node a,
+    which stopped marking its run, then has it ended as lost by b's watch."""
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0, "sweep_interval_s": 600.0})
+    a = await start_node(settings.model_copy(update={"worker_concurrency": 1, "worker_id": "node-a"}))
+    b = None
+    try:
+        tid, key = await a.tenant()
+        await a.rt.registry.register_dir(TICKER, tid)
+
+        async def too_late(job):
+            return None
+
+        async def no_beat(run_ids):  # node a is as good as dead: no heartbeat, no mark
+            return None
+
+        a.rt.services.queue.extend = too_late
+        a.rt.services.runs.beat_runs = no_beat
+        c = a.client(key)
+        r = await c.post("/v1/runs", json={"bundle": "ticker", "input": json.dumps({"wait": 60, "n": 1})})
+        stuck = r.json()["id"]
+        for _ in range(500):
+            if stuck in a.rt.worker.beats._carried:
+                break
+            await asyncio.sleep(0.01)
+        b = await start_node(settings.model_copy(update={"worker_id": "node-b", "worker_concurrency": 1,
+                                                         "queue_visibility_s": 3.0}), api=False, workers=True)
+        watching = asyncio.Event()
+        last_seen = b.rt.services.runs.last_seen
+
+        async def seen(run_id):
+            if run_id == stuck:
+                watching.set()
+            return await last_seen(run_id)
+
+        b.rt.services.runs.last_seen = seen
+        await asyncio.wait_for(watching.wait(), 20)
+        r = await c.post("/v1/runs", json={"bundle": "ticker", "input": json.dumps({"n": 2})})
+        other = r.json()["id"]
+        events = await asyncio.wait_for(collect(c, other), 20)
+        assert events[-1].event == "run.completed", events[-1]
+        assert (await a.rt.services.runs.get_run_any_tenant(other)).worker_id == "node-b"
+        assert (await a.rt.services.runs.get_run_any_tenant(stuck)).status == "running"  # still being judged
+        events = await asyncio.wait_for(collect(c, stuck), 20)
+        assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost", events[-1]
+    finally:
+        if b is not None:
+            await b.stop()
+        await a.stop()
