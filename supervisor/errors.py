@@ -7,10 +7,12 @@ SSE ``run.failed`` / ``tool.result`` events and into problem+json bodies.
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ERRORS", "ErrorSpec", "StockadeError", "spec_for"]
+__all__ = ["ERRORS", "ErrorSpec", "StockadeError", "log_failure", "spec_for"]
 
 
 @dataclass(frozen=True)
@@ -153,3 +155,15 @@ _OPERATOR_DETAIL = {
     "store.misconfigured": "The store is misconfigured; the operator can see why in the server log.",
     "audit.unavailable": "The audit log cannot be reached right now; try again later.",  # wraps store.unavailable
 }
+
+
+def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
+    """Log the exception being handled, at WARNING: an outage (a ``StockadeError`` whose code ends in
+    ``.unavailable``: the store, the bus or the ledger away) in one line, its cause named; anything else
+    with its traceback, which says where the bug is. (A node that cannot reach Redis for a while - a
+    restart, a VM pause - must not fill its log with tracebacks that look like crashes.)"""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, StockadeError) and exc.code.endswith(".unavailable"):
+        logger.warning(message + ": %s", *args, exc)
+    else:
+        logger.warning(message, *args, exc_info=True)

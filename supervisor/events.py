@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from supervisor.errors import log_failure
 from supervisor.storable import scrub_nul
 from supervisor.stores.ports import EventBus, RunStore
 from supervisor.stores.records import Event
@@ -117,7 +118,7 @@ class RunEmitter:
         try:
             await self._bus.publish(event)
         except Exception:  # the durable copy is written; tailers fall back to the store
-            log.warning("event bus publish failed for %s seq %s", event.run_id, event.seq, exc_info=True)
+            log_failure(log, "event bus publish failed for %s seq %s", event.run_id, event.seq)
 
 
 async def finish_run_anywhere(
@@ -130,5 +131,5 @@ async def finish_run_anywhere(
         try:
             await bus.publish(event)
         except Exception:
-            log.warning("event bus publish failed for %s", run_id, exc_info=True)
+            log_failure(log, "event bus publish failed for %s", run_id)
     return event

@@ -25,7 +25,7 @@ from supervisor.audit.keys import (
 )
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
-from supervisor.errors import StockadeError
+from supervisor.errors import StockadeError, log_failure
 from supervisor.factory import open_services
 from supervisor.services import Services
 from supervisor.settings import Settings
@@ -126,13 +126,13 @@ class Runtime:
                 try:
                     await step(*args)
                 except Exception:
-                    log.warning("sweep of %s failed", name, exc_info=True)
+                    log_failure(log, "sweep of %s failed", name)
             try:  # together: a run counts as abandoned only after consecutive sweeps that saw the whole queue
                 await self.requeue_orphans(now)
                 await self.end_abandoned_runs()
             except Exception:
                 self.abandoned.forget()  # its watch needs consecutive successful sweeps
-                log.warning("sweep of queued and abandoned runs failed", exc_info=True)
+                log_failure(log, "sweep of queued and abandoned runs failed")
 
     async def prune_idempotency_keys(self, now: float) -> int:
         """Drop tool-call idempotency keys past ``idempotency_ttl_s`` (each holds its result, replayed to

@@ -28,7 +28,7 @@ from typing import Any
 
 from supervisor.budget import MAX_MICRO, CostEstimate, estimate_cost, micro_to_usd, scopes_for
 from supervisor.chain.base import CallState, Next, emit_while_running
-from supervisor.errors import StockadeError
+from supervisor.errors import StockadeError, log_failure
 
 __all__ = ["BudgetInterceptor"]
 
@@ -199,7 +199,7 @@ class BudgetInterceptor:
         try:
             await emit_while_running(call, type_, data)
         except Exception:  # an event that cannot be sent must not undo a settled call
-            log.warning("could not emit %s for run %s", type_, call.binding.run_id, exc_info=True)
+            log_failure(log, "could not emit %s for run %s", type_, call.binding.run_id)
 
     # --- lifecycle
 
