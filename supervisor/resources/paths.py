@@ -8,7 +8,7 @@ A key is a relative POSIX path chosen by bundle code (untrusted). The rules:
   following symlinks (``Path.resolve``) is not inside the root;
 - refused as malformed (``input.invalid``): empty keys, NUL and other control
   characters, lone surrogates (they would reach the file system as raw bytes:
-  ``caf\udcc3\udca9`` is the file ``café`` under another name), keys over 1024
+  ``caf\\udcc3\\udca9`` is the file ``café`` under another name), keys over 1024
   characters, a component over 255 bytes, or a resolved path over the
   file system's ``PATH_MAX``;
 - normalised: ``.`` components and repeated slashes are dropped

@@ -28,7 +28,7 @@ _MAX_STOP_REASON = 64
 
 
 def clean_text(text: str) -> str:
-    """``text`` with lone surrogates (JSON ``"\ud800"``) replaced by U+FFFD: they cannot be encoded as
+    """``text`` with lone surrogates (JSON ``"\\ud800"``) replaced by U+FFFD: they cannot be encoded as
     UTF-8, so no store, stream or socket frame could carry them."""
     try:
         text.encode("utf-8")
