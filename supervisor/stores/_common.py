@@ -22,12 +22,13 @@ from supervisor.stores.records import (
     IdempotencyEntry,
     Run,
 )
+from supervisor.wire import MAX_DEPTH, nests_deeper
 
 __all__ = [
     "APIKEY_COLS", "APPROVAL_COLS", "APPROVAL_DECISIONS", "APPROVAL_STATUSES", "AUDIT_COLS", "GENESIS_HASH", "bundle_dict",
     "HISTORY_RUN_BYTES",
     "IDEM_COLS", "RUN_COLS", "UPDATABLE_RUN_FIELDS", "audit_record", "check_limit", "check_name", "check_new_run_status",
-    "check_run_fields", "decision_outcome", "dumps", "load_audit_detail", "normalize_audit_fields",
+    "check_run_fields", "decision_outcome", "dump_audit_detail", "dumps", "load_audit_detail", "normalize_audit_fields",
 ]
 
 
@@ -86,11 +87,33 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a lone one decodes to a str no UTF-8 encoder takes
 
+# How deep an audit detail may nest. Deeper than anything the supervisor puts there (what a bundle sends nests
+# at most wire.MAX_DEPTH levels), and shallower than the API can answer with: pydantic-core serialises at most
+# 255 levels, the response's own included. Without a bound of our own, what was readable depended on the
+# interpreter's JSON parser (about 1,000 levels on Python 3.11, several thousand on 3.13): a detail a database
+# writer nested 300 deep took GET /v1/audit down (500) on every Python, one 3,000 deep only on 3.13.
+MAX_DETAIL_DEPTH = MAX_DEPTH + 64
+
+
+def _too_deep(text: str, value: Any) -> bool:
+    """``value`` (decoded from ``text``) nests deeper than MAX_DETAIL_DEPTH; two C scans of ``text`` first, so
+    an ordinary detail costs next to nothing."""
+    return text.count("[") + text.count("{") > MAX_DETAIL_DEPTH and nests_deeper(value, MAX_DETAIL_DEPTH)
+
+
+def dump_audit_detail(detail: Any) -> str:
+    """The detail column's JSON; ``input.invalid`` for a detail nested deeper than a reader could take back
+    (the recorder turns it into ``audit.unavailable``: the action it records does not run)."""
+    text = dumps(detail, "audit detail")
+    if _too_deep(text, detail):
+        raise StockadeError("input.invalid", f"audit detail nested deeper than {MAX_DETAIL_DEPTH} levels")
+    return text
+
 
 def load_audit_detail(text: Any) -> Any:
     """An audit record's detail as read from its column: the JSON the supervisor wrote, or - for what it
-    cannot have written (not JSON, NaN/Infinity, 1e400, a duplicate key, a lone surrogate, nesting or an
-    integer too long for the parser: a database writer's hand) - the stored text itself. That record then
+    cannot have written (not JSON, NaN/Infinity, 1e400, a duplicate key, a lone surrogate, nesting deeper than
+    MAX_DETAIL_DEPTH or an integer too long for the parser: a database writer's hand) - the stored text itself. That record then
     fails its hash and ``audit verify`` names it, instead of every reader of the log (the verifier,
     ``GET /v1/audit``, receipts) failing on it."""
     try:
@@ -99,7 +122,7 @@ def load_audit_detail(text: Any) -> Any:
             _ENCODER.encode(value).encode()
     except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
         return text
-    return value
+    return text if _too_deep(text, value) else value
 
 
 def audit_record(row: dict[str, Any]) -> AuditRecord:

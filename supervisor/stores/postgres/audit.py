@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import AUDIT_COLS, GENESIS_HASH, dumps, normalize_audit_fields
+from supervisor.stores._common import AUDIT_COLS, GENESIS_HASH, dump_audit_detail, normalize_audit_fields
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.postgres._rows import to_audit
 from supervisor.stores.postgres.db import PgDB
@@ -111,7 +111,7 @@ class PgAuditLog:
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
         f["detail"] = as_jsonb_returns(f["detail"])  # sealed as it will be read back, or it would not verify
-        detail_json = dumps(f["detail"], "audit detail")
+        detail_json = dump_audit_detail(f["detail"])
         async with _audit_errors(), self._lock(tenant_id):
             seq, prev_hash = self._heads.get(tenant_id, (0, GENESIS_HASH))
             prev_mac: str | None = None  # the head's MAC, once it is a head another process wrote

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import AUDIT_COLS, GENESIS_HASH, dumps, normalize_audit_fields
+from supervisor.stores._common import AUDIT_COLS, GENESIS_HASH, dump_audit_detail, normalize_audit_fields
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.records import AuditRecord
 from supervisor.stores.sqlite._rows import to_audit
@@ -65,7 +65,7 @@ class SqliteAuditLog:
         self, tenant_id: str, fields: dict[str, Any], seal: Callable[[str, int, dict[str, Any], str | None], tuple[str, str]]
     ) -> AuditRecord:
         f = normalize_audit_fields(fields, time.time())
-        detail_json = dumps(f["detail"], "audit detail")
+        detail_json = dump_audit_detail(f["detail"])
         db = self._db
 
         def insert(c: sqlite3.Connection) -> AuditRecord:
