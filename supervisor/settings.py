@@ -18,6 +18,8 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _EnvDecodeError
 
+from supervisor.fspath import resolve
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 
@@ -160,8 +162,8 @@ class Settings(BaseSettings):
     def _absolute(cls, v: Path | None) -> Path | None:
         # resolved once, here: sandboxes bind these paths, and bwrap needs them absolute
         try:
-            return None if v is None else v.expanduser().resolve()
-        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13), "~nobody"
+            return None if v is None else resolve(v.expanduser())
+        except (RuntimeError, OSError) as exc:  # a symlink loop (supervisor.fspath), "~nobody"
             raise ValueError(f"cannot resolve {v}: {exc}") from None
 
     @field_validator("data_dir")
@@ -212,7 +214,7 @@ class Settings(BaseSettings):
             if not isinstance(f, (str, Path)):
                 raise ValueError("must be PEM file paths")
             try:  # resolved once, as signing_key_file; read (and refused if no key) where the keys are loaded
-                path = Path(f).expanduser().resolve()
+                path = resolve(Path(f).expanduser())
             except (RuntimeError, OSError) as exc:
                 raise ValueError(f"cannot resolve {f}: {exc}") from None
             if path.exists() and not path.is_file():

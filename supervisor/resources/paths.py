@@ -28,6 +28,7 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 
 from supervisor.errors import StockadeError
+from supervisor.fspath import resolve
 
 __all__ = [
     "MAX_COMPONENT_BYTES", "MAX_KEY_CHARS", "check_segment", "resolve_storage_path", "split_storage_key",
@@ -75,8 +76,8 @@ def resolve_storage_path(root: Path, raw: str, *, allow_root: bool = False) -> P
     """
     parts = split_storage_key(raw, allow_root=allow_root)
     try:
-        real_root = Path(root).resolve(strict=False)
-        target = real_root.joinpath(*parts).resolve(strict=False)
+        real_root = resolve(Path(root))
+        target = resolve(real_root.joinpath(*parts))
         size = len(os.fsencode(target))
     except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, unreadable component
         raise StockadeError("storage.escape", f"storage path cannot be resolved safely ({exc.__class__.__name__})") from None

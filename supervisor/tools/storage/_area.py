@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.errors import StockadeError
+from supervisor.fspath import resolve
 from supervisor.resources.paths import check_segment, resolve_storage_path
 
 __all__ = ["DIR_BYTES", "FILE_BYTES", "MAX_VERSIONS", "Located", "TenantArea", "charged"]
@@ -72,14 +73,14 @@ class Located:
 
 class TenantArea:
     def __init__(self, data_dir: Path, tenant_id: str, quota_bytes: int) -> None:
-        self.base = (Path(data_dir) / "storage").resolve() / check_segment(tenant_id, "tenant id")
+        self.base = resolve(Path(data_dir) / "storage") / check_segment(tenant_id, "tenant id")
         self.quota_bytes = quota_bytes
 
     # ------------------------------------------------------------------ resolution
 
     def locate(self, scope: str, raw: str, *, allow_root: bool = False) -> Located:
         expected = self.base.joinpath(*scope.split("/"))
-        real = expected.resolve(strict=False)
+        real = resolve(expected)
         if real != expected:  # a planted symlink at the tenant or scope level
             raise StockadeError("storage.escape", "the storage scope directory is a link")
         target = resolve_storage_path(expected, raw, allow_root=allow_root)
