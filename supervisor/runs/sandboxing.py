@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 import shutil
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from sandbox.spec import Limits, SandboxSpec
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 
-__all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "make_run_dirs", "sandbox_python",
+__all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "listen_run_socket", "make_run_dirs", "sandbox_python",
            "sweep_dead_slots"]
 
 RUNTIME_DIR = Path(_runtime_pkg.__file__).resolve().parent
@@ -128,6 +131,25 @@ def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | N
         RunDirs(root=root, work=root, sock_dir=root, held=lock).remove()
         raise
     return RunDirs(root=root, work=work, sock_dir=sock, held=lock)
+
+
+# Python 3.13's unix servers remove their socket file when closed. The run's server closes once its sandbox has
+# connected, and the file stays, as on 3.11 and 3.12: whoever connects later (the bundle, an outsider) is refused
+# by the kernel, the same on every Python (README: an outsider gets nothing from a run's socket).
+_KEEP_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+
+
+async def listen_run_socket(
+    on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], dirs: RunDirs,
+    settings: Settings, uid: int | None, gid: int | None,
+) -> asyncio.AbstractServer:
+    """The run's Unix socket, listening; readable and writable by the run's uid only."""
+    server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
+                                             limit=settings.sandbox_max_frame_bytes + 16, **_KEEP_SOCKET_FILE)
+    os.chmod(dirs.socket_path, 0o600)
+    if uid is not None and os.geteuid() == 0:
+        os.chown(dirs.socket_path, uid, gid if gid is not None else uid)
+    return server
 
 
 def _narrow(m: dict[str, Any], key: str, default: float) -> Any:

@@ -31,7 +31,7 @@ from sandbox.launcher import launch
 from supervisor.errors import StockadeError
 from supervisor.ids import new_id
 from supervisor.peer import verify_peer
-from supervisor.runs.sandboxing import RunDirs, build_spec, limits_for, make_run_dirs
+from supervisor.runs.sandboxing import RunDirs, build_spec, limits_for, listen_run_socket, make_run_dirs
 from supervisor.wire import HEADER, decode_body
 
 __all__ = ["WarmPool", "WarmSlot", "copy_bundle"]
@@ -155,11 +155,7 @@ class WarmPool:
                 return
             conn.set_result((reader, writer, peer))
 
-        server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
-                                                 limit=s.sandbox_max_frame_bytes + 16)
-        os.chmod(dirs.socket_path, 0o600)
-        if uid is not None and os.geteuid() == 0:
-            os.chown(dirs.socket_path, uid, gid if gid is not None else uid)
+        server = await listen_run_socket(on_connect, dirs, s, uid, gid)
         limits = _with_wall(self.default_limits, s.run_timeout_max_s + IDLE_MAX_S + 5.0)
         try:
             spec = build_spec(s, dirs, bundle_dir, {}, limits, uid, gid)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
 from supervisor.runs.lost import RunBeat, end_lost, holder_alive
-from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, make_run_dirs
+from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, listen_run_socket, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
 from supervisor.stores.records import TERMINAL_STATUSES, Job, Run
@@ -365,11 +364,7 @@ class Worker:
 
                 warm_task = asyncio.get_running_loop().create_task(serve_warm())
             else:
-                server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
-                                                         limit=self.settings.sandbox_max_frame_bytes + 16)
-                os.chmod(dirs.socket_path, 0o600)
-                if uid is not None and os.geteuid() == 0:
-                    os.chown(dirs.socket_path, uid, gid)
+                server = await listen_run_socket(on_connect, dirs, self.settings, uid, gid)
                 try:
                     spec = build_spec(self.settings, dirs, version.path, {}, limits, uid, gid)
                     proc = await launch(spec, bwrap=self.settings.sandbox_bwrap)
