@@ -147,6 +147,17 @@ def _check_decoded_segments(path: str) -> None:
                 raise _bad("an encoded slash hides a '..' segment")
 
 
+def _ipv6_text(ip: ipaddress.IPv6Address) -> str:
+    """Compressed hex (``::ffff:7f00:1``) on every Python. From 3.13 ``ipaddress`` writes an IPv4-mapped address
+    with a dotted quad (``::ffff:127.0.0.1``); the canonical text - what policies match, what the audit
+    records - must not depend on the interpreter a node runs on."""
+    v4 = ip.ipv4_mapped
+    if v4 is None:
+        return ip.compressed
+    n = int(v4)
+    return f"::ffff:{n >> 16:x}:{n & 0xFFFF:x}"
+
+
 def _normalize_host(raw_host: str) -> str:
     if not raw_host:
         raise _bad("the host is empty")
@@ -157,7 +168,7 @@ def _normalize_host(raw_host: str) -> str:
         ip = parse_host_ip(inner.replace("%25", "%"))
         if not isinstance(ip, ipaddress.IPv6Address):
             raise _bad("brackets must hold an IPv6 address")
-        return ip.compressed  # a zone id (``%25eth0``) is dropped: it means nothing to egress
+        return _ipv6_text(ip)  # a zone id (``%25eth0``) is dropped: it means nothing to egress
     if "%" in raw_host:
         raise _bad("percent-encoded host names are not accepted")
     host = raw_host

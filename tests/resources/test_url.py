@@ -36,7 +36,11 @@ from supervisor.resources.url import normalize_url
     ("https://example。com/", "https://example.com/"),
     ("http://2130706433/", "http://127.0.0.1/"),
     ("http://0x7f.1:8080", "http://127.0.0.1:8080/"),
-    ("http://[::FFFF:127.0.0.1]/", "http://[::ffff:7f00:1]/"),
+    ("http://[::FFFF:127.0.0.1]/", "http://[::ffff:7f00:1]/"),  # the same text on 3.13 (which writes a dotted quad)
+    ("http://[::ffff:0.0.0.0]/", "http://[::ffff:0:0]/"),
+    ("http://[::ffff:0:1]/", "http://[::ffff:0:1]/"),
+    ("http://[::ffff:ffff:ffff]/", "http://[::ffff:ffff:ffff]/"),
+    ("http://[::127.0.0.1]/", "http://[::7f00:1]/"),
     ("http://[0:0:0:0:0:0:0:1]:80/", "http://[::1]/"),
     ("http://[fe80::1%25eth0]/", "http://[fe80::1]/"),
     ("http://１２７.０.０.１/", "http://127.0.0.1/"),
