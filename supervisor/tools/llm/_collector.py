@@ -17,6 +17,7 @@ from supervisor.tools.base import ToolContext
 from supervisor.tools.llm._failures import AnswerTooBig
 from supervisor.tools.llm._tokens import as_count, estimate_tokens
 from supervisor.tools.llm.args import MAX_TOOL_CALLS
+from supervisor.wire import MAX_DEPTH, nests_deeper
 
 __all__ = ["Collector", "clean_text"]
 
@@ -25,6 +26,10 @@ __all__ = ["Collector", "clean_text"]
 _OVERRUN_FACTOR = 2
 _OVERRUN_SLACK = 1024
 _MAX_STOP_REASON = 64
+# Tool-call arguments nested deeper than this are handed over as the text the model wrote: decoded, they could
+# not go back to the bundle (a reply frame wraps them in 5 levels; the SDK refuses frames past its parser), and
+# how deep a parser goes depends on the Python (about 1,000 levels on 3.11, several thousand on 3.13).
+ARGS_MAX_DEPTH = MAX_DEPTH - 8
 
 
 def clean_text(text: str) -> str:
@@ -119,10 +124,14 @@ class Collector:
     def tool_calls(self) -> list[dict[str, Any]]:
         out = []
         for acc in self.calls.values():
+            text = acc.arguments
             try:
-                args: Any = json.loads(acc.arguments) if acc.arguments.strip() else {}
+                args: Any = json.loads(text) if text.strip() else {}
             except (ValueError, RecursionError):  # nested past the decoder's limit: RecursionError, no ValueError
-                args = acc.arguments  # the model wrote broken JSON: hand it over as it is
+                args = text  # the model wrote broken JSON: hand it over as it is
+            else:
+                if text.count("[") + text.count("{") > ARGS_MAX_DEPTH and nests_deeper(args, ARGS_MAX_DEPTH):
+                    args = text
             out.append({"id": acc.id, "name": acc.name, "arguments": args})
         return out
 
