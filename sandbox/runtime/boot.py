@@ -8,6 +8,7 @@ the outcome in a ``done`` frame, then ends the process at once. Standard library
 import asyncio
 import builtins
 import importlib.util
+import inspect  # loaded by asyncio already: no cost to the sandbox start
 import os
 import re
 import sys
@@ -93,7 +94,7 @@ def _load_main(entrypoint: str):
     sys.modules["__bundle_main__"] = module
     spec.loader.exec_module(module)
     main = getattr(module, "main", None)
-    if main is None or not asyncio.iscoroutinefunction(main):
+    if main is None or not inspect.iscoroutinefunction(main):  # asyncio.iscoroutinefunction: deprecated in 3.14
         raise TypeError(f"{entrypoint} must define `async def main(ctx)`")
     return main
 

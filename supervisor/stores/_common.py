@@ -112,10 +112,10 @@ def dump_audit_detail(detail: Any) -> str:
 
 def load_audit_detail(text: Any) -> Any:
     """An audit record's detail as read from its column: the JSON the supervisor wrote, or - for what it
-    cannot have written (not JSON, NaN/Infinity, 1e400, a duplicate key, a lone surrogate, nesting deeper than
-    MAX_DETAIL_DEPTH or an integer too long for the parser: a database writer's hand) - the stored text itself. That record then
-    fails its hash and ``audit verify`` names it, instead of every reader of the log (the verifier,
-    ``GET /v1/audit``, receipts) failing on it."""
+    cannot have written (not JSON, NaN/Infinity, 1e400, a duplicate key, a lone surrogate, nesting deeper
+    than MAX_DETAIL_DEPTH or an integer too long for the parser: a database writer's hand) - the stored text
+    itself. That record then fails its hash and ``audit verify`` names it, instead of every reader of the log
+    (the verifier, ``GET /v1/audit``, receipts) failing on it."""
     try:
         value = json.loads(text, parse_float=_finite, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
         if _SURROGATE_ESCAPE.search(text):
