@@ -39,3 +39,14 @@ def test_the_check_sees_one():
     tree = ast.parse('"""caf\\udcc3"""\n')
     assert _lone_surrogates(ast.get_docstring(tree, clean=False))
     assert not _lone_surrogates(ast.get_docstring(ast.parse('"""caf\\\\udcc3"""\n'), clean=False))
+
+
+def test_sqlite_statements_use_no_numbered_placeholders():
+    """``?1`` with a sequence of parameters: deprecated since Python 3.12 (a warning on every approval decision of the
+    embedded stack), an error (sqlite3.ProgrammingError) from 3.14. Named parameters (``:name``) with a dict instead."""
+    import re
+
+    numbered = re.compile(r"\?\d")
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "supervisor").rglob("*.py"))
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if numbered.search(line)]
+    assert bad == [], bad

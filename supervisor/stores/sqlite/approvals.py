@@ -31,13 +31,13 @@ __all__ = ["SqliteApprovalStore"]
 
 # Past due, a decision other than "expired" turns into "expired" (decided_by/reason dropped).
 _DECIDE = f"""UPDATE approvals SET
-    status = CASE WHEN ?1 <> 'expired' AND expires_at <= ?2 THEN 'expired' ELSE ?1 END,
-    decided_by = CASE WHEN ?1 <> 'expired' AND expires_at <= ?2 THEN NULL ELSE ?3 END,
-    decision_reason = CASE WHEN ?1 <> 'expired' AND expires_at <= ?2 THEN NULL ELSE ?4 END,
-    decided_at = ?2,
-    votes = CASE WHEN ?7 IS NULL OR (?1 <> 'expired' AND expires_at <= ?2) THEN votes
-                 ELSE json_insert(votes, '$[#]', json(?7)) END
-  WHERE tenant_id = ?5 AND id = ?6 AND status = 'pending'
+    status = CASE WHEN :status <> 'expired' AND expires_at <= :now THEN 'expired' ELSE :status END,
+    decided_by = CASE WHEN :status <> 'expired' AND expires_at <= :now THEN NULL ELSE :decided_by END,
+    decision_reason = CASE WHEN :status <> 'expired' AND expires_at <= :now THEN NULL ELSE :reason END,
+    decided_at = :now,
+    votes = CASE WHEN :vote IS NULL OR (:status <> 'expired' AND expires_at <= :now) THEN votes
+                 ELSE json_insert(votes, '$[#]', json(:vote)) END
+  WHERE tenant_id = :tenant_id AND id = :approval_id AND status = 'pending'
   RETURNING {APPROVAL_COLS}"""
 
 
@@ -108,7 +108,8 @@ class SqliteApprovalStore:
         vote = decision_vote(status, decided_by, user_id, reason, now)
         existed = None
         with self._db.tx() as c:
-            row = c.execute(_DECIDE, (status, now, decided_by, reason, tenant_id, approval_id, vote)).fetchone()
+            row = c.execute(_DECIDE, {"status": status, "now": now, "decided_by": decided_by, "reason": reason,
+                                   "tenant_id": tenant_id, "approval_id": approval_id, "vote": vote}).fetchone()
             if row is None:
                 existed = c.execute(
                     f"SELECT {APPROVAL_COLS} FROM approvals WHERE tenant_id = ? AND id = ?", (tenant_id, approval_id)
