@@ -22,7 +22,7 @@ from supervisor.stores.records import (
     IdempotencyEntry,
     Run,
 )
-from supervisor.wire import MAX_DEPTH, nests_deeper
+from supervisor.wire import MAX_DEPTH, nested_past
 
 __all__ = [
     "APIKEY_COLS", "APPROVAL_COLS", "APPROVAL_DECISIONS", "APPROVAL_STATUSES", "AUDIT_COLS", "GENESIS_HASH", "bundle_dict",
@@ -95,17 +95,11 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a lone one decodes to a 
 MAX_DETAIL_DEPTH = MAX_DEPTH + 64
 
 
-def _too_deep(text: str, value: Any) -> bool:
-    """``value`` (decoded from ``text``) nests deeper than MAX_DETAIL_DEPTH; two C scans of ``text`` first, so
-    an ordinary detail costs next to nothing."""
-    return text.count("[") + text.count("{") > MAX_DETAIL_DEPTH and nests_deeper(value, MAX_DETAIL_DEPTH)
-
-
 def dump_audit_detail(detail: Any) -> str:
     """The detail column's JSON; ``input.invalid`` for a detail nested deeper than a reader could take back
     (the recorder turns it into ``audit.unavailable``: the action it records does not run)."""
     text = dumps(detail, "audit detail")
-    if _too_deep(text, detail):
+    if nested_past(text, detail, MAX_DETAIL_DEPTH):
         raise StockadeError("input.invalid", f"audit detail nested deeper than {MAX_DETAIL_DEPTH} levels")
     return text
 
@@ -122,7 +116,7 @@ def load_audit_detail(text: Any) -> Any:
             _ENCODER.encode(value).encode()
     except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
         return text
-    return text if _too_deep(text, value) else value
+    return text if nested_past(text, value, MAX_DETAIL_DEPTH) else value
 
 
 def audit_record(row: dict[str, Any]) -> AuditRecord:

@@ -17,7 +17,7 @@ from supervisor.tools.base import ToolContext
 from supervisor.tools.llm._failures import AnswerTooBig
 from supervisor.tools.llm._tokens import as_count, estimate_tokens
 from supervisor.tools.llm.args import MAX_TOOL_CALLS
-from supervisor.wire import MAX_DEPTH, nests_deeper
+from supervisor.wire import MAX_DEPTH, nested_past
 
 __all__ = ["Collector", "clean_text"]
 
@@ -130,7 +130,7 @@ class Collector:
             except (ValueError, RecursionError):  # nested past the decoder's limit: RecursionError, no ValueError
                 args = text  # the model wrote broken JSON: hand it over as it is
             else:
-                if text.count("[") + text.count("{") > ARGS_MAX_DEPTH and nests_deeper(args, ARGS_MAX_DEPTH):
+                if nested_past(text, args, ARGS_MAX_DEPTH):
                     args = text
             out.append({"id": acc.id, "name": acc.name, "arguments": args})
         return out
