@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class RunSession:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._bucket = float(self.events_per_s)
         self._bucket_t = time.monotonic()
+        self._spare: int | None = None  # a second descriptor of the connection (``_exactly``)
         self.read_done = asyncio.Event()  # the sandbox's last frame was read (done frame, EOF or a bad frame)
         self.finished = asyncio.Event()  # ... and its calls still in flight then have ended
 
@@ -77,7 +79,7 @@ class RunSession:
         """The next frame. ``IncompleteReadError`` only for an end of stream between two frames; one that
         cuts a frame short is a bad frame (``FrameError``: it gets its audit record like any other)."""
         try:
-            head = await _exactly(reader, HEADER.size)
+            head = await _exactly(reader, HEADER.size, self._spare, self.max_frame)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise FrameError("frame.invalid", f"connection closed inside a frame header "
@@ -87,7 +89,7 @@ class RunSession:
         if size > self.max_frame:
             raise FrameError("frame.too_large", f"frame of {size} bytes exceeds the {self.max_frame}-byte cap")
         try:
-            body = await _exactly(reader, size)
+            body = await _exactly(reader, size, self._spare, self.max_frame)
         except asyncio.IncompleteReadError as exc:
             raise FrameError("frame.invalid", f"connection closed inside a frame ({len(exc.partial)} of "
                              f"{size} bytes)") from None
@@ -110,6 +112,7 @@ class RunSession:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, greeted: bool = False) -> None:
         """``greeted``: a warm sandbox's ``hello`` was already read when its slot was prepared."""
         self._writer = writer
+        self._spare = _second_descriptor(writer)
         try:
             if not greeted:
                 hello = await self._read_frame(reader)
@@ -136,6 +139,9 @@ class RunSession:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             writer.close()
+            if self._spare is not None:
+                os.close(self._spare)
+                self._spare = None
             self.finished.set()
 
     async def _dispatch(self, frame: dict[str, Any]) -> bool:
@@ -310,16 +316,51 @@ class RunSession:
             log.error("could not audit %s for run %s", kind, self.binding.run_id)
 
 
-async def _exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+def _second_descriptor(writer: asyncio.StreamWriter) -> int | None:
+    """A duplicate of the connection's descriptor: the socket (and what is queued on it) outlives the transport."""
+    try:
+        return os.dup(writer.get_extra_info("socket").fileno())
+    except (AttributeError, OSError, ValueError):  # no socket (a test's writer), or out of descriptors
+        return None
+
+
+def _unread(fd: int | None, cap: int) -> bytes:
+    """What is still queued on the socket, up to ``cap`` bytes, without waiting (the descriptor is non-blocking,
+    as the transport's was: they share one open file)."""
+    if fd is None:
+        return b""
+    chunks: list[bytes] = []
+    got = 0
+    while got < cap:
+        try:
+            chunk = os.read(fd, min(1 << 16, cap - got))
+        except OSError:  # drained (EAGAIN), or the reset that follows the last byte
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int, spare: int | None = None, max_frame: int = 0) -> bytes:
     """``reader.readexactly(n)``, except after a failed write of ours. A reply written to a sandbox that had
-    just hung up fails (EPIPE), and the transport then fails the reader too - with what the sandbox sent before
-    hanging up (its last emits, its done frame) still unread in the reader's buffer: a run that returned
-    normally ended sandbox.crashed. What was sent before the hang-up is read, then the end of the stream."""
+    just hung up fails (EPIPE), and the transport then closes, failing the reader too: what the sandbox sent
+    before hanging up (its last emits, its done frame) was lost - the part already in the reader's buffer,
+    and the part still queued on the socket that the transport had not read yet (it stops reading at once).
+    A run whose bundle failed while its replies were on the way ended sandbox.crashed, its error lost.
+    ``spare`` (a second descriptor of the socket) keeps that queue: it is read, then the end of the stream.
+    At most two frames' worth: all a sandbox that hung up can have left there is its last burst (no more than
+    its socket's send buffer), while one that only stopped reading could go on writing for ever."""
     try:
         return await reader.readexactly(n)
     except ConnectionError:
-        if not getattr(reader, "_buffer", None):  # nothing left unread: the connection's end, as before
+        rest = _unread(spare, 2 * (max_frame + HEADER.size))
+        buffered = getattr(reader, "_buffer", None)
+        if buffered is None or (not buffered and not rest):  # nothing left unread: the connection's end, as before
             raise
+        if rest:
+            buffered.extend(rest)  # the transport is gone: nothing else feeds this buffer any more
         reader._exception = None  # asyncio keeps the buffer; only this stands between it and us
         reader.feed_eof()
         return await reader.readexactly(n)

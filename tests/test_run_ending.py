@@ -198,3 +198,53 @@ def bare_session(*, emitter: object, chain: object = None) -> RunSession:
     return RunSession(services=SimpleNamespace(settings=settings), chain=chain, recorder=None,  # type: ignore[arg-type]
                       binding=SimpleNamespace(run_id="run_x", tenant_id="ten_x"), emitter=emitter,  # type: ignore[arg-type]
                       welcome={})
+
+
+async def test_a_reply_to_a_sandbox_that_hung_up_loses_nothing_it_wrote_before():
+    """Found by a contract check: a bundle gathered 40 calls, the first refused one (rate.limited) raised out
+    of ``main()``, and the SDK reported that and hung up while the other calls' replies were still coming.
+    The next reply failed (EPIPE) and the transport closed at once, dropping the done frame still queued on
+    the socket (nothing had read it yet): 17 runs in 20 ended ``sandbox.crashed`` ("the sandbox exited
+    (code 1) without finishing"), the bundle's error and traceback lost. Here the reply is written before
+    the done frame can be read, every time."""
+    import socket
+
+    from supervisor.wire import encode
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    reader, writer = await asyncio.open_connection(sock=ours)
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def chain(call: object) -> dict:
+        entered.set()
+        await go.wait()
+        return {"ok": True}
+
+    class Emitter:
+        bytes_emitted = 0
+
+        async def emit(self, *a: object) -> None:
+            pass
+
+        def emit_nowait(self, *a: object) -> asyncio.Future:
+            stored = asyncio.get_running_loop().create_future()
+            stored.set_result(None)
+            return stored
+
+    sess = bare_session(emitter=Emitter(), chain=chain)
+    theirs.sendall(encode({"type": "call", "id": 1, "tool": "echo", "args": {}}, 1 << 20))
+    serving = asyncio.ensure_future(sess.serve(reader, writer, greeted=True))
+    try:
+        await asyncio.wait_for(entered.wait(), 10)
+        # the bundle gives up on its call: it reports its failure and hangs up, the call's reply still to come
+        theirs.sendall(encode({"type": "done", "status": "error", "code": "rate.limited", "error_type": "ToolError",
+                               "message": "rate.limited: slow down"}, 1 << 20))
+        theirs.close()
+        go.set()  # the reply goes out (and fails) before the loop next reads from the socket
+        await asyncio.wait_for(serving, 10)
+    finally:
+        serving.cancel()
+        theirs.close()
+    assert (sess.outcome.status, sess.outcome.code, sess.outcome.message) == ("error", "rate.limited",
+                                                                              "rate.limited: slow down")
+    assert sess._spare is None  # the second descriptor is closed with the connection
