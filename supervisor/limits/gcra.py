@@ -6,6 +6,15 @@ A call of cost ``c`` against a rule of rate ``r`` and burst ``b`` (interval
 then ``tat`` becomes ``max(tat, now) + c*T``. A full bucket (``tat <= now``)
 admits exactly ``b`` unit calls at once, then one every ``T``.
 
+A stored TAT is read as at most ``now + b*T``: the most a rule can owe (its
+whole burst spent at once). Only an earlier, stricter rule under the same key
+leaves more - a policy's limit relaxed by its admin (``tool_per_s`` 0.01 ->
+1000) - and that debt would otherwise keep refusing calls for as long as the
+old rule's interval (minutes), whatever the new limit says. With the same rule
+the bound never bites: an allowed call leaves ``tat <= now + b*T``. A refused
+call stores that lowered TAT (it only ever forgives), so the new rule's bucket
+refills from there: one interval of the new rule to the next call.
+
 Every rule is checked before any is updated, so a refused call consumes
 nothing from any rule (rejected calls must not count against a tenant).
 The Redis adapter runs the same arithmetic in Lua (``_lua.py``).
@@ -35,7 +44,9 @@ class GcraResult:
     allowed: bool
     retry_after_s: float  # the longest wait any refusing rule needs; 0 when allowed
     refused_index: int | None  # index of that rule in the input
-    new_tats: tuple[float, ...]  # the TATs to store when allowed (unchanged input when refused)
+    # the TATs to store: advanced when allowed; when refused, the stored ones (None: now), each at most its
+    # rule's bound (module docstring) - the adapters write back those that were lowered
+    new_tats: tuple[float, ...]
 
 
 def validate_rules(rules: Sequence[RateRule]) -> None:
@@ -62,9 +73,11 @@ def gcra_check(rules: Sequence[RateRule], tats: Sequence[float | None], now: flo
     worst = 0.0
     worst_i: int | None = None
     new_tats: list[float] = []
+    kept: list[float] = []
     for i, (rule, stored) in enumerate(zip(rules, tats, strict=True)):
         interval = min(1.0 / rule.rate_per_s, MAX_INTERVAL_S)
-        tat = now if stored is None or stored < now else stored
+        tat = now if stored is None or stored < now else min(stored, now + rule.burst * interval)
+        kept.append(now if stored is None else min(stored, tat))
         new_tat = tat + rule.cost * interval
         # (tat - now) + (c - b)*T, not new_tat - b*T - now: with a long interval the latter rounds
         # (now + T - T != now) and refused a fresh bucket's first call.
@@ -74,5 +87,5 @@ def gcra_check(rules: Sequence[RateRule], tats: Sequence[float | None], now: flo
                 worst, worst_i = wait, i
         new_tats.append(new_tat)
     if worst_i is not None:
-        return GcraResult(False, worst, worst_i, tuple(s if s is not None else now for s in tats))
+        return GcraResult(False, worst, worst_i, tuple(kept))
     return GcraResult(True, 0.0, None, tuple(new_tats))

@@ -133,3 +133,30 @@ async def test_redis_reloads_the_script_after_noscript(redis_client, redis_prefi
     assert not (await limiter.check([rule], T0)).allowed
     assert limiter._script.sha == real_sha  # loaded again, and the check still counted right
     assert (await limiter.check([rule], T0 + 0.1)).allowed
+
+
+async def test_a_relaxed_limit_applies_at_once(limiter):
+    """Found by a contract check (session 15): an admin relaxed a policy's ``tool_per_s: 0.01`` to 1000, and
+    every call was still refused ("retry after 217 s") until the old rule's debt ran out - the stored TAT
+    was read as is under the new rule. The most a rule can owe is its own burst."""
+    strict = RateRule("t:relax", rate_per_s=0.01, burst=3)
+    assert await allowed_count(limiter, [strict], 5, T0) == 3  # the next slot is 100 s away under this rule
+    relaxed = RateRule("t:relax", rate_per_s=1000, burst=1000)
+    d = await limiter.check([relaxed], T0 + 0.5)
+    # the old debt counts as the new rule's burst, just spent: one interval of the new rule, not ~300 s
+    assert not d.allowed and d.retry_after_s == pytest.approx(0.001, abs=2e-6)
+    assert await allowed_count(limiter, [relaxed], 10, T0 + 0.501) == 1
+    assert await allowed_count(limiter, [relaxed], 2000, T0 + 1.001) in (499, 500)  # then it refills at 1000/s
+    # tightened again: the ~1 s the relaxed rule's calls left owing is well within the strict rule's bound, and
+    # counts in its terms: of its burst of 3 (one per 100 s), 2 calls fit, the third waits that 1 s
+    assert await allowed_count(limiter, [strict], 5, T0 + 1.001) == 2
+    d = await limiter.check([strict], T0 + 1.001)
+    assert not d.allowed and d.retry_after_s == pytest.approx(1.0, abs=0.01)
+
+
+async def test_the_same_rule_is_never_forgiven(limiter):
+    """The bound is what a rule can owe itself: hammered at its limit it refuses exactly as before."""
+    rule = RateRule("t:same", rate_per_s=2, burst=4)
+    assert await allowed_count(limiter, [rule], 10, T0) == 4
+    for k in range(1, 20):  # one slot every 0.5 s, never two
+        assert await allowed_count(limiter, [rule], 3, T0 + 0.5 * k) == 1

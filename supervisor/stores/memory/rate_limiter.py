@@ -30,6 +30,9 @@ class MemoryRateLimiter:
         result = gcra_check(rules, [self._tats.get(r.key) for r in rules], t)
         if not result.allowed:
             assert result.refused_index is not None
+            for rule, tat in zip(rules, result.new_tats, strict=True):
+                if tat < self._tats.get(rule.key, tat):  # an older, stricter rule's debt, forgiven (gcra.py)
+                    self._tats[rule.key] = tat
             return RateDecision(False, result.retry_after_s, rules[result.refused_index].key)
         for rule, tat in zip(rules, result.new_tats, strict=True):
             self._tats[rule.key] = tat

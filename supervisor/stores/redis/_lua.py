@@ -23,6 +23,7 @@ else
 end
 local n = #KEYS
 local new_tats = {}
+local lowered = {}  -- a stricter rule's debt, forgiven down to this rule's bound (gcra.py): stored even if refused
 local worst, worst_i = 0, 0
 for i = 1, n do
   local base = 1 + (i - 1) * 3
@@ -31,6 +32,10 @@ for i = 1, n do
   local cost = tonumber(ARGV[base + 3])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
+  if tat > now + burst * interval then
+    tat = now + burst * interval
+    lowered[i] = tat
+  end
   local new_tat = tat + cost * interval
   local wait = (tat - now) + (cost - burst) * interval  -- not new_tat - burst*interval - now: rounding
   if wait > 0.5 then
@@ -39,6 +44,11 @@ for i = 1, n do
   new_tats[i] = new_tat
 end
 if worst_i > 0 then
+  for i, tat in pairs(lowered) do
+    local ttl_ms = math.floor((tat - now) / 1000) + 1
+    if ttl_ms > MAX then ttl_ms = MAX end
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl_ms)
+  end
   if worst > MAX then worst = MAX end
   return {0, math.ceil(worst), worst_i}
 end
