@@ -304,3 +304,35 @@ def test_the_approval_step_takes_the_verdicts_terms_or_fails_closed():
         with pytest.raises(StockadeError) as err:
             approval_terms(SimpleNamespace(extra=bad, rule_id="r"))
         assert err.value.code == "policy.unavailable"
+
+
+async def test_approvers_for_separate_requests_hold_unbound_or_project_bound_keys(node):
+    """What the README tells an admin to hand out (session 15: its earlier advice, "bind approvers' keys to
+    users", left approvers who could decide nothing): two approver keys bound to the run's project decide a
+    two-person separate request on another user's run; a key bound to a user sees no request of another
+    user's run (404), and the run's own user is barred (403)."""
+    tid, _, c = await setup(node, policy("{approvers: 2, separate: true}"))
+    alice = (await c.post("/v1/users", json={"name": "alice"})).json()["id"]
+    bob = (await c.post("/v1/users", json={"name": "bob"})).json()["id"]
+    proj = (await c.post("/v1/projects", json={"name": "p"})).json()["id"]
+    assert (await c.put(f"/v1/projects/{proj}/members/{alice}")).status_code == 200
+    reviewers = []
+    for _ in range(2):
+        r = await c.post("/v1/keys", json={"role": "approver", "project_id": proj})
+        assert r.status_code == 201, r.text
+        reviewers.append(node.client(r.json()["api_key"]))
+    bobs, alices = node.client(await key(c, "approver", bob)), node.client(await key(c, "approver", alice))
+    run = await start(c, "caller", plan({"tool": "echo", "args": {"n": 50}}), user_id=alice, project_id=proj)
+    apr = await requested(c, run["id"])
+    assert (await bobs.get("/v1/approvals", params={"status": "pending"})).json()["data"] == []
+    assert (await decide(bobs, apr)).status_code == 404
+    r = await decide(alices, apr)
+    assert r.status_code == 403 and r.json()["code"] == "approval.separation", r.text
+    listed = (await reviewers[0].get("/v1/approvals", params={"status": "pending"})).json()["data"]
+    assert [a["id"] for a in listed] == [apr]
+    r = await decide(reviewers[0], apr)
+    assert r.status_code == 200 and r.json()["status"] == "pending", r.text
+    r = await decide(reviewers[1], apr)
+    assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+    results, _ = await results_of(c, run["id"])
+    assert results == [{"ok": {"n": 50}}]
