@@ -67,10 +67,13 @@ from supervisor.policy import (
 from supervisor.policy.conditions import strict_eq
 from supervisor.policy.schema import MAX_VELOCITY
 
-__all__ = ["PolicyInterceptor"]
+__all__ = ["NO_MATCH_RULE", "PolicyInterceptor"]
 
 log = logging.getLogger("stockade.policy")
 
+# What a deny no rule matched names as its rule (audit record, tool.result event, receipt, ToolError.extra), as an
+# undeclared tool names "bundle.tools": every verdict names what decided it (CONTRACT.md)
+NO_MATCH_RULE = "policy.no_match"
 SHARED_TRIES = 16  # judgements of one call against a shared user history another node kept changing
 OFFLOAD_CHARS = 64 * 1024  # argument text above which a policy with regex rules is evaluated on a thread
 OFFLOAD_POLICY_CHARS = 16 * 1024  # a stored policy longer than this is parsed on a thread (512 KiB: ~1.5 s)
@@ -383,9 +386,11 @@ class PolicyInterceptor:
 
     @staticmethod
     def _deny(call: CallState, reason: str, v: Verdict) -> StockadeError:
-        call.verdict, call.rule_id, call.reason = "deny", v.rule_id, reason
+        # no rule matched (first match wins, no match = deny): the verdict still names what decided it
+        rule_id = v.rule_id if v.rule_id is not None else NO_MATCH_RULE
+        call.verdict, call.rule_id, call.reason = "deny", rule_id, reason
         call.outcome = "tool.denied"
-        return StockadeError("policy.denied", reason, rule_id=v.rule_id, layer=v.layer)
+        return StockadeError("policy.denied", reason, rule_id=rule_id, layer=v.layer)
 
     @staticmethod
     def _unavailable(call: CallState, why: str) -> StockadeError:

@@ -146,7 +146,7 @@ async def test_no_stored_policy_means_the_default(step, store):
     assert call.extra["rate_overrides"] == {}
     call = make_call(store, "http.request", {"url": "https://example.com"})
     err = await denied(step, call, nxt)
-    assert (err.code, err.extra["rule_id"], call.outcome, call.verdict) == ("policy.denied", None, "tool.denied", "deny")
+    assert (err.code, err.extra["rule_id"], call.outcome, call.verdict) == ("policy.denied", "policy.no_match", "tool.denied", "deny")
     assert err.detail == "no matching rule"
     assert len(nxt.calls) == 1
 
@@ -232,7 +232,8 @@ async def test_bundle_layer_narrows_through_the_binding(step, store):
     await step(call, nxt)
     assert (call.verdict, call.rule_id) == ("allow", "e")
     call = make_call(store, "kb.search", bundle_policy=narrowing)  # bundle allow, tenant no-match
-    assert (await denied(step, call, nxt)).extra["rule_id"] is None
+    err = await denied(step, call, nxt)  # named in the audit record like any verdict (session 15; it was None)
+    assert (err.extra["rule_id"], call.rule_id, err.detail) == ("policy.no_match", "policy.no_match", "no matching rule")
 
 
 async def test_require_approval_continues_to_the_approval_step(step, store):
