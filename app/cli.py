@@ -42,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, helptext in (("serve", "all-in-one server (API + workers)"), ("api", "API replica"), ("worker", "worker replica")):
         sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("--host", type=_text)
-        sp.add_argument("--port", type=int)
-        sp.add_argument("--data-dir")
+        if name != "worker":  # a worker serves no HTTP: it listens on nothing
+            sp.add_argument("--host", type=_text, help="address to listen on (STOCKADE_HOST)")
+            sp.add_argument("--port", type=int, help="port to listen on (STOCKADE_PORT)")
+        sp.add_argument("--data-dir", help="where keys, bundles, run dirs (and SQLite) live (STOCKADE_DATA_DIR)")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("demo", help="create the demo tenant if none exists and print its key")
     t = sub.add_parser("tenant", help="tenants").add_subparsers(dest="sub", required=True)

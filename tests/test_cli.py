@@ -384,3 +384,15 @@ def test_tenant_and_key_list_and_revoke(env, capsys):
     assert {json.loads(line)["key_id"]: json.loads(line)["revoked_at"] for line in out.splitlines()}[viewer["key_id"]] is None
     rc, _, err = _run(capsys, "key", "list", "--tenant", "nobody")
     assert "not_found" in _one_line_error(rc, err)
+
+
+def test_a_worker_takes_no_address(env, capsys):
+    """`stockade worker` listens on nothing: --host/--port were accepted and ignored (found by a README
+    walkthrough, session 15); now a usage error, while serve and api keep them."""
+    rc, _, err = _run(capsys, "worker", "--port", "8001")
+    assert rc == 2 and "unrecognized arguments: --port 8001" in err
+    for cmd in ("serve", "api"):
+        rc, out, _ = _run(capsys, cmd, "--help")
+        assert rc == 0 and "--port" in out and "--host" in out
+    rc, out, _ = _run(capsys, "worker", "--help")
+    assert rc == 0 and "--data-dir" in out and "--port" not in out
