@@ -24,7 +24,9 @@ def _make_and_die(data_dir: str, name: str) -> None:
 def test_only_a_dead_holders_directory_is_swept(tmp_path: Path) -> None:
     settings = SimpleNamespace(data_dir=tmp_path)
     mine = make_run_dirs(settings, "_warm_live", None, None, held=True)
-    proc = multiprocessing.get_context("fork").Process(target=_make_and_die, args=(str(tmp_path), "_warm_dead"))
+    # spawn, not fork: a fork of this multi-threaded process may deadlock (3.12+ warns; 3.14 no longer forks by
+    # default); the child holds no descriptor of ours either way
+    proc = multiprocessing.get_context("spawn").Process(target=_make_and_die, args=(str(tmp_path), "_warm_dead"))
     proc.start()
     proc.join(10)
     runs = tmp_path / "runs"
