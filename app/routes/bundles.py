@@ -1,10 +1,18 @@
-"""The bundle registry over HTTP: list, and upload a tar.gz or zip as a new immutable version."""
+"""The bundle registry over HTTP: list, and upload a tar.gz or zip as a new immutable version.
+
+The archive comes as the raw body (``Content-Type: application/gzip`` / ``application/zip``) or as
+the one file part of a ``multipart/form-data`` body (``curl -F bundle=@my-bundle.tar.gz``, an HTML
+form); either way it is the same hostile input to ``registry.register_archive``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from app.deps import READ_ROLES, WRITE_ROLES, require_role, require_tenant_wide, runtime
 from supervisor.errors import StockadeError
@@ -15,8 +23,15 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/bundles", tags=["bundles"])
 
 _ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
+_FORM = {"schema": {"type": "object", "required": ["bundle"], "properties": {
+    "bundle": {"type": "string", "format": "binary", "description": "the tar.gz or zip (any one file part)"}}}}
 _ARCHIVE_BODY = {"requestBody": {"required": True, "content": {
-    "application/gzip": _ARCHIVE, "application/zip": _ARCHIVE, "application/octet-stream": _ARCHIVE}}}
+    "application/gzip": _ARCHIVE, "application/zip": _ARCHIVE, "application/octet-stream": _ARCHIVE,
+    "multipart/form-data": _FORM}}}
+_RAW_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/x-tar", "application/zip",
+                        "application/octet-stream", "application/x-compressed-tar"})
+_HOW = ("upload the bundle as application/gzip (tar.gz) or application/zip, or as the one file of a "
+        "multipart/form-data body (curl -F bundle=@my-bundle.tar.gz)")
 
 
 def version_json(v: Any) -> dict[str, Any]:
@@ -34,11 +49,30 @@ async def list_bundles(rt: Any = Depends(runtime), p: Principal = Depends(requir
 @router.post("", status_code=201, openapi_extra=_ARCHIVE_BODY)
 async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*WRITE_ROLES))) -> dict[str, Any]:
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if ctype not in ("application/gzip", "application/x-gzip", "application/x-tar", "application/zip",
-                     "application/octet-stream", "application/x-compressed-tar"):
-        raise StockadeError("input.unsupported_media", "upload the bundle as application/gzip (tar.gz) or application/zip")
-    data = await request.body()
+    if ctype == "multipart/form-data":
+        data = await _form_file(request)
+    elif ctype in _RAW_TYPES:
+        data = await request.body()
+    else:
+        raise StockadeError("input.unsupported_media", _HOW)
     if not data:
         raise StockadeError("archive.invalid", "empty upload")
     version = await rt.registry.register_archive(data, p.tenant_id)
     return version_json(version)
+
+
+async def _form_file(request: Request) -> bytes:
+    """The archive of a multipart body: its one file part, whatever the field is called. Text fields
+    are ignored (a form may carry a submit button's); a second file is refused, not picked between.
+    The body is already capped by the guard (``max_body_bytes``); the parser spools the file to disk."""
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+    except (MultiPartException, HTTPException) as exc:
+        raise StockadeError("input.invalid", f"the multipart body: {getattr(exc, 'message', None) or exc.detail}") from None
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise StockadeError("input.invalid", "the multipart body holds no file part; " + _HOW)
+        return await files[0].read()
+    finally:
+        await form.close()

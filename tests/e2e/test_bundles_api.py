@@ -72,6 +72,46 @@ async def test_upload_run_and_hostile_archives(node):
     assert r.status_code == 415
 
 
+async def test_upload_as_multipart_form(node):
+    """``curl -F bundle=@b.tar.gz`` (multipart/form-data) was a 415: the archive may come as the one file
+    part of a form, under any field name, text fields ignored; the same hostile-archive checks apply."""
+    _, key = await node.tenant()
+    c = node.client(key)
+    r = await c.post("/v1/bundles", files={"bundle": ("formed.tar.gz", good("formed"), "application/gzip")},
+                     data={"submit": "Upload"})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "formed"
+    run = await start(c, "formed", "by form")
+    events = await collect(c, run["id"])
+    assert events[-1].event == "run.completed"
+    assert "".join(e.data.get("text", "") for e in events) == "uploaded by form"
+    # a browser's content type for the part, another field name: the archive is sniffed, not named
+    r = await c.post("/v1/bundles", files={"file": ("x.bin", good("formed-two"), "application/octet-stream")})
+    assert r.status_code == 201 and r.json()["name"] == "formed-two", r.text
+
+    before = (await c.get("/v1/bundles")).json()["data"]
+    traversal = targz([("evil/../../x.py", b"x", {}), ("evil/bundle.yaml", b"name: evil\nversion: '1'\n", {})])
+    refused = {
+        "archive.path_traversal": {"files": {"bundle": ("evil.tar.gz", traversal, "application/gzip")}},
+        "archive.invalid": {"files": {"bundle": ("empty.tar.gz", b"", "application/gzip")}},
+    }
+    for code, kw in refused.items():
+        r = await c.post("/v1/bundles", **kw)
+        assert r.status_code in (413, 422) and r.json()["code"] == code, (code, r.text)
+    # two files: refused, not picked between; no file at all; a body that is not multipart as declared
+    two = [("a", ("a.tar.gz", good("two-a"), "application/gzip")), ("b", ("b.tar.gz", good("two-b"), "application/gzip"))]
+    r = await c.post("/v1/bundles", files=two)
+    assert r.status_code == 422 and r.json()["code"] == "input.invalid" and "files" in r.json()["detail"], r.text
+    r = await c.post("/v1/bundles", files={"bundle": (None, "just text")})
+    assert r.status_code == 422 and r.json()["code"] == "input.invalid" and "no file part" in r.json()["detail"], r.text
+    r = await c.post("/v1/bundles", content=b"--x\r\nnot a part", headers={"Content-Type": "multipart/form-data"})
+    assert r.status_code == 422 and r.json()["code"] == "input.invalid", r.text
+    r = await c.post("/v1/bundles", content=good("form-urlencoded"),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"], r.text
+    assert (await c.get("/v1/bundles")).json()["data"] == before
+
+
 async def test_tenant_bundle_invisible_to_other_tenants(node):
     _, key_a = await node.tenant()
     _, key_b = await node.tenant()
