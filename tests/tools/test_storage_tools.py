@@ -20,6 +20,7 @@ from supervisor.tools.storage import (
     StorageWriteTool,
     tools,
 )
+from supervisor.tools.storage.tools import content_cap
 from tests.tools.test_http_helpers import make_ctx
 
 pytestmark = pytest.mark.timeout(30)
@@ -261,12 +262,31 @@ async def test_file_directory_conflicts_are_input_invalid(tmp_path):
     assert (await _run(READ, s, path="a/b"))["content"] == "x"
 
 
-async def test_read_cap(tmp_path):
+async def test_what_is_written_can_be_read_back(tmp_path):
+    """Writes and reads share one cap. Writes took up to the frame cap while reads stopped at half of
+    it: a 700 KB file (1 MiB frames) was written fine and could never be read (input.too_large)."""
     s = _settings(tmp_path, sandbox_max_frame_bytes=4096)
-    await _run(WRITE, s, path="big", content="x" * 5000)
+    assert content_cap(s) == 4096
+    await _run(WRITE, s, path="fits", content="\x01" * 4096)  # the worst case for the reply's JSON: 6 bytes each
+    assert (await _run(READ, s, path="fits"))["content"] == "\x01" * 4096
+    with pytest.raises(StockadeError) as ei:
+        await _run(WRITE, s, path="big", content="x" * 4097)
+    assert ei.value.code == "input.too_large" and "4097 bytes" in ei.value.detail
     with pytest.raises(StockadeError) as ei:
         await _run(READ, s, path="big")
+    assert ei.value.code == "storage.not_found"  # the refused write left nothing
+    # a file that grew past the cap some other way (an operator's copy) is still refused, not cut short
+    (_root(tmp_path) / "grown").write_bytes(b"y" * 5000)
+    with pytest.raises(StockadeError) as ei:
+        await _run(READ, s, path="grown")
     assert ei.value.code == "input.too_large"
+    # default frames: a 700 KB file round-trips; the cap is the frame, well inside the 16 MiB reply
+    d = _settings(tmp_path / "d")
+    assert content_cap(d) == d.sandbox_max_frame_bytes == 1024 * 1024
+    await _run(WRITE, d, path="doc", content="é" * 350_000)
+    assert (await _run(READ, d, path="doc"))["size"] == 700_000
+    # a frame cap so high that a sixth of the reply is less: that bound wins
+    assert content_cap(_settings(tmp_path / "e", sandbox_max_frame_bytes=64 * 1024 * 1024)) == 64 * 1024 * 1024 // 6
 
 
 def test_args_and_metadata():

@@ -21,6 +21,7 @@ from supervisor.errors import StockadeError
 from supervisor.resources.paths import MAX_KEY_CHARS, storage_resource
 from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
 from supervisor.tools.storage._area import Located, TenantArea
+from supervisor.wire import MAX_REPLY
 
 __all__ = [
     "StorageDeleteTool", "StorageListTool", "StoragePathArgs", "StorageReadTool", "StorageRollbackTool",
@@ -54,6 +55,15 @@ def _scope_key(args: Any, ctx: ToolContext) -> tuple[str, str | None]:
             raise StockadeError("input.invalid", "scope 'user' needs a run started by a user; use scope 'shared'")
         return f"u/{ctx.user_id}", ctx.user_id
     return "shared", None
+
+
+def content_cap(settings: Any) -> int:
+    """The largest file content ``storage.write`` stores and ``storage.read`` returns: the same bound, so
+    that whatever was written can be read back. A write's content arrives in one frame from the sandbox
+    (``sandbox_max_frame_bytes``); a read's comes back in one reply (``MAX_REPLY`` or the frame cap, if
+    higher), in JSON, where a control character takes 6 bytes (``\u0001``) - so at most a sixth of it."""
+    frame = int(settings.sandbox_max_frame_bytes)
+    return max(1024, min(frame, max(frame, MAX_REPLY) // 6))
 
 
 def _area(ctx: ToolContext) -> TenantArea:
@@ -105,9 +115,7 @@ class StorageReadTool(_StorageTool):
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         area, loc = _area(ctx), self._locate_checked(args, ctx)
-        # the result travels back in one socket frame; leave room for JSON escaping
-        cap = max(1024, int(ctx.services.settings.sandbox_max_frame_bytes) // 2)
-        data = await asyncio.to_thread(area.read, loc, cap)
+        data = await asyncio.to_thread(area.read, loc, content_cap(ctx.services.settings))
         return ToolResult(self._out(loc, content=data.decode("utf-8", errors="replace"), size=len(data)))
 
 
@@ -124,6 +132,9 @@ class StorageWriteTool(_StorageTool):
             data = args.content.encode("utf-8")
         except UnicodeEncodeError:
             raise StockadeError("input.invalid", "content is not valid Unicode text (lone surrogate)") from None
+        cap = content_cap(ctx.services.settings)
+        if len(data) > cap:  # refused before anything is touched: a file storage.read could never return
+            raise StockadeError("input.too_large", f"content is {len(data)} bytes (UTF-8); files are capped at {cap}")
         created = await asyncio.to_thread(area.write, loc, data)
         return ToolResult(self._out(loc, size=len(data), created=created), usage={"bytes_written": len(data)})
 
