@@ -71,6 +71,7 @@ class RunSession:
         self._bucket = float(self.events_per_s)
         self._bucket_t = time.monotonic()
         self._spare: int | None = None  # a second descriptor of the connection (``_exactly``)
+        self._marks: dict[str, tuple[str, int]] = {}  # CallState.run_marks: this run's side effects per resource
         self.read_done = asyncio.Event()  # the sandbox's last frame was read (done frame, EOF or a bad frame)
         self.finished = asyncio.Event()  # ... and its calls still in flight then have ended
 
@@ -204,6 +205,7 @@ class RunSession:
             binding=self.binding, tool_name=frame.get("tool"), raw_args=frame.get("args", {}), request_id=rid,
             idempotency_key=key, services=self.services,  # checked by the validate step, like the args
             emit=self.emitter.emit, stream=frame.get("stream", False),  # a non-bool: refused by the validate step
+            run_marks=self._marks,
         )
         # the events name the tool as the bundle spelt it, up to a point: they do not count against its output
         # limit, and a 60 KB name per call wrote MBs of events past it (an unknown tool is refused anyway)

@@ -77,6 +77,9 @@ class CallState:
     # leave work here that need not hold up the answer (the outcome audit record); the caller runs it
     # right after replying, before the call counts as finished.
     after_reply: list[Callable[[], Awaitable[Any]]] | None = None
+    # The run's side-effecting calls so far, per resource: resource -> (last derived key base, epoch). Given
+    # by the run session (one dict per run); None: derived keys carry no epoch (supervisor.chain.idempotency).
+    run_marks: dict[str, tuple[str, int]] | None = None
 
 
 Next = Callable[[CallState], Awaitable[dict[str, Any]]]

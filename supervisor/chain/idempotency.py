@@ -2,7 +2,8 @@
 
 Keys: an explicit ``idempotency_key`` (scoped by tenant, tool, and the run's user and project: a
 result read from one user's files or project must never be replayed to another), or for tools
-with side effects one derived from run + tool + canonical args. Concurrent
+with side effects one derived from run + tool + canonical args + the epoch of the resource acted on
+(``_derived_key``). Concurrent
 duplicates: the first claims the key and executes; the others wait for its
 result through the store (so it works across processes). A first call refused
 (before its tool ran, or by the tool having done nothing) releases the key; one
@@ -42,13 +43,32 @@ def _explicit_key(call: CallState) -> str:
                              ensure_ascii=False, separators=(",", ":"))
 
 
+def _derived_key(call: CallState) -> str:
+    """Run + tool + canonical args, and the epoch of the resource the call acts on: a repeat is a
+    duplicate while nothing else in the run has acted on that resource since (write A, write A: the
+    second is deduped), a new request once something has (write A, write B, write A: the third runs -
+    it was swallowed, leaving B). Tools without a resource count as one resource each. A tool whose
+    repeat always means one step more (``repeats_are_new``: storage.rollback) opens a new epoch each
+    call. The epochs live with the run's session, which sees every call of the run."""
+    base = f"d:{call.binding.run_id}:{call.args_hash}"
+    marks = call.run_marks
+    if marks is None:
+        return base
+    resource = call.resource if isinstance(call.resource, str) else f"tool:{call.tool_name}"
+    last, epoch = marks.get(resource, (None, 0))
+    if last != base or getattr(call.tool, "repeats_are_new", False):
+        epoch += 1
+        marks[resource] = (base, epoch)
+    return base if epoch == 1 else f"{base}:{epoch}"
+
+
 class IdempotencyInterceptor:
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
         b = call.binding
         if call.idempotency_key is not None:
             key = _explicit_key(call)
         elif _has_side_effects(call):
-            key = f"d:{b.run_id}:{call.args_hash}"
+            key = _derived_key(call)
         else:
             return await next(call)
         call.dedupe_key = key

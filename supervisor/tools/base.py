@@ -57,6 +57,8 @@ class Tool(Protocol):
     default_price_micro: ClassVar[int]
     timeout_s: ClassVar[float]
     side_effects: ClassVar[bool]  # True: derived idempotency keys dedupe repeats within a run
+    # optional ``repeats_are_new: ClassVar[bool]``: a repeat is one step more (storage.rollback), never a
+    # duplicate - it still counts as acting on its resource (supervisor.chain.idempotency._derived_key)
 
     def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
         """The resolved resource the policy matches (normalised URL, resolved storage path), or None."""

@@ -270,6 +270,53 @@ async def test_repeated_idempotency_key_runs_once_and_charges_nothing(node):
     assert results2[0]["error"] == "idempotency.mismatch"
 
 
+STORAGE_POLICY = """
+version: 1
+rules:
+  - {id: storage, tool: "storage.*", verdict: allow}
+  - {id: kb, tool: "kb.*", verdict: allow}
+"""
+
+
+async def test_a_derived_key_dedupes_a_repeat_not_a_return_to_an_earlier_value(node):
+    """Found by a walkthrough: the key derived from run + tool + args swallowed deliberate repeats.
+    write A, write B, write A left B (the third was 'deduped'); a second delete after a re-write left the
+    file; two rollbacks undid one step; kb.add alpha, beta, alpha left beta. A repeat is now a duplicate
+    only while nothing else in the run acted on the same resource; a rollback is never one."""
+    _, _, c = await setup(node, STORAGE_POLICY)
+
+    def w(text: str, path: str = "ws/t.txt") -> dict:
+        return {"tool": "storage.write", "args": {"path": path, "content": text, "scope": "shared"}}
+
+    read = {"tool": "storage.read", "args": {"path": "ws/t.txt", "scope": "shared"}}
+    delete = {"tool": "storage.delete", "args": {"path": "ws/t.txt", "scope": "shared"}}
+    rollback = {"tool": "storage.rollback", "args": {"path": "ws/t.txt", "scope": "shared"}}
+    run = await start(c, "caller", plan(
+        w("A"), w("B"), w("A"), read,                   # 0-3: A again is a new request
+        w("A"), w("A", "ws/other.txt"), w("A"),         # 4-6: only other files in between: duplicates
+        delete, w("C"), delete, read,                   # 7-10: the second delete runs
+        w("1"), w("2"), w("3"), rollback, rollback, read,  # 11-16: each rollback undoes a step
+        {"tool": "kb.add", "args": {"doc_id": "d", "text": "alpha"}}, {"tool": "kb.add", "args": {"doc_id": "d", "text": "beta"}},
+        {"tool": "kb.add", "args": {"doc_id": "d", "text": "alpha"}}, {"tool": "kb.search", "args": {"query": "alpha"}},
+    ))
+    results, events = await results_of(c, run["id"])
+    deduped = [e.data["deduped"] for e in events if e.event == "tool.result"]
+    assert results[3] == {"ok": {"path": "ws/t.txt", "scope": "shared", "content": "A", "size": 1}}, results[3]
+    assert deduped[:4] == [False, False, False, False]
+    assert deduped[4:7] == [True, False, True]
+    assert "error" not in results[9] and results[10]["error"] == "storage.not_found", results[9:11]
+    assert deduped[7:10] == [False, False, False]
+    assert [r["ok"]["outcome"] for r in results[14:16]] == ["restored", "restored"] and deduped[14:16] == [False, False]
+    assert results[16]["ok"]["content"] == "1", results[16]
+    assert deduped[17:20] == [False, False, False]
+    assert [h["doc_id"] for h in results[20]["ok"]["results"]] == ["d"], results[20]
+
+    # concurrent duplicates still execute once, and a repeat in a later run is a new request
+    run = await start(c, "caller", plan(*[w("X", "ws/c.txt") for _ in range(4)], concurrent=True))
+    _, events = await results_of(c, run["id"])
+    assert sorted(e.data["deduped"] for e in events if e.event == "tool.result") == [False, True, True, True]
+
+
 async def test_an_idempotent_result_with_a_nul_is_kept_and_replayed(node):
     """The stored copy of an idempotent result has U+FFFD for each NUL (PostgreSQL holds none): the
     first call gets the real result, a duplicate the stored one, on both stacks. Before, on

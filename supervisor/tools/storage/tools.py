@@ -167,6 +167,7 @@ class StorageRollbackTool(_StorageTool):
     args_model: ClassVar[type[ToolArgs]] = StoragePathArgs
     risk: ClassVar[str] = "medium"
     side_effects: ClassVar[bool] = True
+    repeats_are_new: ClassVar[bool] = True  # a second rollback undoes one more step: never a duplicate
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         area, loc = _area(ctx), self._locate_checked(args, ctx)
