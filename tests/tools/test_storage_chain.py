@@ -93,6 +93,28 @@ async def test_storage_policy_matches_the_resolved_path(env):
     assert c.resource == "storage://u/usr_1/private/diary.txt"
 
 
+async def test_a_folder_listing_is_judged_as_its_contents(env):
+    """storage.list of a folder is the resource ``.../folder/``, so the rule written for the files in it
+    (``.../folder/**``) decides the listing too. Before, ``storage://.../reports`` matched neither: a deny of
+    ``secret/**`` still listed the secret files' names and sizes, and an allow of ``reports/**`` denied
+    listing reports (found by a walkthrough)."""
+    call, _srv, s = env
+    assert isinstance((await call("storage.write", path="reports/q1.txt", content="ok"))[0], dict)
+    out, c = await call("storage.list", path="reports")
+    assert isinstance(out, dict) and [e["name"] for e in out["entries"]] == ["q1.txt"], out
+    assert c.resource == "storage://u/usr_1/reports/" and c.rule_id == "reports-only"
+    out, c = await call("storage.list", path="reports/./")
+    assert isinstance(out, dict) and c.resource == "storage://u/usr_1/reports/"
+    # the user's root and any folder outside reports/: no rule allows them
+    root = s.data_dir / "storage" / c.binding.tenant_id / "u" / "usr_1"
+    (root / "secret").mkdir()
+    (root / "secret" / "ceo-salary.txt").write_text("1")
+    for path in ("", "secret", "./secret"):
+        out, c = await call("storage.list", path=path)
+        assert isinstance(out, StockadeError) and out.code == "policy.denied", (path, out)
+        assert c.resource == ("storage://u/usr_1/" if path == "" else "storage://u/usr_1/secret/")
+
+
 async def test_kb_through_the_chain(env):
     call, _srv, _s = env
     out, _ = await call("kb.add", text="the quarterly numbers are up", title="Q1")

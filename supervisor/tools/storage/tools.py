@@ -87,7 +87,11 @@ class _StorageTool:
 
     def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
         _scope, user = _scope_key(args, ctx)
-        return storage_resource(ctx.tenant_id, user, self._locate(args, ctx).rel)
+        return self._resource_of(ctx.tenant_id, user, self._locate(args, ctx).rel)
+
+    @staticmethod
+    def _resource_of(tenant: str, user: str | None, rel: Any) -> str:
+        return storage_resource(tenant, user, rel)
 
     def _locate_checked(self, args: Any, ctx: ToolContext) -> Located:
         """Resolve again for the run and insist on the resource the policy judged: a link swapped
@@ -97,7 +101,7 @@ class _StorageTool:
         checked = getattr(ctx.call, "resource", None)
         if checked is not None:
             _scope, user = _scope_key(args, ctx)
-            if storage_resource(ctx.tenant_id, user, loc.rel) != checked:
+            if self._resource_of(ctx.tenant_id, user, loc.rel) != checked:
                 raise StockadeError("storage.escape", "the storage path resolves elsewhere than when the policy checked it")
         return loc
 
@@ -143,6 +147,15 @@ class StorageListTool(_StorageTool):
     name: ClassVar[str] = "storage.list"
     args_model: ClassVar[type[ToolArgs]] = StorageListArgs
     _allow_root: ClassVar[bool] = True
+
+    @staticmethod
+    def _resource_of(tenant: str, user: str | None, rel: Any) -> str:
+        """A listing reads what is *in* the folder: ``storage://shared/secret/``, which a rule for
+        ``storage://shared/secret/**`` covers, as it covers the files in it (``storage://shared/secret``
+        matched no such rule: a deny of the files still listed their names and sizes). The root was
+        ``storage://shared/`` already."""
+        res = storage_resource(tenant, user, rel)
+        return res if res.endswith("/") else res + "/"
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         area, loc = _area(ctx), self._locate_checked(args, ctx)
