@@ -84,6 +84,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("run.canceled", 409, False, "Run canceled"),
     ErrorSpec("run.failed", 500, False, "Run failed"),
     ErrorSpec("run.worker_lost", 500, True, "The worker running this run was lost"),
+    ErrorSpec("call.canceled", 409, False, "The bundle canceled the call"),
     ErrorSpec("limit.memory", 507, False, "Sandbox memory limit reached"),
     ErrorSpec("limit.cpu", 408, False, "Sandbox CPU limit reached"),
     ErrorSpec("limit.output", 413, False, "Sandbox output limit reached"),

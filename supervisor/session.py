@@ -72,6 +72,7 @@ class RunSession:
         self._bucket_t = time.monotonic()
         self._spare: int | None = None  # a second descriptor of the connection (``_exactly``)
         self._marks: dict[str, tuple[str, int]] = {}  # CallState.run_marks: this run's side effects per resource
+        self._calls: dict[int, CallState] = {}  # calls in flight by request id (a ``cancel`` frame names one)
         self.read_done = asyncio.Event()  # the sandbox's last frame was read (done frame, EOF or a bad frame)
         self.finished = asyncio.Event()  # ... and its calls still in flight then have ended
 
@@ -169,6 +170,11 @@ class RunSession:
             self._tasks[task] = rid if type(rid) is int else None
             task.add_done_callback(self._call_done)
             return True
+        if kind == "cancel":
+            if not await self._token():  # metered like an emit: each is a lookup, and may write records
+                return False
+            self._cancel(frame.get("id"))
+            return True
         if kind == "emit":
             await self._emit(frame)
             # a run over its output or events limit is ending: what it sent after is not read (no call runs)
@@ -186,6 +192,21 @@ class RunSession:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+
+    def _cancel(self, rid: Any) -> None:
+        """The bundle let go of call ``rid`` (a broken-off ``ctx.stream``, a ``wait_for`` around
+        ``ctx.call``): stop it - an LLM stops generating, and charging, a wait for approval is withdrawn.
+        It ends as any interrupted call does (settled, audited ``tool.canceled``, an idempotency key bound
+        to the unknown outcome), with ``call.canceled``. An id not in flight (its reply crossed the cancel
+        on the wire) is ignored."""
+        if type(rid) is not int:
+            raise FrameError("frame.invalid", "cancel needs the integer id of a call")
+        call = self._calls.get(rid)
+        task = next((t for t, r in self._tasks.items() if r == rid), None)
+        if call is None or task is None or task.done() or call.extra.get("canceled_by"):
+            return
+        call.extra["canceled_by"] = "bundle"
+        task.cancel()
 
     def _call_done(self, task: asyncio.Task) -> None:
         rid = self._tasks.pop(task)
@@ -220,8 +241,20 @@ class RunSession:
         # this run asked for later - the bundle's own, the terminal one - still come after it).
         call.announced = self.emitter.emit_nowait("tool.call", {"request_id": rid, "tool": tool_label})
         call.after_reply = []
+        self._calls[rid] = call  # cancelable by the bundle while it is in the chain, not after
         try:
-            result = await self.chain(call)
+            try:
+                result = await self.chain(call)
+            finally:
+                del self._calls[rid]
+        except asyncio.CancelledError:
+            if call.extra.get("canceled_by") != "bundle":
+                raise  # the run is ending (or the node stopping): the caller's cancel
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # ours, and handled: the session goes on
+            self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label, code="call.canceled"))
+            await self.send({"type": "error", "id": rid, "code": "call.canceled", "retryable": False,
+                             "message": "the bundle canceled the call"})
+            return
         except StockadeError as exc:
             self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label, code=exc.code))
             await self.send({"type": "error", "id": rid, **exc.to_dict()})

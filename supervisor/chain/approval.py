@@ -29,6 +29,7 @@ __all__ = ["CALL_FAILED", "RUN_ENDED", "ApprovalInterceptor", "approval_terms", 
 
 RUN_ENDED = "the run ended before a decision"  # why a withdrawn request expired (also the API's)
 CALL_FAILED = "the call failed while it waited for a decision"
+CALL_CANCELED = "the bundle canceled the call before a decision"
 
 POLL_S = (0.05, 0.1, 0.2, 0.25)
 OUTAGE_MAX_S = 60.0  # a store outage a waiting call rides out (a restart, a failover) before it fails closed
@@ -67,7 +68,7 @@ class ApprovalInterceptor:
                 "separate": approval.separate,
             })
             decided = await self._wait(call, approval)
-        except asyncio.CancelledError:  # the run ended (canceled, timed out): nobody waits for a decision
+        except asyncio.CancelledError:  # the run ended (canceled, timed out), or the bundle let go of the call
             await asyncio.shield(self._withdraw(call, approval))
             raise
         except Exception as exc:  # the wait broke (a store blip): the call fails, its run goes on
@@ -142,7 +143,8 @@ class ApprovalInterceptor:
 
     @staticmethod
     async def _withdraw(call: CallState, approval: Approval) -> None:
-        await withdraw(call.services.approvals, approval.tenant_id, approval.id)
+        reason = CALL_CANCELED if call.extra.get("canceled_by") == "bundle" else RUN_ENDED
+        await withdraw(call.services.approvals, approval.tenant_id, approval.id, reason)
 
 
 async def _tell_votes(call: CallState, current: Approval, told: int) -> int:

@@ -86,8 +86,9 @@ class AuditInterceptor:
             call.error = exc
             await through_cancel(self._safe(call, "tool.failed", "internal"))
             raise
-        except asyncio.CancelledError:  # the run ended (canceled, timed out) with the call unfinished
-            await asyncio.shield(self._safe(call, "tool.canceled", "run.ended"))
+        except asyncio.CancelledError:  # the run ended (canceled, timed out), or the bundle let go of the call
+            code = "call.canceled" if call.extra.get("canceled_by") == "bundle" else "run.ended"
+            await asyncio.shield(self._safe(call, "tool.canceled", code))
             raise
         kind = "tool.deduped" if call.deduped else "tool.completed"
         if call.after_reply is not None:

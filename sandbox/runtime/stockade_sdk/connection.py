@@ -90,9 +90,25 @@ class Connection:
         try:
             await self._send({**obj, "id": rid})
             return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled() or not fut.done():  # (a canceled task cancels the future it waited on)
+                self._cancel_remote(rid)
+            raise
         finally:
             self._pending.pop(rid, None)
             self._streams.pop(rid, None)
+
+    def _cancel_remote(self, rid: int) -> None:
+        """Tell the supervisor this call is no longer wanted (a broken-off ``ctx.stream``, a timeout
+        around ``ctx.call``): it stops the tool - an LLM stops generating and charging. Written at once,
+        without waiting: a canceled task must not block. One ``write`` is one whole frame, so it cannot
+        land inside another frame; an id the supervisor never got, or already answered, is ignored."""
+        if self._dead or self._writer.is_closing():
+            return
+        try:
+            self._writer.write(encode({"type": "cancel", "id": rid}, self.max_frame))
+        except (ConnectionError, OSError, RuntimeError):
+            pass
 
     async def notify(self, obj: dict[str, Any]) -> None:
         await self._send(obj)
