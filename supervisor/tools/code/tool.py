@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from supervisor.errors import StockadeError
 from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
 
 __all__ = ["CodeRunTool"]
+
+log = logging.getLogger("stockade.tools")
 
 MAX_OUTPUT = 64 * 1024
 MAX_FILES = 20
@@ -59,12 +62,13 @@ class CodeRunTool:
         assert isinstance(args, CodeRunArgs)
         settings = ctx.services.settings
         pool = ctx.services.extras.get("uid_pool")
-        uid = pool.acquire() if pool is not None else None
-        base = settings.data_dir / "coderun"
-        base.mkdir(parents=True, exist_ok=True, mode=0o711)  # noqa: ASYNC240 - one mkdir, no I/O wait worth a thread
-        work = Path(tempfile.mkdtemp(prefix="code-", dir=base))
+        uid = _acquire_uid(pool)
+        work: Path | None = None
         proc = None
-        try:
+        try:  # from here on the uid goes back to the pool whatever happens (a full disk in mkdtemp too)
+            base = settings.data_dir / "coderun"
+            base.mkdir(parents=True, exist_ok=True, mode=0o711)  # noqa: ASYNC240 - one mkdir, no I/O wait worth a thread
+            work = Path(tempfile.mkdtemp(prefix="code-", dir=base))
             before = await asyncio.to_thread(_prepare, work, args, uid)
             limits = Limits(
                 memory_mb=min(256, settings.sandbox_memory_mb), max_procs=min(16, settings.sandbox_max_procs),
@@ -90,7 +94,8 @@ class CodeRunTool:
                 # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
                 proc.kill()
                 await proc.wait()
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
             if uid is not None and pool is not None:
                 pool.release(uid)
         result: dict[str, Any] = {
@@ -103,6 +108,27 @@ class CodeRunTool:
         if info.reason:
             result["limit"] = info.reason
         return ToolResult(result=result)
+
+
+def _acquire_uid(pool: Any) -> int | None:
+    """A uid of the node's pool for the sandbox (None: not root, no pool). An exhausted pool is a clear,
+    retryable refusal, given before anything ran: no traceback, the idempotency key freed, nothing charged
+    (it was a SandboxError out of the tool: ``tool.failed``, logged as a crash, the key kept)."""
+    from sandbox.errors import SandboxError
+
+    if pool is None:
+        return None
+    try:
+        return pool.acquire()
+    except SandboxError as exc:
+        log.warning("code.run refused: %s", exc.detail)  # the operator's version, naming the setting to raise
+        raise _busy("code.run: no sandbox is free on this node right now; retry shortly") from None
+
+
+def _busy(detail: str) -> StockadeError:
+    """The node has no sandbox to spare now: ``sandbox.unavailable``, but worth retrying (the table's row
+    says not retryable, for a broken backend - no bwrap, no seccomp - which a retry does not heal)."""
+    return StockadeError("sandbox.unavailable", detail, retryable=True)
 
 
 def _prepare(work: Path, args: CodeRunArgs, uid: int | None) -> dict[str, tuple[int, float]]:

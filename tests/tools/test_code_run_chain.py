@@ -1,0 +1,133 @@
+"""code.run through the real governance chain (audit, idempotency, budget), on both stacks.
+
+Each call starts a real sandbox. The node's uid pool is a small one of this test's own (a range no
+other test process uses), so the tests can fill it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from supervisor.chain.base import Binding, CallState
+from supervisor.errors import StockadeError
+from supervisor.policy import load_policy
+from supervisor.runtime import open_runtime
+from supervisor.tenancy import create_tenant
+from tests.e2e.harness import make_data_dir, settings_for
+
+pytestmark = [pytest.mark.timeout(90),
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the node's uid pool is what is tested")]
+
+POLICY = """
+version: 1
+rules:
+  - id: code
+    tool: code.run
+    verdict: allow
+prices:
+  code.run: 0.01
+"""
+PRICE = 10_000  # micro-USD
+UID_BASE = 420_000 + (os.getpid() % 400) * 16  # tests/sandbox uses 300,000-380,000; e2e nodes 200,000+
+
+
+@dataclass
+class Env:
+    rt: Any
+    tenants: list[str]
+
+    @property
+    def pool(self) -> Any:
+        return self.rt.services.extras["uid_pool"]
+
+    async def call(self, args: dict[str, Any], *, key: str | None = None, tenant: int = 0,
+                   run_id: str | None = None) -> tuple[dict[str, Any] | StockadeError, CallState]:
+        b = Binding(tenant_id=self.tenants[tenant], run_id=run_id or "run_" + secrets.token_hex(4), bundle="b",
+                    bundle_version="1")
+
+        async def emit(type_: str, data: dict[str, Any]) -> None:
+            return None
+
+        c = CallState(binding=b, tool_name="code.run", raw_args=args, idempotency_key=key,
+                      services=self.rt.services, emit=emit)
+        try:
+            return await self.rt.chain(c), c
+        except StockadeError as exc:
+            return exc, c
+
+    async def audit(self, run_id: str, tenant: int = 0) -> list[Any]:
+        recs = await self.rt.services.audit.list(self.tenants[tenant], limit=10_000)
+        return [r for r in recs if r.run_id == run_id]
+
+    async def spent_and_reserved(self, tenant: int = 0) -> tuple[int, int]:
+        tid = self.tenants[tenant]
+        acct = next(a for a in await self.rt.services.ledger.accounts(tid, time.time())
+                    if (a.scope, a.scope_id) == ("tenant", tid))
+        return acct.spent_micro, acct.reserved_micro
+
+
+def _settings(request: pytest.FixtureRequest, **extra: Any) -> Any:
+    kw: dict[str, Any] = dict(sandbox_uid_base=UID_BASE, sandbox_uid_count=4, worker_concurrency=1, **extra)
+    if request.param == "production":
+        return settings_for("production", make_data_dir(), pg_url=request.getfixturevalue("pg_url"),
+                            redis_url=request.getfixturevalue("redis_url"),
+                            redis_prefix=request.getfixturevalue("redis_prefix"), **kw)
+    return settings_for("embedded", make_data_dir(), **kw)
+
+
+@pytest.fixture(params=["embedded", "production"])
+def stack_settings(request: pytest.FixtureRequest) -> Any:
+    """Sync on purpose: ``pg_url`` creates its database with asyncio.run."""
+    return _settings(request)
+
+
+@pytest.fixture
+async def env(stack_settings: Any):
+    rt = await open_runtime(stack_settings)
+    try:
+        tenants = []
+        for _ in range(2):
+            tenant, _key = await create_tenant(rt.services, f"code-{secrets.token_hex(4)}")
+            await rt.services.policies.put(tenant.id, POLICY, load_policy(POLICY, source="test").version)
+            await rt.services.ledger.set_cap(tenant.id, "tenant", tenant.id, 1_000_000)
+            tenants.append(tenant.id)
+        yield Env(rt, tenants)
+    finally:
+        await rt.stop()
+        shutil.rmtree(stack_settings.data_dir, ignore_errors=True)
+
+
+async def test_an_exhausted_uid_pool_is_a_retryable_refusal_that_frees_the_key_and_charges_nothing(env, caplog):
+    """The pool's acquire was outside the try that turns a SandboxError into a StockadeError: the bundle got
+    ``tool.failed`` (a traceback in the server log), the idempotency key was kept bound to that failure (a
+    retry with the same key was told it again, deduped) - for a call whose tool never did anything."""
+    held = [env.pool.acquire() for _ in range(env.pool.count)]
+    run_id = "run_" + secrets.token_hex(4)
+    with caplog.at_level(logging.DEBUG):
+        out, c = await env.call({"code": "print('hi')"}, key="k-1", run_id=run_id)
+    try:
+        assert isinstance(out, StockadeError), out
+        assert out.code == "sandbox.unavailable" and out.http_status == 503
+        assert out.to_dict()["retryable"] is True  # as the bundle's ToolError has it
+        assert "STOCKADE_" not in out.public_detail  # the operator's remedy is for the log, not the tenant
+        assert [(r.kind, r.code, r.cost_micro) for r in await env.audit(run_id)] == [
+            ("tool.allowed", None, 0), ("tool.failed", "sandbox.unavailable", 0)]
+        assert await env.spent_and_reserved() == (0, 0)  # the reservation released, nothing charged
+        assert not [r for r in caplog.records if r.exc_info], "a refusal is not a crash"
+        assert any("STOCKADE_SANDBOX_UID_COUNT" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    finally:
+        for uid in held:
+            env.pool.release(uid)
+    # the key was freed: the same call with the same key now runs (not the first failure, replayed)
+    out, c = await env.call({"code": "print('hi')"}, key="k-1")
+    assert isinstance(out, dict) and out["stdout"] == "hi\n" and not c.deduped, out
+    assert await env.spent_and_reserved() == (PRICE, 0)
+    assert env.pool.in_use == 0
