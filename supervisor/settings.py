@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     sandbox_max_events_per_s: int = Field(500, ge=1)
     sandbox_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
     sandbox_warm_pool: int = Field(2, ge=0, le=64)  # sandboxes launched ahead (Python + SDK imported), used once
+    # code.run sandboxes one tenant may have running at once on one worker process (the uid pool is one per
+    # process; supervisor/README.md, "Tenant quotas"): past it a call is rate.limited
+    code_run_max_per_tenant: int = Field(8, ge=1, le=1_000_000)
 
     # --- bundles
     bundle_max_files: int = Field(1000, ge=1)

@@ -34,6 +34,9 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     ("STOCKADE_KB_QUOTA_MB", "1.5", "STOCKADE_KB_QUOTA_MB"),
     ("STOCKADE_KB_QUOTA_DOCS", "-1", "STOCKADE_KB_QUOTA_DOCS"),
     ("STOCKADE_KB_QUOTA_DOCS", "lots", "STOCKADE_KB_QUOTA_DOCS"),
+    ("STOCKADE_CODE_RUN_MAX_PER_TENANT", "0", "STOCKADE_CODE_RUN_MAX_PER_TENANT"),  # 0 would be "code.run off"
+    ("STOCKADE_CODE_RUN_MAX_PER_TENANT", "2.5", "STOCKADE_CODE_RUN_MAX_PER_TENANT"),
+    ("STOCKADE_CODE_RUN_MAX_PER_TENANT", "eight", "STOCKADE_CODE_RUN_MAX_PER_TENANT"),
 ])
 def test_bad_settings_one_line(monkeypatch, name, value, needle):
     monkeypatch.setenv(name, value)
@@ -84,6 +87,13 @@ def test_kb_quota_defaults_and_environment(monkeypatch):
     monkeypatch.setenv("STOCKADE_KB_QUOTA_DOCS", "20")
     s = load_settings()
     assert s.kb_quota_mb == 5 and s.kb_quota_docs == 20
+
+
+def test_code_run_cap_default_and_environment(monkeypatch):
+    monkeypatch.delenv("STOCKADE_CODE_RUN_MAX_PER_TENANT", raising=False)
+    assert load_settings().code_run_max_per_tenant == 8
+    monkeypatch.setenv("STOCKADE_CODE_RUN_MAX_PER_TENANT", "3")
+    assert load_settings().code_run_max_per_tenant == 3
 
 
 def test_repr_of_the_settings_shows_no_url_password():

@@ -483,8 +483,10 @@ async def test_a_canceled_code_run_leaves_no_sandbox_behind_a_released_uid() -> 
     os.chmod(data, 0o755)
     pool = type(POOL)(POOL.base + POOL.count - 10, 10)  # a pool of our own: its first uid is the one used
     settings = SimpleNamespace(data_dir=data, sandbox_memory_mb=256, sandbox_max_procs=16, sandbox_max_file_mb=16,
-                               sandbox_workdir_mb=64, sandbox_bwrap="bwrap", sandbox_python=None)
-    ctx = SimpleNamespace(services=SimpleNamespace(settings=settings, extras={"uid_pool": pool}))
+                               sandbox_workdir_mb=64, sandbox_bwrap="bwrap", sandbox_python=None,
+                               code_run_max_per_tenant=8, worker_concurrency=1, sandbox_warm_pool=0)
+    ctx = SimpleNamespace(services=SimpleNamespace(settings=settings, extras={"uid_pool": pool}), tenant_id="t",
+                          call=None)
     args = tool.CodeRunArgs.model_validate({"code": "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
                                                     "time.sleep(50)\n", "timeout_s": 50})
     try:

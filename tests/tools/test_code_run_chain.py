@@ -6,6 +6,7 @@ other test process uses), so the tests can fill it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -74,8 +75,10 @@ class Env:
         return acct.spent_micro, acct.reserved_micro
 
 
-def _settings(request: pytest.FixtureRequest, **extra: Any) -> Any:
-    kw: dict[str, Any] = dict(sandbox_uid_base=UID_BASE, sandbox_uid_count=4, worker_concurrency=1, **extra)
+@pytest.fixture(params=["embedded", "production"])
+def stack_settings(request: pytest.FixtureRequest) -> Any:
+    """Sync on purpose: ``pg_url`` creates its database with asyncio.run."""
+    kw: dict[str, Any] = dict(sandbox_uid_base=UID_BASE, sandbox_uid_count=4, worker_concurrency=1)
     if request.param == "production":
         return settings_for("production", make_data_dir(), pg_url=request.getfixturevalue("pg_url"),
                             redis_url=request.getfixturevalue("redis_url"),
@@ -83,26 +86,43 @@ def _settings(request: pytest.FixtureRequest, **extra: Any) -> Any:
     return settings_for("embedded", make_data_dir(), **kw)
 
 
-@pytest.fixture(params=["embedded", "production"])
-def stack_settings(request: pytest.FixtureRequest) -> Any:
-    """Sync on purpose: ``pg_url`` creates its database with asyncio.run."""
-    return _settings(request)
-
-
 @pytest.fixture
-async def env(stack_settings: Any):
-    rt = await open_runtime(stack_settings)
-    try:
+async def make_env(stack_settings: Any):
+    """``await make_env(**settings)``: a node (not started: the chain and stores only) with two tenants."""
+    runtimes = []
+
+    async def make(**update: Any) -> Env:
+        rt = await open_runtime(stack_settings.model_copy(update=update))
+        runtimes.append(rt)
         tenants = []
         for _ in range(2):
             tenant, _key = await create_tenant(rt.services, f"code-{secrets.token_hex(4)}")
             await rt.services.policies.put(tenant.id, POLICY, load_policy(POLICY, source="test").version)
             await rt.services.ledger.set_cap(tenant.id, "tenant", tenant.id, 1_000_000)
             tenants.append(tenant.id)
-        yield Env(rt, tenants)
+        return Env(rt, tenants)
+
+    try:
+        yield make
     finally:
-        await rt.stop()
+        for rt in runtimes:
+            await rt.stop()
         shutil.rmtree(stack_settings.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def env(make_env: Any) -> Env:
+    return await make_env()
+
+
+async def _until(cond: Any) -> None:
+    """Wait (bounded) for a condition another task brings about."""
+    async with asyncio.timeout(20):
+        while not cond():  # noqa: ASYNC110 - a uid taken by another task: no event to wait on
+            await asyncio.sleep(0.01)
+
+
+BLOCK = {"code": "import time\ntime.sleep(60)\n", "timeout_s": 60}
 
 
 async def test_an_exhausted_uid_pool_is_a_retryable_refusal_that_frees_the_key_and_charges_nothing(env, caplog):
@@ -131,3 +151,58 @@ async def test_an_exhausted_uid_pool_is_a_retryable_refusal_that_frees_the_key_a
     assert isinstance(out, dict) and out["stdout"] == "hi\n" and not c.deduped, out
     assert await env.spent_and_reserved() == (PRICE, 0)
     assert env.pool.in_use == 0
+
+
+async def test_one_tenant_cannot_take_every_code_sandbox(make_env):
+    """A bundle firing concurrent code.run calls had them all run, up to every uid of the node's pool:
+    every other tenant's code.run (and the node's runs) then failed. Now a tenant has at most
+    STOCKADE_CODE_RUN_MAX_PER_TENANT at once on a node; past it, a retryable rate.limited that names
+    the limit, charges nothing and leaves the other tenants' calls alone."""
+    env = await make_env(code_run_max_per_tenant=2, sandbox_uid_count=8)
+    blockers = [asyncio.ensure_future(env.call(BLOCK)) for _ in range(2)]
+    try:
+        await _until(lambda: env.pool.in_use == 2)  # both sandboxes have their uid
+        run_id = "run_" + secrets.token_hex(4)
+        out, c = await env.call({"code": "print(1)"}, key="k-3", run_id=run_id)
+        assert isinstance(out, StockadeError) and out.code == "rate.limited", out
+        assert out.to_dict()["retryable"] is True and out.extra["limit"] == "code_run_concurrency"
+        recs = await env.audit(run_id)
+        assert [(r.kind, r.code, r.cost_micro) for r in recs] == [("tool.allowed", None, 0),
+                                                                   ("rate.limited", "rate.limited", 0)]
+        assert recs[-1].detail["rate_limit"] == "code_run_concurrency"
+        assert await env.spent_and_reserved() == (0, 2 * PRICE)  # only the two running calls hold anything
+        assert env.pool.in_use == 2
+        # another tenant is not affected
+        out, _ = await env.call({"code": "print('b')"}, tenant=1)
+        assert isinstance(out, dict) and out["stdout"] == "b\n", out
+    finally:
+        for t in blockers:
+            t.cancel()
+        await asyncio.gather(*blockers, return_exceptions=True)
+    assert env.pool.in_use == 0 and env.rt.services.extras["code_admission"].total == 0
+    # the slots are back: the refused key was freed, and runs now
+    out, c = await env.call({"code": "print(1)"}, key="k-3")
+    assert isinstance(out, dict) and out["stdout"] == "1\n" and not c.deduped, out
+
+
+async def test_code_run_never_takes_the_uids_the_nodes_runs_need(make_env):
+    """code.run and the node's runs share one uid pool, and code.run could take all of it: the runs this
+    node claims then failed to start. Now code.run gets at most the pool minus what the runs and warm
+    slots of the node can hold at once (worker_concurrency + sandbox_warm_pool); past it
+    sandbox.unavailable, retryable - whichever tenants the sandboxes are of."""
+    env = await make_env(sandbox_uid_count=4, worker_concurrency=2, sandbox_warm_pool=0)
+    blockers = [asyncio.ensure_future(env.call(BLOCK, tenant=i)) for i in (0, 1)]
+    try:
+        await _until(lambda: env.pool.in_use == 2)
+        out, _ = await env.call({"code": "print(1)"})
+        assert isinstance(out, StockadeError) and out.code == "sandbox.unavailable", out
+        assert out.to_dict()["retryable"] is True
+        assert env.pool.in_use == 2
+        runs = [env.pool.acquire() for _ in range(2)]  # what the node's two run slots would take: still there
+        for uid in runs:
+            env.pool.release(uid)
+    finally:
+        for t in blockers:
+            t.cancel()
+        await asyncio.gather(*blockers, return_exceptions=True)
+    assert env.pool.in_use == 0 and env.rt.services.extras["code_admission"].total == 0

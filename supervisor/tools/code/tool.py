@@ -21,6 +21,7 @@ from pydantic import Field
 
 from supervisor.errors import StockadeError
 from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
+from supervisor.tools.code._admission import admission_for, busy
 
 __all__ = ["CodeRunTool"]
 
@@ -54,14 +55,18 @@ class CodeRunTool:
         return None
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        assert isinstance(args, CodeRunArgs)
+        settings = ctx.services.settings
+        pool = ctx.services.extras.get("uid_pool")
+        with admission_for(ctx.services).slot(ctx.tenant_id, ctx.call):  # the tenant's cap, the runs' uids
+            return await self._run(args, ctx, settings, pool)
+
+    async def _run(self, args: CodeRunArgs, ctx: ToolContext, settings: Any, pool: Any) -> ToolResult:
         from sandbox.errors import SandboxError
         from sandbox.launcher import launch
         from sandbox.spec import Limits, SandboxSpec
         from supervisor.runs.sandboxing import sandbox_python
 
-        assert isinstance(args, CodeRunArgs)
-        settings = ctx.services.settings
-        pool = ctx.services.extras.get("uid_pool")
         uid = _acquire_uid(pool)
         work: Path | None = None
         proc = None
@@ -122,13 +127,7 @@ def _acquire_uid(pool: Any) -> int | None:
         return pool.acquire()
     except SandboxError as exc:
         log.warning("code.run refused: %s", exc.detail)  # the operator's version, naming the setting to raise
-        raise _busy("code.run: no sandbox is free on this node right now; retry shortly") from None
-
-
-def _busy(detail: str) -> StockadeError:
-    """The node has no sandbox to spare now: ``sandbox.unavailable``, but worth retrying (the table's row
-    says not retryable, for a broken backend - no bwrap, no seccomp - which a retry does not heal)."""
-    return StockadeError("sandbox.unavailable", detail, retryable=True)
+        raise busy("code.run: no sandbox is free on this node right now; retry shortly") from None
 
 
 def _prepare(work: Path, args: CodeRunArgs, uid: int | None) -> dict[str, tuple[int, float]]:
