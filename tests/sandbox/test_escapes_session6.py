@@ -444,7 +444,7 @@ async def test_code_run_artifacts_do_not_follow_symlinks_to_host_files() -> None
     try:
         r = await run_snippet(_PLANT_LINKS.replace("$bait_dir", str(bait)), box=box, uid=uid)
         assert r.lines == [{"ok": True}], (r.lines, r.info)
-        files = _produced(box.work, {})
+        files = _produced(box.work, {})["files"]
         assert [f["path"] for f in files] == ["plain.txt"], files
         assert "host-secret-6" not in repr(files)
     finally:

@@ -1,4 +1,5 @@
-"""code.run input files: names are judged after normalisation and bad ones are input.invalid, not tool.failed."""
+"""code.run input files: names are judged after normalisation and bad ones are input.invalid, not tool.failed;
+and the produced files it returns."""
 
 from __future__ import annotations
 
@@ -45,10 +46,70 @@ def test_output_collection_reads_only_what_it_returns(tmp_path):
     os.symlink("/etc/passwd", tmp_path / "link")  # never followed
     tracemalloc.start()
     try:
-        files = _produced(tmp_path, {})
+        files = _produced(tmp_path, {})["files"]
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert [(e["path"], e["size"], e["truncated"]) for e in files] == [("big.bin", 64 * 1024 * 1024, True)]
     assert len(files[0]["text"]) == MAX_FILE_BYTES
     assert peak < 8 * MAX_FILE_BYTES
+
+
+def test_files_left_out_are_flagged(tmp_path):
+    # 20 files came back and nothing said whether there had been more
+    from supervisor.tools.code.tool import MAX_FILES, _produced, _snapshot
+
+    (tmp_path / "main.py").write_text("x")
+    (tmp_path / "input.txt").write_text("unchanged")
+    before = _snapshot(tmp_path)
+    for i in range(MAX_FILES):
+        (tmp_path / f"out{i:02d}.txt").write_text(str(i))
+    got = _produced(tmp_path, before)
+    assert len(got["files"]) == MAX_FILES and got["files_skipped"] == [] and got["files_truncated"] is False
+    (tmp_path / "zz-one-more.txt").write_text("x")
+    got = _produced(tmp_path, before)
+    assert [f["path"] for f in got["files"]] == [f"out{i:02d}.txt" for i in range(MAX_FILES)]
+    assert got["files_truncated"] is True
+
+
+def test_names_that_are_not_utf8_are_listed_apart_and_escaped(tmp_path):
+    import json
+    import os
+
+    from supervisor.tools.code.tool import MAX_FILES, _produced
+
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"dir\xfe"))
+    with open(os.path.join(os.fsencode(tmp_path), b"dir\xfe", b"caf\xc3\xa9-\xff"), "w") as f:
+        f.write("in a bad directory")
+    (tmp_path / "ok-\u00e9.txt").write_text("fine")
+    got = _produced(tmp_path, {})
+    assert [f["path"] for f in got["files"]] == ["ok-\u00e9.txt"]
+    assert got["files_skipped"] == [{"name": "dir\\xfe/caf\u00e9-\\xff", "reason": "name is not UTF-8"}]
+    assert got["files_truncated"] is False
+    json.dumps(got, ensure_ascii=False).encode("utf-8")  # what the frame encoder does: no lone surrogate left
+    for i in range(MAX_FILES + 5):
+        with open(os.path.join(os.fsencode(tmp_path), b"bad%02d\x80" % i), "w") as f:
+            f.write("x")
+    got = _produced(tmp_path, {})
+    assert len(got["files_skipped"]) == MAX_FILES and got["files_truncated"] is True
+    assert [f["path"] for f in got["files"]] == ["ok-\u00e9.txt"]  # they take no room from the good ones
+
+
+def test_a_file_that_cannot_be_opened_is_listed_apart(tmp_path, monkeypatch):
+    import os
+
+    from supervisor.tools.code import tool
+
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if str(path).endswith("a.txt"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(tool.os, "open", refusing_open)
+    got = tool._produced(tmp_path, {})
+    assert [f["path"] for f in got["files"]] == ["b.txt"]
+    assert got["files_skipped"] == [{"name": "a.txt", "reason": "cannot be opened"}]

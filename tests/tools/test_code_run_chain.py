@@ -7,6 +7,7 @@ other test process uses), so the tests can fill it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -19,9 +20,14 @@ import pytest
 
 from supervisor.chain.base import Binding, CallState
 from supervisor.errors import StockadeError
+from supervisor.events import RunEmitter
+from supervisor.ids import new_id
 from supervisor.policy import load_policy
 from supervisor.runtime import open_runtime
+from supervisor.session import RunSession
+from supervisor.stores.records import Run
 from supervisor.tenancy import create_tenant
+from supervisor.wire import HEADER
 from tests.e2e.harness import make_data_dir, settings_for
 
 pytestmark = [pytest.mark.timeout(90),
@@ -64,6 +70,31 @@ class Env:
         except StockadeError as exc:
             return exc, c
 
+    async def through_session(self, args: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        """One code.run call as a bundle makes it: a real RunSession reading the frames from a socket's
+        reader; the run's id and the frames the supervisor wrote back (welcome excluded)."""
+        s = self.rt.services
+        tid = self.tenants[0]
+        run = Run(id=new_id("run_"), tenant_id=tid, bundle="b", bundle_version="1", input="", status="queued",
+                  created_at=time.time())
+        await s.runs.create_run(run)
+        await s.runs.start_run(tid, run.id, worker_id="test", started_at=time.time())
+        binding = Binding(tenant_id=tid, run_id=run.id, bundle="b", bundle_version="1")
+        sess = RunSession(services=s, chain=self.rt.chain, recorder=self.rt.recorder, binding=binding,
+                          emitter=RunEmitter(s.runs, s.events, tid, run.id), welcome={"run_id": run.id},
+                          on_limit=lambda code: None)
+        reader = asyncio.StreamReader()
+        for frame in ({"type": "hello"}, {"type": "call", "id": 1, "tool": "code.run", "args": args},
+                      {"type": "done", "status": "ok"}):
+            body = json.dumps({"v": 1, **frame}).encode()
+            reader.feed_data(HEADER.pack(len(body)) + body)
+        reader.feed_eof()
+        writer = _Writer()
+        async with asyncio.timeout(60):
+            await sess.serve(reader, writer)  # type: ignore[arg-type]
+        assert writer.frames[0]["type"] == "welcome"
+        return run.id, writer.frames[1:]
+
     async def audit(self, run_id: str, tenant: int = 0) -> list[Any]:
         recs = await self.rt.services.audit.list(self.tenants[tenant], limit=10_000)
         return [r for r in recs if r.run_id == run_id]
@@ -73,6 +104,26 @@ class Env:
         acct = next(a for a in await self.rt.services.ledger.accounts(tid, time.time())
                     if (a.scope, a.scope_id) == ("tenant", tid))
         return acct.spent_micro, acct.reserved_micro
+
+
+class _Writer:
+    """The socket's write side, as the session uses it."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(json.loads(data[HEADER.size:]))
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @pytest.fixture(params=["embedded", "production"])
@@ -206,3 +257,22 @@ async def test_code_run_never_takes_the_uids_the_nodes_runs_need(make_env):
             t.cancel()
         await asyncio.gather(*blockers, return_exceptions=True)
     assert env.pool.in_use == 0 and env.rt.services.extras["code_admission"].total == 0
+
+
+async def test_a_file_name_that_is_not_utf8_no_longer_costs_the_whole_result(env):
+    """A file the code created under a name that is not UTF-8 came back from os with lone surrogates in
+    its path, and the result frame could not be encoded: the bundle got frame.invalid instead of its
+    stdout and every other file, while the audit said tool.completed and the call was charged. Now
+    that file is listed apart, its name escaped, and the rest of the result arrives."""
+    code = ("open(b'bad\\xff\\xfename', 'w').write('hi')\n"
+            "open('good.txt', 'w').write('ok')\n"
+            "print('done')\n")
+    run_id, out = await env.through_session({"code": code})
+    assert [(f["type"], f["id"]) for f in out] == [("result", 1)], out
+    result = out[0]["result"]
+    assert result["stdout"] == "done\n" and result["exit_code"] == 0
+    assert [(f["path"], f["text"]) for f in result["files"]] == [("good.txt", "ok")]
+    assert result["files_skipped"] == [{"name": "bad\\xff\\xfename", "reason": "name is not UTF-8"}]
+    assert result["files_truncated"] is False
+    assert [(r.kind, r.cost_micro) for r in await env.audit(run_id)] == [("tool.allowed", 0),
+                                                                         ("tool.completed", PRICE)]

@@ -3,7 +3,9 @@
 The code runs in its own sandbox, never the calling bundle's: a fresh work dir,
 no socket (no door at all), no network, tighter limits than a bundle, and its
 own pool uid. Produced files (new or changed in the work dir) come back as
-text (or base64 for binary), capped in count and size.
+text (or base64 for binary), capped in count and size; those no frame can carry
+(a name that is not UTF-8) are listed apart, and ``files_truncated`` says when
+some were left out. Result members: supervisor/README.md, "code.run".
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class CodeRunTool:
                 raise StockadeError(exc.code if exc.code in ("sandbox.unavailable", "input.invalid") else "tool.unavailable",
                                     exc.detail) from None
             info = await proc.wait()
-            files = await asyncio.to_thread(_produced, work, before)
+            produced = await asyncio.to_thread(_produced, work, before)
         finally:
             if proc is not None and not proc.exited:
                 # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
@@ -108,7 +110,7 @@ class CodeRunTool:
             "signal": info.signal,
             "stdout": _text(info.stdout_tail),
             "stderr": _text(info.stderr_tail),
-            "files": files,
+            **produced,
         }
         if info.reason:
             result["limit"] = info.reason
@@ -168,16 +170,36 @@ def _snapshot(work: Path) -> dict[str, tuple[int, float]]:
     return out
 
 
-def _produced(work: Path, before: dict[str, tuple[int, float]]) -> list[dict[str, Any]]:
-    files = []
+def _produced(work: Path, before: dict[str, tuple[int, float]]) -> dict[str, Any]:
+    """The files the run created or changed: ``files`` (at most ``MAX_FILES``), ``files_skipped`` (at most
+    ``MAX_FILES`` that cannot be returned: a name that is not UTF-8, a file that cannot be opened) and
+    ``files_truncated`` (True: some were in neither list)."""
+    files: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    truncated = False
     for rel, sig in sorted(_snapshot(work).items()):
         if before.get(rel) == sig or rel == "main.py":
             continue
+        if not _utf8(rel):
+            # os hands such a name over with lone surrogates: no frame can carry it, and the whole
+            # result was lost (frame.invalid) for one file. Named escaped (b'\xff' -> "\\xff"), apart:
+            # it is no path a later call could use
+            if len(skipped) < MAX_FILES:
+                skipped.append({"name": os.fsencode(rel).decode("utf-8", "backslashreplace"),
+                                "reason": "name is not UTF-8"})
+            else:
+                truncated = True
+            continue
         if len(files) >= MAX_FILES:
-            break
+            truncated = True
+            continue
         try:  # only what is returned is read (a run may leave 20 files of max_file_mb each); never a link
             fd = os.open(work / rel, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
+            if len(skipped) < MAX_FILES:
+                skipped.append({"name": rel, "reason": "cannot be opened"})
+            else:
+                truncated = True
             continue
         with os.fdopen(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -188,7 +210,15 @@ def _produced(work: Path, before: dict[str, tuple[int, float]]) -> list[dict[str
         except UnicodeDecodeError:
             entry["base64"] = base64.b64encode(data).decode()
         files.append(entry)
-    return files
+    return {"files": files, "files_skipped": skipped, "files_truncated": truncated}
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(data: bytes | None) -> str:
