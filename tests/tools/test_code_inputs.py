@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.errors import StockadeError
+from supervisor.rmtree import remove_tree
 from supervisor.tools.code.tool import CodeRunArgs, _write_inputs
 
 pytestmark = pytest.mark.timeout(30)
@@ -113,3 +114,52 @@ def test_a_file_that_cannot_be_opened_is_listed_apart(tmp_path, monkeypatch):
     got = tool._produced(tmp_path, {})
     assert [f["path"] for f in got["files"]] == ["b.txt"]
     assert got["files_skipped"] == [{"name": "a.txt", "reason": "cannot be opened"}]
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A work dir that may end up deeper than PATH_MAX or the recursion limit: removed here, whatever the
+    test did - pytest's own clean-up of old temp dirs (shutil.rmtree) would raise on it, in every later
+    pytest process of this user."""
+    d = tmp_path / "work"
+    d.mkdir()
+    yield d
+    remove_tree(d)
+
+
+@pytest.mark.parametrize("depth,name", [(1500, "d"), (20, "d" * 250)], ids=["recursion", "path-max"])
+def test_a_deep_tree_is_left_out_not_a_crash(work, depth, name):
+    # rglob recursed once per level (RecursionError ~1,000 deep) and stat'ed whole paths (ENAMETOOLONG
+    # past PATH_MAX): the tool failed and the call's whole result was lost to one directory tree
+    import os
+
+    from supervisor.tools.code.tool import _produced
+
+    (work / "top.txt").write_text("t")
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.close(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    got = _produced(work, {})
+    assert [f["path"] for f in got["files"]] == ["top.txt"] and got["files_truncated"] is True
+
+
+def test_files_down_to_the_depth_cap_are_returned(tmp_path):
+    from supervisor.tools.code.tool import MAX_DEPTH, _produced
+
+    deep = tmp_path.joinpath(*["d"] * MAX_DEPTH)
+    deep.mkdir(parents=True)
+    (deep / "in.txt").write_text("x")
+    got = _produced(tmp_path, {})
+    assert [f["path"] for f in got["files"]] == ["/".join(["d"] * MAX_DEPTH + ["in.txt"])]
+    assert got["files_truncated"] is False
+    (deep / "d").mkdir()
+    (deep / "d" / "below.txt").write_text("x")
+    got = _produced(tmp_path, {})
+    assert len(got["files"]) == 1 and got["files_truncated"] is True

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
 from supervisor.ids import new_id
 from supervisor.policy import load_policy
+from supervisor.rmtree import remove_tree
 from supervisor.runtime import open_runtime
 from supervisor.session import RunSession
 from supervisor.stores.records import Run
@@ -158,7 +158,7 @@ async def make_env(stack_settings: Any):
     finally:
         for rt in runtimes:
             await rt.stop()
-        shutil.rmtree(stack_settings.data_dir, ignore_errors=True)
+        remove_tree(stack_settings.data_dir)  # (shutil.rmtree raised on the old tool's deep leftovers)
 
 
 @pytest.fixture
@@ -276,3 +276,27 @@ async def test_a_file_name_that_is_not_utf8_no_longer_costs_the_whole_result(env
     assert result["files_truncated"] is False
     assert [(r.kind, r.cost_micro) for r in await env.audit(run_id)] == [("tool.allowed", 0),
                                                                          ("tool.completed", PRICE)]
+
+
+DEEP = """import os
+fd = os.open('.', os.O_RDONLY)
+for _ in range(1500):
+    os.mkdir('d', dir_fd=fd)
+    nxt = os.open('d', os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = nxt
+print('deep')
+"""
+
+
+async def test_a_deep_tree_costs_neither_the_result_nor_a_uid(env, caplog):
+    """Code that left a directory tree ~1,500 deep: collecting its files (Path.rglob) and removing its work
+    dir (shutil.rmtree, ignore_errors or not) both recurse once per level on Python 3.11 and raised
+    RecursionError. The bundle got tool.failed instead of its stdout, and the exception out of the tool's
+    ``finally`` skipped the release of the sandbox's uid: one call, one uid of the node's pool gone until
+    a restart - and the work dir left on disk."""
+    out, _ = await env.call({"code": DEEP})
+    assert isinstance(out, dict) and out["stdout"] == "deep\n" and out["files_truncated"] is True, out
+    assert env.pool.in_use == 0
+    assert list((env.rt.settings.data_dir / "coderun").iterdir()) == []
+    assert not [r for r in caplog.records if r.exc_info]

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from supervisor.errors import StockadeError
+from supervisor.rmtree import remove_tree
 from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
 from supervisor.tools.code._admission import admission_for, busy
 
@@ -32,6 +32,8 @@ log = logging.getLogger("stockade.tools")
 MAX_OUTPUT = 64 * 1024
 MAX_FILES = 20
 MAX_FILE_BYTES = 256 * 1024
+MAX_DEPTH = 64  # directories below the work dir a produced file may be in to be returned
+_MAX_ENTRIES = 100_000  # what the launcher lets /work hold (sandbox.launcher.MAX_WORK_ENTRIES)
 
 
 class CodeRunArgs(ToolArgs):
@@ -97,14 +99,18 @@ class CodeRunTool:
             info = await proc.wait()
             produced = await asyncio.to_thread(_produced, work, before)
         finally:
-            if proc is not None and not proc.exited:
-                # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
-                proc.kill()
-                await proc.wait()
-            if work is not None:
-                shutil.rmtree(work, ignore_errors=True)
-            if uid is not None and pool is not None:
-                pool.release(uid)
+            try:
+                if proc is not None and not proc.exited:
+                    # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
+                    proc.kill()
+                    await proc.wait()
+                if work is not None:
+                    # any depth (shutil.rmtree raised RecursionError on a deep tree, and the uid was never
+                    # given back); up to the launcher's 100,000 entries: not on the event loop
+                    await asyncio.to_thread(remove_tree, work)
+            finally:
+                if uid is not None and pool is not None and (proc is None or proc.exited):
+                    pool.release(uid)  # (a sandbox that may still live keeps its uid: never two on one)
         result: dict[str, Any] = {
             "exit_code": info.returncode,
             "signal": info.signal,
@@ -162,22 +168,56 @@ def _write_inputs(work: Path, args: CodeRunArgs) -> None:
 
 
 def _snapshot(work: Path) -> dict[str, tuple[int, float]]:
-    out = {}
-    for p in work.rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            st = p.stat()
-            out[str(p.relative_to(work))] = (st.st_size, st.st_mtime)
-    return out
+    return _walk(work)[0]
+
+
+def _walk(work: Path) -> tuple[dict[str, tuple[int, float]], bool]:
+    """The regular files under ``work`` by relative path, ``(size, mtime)`` each, never through a link
+    (a symlinked file is left out, a symlinked directory not entered); and True if the walk left some out:
+    deeper than ``MAX_DEPTH``, a path too long for the kernel to name, past ``_MAX_ENTRIES``.
+
+    Iterative and by-path-bounded: ``Path.rglob`` recursed once per level (a tree ~1,000 deep was a
+    RecursionError) and stat'ed full paths (one past PATH_MAX was ENAMETOOLONG), out of the tool either
+    way: ``tool.failed``, a traceback, and the call's whole result lost to one directory tree."""
+    out: dict[str, tuple[int, float]] = {}
+    partial = False
+    entries = 0
+    stack: list[tuple[str, int]] = [("", 0)]
+    while stack:
+        rel_dir, depth = stack.pop()
+        try:
+            with os.scandir(work / rel_dir) as it:
+                listed = list(it)
+        except OSError:  # ENAMETOOLONG, or gone
+            partial = True
+            continue
+        for entry in listed:
+            entries += 1
+            if entries > _MAX_ENTRIES:
+                return out, True
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if depth >= MAX_DEPTH:
+                        partial = True
+                    else:
+                        stack.append((rel, depth + 1))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    out[rel] = (st.st_size, st.st_mtime)
+            except OSError:
+                partial = True
+    return out, partial
 
 
 def _produced(work: Path, before: dict[str, tuple[int, float]]) -> dict[str, Any]:
     """The files the run created or changed: ``files`` (at most ``MAX_FILES``), ``files_skipped`` (at most
     ``MAX_FILES`` that cannot be returned: a name that is not UTF-8, a file that cannot be opened) and
-    ``files_truncated`` (True: some were in neither list)."""
+    ``files_truncated`` (True: some were in neither list, or too deep to be looked at)."""
     files: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    truncated = False
-    for rel, sig in sorted(_snapshot(work).items()):
+    now, truncated = _walk(work)
+    for rel, sig in sorted(now.items()):
         if before.get(rel) == sig or rel == "main.py":
             continue
         if not _utf8(rel):
