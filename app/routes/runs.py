@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -103,17 +104,19 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
     # replay. Safe to accept: the same body, and a replay is still only of a run the caller sees (_replay)
     # (only a request with an Idempotency-Key can be a replay: no second hash on the plain path)
     hashes = (request_hash, sha256_hex(canonical(body.model_dump()))) if idempotency_key is not None else (request_hash,)
-    if idempotency_key is not None:
-        existing = await _by_key(s, p.tenant_id, idempotency_key)
-        if existing is not None:
-            return _replay(existing, hashes, p)
+    stored_key = _scoped_key(p, idempotency_key) if idempotency_key is not None else None
+    if stored_key is not None and stored_key != idempotency_key:
+        # stored before keys were scoped by binding (raw): still this key's run, if it is one it sees
+        legacy = await s.runs.get_run_by_idempotency_key(p.tenant_id, idempotency_key)
+        if legacy is not None and p.sees(legacy.user_id, legacy.project_id):
+            return _replay(legacy, hashes, p)
     # a run for a user in a project: the user must be a member (a project-bound key is not every user)
     await check_membership(s, p.tenant_id, user_id, project_id)
     version = await rt.registry.resolve(p.tenant_id, body.bundle)
     run = Run(
         id=new_id("run_"), tenant_id=p.tenant_id, bundle=version.name, bundle_version=version.digest,
         input=body.input, status="queued", created_at=time.time(), project_id=project_id, user_id=user_id,
-        key_id=p.key_id, conversation_id=body.conversation_id or None, idempotency_key=idempotency_key,
+        key_id=p.key_id, conversation_id=body.conversation_id or None, idempotency_key=stored_key,
         request_hash=request_hash,
     )
     stored, created = await s.runs.create_run(run)
@@ -137,9 +140,15 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
     return JSONResponse(run_json(stored), status_code=201)
 
 
-async def _by_key(s: Any, tenant_id: str, key: str) -> Run | None:
-    getter = getattr(s.runs, "get_run_by_idempotency_key", None)
-    return await getter(tenant_id, key) if getter else None
+def _scoped_key(p: Principal, key: str) -> str:
+    """The Idempotency-Key as stored: tenant-wide for an unbound key (a backend's, with the user in the
+    body: its keys are its own to keep unique), per binding for a key bound to a user and/or project.
+    Two end users' keys that happened to pick the same value blocked each other (422, which also told
+    one that the other had used it). The prefix (U+001E) is no character a header can carry, so no
+    unbound key can spell a bound one's."""
+    if p.user_id is None and p.project_id is None:
+        return key
+    return "\x1e" + json.dumps([p.user_id, p.project_id, key], ensure_ascii=False, separators=(",", ":"))
 
 
 def _replay(run: Run, request_hashes: tuple[str, ...], p: Principal) -> JSONResponse:

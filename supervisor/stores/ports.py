@@ -73,6 +73,7 @@ class RunStore(Protocol):
         """Insert; if (tenant, idempotency_key) exists return (existing, False)."""
         ...
     async def get_run(self, tenant_id: str, run_id: str) -> Run | None: ...
+    async def get_run_by_idempotency_key(self, tenant_id: str, key: str) -> Run | None: ...  # the key as stored
     async def get_run_any_tenant(self, run_id: str) -> Run | None: ...  # workers only
     async def list_runs(self, tenant_id: str, *, limit: int = 50, before: float | None = None,
                         user_id: str | None = None, project_id: str | None = None,

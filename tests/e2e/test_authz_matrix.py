@@ -373,13 +373,17 @@ async def _escalations(w: World) -> list[str]:
         if r.status_code != 201 or (r.json()["user_id"], r.json()["project_id"]) != (w.user_a, w.project_a):
             bad.append(f"{role} key bound to alice: run not bound to alice/apollo: {r.status_code} {r.text[:200]}")
         own = r.json()["id"]
-        # an Idempotency-Key another's run was created with replays nothing of it, even with the very same body
+        # an Idempotency-Key another's run was created with replays nothing of it, even with the very same body:
+        # a bound key's keys are its binding's own (it gets a run of its own, not the other's, nor a 422
+        # telling it that someone else used that key)
         for i, owner in enumerate(({}, {"user_id": bob})):
             key = f"idem-{role}-{i}"
             r = await admin.post("/v1/runs", json={"bundle": "echo", "input": "x", **owner}, headers={"Idempotency-Key": key})
             assert r.status_code == 201, r.text
+            theirs = r.json()["id"]
             r = await bound.post("/v1/runs", json={"bundle": "echo", "input": "x"}, headers={"Idempotency-Key": key})
-            if r.status_code != 422 or r.json()["code"] != "idempotency.mismatch":
+            if (r.status_code != 201 or r.json()["id"] == theirs or "Idempotent-Replayed" in r.headers
+                    or (r.json()["user_id"], r.json()["project_id"]) != (w.user_a, w.project_a)):
                 bad.append(f"{role} key bound to alice, Idempotency-Key of a run of {owner or 'nobody'}: "
                            f"{r.status_code} {r.text[:200]}")
         r = await bound.post("/v1/runs", json={"bundle": "echo", "input": "y"}, headers={"Idempotency-Key": f"idem-{role}-own"})

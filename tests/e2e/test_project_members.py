@@ -97,3 +97,34 @@ async def test_memberships_do_not_cross_tenants(node):
     assert (await a.get(f"/v1/projects/{proj_a}/members")).json() == {"data": []}
     assert [p["id"] for p in (await b.get("/v1/projects")).json()["data"]] == [proj_b]
     assert [u["id"] for u in (await b.get("/v1/users")).json()["data"]] == [user_b]
+
+
+async def test_idempotency_keys_of_bound_keys_are_their_bindings_own(node):
+    """Found by a walkthrough: Bob's user-bound key POSTed a run with ``Idempotency-Key: order-42``, then
+    Alice's key posting the identical body and key got 422 ``idempotency.mismatch`` - two end users whose
+    keys happened to match blocked each other, and the 422 told Alice that someone had used it. A bound
+    key's Idempotency-Keys are now scoped by its binding (as tool-call keys are by user and project);
+    an unbound key's stay tenant-wide."""
+    _, admin_key = await node.tenant()
+    admin = node.client(admin_key)
+    alice, bob = await _new(admin, "users", "alice"), await _new(admin, "users", "bob")
+    a, b = node.client(await _key(admin, user_id=alice)), node.client(await _key(admin, user_id=bob))
+    body, key = {"bundle": "echo", "input": "same"}, {"Idempotency-Key": "order-42"}
+    rb = await b.post("/v1/runs", json=body, headers=key)
+    ra = await a.post("/v1/runs", json=body, headers=key)
+    assert rb.status_code == 201 and ra.status_code == 201, (rb.text, ra.text)
+    assert ra.json()["id"] != rb.json()["id"] and ra.json()["user_id"] == alice and rb.json()["user_id"] == bob
+    assert "Idempotent-Replayed" not in ra.headers
+    # each still replays its own, and a different body under one's own key is still a mismatch
+    again = await a.post("/v1/runs", json=body, headers=key)
+    assert again.status_code == 201 and again.json()["id"] == ra.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    other = await a.post("/v1/runs", json={**body, "input": "other"}, headers=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency.mismatch"
+    # a second key bound to alice shares her namespace (it acts as her)
+    a2 = node.client(await _key(admin, user_id=alice))
+    r = await a2.post("/v1/runs", json=body, headers=key)
+    assert r.status_code == 201 and r.json()["id"] == ra.json()["id"]
+    # the unbound admin key: tenant-wide, its own namespace (none of the users' runs is replayed to it)
+    r = await admin.post("/v1/runs", json=body, headers=key)
+    assert r.status_code == 201 and r.json()["id"] not in (ra.json()["id"], rb.json()["id"])
+    assert (await admin.post("/v1/runs", json=body, headers=key)).json()["id"] == r.json()["id"]

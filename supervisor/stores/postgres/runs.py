@@ -64,6 +64,12 @@ class PgRunStore:
             row = await c.fetchrow(f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND id = $2", tenant_id, run_id)
         return to_run(row) if row else None
 
+    async def get_run_by_idempotency_key(self, tenant_id: str, key: str) -> Run | None:
+        async with self._db.tenant_tx(tenant_id) as c:
+            row = await c.fetchrow(f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND idempotency_key = $2",
+                                   tenant_id, key)
+        return to_run(row) if row else None
+
     async def get_run_any_tenant(self, run_id: str) -> Run | None:
         async with self._db.system_tx() as c:
             row = await c.fetchrow(f"SELECT {RUN_COLS} FROM runs WHERE id = $1", run_id)

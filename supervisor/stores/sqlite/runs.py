@@ -60,6 +60,11 @@ class SqliteRunStore:
         row = self._db.query_one(f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND id = ?", (tenant_id, run_id))
         return to_run(row) if row else None
 
+    async def get_run_by_idempotency_key(self, tenant_id: str, key: str) -> Run | None:
+        row = self._db.query_one(f"SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND idempotency_key = ?",
+                                 (tenant_id, key))
+        return to_run(row) if row else None
+
     async def get_run_any_tenant(self, run_id: str) -> Run | None:
         row = self._db.query_one(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run_id,))
         return to_run(row) if row else None
