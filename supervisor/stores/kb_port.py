@@ -35,7 +35,7 @@ from supervisor.ids import new_id
 __all__ = [
     "DEFAULT_QUOTA_BYTES", "DEFAULT_QUOTA_DOCS", "DOC_ID", "KbHit", "KbQuota", "KbStore", "KbUsage", "MAX_LIMIT",
     "MAX_QUERY_CHARS", "MAX_SOURCE_CHARS", "MAX_TEXT_CHARS", "MAX_TITLE_CHARS", "SNIPPET_MARK", "check_doc",
-    "check_search", "doc_bytes",
+    "check_doc_id", "check_search", "doc_bytes",
 ]
 
 MAX_TEXT_CHARS = 200_000  # PostgreSQL caps one tsvector at 1 MB; this stays well below for any text
@@ -107,7 +107,8 @@ class KbStore(Protocol):
         ...
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:
-        """True if the document existed (its bytes and count are freed)."""
+        """True if the tenant had the document (its bytes and count are freed), False if not;
+        ``input.invalid`` for an id ``add`` would refuse (``check_doc_id``)."""
         ...
 
     async def usage(self, tenant_id: str) -> KbUsage:
@@ -140,6 +141,11 @@ def check_doc(text: str, title: str | None, source: str | None, doc_id: str | No
         raise StockadeError("input.invalid", "kb documents must be valid Unicode text (no lone surrogates)")
     if doc_id is None:
         return new_id("doc_")
+    return check_doc_id(doc_id)
+
+
+def check_doc_id(doc_id: str) -> str:
+    """A document id ``add`` accepts (and so one ``delete`` may name), else ``input.invalid``."""
     if not isinstance(doc_id, str) or not DOC_ID.fullmatch(doc_id):
         raise StockadeError("input.invalid", "doc_id: 1-200 printable ASCII characters without spaces")
     return doc_id

@@ -142,6 +142,10 @@ async def test_unknown_tenant_and_bad_documents(sql_db):
     with pytest.raises(StockadeError):
         await kb.search(t, "a\x00b")
     assert await kb.search(t, "text") == []  # nothing was stored by the refused calls
+    for bad_id in ("has space", "x" * 201, "", "-lead", "d\x00", "caf\u00e9"):  # ids add refuses, delete refuses
+        with pytest.raises(StockadeError) as ei:
+            await kb.delete(t, bad_id)
+        assert ei.value.code == "input.invalid"
 
 
 async def test_postgres_row_level_security_on_kb_docs(pg_url):

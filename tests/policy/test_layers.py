@@ -92,7 +92,7 @@ def test_conflicting_downgrades_keep_the_tenants_value():
 
 def test_default_policy_allows_only_tools_that_stay_inside_the_tenant():
     p = default_policy()
-    for tool in ("echo", "llm.chat", "kb.search", "kb.add", "storage.read", "storage.write", "code.run"):
+    for tool in ("echo", "llm.chat", "kb.search", "kb.add", "kb.delete", "storage.read", "storage.write", "code.run"):
         v = evaluate(p, req(tool))
         assert (v.verdict, v.layer) == ("allow", "default"), tool
     for tool in ("http.request", "mcp.call", "mcp.github.create_issue", "storage", "code.exec"):

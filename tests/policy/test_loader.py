@@ -254,8 +254,19 @@ def test_default_policy():
     assert [r.id for r in p.rules] == ["default.echo", "default.llm", "default.kb", "default.storage", "default.code"]
     assert all(r.verdict == "allow" for r in p.rules)
     assert p.price_for("storage.write") is not None and p.price_for("echo") == 0.0
+    assert p.price_for("kb.delete") == p.price_for("kb.search") == 0.0001
     assert "openai/gpt-4.1-mini" in p.llm_prices
     assert default_policy() is p
+
+
+def test_default_policy_prices_every_built_in_tool():
+    from supervisor.settings import Settings
+    from supervisor.tools.registry import default_registry
+
+    names = default_registry(Settings()).names()
+    assert {"kb.add", "kb.search", "kb.delete"} <= set(names)
+    # llm.chat is priced per token (llm_prices), not per call
+    assert [n for n in names if n != "llm.chat" and default_policy().price_for(n) is None] == []
 
 
 def test_bundle_policy_layer():

@@ -1,4 +1,4 @@
-"""kb.add / kb.search through the tool classes, on the embedded SQLite store."""
+"""kb.add / kb.search / kb.delete through the tool classes, on the embedded SQLite store."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from supervisor.errors import StockadeError
 from supervisor.factory import open_services
 from supervisor.policy import load_policy
 from supervisor.settings import Settings
-from supervisor.stores.kb_port import KbQuota
+from supervisor.stores.kb_port import KbQuota, KbUsage
 from supervisor.stores.sqlite import SqliteTenantStore, open_sqlite
 from supervisor.stores.sqlite.kb import SqliteKbStore
-from supervisor.tools.kb import KbAddTool, KbSearchTool, tools
+from supervisor.tools.kb import KbAddTool, KbDeleteTool, KbSearchTool, tools
 from tests.tools.test_http_helpers import make_ctx
 
 pytestmark = pytest.mark.timeout(30)
@@ -83,9 +83,38 @@ def test_args_and_metadata():
     with pytest.raises(ValidationError, match="NUL"):
         KbSearchTool.args_model.model_validate({"query": "a\x00"})
     by_name = {t.name: t for t in tools()}
-    assert set(by_name) == {"kb.add", "kb.search"}
+    assert set(by_name) == {"kb.add", "kb.search", "kb.delete"}
     assert by_name["kb.search"].risk == "low" and not by_name["kb.search"].side_effects
     assert by_name["kb.add"].side_effects
+    assert by_name["kb.delete"].side_effects and by_name["kb.delete"].risk == "medium"
+    for bad in ({}, {"doc_id": ""}, {"doc_id": "x" * 201}, {"doc_id": "d\x00"}, {"doc_id": 7}, {"doc_id": "a b"},
+                {"doc_id": "-x"}, {"doc_id": "d", "tenant_id": "other"}):
+        with pytest.raises(ValidationError):
+            KbDeleteTool.args_model.model_validate(bad)
+        if "doc_id" in bad and len(bad) == 1:  # the same ids are refused by kb.add, before the policy sees them
+            with pytest.raises(ValidationError):
+                KbAddTool.args_model.model_validate({"text": "x", **bad})
+    # one resource spelling for a document, whichever tool names it: a policy's kb:// glob covers both
+    add = KbAddTool.args_model.model_validate({"text": "x", "doc_id": "notes/a"})
+    delete = KbDeleteTool.args_model.model_validate({"doc_id": "notes/a"})
+    assert KbAddTool().resource(add, None) == KbDeleteTool().resource(delete, None) == "kb://notes/a"
+
+
+async def test_delete_removes_the_document_of_the_runs_tenant_only(env):
+    s, kb, a, b = env
+    doc_id = (await _run(KbAddTool(), s, kb, a, text="tenant a quarterly plan"))["doc_id"]
+    await _run(KbAddTool(), s, kb, b, text="tenant b quarterly plan", doc_id="same")
+    assert await _run(KbDeleteTool(), s, kb, b, doc_id=doc_id) == {"doc_id": doc_id, "deleted": False}
+    assert len((await _run(KbSearchTool(), s, kb, a, query="quarterly"))["results"]) == 1  # b cannot touch a's
+    assert await _run(KbDeleteTool(), s, kb, a, doc_id="same") == {"doc_id": "same", "deleted": False}
+    assert await _run(KbDeleteTool(), s, kb, a, doc_id=doc_id) == {"doc_id": doc_id, "deleted": True}
+    assert (await _run(KbSearchTool(), s, kb, a, query="quarterly"))["results"] == []
+    assert await kb.usage(a) == KbUsage(0, 0)
+    assert await _run(KbDeleteTool(), s, kb, a, doc_id=doc_id) == {"doc_id": doc_id, "deleted": False}
+    assert [r["doc_id"] for r in (await _run(KbSearchTool(), s, kb, b, query="quarterly"))["results"]] == ["same"]
+    with pytest.raises(StockadeError) as ei:  # an id kb.add would refuse: refused the same way, by the store
+        await kb.delete(a, "has space")
+    assert ei.value.code == "input.invalid"
 
 
 async def test_kb_add_over_the_quota_is_refused_with_kb_quota(tmp_path):
@@ -139,5 +168,72 @@ async def test_kb_quota_setting_reaches_the_store_and_the_refusal_is_audited(tmp
         failed = [r for r in records if r.kind == "tool.failed"]
         assert [(r.tool, r.code) for r in failed] == [("kb.add", "kb.quota")] * 2
         assert (await svc.kb.usage(tenant)).docs == 2
+    finally:
+        await svc.close()
+
+
+async def test_kb_delete_through_the_chain_frees_quota_under_the_default_policy(tmp_path):
+    # what a bundle's ctx.call("kb.delete") goes through: no tenant policy, so the shipped default decides
+    s = Settings(data_dir=tmp_path / "data", kb_quota_docs=2, kb_quota_mb=1)
+    svc = await open_services(s)
+    try:
+        chain, _ = build_chain(AuditRecorder(svc.audit, Sealer(load_audit_key(s))))
+        tenant = (await svc.tenants.create_tenant("t-" + secrets.token_hex(3))).id
+        binding = Binding(tenant_id=tenant, run_id="run_" + secrets.token_hex(4), bundle="b", bundle_version="1")
+
+        async def call(tool: str, **args: Any) -> dict[str, Any] | StockadeError:
+            async def emit(type_: str, data: dict[str, Any]) -> None:
+                return None
+
+            try:
+                return await chain(CallState(binding=binding, tool_name=tool, raw_args=args, services=svc, emit=emit))
+            except StockadeError as exc:
+                return exc
+
+        assert (await call("kb.add", text="one", doc_id="one"))["doc_id"] == "one"
+        assert (await call("kb.add", text="two", doc_id="two"))["doc_id"] == "two"
+        assert (await call("kb.add", text="three", doc_id="three")).code == "kb.quota"
+        assert await call("kb.delete", doc_id="one") == {"doc_id": "one", "deleted": True}
+        assert (await svc.kb.usage(tenant)).docs == 1
+        assert (await call("kb.add", text="three", doc_id="three"))["doc_id"] == "three"  # the room it made
+        assert await call("kb.delete", doc_id="missing") == {"doc_id": "missing", "deleted": False}
+        assert await call("kb.delete", doc_id="one") == {"doc_id": "one", "deleted": True}  # a repeat: the first answer
+        assert (await call("kb.delete", doc_id="bad id")).code == "input.invalid"
+        records = await svc.audit.list(tenant, run_id=binding.run_id)
+        deletes = [r for r in records if r.tool == "kb.delete"]
+        allowed = [r for r in deletes if r.kind == "tool.allowed"]
+        assert [(r.rule_id, r.detail["resource"]) for r in allowed] == [("default.kb", "kb://one"),
+                                                                         ("default.kb", "kb://missing")]
+        refused = [r for r in deletes if r.kind not in ("tool.allowed", "tool.completed")]
+        assert [(r.kind, r.code) for r in refused] == [("tool.deduped", None), ("tool.invalid", "input.invalid")]
+        completed = [r for r in deletes if r.kind == "tool.completed"]
+        assert [r.cost_micro for r in completed] == [100, 100]  # the default price, like its siblings
+    finally:
+        await svc.close()
+
+
+async def test_a_policy_on_kb_resources_judges_kb_add_and_kb_delete_alike(tmp_path):
+    s = Settings(data_dir=tmp_path / "data")
+    svc = await open_services(s)
+    try:
+        chain, _ = build_chain(AuditRecorder(svc.audit, Sealer(load_audit_key(s))))
+        tenant = (await svc.tenants.create_tenant("t-" + secrets.token_hex(3))).id
+        policy = ("version: 1\nrules:\n  - id: keep-pinned\n    tool: kb.*\n    resource: kb://pinned/**\n"
+                  "    verdict: deny\n  - id: kb\n    tool: kb.*\n    verdict: allow\n")
+        await svc.policies.put(tenant, policy, load_policy(policy).version)
+        await svc.kb.add(tenant, "a pinned note", doc_id="pinned/1")
+        binding = Binding(tenant_id=tenant, run_id="run_" + secrets.token_hex(4), bundle="b", bundle_version="1")
+
+        async def call(tool: str, **args: Any) -> dict[str, Any] | StockadeError:
+            try:
+                return await chain(CallState(binding=binding, tool_name=tool, raw_args=args, services=svc))
+            except StockadeError as exc:
+                return exc
+
+        for tool, args in (("kb.add", {"text": "x", "doc_id": "pinned/1"}), ("kb.delete", {"doc_id": "pinned/1"})):
+            out = await call(tool, **args)
+            assert isinstance(out, StockadeError) and (out.code, out.extra["rule_id"]) == ("policy.denied", "keep-pinned")
+        assert await call("kb.delete", doc_id="scratch") == {"doc_id": "scratch", "deleted": False}
+        assert (await svc.kb.usage(tenant)).docs == 1
     finally:
         await svc.close()

@@ -45,6 +45,9 @@ class Kb(_Helper):
     async def search(self, query: str, **kw: Any) -> dict[str, Any]:
         return await self._ctx.call("kb.search", query=query, **kw)
 
+    async def delete(self, doc_id: str, **kw: Any) -> dict[str, Any]:
+        return await self._ctx.call("kb.delete", doc_id=doc_id, **kw)
+
 
 class Storage(_Helper):
     async def read(self, path: str, **kw: Any) -> dict[str, Any]:

@@ -25,7 +25,16 @@ import time
 
 import asyncpg
 
-from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, KbQuota, KbUsage, check_doc, check_search, doc_bytes
+from supervisor.stores.kb_port import (
+    SNIPPET_MARK,
+    KbHit,
+    KbQuota,
+    KbUsage,
+    check_doc,
+    check_doc_id,
+    check_search,
+    doc_bytes,
+)
 from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error
 from supervisor.stores.postgres.db import PgDB
 
@@ -116,6 +125,7 @@ class PgKbStore:
         return [KbHit(r["doc_id"], r["title"], r["source"], r["snippet"], float(r["score"])) for r in rows]
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:
+        check_doc_id(doc_id)
         async with self._db.tenant_tx(tenant_id) as c:
             if await c.fetchrow(_LOCK_USAGE, tenant_id) is None:
                 return False  # no counter row: the tenant never stored a document

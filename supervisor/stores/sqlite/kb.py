@@ -25,7 +25,16 @@ import re
 import sqlite3
 import time
 
-from supervisor.stores.kb_port import SNIPPET_MARK, KbHit, KbQuota, KbUsage, check_doc, check_search, doc_bytes
+from supervisor.stores.kb_port import (
+    SNIPPET_MARK,
+    KbHit,
+    KbQuota,
+    KbUsage,
+    check_doc,
+    check_doc_id,
+    check_search,
+    doc_bytes,
+)
 from supervisor.stores.sqlite._rows import integrity_error
 from supervisor.stores.sqlite.db import SqliteDB
 
@@ -173,6 +182,7 @@ class SqliteKbStore:
         return [KbHit(r["doc_id"], r["title"], r["source"], r["snip"], -float(r["rank"])) for r in rows]
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:
+        check_doc_id(doc_id)
         table = _fts_table(tenant_id)
         with self._db.tx() as c:
             old = c.execute(

@@ -1,14 +1,14 @@
-"""``kb.add`` / ``kb.search``: tenant-scoped full-text knowledge base."""
+"""``kb.add`` / ``kb.search`` / ``kb.delete``: tenant-scoped full-text knowledge base."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from supervisor.tools.base import Tool
-from supervisor.tools.kb.tools import KbAddArgs, KbAddTool, KbSearchArgs, KbSearchTool
+from supervisor.tools.kb.tools import KbAddArgs, KbAddTool, KbDeleteArgs, KbDeleteTool, KbSearchArgs, KbSearchTool
 
-__all__ = ["KbAddArgs", "KbAddTool", "KbSearchArgs", "KbSearchTool", "tools"]
+__all__ = ["KbAddArgs", "KbAddTool", "KbDeleteArgs", "KbDeleteTool", "KbSearchArgs", "KbSearchTool", "tools"]
 
 
 def tools(settings: Any = None) -> list[Tool]:
-    return [KbAddTool(), KbSearchTool()]
+    return [KbAddTool(), KbSearchTool(), KbDeleteTool()]

@@ -1,21 +1,24 @@
-"""``kb.add`` / ``kb.search``: the tenant's knowledge base (``services.kb``, a ``KbStore``).
+"""``kb.add`` / ``kb.search`` / ``kb.delete``: the tenant's knowledge base (``services.kb``, a ``KbStore``).
 
 The tenant comes from the run's binding. Results carry document ids so a
 bundle can emit ``citation`` events pointing at them. A ``kb.add`` past the
 tenant's quota (``STOCKADE_KB_QUOTA_MB`` / ``STOCKADE_KB_QUOTA_DOCS``, enforced
-by the store) fails with ``kb.quota`` and stores nothing.
+by the store) fails with ``kb.quota`` and stores nothing; ``kb.delete`` is how a
+bundle makes room. The policy matches ``kb.add`` (given a ``doc_id``) and
+``kb.delete`` on the resource ``kb://<doc_id>``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from supervisor.errors import StockadeError
 from supervisor.storable import Text
 from supervisor.stores.kb_port import (
+    DOC_ID,
     MAX_LIMIT,
     MAX_QUERY_CHARS,
     MAX_SOURCE_CHARS,
@@ -25,19 +28,38 @@ from supervisor.stores.kb_port import (
 )
 from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
 
-__all__ = ["KbAddArgs", "KbAddTool", "KbSearchArgs", "KbSearchTool"]
+__all__ = ["KbAddArgs", "KbAddTool", "KbDeleteArgs", "KbDeleteTool", "KbSearchArgs", "KbSearchTool"]
+
+
+def _doc_id(value: str) -> str:
+    if not DOC_ID.fullmatch(value):
+        raise ValueError("1-200 printable ASCII characters without spaces")
+    return value
+
+
+# refused before the policy sees kb://<doc_id> (the stores refuse it too: kb_port.check_doc_id)
+DocId = Annotated[Text, AfterValidator(_doc_id)]
 
 
 class KbAddArgs(ToolArgs):  # Text: no NUL, which PostgreSQL cannot store (supervisor/storable.py)
     text: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     title: Text | None = Field(None, max_length=MAX_TITLE_CHARS)
     source: Text | None = Field(None, max_length=MAX_SOURCE_CHARS)
-    doc_id: Text | None = Field(None, min_length=1, max_length=200)
+    doc_id: DocId | None = Field(None, min_length=1, max_length=200)
+
+
+class KbDeleteArgs(ToolArgs):
+    doc_id: DocId = Field(min_length=1, max_length=200)
 
 
 class KbSearchArgs(ToolArgs):
     query: Text = Field(max_length=MAX_QUERY_CHARS)
     limit: int = Field(5, ge=1, le=MAX_LIMIT)
+
+
+def _resource(doc_id: str) -> str:
+    """What the policy's ``resource:`` globs see for a document: one spelling for every kb tool."""
+    return f"kb://{doc_id}"
 
 
 def _store(ctx: ToolContext) -> KbStore:
@@ -69,7 +91,7 @@ class KbAddTool(_KbTool):
 
     def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
         assert isinstance(args, KbAddArgs)
-        return f"kb://{args.doc_id}" if args.doc_id else None
+        return _resource(args.doc_id) if args.doc_id else None
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         assert isinstance(args, KbAddArgs)
@@ -87,3 +109,19 @@ class KbSearchTool(_KbTool):
         assert isinstance(args, KbSearchArgs)
         hits = await _store(ctx).search(ctx.tenant_id, args.query, limit=args.limit)
         return ToolResult({"results": [asdict(h) for h in hits]})
+
+
+class KbDeleteTool(_KbTool):
+    name: ClassVar[str] = "kb.delete"
+    args_model: ClassVar[type[ToolArgs]] = KbDeleteArgs
+    risk: ClassVar[str] = "medium"  # removes what other runs of the tenant may rely on
+    side_effects: ClassVar[bool] = True  # as storage.delete: a repeat in the run is answered from the first
+
+    def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
+        assert isinstance(args, KbDeleteArgs)
+        return _resource(args.doc_id)
+
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
+        assert isinstance(args, KbDeleteArgs)
+        deleted = await _store(ctx).delete(ctx.tenant_id, args.doc_id)
+        return ToolResult({"doc_id": args.doc_id, "deleted": deleted})

@@ -6,6 +6,9 @@ from stockade_sdk import ToolError
 
 async def one(ctx, spec):
     try:
+        if spec.get("helper"):  # a typed SDK helper, e.g. "kb.delete" -> ctx.kb.delete(**args)
+            group, method = spec["helper"].split(".")
+            return {"ok": await getattr(getattr(ctx, group), method)(**spec.get("args", {}))}
         if spec.get("meta"):
             return {"meta": await ctx.call_meta(spec["tool"], idempotency_key=spec.get("key"), **spec.get("args", {}))}
         res = await ctx.call(spec["tool"], idempotency_key=spec.get("key"), **spec.get("args", {}))
