@@ -4,7 +4,10 @@ Adapters: ``supervisor.stores.sqlite.kb.SqliteKbStore`` (FTS5, bm25) and
 ``supervisor.stores.postgres.kb.PgKbStore`` (tsvector + GIN,
 ``websearch_to_tsquery``, ``ts_rank``, ``ts_headline``). Both take the query
 in web-search syntax: words are AND-ed, ``"quoted phrases"``, ``or``,
-``-excluded``; English stemming and stop words. Scores rank results *within*
+``-excluded``; English stemming and stop words. An exclusion only narrows: an
+``or`` alternative with no word to look for (``-fox``, ``the -fox``,
+``-"lazy dog"``) is dropped, so a query made only of such finds nothing (``[]``)
+rather than every document without those words. Scores rank results *within*
 one search; they are not comparable across adapters.
 
 ``add`` with an existing ``doc_id`` replaces that document (so a repeated add
@@ -103,7 +106,7 @@ class KbStore(Protocol):
         ...
 
     async def search(self, tenant_id: str, query: str, *, limit: int = 5) -> list[KbHit]:
-        """Best matches first; ``[]`` for a query with no searchable words."""
+        """Best matches first; ``[]`` for a query with no word to look for (stop words, exclusions only)."""
         ...
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:

@@ -71,6 +71,25 @@ async def test_web_search_syntax(sql_db, query, expected):
     assert got == {ids[k] for k in expected}
 
 
+@pytest.mark.parametrize("query,expected", [
+    ("-fox", []), ('-"fox"', []), ("-dog", []), ('-"lazy dog"', []), ("the -fox", []), ("-fox -dog", []),
+    ("-fox or -dog", []), ("--fox", []), ("- -fox", []),
+    ("fox or -dog", ["fox"]), ("-dog or fox", ["fox"]), ("cat or -fox", ["catdog"]), ("dog -cat", ["dog"]),
+    ("-cat dog", ["dog"]), ("dog -cat or fox", ["dog", "fox"]), ('dog -"cat chases"', ["dog"]),
+])
+async def test_exclusions_only_narrow(sql_db, query, expected):
+    # A query (or an "or" alternative) with nothing to look for finds nothing on both adapters; PostgreSQL's
+    # websearch_to_tsquery alone reads "-fox" as "every document without fox" (SQLite gave [] for it)
+    kb = _store(sql_db)
+    t = await sql_db.new_tenant()
+    for doc_id, text in (("fox", "The quick brown fox jumps."), ("dog", "The lazy dog sleeps all day."),
+                         ("catdog", "A cat chases a dog."), ("codes", "Secret launch codes.")):
+        await kb.add(t, text, doc_id=doc_id)
+    hits = await kb.search(t, query, limit=MAX_LIMIT)
+    assert sorted(h.doc_id for h in hits) == sorted(expected)
+    assert all(h.score > 0 for h in hits)
+
+
 HOSTILE = ['"', "'", "*", "NEAR(", "a:b", "title:secret", "^x", "(", ")", "AND", "OR OR", "-", "!", "&|", "\\",
            "' OR 1=1 --", "%", "{a b}", "a AND (b", '"unterminated', "col:*", "   ", "",
            "ﬁle ünïcödé 漢字", "x" * 1000, "-capital", "capital:*"]
@@ -146,6 +165,35 @@ async def test_unknown_tenant_and_bad_documents(sql_db):
         with pytest.raises(StockadeError) as ei:
             await kb.delete(t, bad_id)
         assert ei.value.code == "input.invalid"
+
+
+@pytest.mark.timeout(30)
+async def test_postgres_search_keeps_every_alternative_that_looks_for_a_word(pg_url):
+    # PgKbStore reads websearch_to_tsquery's text back after dropping negation-only alternatives: what it
+    # keeps must be PostgreSQL's own query, operators, phrases, weights and quoting intact
+    from supervisor.stores.postgres.kb import _fold_negations, _looked_for
+
+    queries = ['"capital of germany" -traffic', "e-mail or example.com/a|b -x", "o'neil don't", "fox -(dog",
+               "https://a.b/c?d=e&f foo@bar.com", '"a \\ b" 1.5 ünïcödé 漢字', "a -b c or d -e", "x " + "-" * 34 + "y",
+               "-fox or cat -dog or bird", 'cat or -"dog bark" or -x', "the -fox or quick"]
+    conn = await asyncpg.connect(pg_url)
+    compared = 0
+    try:
+        for q in queries:
+            folded = _fold_negations(q)
+            parsed = await conn.fetchval("SELECT websearch_to_tsquery('english', $1)::text", folded)
+            kept = _looked_for(parsed)
+            alternatives = parsed.count(" | ") + 1  # none of these lexemes holds a " | "
+            if kept is not None and kept.count(" | ") + 1 == alternatives:
+                assert await conn.fetchval("SELECT $1::tsquery = websearch_to_tsquery('english', $2)", kept, folded), q
+                compared += 1
+        assert compared == 8  # the other three drop an alternative
+        for q, want in (("-fox or cat -dog or bird", "'cat' & !'dog' | 'bird'"), ('cat or -"dog bark" or -x', "'cat'"),
+                        ("the -fox or quick", "'quick'"), ("-fox or -cat", None), ("--fox", None)):
+            kept = _looked_for(await conn.fetchval("SELECT websearch_to_tsquery('english', $1)::text", _fold_negations(q)))
+            assert (kept if kept is None else await conn.fetchval("SELECT $1::tsquery::text", kept)) == want, q
+    finally:
+        await conn.close()
 
 
 async def test_postgres_row_level_security_on_kb_docs(pg_url):

@@ -8,7 +8,10 @@ parser stack, and 33 fail the whole search with ``tsquery stack too small``
 (XX000: an internal error, not a result). ``_fold_negations`` shortens every
 run to one or two ``-`` (same parity: ``!!!x`` is ``!x``), so no query gets there.
 ``ts_headline`` is costly (it re-parses the document), so it runs only on the
-``limit`` best rows.
+``limit`` best rows. ``websearch_to_tsquery`` reads ``-fox`` as ``!'fox'``, which
+matches every document without fox; the port says such a query looks for
+nothing (SQLite's FTS5 cannot even express it), so ``search`` parses the query
+first and drops the ``|`` alternatives that are negations only (``_looked_for``).
 
 Quota: ``add`` locks the tenant's ``kb_usage`` row (migration 0034; a trigger on
 ``kb_docs`` keeps it), then reads the replaced document's size, checks, and
@@ -45,8 +48,10 @@ _HEADLINE_OPTS = (
     'MaxFragments=2, FragmentDelimiter=" … "'
 )
 
+_PARSE = "SELECT websearch_to_tsquery('english'::regconfig, $1)::text"
+# $2: what _looked_for kept of the parsed query, in tsquery's own text form (read back as it was written)
 _SEARCH = f"""
-WITH q AS (SELECT websearch_to_tsquery('english'::regconfig, $2) AS query),
+WITH q AS (SELECT $2::tsquery AS query),
 top AS (
     SELECT d.doc_id, d.title, d.source, d.body, ts_rank(d.tsv, q.query) AS score
     FROM kb_docs d, q
@@ -72,6 +77,45 @@ _NOT_RUN = re.compile(f'(?<![^{_SKIP}"])-(?:[{_SKIP}]*-)+')
 
 def _fold_negations(query: str) -> str:
     return _NOT_RUN.sub(lambda m: "-" * (2 - m.group().count("-") % 2), query)
+
+
+# a token of tsquery's text form: a quoted lexeme (quote and backslash doubled inside) with its
+# :weights/prefix, or any one other character (operators ! & | <-> <N>, parentheses, spaces)
+_TSQ_TOKEN = re.compile(r"'(?:[^'\\]|''|\\.)*'(?::[*A-Da-d]*)?|.", re.S)
+
+
+def _looked_for(tsquery: str) -> str | None:
+    """``websearch_to_tsquery``'s output less its ``|`` alternatives that look for no word.
+
+    Its output is alternatives (``|``, outermost) of operands AND-ed (``&``): a lexeme, a phrase
+    (``<->``), or a negation (``!``). An alternative of negations only (``-fox``: ``!'fox'``) would
+    match every document without those words; like SQLite (``fts_query``) it is dropped, so a query
+    with nothing to look for finds nothing (kb_port). None when no alternative is left.
+    """
+    kept: list[str] = []
+    start = depth = 0
+    looks = False  # the current alternative has an operand that is no negation
+    operand = True  # the next token at depth 0 starts an operand
+    for m in _TSQ_TOKEN.finditer(tsquery):
+        tok = m.group()
+        if tok.isspace():
+            continue
+        if depth == 0 and tok == "|":
+            if looks:
+                kept.append(tsquery[start:m.start()].strip())
+            start, looks, operand = m.end(), False, True
+            continue
+        if depth == 0 and operand:
+            looks, operand = looks or tok != "!", False
+        if tok == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+        elif depth == 0 and tok == "&":
+            operand = True
+    if looks:
+        kept.append(tsquery[start:].strip())
+    return " | ".join(f"( {alt} )" for alt in kept) if kept else None
 
 
 _LOCK_USAGE = "SELECT docs, bytes FROM kb_usage WHERE tenant_id = $1 FOR UPDATE"
@@ -121,7 +165,10 @@ class PgKbStore:
         if not query.strip():
             return []
         async with self._db.tenant_tx(tenant_id) as c:
-            rows = await c.fetch(_SEARCH, tenant_id, _fold_negations(query), limit)
+            wanted = _looked_for(await c.fetchval(_PARSE, _fold_negations(query)))
+            if wanted is None:
+                return []
+            rows = await c.fetch(_SEARCH, tenant_id, wanted, limit)
         return [KbHit(r["doc_id"], r["title"], r["source"], r["snippet"], float(r["score"])) for r in rows]
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:

@@ -80,7 +80,7 @@ def fts_query(text: str) -> str | None:
     exprs: list[str] = []
     for positives, negatives in groups:
         if not positives:
-            continue  # a purely negative group would match everything else; PostgreSQL ranks it 0 too
+            continue  # exclusions only: looks for nothing (kb_port), as PgKbStore's _looked_for drops it
         expr = " AND ".join(positives)
         if negatives:
             expr = f"({expr}) NOT ({' OR '.join(negatives)})"
