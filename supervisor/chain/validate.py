@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from supervisor.audit.canonical import args_hash
 from supervisor.chain.base import CallState, Next
 from supervisor.errors import StockadeError
-from supervisor.tools.base import ToolContext
+from supervisor.tools.base import TOO_LARGE, ToolContext
 
 __all__ = ["MAX_KEY_CHARS", "ValidateInterceptor", "validation_message"]
 
@@ -18,8 +18,12 @@ MAX_KEY_CHARS = 255  # an explicit idempotency key
 
 
 def validation_message(exc: ValidationError) -> str:
+    return _describe(exc.errors())
+
+
+def _describe(errors: list[Any]) -> str:
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ())) or "args"
         parts.append(f"{loc}: {err.get('msg')}")
     return "; ".join(parts)
@@ -48,7 +52,11 @@ class ValidateInterceptor:
         try:
             call.args = tool.args_model.model_validate(call.raw_args)
         except ValidationError as exc:
-            raise StockadeError("input.invalid", f"{call.tool_name}: {validation_message(exc)}") from None
+            # a size limit first, as the stores check it first (kb_port.check_doc)
+            errors = sorted(exc.errors(), key=lambda e: e["type"] != TOO_LARGE)
+            code = "input.too_large" if errors[0]["type"] == TOO_LARGE else "input.invalid"
+            call.outcome = "tool.invalid"  # refused before anything ran, whichever of the two
+            raise StockadeError(code, f"{call.tool_name}: {_describe(errors)}") from None
         call.tool_ctx = ToolContext(
             tenant_id=b.tenant_id, run_id=b.run_id, user_id=b.user_id, project_id=b.project_id,
             emit=call.emit or _no_emit, services=services, stream_chunk=call.extra.get("stream_chunk"),

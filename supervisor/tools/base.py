@@ -2,9 +2,10 @@
 
 Tools run in the supervisor (never in the sandbox) and hold the secrets the
 sandbox never sees. The governance chain validates ``args`` against
-``args_model`` (bad arguments -> ``input.invalid`` before policy), asks
-``resource`` for the *resolved* resource the policy matches on, reserves
-``estimate_micro`` against the budgets, then calls ``run``.
+``args_model`` (bad arguments -> ``input.invalid``, or ``input.too_large`` past a
+``max_chars`` limit, before policy), asks ``resource`` for the *resolved*
+resource the policy matches on, reserves ``estimate_micro`` against the
+budgets, then calls ``run``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 
-__all__ = ["Emit", "Tool", "ToolArgs", "ToolContext", "ToolResult"]
+__all__ = ["TOO_LARGE", "Emit", "Tool", "ToolArgs", "ToolContext", "ToolResult", "max_chars"]
 
 # emit(type, data) appends an event to the run's stream, e.g. emit("message.delta", {"channel": "answer", "text": "Hi"})
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -25,6 +27,22 @@ class ToolArgs(BaseModel):
     """Base of every tool's argument model: strict, no unknown fields."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# The error type of an argument over a size limit: the validate step answers ``input.too_large`` for
+# it, where any other bad argument is ``input.invalid`` (``max_length`` would be one of those).
+TOO_LARGE = "too_large"
+
+
+def max_chars(limit: int) -> AfterValidator:
+    """A string argument's size limit, refused as ``input.too_large``: ``Annotated[str, max_chars(n)]``."""
+
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise PydanticCustomError(TOO_LARGE, "longer than {limit} characters", {"limit": limit})
+        return value
+
+    return AfterValidator(check)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from supervisor.errors import StockadeError
 from supervisor.factory import open_services
 from supervisor.policy import load_policy
 from supervisor.settings import Settings
-from supervisor.stores.kb_port import KbQuota, KbUsage
+from supervisor.stores.kb_port import MAX_TEXT_CHARS, KbQuota, KbUsage
 from supervisor.stores.sqlite import SqliteTenantStore, open_sqlite
 from supervisor.stores.sqlite.kb import SqliteKbStore
 from supervisor.tools.kb import KbAddTool, KbDeleteTool, KbSearchTool, tools
@@ -235,5 +235,42 @@ async def test_a_policy_on_kb_resources_judges_kb_add_and_kb_delete_alike(tmp_pa
             assert isinstance(out, StockadeError) and (out.code, out.extra["rule_id"]) == ("policy.denied", "keep-pinned")
         assert await call("kb.delete", doc_id="scratch") == {"doc_id": "scratch", "deleted": False}
         assert (await svc.kb.usage(tenant)).docs == 1
+    finally:
+        await svc.close()
+
+
+async def test_kb_add_of_text_over_the_limit_is_input_too_large_before_the_policy(tmp_path):
+    # the store's check_doc says input.too_large for it; the tool's argument check said input.invalid
+    s = Settings(data_dir=tmp_path / "data")
+    svc = await open_services(s)
+    try:
+        chain, _ = build_chain(AuditRecorder(svc.audit, Sealer(load_audit_key(s))))
+        tenant = (await svc.tenants.create_tenant("t-" + secrets.token_hex(3))).id
+        binding = Binding(tenant_id=tenant, run_id="run_" + secrets.token_hex(4), bundle="b", bundle_version="1")
+
+        async def call(**args: Any) -> dict[str, Any] | StockadeError:
+            try:
+                return await chain(CallState(binding=binding, tool_name="kb.add", raw_args=args, services=svc))
+            except StockadeError as exc:
+                return exc
+
+        for text in ("x" * (MAX_TEXT_CHARS + 1), "\U0001F600" * (MAX_TEXT_CHARS + 1), "x\x00" * MAX_TEXT_CHARS):
+            out = await call(text=text, doc_id="big")
+            assert isinstance(out, StockadeError) and out.code == "input.too_large" and out.http_status == 413
+            assert f"{MAX_TEXT_CHARS} characters" in out.detail
+        # the same code from the store itself, which the tool's check stands in front of
+        with pytest.raises(StockadeError) as ei:
+            await svc.kb.add(tenant, "x" * (MAX_TEXT_CHARS + 1))
+        assert ei.value.code == "input.too_large"
+        # other bad arguments stay input.invalid, as the store has them, even beside a large text
+        assert (await call(text="ok", title="t" * 501)).code == "input.invalid"
+        assert (await call(text="ok", doc_id="a b")).code == "input.invalid"
+        assert (await call(text="")).code == "input.invalid"
+        assert (await call(text="x" * (MAX_TEXT_CHARS + 1), title="t" * 501)).code == "input.too_large"
+        assert (await svc.kb.usage(tenant)).docs == 0
+        assert (await call(text="y" * MAX_TEXT_CHARS, doc_id="big"))["doc_id"] == "big"  # exactly the limit
+        records = await svc.audit.list(tenant, run_id=binding.run_id)
+        assert [(r.kind, r.code) for r in records][:4] == [("tool.invalid", "input.too_large")] * 3 + [
+            ("tool.invalid", "input.invalid")]  # refused before the policy: no tool.allowed
     finally:
         await svc.close()

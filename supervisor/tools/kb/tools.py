@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, Field
 
 from supervisor.errors import StockadeError
-from supervisor.storable import Text
+from supervisor.storable import Text, reject_nul
 from supervisor.stores.kb_port import (
     DOC_ID,
     MAX_LIMIT,
@@ -26,7 +26,7 @@ from supervisor.stores.kb_port import (
     MAX_TITLE_CHARS,
     KbStore,
 )
-from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
+from supervisor.tools.base import ToolArgs, ToolContext, ToolResult, max_chars
 
 __all__ = ["KbAddArgs", "KbAddTool", "KbDeleteArgs", "KbDeleteTool", "KbSearchArgs", "KbSearchTool"]
 
@@ -42,7 +42,8 @@ DocId = Annotated[Text, AfterValidator(_doc_id)]
 
 
 class KbAddArgs(ToolArgs):  # Text: no NUL, which PostgreSQL cannot store (supervisor/storable.py)
-    text: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    # the size first and as input.too_large, as the store checks it (kb_port.check_doc); then Text's check
+    text: Annotated[str, max_chars(MAX_TEXT_CHARS), AfterValidator(reject_nul)] = Field(min_length=1)
     title: Text | None = Field(None, max_length=MAX_TITLE_CHARS)
     source: Text | None = Field(None, max_length=MAX_SOURCE_CHARS)
     doc_id: DocId | None = Field(None, min_length=1, max_length=200)
