@@ -298,6 +298,8 @@ async def test_a_derived_key_dedupes_a_repeat_not_a_return_to_an_earlier_value(n
         w("1"), w("2"), w("3"), rollback, rollback, read,  # 11-16: each rollback undoes a step
         {"tool": "kb.add", "args": {"doc_id": "d", "text": "alpha"}}, {"tool": "kb.add", "args": {"doc_id": "d", "text": "beta"}},
         {"tool": "kb.add", "args": {"doc_id": "d", "text": "alpha"}}, {"tool": "kb.search", "args": {"query": "alpha"}},
+        {"tool": "kb.delete", "args": {"doc_id": "d"}}, {"tool": "kb.add", "args": {"doc_id": "d", "text": "alpha"}},
+        {"tool": "kb.delete", "args": {"doc_id": "d"}}, {"tool": "kb.search", "args": {"query": "alpha"}},  # 21-24
     ))
     results, events = await results_of(c, run["id"])
     deduped = [e.data["deduped"] for e in events if e.event == "tool.result"]
@@ -310,6 +312,8 @@ async def test_a_derived_key_dedupes_a_repeat_not_a_return_to_an_earlier_value(n
     assert results[16]["ok"]["content"] == "1", results[16]
     assert deduped[17:20] == [False, False, False]
     assert [h["doc_id"] for h in results[20]["ok"]["results"]] == ["d"], results[20]
+    assert [r["ok"]["deleted"] for r in (results[21], results[23])] == [True, True] and deduped[21:24] == [False] * 3
+    assert results[24]["ok"]["results"] == [], results[24]
 
     # concurrent duplicates still execute once, and a repeat in a later run is a new request
     run = await start(c, "caller", plan(*[w("X", "ws/c.txt") for _ in range(4)], concurrent=True))
