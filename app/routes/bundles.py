@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from app.deps import READ_ROLES, WRITE_ROLES, require_role, require_tenant_wide, runtime
+from app.deps import READ_ROLES, require_role, require_tenant_wide, runtime
 from supervisor.errors import StockadeError
 from supervisor.tenancy import Principal
 
@@ -47,7 +47,7 @@ async def list_bundles(rt: Any = Depends(runtime), p: Principal = Depends(requir
 
 
 @router.post("", status_code=201, openapi_extra=_ARCHIVE_BODY)
-async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide(*WRITE_ROLES))) -> dict[str, Any]:
+async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         data = await _form_file(request)

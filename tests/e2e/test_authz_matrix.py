@@ -76,7 +76,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/approvals/{approval_id}"): Row("object", READ),
     ("POST", "/v1/approvals/{approval_id}/decision"): Row("object", DECIDE),
     ("GET", "/v1/bundles"): Row("collection", READ),
-    ("POST", "/v1/bundles"): Row("collection", WRITE, 201),
+    ("POST", "/v1/bundles"): Row("collection", ADMIN, 201),  # a bundle is code every user of the tenant runs
     ("GET", "/v1/budgets"): Row("collection", READ),
     ("PUT", "/v1/budgets"): Row("object", ADMIN),  # object: names tenant A's user
     ("GET", "/v1/policy"): Row("collection", READ),

@@ -112,6 +112,25 @@ async def test_upload_as_multipart_form(node):
     assert (await c.get("/v1/bundles")).json()["data"] == before
 
 
+async def test_only_an_admin_publishes_a_tenant_bundle(node):
+    """Found by a walkthrough: a member key uploaded a bundle named ``echo`` and every user of the tenant,
+    the admin included, ran its code from then on ("member-trojan: hello"). A tenant bundle is code that
+    every user of the tenant runs by name, as a platform bundle it shadows: publishing one manages the
+    tenant, so it takes an admin key (as policy, budgets and MCP servers do); members start runs."""
+    _, admin_key = await node.tenant()
+    admin = node.client(admin_key)
+    for role in ("member", "approver", "viewer"):
+        r = await admin.post("/v1/keys", json={"role": role})
+        c = node.client(r.json()["api_key"])
+        r = await c.post("/v1/bundles", content=good("echo"), headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 403 and r.json()["code"] == "auth.forbidden", (role, r.text)
+    run = await start(admin, "echo", "still the platform's")
+    events = await collect(admin, run["id"])
+    assert "".join(e.data.get("text", "") for e in events if e.event == "message.delta").strip() == "still the platform's"
+    r = await admin.post("/v1/bundles", content=good("mine"), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+
+
 async def test_tenant_bundle_invisible_to_other_tenants(node):
     _, key_a = await node.tenant()
     _, key_b = await node.tenant()
