@@ -42,8 +42,14 @@ def version_json(v: Any) -> dict[str, Any]:
 
 @router.get("")
 async def list_bundles(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
-    items = await rt.registry.list(p.tenant_id)
-    return {"data": [i if isinstance(i, dict) else version_json(i) for i in items]}
+    items = [i if isinstance(i, dict) else version_json(i) for i in await rt.registry.list(p.tenant_id)]
+    # A platform bundle the tenant's own of the same name shadows is still listed (it is on the platform),
+    # but a run by that name gets the tenant's (registry.resolve): "shadowed" says so, so that a picker
+    # offers only what runs.
+    own = {i["name"] for i in items if not i.get("platform")}
+    for i in items:
+        i["shadowed"] = bool(i.get("platform")) and i["name"] in own
+    return {"data": items}
 
 
 @router.post("", status_code=201, openapi_extra=_ARCHIVE_BODY)

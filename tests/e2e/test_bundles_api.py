@@ -141,6 +141,30 @@ async def test_tenant_bundle_invisible_to_other_tenants(node):
     assert r.status_code == 404 and r.json()["code"] == "bundle.not_found"
 
 
+async def test_a_shadowed_platform_bundle_is_marked(node):
+    """A tenant's own "echo" shadows the platform's for that tenant (runs get the tenant's); the listing keeps
+    the platform version but marks it "shadowed" (the web UI offered both, under the same name, and ran the
+    tenant's whichever was picked). Other tenants and every other bundle: "shadowed" is false."""
+    _, key_a = await node.tenant()
+    _, key_b = await node.tenant()
+    a, b = node.client(key_a), node.client(key_b)
+    r = await a.post("/v1/bundles", content=good("echo"), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+    listed = (await a.get("/v1/bundles")).json()["data"]
+    echoes = [(x["platform"], x["shadowed"], x["description"]) for x in listed if x["name"] == "echo"]
+    assert echoes == [(False, False, "test"), (True, True, "Streams the input back, word by word.")], echoes
+    others = [x for x in listed if x["name"] != "echo"]
+    assert others and all(x["shadowed"] is False for x in others), others
+    # the existing fields are all still there (API surface): only "shadowed" was added
+    assert all(set(x) == {"name", "version", "digest", "platform", "description", "tools", "shadowed"} for x in listed)
+    assert [(x["platform"], x["shadowed"]) for x in (await b.get("/v1/bundles")).json()["data"]
+            if x["name"] == "echo"] == [(True, False)]
+    # what the mark says: a run by that name is the tenant's bundle
+    run = await start(a, "echo", "mine")
+    events = await collect(a, run["id"])
+    assert "".join(e.data.get("text", "") for e in events) == "uploaded mine"
+
+
 @pytest.mark.timeout(60)
 async def test_hot_load_registers_a_new_version_while_runs_keep_theirs(tmp_path):
     bundles = tmp_path / "bundles"
