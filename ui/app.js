@@ -8,7 +8,10 @@ const $ = (id) => document.getElementById(id);
 // The API key lives in this page's memory only: any page of the origin reads localStorage and
 // sessionStorage, and /docs runs a CDN's script. Earlier versions stored it there: gone on load.
 localStorage.removeItem("stockade.key");
-const state = { key: "", conversation: newConversationId(), run: null, abort: null };
+// current: the run being followed - { abort, run, canceled, wake } - from Send until its end, or until
+// "New conversation" stops following it. connected: the key was accepted and has not been refused since.
+const state = { key: "", connected: false, conversation: newConversationId(), current: null, poll: null, cannotDecide: false };
+const POLL_MS = 3000;
 
 // Any JSON value as display text: an event's fields are whatever the bundle put there.
 function str(v) { return v === undefined || v === null ? "" : typeof v === "string" ? v : JSON.stringify(v); }
@@ -24,17 +27,26 @@ function visible(v) {
 function newConversationId() { return "ui-" + Math.random().toString(36).slice(2, 12); }
 
 async function api(path, opts = {}) {
-  const headers = Object.assign({ Authorization: "Bearer " + state.key }, opts.headers || {});
+  const key = state.key;
+  const headers = Object.assign({ Authorization: "Bearer " + key }, opts.headers || {});
   if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(opts.json); }
   const r = await fetch(path, Object.assign({}, opts, { headers }));
-  const text = await r.text();
-  let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch (_) { body = text; }
-  if (!r.ok) {
-    const err = new Error(str((body && body.detail) || r.statusText));
-    err.code = body && typeof body.code === "string" ? body.code : undefined; err.status = r.status; throw err;
-  }
+  const body = await readBody(r);
+  if (!r.ok) throw httpError(r, body, key);
   return body;
+}
+
+async function readBody(r) {
+  const text = await r.text();
+  try { return text ? JSON.parse(text) : null; } catch (_) { return text; }
+}
+
+// The problem document's code and detail; a 401 for the key in use means it no longer works at all.
+function httpError(r, body, key) {
+  const err = new Error(str((body && body.detail) || r.statusText || "HTTP " + r.status));
+  err.code = body && typeof body.code === "string" ? body.code : undefined; err.status = r.status;
+  if (r.status === 401 && key === state.key) keyRejected();
+  return err;
 }
 
 function showError(e) { $("error").textContent = e ? (e.code ? e.code + ": " : "") + e.message : ""; }
@@ -48,11 +60,15 @@ function el(tag, cls, text) {
 
 async function connect() {
   showError(null);
+  stopPolling();
+  state.connected = false;
+  setCannotDecide(false);  // a new key: its role is found out again
   try {
     const bundles = await api("/v1/bundles");
     const sel = $("bundle");
     sel.replaceChildren();
     for (const b of bundles.data) {
+      if (b.shadowed) continue;  // the tenant's own bundle of that name is what runs under it
       const o = el("option", null, b.name + (b.platform ? "" : " (tenant)"));
       o.value = b.name; o.dataset.desc = b.description || "";
       sel.appendChild(o);
@@ -60,24 +76,48 @@ async function connect() {
     const chat = [...sel.options].find((o) => o.value === "chat");
     if (chat) sel.value = "chat";
     sel.dispatchEvent(new Event("change"));
-    $("whoami").textContent = "connected";
+    state.connected = true;
+    setWhoami("connected", false);
+    state.poll = setInterval(refreshSide, POLL_MS);
     refreshSide();
-  } catch (e) { $("whoami").textContent = ""; showError(e); }
+  } catch (e) { setWhoami("", false); showError(e); }
+}
+
+function stopPolling() { clearInterval(state.poll); state.poll = null; }
+
+function setWhoami(text, bad) { $("whoami").textContent = text; $("whoami").classList.toggle("bad", bad); }
+
+// The server refused the key (revoked, or never valid): say so and stop asking with it every few seconds.
+function keyRejected() {
+  stopPolling();
+  if (!state.connected) return;  // connect() shows its own error
+  state.connected = false;
+  setWhoami("disconnected — key rejected", true);
 }
 
 async function refreshSide() {
-  if (!state.key) return;
+  if (!state.connected) return;
+  const key = state.key;
   try {
     const seq = state.sideSeq = (state.sideSeq || 0) + 1;
     const a = await api("/v1/approvals?status=pending");
     if (seq === state.sideSeq) renderApprovals(Array.isArray(a.data) ? a.data : []);  // a later answer wins
-  } catch (_) { /* viewer keys cannot list approvals everywhere; ignore */ }
+  } catch (_) { /* shown in the header if the key was refused; else the next poll tries again */ }
+  if (!state.connected || key !== state.key) return;
   try {
     const b = await api("/v1/budgets");
-    $("budget").textContent = b.data.length
-      ? b.data.map((x) => `${x.scope}: $${x.spent_usd.toFixed(4)} of $${x.cap_usd.toFixed(2)}`).join("\n")
-      : "no caps set";
-  } catch (_) { /* ignore */ }
+    const accounts = Array.isArray(b.data) ? b.data : [];
+    const box = $("budget");
+    box.replaceChildren(...accounts.map((x) => el("div", "account", accountText(x))));
+    if (!accounts.length) box.textContent = "no caps set";
+  } catch (_) { /* as above */ }
+}
+
+// "user usr_…: $0.0012 of $1.00": which account, what it has spent, its cap (lifetime caps say so).
+function accountText(x) {
+  const money = (v, digits) => "$" + (Number(v) || 0).toFixed(digits);
+  return `${visible(x.scope)} ${visible(x.scope_id)}: ${money(x.spent_usd, 4)} of ${money(x.cap_usd, 2)}`
+    + (x.period === "lifetime" ? " (lifetime)" : "");
 }
 
 // The pending approvals, oldest first, each item kept in place while it is pending: a new one is
@@ -109,8 +149,18 @@ function arm(list) {
   for (const b of list.querySelectorAll("button")) b.disabled = true;
   clearTimeout(state.armTimer);
   state.armTimer = setTimeout(() => {
+    if (state.cannotDecide) return;
     for (const li of list.children) if (!li.dataset.busy) for (const b of li.querySelectorAll("button")) b.disabled = false;
   }, ARM_MS);
+}
+
+// No endpoint tells a key its role: the first decision refused for it (auth.forbidden: a viewer or member
+// key) disables every Approve / Reject for this key, with a note, instead of offering them again.
+function setCannotDecide(on) {
+  state.cannotDecide = on;
+  $("approval-note").hidden = !on;
+  if (on) for (const b of $("approvals").querySelectorAll("button")) b.disabled = true;
+  else arm($("approvals"));
 }
 
 function votesText(ap) {  // how many of the people needed have approved
@@ -137,7 +187,8 @@ function approvalItem(ap) {
       } catch (e) {
         showError(e);
         delete li.dataset.busy;
-        for (const x of row.children) x.disabled = false;
+        if (e.status === 403 && e.code === "auth.forbidden") setCannotDecide(true);
+        else if (!state.cannotDecide) for (const x of row.children) x.disabled = false;
       }
       refreshSide();
     };
@@ -165,57 +216,119 @@ function scrollDown() {
 
 async function send(text) {
   showError(null);
+  const job = { abort: new AbortController(), run: null, canceled: null, wake: null };
+  state.current = job;
+  $("send").disabled = true;
   addMessage("user", text);
   const bubble = addMessage("assistant");
   const thinking = el("div", "thinking"); thinking.hidden = true;
   const answer = el("div", "text answer");
   const meta = el("div", "meta");
-  bubble.append(thinking, answer, meta);
-  let run;
+  const conn = el("div", "conn", "reconnecting…"); conn.hidden = true;
+  bubble.append(thinking, answer, meta, conn);
+  const view = { thinking, answer, meta, conn, bubble };
   try {
-    run = await api("/v1/runs", { method: "POST", json: { bundle: $("bundle").value, input: text, conversation_id: state.conversation } });
-  } catch (e) { bubble.remove(); showError(e); return; }
-  state.run = run.id;
-  bubble.dataset.run = run.id;
-  $("cancel").disabled = false;
-  $("send").disabled = true;
-  try { await stream(run.id, { thinking, answer, meta, bubble }); }
-  catch (e) { if (e.name !== "AbortError") showError(e); }
-  finally { state.run = null; $("cancel").disabled = true; $("send").disabled = false; refreshSide(); }
+    let run;
+    try {
+      run = await api("/v1/runs", { method: "POST", json: { bundle: $("bundle").value, input: text, conversation_id: state.conversation } });
+    } catch (e) { bubble.remove(); if (!job.abort.signal.aborted) showError(e); return; }
+    if (job.abort.signal.aborted) return;  // "New conversation" while it was created: not followed
+    job.run = run.id;
+    bubble.dataset.run = run.id;
+    $("cancel").disabled = false;
+    try { await stream(run.id, view, job); }
+    catch (e) { if (!job.abort.signal.aborted) showError(e); }
+    finally { conn.hidden = true; }
+  } finally {
+    if (state.current === job) { state.current = null; $("cancel").disabled = true; $("send").disabled = false; }
+    refreshSide();
+  }
 }
 
-async function stream(runId, view) {
-  let last = 0;
-  for (let attempt = 0; attempt < 20; attempt++) {          // reconnect with Last-Event-ID: no event is lost
-    state.abort = new AbortController();
-    const r = await fetch(`/v1/runs/${encodeURIComponent(runId)}/events`, {
-      headers: { Authorization: "Bearer " + state.key, "Last-Event-ID": String(last) }, signal: state.abort.signal });
-    if (!r.ok) throw new Error("stream failed: " + r.status);
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += dec.decode(value, { stream: true });
-      let i;
-      while ((i = buf.indexOf("\n\n")) >= 0) {
-        const frame = buf.slice(0, i); buf = buf.slice(i + 2);
-        let id = null, data = null;
-        for (const line of frame.split("\n")) {
-          if (line.startsWith("id: ")) id = Number(line.slice(4));
-          else if (line.startsWith("data: ")) data = line.slice(6);
-        }
-        if (data === null) continue;
-        if (id !== null) last = id;
-        let ev;
-        try { ev = JSON.parse(data); } catch (_) { continue; }
-        if (ev === null || typeof ev !== "object") continue;
-        try { if (render(ev, view)) return; }
-        catch (e) { console.warn("event not shown", ev.type, e); }  // one odd event never stops the stream
+// Reconnecting after a dropped or failed connection: 0.5 s, doubling up to 5 s; back to 0.5 s once events
+// flow again. Runs outlive connections (a server restart included), so it keeps trying until the run's
+// terminal event, a refusal that retrying cannot change (401, 403, 404, ...), a cancel, or a new conversation.
+const RETRY_MIN_MS = 500, RETRY_MAX_MS = 5000;
+
+async function stream(runId, view, job) {
+  const signal = job.abort.signal;
+  let last = 0, delay = RETRY_MIN_MS;
+  for (;;) {
+    let r = null;
+    const key = state.key;
+    try {
+      r = await fetch(`/v1/runs/${encodeURIComponent(runId)}/events`, {
+        headers: { Authorization: "Bearer " + key, "Last-Event-ID": String(last) }, signal });
+    } catch (e) { if (signal.aborted) throw e; }  // refused, reset, offline: try again
+    if (r && r.status === 204) {  // the run has ended and every event was sent: its end must have been lost
+      showOutcome(await api(`/v1/runs/${encodeURIComponent(runId)}`), view);
+      return;
+    }
+    if (r && !r.ok) {
+      if (!retryable(r.status)) throw httpError(r, await readBody(r).catch(() => null), key);
+      if (r.body) r.body.cancel().catch(() => {});  // 429, 5xx (a proxy while the server restarts): try again
+    }
+    if (r && r.ok && r.body) {
+      view.conn.hidden = true;
+      const got = await readEvents(r.body.getReader(), view, signal, (id) => { last = id; delay = RETRY_MIN_MS; });
+      if (got === "end") return;
+    }
+    // the connection dropped (or ended) before the run's end: resume after the last event seen
+    if (job.canceled) { showOutcome(job.canceled, view); return; }  // the user canceled while cut off
+    view.conn.hidden = false;
+    await sleep(delay, signal, job);
+    delay = Math.min(delay * 2, RETRY_MAX_MS);
+  }
+}
+
+function retryable(status) { return status === 408 || status === 429 || status >= 500; }
+
+// Reads frames until the body ends or fails; "end" after the run's terminal event.
+async function readEvents(reader, view, signal, seen) {
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    let chunk;
+    try { chunk = await reader.read(); }
+    catch (e) { if (signal.aborted) throw e; return "dropped"; }  // ERR_INCOMPLETE_CHUNKED_ENCODING, reset, ...
+    if (chunk.done) return "closed";
+    buf += dec.decode(chunk.value, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const frame = buf.slice(0, i); buf = buf.slice(i + 2);
+      let id = null, data = null;
+      for (const line of frame.split("\n")) {
+        if (line.startsWith("id: ")) id = Number(line.slice(4));
+        else if (line.startsWith("data: ")) data = line.slice(6);
       }
+      if (data === null) continue;
+      if (id !== null && Number.isSafeInteger(id)) seen(id);
+      let ev;
+      try { ev = JSON.parse(data); } catch (_) { continue; }
+      if (ev === null || typeof ev !== "object") continue;
+      try { if (render(ev, view)) return "end"; }
+      catch (e) { console.warn("event not shown", ev.type, e); }  // one odd event never stops the stream
     }
   }
+}
+
+// Waits ms, or less: the abort of a new conversation ends it (AbortError), a cancel wakes it (job.wake).
+function sleep(ms, signal, job) {
+  return new Promise((resolve, reject) => {
+    const done = () => { clearTimeout(timer); signal.removeEventListener("abort", aborted); job.wake = null; };
+    const aborted = () => { done(); reject(new DOMException("stopped following the run", "AbortError")); };
+    const timer = setTimeout(() => { done(); resolve(); }, ms);
+    job.wake = () => { done(); resolve(); };
+    signal.addEventListener("abort", aborted);
+  });
+}
+
+// The end of a run from the run object, when its terminal event cannot be had.
+function showOutcome(run, v) {
+  const status = str(run && run.status);
+  if (status === "succeeded") { v.meta.className = "meta"; v.meta.textContent = "done"; return; }
+  v.meta.className = "meta status-" + status;
+  v.meta.textContent = status + (run && run.error && run.error.message ? ": " + str(run.error.message) : "");
 }
 
 // Returns true after the terminal event.
@@ -284,11 +397,22 @@ $("bundle").addEventListener("change", () => {
   const o = $("bundle").selectedOptions[0];
   $("bundle-desc").textContent = o ? o.dataset.desc : "";
 });
-$("new-chat").addEventListener("click", () => { state.conversation = newConversationId(); $("messages").replaceChildren(); });
+// A new conversation stops following the current run; the run itself goes on on the server (as when the
+// tab is closed; its approvals stay in the side bar). Cancel first to stop it.
+$("new-chat").addEventListener("click", () => {
+  const job = state.current;
+  state.current = null;
+  if (job) job.abort.abort();
+  state.conversation = newConversationId();
+  $("messages").replaceChildren();
+  showError(null);
+  $("cancel").disabled = true;
+  $("send").disabled = false;
+});
 $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value.trim();
-  if (!text || state.run) return;
+  if (!text || state.current) return;
   $("input").value = "";
   send(text);
 });
@@ -296,7 +420,10 @@ $("input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
 });
 $("cancel").addEventListener("click", async () => {
-  if (!state.run) return;
-  try { await api(`/v1/runs/${encodeURIComponent(state.run)}/cancel`, { method: "POST" }); } catch (e) { showError(e); }
+  const job = state.current;
+  if (!job || !job.run) return;
+  try {
+    job.canceled = await api(`/v1/runs/${encodeURIComponent(job.run)}/cancel`, { method: "POST" });
+    if (job.wake) job.wake();  // cut off and waiting to reconnect: fetch run.canceled now, or show it if still cut off
+  } catch (e) { showError(e); }
 });
-setInterval(refreshSide, 3000);
