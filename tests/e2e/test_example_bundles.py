@@ -4,6 +4,7 @@ the real openai SDK against the fake LLM server, real egress to a local page ser
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -112,6 +113,47 @@ async def test_chat_without_a_provider_answers_how_to_configure_one(make_node):
     assert text.count(". ") == 0 and text.endswith("."), "one sentence"
     results = [e.data for e in events if e.event == "tool.result"]
     assert results and all(r["code"] == "llm.unconfigured" for r in results)
+
+
+async def failed_chat(c: Any, text: str) -> tuple[list[SSE], list[dict[str, Any]]]:
+    """A chat run that ends failed: its events, and the audit records of its llm.chat calls."""
+    r = await c.post("/v1/runs", json={"bundle": "chat", "input": text})
+    assert r.status_code == 201, r.text
+    events = await collect(c, r.json()["id"])
+    assert sum(e.event in TERMINAL for e in events) == 1
+    assert events[-1].event == "run.failed", events[-1]
+    audit = (await c.get("/v1/audit", params={"run_id": r.json()["id"]})).json()["data"]
+    return events, [a for a in audit if a["tool"] == "llm.chat" and a["kind"] != "tool.allowed"]
+
+
+async def test_chat_answer_cut_short_fails_the_run_and_charges_what_arrived(make_node, llm):
+    # the provider's 200 stream ends cleanly after two words, without its finish_reason / [DONE]: the run used to
+    # complete with "Paris is" as the whole answer
+    node = await make_node(openai_base_url=llm.openai_base_url)
+    _, key = await node.tenant()
+    c = node.client(key)
+    llm.enqueue(Script(text="Paris is the capital of France.", end_after_deltas=2))
+    events, calls = await failed_chat(c, "What is the capital of France?")
+    assert "".join(channel(events, "answer")) == "Paris is "
+    assert [e.data["code"] for e in events if e.event == "tool.result"] == ["llm.provider_error"]
+    assert [(a["kind"], a["code"]) for a in calls] == [("tool.failed", "llm.provider_error")]
+    assert calls[0]["cost_usd"] > 0  # what was generated is owed
+    assert len(llm.requests) == 1  # not retried: the answer would repeat
+
+
+async def test_chat_json_error_in_a_200_fails_the_run_with_the_providers_message(make_node, llm):
+    node = await make_node(openai_base_url=llm.openai_base_url)
+    _, key = await node.tenant()
+    c = node.client(key)
+    said = {"error": {"message": "model not found", "type": "invalid_request_error"}}
+    llm.enqueue(Script(body=json.dumps(said).encode()))
+    events, calls = await failed_chat(c, "hello?")
+    assert channel(events, "answer") == []
+    results = [e.data for e in events if e.event == "tool.result"]
+    assert [r["code"] for r in results] == ["llm.provider_error"]
+    assert "model not found (invalid_request_error)" in json.dumps(events[-1].data), events[-1].data
+    assert [(a["code"], a["cost_usd"]) for a in calls] == [("llm.provider_error", 0)]  # nothing was generated
+    assert len(llm.requests) == 1
 
 
 # ---------------------------------------------------------------------------------------- researcher

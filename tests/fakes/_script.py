@@ -34,6 +34,9 @@ class Script:
     error_after_deltas: int | None = None  # send the provider's in-stream error event after N deltas, then end
     stall_s: float = 0.0  # wait this long before the response head (client timeouts)
     hold_after_deltas: int | None = None  # after N content deltas, keep the stream open with nothing more (cancels)
+    end_after_deltas: int | None = None  # after N content deltas, end the stream cleanly without its final events
+    body: bytes | None = None  # a 200 with exactly this body, whatever was asked (an HTML page, a JSON error ...)
+    content_type: str = "application/json"  # of ``body``
     echo_prefix: str = "You said: "
 
     def answer_text(self, last_user: str) -> str:

@@ -17,7 +17,9 @@ from end-to-end tests whose supervisor runs elsewhere, and from ``make run``::
 Scripts are consumed one per request from the queue; when it is empty,
 ``srv.script`` answers. Responses use chunked transfer encoding so connections
 are kept alive (the SDKs pool them); a mid-stream failure aborts the TCP
-connection without the terminating chunk, exactly what a dying upstream does.
+connection without the terminating chunk, exactly what a dying upstream does
+(``end_after_deltas`` ends it cleanly instead, short of the answer's final
+events; ``body`` answers with any 200 body at all).
 """
 
 from __future__ import annotations
@@ -222,6 +224,9 @@ class FakeLLMServer:
             extra = {"retry-after": f"{script.retry_after:g}"} if script.retry_after is not None else {}
             await _send_json(writer, script.status, error_body(script.status), extra)
             return True
+        if script.body is not None:
+            await _send_body(writer, 200, script.body, script.content_type)
+            return True
         if kind == "messages":
             body.setdefault("model", "fake")
         if body.get("stream"):
@@ -268,8 +273,13 @@ def _status_line(status: int) -> bytes:
 
 
 async def _send_json(writer: asyncio.StreamWriter, status: int, data: Any, extra: dict[str, str] | None = None) -> None:
-    payload = json.dumps(data).encode()
-    head = _status_line(status) + b"content-type: application/json\r\n"
+    await _send_body(writer, status, json.dumps(data).encode(), "application/json", extra)
+
+
+async def _send_body(
+    writer: asyncio.StreamWriter, status: int, payload: bytes, content_type: str, extra: dict[str, str] | None = None
+) -> None:
+    head = _status_line(status) + f"content-type: {content_type}\r\n".encode()
     head += b"request-id: req_fake\r\nx-request-id: req_fake\r\n"
     for k, v in (extra or {}).items():
         head += f"{k}: {v}\r\n".encode()
@@ -310,6 +320,8 @@ async def _send_stream(writer: asyncio.StreamWriter, body: Iterator[Item], scrip
         if script.error_after_deltas is not None and item.counts and sent >= script.error_after_deltas:
             writer.write(b"%x\r\n%s\r\n" % (len(error_event), error_event))
             break
+        if script.end_after_deltas is not None and sent >= script.end_after_deltas and (item.counts or sent):
+            break  # the terminating chunk follows: a clean end, without what closes an answer
         writer.write(b"%x\r\n%s\r\n" % (len(item.data), item.data))
         await writer.drain()  # one TCP write per event, as a real provider streams
         sent += item.counts

@@ -7,6 +7,7 @@ from typing import Any
 
 from supervisor.tools.llm._clients import Endpoint
 from supervisor.tools.llm._collector import Collector
+from supervisor.tools.llm._replies import cut_short, not_an_answer, refuse_non_stream
 from supervisor.tools.llm._tokens import as_count
 from supervisor.tools.llm.args import LlmChatArgs
 
@@ -74,6 +75,8 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
     kw = _request(args)
     if not args.stream:
         msg = await client.messages.create(**kw)
+        if not isinstance(getattr(msg, "content", None), list) or getattr(msg, "usage", None) is None:
+            raise not_an_answer(msg, "a message")
         for i, block in enumerate(msg.content):
             if block.type == "thinking":
                 await col.delta("thinking", block.thinking)
@@ -85,8 +88,11 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
         col.stop(msg.stop_reason)
         return
     stream = await client.messages.create(**kw, stream=True)
+    events = 0
     async with stream:
+        await refuse_non_stream(stream, "a message")
         async for ev in stream:
+            events += 1
             kind = ev.type
             if kind == "content_block_delta":
                 d = ev.delta
@@ -103,3 +109,7 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
             elif kind == "message_delta":
                 col.usage(_input_of(ev.usage), ev.usage.output_tokens, final=True)
                 col.stop(ev.delta.stop_reason)
+            elif kind == "message_stop":
+                col.finished = True
+    if not col.finished:
+        raise cut_short("message_delta or message_stop", events=events)

@@ -5,6 +5,8 @@ the ``answer`` / ``thinking`` channel) and, when the lead wired one, to the
 bundle's async iterator (``ctx.stream_chunk``). ``started`` turns true with the
 first content from the provider; from then on a failure is never retried
 (a retry would repeat the answer) and is charged for what was generated.
+``finished`` turns true with the event that closes an answer (a stop reason,
+OpenAI's ``[DONE]``, Anthropic's ``message_stop``): a reply without it is no answer.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Collector:
     output_final: bool = False  # output_tokens is the provider's final count, not a running one
     stop_reason: str | None = None
     started: bool = False
+    finished: bool = False  # the provider closed the answer (see the module docstring)
     max_tokens: int | None = None  # the request's max_tokens: far more output than this aborts the call
     generated: int = 0  # estimated tokens received so far (text, thinking, tool calls)
 
@@ -71,6 +74,7 @@ class Collector:
 
     def stop(self, reason: Any) -> None:
         self.stop_reason = clean_text(reason[:_MAX_STOP_REASON]) if isinstance(reason, str) else None
+        self.finished = True
 
     async def delta(self, channel: str, text: str | None) -> None:
         if not text or not isinstance(text, str):

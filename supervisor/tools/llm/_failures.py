@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from supervisor.tools._capped import too_large_in
 from supervisor.tools._guard import TooManyItems
 
-__all__ = ["AnswerTooBig", "Failure", "ProviderStreamError", "backoff_s", "classify"]
+__all__ = ["AnswerTooBig", "Failure", "NotAnAnswer", "ProviderStreamError", "backoff_s", "classify"]
 
 _MAX_MESSAGE = 300
 
@@ -29,6 +29,17 @@ class AnswerTooBig(Exception):
     for that, so it is no sign of an outage: the shared breaker does not count it."""
 
 
+class NotAnAnswer(Exception):
+    """A 200 reply that is no (complete) answer: an HTML page or a JSON error where a stream was asked for, a JSON
+    body without the answer's fields, a stream that ended without its final event. Never retried (the next try
+    gets the same page, or repeats what was streamed); ``cut`` (a stream that stopped early, like a dropped
+    connection) counts against the breaker, the others say nothing about the provider's health."""
+
+    def __init__(self, message: str, *, cut: bool = False) -> None:
+        super().__init__(message)
+        self.cut = cut
+
+
 @dataclass(frozen=True)
 class Failure:
     retryable: bool  # worth another attempt (if no output has gone out yet)
@@ -39,6 +50,7 @@ class Failure:
     timeout: bool = False
     too_large: bool = False  # the response passed the byte cap (``egress.too_large``)
     unread: bool = False  # a generated reply nobody could read (nested too deep): it may hold the whole answer
+    neutral: bool = False  # says nothing about the provider's health: the breaker neither counts nor clears it
 
 
 def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -> Failure | None:
@@ -50,6 +62,8 @@ def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -
     big = too_large_in(exc)  # the SDKs wrap it (APIConnectionError): it must not be retried as one
     if isinstance(exc, AnswerTooBig):
         return Failure(False, False, f"the {provider} API {exc}")
+    if isinstance(exc, NotAnAnswer):
+        return Failure(False, exc.cut, _scrub(f"the {provider} API {exc}", secrets), neutral=not exc.cut)
     if isinstance(big, TooManyItems):  # said by the provider: not a sign of an outage
         return Failure(False, False, f"the {provider} API sent {big}", too_large=True)
     if big is not None:

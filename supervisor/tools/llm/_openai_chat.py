@@ -7,6 +7,7 @@ from typing import Any
 
 from supervisor.tools.llm._clients import Endpoint
 from supervisor.tools.llm._collector import Collector
+from supervisor.tools.llm._replies import cut_short, not_an_answer, refuse_non_stream
 from supervisor.tools.llm.args import LlmChatArgs
 
 __all__ = ["call_chat", "chat_messages"]
@@ -54,26 +55,50 @@ def _reasoning_of(obj: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class _DoneWatch:
+    """The stream's SSE decoder, noting ``data: [DONE]`` (the SDK ends the iteration on it without a word)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.done = False
+
+    async def aiter_bytes(self, iterator: Any) -> Any:
+        async for sse in self._inner.aiter_bytes(iterator):
+            if sse.data.startswith("[DONE]"):
+                self.done = True
+            yield sse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 async def call_chat(client: Any, args: LlmChatArgs, ep: Endpoint, col: Collector) -> None:
     kw = _request(args, ep)
     if not args.stream:
         r = await client.chat.completions.create(**kw)
+        if not isinstance(getattr(r, "choices", None), list) or not r.choices:
+            raise not_an_answer(r, "a chat completion")
         if r.usage is not None:
             col.usage(r.usage.prompt_tokens, r.usage.completion_tokens, final=True)
-        if r.choices:
-            choice = r.choices[0]
-            msg = choice.message
-            await col.delta("thinking", _reasoning_of(msg))
-            await col.delta("answer", msg.content)
-            for i, tc in enumerate(msg.tool_calls or []):
-                fn = getattr(tc, "function", None)
-                if fn is not None:
-                    col.tool_call(i, tc.id, fn.name, fn.arguments)
-            col.stop(choice.finish_reason)
+        choice = r.choices[0]
+        msg = choice.message
+        await col.delta("thinking", _reasoning_of(msg))
+        await col.delta("answer", msg.content)
+        for i, tc in enumerate(msg.tool_calls or []):
+            fn = getattr(tc, "function", None)
+            if fn is not None:
+                col.tool_call(i, tc.id, fn.name, fn.arguments)
+        col.stop(choice.finish_reason)
         return
     stream = await client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    events = 0
     async with stream:
+        await refuse_non_stream(stream, "a chat completion")
+        watch = None
+        if hasattr(stream, "_decoder"):  # private to the SDK: without it, only a finish_reason ends an answer
+            watch = stream._decoder = _DoneWatch(stream._decoder)
         async for chunk in stream:
+            events += 1
             if chunk.usage is not None:
                 col.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, final=True)
             if not chunk.choices:
@@ -87,3 +112,7 @@ async def call_chat(client: Any, args: LlmChatArgs, ep: Endpoint, col: Collector
                 col.tool_call(tc.index, tc.id, fn.name if fn else None, fn.arguments if fn else None)
             if choice.finish_reason:
                 col.stop(choice.finish_reason)
+        if watch is not None and watch.done:
+            col.finished = True
+    if not col.finished:
+        raise cut_short("finish_reason, no [DONE]", events=events)

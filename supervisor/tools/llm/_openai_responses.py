@@ -8,6 +8,7 @@ from typing import Any
 from supervisor.tools.llm._clients import Endpoint
 from supervisor.tools.llm._collector import Collector
 from supervisor.tools.llm._failures import ProviderStreamError
+from supervisor.tools.llm._replies import cut_short, not_an_answer, refuse_non_stream
 from supervisor.tools.llm.args import LlmChatArgs
 
 __all__ = ["call_responses", "responses_input"]
@@ -80,12 +81,17 @@ async def call_responses(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
     kw = _request(args)
     if not args.stream:
         r = await client.responses.create(**kw)
+        if not isinstance(getattr(r, "output", None), list):
+            raise not_an_answer(r, "a response")
         await _take_output(col, r.output)
         _take_response(col, r)
         return
     stream = await client.responses.create(**kw, stream=True)
+    events = 0
     async with stream:
+        await refuse_non_stream(stream, "a response")
         async for ev in stream:
+            events += 1
             kind = ev.type
             if kind == "response.output_text.delta":
                 await col.delta("answer", ev.delta)
@@ -105,3 +111,5 @@ async def call_responses(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
                 raise ProviderStreamError(getattr(err, "message", None) or "the response failed")
             elif kind == "error":
                 raise ProviderStreamError(getattr(ev, "message", None) or "stream error")
+    if not col.finished:
+        raise cut_short("response.completed", events=events)

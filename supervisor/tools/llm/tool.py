@@ -6,6 +6,10 @@ Failure policy, in one place (the SDKs' own retries are off):
 - once output has started, nothing is retried (the answer would repeat): the
   call fails with ``llm.provider_error`` carrying ``partial_usage`` and
   ``cost_micro``, so the budget step commits what was really spent;
+- a 200 that is no answer (an HTML page, a JSON error body, a stream that ends
+  without its final event) is ``llm.provider_error``, not retried (the same
+  page comes back; a cut stream would be repeated), charged like any failure:
+  nothing before output started, what was generated after;
 - a reply too deep to be read at all (a tool_use input the model nested past
   the JSON decoder's limit) is not retried and is charged the worst case, as
   nobody can tell how much of the answer it held;
@@ -186,7 +190,7 @@ class LlmChatTool:
             # wrote) nobody could read: not one that never came (an HTML error page, our own bug).
             return Failure(False, False, f"unexpected reply from the {provider} API ({type(exc).__name__})",
                            unread=_too_deep(exc))
-        if failure.timeout and not streamed:
+        if failure.neutral or (failure.timeout and not streamed):
             breaker.release()
         elif failure.unhealthy:
             breaker.record_failure()
