@@ -65,6 +65,9 @@ class Runtime:
                 self.tasks.append(asyncio.create_task(
                     watch_bundles_dir(self.registry, self.settings.bundles_dir, stop=self.stop_event)))
         if workers:
+            warm_up = getattr(self.services.tools, "warm_up", None)
+            if warm_up is not None:
+                warm_up()  # the LLM SDKs (seconds to import), in threads, before the first call
             from sandbox.checks import check_backend
 
             self.sandbox_problems = check_backend(self.settings.sandbox_bwrap)

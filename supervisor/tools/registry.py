@@ -31,6 +31,14 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
+    def warm_up(self) -> None:
+        """Let each tool that has one start its ``warm_up()``: loading, off the event loop, what its first call
+        would otherwise load on it (the LLM SDKs). Called by nodes that run tools, never by CLI commands."""
+        for tool in self._tools.values():
+            warm_up = getattr(tool, "warm_up", None)
+            if callable(warm_up):
+                warm_up()
+
     async def get(self, name: Any, tenant_id: str) -> Tool:
         if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             raise StockadeError("input.invalid", "tool names are lower-case ASCII [a-z0-9_.-]")

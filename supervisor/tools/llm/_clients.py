@@ -1,5 +1,7 @@
 """SDK clients, built once per (provider, event loop) and reused, so HTTP connections are pooled.
 
+The SDK itself is imported off the event loop (``_sdk``) the first time a provider is used.
+
 The keys live here and in the SDK clients only; nothing of them reaches a
 sandbox. Every constructor argument the SDKs would otherwise read from the
 environment (key, base URL, telemetry) is passed explicitly, and the SDKs' own
@@ -16,6 +18,7 @@ from typing import Any
 from supervisor.errors import StockadeError
 from supervisor.tools._capped import cap_responses
 from supervisor.tools._guard import guard_messages
+from supervisor.tools.llm._sdk import sdk
 
 __all__ = ["ClientPool", "Endpoint", "endpoint_for"]
 
@@ -65,38 +68,33 @@ class ClientPool:
             weakref.WeakKeyDictionary()
         )
 
-    def get(self, ep: Endpoint) -> Any:
+    async def get(self, ep: Endpoint) -> Any:
         clients = self._by_loop.setdefault(asyncio.get_running_loop(), {})
         client = clients.get(ep)
         if client is None:
-            client = clients[ep] = self._make(ep)
+            mod = await sdk(ep.provider)  # imported off the loop (seconds, cold)
+            client = clients.get(ep)  # a concurrent first call may have made it meanwhile
+            if client is None:
+                client = clients[ep] = self._make(ep, mod)
         return client
 
-    def _make(self, ep: Endpoint) -> Any:
+    def _make(self, ep: Endpoint, mod: Any) -> Any:  # mod: the provider's SDK
         # Redirects are never followed: a provider has no reason to send one, and following it would
         # carry the request (and Anthropic's x-api-key header, which httpx does not strip) anywhere.
         hooks = {"response": [cap_responses(MAX_RESPONSE_BYTES), guard_messages()]}
+        timeout = mod.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
+        http_client = mod.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False, event_hooks=hooks)
         if ep.provider == "openai":
-            import openai
-
-            timeout = openai.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
-            return openai.AsyncOpenAI(
-                api_key=ep.api_key,
-                base_url=ep.base_url,
-                max_retries=0,
-                timeout=timeout,
-                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False, event_hooks=hooks),
+            return mod.AsyncOpenAI(
+                api_key=ep.api_key, base_url=ep.base_url, max_retries=0, timeout=timeout, http_client=http_client
             )
-        import anthropic
-
-        timeout = anthropic.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
-        return anthropic.AsyncAnthropic(
+        return mod.AsyncAnthropic(
             api_key=ep.api_key,
             base_url=ep.base_url,
             max_retries=0,
             timeout=timeout,
             open_telemetry=False,
-            http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False, event_hooks=hooks),
+            http_client=http_client,
         )
 
     async def aclose(self) -> None:

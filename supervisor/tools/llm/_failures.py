@@ -8,12 +8,12 @@ failures they are dropped altogether (OpenAI echoes a masked key in them).
 
 from __future__ import annotations
 
-import importlib
 import random
 from dataclasses import dataclass
 
 from supervisor.tools._capped import too_large_in
 from supervisor.tools._guard import TooManyItems
+from supervisor.tools.llm._sdk import loaded
 
 __all__ = ["AnswerTooBig", "Failure", "NotAnAnswer", "ProviderStreamError", "backoff_s", "classify"]
 
@@ -55,9 +55,6 @@ class Failure:
 
 def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -> Failure | None:
     """A ``Failure`` for provider/transport errors; None for anything else (cancellation, our own errors)."""
-    import anthropic
-    import openai
-
     env = "STOCKADE_OPENAI_API_KEY" if provider == "openai" else "STOCKADE_ANTHROPIC_API_KEY"
     big = too_large_in(exc)  # the SDKs wrap it (APIConnectionError): it must not be retried as one
     if isinstance(exc, AnswerTooBig):
@@ -69,12 +66,12 @@ def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -
     if big is not None:
         return Failure(False, True, f"the {provider} API sent a response larger than {big.cap} bytes", too_large=True)
     timeouts, transport = _transport_errors()
-    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, *timeouts)):
+    if isinstance(exc, (*_sdk_errors("APITimeoutError"), *timeouts)):
         return Failure(True, True, f"the {provider} API did not answer in time", timeout=True)
     # the anthropic SDK lets the HTTP library's errors out of a stream unwrapped
-    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, *transport)):
+    if isinstance(exc, (*_sdk_errors("APIConnectionError"), *transport)):
         return Failure(True, True, f"lost the connection to the {provider} API")
-    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
+    if isinstance(exc, _sdk_errors("APIStatusError")):
         status = int(exc.status_code)
         if 300 <= status < 400:  # redirects are not followed (see _clients): a misconfigured or hostile endpoint
             return Failure(False, True, f"the {provider} API answered with a redirect (HTTP {status}), which is "
@@ -98,19 +95,24 @@ def classify(exc: BaseException, provider: str, secrets: tuple[str, ...] = ()) -
                 retry_after=_retry_after(exc),
             )
         return Failure(False, False, f"the {provider} API refused the request (HTTP {status}): {detail}", status=status)
-    if isinstance(exc, (openai.APIError, anthropic.APIError, ProviderStreamError)):
+    if isinstance(exc, (*_sdk_errors("APIError"), ProviderStreamError)):
         # an error event inside a stream: the upstream broke after it had accepted the request
         return Failure(True, True, f"the {provider} API reported an error: {_scrub(str(exc), secrets)}")
     return None
 
 
+def _sdk_errors(name: str) -> tuple[type[BaseException], ...]:
+    """The SDKs' exception class ``name``, of the SDKs imported. An exception of an SDK not imported cannot
+    exist, and importing one here would hold the event loop for seconds (see ``_sdk``)."""
+    return tuple(getattr(mod, name) for mod in map(loaded, ("openai", "anthropic")) if mod is not None)
+
+
 def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     timeouts: list[type[BaseException]] = []
     transport: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):  # newer SDKs ride on httpx2, older ones on httpx
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
+    for name in ("httpx2", "httpx"):  # newer SDKs ride on httpx2, older ones on httpx (imported by the SDK if so)
+        mod = loaded(name)
+        if mod is None:
             continue
         timeouts.append(mod.TimeoutException)
         transport.append(mod.TransportError)

@@ -33,6 +33,7 @@ from supervisor.tools.llm._collector import Collector
 from supervisor.tools.llm._failures import Failure, backoff_s, classify
 from supervisor.tools.llm._openai_chat import call_chat
 from supervisor.tools.llm._openai_responses import call_responses
+from supervisor.tools.llm._sdk import warm
 from supervisor.tools.llm._tokens import input_ceiling, input_estimate
 from supervisor.tools.llm.args import PROVIDERS, LlmChatArgs
 from supervisor.tools.llm.breaker import CircuitBreaker
@@ -110,7 +111,7 @@ class LlmChatTool:
         ep = endpoint_for(self.settings, a.provider, a.model)
         price = self._price(a.model, ctx)
         call = _CALLS[(a.provider, a.api)]
-        client = self.clients.get(ep)
+        client = await self.clients.get(ep)
         breaker = self.breakers[a.provider]
         attempt = 0
         deadline = asyncio.get_running_loop().time() + self.deadline_s
@@ -165,6 +166,16 @@ class LlmChatTool:
                 raise
             breaker.record_success()
             return self._result(a, col, price, attempt + 1)
+
+    def warm_up(self) -> None:
+        """Start importing the SDKs of the configured providers in threads (a worker node at start-up), so the
+        first call finds them imported; a provider not configured is never imported."""
+        for provider in PROVIDERS:
+            try:
+                endpoint_for(self.settings, provider, provider)
+            except StockadeError:  # llm.unconfigured
+                continue
+            warm(provider)
 
     async def aclose(self) -> None:
         await self.clients.aclose()
