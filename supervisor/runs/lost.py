@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from supervisor.aio import cancel_and_wait
 from supervisor.chain.approval import withdraw_run
 from supervisor.events import RunEmitter, finish_run_anywhere
+from supervisor.rmtree import remove_tree
 from supervisor.stores.records import Event, Run
 
 __all__ = ["AbandonedRuns", "RunBeat", "end_lost", "holder_alive"]
@@ -87,7 +87,7 @@ async def _remove_run_dir(services: Any, run_id: str) -> None:
     data_dir = getattr(settings, "data_dir", None)
     if data_dir is None or not run_id or "/" in run_id or run_id.startswith("."):
         return
-    await asyncio.to_thread(shutil.rmtree, Path(data_dir) / "runs" / run_id, True)
+    await asyncio.to_thread(remove_tree, Path(data_dir) / "runs" / run_id)
 
 
 class RunBeat:

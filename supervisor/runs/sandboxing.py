@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import Any
 import sandbox.runtime as _runtime_pkg
 from sandbox.spec import Limits, SandboxSpec
 from supervisor.errors import StockadeError
+from supervisor.rmtree import remove_tree
 from supervisor.settings import Settings
 
 __all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "listen_run_socket", "make_run_dirs", "sandbox_python",
@@ -55,7 +55,7 @@ class RunDirs:
         return self.sock_dir / SOCKET_NAME
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)  # any depth: a bundle's tree 1,500 deep was a RecursionError here
         if self.held is not None:  # after the directory: a lock file with no directory is swept, never the reverse
             self.held.release()
 
@@ -101,7 +101,7 @@ def sweep_dead_slots(data_dir: Path) -> int:
             os.close(fd)
             continue
         try:
-            shutil.rmtree(runs / lock.name[: -len(".lock")], ignore_errors=True)
+            remove_tree(runs / lock.name[: -len(".lock")])
             with contextlib.suppress(OSError):
                 os.unlink(lock)
             removed += 1
@@ -118,7 +118,7 @@ def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | N
     root = (runs / run_id).resolve()
     try:
         if root.exists():
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root)
         work, sock = root / "work", root / "sock"
         root.mkdir(parents=True, mode=0o711)
         work.mkdir(mode=0o700)

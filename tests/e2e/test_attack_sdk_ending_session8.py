@@ -517,3 +517,28 @@ async def test_odd_exits_floods_and_forks_end_once_with_the_right_status(node):
     for name, (_, took) in got.items():
         assert took < TIMEOUT_S, (name, took)
     assert json.dumps([e.data for e in got["segv"][0]])  # every event stored is plain JSON
+
+
+async def test_a_run_that_leaves_a_deep_tree_is_cleaned_up(node):
+    """A bundle that made a directory tree 1,500 deep in its work dir: on Python 3.11 shutil.rmtree raised
+    RecursionError (ignore_errors or not) when the run ended, so the run's folder (tenant files) stayed on
+    disk, and a warm slot's lock was never released. supervisor.rmtree.remove_tree takes any depth."""
+    got = await run_bundles(node, {"deep-tree": """
+        import os
+        async def main(ctx):
+            os.chdir("/work")
+            for _ in range(1500):
+                os.mkdir("d")
+                os.chdir("d")
+            open("leaf", "w").write("x")
+            await ctx.answer("deep")
+    """})
+    events, _ = got["deep-tree"]
+    assert events[-1].event == "run.completed", events[-1].data
+    run_id = events[-1].data["run_id"]
+    runs = Path(node.data_dir) / "runs"
+    for _ in range(100):  # the folder goes once the worker is done with the run, right after its last event
+        if not (runs / run_id).exists():
+            break
+        await asyncio.sleep(0.05)
+    assert not (runs / run_id).exists()
