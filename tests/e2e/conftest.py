@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import uvloop
 
 from tests.e2e.harness import make_data_dir, settings_for, start_node
+from tests.fakes.llm_servers import FakeLLMServer
 
 
 def pytest_asyncio_loop_factories(config, item):
@@ -14,6 +17,23 @@ def pytest_asyncio_loop_factories(config, item):
 @pytest.fixture(params=["embedded", "production"])
 def stack_kind(request):
     return request.param
+
+
+@pytest.fixture
+def stores(stack_kind, request) -> dict[str, Any]:
+    """Store settings of this stack, for tests that make nodes of their own (sync: the database fixtures
+    run their own event loop)."""
+    if stack_kind == "embedded":
+        return {}
+    return dict(pg_url=request.getfixturevalue("pg_url"), redis_url=request.getfixturevalue("redis_url"),
+                redis_prefix=request.getfixturevalue("redis_prefix"))
+
+
+@pytest.fixture
+def llm():
+    """A fake OpenAI + Anthropic server (the real wire protocols): ``llm.openai_base_url``, ``llm.enqueue``."""
+    with FakeLLMServer() as srv:
+        yield srv
 
 
 @pytest.fixture

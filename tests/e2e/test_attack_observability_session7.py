@@ -218,15 +218,6 @@ class _EchoingProvider:
             writer.close()
 
 
-@pytest.fixture
-def stores(stack_kind, request) -> dict:
-    """Store settings of this stack (sync: the database fixtures run their own event loop)."""
-    if stack_kind == "embedded":
-        return {}
-    return dict(pg_url=request.getfixturevalue("pg_url"), redis_url=request.getfixturevalue("redis_url"),
-                redis_prefix=request.getfixturevalue("redis_prefix"))
-
-
 async def test_a_provider_quoting_the_key_back_leaks_it_nowhere(stack_kind, stores, caplog):
     """The key a provider echoes in its error never reaches a log line (any level), the stream or the audit."""
     import logging

@@ -18,15 +18,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def stores(stack_kind, request) -> dict[str, Any]:
-    """Store settings of this stack (sync: the database fixtures run their own event loop)."""
-    if stack_kind == "embedded":
-        return {}
-    return dict(pg_url=request.getfixturevalue("pg_url"), redis_url=request.getfixturevalue("redis_url"),
-                redis_prefix=request.getfixturevalue("redis_prefix"))
-
-
-@pytest.fixture
 async def node(stack_kind, stores):
     """A node that may reach 127.0.0.0/8 (where the demo broker listens) and has no LLM configured."""
     settings = settings_for(stack_kind, make_data_dir(), **stores, egress_allow_private=["127.0.0.0/8"],

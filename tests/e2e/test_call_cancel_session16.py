@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.harness import collect, make_data_dir, settings_for, start_node
 from tests.e2e.test_run_pipeline import TEST_BUNDLES, check_stream
-from tests.fakes.llm_servers import FakeLLMServer, Script
+from tests.fakes.llm_servers import Script
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,21 +27,6 @@ rules:
   - {id: echo, tool: echo, verdict: allow}
   - {id: llm, tool: llm.chat, verdict: allow}
 """
-
-
-@pytest.fixture
-def llm():
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def stores(stack_kind, request) -> dict[str, Any]:
-    """Store settings of this stack (sync: the database fixtures run their own event loop)."""
-    if stack_kind == "embedded":
-        return {}
-    return dict(pg_url=request.getfixturevalue("pg_url"), redis_url=request.getfixturevalue("redis_url"),
-                redis_prefix=request.getfixturevalue("redis_prefix"))
 
 
 @pytest.fixture

@@ -15,27 +15,12 @@ from starlette.routing import Route
 
 from deployment.demo_broker.server import running_app
 from tests.e2e.harness import SSE, collect, make_data_dir, settings_for, start_node
-from tests.fakes.llm_servers import FakeLLMServer, Script
+from tests.fakes.llm_servers import Script
 
 TERMINAL = {"run.completed", "run.failed", "run.canceled", "run.timed_out"}
 NO_LLM = dict(openai_api_key=None, openai_base_url=None, anthropic_api_key=None, anthropic_base_url=None)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def llm():
-    with FakeLLMServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def stores(stack_kind, request) -> dict[str, Any]:
-    """Store settings of this stack (sync: the database fixtures run their own event loop)."""
-    if stack_kind == "embedded":
-        return {}
-    return dict(pg_url=request.getfixturevalue("pg_url"), redis_url=request.getfixturevalue("redis_url"),
-                redis_prefix=request.getfixturevalue("redis_prefix"))
 
 
 @pytest.fixture
