@@ -44,6 +44,8 @@ def _detail(call: CallState, **more: Any) -> dict[str, Any]:
         "verdict": call.verdict, "reason": call.reason, "resource": call.resource,
         "request_id": call.request_id, "duration_ms": round((time.monotonic() - call.started_mono) * 1000, 3),
     }
+    if call.called_as is not None:  # mcp.call, resolved to the call it made (the record's tool)
+        d["called_as"] = call.called_as
     if call.approval_id:
         d["approval_id"] = call.approval_id
     if call.reservation_id:

@@ -41,7 +41,7 @@ class CallState:
     """One tool call travelling down the chain."""
 
     binding: Binding
-    tool_name: str
+    tool_name: str  # as the bundle spelled it; the validate step replaces a generic door by the call it makes
     raw_args: dict[str, Any]
     request_id: int | str | None = None
     idempotency_key: Any = None  # as given by the bundle (the validate step refuses a bad one), or None
@@ -50,6 +50,12 @@ class CallState:
 
     # filled in along the chain
     tool: Any = None  # the supervisor.tools.base.Tool
+    # ``mcp.call {server, tool, arguments}`` is resolved by the validate step to the call it stands for,
+    # ``mcp.<server>.<tool> {arguments}``: tool_name and raw_args become that call's, called_as keeps "mcp.call".
+    called_as: str | None = None
+    # More names of this call (the tool's ``aliases``: every MCP call is also "mcp.call"): a tool glob that matches
+    # any of them matches the call (policy rules of both layers, order rules, bundle.yaml tools, prices)
+    aliases: tuple[str, ...] = ()
     tool_ctx: Any = None  # the supervisor.tools.base.ToolContext handed to tool.run
     stream: Any = False  # True: the bundle iterates chunks (ctx.stream); not a bool: refused by the validate step
     args: Any = None  # the validated ToolArgs
@@ -80,6 +86,10 @@ class CallState:
     # The run's side-effecting calls so far, per resource: resource -> (last derived key base, epoch). Given
     # by the run session (one dict per run); None: derived keys carry no epoch (supervisor.chain.idempotency).
     run_marks: dict[str, tuple[str, int]] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """Every name a tool glob is matched against: the call's own first, then its aliases."""
+        return (self.tool_name, *self.aliases) if isinstance(self.tool_name, str) else ()
 
 
 Next = Callable[[CallState], Awaitable[dict[str, Any]]]

@@ -65,7 +65,7 @@ class BudgetInterceptor:
             # execution: estimated at the shipped prices, a call whose tenant pays more reserved
             # a fraction of its cost and was charged no more (settlement is capped at the reservation).
             call.tool_ctx.llm_prices = llm_prices
-        est = estimate_cost(call.tool, call.args, call.tool_ctx, call.extra.get("prices") or {})
+        est = estimate_cost(call.tool, call.args, call.tool_ctx, call.extra.get("prices") or {}, names=call.names())
         if est.micro <= 0:
             return await next(call)
         rid = await self._reserve(call, est)

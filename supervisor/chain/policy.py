@@ -14,7 +14,10 @@ History semantics (what velocity and order count):
   firing calls in parallel, and ``not_after`` counts an attempt as soon as it
   was let through;
 * ``after: A`` needs A to have *completed* (returned a result): A that was
-  denied, rejected by an approver or failed does not unlock B.
+  denied, rejected by an approver or failed does not unlock B;
+* a call is counted (velocity) under its own name - ``mcp.<server>.<tool>``
+  whichever spelling the bundle used - and seen / completed (order) under
+  every name it has (its aliases too: ``mcp.call``).
 
 Where histories live: a run is served by one worker, so its history lives in
 this process and per-run velocity and order are exact. A user's runs are
@@ -150,9 +153,10 @@ class PolicyInterceptor:
     async def __call__(self, call: CallState, next: Next) -> dict[str, Any]:
         b = call.binding
         tool = call.tool_name
-        if not is_valid_tool_name(tool):
+        if not is_valid_tool_name(call.called_as if call.called_as is not None else tool):
             # Refused, never normalised: "Echo", "ｅcho", "e\u200dcho" must not reach an echo rule.
             raise StockadeError("input.invalid", "tool names are 1-128 characters of a-z 0-9 _ . - (ASCII)")
+        names = call.names()  # what order rules see of this call once it passed (seen) or completed
         tenant = await self._tenant_policy(call)
         bundle = b.bundle_policy
         if bundle is not None and not isinstance(bundle, Policy):
@@ -191,6 +195,7 @@ class PolicyInterceptor:
                     tool=tool, args=args, resource=call.resource, role=b.role, user=b.user_id,
                     project=b.project_id, history=tuple(run.of(tool)) if counts else (),
                     user_history=user_history, now=now, seen=frozenset(run.seen), completed=frozenset(run.completed),
+                    aliases=call.aliases, called_as=call.called_as,
                 )
                 v = await self._evaluate(call, tenant, bundle, req)
                 call.verdict, call.rule_id, call.reason = v.verdict, v.rule_id, v.reason
@@ -208,7 +213,7 @@ class PolicyInterceptor:
             else:
                 raise self._unavailable(call, "the user's call history kept changing under other nodes' calls")
             run.of(tool).append((tool, now))
-            run.seen.add(tool)
+            run.seen.update(names)
             if keeps_users:
                 user.of(tool).append((tool, now))
             call.extra["policy_at"] = now  # a redirect hop of this call must not count the call itself
@@ -216,7 +221,7 @@ class PolicyInterceptor:
             call.extra["delayed_s"] = v.delay_s
             await self._sleep(v.delay_s)
         result = await next(call)
-        run.completed.add(tool)
+        run.completed.update(names)
         return result
 
     async def _evaluate(self, call: CallState, tenant: Policy, bundle: Policy | None, req: PolicyRequest) -> Verdict:
@@ -268,6 +273,7 @@ class PolicyInterceptor:
             tool=tool, args=_args_of(call), resource=resource, role=b.role, user=b.user_id,
             project=b.project_id, history=_without(run.of(tool), own), user_history=user_history,
             now=now, seen=frozenset(run.seen), completed=frozenset(run.completed),
+            aliases=call.aliases, called_as=call.called_as,
         )
         v = evaluate_layers(tenant, bundle, req)
         if v.verdict not in ("allow", "delay"):

@@ -43,20 +43,26 @@ class ValidateInterceptor:
         if type(call.stream) is not bool:  # "stream": "no" streamed
             raise StockadeError("input.invalid", "stream must be true or false")
         tool = await services.tools.get(call.tool_name, b.tenant_id)
-        call.tool = tool
         call.args_hash = args_hash(call.tool_name, call.raw_args)
-        if b.bundle_tools is not None and not any(fnmatch.fnmatchcase(call.tool_name, g) for g in b.bundle_tools):
-            call.verdict, call.rule_id = "deny", "bundle.tools"
-            call.outcome = "tool.denied"
-            raise StockadeError("policy.denied", f"bundle {b.bundle} does not declare tool {call.tool_name!r} in bundle.yaml", rule_id="bundle.tools")
-        try:
-            call.args = tool.args_model.model_validate(call.raw_args)
-        except ValidationError as exc:
-            # a size limit first, as the stores check it first (kb_port.check_doc)
-            errors = sorted(exc.errors(), key=lambda e: e["type"] != TOO_LARGE)
-            code = "input.too_large" if errors[0]["type"] == TOO_LARGE else "input.invalid"
-            call.outcome = "tool.invalid"  # refused before anything ran, whichever of the two
-            raise StockadeError(code, f"{call.tool_name}: {_describe(errors)}") from None
+        declared = b.bundle_tools is None or _declared(b.bundle_tools, (call.tool_name,))
+        stands_for = getattr(tool, "stands_for", None)
+        if stands_for is not None:
+            # A generic door (mcp.call {server, tool, arguments}) is another spelling of a call with a name of its
+            # own (mcp.<server>.<tool> {arguments}): from here on it IS that call - judged by the same rules on the
+            # same arguments, priced, limited, deduplicated and audited alike - so no rule written on one spelling
+            # can be walked around through the other. The door's name stays one of the call's names (aliases).
+            door_args = _validated(call, tool)
+            name, raw = stands_for(door_args)
+            call.called_as, call.tool_name, call.raw_args = call.tool_name, name, raw
+            if not declared and not _declared(b.bundle_tools or (), (name,)):
+                raise _undeclared(call)  # before the store is asked about a tool the bundle may not call
+            call.args_hash = args_hash(name, raw)  # approvals and derived idempotency keys: the call that runs
+            tool = await tool.target(door_args, b.tenant_id)
+        call.tool = tool
+        call.aliases = tuple(getattr(tool, "aliases", ()))
+        if not declared and not _declared(b.bundle_tools or (), call.names()):
+            raise _undeclared(call)
+        call.args = _validated(call, tool)
         call.tool_ctx = ToolContext(
             tenant_id=b.tenant_id, run_id=b.run_id, user_id=b.user_id, project_id=b.project_id,
             emit=call.emit or _no_emit, services=services, stream_chunk=call.extra.get("stream_chunk"),
@@ -67,6 +73,30 @@ class ValidateInterceptor:
         if tokens is not None:  # LLM calls: the per-user token-throughput limit charges this
             call.extra["llm_tokens"] = int(tokens(call.args))
         return await next(call)
+
+
+def _declared(globs: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(n, g) for g in globs for n in names)
+
+
+def _undeclared(call: CallState) -> StockadeError:
+    b = call.binding
+    call.verdict, call.rule_id = "deny", "bundle.tools"
+    call.outcome = "tool.denied"
+    spelled = call.called_as or call.tool_name
+    return StockadeError("policy.denied", f"bundle {b.bundle} does not declare tool {spelled!r} in bundle.yaml",
+                         rule_id="bundle.tools")
+
+
+def _validated(call: CallState, tool: Any) -> Any:
+    try:
+        return tool.args_model.model_validate(call.raw_args)
+    except ValidationError as exc:
+        # a size limit first, as the stores check it first (kb_port.check_doc)
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != TOO_LARGE)
+        code = "input.too_large" if errors[0]["type"] == TOO_LARGE else "input.invalid"
+        call.outcome = "tool.invalid"  # refused before anything ran, whichever of the two
+        raise StockadeError(code, f"{call.tool_name}: {_describe(errors)}") from None
 
 
 async def _no_emit(type: str, data: dict[str, Any]) -> None:

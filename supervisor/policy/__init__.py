@@ -40,6 +40,12 @@ inf never compare true, a missing path never matches. Tool names must be
 ASCII ``[a-z0-9_.-]{1,128}``; look-alikes (``Echo``, full-width, zero-width
 joiners, NUL, trailing space) are refused, never normalised.
 
+Names: a call may have aliases besides its name (``PolicyRequest.aliases``):
+every MCP call is ``mcp.<server>.<tool>`` and ``mcp.call``, whichever the
+bundle spelled (the chain turns ``mcp.call`` into the call it stands for), so a
+rule, an order glob or a price on either name applies to both spellings
+(supervisor/README.md, "One call, every name").
+
 Layers: the shipped default (``default.yaml``: allows echo, llm.chat, kb.*,
 storage.*, code.run; no egress) applies to a tenant without a policy; a
 tenant policy *replaces* it. A bundle's ``policy: {rules: [...]}`` can only
@@ -82,10 +88,10 @@ from supervisor.policy.model import (
     Rule,
     Verdict,
 )
-from supervisor.policy.names import is_valid_tool_name
+from supervisor.policy.names import is_resolved_tool_name, is_valid_tool_name
 
 __all__ = [
     "MAX_POLICY_BYTES", "NO_MATCH", "RESTRICTIVENESS", "VERDICTS", "ApprovalSpec", "Policy", "PolicyError", "PolicyRequest", "Rule", "Verdict",
-    "default_policy", "evaluate", "evaluate_layers", "is_valid_tool_name", "load_bundle_policy", "load_policy",
+    "default_policy", "evaluate", "evaluate_layers", "is_resolved_tool_name", "is_valid_tool_name", "load_bundle_policy", "load_policy",
     "validate_policy_text",
 ]

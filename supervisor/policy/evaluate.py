@@ -1,7 +1,9 @@
 """Evaluation: rules in order, first match wins, no match = deny; layers only narrow.
 
 A rule matches when every matcher it has holds, checked cheapest first:
-tool glob, principal (role/user/project), resource glob, ``when``
+tool glob (against the call's name or any of its aliases: ``mcp.call`` and
+``mcp.<server>.<tool>`` name one MCP call, so a rule on either spelling
+judges both), principal (role/user/project), resource glob, ``when``
 conditions, order, velocity, content patterns.
 
 Evaluation cost is bounded. Statically: <= 1000 rules, <= 4096 conditions,
@@ -21,7 +23,7 @@ from typing import Any
 
 from supervisor.policy.conditions import MAX_SCAN_CHARS, Budget, Undecidable, lookup, regex_search
 from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, ApprovalSpec, Policy, PolicyRequest, Rule, Verdict
-from supervisor.policy.names import is_valid_tool_name
+from supervisor.policy.names import is_resolved_tool_name, is_valid_tool_name
 
 __all__ = ["MAX_SCAN_NODES", "evaluate", "evaluate_layers"]
 
@@ -79,11 +81,19 @@ def _stricter_terms(b: ApprovalSpec | None, t: ApprovalSpec | None) -> bool:
     return b.approvers >= t.approvers and b.separate >= t.separate and b != t
 
 
+def _valid_names(req: PolicyRequest) -> bool:
+    if req.called_as is None:
+        ok = is_valid_tool_name(req.tool)
+    else:
+        ok = is_valid_tool_name(req.called_as) and is_resolved_tool_name(req.tool)
+    return ok and type(req.aliases) is tuple and all(map(is_valid_tool_name, req.aliases))
+
+
 def _decide(policy: Policy, req: PolicyRequest, budget: Budget) -> Verdict | None:
-    if not is_valid_tool_name(req.tool):
+    if not _valid_names(req):
         return Verdict("deny", None, "invalid tool name", policy.layer)
     ctx = _Ctx(req, budget)
-    for rule in policy.index_for_tool(req.tool).candidates(req.resource):
+    for rule in policy.index_for_tool(req.tool, req.aliases).candidates(req.resource):
         try:
             hit = _matches(rule, req, ctx)
         except Undecidable as exc:

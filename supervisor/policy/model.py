@@ -96,16 +96,17 @@ class Policy:
     has_patterns: bool = False  # some rule uses content or matches (regex work grows with argument size)
     has_velocity: bool = False  # some rule counts calls (only then does the caller need to pass histories)
     has_user_velocity: bool = False  # some rule counts a user's calls across runs (velocity scope user)
-    _by_tool: dict[str, RuleIndex] = field(default_factory=dict, repr=False, compare=False)
+    _by_tool: dict[str | tuple[str, ...], RuleIndex] = field(default_factory=dict, repr=False, compare=False)
 
-    def index_for_tool(self, tool: str) -> RuleIndex:
-        """The rules whose tool glob matches ``tool``, in order, indexed (memoised per tool name)."""
-        hit = self._by_tool.get(tool)
+    def index_for_tool(self, tool: str, aliases: tuple[str, ...] = ()) -> RuleIndex:
+        """The rules whose tool glob matches ``tool`` or one of its ``aliases``, in order, indexed (memoised)."""
+        key: str | tuple[str, ...] = (tool, *aliases) if aliases else tool
+        hit = self._by_tool.get(key)
         if hit is None:
-            hit = RuleIndex(tuple(r for r in self.rules if r.matches_tool(tool)))
+            hit = RuleIndex(tuple(r for r in self.rules if r.matches_tool(tool) or any(map(r.matches_tool, aliases))))
             if len(self._by_tool) >= 4096:  # callers pass only valid names, but stay bounded anyway
                 self._by_tool.clear()
-            self._by_tool[tool] = hit
+            self._by_tool[key] = hit
         return hit
 
     def approval_spec(self, rule_id: str | None) -> ApprovalSpec | None:
@@ -173,7 +174,12 @@ class RuleIndex:
 @dataclass(frozen=True)
 class PolicyRequest:
     """One call as the engine sees it. Histories are chronological ``(tool, ts)`` pairs on the
-    same clock as ``now`` of earlier calls that passed policy."""
+    same clock as ``now`` of earlier calls that passed policy.
+
+    ``tool`` is the name the call is counted under (velocity); a rule whose tool glob matches it *or* one of
+    ``aliases`` matches the call (every MCP call is also ``mcp.call``). ``called_as``: the name the bundle
+    called when a generic door resolved the call to ``tool`` (``mcp.call`` -> ``mcp.<server>.<tool>``); then
+    that name must be a valid tool name, and ``tool`` only a resolved one (an MCP tool's name keeps its case)."""
 
     tool: str
     args: Mapping[str, Any]
@@ -186,6 +192,8 @@ class PolicyRequest:
     now: float = field(default_factory=time.monotonic)
     seen: Collection[str] | None = None  # every tool that passed policy in this run; None: tools in history
     completed: Collection[str] | None = None  # tools that completed in this run (``after``); None: as seen
+    aliases: tuple[str, ...] = ()
+    called_as: str | None = None
 
 
 @dataclass(frozen=True)

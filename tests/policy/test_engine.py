@@ -52,6 +52,39 @@ def test_valid_tool_names(name):
     assert evaluate(ECHO_ONLY, req(name)).verdict == "allow"
 
 
+MCP = policy("""\
+    - id: no-greet
+      tool: mcp.fake.greet
+      verdict: deny
+    - id: door-rule
+      tool: mcp.call
+      when: {args.x: {eq: 1}}
+      verdict: require_approval
+    - id: mcp
+      tool: "mcp.*"
+      verdict: allow
+    """)
+
+
+@pytest.mark.parametrize("called_as", [None, "mcp.call"])
+def test_a_rule_on_any_name_of_a_call_matches_it(called_as):
+    # mcp.call and mcp.<server>.<tool> are one call with both names (the chain resolves the door)
+    one = {"aliases": ("mcp.call",), "called_as": called_as}
+    assert evaluate(MCP, req("mcp.fake.greet", **one)).rule_id == "no-greet"
+    assert evaluate(MCP, req("mcp.fake.add", {"x": 1}, **one)).rule_id == "door-rule"
+    assert evaluate(MCP, req("mcp.fake.add", {"x": 2}, **one)).rule_id == "mcp"
+
+
+def test_names_of_a_resolved_call_are_checked():
+    ok = evaluate(MCP, req("mcp.fake.getUser", called_as="mcp.call", aliases=("mcp.call",)))
+    assert (ok.verdict, ok.rule_id) == ("allow", "mcp")  # the server's own name keeps its case
+    for bad in (req("mcp.fake.getUser"),  # only a resolved call may carry upper case
+                req("mcp.fake.getUser", called_as="Mcp.call"), req("mcp.fake.get\u200dUser", called_as="mcp.call"),
+                req("mcp.fake.add", aliases=("Mcp.call",)), req("mcp.fake.add", aliases=["mcp.call"])):
+        v = evaluate(MCP, bad)
+        assert (v.verdict, v.rule_id, v.reason) == ("deny", None, "invalid tool name"), bad
+
+
 @pytest.mark.parametrize("pattern, tool, hit", [
     ("kb.*", "kb.search", True), ("kb.*", "kb.", True), ("kb.*", "kb", False), ("kb.*", "kbx.search", False),
     ("mcp.github.*", "mcp.github.create_issue", True), ("mcp.github.*", "mcp.gitlab.x", False),

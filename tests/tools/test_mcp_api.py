@@ -164,6 +164,62 @@ async def test_bundle_calls_mcp_tools_through_the_chain(node, server):
     assert len(quarantined) == 1
 
 
+async def test_bundle_both_spellings_of_an_mcp_call_are_judged_alike(node, server, tmp_path):
+    """Walkthrough: a rule on the tool's own name (tenant or bundle layer, bundle.yaml ``tools``) was walked
+    around with ``ctx.call("mcp.call", server=..., name=...)``. Through a real sandbox: both are one call."""
+    tid, c = await _admin(node)
+    assert (await c.post("/v1/mcp/servers", json={"name": "calc", "url": server.url})).status_code == 201
+    assert (await c.post("/v1/mcp/servers", json={"name": "other", "url": server.url})).status_code == 201
+    tenant_policy = """version: 1
+rules:
+  - id: no-big-adds
+    tool: mcp.calc.add
+    when: {args.a: {gt: 1000}}
+    verdict: deny
+  - id: mcp
+    tool: "mcp.*"
+    verdict: allow
+"""
+    assert (await c.put("/v1/policy", content=tenant_policy)).status_code == 200
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    (narrow / "main.py").write_text((CALLER / "main.py").read_text())
+    (narrow / "bundle.yaml").write_text(
+        "name: narrow\nversion: '1'\ntools: ['mcp.calc.*']\n"
+        "policy:\n  rules:\n    - {id: bundle-no-greet, tool: mcp.calc.greet, verdict: deny}\n")
+    await node.rt.registry.register_dir(narrow, tid)
+
+    def via_call(server_name: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"tool": "mcp.call", "args": {"server": server_name, "name": tool, "arguments": arguments}}
+
+    plan = [
+        {"tool": "mcp.calc.greet", "args": {"name": "ada"}}, via_call("calc", "greet", {"name": "ada"}),
+        {"tool": "mcp.calc.add", "args": {"a": 5000, "b": 1}}, via_call("calc", "add", {"a": 5000, "b": 1}),
+        {"tool": "mcp.other.add", "args": {"a": 1, "b": 1}}, via_call("other", "add", {"a": 1, "b": 1}),
+        via_call("calc", "add", {"a": 1, "b": 1}),
+    ]
+    r = await c.post("/v1/runs", json={"bundle": "narrow", "input": json.dumps({"calls": plan})})
+    assert r.status_code == 201, r.text
+    events = await collect(c, r.json()["id"])
+    assert events[-1].event == "run.completed", [e.data for e in events]
+    res = next(e.data["data"] for e in events if e.event == "custom" and e.data.get("name") == "results")
+    assert [(x.get("error"), x.get("extra", {}).get("rule_id")) for x in res[:6]] == [
+        ("policy.denied", "bundle-no-greet")] * 2 + [("policy.denied", "no-big-adds")] * 2 + [
+        ("policy.denied", "bundle.tools")] * 2
+    assert res[6]["ok"]["structured"] == {"result": 2}
+    assert server.calls == {"add": 1}
+    # a bundle declaring every tool (caller: tools ["*"], no policy of its own): the tenant's rule on the
+    # tool's name holds for mcp.call too (it was walked around: "mcp" allows the name mcp.call)
+    res = await _run(node, c, tid, plan[2:4])
+    assert [(x.get("error"), x.get("extra", {}).get("rule_id")) for x in res] == [("policy.denied", "no-big-adds")] * 2
+    assert server.calls == {"add": 1}
+    # the tool.result events name the tool as the bundle spelt it; the audit names the call that ran
+    assert [e.data["tool"] for e in events if e.event == "tool.result"][-1] == "mcp.call"
+    audit = (await c.get("/v1/audit", params={"limit": 1000})).json()["data"]
+    ran = [a for a in audit if a["kind"] == "tool.completed" and a["tool"].startswith("mcp.")]
+    assert [(a["tool"], a["detail"].get("called_as")) for a in ran] == [("mcp.calc.add", "mcp.call")]
+
+
 async def test_a_credential_in_the_url_query_is_never_shown(node, server):
     """Hosted MCP servers often take their key in the query (``?api_key=...``). The URL was shown to
     every reader of the tenant and written to the append-only audit log as given (session 8)."""

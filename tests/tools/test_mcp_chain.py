@@ -97,16 +97,20 @@ async def test_policy_sees_full_name_resource_and_pinned_schema(env):
     assert code(out) == "input.invalid" and c.verdict is None  # refused before policy
     out, c = await call("mcp.call", server="calc", tool="greet", arguments={"name": "ada"})
     assert isinstance(out, dict) and out["content"][0]["text"] == "hello ada" and c.resource == "mcp://calc/greet"
-    out, c = await call("mcp.call", server="calc", tool="add", arguments={"a": 1, "b": 2})
-    assert code(out) == "policy.denied"  # mcp.call is allowed for greet only, by resource
-    assert srv.calls == {"add": 1, "greet": 1}
-    kinds = [(r.tool, r.kind, r.code) for r in await svc.audit.list(tenant, after_seq=0, limit=100)
-             if r.tool in ("mcp.calc.add", "mcp.call")]
-    assert kinds == [  # executed calls: allowed (written before the tool runs) + completed
-        ("mcp.calc.add", "tool.allowed", None), ("mcp.calc.add", "tool.completed", None),
-        ("mcp.calc.add", "tool.denied", "policy.denied"), ("mcp.calc.add", "tool.invalid", "input.invalid"),
-        ("mcp.call", "tool.allowed", None), ("mcp.call", "tool.completed", None),
-        ("mcp.call", "tool.denied", "policy.denied")]
+    # mcp.call is the same call as mcp.calc.add: the rules written on that name judge it, on its MCP arguments
+    out, c = await call("mcp.call", server="calc", tool="add", arguments={"a": 2, "b": 3})
+    assert isinstance(out, dict) and c.rule_id == "calc" and c.cost_micro == 500 and not c.deduped
+    out, c = await call("mcp.call", server="calc", tool="add", arguments={"a": 5000, "b": 2})
+    assert code(out) == "policy.denied" and c.rule_id == "no-big-adds"
+    assert srv.calls == {"add": 2, "greet": 1}
+    records = [r for r in await svc.audit.list(tenant, after_seq=0, limit=100) if r.tool.startswith("mcp.")]
+    kinds = [(r.tool, r.kind, r.code, r.detail.get("called_as")) for r in records]
+    assert kinds == [  # executed calls: allowed (written before the tool runs) + completed; named as the tool
+        ("mcp.calc.add", "tool.allowed", None, None), ("mcp.calc.add", "tool.completed", None, None),
+        ("mcp.calc.add", "tool.denied", "policy.denied", None), ("mcp.calc.add", "tool.invalid", "input.invalid", None),
+        ("mcp.calc.greet", "tool.allowed", None, "mcp.call"), ("mcp.calc.greet", "tool.completed", None, "mcp.call"),
+        ("mcp.calc.add", "tool.allowed", None, "mcp.call"), ("mcp.calc.add", "tool.completed", None, "mcp.call"),
+        ("mcp.calc.add", "tool.denied", "policy.denied", "mcp.call")]
 
 
 async def test_quarantined_tool_is_refused_and_audited_without_being_invoked(env):

@@ -6,11 +6,13 @@ against the *pinned* input schema in the validate step, before policy.
 
 ``mcp.call {server, tool, arguments}`` is the contract's spelling of the same
 call (``name`` may stand for ``tool``: a bundle's ``ctx.call("mcp.call", ...)``
-cannot pass a keyword named ``tool``). The policy sees the tool name ``mcp.call`` and the resource
-``mcp://<server>/<tool>`` (as for the other spelling), so rules should match on
-the resource to cover both. Its ``arguments`` are checked against the pinned
-schema when it runs (the validate step cannot read the store), still before
-anything is sent to the MCP server.
+cannot pass a keyword named ``tool``). It is a door, not a tool of its own: the
+validate step turns it into the call it stands for (``stands_for``), so both
+spellings are one call from there on - checked against the pinned schema before
+policy, judged by rules on ``mcp.<server>.<tool>`` *and* on ``mcp.call`` (every
+MCP tool has the alias ``mcp.call``), with the MCP arguments as ``args``,
+priced, rate-limited, deduplicated and audited alike (the audit record names
+``mcp.<server>.<tool>``, with ``called_as: mcp.call`` when spelled so).
 
 Both are ``risk="high"`` with side effects (idempotency derives a key from the
 arguments): an MCP tool can do anything its server can.
@@ -80,6 +82,9 @@ def _args_model(pin: PinnedTool) -> type[McpToolArgs]:
 class McpTool:
     """One pinned tool of one tenant's server, as resolved for one call."""
 
+    # Whichever spelling the bundle used, a rule, an order rule, a bundle.yaml ``tools`` glob or a price written on
+    # "mcp.call" applies to every MCP call (supervisor/README.md, "One call, every name").
+    aliases: ClassVar[tuple[str, ...]] = ("mcp.call",)
     risk: ClassVar[str] = "high"
     default_price_micro: ClassVar[int] = DEFAULT_PRICE_MICRO
     timeout_s: ClassVar[float] = TIMEOUT_S
@@ -123,6 +128,18 @@ class McpCallTool:
 
     def __init__(self, service: McpService) -> None:
         self._service = service
+
+    def stands_for(self, args: ToolArgs) -> tuple[str, dict[str, Any]]:
+        """The call this one is another spelling of: ``mcp.<server>.<tool>`` with the MCP arguments."""
+        assert isinstance(args, McpCallArgs)
+        return f"{PREFIX}{args.server}.{args.tool}", dict(args.arguments)
+
+    async def target(self, args: ToolArgs, tenant_id: str) -> McpTool:
+        """The tool of ``stands_for``. Not through the registry: an MCP tool's own name keeps its case
+        (``getUser``), which no name a bundle spells may have, so mcp.call is the one door to such tools."""
+        assert isinstance(args, McpCallArgs)
+        srv, pin = await self._service.pinned(tenant_id, args.server, args.tool)
+        return McpTool(self._service, srv, pin)
 
     def resource(self, args: ToolArgs, ctx: ToolContext) -> str | None:
         assert isinstance(args, McpCallArgs)
