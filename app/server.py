@@ -16,6 +16,7 @@ import uvicorn
 from app.main import build_asgi
 from supervisor.runtime import open_runtime
 from supervisor.settings import Settings, SettingsError
+from supervisor.tools.mcp import protect_logs
 
 T = TypeVar("T")
 
@@ -112,6 +113,9 @@ async def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
 
 async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # No MCP server credential (a URL's ?api_key=, a stored header) in any line: the HTTP client logs each
+    # request's URL at INFO. Query values and those credentials are cut out, the lines kept.
+    protect_logs()
     sockets = listen_sockets(settings.host, settings.port) if api else []
     try:
         await _run(settings, sockets, api=api, workers=workers)

@@ -16,13 +16,15 @@ import logging
 from typing import Any
 
 from supervisor.tools.mcp._egress import redact_query
+from supervisor.tools.mcp._logs import protect_logs
 from supervisor.tools.mcp.service import McpService, RefreshReport, ToolChange
 from supervisor.tools.mcp.store import McpServer, McpStore, PinnedTool, ToolDef, definition_hash
 from supervisor.tools.mcp.tool import McpCallArgs, McpCallTool, McpTool, make_resolver, resource_for
 
 __all__ = [
     "McpCallArgs", "McpCallTool", "McpServer", "McpService", "McpStore", "McpTool", "PinnedTool", "RefreshReport",
-    "ToolChange", "ToolDef", "definition_hash", "install", "open_store", "redact_query", "resource_for",
+    "ToolChange", "ToolDef", "definition_hash", "install", "open_store", "protect_logs", "redact_query",
+    "resource_for",
 ]
 
 log = logging.getLogger("stockade.tools.mcp")

@@ -33,6 +33,7 @@ from supervisor.storable import scrub_nul
 from supervisor.tools._capped import cap_responses, too_large_in
 from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
+from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets, secret_words
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
 __all__ = ["MAX_DEFINITION_BYTES", "PinnedTransport", "list_defs", "map_error", "open_client", "result_json"]
@@ -49,6 +50,9 @@ _MAX_PAGES = 50
 # parsing on the event loop for every call's live check, and nothing past the pin cap can be pinned anyway.
 MAX_LISTED_TOOLS = 10 * MAX_TOOLS_PER_SERVER
 _CLIENT_INFO = Implementation(name="stockade", version="0.1.0")
+
+# httpx2 logs each exchange's URL at INFO, query (a hosted server's api_key) included: not in our logs.
+protect_sdk_loggers()
 
 
 @lru_cache(maxsize=1)
@@ -128,6 +132,8 @@ async def open_client(server: McpServer, target: Target, *, timeout_s: float,
     """An initialised SDK ``Client`` (``auto`` protocol negotiation, no response cache: every
     listing must be the server's current one). No response may be larger than ``max_bytes``: the
     SDK reads whole bodies and whole SSE lines into memory."""
+    remember_secrets(server.headers.values(), server.url)  # cut out of every log record (_logs)
+    protect_sdk_loggers()  # loggers the SDK created since (lazily imported modules)
     timeout = httpx2.Timeout(timeout_s, read=max(timeout_s, 300.0))
     async with httpx2.AsyncClient(transport=PinnedTransport(target), headers=server.headers, timeout=timeout,
                                   trust_env=False, follow_redirects=False,
@@ -163,7 +169,7 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
     registering, where it means "not a working MCP endpoint"). ``secrets`` (the stored header values)
     are cut out of what the server or the network said: a server that echoes the Authorization header
     in an error must not carry it to the bundle."""
-    words = _secret_words(secrets)
+    words = secret_words(secrets)
 
     def said(text: object, limit: int) -> str:
         out = str(text)
@@ -196,17 +202,6 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
             return StockadeError(protocol_code, f"{what}: the MCP server sent a malformed response")
     first = leaves[0] if leaves else exc
     return StockadeError(protocol_code, f"{what}: {type(first).__name__}: {said(first, 200)}")
-
-
-def _secret_words(values: Iterable[str]) -> list[str]:
-    """Each stored header value, and its credential alone ("Bearer <token>" -> "<token>"), longest first.
-    Short ones are left alone: cutting "prod" out of every message would say nothing secret and garble it."""
-    words = set()
-    for v in values:
-        for w in (v.strip(), v.strip().rpartition(" ")[2]):
-            if len(w) >= 8:
-                words.add(w)
-    return sorted(words, key=len, reverse=True)
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,131 @@
+"""A tenant's MCP server credentials (header values, URL query values) reach neither the logs nor the bundle.
+
+Found by a walkthrough: the HTTP client under the MCP SDK (httpx2) logged every exchange at INFO with the
+full URL, query included (``HTTP Request: POST http://.../mcp?token=qsecret-... "HTTP/1.1 200 OK"``), and a
+server that echoed the stored Authorization header in a tool result with ``isError: true`` (MCP's normal tool
+failure) handed it to the bundle - and to the idempotency table - unredacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from tests.fakes.hostile_http import HostileServer, RawRequest, jsonrpc_result, mcp_handler, respond
+from tests.tools import _mcp_attack_env as _env
+from tests.tools._mcp_attack_env import code
+
+pytestmark = pytest.mark.timeout(60)
+
+settings = _env.settings
+chain_env = _env.chain_env
+
+HEADER = "Bearer hdr-secret-abcdef"
+QUERY = "?token=qsecret-abcdef123&api_key=k2%2Bsecret-value9"
+WORDS = ("hdr-secret", "qsecret", "k2%2Bsecret", "k2+secret")
+
+
+def _echoing(*, is_error: bool) -> Any:
+    """tools/call answered with the request's headers echoed back: in a response header, and in the result."""
+    async def on_call(req: RawRequest, mid: Any, w: asyncio.StreamWriter) -> None:
+        echoed = json.dumps({"authorization": req.headers.get("authorization", ""), "path": req.path})
+        result = {"content": [{"type": "text", "text": f"headers: {echoed}"}], "isError": is_error,
+                  "structuredContent": {"seen": {"authorization": req.headers.get("authorization", "")},
+                                        "token": req.headers.get("authorization", "").rpartition(" ")[2]}}
+        await respond(w, 200, jsonrpc_result(mid, result), headers={"x-echo": req.headers.get("authorization", "")})
+    return on_call
+
+
+def _leaks(records: list[logging.LogRecord]) -> list[str]:
+    out = []
+    fmt = logging.Formatter()
+    for r in records:
+        text = fmt.format(r)
+        if any(w in text for w in WORDS):
+            out.append(f"{r.name}: {text[:300]}")
+    return out
+
+
+async def test_no_query_or_header_value_of_a_server_reaches_the_logs(chain_env: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    call, svc, tenant = chain_env
+    caplog.set_level(logging.DEBUG)
+    with HostileServer(mcp_handler(on_call=_echoing(is_error=False))) as srv:
+        await svc.extras["mcp"].register(tenant, "h", srv.url + "/mcp" + QUERY, {"Authorization": HEADER},
+                                         key_id="k")
+        out = await call("mcp.h.add", a=1, b=2)
+        assert isinstance(out, dict), out
+        await svc.extras["mcp"].refresh(tenant, "h")
+    assert _leaks(caplog.records) == []
+    # operators still see the requests, with the values cut out
+    seen = [r.getMessage() for r in caplog.records if r.name == "httpx2" and "HTTP Request" in r.getMessage()]
+    assert seen and all("token=[redacted]&api_key=[redacted]" in m for m in seen), seen
+
+
+async def test_a_failing_server_leaks_nothing_into_the_logs_either(chain_env: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # errors the SDK or the client log (a 401 naming the URL, a broken stream) go through the same redaction
+    call, svc, tenant = chain_env
+    caplog.set_level(logging.DEBUG)
+    calls = 0
+
+    async def refuse(req: RawRequest, w: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        auth = req.headers.get("authorization", "")
+        await respond(w, 401, f"no access for {auth} at {req.path}".encode(), content_type="text/plain",
+                      headers={"www-authenticate": auth})
+
+    ok = mcp_handler(on_call=_echoing(is_error=False))
+
+    async def handler(req: RawRequest, w: asyncio.StreamWriter) -> None:
+        msg = req.json() or {}
+        if msg.get("method") == "tools/call":
+            await refuse(req, w)
+        else:
+            await ok(req, w)
+
+    with HostileServer(handler) as srv:
+        await svc.extras["mcp"].register(tenant, "h", srv.url + "/mcp" + QUERY, {"Authorization": HEADER},
+                                         key_id="k")
+        out = await call("mcp.h.add", a=1, b=2)
+    assert code(out) is not None and calls == 1, out
+    assert not any(w in json.dumps(out.to_dict()) for w in WORDS), out.to_dict()
+    assert _leaks(caplog.records) == []
+
+
+def test_the_root_handlers_redact_any_logger() -> None:
+    # stockade serve puts the filter on the root handlers too: a logger the SDK creates later, or asyncio's
+    # "Task exception was never retrieved", cannot print a stored credential either
+    from supervisor.tools.mcp import protect_logs
+    from supervisor.tools.mcp._logs import remember_secrets
+
+    remember_secrets(["Bearer root-hdr-SEKRET-0123"], "https://mcp.example/mcp?key=root-q-SEKRET")
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep()
+    protect_logs([handler])
+    protect_logs([handler])  # idempotent
+    assert len(handler.filters) == 1
+    log = logging.getLogger("stockade.test.some.new.logger")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("GET %s failed: %s", "https://other.example/x?sig=abc123&v=2", "root-hdr-SEKRET-0123")
+        try:
+            raise RuntimeError("cannot reach https://mcp.example/mcp?key=root-q-SEKRET")
+        except RuntimeError:
+            log.exception("boom")
+    finally:
+        log.removeHandler(handler)
+    text = "\n".join(lines)
+    assert "SEKRET" not in text and "abc123" not in text, text
+    assert "https://other.example/x?sig=[redacted]&v=[redacted]" in text and "RuntimeError" in text, text
