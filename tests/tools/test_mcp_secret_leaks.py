@@ -104,7 +104,7 @@ def test_the_root_handlers_redact_any_logger() -> None:
     from supervisor.tools.mcp import protect_logs
     from supervisor.tools.mcp._logs import remember_secrets
 
-    remember_secrets(["Bearer root-hdr-SEKRET-0123"], "https://mcp.example/mcp?key=root-q-SEKRET")
+    remember_secrets({"Authorization": "Bearer root-hdr-SEKRET-0123"}, "https://mcp.example/mcp?key=root-q-SEKRET")
     lines: list[str] = []
 
     class Keep(logging.Handler):
@@ -129,3 +129,41 @@ def test_the_root_handlers_redact_any_logger() -> None:
     text = "\n".join(lines)
     assert "SEKRET" not in text and "abc123" not in text, text
     assert "https://other.example/x?sig=[redacted]&v=[redacted]" in text and "RuntimeError" in text, text
+
+
+@pytest.mark.parametrize("is_error", [True, False], ids=["isError", "success"])
+async def test_a_result_echoing_the_stored_credentials_reaches_the_bundle_redacted(chain_env: Any,
+                                                                                   is_error: bool) -> None:
+    # isError: true is MCP's ordinary tool failure ("invalid token Bearer ..."): unlike a JSON-RPC error it went to
+    # the bundle as the server wrote it, and into the idempotency table
+    call, svc, tenant = chain_env
+    with HostileServer(mcp_handler(on_call=_echoing(is_error=is_error))) as srv:
+        await svc.extras["mcp"].register(tenant, "h", srv.url + "/mcp" + QUERY, {"Authorization": HEADER},
+                                         key_id="k")
+        out = await call("mcp.h.add", a=1, b=2)
+        again = await call("mcp.h.add", a=1, b=2)  # deduplicated: the copy kept in the idempotency table
+    assert isinstance(out, dict) and out["is_error"] is is_error, out
+    text = json.dumps(out)
+    assert not any(w in text for w in WORDS), text
+    # the rest of what the server said is kept (the path with its redacted query values, the header's scheme)
+    assert out["structured"] == {"seen": {"authorization": "[redacted]"}, "token": "[redacted]"}, out
+    assert "token=[redacted]" in out["content"][0]["text"] and "api_key=[redacted]" in out["content"][0]["text"]
+    assert again == out
+    assert not any(w in json.dumps(r.detail, default=str) for r in await svc.audit.list(tenant, after_seq=0, limit=100)
+                   for w in WORDS)
+
+
+def test_scrub_json_reaches_every_string_key_and_level() -> None:
+    from supervisor.tools.mcp._redact import scrub_json, server_secrets
+
+    words = server_secrets({"Authorization": "Bearer tok-0123456789", "X-Id": "12345678"}, "https://h/m?k=q%2Bval-999")
+    deep: Any = "tok-0123456789"
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = [deep]
+    value = {"Bearer tok-0123456789": {"n": 12345678, "m": 123456789, "s": "a q+val-999 b q%2Bval-999"}, "d": deep}
+    out = scrub_json(value, words)
+    assert out["[redacted]"] == {"n": "[redacted]", "m": 123456789, "s": "a [redacted] b [redacted]"}
+    inner = out["d"]
+    while isinstance(inner, list):
+        inner = inner[0]
+    assert inner == "[redacted]"

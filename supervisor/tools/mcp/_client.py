@@ -33,7 +33,8 @@ from supervisor.storable import scrub_nul
 from supervisor.tools._capped import cap_responses, too_large_in
 from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
-from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets, secret_words
+from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets
+from supervisor.tools.mcp._redact import redact_words, secret_words
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
 __all__ = ["MAX_DEFINITION_BYTES", "PinnedTransport", "list_defs", "map_error", "open_client", "result_json"]
@@ -132,7 +133,7 @@ async def open_client(server: McpServer, target: Target, *, timeout_s: float,
     """An initialised SDK ``Client`` (``auto`` protocol negotiation, no response cache: every
     listing must be the server's current one). No response may be larger than ``max_bytes``: the
     SDK reads whole bodies and whole SSE lines into memory."""
-    remember_secrets(server.headers.values(), server.url)  # cut out of every log record (_logs)
+    remember_secrets(server.headers, server.url)  # cut out of every log record (_logs)
     protect_sdk_loggers()  # loggers the SDK created since (lazily imported modules)
     timeout = httpx2.Timeout(timeout_s, read=max(timeout_s, 300.0))
     async with httpx2.AsyncClient(transport=PinnedTransport(target), headers=server.headers, timeout=timeout,
@@ -172,10 +173,7 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
     words = secret_words(secrets)
 
     def said(text: object, limit: int) -> str:
-        out = str(text)
-        for w in words:
-            out = out.replace(w, "[redacted]")
-        return out[:limit]
+        return redact_words(str(text), words)[:limit]
 
     leaves = list(_leaves(exc))
     for e in leaves:

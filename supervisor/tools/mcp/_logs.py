@@ -27,11 +27,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from supervisor.tools.mcp._egress import query_secrets, redact_query
+from supervisor.tools.mcp._egress import redact_query
+from supervisor.tools.mcp._redact import REDACTED, server_secrets
 
-__all__ = ["RedactingFilter", "protect_logs", "protect_sdk_loggers", "redact_text", "remember_secrets", "secret_words"]
+__all__ = ["RedactingFilter", "protect_logs", "protect_sdk_loggers", "redact_text", "remember_secrets"]
 
-REDACTED = "[redacted]"
 MAX_WORDS = 4096  # the credentials of the servers used most recently (each connection remembers its own again)
 _PREFIXES = ("httpx2", "httpx", "httpcore2", "httpcore", "mcp", "mcp_types")
 # Created by modules imported only when a first connection is made: named here so they have the filter from
@@ -46,21 +46,10 @@ _words: OrderedDict[str, None] = OrderedDict()
 _snapshot: tuple[str, ...] = ()  # longest first; read without the lock (filters run on any thread)
 
 
-def secret_words(values: Iterable[str]) -> list[str]:
-    """Each value, and its credential alone ("Bearer <token>" -> "<token>"), longest first. Short ones
-    are left alone: cutting "prod" out of every message would say nothing secret and garble it."""
-    words = set()
-    for v in values:
-        for w in (v.strip(), v.strip().rpartition(" ")[2]):
-            if len(w) >= 8:
-                words.add(w)
-    return sorted(words, key=len, reverse=True)
-
-
-def remember_secrets(header_values: Iterable[str], url: str) -> None:
+def remember_secrets(headers: dict[str, str], url: str) -> None:
     """A server's header values and URL query values: cut out of every log record from now on."""
     global _snapshot
-    new = secret_words([*header_values, *query_secrets(url)])
+    new = server_secrets(headers, url)
     if not new:
         return
     with _lock:

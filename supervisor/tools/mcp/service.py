@@ -23,6 +23,7 @@ from supervisor.errors import StockadeError
 from supervisor.tools.mcp._egress import check_url, query_secrets, resolve_target
 from supervisor.tools.mcp._headers import check_headers
 from supervisor.tools.mcp._pool import ClientPool
+from supervisor.tools.mcp._redact import scrub_json, server_secrets
 from supervisor.tools.mcp._schema import check_arguments
 from supervisor.tools.mcp.store import APPROVED, McpServer, McpStore, PinnedTool, ToolDef, check_server_name
 
@@ -158,7 +159,7 @@ class McpService:
             if err.code == "tool.unavailable":
                 self._pool.discard(key)
             raise err from None
-        return self._result(pin, res)
+        return self._result(server, pin, res)
 
     # ------------------------------------------------------------------ internals
 
@@ -203,7 +204,7 @@ class McpService:
         self._lists[key] = (now + self._ttl, listing)
         return listing.get(tool)
 
-    def _result(self, pin: PinnedTool, res: Any) -> dict[str, Any]:
+    def _result(self, server: McpServer, pin: PinnedTool, res: Any) -> dict[str, Any]:
         from supervisor.tools.mcp._client import result_json
 
         try:
@@ -211,6 +212,9 @@ class McpService:
         except (TypeError, ValueError, RecursionError):  # NaN, Infinity, 1e400 in structuredContent
             raise StockadeError("tool.failed", f"{pin.full_name}: the MCP server sent a result that is not plain JSON"
                                 " (NaN or an infinite number)") from None
+        # A server may echo what it was sent (an isError result "invalid token Bearer ...", or any result): the
+        # tenant's header and query values go to neither the bundle nor the idempotency table (_redact).
+        out = scrub_json(out, server_secrets(server.headers, server.url))
         size = len(json.dumps(out, ensure_ascii=False))
         if size > self._max_result:
             raise StockadeError("egress.too_large", f"{pin.full_name}: result of {size} bytes is over {self._max_result}")
