@@ -11,21 +11,33 @@ than the cap has arrived, counted both on the wire and after decompression
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import httpx2
 
-__all__ = ["ERROR_BODY_CAP", "ResponseTooLarge", "cap_responses", "too_large_in"]
+__all__ = ["ERROR_BODY_CAP", "ResponseTooLarge", "cap_responses", "refusals", "too_large_in"]
 
 ERROR_BODY_CAP = 256 * 1024  # a non-2xx body is only ever read for its message
+
+
+# Where an oversized answer is also noted for whoever made the request: an SDK may swallow the exception or put
+# another in its place (the MCP SDK ends an SSE stream that failed with "SSE stream ended without a response",
+# and a connection whose task crashed on the cap with "Connection closed"). A caller that needs the real reason
+# sets a list here; SDKs run their requests in copies of the caller's context (the MCP SDK hands each message's
+# context to the task that posts it), so the list is the caller's own, and concurrent calls never mix.
+refusals: ContextVar[list[ResponseTooLarge] | None] = ContextVar("stockade_refusals", default=None)
 
 
 class ResponseTooLarge(Exception):
     """More bytes than the cap. Deliberately not an httpx error: nothing may retry it as a transport failure."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, message: str | None = None) -> None:
         self.cap = cap
-        super().__init__(f"the response is larger than {cap} bytes")
+        super().__init__(message or f"the response is larger than {cap} bytes")
+        sink = refusals.get()
+        if sink is not None and len(sink) < 16:
+            sink.append(self)
 
 
 class _CappedStream(httpx2.AsyncByteStream):

@@ -44,8 +44,7 @@ class TooManyItems(ResponseTooLarge):
     """A message with a list longer than ``MAX_ITEMS`` (never retried, like any oversized answer)."""
 
     def __init__(self, n: int) -> None:
-        Exception.__init__(self, f"a message with a list of {n} items (at most {MAX_ITEMS})")
-        self.cap = MAX_ITEMS
+        super().__init__(MAX_ITEMS, f"a message with a list of {n} items (at most {MAX_ITEMS})")
 
 
 def check_items(raw: bytes, roots: Roots = _whole) -> None:

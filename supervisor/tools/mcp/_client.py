@@ -15,29 +15,33 @@ answer is counted (``_guard``) before the SDK validates it.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
+import anyio
 import httpx2
 from mcp import Client, Implementation
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from pydantic import ValidationError
 
 from supervisor.errors import StockadeError
 from supervisor.storable import scrub_nul
-from supervisor.tools._capped import cap_responses, too_large_in
+from supervisor.tools._capped import ResponseTooLarge, cap_responses, too_large_in
 from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
 from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets
 from supervisor.tools.mcp._redact import redact_words, secret_words
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
-__all__ = ["MAX_DEFINITION_BYTES", "PinnedTransport", "list_defs", "map_error", "open_client", "result_json"]
+__all__ = [
+    "MAX_DEFINITION_BYTES", "PinnedTransport", "connection_lost", "list_defs", "map_error", "open_client", "result_json",
+]
 
 MAX_DEFINITION_BYTES = 64 * 1024
 # One tools/list page. The SDK validates a page on the event loop at ~30 us per tool: 150,000 tiny tools in
@@ -140,7 +144,10 @@ async def open_client(server: McpServer, target: Target, *, timeout_s: float,
                                   trust_env=False, follow_redirects=False,
                                   event_hooks={"response": [cap_responses(max_bytes), _cap_listings,
                                                             _guard_messages]}) as http:
-        client = Client(streamable_http_client(target.url.text, http_client=http), cache=None,
+        # An answer as an SSE event may be as large as one as a JSON body (the SDK's default is 1 MiB): the same
+        # byte cap (cap_responses) and item count (_guard_messages) hold for both.
+        transport = streamable_http_client(target.url.text, http_client=http, max_sse_event_size=max_bytes)
+        client = Client(transport, cache=None,
                         read_timeout_seconds=timeout_s, client_info=_CLIENT_INFO)
         async with client:
             # The SDK checks structuredContent against the tool's outputSchema with jsonschema on the event loop:
@@ -164,12 +171,13 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.failed",
-              secrets: Iterable[str] = ()) -> StockadeError:
+              secrets: Iterable[str] = (), refused: Iterable[ResponseTooLarge] = ()) -> StockadeError:
     """A stable error for anything the SDK or the network raised. ``protocol_code`` is used for
     errors the server reported over MCP (``tool.failed`` for calls; ``tool.unavailable`` while
     registering, where it means "not a working MCP endpoint"). ``secrets`` (the stored header values)
     are cut out of what the server or the network said: a server that echoes the Authorization header
-    in an error must not carry it to the bundle."""
+    in an error must not carry it to the bundle. ``refused``: answers to this call our caps refused
+    (``supervisor.tools._capped.refusals``), the reason whatever the SDK raised in their place."""
     words = secret_words(secrets)
 
     def said(text: object, limit: int) -> str:
@@ -179,8 +187,7 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
     for e in leaves:
         if isinstance(e, StockadeError):
             return e
-    for e in leaves:
-        big = too_large_in(e)
+    for big in [*(too_large_in(e) for e in leaves), *refused]:
         if isinstance(big, TooManyItems):
             return StockadeError("egress.too_large", f"{what}: the MCP server sent {big}")
         if big is not None:
@@ -190,7 +197,13 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
             return StockadeError("tool.timeout", f"{what}: the MCP server did not answer in time")
     for e in leaves:
         if isinstance(e, MCPError):
-            code = "tool.unavailable" if e.code == CONNECTION_CLOSED else protocol_code
+            if e.code == REQUEST_TIMEOUT and _SDK_TIMEOUT.fullmatch(e.message):  # the SDK's own request deadline
+                return StockadeError("tool.timeout", f"{what}: the MCP server did not answer in time "
+                                                     f"({said(e.message, 100)})")
+            if connection_lost(e) and _SDK_EVENT_TOO_LARGE.search(e.message):
+                return StockadeError("egress.too_large", f"{what}: the MCP server sent an event larger than the "
+                                                         f"limit ({said(e.message, 200)})")
+            code = "tool.unavailable" if connection_lost(e) else protocol_code
             return StockadeError(code, f"{what}: MCP error {e.code}: {said(e.message, 300)}")
     for e in leaves:
         if isinstance(e, httpx2.HTTPError | OSError):
@@ -200,6 +213,27 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
             return StockadeError(protocol_code, f"{what}: the MCP server sent a malformed response")
     first = leaves[0] if leaves else exc
     return StockadeError(protocol_code, f"{what}: {type(first).__name__}: {said(first, 200)}")
+
+
+# What the SDK itself says (code CONNECTION_CLOSED, -32000) when a connection or a request's stream is lost.
+# A server's own JSON-RPC error -32000 - JSON-RPC's generic "server error", common - is none of these: it is
+# what the server answered, over a connection that still works.
+_SDK_LOST = frozenset({
+    "Connection closed", "SSE stream ended without a response", "SSE stream ended and reconnection attempts were exhausted",
+})
+# The SDK's request deadline (read_timeout_seconds: an ``initialize`` that never answers), code REQUEST_TIMEOUT.
+_SDK_TIMEOUT = re.compile(r"Request '[^']{1,100}' timed out")
+# The SDK's own cap on one SSE event (httpx2's SSEError), reported as "SSE stream failed: ...".
+_SDK_EVENT_TOO_LARGE = re.compile(r"^SSE stream failed: Server-sent event exceeded the \d+ byte limit")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is the SDK saying the connection (or the request's stream) was lost."""
+    if not isinstance(exc, MCPError) or exc.code != CONNECTION_CLOSED:
+        return False
+    if isinstance(exc.__context__, anyio.BrokenResourceError | anyio.ClosedResourceError):
+        return True  # raised while the transport was torn down under the request
+    return exc.message in _SDK_LOST or exc.message.startswith("SSE stream failed: ")
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.errors import StockadeError
+from supervisor.tools._capped import ResponseTooLarge, refusals
 from supervisor.tools.mcp._egress import check_url, query_secrets, resolve_target
 from supervisor.tools.mcp._headers import check_headers
 from supervisor.tools.mcp._pool import ClientPool
@@ -134,6 +135,10 @@ class McpService:
         if checked_hash != pin.def_hash:
             check_arguments(pin.definition.get("input_schema"), arguments, tool=pin.full_name, def_hash=pin.def_hash)
         key = self._pool_key(server)
+        # Answers to this call our byte and item caps refuse: the SDK puts "Connection closed" (its connection
+        # task crashed on the cap) or "SSE stream ended without a response" in their place (_capped.refusals).
+        refused: list[ResponseTooLarge] = []
+        noted = refusals.set(refused)
         try:
             async with self._pool.lease(key, lambda: self._opener(server)) as client:
                 live = await self._live(server, client, tool_name, pin.def_hash)
@@ -155,10 +160,13 @@ class McpService:
         except Exception as exc:
             from supervisor.tools.mcp._client import map_error
 
-            err = map_error(exc, pin.full_name, secrets=[*server.headers.values(), *query_secrets(server.url)])
-            if err.code == "tool.unavailable":
+            err = map_error(exc, pin.full_name, secrets=[*server.headers.values(), *query_secrets(server.url)],
+                            refused=refused)
+            if err.code in ("tool.unavailable", "egress.too_large"):  # a refused answer may have left it mid-stream
                 self._pool.discard(key)
             raise err from None
+        finally:
+            refusals.reset(noted)
         return self._result(server, pin, res)
 
     # ------------------------------------------------------------------ internals
@@ -235,8 +243,10 @@ class McpService:
 
 
 def _quarantined(pin: PinnedTool) -> StockadeError:
+    if pin.approved_by is None:  # listed after the server was registered: nobody has approved it yet
+        why = f"{pin.full_name} is new and no admin has approved it yet; it is quarantined until one does"
+    else:
+        why = f"{pin.full_name} changed since an admin approved it; it is quarantined until it is approved again"
     return StockadeError(
-        "tool.quarantined",
-        f"{pin.full_name} changed since an admin approved it; it is quarantined until it is approved again",
-        tool=pin.full_name, pinned_hash=pin.def_hash, pending_hash=pin.pending_hash,
+        "tool.quarantined", why, tool=pin.full_name, pinned_hash=pin.def_hash, pending_hash=pin.pending_hash,
     )
