@@ -64,6 +64,9 @@ async function connect() {
   state.connected = false;
   setCannotDecide(false);  // a new key: its role is found out again
   try {
+    const me = await api("/v1/me");
+    // a key that may not decide (viewer, member) is never offered Approve / Reject
+    setCannotDecide(me.can_decide === false);
     const bundles = await api("/v1/bundles");
     const sel = $("bundle");
     sel.replaceChildren();
@@ -77,7 +80,7 @@ async function connect() {
     if (chat) sel.value = "chat";
     sel.dispatchEvent(new Event("change"));
     state.connected = true;
-    setWhoami("connected", false);
+    setWhoami("connected as " + visible(String(me.role)) + (me.user_id ? " (user " + visible(String(me.user_id)) + ")" : ""), false);
     state.poll = setInterval(refreshSide, POLL_MS);
     refreshSide();
   } catch (e) { setWhoami("", false); showError(e); }
@@ -154,8 +157,8 @@ function arm(list) {
   }, ARM_MS);
 }
 
-// No endpoint tells a key its role: the first decision refused for it (auth.forbidden: a viewer or member
-// key) disables every Approve / Reject for this key, with a note, instead of offering them again.
+// A key that may not decide (GET /v1/me at connect; or, should its role change, the first decision refused
+// for it: auth.forbidden) has every Approve / Reject disabled, with a note.
 function setCannotDecide(on) {
   state.cannotDecide = on;
   $("approval-note").hidden = !on;

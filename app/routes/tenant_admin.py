@@ -50,6 +50,15 @@ def _account_json(a: Any) -> dict[str, Any]:
             "remaining_usd": max(0, a.cap_micro - a.spent_micro - a.reserved_micro) / 1e6}
 
 
+@router.get("/me")
+async def whoami(p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
+    """The calling key as the server sees it: what a client (the web UI) may offer its user - a viewer's
+    Approve button would only earn a 403. Nothing another key could not learn about itself."""
+    return {"tenant_id": p.tenant_id, "key_id": p.key_id, "role": p.role, "user_id": p.user_id,
+            "project_id": p.project_id, "can_decide": p.role in ("admin", "approver"),
+            "can_start_runs": p.role in ("admin", "member")}
+
+
 @router.get("/budgets")
 async def get_budgets(rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
     import time

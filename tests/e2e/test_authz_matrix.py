@@ -75,6 +75,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/approvals"): Row("collection", READ),
     ("GET", "/v1/approvals/{approval_id}"): Row("object", READ),
     ("POST", "/v1/approvals/{approval_id}/decision"): Row("object", DECIDE),
+    ("GET", "/v1/me"): Row("collection", READ),
     ("GET", "/v1/bundles"): Row("collection", READ),
     ("POST", "/v1/bundles"): Row("collection", ADMIN, 201),  # a bundle is code every user of the tenant runs
     ("GET", "/v1/budgets"): Row("collection", READ),
@@ -107,7 +108,7 @@ BOUND: dict[tuple[str, str], str] = {
     ("POST", "/v1/runs/{run_id}/cancel"): "hidden", ("GET", "/v1/runs/{run_id}/events"): "hidden",
     ("GET", "/v1/runs/{run_id}/receipt"): "hidden", ("GET", "/v1/approvals"): "hidden",
     ("GET", "/v1/approvals/{approval_id}"): "hidden", ("POST", "/v1/approvals/{approval_id}/decision"): "hidden",
-    ("GET", "/v1/bundles"): "ok", ("POST", "/v1/bundles"): "forbidden",
+    ("GET", "/v1/me"): "ok", ("GET", "/v1/bundles"): "ok", ("POST", "/v1/bundles"): "forbidden",
     ("GET", "/v1/budgets"): "hidden", ("PUT", "/v1/budgets"): "forbidden",
     ("GET", "/v1/policy"): "ok", ("PUT", "/v1/policy"): "forbidden",
     ("GET", "/v1/ledger"): "forbidden", ("GET", "/v1/audit"): "hidden",

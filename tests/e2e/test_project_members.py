@@ -128,3 +128,20 @@ async def test_idempotency_keys_of_bound_keys_are_their_bindings_own(node):
     r = await admin.post("/v1/runs", json=body, headers=key)
     assert r.status_code == 201 and r.json()["id"] not in (ra.json()["id"], rb.json()["id"])
     assert (await admin.post("/v1/runs", json=body, headers=key)).json()["id"] == r.json()["id"]
+
+
+async def test_a_key_can_ask_what_it_is(node):
+    """GET /v1/me: the calling key's tenant, id, role and binding, and what it may do - the web UI offers
+    Approve / Reject only to keys that may decide. Any role may ask; nothing about other keys is told."""
+    tid, admin_key = await node.tenant()
+    admin = node.client(admin_key)
+    alice = await _new(admin, "users", "alice")
+    me = (await admin.get("/v1/me")).json()
+    assert me["tenant_id"] == tid and me["role"] == "admin" and me["can_decide"] and me["can_start_runs"]
+    assert me["user_id"] is None and me["project_id"] is None and me["key_id"].startswith("key_")
+    for role, decide, start in (("viewer", False, False), ("approver", True, False), ("member", False, True)):
+        r = await admin.post("/v1/keys", json={"role": role, "user_id": alice})
+        me = (await node.client(r.json()["api_key"]).get("/v1/me")).json()
+        assert (me["role"], me["user_id"], me["can_decide"], me["can_start_runs"]) == (role, alice, decide, start)
+        assert me["key_id"] == r.json()["id"]
+    assert (await node.client("stk_nope").get("/v1/me")).status_code == 401

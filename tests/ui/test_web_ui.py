@@ -49,7 +49,7 @@ RECORD_ANSWERS = """() => {
 async def connected(ui: UI) -> str:
     _, key = await ui.node.tenant()
     await ui.open(key)
-    await expect(ui.page.locator("#whoami")).to_have_text("connected")
+    await expect(ui.page.locator("#whoami")).to_have_text(re.compile(r"^connected as "))
     return key
 
 
