@@ -62,6 +62,7 @@ async function connect() {
   showError(null);
   stopPolling();
   state.connected = false;
+  setWhoami("connecting…", false);  // not the last key's "connected as …" while this one is asked about
   setCannotDecide(false);  // a new key: its role is found out again
   try {
     const me = await api("/v1/me");

@@ -305,6 +305,9 @@ async def test_a_rejected_key_ends_the_retries_with_the_error(ui: UI) -> None:
     c = ui.node.client(admin_key)
     made = (await c.post("/v1/keys", json={"role": "admin"})).json()
     await ui.connect(made["api_key"])  # the page now uses a key the test can revoke
+    # connected, not just clicked: a connect still under way rebuilt the picker (back to its default bundle)
+    # after the message below was typed, and the run that started was not the gated one
+    await expect(page.locator("#whoami")).to_have_text("connected as admin")
     await expect(page.locator("#bundle option[value=gated]")).to_have_count(1)
     held, go_on = asyncio.Event(), asyncio.Event()
 
