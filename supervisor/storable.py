@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-__all__ = ["Text", "has_nul", "reject_nul", "scrub_nul"]
+__all__ = ["Text", "has_nul", "is_utf8_name", "reject_nul", "scrub_nul"]
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not an escaped backslash + "u0000"
@@ -90,3 +90,13 @@ def reject_nul(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(reject_nul)]  # a free-text API field that will be stored
+
+
+def is_utf8_name(name: str) -> bool:
+    """False for a file name with bytes that are not UTF-8 (``os`` hands them over as lone surrogates): no
+    key can spell it, no frame or JSON column can carry it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

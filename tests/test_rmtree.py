@@ -24,9 +24,9 @@ def scratch(tmp_path):
     assert not d.exists()  # (and if remove_tree is broken: say so here, not in someone else's session)
 
 
-def _chain(top: Path, depth: int, name: str) -> None:
+def make_chain(top: Path, depth: int, name: str, leaf: str = "f") -> None:
     """``depth`` nested directories under ``top`` made by descriptor (their path may pass PATH_MAX), a file
-    at the bottom."""
+    ``leaf`` at the bottom."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(depth):
@@ -34,14 +34,14 @@ def _chain(top: Path, depth: int, name: str) -> None:
             nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        os.close(os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
     finally:
         os.close(fd)
 
 
 def test_a_tree_shutil_rmtree_gave_up_on_midway_is_finished(scratch):
     (scratch / "t").mkdir()
-    _chain(scratch / "t", 1500, "d")
+    make_chain(scratch / "t", 1500, "d")
     try:
         shutil.rmtree(scratch / "t", ignore_errors=True)
     except RecursionError:
@@ -62,7 +62,7 @@ def test_any_depth_is_removed_and_links_are_not_followed(scratch, depth, name):
         (tree / f"w{i}" / "x").write_text("x")
     os.symlink(outside, tree / "link-dir")
     os.symlink(outside / "keep.txt", tree / "w0" / "link-file")
-    _chain(tree, depth, name)
+    make_chain(tree, depth, name)
     remove_tree(tree)
     assert not tree.exists() and not tree.is_symlink()
     assert (outside / "keep.txt").read_text() == "keep"

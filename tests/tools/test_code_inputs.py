@@ -131,21 +131,11 @@ def work(tmp_path):
 def test_a_deep_tree_is_left_out_not_a_crash(work, depth, name):
     # rglob recursed once per level (RecursionError ~1,000 deep) and stat'ed whole paths (ENAMETOOLONG
     # past PATH_MAX): the tool failed and the call's whole result was lost to one directory tree
-    import os
-
     from supervisor.tools.code.tool import _produced
+    from tests.test_rmtree import make_chain
 
     (work / "top.txt").write_text("t")
-    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir(name, dir_fd=fd)
-            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        os.close(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
+    make_chain(work, depth, name, leaf="f.txt")
     got = _produced(work, {})
     assert [f["path"] for f in got["files"]] == ["top.txt"] and got["files_truncated"] is True
 

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from supervisor.errors import StockadeError
 from supervisor.rmtree import remove_tree
+from supervisor.storable import is_utf8_name
 from supervisor.tools.base import ToolArgs, ToolContext, ToolResult
 from supervisor.tools.code._admission import admission_for, busy
 
@@ -220,7 +221,7 @@ def _produced(work: Path, before: dict[str, tuple[int, float]]) -> dict[str, Any
     for rel, sig in sorted(now.items()):
         if before.get(rel) == sig or rel == "main.py":
             continue
-        if not _utf8(rel):
+        if not is_utf8_name(rel):
             # os hands such a name over with lone surrogates: no frame can carry it, and the whole
             # result was lost (frame.invalid) for one file. Named escaped (b'\xff' -> "\\xff"), apart:
             # it is no path a later call could use
@@ -252,13 +253,6 @@ def _produced(work: Path, before: dict[str, tuple[int, float]]) -> dict[str, Any
         files.append(entry)
     return {"files": files, "files_skipped": skipped, "files_truncated": truncated}
 
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text(data: bytes | None) -> str:

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from supervisor.tools.mcp._egress import redact_query
-from supervisor.tools.mcp._redact import REDACTED, server_secrets
+from supervisor.tools.mcp._redact import redact_words, server_secrets
 
 __all__ = ["RedactingFilter", "protect_logs", "protect_sdk_loggers", "redact_text", "remember_secrets"]
 
@@ -70,10 +70,7 @@ def remember_secrets(headers: dict[str, str], url: str) -> None:
 def redact_text(text: str) -> str:
     if "?" in text:
         text = _URL_WITH_QUERY.sub(lambda m: redact_query(m.group(0)), text)
-    for w in _snapshot:
-        if w in text:
-            text = text.replace(w, REDACTED)
-    return text
+    return redact_words(text, _snapshot)
 
 
 class RedactingFilter(logging.Filter):

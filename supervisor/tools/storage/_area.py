@@ -48,6 +48,7 @@ from pathlib import Path
 from supervisor.errors import StockadeError
 from supervisor.fspath import resolve
 from supervisor.resources.paths import check_segment, resolve_storage_path
+from supervisor.storable import is_utf8_name
 
 __all__ = ["DIR_BYTES", "FILE_BYTES", "MAX_VERSIONS", "Located", "TenantArea", "charged"]
 
@@ -85,7 +86,7 @@ class TenantArea:
             raise StockadeError("storage.escape", "the storage scope directory is a link")
         target = resolve_storage_path(expected, raw, allow_root=allow_root)
         rel = target.relative_to(real).as_posix() if target != real else ""
-        if not _utf8(rel):  # a link put there by other means, to a name no key can spell
+        if not is_utf8_name(rel):  # a link put there by other means, to a name no key can spell
             raise StockadeError("input.invalid", "the storage path resolves to a name that is not UTF-8 text")
         return Located(scope, real, target, rel)
 
@@ -217,7 +218,7 @@ class TenantArea:
         try:
             with os.scandir(loc.path) as it:
                 for e in it:
-                    if not _utf8(e.name):  # put there by other means: no key can reach it, no reply can carry it
+                    if not is_utf8_name(e.name):  # put there by other means: no key can reach it, no reply can carry it
                         continue
                     try:
                         if e.is_symlink():
@@ -397,14 +398,6 @@ def _snapshots(vdir: Path) -> list[Path]:
         return []
     return sorted((p for p in vdir.iterdir() if p.suffix in (".f", ".absent")), key=lambda p: p.stem)
 
-
-def _utf8(name: str) -> bool:
-    """False for a name with bytes that are not UTF-8 (``os`` hands them over as lone surrogates)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_file(mode: int) -> bool:
