@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     bp = b.add_parser("push")
     bp.add_argument("dir")
     bp.add_argument("--tenant", required=True, type=_text, help="tenant id or name")
+    bd = b.add_parser("delete", help="retire a bundle: new runs by its name no longer get it")
+    bd.add_argument("name", type=_text)
+    owner = bd.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--tenant", type=_text, help="tenant id or name (its own bundle)")
+    owner.add_argument("--platform", action="store_true",
+                       help="a platform bundle (remove its folder from STOCKADE_BUNDLES_DIR first)")
     pol = sub.add_parser("policy", help="policies").add_subparsers(dest="sub", required=True)
     pv = pol.add_parser("validate")
     pv.add_argument("file")
@@ -249,12 +255,16 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             _out(json.dumps({"tenant_id": tid, "key_id": nk.key.id, "role": nk.key.role, "api_key": nk.secret}),
                  unseen=_unseen_key(tid, nk.key.id))
             return 0
+        if args.cmd == "bundle" and args.sub == "delete":
+            return await _bundle_delete(rt, s, args)
         if args.cmd == "bundle":
             tid = await _tenant_id(s, args.tenant)
             src = Path(args.dir)
             if not src.is_dir():  # noqa: ASYNC240 - one stat in a CLI command
                 raise StockadeError("bundle.invalid", f"{src} is not a directory")
             v = await rt.registry.register_dir(src, tid)
+            await rt.recorder.record(tid, "bundle.registered", detail={
+                "key_id": None, "by": "cli", "bundle": v.name, "version": v.version, "digest": v.digest})
             _out(json.dumps({"name": v.name, "version": v.version, "digest": v.digest, "tenant_id": tid}))
             return 0
         if args.cmd == "audit":
@@ -264,6 +274,16 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await rt.stop()
     return 2
+
+
+async def _bundle_delete(rt: Any, s: Any, args: argparse.Namespace) -> int:
+    tid = None if args.platform else await _tenant_id(s, args.tenant)
+    out = await rt.registry.delete(tid, args.name)
+    if tid is not None:
+        await rt.recorder.record(tid, "bundle.deleted", detail={"key_id": None, "bundle": args.name,
+                                                                "versions": out["versions"], "by": "cli"})
+    _out(json.dumps({**out, "tenant_id": tid}))
+    return 0
 
 
 async def _secrets_reseal(rt: Any, tenant_ref: str | None) -> int:

@@ -1,4 +1,4 @@
-"""The bundle registry over HTTP: list, and upload a tar.gz or zip as a new immutable version.
+"""The bundle registry over HTTP: list, upload a tar.gz or zip as a new immutable version, delete.
 
 The archive comes as the raw body (``Content-Type: application/gzip`` / ``application/zip``) or as
 the one file part of a ``multipart/form-data`` body (``curl -F bundle=@my-bundle.tar.gz``, an HTML
@@ -64,7 +64,22 @@ async def upload_bundle(request: Request, rt: Any = Depends(runtime), p: Princip
     if not data:
         raise StockadeError("archive.invalid", "empty upload")
     version = await rt.registry.register_archive(data, p.tenant_id)
+    # a tenant bundle is code every user of the tenant runs by name: who put which content there is evidence
+    await rt.recorder.record(p.tenant_id, "bundle.registered", detail={
+        "key_id": p.key_id, "bundle": version.name, "version": version.version, "digest": version.digest})
     return version_json(version)
+
+
+@router.delete("/{name}")
+async def delete_bundle(name: str, rt: Any = Depends(runtime),
+                        p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
+    """Delete the tenant's own bundle ``name``: new runs by the name get the platform bundle of that name
+    if there is one (``platform_fallback``), else 404 ``bundle.not_found``; runs already created keep
+    their version. Its versions are retired, not erased: uploading the name again brings it back."""
+    out = await rt.registry.delete(p.tenant_id, name)
+    await rt.recorder.record(p.tenant_id, "bundle.deleted", detail={
+        "key_id": p.key_id, "bundle": name, "versions": out["versions"]})
+    return out
 
 
 async def _form_file(request: Request) -> bytes:

@@ -189,6 +189,30 @@ class BundleRegistry:
             return False
         return found == digest
 
+    async def delete(self, tenant_id: str | None, name: str) -> dict[str, Any]:
+        """Delete the owner's bundle ``name`` (``None``: the platform's): its versions are retired, not
+        erased. Runs already created keep the version they pinned (``get``; receipts keep naming its
+        digest), new runs by the name get the platform bundle of that name if there is one (for a tenant
+        bundle), else ``bundle.not_found``; registering the name again brings it back. The files stay on
+        disk: they are content-addressed and runs may still be reading them.
+
+        A tenant cannot delete a platform bundle (``auth.forbidden``: the operator removes its folder,
+        then runs ``stockade bundle delete NAME --platform``).
+        """
+        _check_tenant(tenant_id)
+        if not NAME_PATTERN.match(name):
+            raise _not_found(name)
+        retired = await self._store.retire(tenant_id, name)
+        if not retired:
+            if tenant_id is not None and await self._store.latest(None, name) is not None:
+                raise StockadeError(
+                    "auth.forbidden", f"{name!r} is a platform bundle, not one of this tenant's: only the operator "
+                    "can remove it", bundle=name)
+            raise _not_found(name)
+        fallback = tenant_id is not None and await self._store.latest(None, name) is not None
+        log.info("bundle %s of %s deleted (%d version(s) retired)", name, tenant_id or "the platform", retired)
+        return {"name": name, "deleted": True, "versions": retired, "platform_fallback": fallback}
+
     # --- lookup
     def _version(self, rec: dict[str, Any], tenant_id: str | None) -> BundleVersion:
         try:

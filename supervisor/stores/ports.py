@@ -242,6 +242,9 @@ class BundleStore(Protocol):
     async def latest(self, tenant_id: str | None, name: str) -> dict[str, Any] | None: ...
     async def get_version(self, tenant_id: str | None, name: str, digest: str) -> dict[str, Any] | None: ...
     async def list(self, tenant_id: str) -> list[dict[str, Any]]: ...  # the tenant's own + platform bundles
+    # Retire (delete) every live version of a name: latest/list skip them, get_version still finds them
+    # (runs pinned to one go on); registering the name again brings it back. Returns how many were live.
+    async def retire(self, tenant_id: str | None, name: str) -> int: ...
 
 
 class PolicyStore(Protocol):

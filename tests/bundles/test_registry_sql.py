@@ -114,3 +114,35 @@ async def test_one_unreadable_stored_manifest_hides_only_its_bundle(sql: Sql, tm
         await sql.registry.resolve(t, bad)
     assert ei.value.code == "bundle.invalid"
     assert await sql.registry.resolve(t, good.name) == good
+
+
+async def test_delete_retires_a_name_for_its_owner_only(sql: Sql, tmp_path: Path) -> None:
+    """``delete``: a tenant's own name falls back to the platform's; a platform name is the operator's
+    (``delete(None, …)``), refused to a tenant as ``auth.forbidden``; pinned versions stay gettable."""
+    t = await sql.tenant()
+    name, only_mine = unique("shadow"), unique("mine")
+    plat = await sql.registry.register_dir(write_bundle(tmp_path / "p", name=name, text="platform"), None)
+    mine = await sql.registry.register_dir(write_bundle(tmp_path / "m", name=name, text="mine"), t)
+    solo = await sql.registry.register_dir(write_bundle(tmp_path / "s", name=only_mine), t)
+    assert await sql.registry.delete(t, name) == {"name": name, "deleted": True, "versions": 1, "platform_fallback": True}
+    assert await sql.registry.resolve(t, name) == plat
+    assert await sql.registry.get(t, name, mine.digest) == mine  # a run pinned to it goes on
+    with pytest.raises(StockadeError) as ei:
+        await sql.registry.delete(t, name)  # what is left by that name is the platform's
+    assert ei.value.code == "auth.forbidden"
+    assert (await sql.registry.delete(t, only_mine))["platform_fallback"] is False
+    for gone in (only_mine, "No Such", "../x"):
+        with pytest.raises(StockadeError) as ei:
+            await sql.registry.resolve(t, gone)
+        assert ei.value.code == "bundle.not_found"
+        with pytest.raises(StockadeError) as ei:
+            await sql.registry.delete(t, gone)
+        assert ei.value.code == "bundle.not_found"
+    assert await sql.registry.get(t, only_mine, solo.digest) == solo
+    assert (await sql.registry.delete(None, name))["versions"] == 1  # the operator's
+    with pytest.raises(StockadeError) as ei:
+        await sql.registry.resolve(t, name)
+    assert ei.value.code == "bundle.not_found"
+    assert name not in {v.name for v in await sql.registry.list(t)}
+    assert (await sql.registry.register_dir(write_bundle(tmp_path / "p", name=name, text="platform"), None)) == plat
+    assert await sql.registry.resolve(t, name) == plat  # the folder registered again: back

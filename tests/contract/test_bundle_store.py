@@ -59,6 +59,39 @@ async def test_platform_bundles_and_tenant_isolation(ctx):
     assert all(b["tenant_id"] in (None, other) for b in await bundles.list(other))
 
 
+async def test_retire_hides_a_name_but_keeps_its_versions(ctx):
+    """A deleted bundle: latest/list skip every version of the name, get_version still finds each (runs pinned
+    to one go on); only that owner's name is retired; registering again (a new digest, or an old one) brings
+    it back; retiring what is not live retires nothing."""
+    sql_db, bundles, t = ctx
+    other = await sql_db.new_tenant()
+    plat = f"plat-{t[-6:]}"
+    for owner, name, digest in [(t, "bot", "sha256:a"), (t, "bot", "sha256:b"), (t, "keep", "sha256:k"),
+                                (other, "bot", "sha256:o"), (None, plat, "sha256:p"), (t, plat, "sha256:tp")]:
+        assert await bundles.put_version(owner, name, "1", digest, manifest(name, "1")) is True
+    assert await bundles.retire(t, "bot") == 2
+    assert await bundles.latest(t, "bot") is None
+    assert (await bundles.get_version(t, "bot", "sha256:a"))["digest"] == "sha256:a"
+    listed = {(b["name"], b["tenant_id"]) for b in await bundles.list(t)}
+    assert ("bot", t) not in listed and ("keep", t) in listed
+    assert (await bundles.latest(other, "bot"))["digest"] == "sha256:o"
+    assert await bundles.retire(t, "bot") == 0 and await bundles.retire(t, "never") == 0
+    # the tenant's own of a platform name: retired, the platform's stays
+    assert await bundles.retire(t, plat) == 1
+    assert (await bundles.latest(None, plat))["digest"] == "sha256:p" and await bundles.latest(t, plat) is None
+    assert {(b["name"], b["platform"]) for b in await bundles.list(t) if b["name"] == plat} == {(plat, True)}
+    # back: an old digest re-registered is current and live again; the other retired version stays retired
+    assert await bundles.put_version(t, "bot", "1", "sha256:a", manifest("bot", "1")) is False
+    assert (await bundles.latest(t, "bot"))["digest"] == "sha256:a"
+    assert [b["digest"] for b in await bundles.list(t) if b["name"] == "bot"] == ["sha256:a"]
+    assert await bundles.retire(t, "bot") == 1
+    assert await bundles.put_version(t, "bot", "2", "sha256:c", manifest("bot", "2")) is True  # a new one
+    assert (await bundles.latest(t, "bot"))["digest"] == "sha256:c"
+    # platform names are retired by the platform (tenant_id None) only
+    assert await bundles.retire(None, plat) == 1 and await bundles.latest(None, plat) is None
+    assert plat not in {b["name"] for b in await bundles.list(other)}
+
+
 async def test_bad_input(ctx):
     _, bundles, t = ctx
     with pytest.raises(StockadeError) as err:

@@ -78,6 +78,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/me"): Row("collection", READ),
     ("GET", "/v1/bundles"): Row("collection", READ),
     ("POST", "/v1/bundles"): Row("collection", ADMIN, 201),  # a bundle is code every user of the tenant runs
+    ("DELETE", "/v1/bundles/{name}"): Row("object", ADMIN),
     ("GET", "/v1/budgets"): Row("collection", READ),
     ("PUT", "/v1/budgets"): Row("object", ADMIN),  # object: names tenant A's user
     ("GET", "/v1/policy"): Row("collection", READ),
@@ -109,6 +110,7 @@ BOUND: dict[tuple[str, str], str] = {
     ("GET", "/v1/runs/{run_id}/receipt"): "hidden", ("GET", "/v1/approvals"): "hidden",
     ("GET", "/v1/approvals/{approval_id}"): "hidden", ("POST", "/v1/approvals/{approval_id}/decision"): "hidden",
     ("GET", "/v1/me"): "ok", ("GET", "/v1/bundles"): "ok", ("POST", "/v1/bundles"): "forbidden",
+    ("DELETE", "/v1/bundles/{name}"): "forbidden",
     ("GET", "/v1/budgets"): "hidden", ("PUT", "/v1/budgets"): "forbidden",
     ("GET", "/v1/policy"): "ok", ("PUT", "/v1/policy"): "forbidden",
     ("GET", "/v1/ledger"): "forbidden", ("GET", "/v1/audit"): "hidden",
@@ -216,6 +218,20 @@ class World:
         assert r.status_code == 201, r.text
         return name
 
+    async def bundle(self) -> str:
+        """A bundle of tenant A's own (a fresh one: the row deletes it)."""
+        name = f"bnd-{next(_n)}-a"
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for member, data in ((f"{name}/bundle.yaml", f"name: {name}\nversion: '1'\ntools: []\n".encode()),
+                                 (f"{name}/main.py", b"async def main(ctx):\n    await ctx.answer('x')\n")):
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        r = await self.admin_a.post("/v1/bundles", content=buf.getvalue(), headers={"content-type": "application/gzip"})
+        assert r.status_code == 201, r.text
+        return name
+
     async def key(self) -> str:
         r = await self.admin_a.post("/v1/keys", json={"role": "viewer"})
         return r.json()["id"]
@@ -246,6 +262,8 @@ class World:
                 path = path.replace("{name}", "index.html")
             elif path.startswith("/docs/"):
                 path = path.replace("{name}", "swagger-ui.css")
+            elif path.startswith("/v1/bundles/"):
+                path = path.replace("{name}", "ghost" if missing else await self.bundle())
             else:
                 name = "ghost" if missing else (await self.mcp_server() if fresh else self.mcp_a)
                 path = path.replace("{name}", name)
@@ -328,7 +346,7 @@ async def _matrix(node: Any) -> list[str]:
                         failures.append(f"{where} shows objects outside its binding")
                 elif caller == "other_admin" or (caller == "bound_admin" and BOUND[(method, template)] == "hidden"):
                     if row.kind == "object":
-                        want = (404, "not_found")
+                        want = (404, "bundle.not_found" if template.startswith("/v1/bundles/") else "not_found")
                         gpath, gkw = await w.target(method, template, fresh=False, missing=True)
                         gstatus, gbody = await _call(w.client(caller), method, gpath, row, gkw)
                         real = body

@@ -165,6 +165,87 @@ async def test_a_shadowed_platform_bundle_is_marked(node):
     assert "".join(e.data.get("text", "") for e in events) == "uploaded mine"
 
 
+def slow(name: str, says: str) -> bytes:
+    manifest = f"name: {name}\nversion: '1'\ndescription: slow\ntools: []\n".encode()
+    main = ("import asyncio\nasync def main(ctx):\n    await asyncio.sleep(float(ctx.input or 0))\n"
+            f"    await ctx.answer({says!r})\n").encode()
+    return targz([(f"{name}/bundle.yaml", manifest, {}), (f"{name}/main.py", main, {})])
+
+
+async def upload(c, blob: bytes) -> dict:
+    r = await c.post("/v1/bundles", content=blob, headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def answer(c, bundle: str, text: str) -> str:
+    events = await collect(c, (await start(c, bundle, text))["id"])
+    assert events[-1].event == "run.completed", events[-1]
+    return "".join(e.data.get("text", "") for e in events if e.event == "message.delta")
+
+
+@pytest.mark.timeout(60)
+async def test_delete_a_tenant_bundle(node):
+    """There was no way to take a tenant bundle back: an upload was for ever (DELETE /v1/bundles/{name} was a
+    405). Deleting retires the name's versions: new runs by the name are bundle.not_found (or get the platform
+    bundle it shadowed), runs already created finish on the version they pinned, the listing drops it,
+    and uploading it again brings it back. Only a tenant-wide admin deletes, only its own tenant's, and never a
+    platform bundle; each upload and delete is audited with the key that made it."""
+    _, key = await node.tenant()
+    _, other_key = await node.tenant()
+    c, other = node.client(key), node.client(other_key)
+    v1 = await upload(c, slow("doomed", "v1"))
+    assert (await upload(other, slow("doomed", "theirs")))["name"] == "doomed"
+    pinned = await start(c, "doomed", "1.5")  # created before the delete: keeps its version
+
+    for role in ("member", "approver", "viewer"):
+        k = (await c.post("/v1/keys", json={"role": role})).json()["api_key"]
+        r = await node.client(k).delete("/v1/bundles/doomed")
+        assert r.status_code == 403 and r.json()["code"] == "auth.forbidden", (role, r.text)
+    r = await c.delete("/v1/bundles/doomed")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "doomed", "deleted": True, "versions": 1, "platform_fallback": False}
+    assert "doomed" not in [b["name"] for b in (await c.get("/v1/bundles")).json()["data"]]
+    r = await c.post("/v1/runs", json={"bundle": "doomed", "input": "0"})
+    assert r.status_code == 404 and r.json()["code"] == "bundle.not_found", r.text
+    events = await collect(c, pinned["id"])
+    assert events[-1].event == "run.completed" and "".join(
+        e.data.get("text", "") for e in events if e.event == "message.delta") == "v1"
+    assert (await c.get(f"/v1/runs/{pinned['id']}/receipt")).status_code == 200
+    r = await c.delete("/v1/bundles/doomed")  # once
+    assert r.status_code == 404 and r.json()["code"] == "bundle.not_found", r.text
+    assert await answer(other, "doomed", "0") == "theirs"  # another tenant's of the same name: untouched
+
+    # uploaded again (the same content): back, as the current version
+    assert (await upload(c, slow("doomed", "v1")))["digest"] == v1["digest"]
+    assert await answer(c, "doomed", "0") == "v1"
+
+    # a tenant bundle that shadowed a platform one: deleting it gives the tenant the platform's again
+    await upload(c, slow("echo", "shadow"))
+    assert await answer(c, "echo", "0") == "shadow"
+    r = await c.delete("/v1/bundles/echo")
+    assert r.status_code == 200 and r.json()["platform_fallback"] is True, r.text
+    assert (await answer(c, "echo", "platform again")).strip() == "platform again"
+    assert [(b["platform"], b["shadowed"]) for b in (await c.get("/v1/bundles")).json()["data"]
+            if b["name"] == "echo"] == [(True, False)]
+    # the platform bundle itself is not the tenant's to delete; names that cannot be bundles are not found
+    r = await c.delete("/v1/bundles/echo")
+    assert r.status_code == 403 and r.json()["code"] == "auth.forbidden" and "platform" in r.json()["detail"], r.text
+    assert (await answer(other, "echo", "still here")).strip() == "still here"
+    for bad in ("no-such-bundle", "a..b", "Echo", "x" * 300, "%E2%80%8Becho"):
+        r = await c.delete(f"/v1/bundles/{bad}")
+        assert r.status_code == 404 and r.json()["code"] == "bundle.not_found", (bad, r.text)
+
+    records = (await c.get("/v1/audit", params={"limit": 200})).json()["data"]
+    trail = [(a["kind"], a["detail"].get("bundle"), a["detail"].get("versions")) for a in records
+             if a["kind"].startswith("bundle.")]
+    assert trail == [("bundle.registered", "doomed", None), ("bundle.deleted", "doomed", 1),
+                     ("bundle.registered", "doomed", None), ("bundle.registered", "echo", None),
+                     ("bundle.deleted", "echo", 1)], trail
+    me = (await c.get("/v1/me")).json()["key_id"]
+    assert all(a["detail"]["key_id"] == me for a in records if a["kind"].startswith("bundle."))
+
+
 @pytest.mark.timeout(60)
 async def test_hot_load_registers_a_new_version_while_runs_keep_theirs(tmp_path):
     bundles = tmp_path / "bundles"
@@ -207,10 +288,17 @@ def test_cli_commands_and_errors(tmp_path):
     push = cli("bundle", "push", str(ROOT / "bundles" / "echo"), "--tenant", "acme")
     assert push.returncode == 0 and json.loads(push.stdout)["name"] == "echo"
     assert cli("migrate").returncode == 0
+    gone = cli("bundle", "delete", "echo", "--tenant", "acme")
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout) == {"name": "echo", "deleted": True, "versions": 1, "platform_fallback": False,
+                                       "tenant_id": created["tenant_id"]}
     for args, needle in [
         (("tenant", "create", "acme"), "conflict"),
         (("key", "create", "--tenant", "nobody"), "not_found"),
         (("bundle", "push", str(tmp_path / "missing"), "--tenant", "acme"), "bundle.invalid"),
+        (("bundle", "delete", "echo", "--tenant", "acme"), "bundle.not_found"),  # already deleted
+        (("bundle", "delete", "nothing", "--platform"), "bundle.not_found"),
+        (("bundle", "delete", "echo", "--tenant", "nobody"), "not_found"),
         (("tenant", "create", "beta", "--budget-usd", "-5"), "input.invalid"),
         (("tenant", "create", "beta", "--budget-usd", "nan"), "input.invalid"),
         (("tenant", "create", "beta", "--budget-usd", "1e400"), "input.invalid"),

@@ -49,7 +49,7 @@ class PgBundleStore:
                 if status != "INSERT 0 1":
                     # an earlier version registered again: it becomes the current one (its content is unchanged)
                     await c.execute(
-                        "UPDATE bundle_versions SET touched = nextval('bundle_touch')"
+                        "UPDATE bundle_versions SET touched = nextval('bundle_touch'), retired_at = NULL"
                         " WHERE coalesce(tenant_id, '') = $1 AND name = $2 AND digest = $3",
                         tenant_id or "", name, digest,
                     )
@@ -61,7 +61,7 @@ class PgBundleStore:
         async with self._tx(tenant_id) as c:
             row = await c.fetchrow(
                 f"SELECT {_COLS} FROM bundle_versions WHERE coalesce(tenant_id, '') = $1 AND name = $2"
-                " ORDER BY touched DESC LIMIT 1",
+                " AND retired_at IS NULL ORDER BY touched DESC LIMIT 1",
                 tenant_id or "", name,
             )
         return _dict(row) if row else None
@@ -74,12 +74,22 @@ class PgBundleStore:
             )
         return _dict(row) if row else None
 
+    async def retire(self, tenant_id: str | None, name: str) -> int:
+        """Retire every live version of ``name`` of this owner (a deleted bundle); how many were live."""
+        async with self._tx(tenant_id) as c:
+            status = await c.execute(
+                "UPDATE bundle_versions SET retired_at = $3"
+                " WHERE coalesce(tenant_id, '') = $1 AND name = $2 AND retired_at IS NULL",
+                tenant_id or "", name, time.time(),
+            )
+        return int(status.split()[-1])
+
     async def list(self, tenant_id: str) -> list[dict[str, Any]]:
         """Latest version of each of the tenant's own bundles and each platform bundle, by name (own first)."""
         async with self._db.tenant_tx(tenant_id) as c:
             rows = await c.fetch(
                 f"SELECT DISTINCT ON (name, tenant_id IS NULL) {_COLS} FROM bundle_versions"
-                " WHERE tenant_id = $1 OR tenant_id IS NULL"
+                " WHERE (tenant_id = $1 OR tenant_id IS NULL) AND retired_at IS NULL"
                 " ORDER BY name, tenant_id IS NULL, touched DESC",
                 tenant_id,
             )

@@ -47,8 +47,10 @@ class SqliteBundleStore:
                 if cur.rowcount == 1:
                     return True
                 # an earlier version registered again: it becomes the current one (its content is unchanged)
+                # (and live again, if the name had been deleted)
                 self._db.execute(
-                    f"UPDATE bundle_versions SET touched = {touch} WHERE coalesce(tenant_id, '') = ? AND name = ? AND digest = ?",
+                    f"UPDATE bundle_versions SET touched = {touch}, retired_at = NULL"
+                    " WHERE coalesce(tenant_id, '') = ? AND name = ? AND digest = ?",
                     (tenant_id or "", name, digest),
                 )
                 return False
@@ -57,7 +59,8 @@ class SqliteBundleStore:
 
     async def latest(self, tenant_id: str | None, name: str) -> dict[str, Any] | None:
         row = self._db.query_one(
-            f"SELECT {_COLS} FROM bundle_versions WHERE coalesce(tenant_id, '') = ? AND name = ? ORDER BY touched DESC LIMIT 1",
+            f"SELECT {_COLS} FROM bundle_versions WHERE coalesce(tenant_id, '') = ? AND name = ? AND retired_at IS NULL"
+            " ORDER BY touched DESC LIMIT 1",
             (tenant_id or "", name),
         )
         return _dict(row) if row else None
@@ -69,12 +72,22 @@ class SqliteBundleStore:
         )
         return _dict(row) if row else None
 
+    async def retire(self, tenant_id: str | None, name: str) -> int:
+        """Retire every live version of ``name`` of this owner (a deleted bundle); how many were live."""
+        with self._db.tx():
+            cur = self._db.execute(
+                "UPDATE bundle_versions SET retired_at = ?"
+                " WHERE coalesce(tenant_id, '') = ? AND name = ? AND retired_at IS NULL",
+                (time.time(), tenant_id or "", name),
+            )
+            return cur.rowcount
+
     async def list(self, tenant_id: str) -> list[dict[str, Any]]:
         """Latest version of each of the tenant's own bundles and each platform bundle, by name (own first)."""
         rows = self._db.query(
-            f"SELECT {_COLS} FROM bundle_versions b WHERE (tenant_id = ? OR tenant_id IS NULL)"
-            " AND touched = (SELECT max(touched) FROM bundle_versions x"
-            "           WHERE coalesce(x.tenant_id, '') = coalesce(b.tenant_id, '') AND x.name = b.name)"
+            f"SELECT {_COLS} FROM bundle_versions b WHERE (tenant_id = ? OR tenant_id IS NULL) AND retired_at IS NULL"
+            " AND touched = (SELECT max(touched) FROM bundle_versions x WHERE retired_at IS NULL"
+            "           AND coalesce(x.tenant_id, '') = coalesce(b.tenant_id, '') AND x.name = b.name)"
             " ORDER BY name, tenant_id IS NULL",
             (tenant_id,),
         )
