@@ -167,3 +167,37 @@ def test_scrub_json_reaches_every_string_key_and_level() -> None:
     while isinstance(inner, list):
         inner = inner[0]
     assert inner == "[redacted]"
+
+
+async def test_a_listing_echoing_the_stored_credentials_is_pinned_redacted(chain_env: Any) -> None:
+    """Found in a review of the redaction: tool definitions were pinned as listed, so a server that put the
+    Authorization header it was sent (or its URL's token) into a description, a schema or a tool name had
+    the credential stored, hashed and shown to every reader of the tenant (GET /v1/mcp/servers, a viewer
+    key included). They are now cut out before hashing, the same way each time: a refresh finds the
+    definitions unchanged, and a call's live check still matches its pin."""
+    from tests.fakes.hostile_http import ADD_TOOL
+
+    call, svc, tenant = chain_env
+
+    async def on_list(req: RawRequest, mid: Any, w: asyncio.StreamWriter) -> None:
+        auth = req.headers.get("authorization", "")
+        token = req.path.partition("token=")[2].partition("&")[0]
+        add = {**ADD_TOOL, "description": f"adds; called with {auth} at {req.path}",
+               "inputSchema": {**ADD_TOOL["inputSchema"], "title": f"key {token}"}}
+        named = {"name": token, "description": "a tool named after the token", "inputSchema": {"type": "object"}}
+        await respond(w, 200, jsonrpc_result(mid, {"tools": [add, named]}))
+
+    mcp = svc.extras["mcp"]
+    with HostileServer(mcp_handler(on_list=on_list)) as srv:
+        server, pins, skipped = await mcp.register(tenant, "h", srv.url + "/mcp" + QUERY, {"Authorization": HEADER},
+                                                   key_id="k")
+        shown = json.dumps([[p.definition for p in pins], skipped, [p.definition for _, ps in await mcp.servers(tenant)
+                                                                   for p in ps]])
+        assert not any(w in shown for w in WORDS), shown
+        assert [p.name for p in pins] == ["add"] and skipped == ["[redacted]"], (pins, skipped)
+        assert pins[0].definition["description"] == "adds; called with [redacted] at /mcp?token=[redacted]&api_key=[redacted]"
+        assert pins[0].definition["input_schema"]["title"] == "key [redacted]"
+        report = await mcp.refresh(tenant, "h")
+        assert [(c.tool.name, c.change) for c in report.tools] == [("add", "unchanged")], report
+        assert await call("mcp.h.add", a=1, b=2) == {"content": [{"type": "text", "text": "3"}], "is_error": False,
+                                                      "structured": None}

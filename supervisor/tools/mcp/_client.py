@@ -36,7 +36,7 @@ from supervisor.tools._capped import ResponseTooLarge, cap_responses, too_large_
 from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
 from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets
-from supervisor.tools.mcp._redact import redact_words, secret_words
+from supervisor.tools.mcp._redact import redact_words, scrub_json, secret_words
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
 __all__ = [
@@ -241,10 +241,16 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
 
 
-async def list_defs(client: Client) -> tuple[list[ToolDef], list[str]]:
+async def list_defs(client: Client, secrets: list[str] | None = None) -> tuple[list[ToolDef], list[str]]:
     """Every tool the server lists now, as pinnable definitions, and the names that cannot be pinned
     (bad name, duplicate, oversized, over the per-server cap): the first ``MAX_SKIPPED_NAMES`` of them,
-    then one ``"... N more"`` entry, and one saying so if pages were left unread."""
+    then one ``"... N more"`` entry, and one saying so if pages were left unread.
+
+    ``secrets`` (``_redact.server_secrets``) are cut out of names, descriptions and schemas before anything
+    is hashed: a server that repeats its credentials in a listing would otherwise have them pinned, stored
+    and shown to every reader of the tenant (``GET /v1/mcp/servers``). The same cut every time, so hashes
+    stay stable; a name that held one no longer matches the name rule and is skipped, under its cut form."""
+    words = secrets or []
     defs: dict[str, ToolDef] = {}
     skipped: list[str] = []
     more = listed = 0
@@ -256,14 +262,15 @@ async def list_defs(client: Client) -> tuple[list[ToolDef], list[str]]:
         page = await client.list_tools(cursor=cursor)
         listed += len(page.tools)
         for t in page.tools:
-            name = t.name if isinstance(t.name, str) else repr(t.name)
+            name = redact_words(t.name if isinstance(t.name, str) else repr(t.name), words)
             if not TOOL_NAME.fullmatch(name) or name in defs or len(defs) >= MAX_TOOLS_PER_SERVER:
                 more += _skip(skipped, name)
                 continue
             try:
                 # NUL -> U+FFFD (deterministic, so the hash is stable): PostgreSQL cannot store a NUL, and a
                 # definition that could be pinned on SQLite only failed registration there with a 500
-                d = ToolDef(name, scrub_nul(t.description), scrub_nul(_plain(t.input_schema)))
+                d = ToolDef(name, scrub_nul(scrub_json(t.description, words)),
+                            scrub_nul(scrub_json(_plain(t.input_schema), words)))
                 size = len(json.dumps(d.as_dict(), ensure_ascii=False))
             except (TypeError, ValueError):
                 more += _skip(skipped, name)

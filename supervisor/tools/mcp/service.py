@@ -185,7 +185,7 @@ class McpService:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with open_client(server, target, timeout_s=self._timeout_s, max_bytes=self._max_response) as client:
-                    return await list_defs(client)
+                    return await list_defs(client, server_secrets(server.headers, server.url))
         except StockadeError:
             raise
         except Exception as exc:
@@ -205,7 +205,7 @@ class McpService:
             if hit is not None and hit.hash == pinned_hash:
                 return hit  # a mismatch or absence is always confirmed by a fresh listing below
         async with asyncio.timeout(self._timeout_s):
-            defs, _ = await list_defs(client)
+            defs, _ = await list_defs(client, server_secrets(server.headers, server.url))
         listing = {d.name: d for d in defs}
         if len(self._lists) > 4096:
             self._lists = {k: v for k, v in self._lists.items() if v[0] > now}
