@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from supervisor.rmtree import remove_tree
 from supervisor.settings import Settings
 
 __all__ = ["RUNTIME_DIR", "RunDirs", "build_spec", "limits_for", "listen_run_socket", "make_run_dirs", "sandbox_python",
-           "sweep_dead_slots"]
+           "sweep_dead_slots", "unix_listener"]
 
 RUNTIME_DIR = Path(_runtime_pkg.__file__).resolve().parent
 SOCKET_NAME = "s"
@@ -139,12 +140,36 @@ def make_run_dirs(settings: Settings, run_id: str, uid: int | None, gid: int | N
 _KEEP_SOCKET_FILE: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
 
 
+_SUN_PATH = 100  # sun_path holds 108 bytes, NUL included; a margin for the kernel's and Python's own checks
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """A Unix stream socket bound at ``path``, however long. A path longer than ``sun_path`` is bound through
+    its folder's descriptor (``/proc/self/fd/N/name`` resolves to the same folder): a ``STOCKADE_DATA_DIR`` of
+    ~80 characters made every run fail ("AF_UNIX path too long", reported as a lost worker)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if len(os.fsencode(path)) <= _SUN_PATH:
+            sock.bind(os.fspath(path))
+        else:
+            fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sock.bind(f"/proc/self/fd/{fd}/{path.name}")
+            finally:
+                os.close(fd)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def listen_run_socket(
     on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], dirs: RunDirs,
     settings: Settings, uid: int | None, gid: int | None,
 ) -> asyncio.AbstractServer:
     """The run's Unix socket, listening; readable and writable by the run's uid only."""
-    server = await asyncio.start_unix_server(on_connect, path=str(dirs.socket_path),
+    server = await asyncio.start_unix_server(on_connect, sock=unix_listener(dirs.socket_path),
                                              limit=settings.sandbox_max_frame_bytes + 16, **_KEEP_SOCKET_FILE)
     os.chmod(dirs.socket_path, 0o600)
     if uid is not None and os.geteuid() == 0:
