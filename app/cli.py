@@ -326,6 +326,11 @@ async def _audit_verify(rt: Any, tenant_ref: str | None, anchors: list[Any]) -> 
     tenants = [await _tenant_id(s, tenant_ref)] if tenant_ref else await s.audit.tenants()
     if not tenant_ref:  # an anchored tenant whose records are all gone is not among those with records
         tenants += sorted({a.tenant_id for a in anchors} - set(tenants))
+    elif anchors and not any(a.tenant_id == tenants[0] for a in anchors):
+        # asked to check one tenant against anchors of others only: it checked nothing, and said "verified"
+        files = ", ".join(sorted({str(a.source) for a in anchors}))
+        return _fail(f"input.invalid: no anchor in {files} is of tenant {tenants[0]}: its chain has nothing to be "
+                     "checked against (drop --tenant to check every anchored tenant)")
     total, heads, checked = 0, {}, 0
     for tid in tenants:
         head, head_problem = None, None

@@ -319,6 +319,11 @@ def test_audit_verify_with_a_receipt_as_anchor_detects_a_vanished_or_replaced_ch
                                    "chain_head": {"seq": head[0], "hash": head[1]}, "spans": []}))
     rc, out, _ = _run(capsys, "audit", "verify", "--anchor", str(receipt), "--tenant", tid)
     assert rc == 0 and json.loads(out)["anchors"] == 1
+    # another tenant checked against this tenant's anchor only: it said "verified" having checked nothing
+    rc, out, _ = _run(capsys, "tenant", "create", "beta")
+    other = json.loads(out)["tenant_id"]
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(receipt), "--tenant", other)[::2])
+    assert line.startswith(f"stockade: input.invalid: no anchor in {receipt} is of tenant {other}"), line
     # the anchored record itself rewritten (a forged tail after a deletion would have to re-use its seq)
     with sqlite3.connect(env / "stockade.db") as c:
         _drop_audit_guards(c)
