@@ -52,6 +52,7 @@ class Runtime:
     worker: Any = None
     warm: Any = None
     abandoned: Any = None  # supervisor.runs.lost.AbandonedRuns, on nodes with workers
+    uid_claim: Any = None  # sandbox.uid_claim.UidClaim: this worker's host-wide claim on its uid range
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     sandbox_problems: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class Runtime:
                 self.tasks.append(asyncio.create_task(
                     watch_bundles_dir(self.registry, self.settings.bundles_dir, stop=self.stop_event)))
         if workers:
+            self._claim_uids()  # before anything reaps "orphans" of the range: they may be another worker's
             warm_up = getattr(self.services.tools, "warm_up", None)
             if warm_up is not None:
                 warm_up()  # the LLM SDKs (seconds to import), in threads, before the first call
@@ -86,6 +88,22 @@ class Runtime:
             self.worker = self._make_worker()
             self.tasks.append(asyncio.create_task(self.worker.run_forever(self.stop_event)))
             self.tasks.append(asyncio.create_task(self._sweeper()))
+
+    def _claim_uids(self) -> None:
+        """The host-wide claim on this worker's sandbox uid range (``sandbox.uid_claim``), held until ``stop``."""
+        pool = self.services.extras.get("uid_pool")
+        if pool is None or self.uid_claim is not None:
+            return
+        from sandbox.errors import SandboxError
+        from sandbox.uid_claim import claim_uid_range
+
+        try:
+            self.uid_claim = claim_uid_range(pool.base, pool.count)
+        except SandboxError as exc:
+            raise StockadeError("settings.invalid", exc.detail) from None
+        except OSError as exc:  # /run not writable (an unusual container): the operator keeps ranges apart
+            log.warning("sandbox uid range not claimed (%s): make sure no other worker on this host uses "
+                        "STOCKADE_SANDBOX_UID_BASE..+COUNT %d..%d", exc, pool.base, pool.base + pool.count - 1)
 
     def _make_worker(self) -> Any:
         from supervisor.runs.worker import Worker
@@ -216,6 +234,9 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(drain(), 5.0)
         await self.services.close()
+        if self.uid_claim is not None:
+            self.uid_claim.release()
+            self.uid_claim = None
 
 
 async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -107,9 +108,22 @@ async def start_node(settings: Settings, *, workers: bool = True, api: bool = Tr
     return Node(rt=rt, server=server, task=task, base_url=f"http://127.0.0.1:{port}", data_dir=settings.data_dir)
 
 
+# Workers of one host never share sandbox uids (sandbox.uid_claim): this test process's in-process nodes
+# take one range (a `make run` or another test run on the machine holds the default 200,000), and each
+# `stockade worker` it starts its own 64 uids.
+NODE_UID_BASE = 250_000 + (os.getpid() % 1500) * 1100
+_worker_ranges = itertools.count()
+
+
+def worker_uid_env() -> dict[str, str]:
+    base = 2_000_000 + (os.getpid() % 4000) * 1100 + 64 * (next(_worker_ranges) % 16)
+    return {"STOCKADE_SANDBOX_UID_BASE": str(base), "STOCKADE_SANDBOX_UID_COUNT": "64"}
+
+
 def settings_for(kind: str, data_dir: Path, *, pg_url: str | None = None, redis_url: str | None = None,
                  redis_prefix: str | None = None, **extra: Any) -> Settings:
     base: dict[str, Any] = dict(data_dir=data_dir, bundles_dir=BUNDLES, watch_bundles=False, sweep_interval_s=0.5,
+                                sandbox_uid_base=NODE_UID_BASE,
                                 sandbox_warm_pool=0,  # cold starts unless a test asks for the warm pool
                                 audit_key="test-audit-key-0123456789abcdef")
     if kind == "production":
@@ -163,7 +177,7 @@ async def idle_runs(node: Node, tenant_id: str, n: int) -> list[str]:
     return ids
 
 
-def worker_process(settings: Settings, warm_pool: int = 0) -> subprocess.Popen:
+def worker_process(settings: Settings, warm_pool: int = 0, uid_env: dict[str, str] | None = None) -> subprocess.Popen:
     """A separate `stockade worker` process on the node's stores (its own process group); no warm pool
     unless asked for (production's default is 2)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
@@ -174,7 +188,7 @@ def worker_process(settings: Settings, warm_pool: int = 0) -> subprocess.Popen:
         "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else "",
         "STOCKADE_QUEUE_VISIBILITY_S": str(settings.queue_visibility_s),
         "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s), "STOCKADE_SANDBOX_WARM_POOL": str(warm_pool),
-        "STOCKADE_LOG_LEVEL": "warning",
+        "STOCKADE_LOG_LEVEL": "warning", **(uid_env or worker_uid_env()),
     })
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

@@ -8,14 +8,16 @@ the worker alive and well.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 
 import supervisor.runs.worker as worker_mod
-from tests.e2e.harness import collect, settings_for, start_node
+from tests.e2e.harness import collect, settings_for, start_node, worker_process, worker_uid_env
 from tests.e2e.test_run_pipeline import start
 
 
@@ -79,3 +81,33 @@ async def test_a_started_run_whose_setup_fails_ends_now_as_failed(node_config, m
         assert events[-1].event == "run.completed", events[-1]
     finally:
         await node.stop()
+
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_a_second_worker_on_the_same_uid_range_refuses_to_start(node_config, stack_kind):
+    """Two `stockade worker`s on one host with the same STOCKADE_SANDBOX_UID_BASE (both left at the default,
+    a copied compose service): the second stops at start-up, saying which setting to change; the first goes
+    on, and a worker with a range of its own starts."""
+    same = worker_uid_env()
+    first = worker_process(node_config, uid_env=same)
+    try:
+        await asyncio.sleep(2)  # the first has claimed its range by now (or has failed: checked below)
+        assert first.poll() is None, first.communicate()
+        second = worker_process(node_config, uid_env=same)
+        _, err = await asyncio.to_thread(second.communicate, timeout=30)
+        assert second.returncode != 0, err
+        assert "settings.invalid" in err.decode() and "STOCKADE_SANDBOX_UID_BASE" in err.decode(), err
+        assert "Traceback" not in err.decode() and len(err.decode().strip().splitlines()) == 1, err
+        assert first.poll() is None
+        third = worker_process(node_config)  # a range of its own
+        try:
+            await asyncio.sleep(2)
+            assert third.poll() is None, third.communicate()
+        finally:
+            third.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(third.communicate, timeout=20)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(first.communicate, timeout=20)
