@@ -196,13 +196,17 @@ class Worker:
         try:
             await self._execute(run, emitter, state)
             ended = True
-        except Exception:
+        except Exception as exc:
             if not state.get("started"):
                 raise  # still queued: the job's retries (_give_up_or_retry) decide
             # A started run is never run again, so a requeue only had it ended as a lost worker's, a visibility
             # timeout later: it fails now, saying so (a full disk under its run folder, a failed bind, a bug)
             log.exception("run %s: worker error", run.id)
-            await self._fail(emitter, "internal", "the run could not be carried out (the server log says why)")
+            if isinstance(exc, SandboxError):  # e.g. no uid left: the operator's log line names the setting
+                await self._fail(emitter, "sandbox.unavailable", "no sandbox could be set up for the run (the "
+                                                                 "server log says why)")
+            else:
+                await self._fail(emitter, "internal", "the run could not be carried out (the server log says why)")
             ended = True
         except asyncio.CancelledError:  # this node is stopping (SIGTERM)
             if state.get("started"):  # its sandbox is gone, so is the run (side effects may have happened)

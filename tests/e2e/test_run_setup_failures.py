@@ -79,6 +79,19 @@ async def test_a_started_run_whose_setup_fails_ends_now_as_failed(node_config, m
         broken = False
         events = await collect(c, (await start(c, "echo", "y"))["id"])
         assert events[-1].event == "run.completed", events[-1]
+        if pool is not None:  # no uid left (a pool smaller than the worker's concurrency): sandbox.unavailable
+            for _ in range(500):  # the last run gives its uid back just after its terminal event
+                if pool.in_use == in_use:
+                    break
+                await asyncio.sleep(0.01)
+            taken = [pool.acquire() for _ in range(pool.count - pool.in_use)]
+            try:
+                events = await collect(c, (await start(c, "echo", "z"))["id"])
+            finally:
+                for uid in taken:
+                    pool.release(uid)
+            assert events[-1].event == "run.failed" and events[-1].data["code"] == "sandbox.unavailable", events[-1]
+            assert "uids" not in str(events[-1].data)
     finally:
         await node.stop()
 
