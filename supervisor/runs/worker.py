@@ -56,6 +56,7 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
         self.cancels = CancelWatch(services.runs, CANCEL_POLL_S)  # runs ended elsewhere (API cancel)
+        self._unended: set[str] = set()  # runs started here whose end could not be stored (a later delivery ends them)
         self.beats = RunBeat(services.runs, self.settings)  # the runs carried here, for sweepers (runs/lost.py)
         # run_id -> the job delivery this worker holds for a run it carries (a lapsed lease that comes back
         # here is adopted: ``execute``)
@@ -179,8 +180,12 @@ class Worker:
             # redelivered: the lease of the worker that held it lapsed. Only late (alive) -> left to it; lost
             # mid-run -> ended. Side effects may have happened: never re-run. A run this worker started and
             # no longer carries (its end could not be stored) has no sandbox any more: ended at once.
-            if run.worker_id == self.worker_id:
+            if run.id in self._unended:  # started here, its end never stored: no sandbox left anywhere
+                self._unended.discard(run.id)
                 return await self._end_lapsed(run, job, emitter)
+            # Any other run is watched first, also one stored under this worker's id: a worker restarted under
+            # the same STOCKADE_WORKER_ID, or a second worker given the same id (a scaled compose service),
+            # whose run is alive (that one was ended at once as a lost worker's, live as it was)
             # judged beside this worker's runs, not in a run slot: a node that stalls can hand every other
             # node many such jobs at once, each watched for up to one visibility timeout
             watch = asyncio.get_running_loop().create_task(
@@ -223,6 +228,8 @@ class Worker:
             await self._release(run)
             if ended:  # else the job stays: a run whose end could not be stored is ended by a later delivery
                 await s.queue.ack(job)
+            elif state.get("started"):
+                self._unended.add(run.id)
             self.started.pop(run.id, None)
             for forget in self.on_run_end:
                 forget(run.tenant_id, run.id)
@@ -231,6 +238,9 @@ class Worker:
         if await holder_alive(self.s, run, job):
             log.warning("run %s: its job came back, but its worker (%s) still carries it (a heartbeat came too "
                         "late); the run goes on there", run.id, run.worker_id)
+            if run.worker_id == self.worker_id:
+                log.error("run %s is carried by another live worker with this worker's id (%s): give each worker "
+                          "its own STOCKADE_WORKER_ID (or leave it unset: hostname:pid)", run.id, self.worker_id)
             await self.s.queue.ack(job)
             return
         await self._end_lapsed(run, job, emitter)
