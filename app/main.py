@@ -67,8 +67,12 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
 
     @app.get("/ui/{name}", include_in_schema=False)
     async def ui_file(name: str) -> Any:
-        path = (UI_DIR / name).resolve()
-        if path.parent != UI_DIR or not path.is_file():
+        try:  # a name past NAME_MAX (ENAMETOOLONG) or with a NUL raised: a 500 marked retryable
+            path = (UI_DIR / name).resolve()
+            found = path.parent == UI_DIR and path.is_file()
+        except (OSError, ValueError):
+            found = False
+        if not found:
             return problem("not_found", "no such file", f"/ui/{name}")
         return FileResponse(path)
 

@@ -120,3 +120,16 @@ async def test_an_empty_user_or_project_id_is_refused(node):
         assert r.status_code == 422 and r.json()["code"] == "input.invalid", r.text
     assert (await c.get("/v1/runs")).json()["data"] == before
     assert (await c.get("/v1/keys")).json()["data"] == keys_before
+
+
+@pytest.mark.parametrize("stack_kind", ["embedded"])  # the ASGI layer only
+async def test_a_hostile_static_file_name_is_not_found(node):
+    """Found by an outside-in walkthrough: ``GET /ui/<256+ characters>`` (no key needed) raised OSError
+    ENAMETOOLONG from ``is_file()``: a 500 marked retryable and a traceback in the log. Now 404 like any
+    other missing file, and the same for the docs' assets."""
+    anon = node.client(None)
+    for path in ("/ui/" + "a" * 256, "/ui/" + "a" * 5000, "/ui/" + "a" * 255, "/ui/" + "a/" * 2000,
+                 "/docs/assets/" + "a" * 256):
+        r = await anon.get(path)
+        assert r.status_code == 404 and r.json()["code"] == "not_found", (path[:40], r.status_code, r.text[:200])
+        assert r.json()["retryable"] is False
