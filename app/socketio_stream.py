@@ -26,7 +26,9 @@ waits until the client has taken what was queued; replay reads the store in fitt
 A WebSocket send the client takes nothing of for ``SEND_TIMEOUT_S`` drops the connection. At most
 ``MAX_LOOKUPS`` subscribes of a connection look their run up at once (the rest: ``rate.limited``). A
 packet announcing more than ``MAX_ATTACHMENTS`` binary attachments, or that is no Socket.IO packet, drops
-the connection (python-socketio kept every attachment announced, up to 10**10, in memory).
+the connection (python-socketio kept every attachment announced, up to 10**10, in memory); so does a
+payload nested too deeply to decode, or with a duplicate key in an object (``_StrictJSON``: read one way,
+as REST bodies are, app/strict_json.py).
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import engineio.json
 import socketio
 
 from app import deps
 from app._pages import stored
 from app.deps import MAX_ID
 from app.stream_slots import StreamSlots
+from app.strict_json import unique_object
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
 from supervisor.tenancy import Principal, authenticate, key_failure, key_is_live
@@ -86,6 +90,24 @@ def _run_id_of(args: tuple[Any, ...]) -> str | None:
     if not isinstance(run_id, str) or not 0 < len(run_id) <= 64 or not (run_id.isascii() and run_id.isprintable()):
         return None
     return run_id
+
+
+class _StrictJSON:
+    """The JSON codec of Engine.IO and Socket.IO packets (their ``json=`` option): as python-engineio's own,
+    but a duplicate key in an object is refused, as in REST bodies (json.loads kept the last one), and a
+    payload nested past the recursion limit is a ValueError (the RecursionError it raised escaped the
+    handlers' drop of a bad packet: two tracebacks logged a packet, the session left open). Engine.IO tries
+    every message as JSON and keeps the text when that fails with a ValueError: the Socket.IO decode then
+    refuses it. (python-engineio sets it on its Packet class: for the whole process.)"""
+
+    dumps = staticmethod(json.dumps)
+
+    @staticmethod
+    def loads(s: Any, **kwargs: Any) -> Any:
+        try:
+            return engineio.json.loads(s, object_pairs_hook=unique_object, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 class _Packet(socketio.packet.Packet):
@@ -134,8 +156,9 @@ class _Server(socketio.AsyncServer):
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
             await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:  # not a Socket.IO packet (python-socketio
-            # logged a traceback and read on: a few bytes from the client bought a traceback in the log)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:  # not a Socket.IO packet
+            # (python-socketio logged a traceback and read on: a few bytes from the client bought a traceback in
+            # the log). RecursionError: an attachment put back into a payload nested ~1,000 deep
             log.info("dropping %s: %s: %s", eio_sid, type(exc).__name__, exc)
             self._binary_packet.pop(eio_sid, None)
             await self.drop(eio_sid)
@@ -172,7 +195,8 @@ def _deadlined(send: Any) -> Any:
 
 
 def mount_socketio(app: Any, rt: Any) -> Any:
-    sio = _Server(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [], serializer=_Packet)
+    sio = _Server(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [], serializer=_Packet,
+                  json=_StrictJSON)
     subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it
     watchers: dict[str, asyncio.Task] = {}  # sid -> the task re-checking its key
     # sid -> run id -> the newest subscribe of it still looking the run up; a later subscribe or unsubscribe

@@ -18,17 +18,21 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-__all__ = ["StrictJSONRoute"]
+__all__ = ["DuplicateKey", "StrictJSONRoute", "unique_object"]
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (a ValueError: what JSON decoders' callers expect)."""
+
+
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: the object, unless a key repeats (DuplicateKey)."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                # HTTPException: FastAPI lets it through as it is (anything else is "error parsing the body")
-                raise HTTPException(status_code=422, detail=f"duplicate key {key[:64]!r} in a JSON object of the body")
+                raise DuplicateKey(f"duplicate key {key[:64]!r} in a JSON object")
             seen.add(key)
     return obj
 
@@ -41,7 +45,11 @@ class _StrictJSONRequest(Request):
                 text = (await self.body()).decode("utf-8")
             except UnicodeDecodeError:
                 raise HTTPException(status_code=422, detail="a JSON body must be UTF-8 (RFC 8259)") from None
-            self._json = json.loads(text, object_pairs_hook=_unique_object)  # a BOM: JSONDecodeError
+            try:
+                self._json = json.loads(text, object_pairs_hook=unique_object)  # a BOM: JSONDecodeError
+            except DuplicateKey as exc:
+                # HTTPException: FastAPI lets it through as it is (anything else is "error parsing the body")
+                raise HTTPException(status_code=422, detail=f"{exc} of the body") from None
         return self._json
 
 

@@ -384,6 +384,52 @@ async def test_a_packet_that_is_no_socketio_packet_drops_the_connection(node, ca
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize("stack_kind", ["embedded"])  # the ASGI layer only
+async def test_a_deeply_nested_or_ambiguous_packet_drops_the_connection(node, caplog):
+    """Found by an outside-in walkthrough: ``40`` + ``[`` * 100,000 (before the key) or ``42`` + the same
+    (after) raised RecursionError in the JSON decoder, which the drop above did not catch: two tracebacks
+    in the log per packet and the session left open. And ``{"run_id": "a", "run_id": "b"}`` was read as
+    its last key where REST refuses a duplicate key (app/strict_json.py). Each now drops the connection,
+    one line at INFO, no traceback."""
+    _, key = await node.tenant()
+    sio = _server(node)
+    c = node.client()
+    polling = "/socket.io/?EIO=4&transport=polling"
+    # before the key, over long-polling: the session is gone (its next request is refused)
+    for packet in ("40" + DEEP, "4" + DEEP, '40{"token":"stk_x","token":' + json.dumps(key) + "}"):
+        opened = (await c.get(polling)).text
+        path = polling + "&sid=" + json.loads(opened[opened.index("{"):])["sid"]
+        await c.post(path, content=packet)
+        await until(lambda: not sio.eio.sockets, 10)
+        assert (await c.post(path, content="40" + json.dumps({"token": key}))).status_code == 400
+    # after it, over a WebSocket
+    deep_binary = '451-["subscribe",' + "[" * 900 + '{"_placeholder":true,"num":0}' + "]" * 900 + "]"
+    for packets in (["42" + DEEP], ['421["subscribe",' + DEEP], ["4" + DEEP], [deep_binary, b"x"],
+                    ['421["subscribe",{"run_id":"run_x","run_id":"run_y"}]'],
+                    ['421["subscribe",{"run_id":"run_x","after":1,"after":2}]']):
+        raw = await Raw.open(node, key)
+        try:
+            for packet in packets:
+                await raw.send(packet)
+            with contextlib.suppress(ConnectionClosed):
+                await raw.send('422["subscribe",{"run_id":"run_x"}]')
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(raw.ack(10**6), 10)
+        finally:
+            await raw.close()
+    await until(lambda: not sio.environ and not sio.eio.sockets, 10)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    raw = await Raw.open(node, key)
+    try:  # a payload a little nested but unambiguous is still an answer
+        await raw.send('425["subscribe",[[[{"run_id":"run_x"}]]]]')
+        assert (await asyncio.wait_for(raw.ack(5), 10))[0]["code"] == "input.invalid"
+    finally:
+        await raw.close()
+
+
 @pytest.mark.parametrize("stack_kind", ["embedded"])  # the ASGI layer only
 async def test_an_engineio_connection_that_never_authenticates_is_let_go(node, monkeypatch):
     """Engine.IO opens a session for anyone; only the Socket.IO CONNECT carries the key. A client that never
