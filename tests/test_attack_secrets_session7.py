@@ -319,6 +319,29 @@ def test_a_bad_signing_key_file_is_one_line_naming_the_variable(env, tmp_path, m
     assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_SIGNING_KEY_FILE: ") and str(path) in line
 
 
+@pytest.mark.parametrize("where", ["elsewhere", "default-path", "dangling-link"])
+def test_a_configured_signing_key_file_that_is_missing_is_never_generated(env, tmp_path, monkeypatch, capsys, where):
+    """Found by an outside-in walkthrough: STOCKADE_SIGNING_KEY_FILE naming a file that does not exist (a typo,
+    a secret not mounted) had a new Ed25519 key generated there: receipts signed with a key nobody planned,
+    another on each replica. Only the default path (the setting unset) is generated; a configured one stops
+    start-up on one line naming the variable, and nothing is written."""
+    path = {"elsewhere": tmp_path / "secrets" / "receipt.pem",
+            "default-path": env / "keys" / "receipt_ed25519.pem",  # configured, even if it is the default
+            "dangling-link": tmp_path / "link.pem"}[where]
+    if where == "dangling-link":
+        path.symlink_to(tmp_path / "nowhere.pem")
+    monkeypatch.setenv("STOCKADE_SIGNING_KEY_FILE", str(path))
+    line = _one_line(capsys, "migrate")
+    named = tmp_path / "nowhere.pem" if where == "dangling-link" else path  # settings resolve the link
+    assert line.startswith(f"stockade: settings.invalid: invalid setting STOCKADE_SIGNING_KEY_FILE: {named} does "
+                           "not exist"), line
+    assert not (tmp_path / "secrets").exists() and not path.exists() and not (tmp_path / "nowhere.pem").exists()
+    assert not (env / "keys" / "receipt_ed25519.pem").exists()
+    monkeypatch.delenv("STOCKADE_SIGNING_KEY_FILE")  # unset: the default is generated, as before
+    assert cli.main(["migrate"]) == 0
+    assert (env / "keys" / "receipt_ed25519.pem").is_file()
+
+
 @pytest.mark.parametrize("name", ["STOCKADE_OPENAI_BASE_URL", "STOCKADE_ANTHROPIC_BASE_URL"])
 @pytest.mark.parametrize("value", [
     "localhost:8000/v1",  # no scheme (a common slip): every llm.chat failed as "lost the connection"

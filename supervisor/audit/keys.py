@@ -1,7 +1,8 @@
 """Where the audit MAC key and the receipt signing key come from.
 
 Production: ``STOCKADE_AUDIT_KEY`` and ``STOCKADE_SIGNING_KEY_FILE`` shared by
-every worker. Embedded: generated once into ``<data_dir>/keys`` (mode 0600).
+every worker (a configured key file must exist: it is never generated). Embedded:
+generated once into ``<data_dir>/keys`` (mode 0600).
 Rotation: the keys used before (``STOCKADE_AUDIT_KEYS_RETIRED``,
 ``STOCKADE_SIGNING_KEY_FILES_RETIRED``) still verify what they made; nothing new
 is made with them. A rolling rotation first hands every node the new key as
@@ -154,21 +155,32 @@ def _pem_public_key(path: Path, setting: str) -> Ed25519PublicKey:
 
 
 def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
-    path = settings.signing_key_file or settings.data_dir / "keys" / "receipt_ed25519.pem"
+    """The receipt signing key: ``STOCKADE_SIGNING_KEY_FILE``, else ``<data_dir>/keys/receipt_ed25519.pem``,
+    generated there on first use. Only the default is generated: a configured file that is missing (a typo, a
+    secret not mounted) was created with a new key, and receipts were signed with a key nobody planned (one
+    per replica)."""
+    configured = settings.signing_key_file
+    path = configured or settings.data_dir / "keys" / "receipt_ed25519.pem"
     bad = f"invalid setting STOCKADE_SIGNING_KEY_FILE: {path}"
-    try:
-        if not path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            try:
-                _write_secret(path, pem)
-            except FileExistsError:
-                pass
+    if configured is not None:
+        if not os.path.lexists(path):
+            raise SettingsError(f"{bad} does not exist (point it at an Ed25519 PEM private key, or unset it to use "
+                                "the key generated in <data_dir>/keys)")
         # a configured file is the operator's to protect (a mounted secret is often 0644 inside a private mount)
-        data = path.read_bytes() if settings.signing_key_file else _read_private(path, "STOCKADE_SIGNING_KEY_FILE")
-    except OSError as exc:
-        raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
+        data = _read_pem(path, "STOCKADE_SIGNING_KEY_FILE")
+    else:
+        try:
+            if not path.exists():
+                pem = Ed25519PrivateKey.generate().private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+                try:
+                    _write_secret(path, pem)
+                except FileExistsError:
+                    pass
+        except OSError as exc:
+            raise SettingsError(f"{bad} cannot be read: {exc.strerror or exc}") from None
+        data = _read_private(path, "STOCKADE_SIGNING_KEY_FILE")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: an encrypted key (we hold no password)
