@@ -401,6 +401,35 @@ def test_a_file_setting_that_is_a_fifo_or_device_is_refused(env, capsys, monkeyp
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["latin-1", "utf-16", "deep-json", "deep-yaml", "folder", "unreadable"])
+def test_a_pricing_file_that_cannot_be_read_as_text_is_one_line_naming_the_variable(env, capsys, monkeypatch,
+                                                                                     tmp_path, kind):
+    """Found by an outside-in walkthrough: a STOCKADE_LLM_PRICING_FILE that is not UTF-8 failed every command
+    with ``stockade: internal: UnicodeDecodeError ...`` (and one nested past the parser's depth with
+    ``internal: RecursionError``), where an invalid YAML file was already ``settings.invalid`` naming it."""
+    path = tmp_path / ("prices.json" if kind == "deep-json" else "prices.yaml")
+    if kind == "latin-1":
+        path.write_bytes("openai/caf\u00e9: {input: 1, output: 1}\n".encode("latin-1"))
+    elif kind == "utf-16":
+        path.write_bytes("openai/x: {input: 1, output: 1}\n".encode("utf-16"))
+    elif kind == "deep-json":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "deep-yaml":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads a file of mode 0000")
+        path.write_text("openai/x: {input: 1, output: 1}\n")
+        path.chmod(0)
+    monkeypatch.setenv("STOCKADE_LLM_PRICING_FILE", str(path))
+    line = _one_line_error(*_run(capsys, "migrate")[::2])
+    assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_LLM_PRICING_FILE: "), line
+    assert str(path) in line
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("key", ["audit.key", "secrets.key", "receipt_ed25519.pem"])
 def test_a_generated_key_file_replaced_by_a_fifo_is_refused(env, capsys, key):
     assert _run(capsys, "migrate")[0] == 0  # generates the key files

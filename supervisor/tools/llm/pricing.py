@@ -98,8 +98,13 @@ def _read(path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"invalid setting STOCKADE_LLM_PRICING_FILE: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # was "internal: UnicodeDecodeError" for every command
+        raise SettingsError(f"invalid setting STOCKADE_LLM_PRICING_FILE: {path} is not UTF-8 text (byte "
+                            f"{exc.start})") from None
     try:
         return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except RecursionError:
+        raise SettingsError(f"invalid setting STOCKADE_LLM_PRICING_FILE: {path} is nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise SettingsError(
