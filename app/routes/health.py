@@ -68,10 +68,11 @@ async def receipt_public_keys(rt: Any = Depends(runtime)) -> dict[str, Any]:
     """Every key a receipt of this deployment may be signed with: the current one (what
     ``/v1/receipts/public-key`` serves), the retired ones (``STOCKADE_SIGNING_KEY_FILES_RETIRED``), so a
     receipt handed out before a rotation still verifies, and during a rolling rotation the next one
-    (``STOCKADE_SIGNING_KEY_FILE_NEXT``, first, ``"next": true``), which nodes already rotated sign with.
+    (``STOCKADE_SIGNING_KEY_FILE_NEXT``, first, ``"next": true``; every other key ``false``), which nodes already
+    rotated sign with.
     A receipt's ``key_id`` names its key."""
     keys = [(rt.signing_key, True), *((k, False) for k in reversed(rt.retired_signing_keys))]  # newest first
-    data = [{"key_id": key_id(k), "pem": public_key_pem(k), "current": cur} for k, cur in keys]
+    data = [{"key_id": key_id(k), "pem": public_key_pem(k), "current": cur, "next": False} for k, cur in keys]
     if rt.next_signing_key is not None:
         nxt = rt.next_signing_key
         data.insert(0, {"key_id": key_id(nxt), "pem": public_key_pem(nxt), "current": False, "next": True})

@@ -114,7 +114,7 @@ async def test_receipts_across_a_signing_key_rotation(node, tmp_path):
         r = await anon.get("/v1/receipts/public-keys")
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
         listing = r.json()["data"]
-        assert [(k["pem"], k["current"]) for k in listing] == [(new_pem, True), (old_pem, False)]
+        assert [(k["pem"], k["current"], k["next"]) for k in listing] == [(new_pem, True, False), (old_pem, False, False)]
         pems = [k["pem"] for k in listing]
         assert verify_receipt(old_receipt, pems) and not verify_receipt(old_receipt, new_pem)
         fresh = (await b.client(key).get(f"/v1/runs/{run_id}/receipt")).json()  # the same run, signed anew
