@@ -102,16 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0), or a usage error already reported on one line (2)
         return exc.code if isinstance(exc.code, int) else 2
     overrides: dict[str, Any] = {}
-    for attr, key in (("host", "host"), ("port", "port"), ("data_dir", "data_dir")):
+    for attr in ("host", "port", "data_dir"):
         v = getattr(args, attr, None)
         if v is not None:
-            overrides[key] = v
+            overrides[attr] = v
     try:
         if args.cmd == "policy":
             return _policy_validate(args.file)
         if args.cmd == "receipt":
             return _receipt_verify(args.file, args.public_key)
-        settings = load_settings(**overrides)
+        # Path("") is ".": an empty argument (an unset shell variable) pushed the current folder
+        if args.cmd == "bundle" and args.sub == "push" and not args.dir:
+            raise StockadeError("bundle.invalid", "no bundle folder given (an empty path)")
+        settings = load_settings(flags={k: "--" + k.replace("_", "-") for k in overrides}, **overrides)
         if args.cmd in ("serve", "api", "worker"):
             from app.server import run, run_server
 

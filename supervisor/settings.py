@@ -342,8 +342,11 @@ def _nested_too_deep() -> str:
     return "STOCKADE_SETTINGS"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Parse the environment once. Raises SettingsError with one line."""
+def load_settings(*, flags: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Parse the environment once. Raises SettingsError with one line.
+
+    ``flags``: the command-line flag each override came from (``{"port": "--port"}``), named in the error
+    instead of its variable: ``--port 99999`` was reported as STOCKADE_PORT, which the user had not set."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except _EnvDecodeError as exc:  # a list/dict setting whose value is not JSON: pydantic-settings names the field
@@ -355,5 +358,5 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
-        name = "STOCKADE_" + loc.upper()
-        raise SettingsError(f"invalid setting {name}: {err.get('msg', 'invalid value')}") from None
+        name = (flags or {}).get(loc) or "setting STOCKADE_" + loc.upper()
+        raise SettingsError(f"invalid {name}: {err.get('msg', 'invalid value')}") from None

@@ -72,8 +72,34 @@ def test_a_data_dir_that_is_not_utf8_is_a_setting_error(env, capsys, monkeypatch
             if argv == ["migrate"]:
                 m.setenv("STOCKADE_DATA_DIR", bad)
             line = _one_line_error(*_run(capsys, *argv)[::2])
-        assert line == f"stockade: settings.invalid: invalid setting STOCKADE_DATA_DIR: Value error, '{tmp_path}/data\\udcff' is not a UTF-8 path"
+        named = "setting STOCKADE_DATA_DIR" if argv == ["migrate"] else "--data-dir"  # where the value came from
+        assert line == f"stockade: settings.invalid: invalid {named}: Value error, '{tmp_path}/data\\udcff' is not a UTF-8 path"
     assert not (tmp_path / os.fsdecode(b"data\xff")).exists()
+
+
+def test_a_bad_flag_value_names_the_flag_not_the_variable(env, capsys, monkeypatch):
+    """Found by an outside-in walkthrough: ``stockade serve --port 99999`` said ``invalid setting STOCKADE_PORT``,
+    a variable the user had not set. The flag is named when the value came from it; the variable otherwise."""
+    line = _one_line_error(*_run(capsys, "serve", "--port", "99999")[::2])
+    assert line == "stockade: settings.invalid: invalid --port: Input should be less than or equal to 65535"
+    line = _one_line_error(*_run(capsys, "api", "--port", "-1")[::2])
+    assert line == "stockade: settings.invalid: invalid --port: Input should be greater than or equal to 0"
+    monkeypatch.setenv("STOCKADE_PORT", "99999")
+    line = _one_line_error(*_run(capsys, "serve")[::2])
+    assert line == "stockade: settings.invalid: invalid setting STOCKADE_PORT: Input should be less than or equal to 65535"
+    assert not env.exists()
+
+
+def test_an_empty_bundle_folder_argument_is_refused(env, capsys, monkeypatch, tmp_path):
+    """Found by an outside-in walkthrough: ``stockade bundle push "" --tenant alpha`` (an unset shell variable)
+    pushed the current folder: Path("") is ".". It is refused before anything is opened."""
+    here = _bundle(tmp_path / "cwd")
+    monkeypatch.chdir(here)  # a folder that would be pushed fine
+    assert _run(capsys, "tenant", "create", "acme")[0] == 0
+    line = _one_line_error(*_run(capsys, "bundle", "push", "", "--tenant", "acme")[::2])
+    assert line == "stockade: bundle.invalid: no bundle folder given (an empty path)"
+    rc, out, err = _run(capsys, "bundle", "push", ".", "--tenant", "acme")  # said plainly, it is pushed
+    assert rc == 0 and json.loads(out)["name"] == "b", err
 
 
 def test_help_still_works(env, capsys):
