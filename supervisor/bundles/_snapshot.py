@@ -10,7 +10,8 @@ e.g. a key in the data folder); the folder given may itself be a symlink
 A file or folder whose mode lets nobody read it (``chmod 000``) is refused as
 unreadable even when the server runs as root: as another user it would be, and
 the stored copy is readable by every sandbox. Paths are capped like archive
-member names (``_MAX_PATH`` bytes), so every one can be written under the store.
+member names (``_MAX_PATH`` bytes), so every one can be written under the store, and
+like them may hold no control or format character (``_chars.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import stat
 from pathlib import Path
 
+from supervisor.bundles._chars import hidden_char
 from supervisor.bundles._ignore import is_ignored
 from supervisor.errors import StockadeError
 
@@ -58,6 +60,9 @@ class _Walk:
             raise _fail(f"the bundle has more than {self.max_files} files")
         if len(rel.encode("utf-8")) > self.max_path:
             raise _fail(f"a path in the bundle is too long (more than {self.max_path} bytes): {rel[:80]!r}...")
+        bad = hidden_char(rel)  # as archive member names (supervisor/bundles/_chars.py)
+        if bad is not None:
+            raise _fail(f"the name {rel[:200]!r} holds a control or format character (U+{ord(bad):04X})")
 
     def read(self, dir_fd: int, name: str, rel: str) -> None:
         try:

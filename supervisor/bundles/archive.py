@@ -2,7 +2,8 @@
 
 Two phases. First every member header is checked before anything touches the
 disk: path (absolute → ``archive.absolute_path``; any ``..`` component, even
-one that would stay inside → ``archive.path_traversal``), type (every symlink
+one that would stay inside → ``archive.path_traversal``; a control or format
+character, e.g. a newline or U+202E → ``archive.invalid``), type (every symlink
 and hardlink → ``archive.link``: a bundle never needs one, so we refuse them
 all rather than reason about where they point; devices, fifos, sockets →
 ``archive.special_file``), count (``archive.too_many_files``, directories
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from supervisor.bundles._chars import hidden_char
 from supervisor.bundles._snapshot import _MAX_DEPTH
 from supervisor.errors import StockadeError
 
@@ -91,6 +93,9 @@ def _member_parts(raw: str) -> tuple[str, ...]:
     shown = raw[:200]
     if "\x00" in raw:
         raise _invalid(f"archive member name {shown!r} contains a NUL byte")
+    bad = hidden_char(raw)  # "a\nb.py", an escape sequence, a bidi override, a name not UTF-8 (surrogates)
+    if bad is not None:
+        raise _invalid(f"archive member name {shown!r} holds a control or format character (U+{ord(bad):04X})")
     name = raw.replace("\\", "/")  # Windows-made zips use backslashes as separators
     if name.startswith("/") or _DRIVE.match(name):
         raise StockadeError("archive.absolute_path", f"archive member {shown!r} has an absolute path", member=shown)
@@ -136,8 +141,9 @@ def _second_layer(info: tarfile.TarInfo, dest: Path) -> None:
         raise StockadeError(code, f"archive member {info.name[:200]!r} refused: {exc}") from None
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate every gzip member of ``data``, refusing once the output passes ``limit``.
+def _gunzip(data: bytes, limit: int, max_bytes: int) -> bytes:
+    """Inflate every gzip member of ``data``, refusing once the output passes ``limit`` (``max_bytes``, the
+    configured limit the refusal names, plus room for the tar headers).
 
     Linear in the upload: the input is fed in slices of at most ``_CHUNK`` bytes, so neither
     ``unconsumed_tail`` nor ``unused_data`` ever copies more than one slice (feeding the whole rest
@@ -163,7 +169,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
                     piece = d.decompress(pending, _CHUNK)
                     out += piece
                     if len(out) > limit:
-                        raise StockadeError("archive.too_large", f"the archive unpacks to more than {limit} bytes")
+                        raise StockadeError("archive.too_large", f"the archive unpacks to more than {max_bytes} bytes")
                     pending = d.unconsumed_tail
                     if d.eof or (not pending and len(piece) < _CHUNK):
                         break
@@ -220,7 +226,8 @@ class _TarInfo(tarfile.TarInfo):
 
 
 def _tar_members(data: bytes, dest: Path, max_files: int, max_bytes: int, *, gzipped: bool = True) -> list[_Member]:
-    raw = _gunzip(data, max_bytes + (max_files + 2) * _TAR_OVERHEAD_PER_MEMBER + (1 << 20)) if gzipped else data
+    overhead = (max_files + 2) * _TAR_OVERHEAD_PER_MEMBER + (1 << 20)
+    raw = _gunzip(data, max_bytes + overhead, max_bytes) if gzipped else data
     try:
         tf = tarfile.open(fileobj=io.BytesIO(raw), mode="r:", tarinfo=_TarInfo)
         infos: list[tarfile.TarInfo] = []

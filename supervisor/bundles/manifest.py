@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from supervisor.bundles._chars import hidden_char
 from supervisor.bundles._yaml import YamlProblem, line_of, load_document
 from supervisor.errors import StockadeError
 from supervisor.storable import has_nul
@@ -100,6 +101,11 @@ class BundleManifest(BaseModel):
     @field_validator("description", mode="before")
     @classmethod
     def _description(cls, v: Any) -> Any:
+        # lines and tabs are fine in a description; a bidi override (U+202E) or an escape sequence shows it
+        # as something else than it is, in the UI and any listing (the version already refused them)
+        bad = hidden_char(v, "\n\t") if isinstance(v, str) else None
+        if bad is not None:
+            raise ValueError(f"must not hold control or format characters (U+{ord(bad):04X})")
         return "" if v is None else v
 
     @field_validator("entrypoint", mode="before")

@@ -154,8 +154,29 @@ def test_tar_gz_bomb_is_refused_quickly(tmp_path: Path) -> None:
         info.size = 100 * MB
         tf.addfile(info, io.BytesIO(bytes(100 * MB)))
     t0 = time.perf_counter()
-    refused(tmp_path, buf.getvalue(), "archive.too_large")
+    err = refused(tmp_path, buf.getvalue(), "archive.too_large")
     assert time.perf_counter() - t0 < 1.0
+    # the configured limit, as the zip bomb's message says (was 26124288: the cap plus room for tar headers)
+    assert err.detail == f"the archive unpacks to more than {20 * MB} bytes"
+
+
+@pytest.mark.parametrize("name", ["a\nb.py", "a\rb.py", "x\x1b[31m.py", "dir\x07/main2.py", "\u202egnp.py",
+                                  "a\u2028b.py", "a\x85b.py", "a\udcffb.py", "a\u200bb.py"])
+def test_member_names_with_control_or_format_characters_are_refused(tmp_path: Path, name: str) -> None:
+    """Found by an outside-in walkthrough: ``a\\nb.py`` was unpacked and stored as is: a file name that breaks
+    every line it is logged or listed on; a bidi override (U+202E) shows ``gnp.py`` as ``ypg.png``."""
+    err = refused(tmp_path, tar_gz([*(tar_file(k, v) for k, v in GOOD.items()), tar_file(name, b"x")]),
+                  "archive.invalid")
+    assert "control or format character" in err.detail
+    if "\udcff" not in name:  # zip names are text: no lone surrogate
+        refused(tmp_path, zip_of_files({**GOOD, name: b"x"}), "archive.invalid")
+
+
+def test_member_names_in_other_scripts_are_fine(tmp_path: Path) -> None:
+    names = {"caf\u00e9.py": b"x", "\u0928\u092e\u0938\u094d\u200d\u0924\u0947.md": b"x",  # ZWJ: needed here
+             "\U0001f469\u200d\U0001f4bb.txt": b"x", "\u05e9\u05dc\u05d5\u05dd.txt": b"x", "a b.py": b"x"}
+    root = extract_archive(zip_of_files({**GOOD, **names}), tmp_path / "dest", max_files=100, max_bytes=MB)
+    assert {p.name for p in root.iterdir()} == {*GOOD, *names}
 
 
 def test_many_small_files_over_the_byte_cap(tmp_path: Path) -> None:

@@ -129,6 +129,22 @@ def test_control_characters_are_refused_with_their_line() -> None:
     assert "#x007f" in invalid('name: x\nversion: "1\x7f"\n').detail
 
 
+@pytest.mark.parametrize("desc", ['"a\\u202eb"', "a\u202eb", '"a\\eb"', '"a\\x85b"', "a\u2066b\u2069", '"a\\u2028b"',
+                                  '"a\\rb"', '"\\u200bhidden"'])
+def test_a_description_with_control_or_format_characters_is_refused(desc: str) -> None:
+    """Found by an outside-in walkthrough: ``version`` refused non-printable characters, ``description``
+    took a right-to-left override (U+202E), an escape sequence, a line separator: shown as something else than
+    it is in the UI and every listing."""
+    err = invalid(f'name: x\nversion: "1"\ndescription: {desc}\n')
+    assert err.detail.startswith("bundle.yaml line 3: description: ") and "control or format" in err.detail
+
+
+def test_a_description_may_have_lines_tabs_and_any_script() -> None:
+    text = "Line one\n\tindented caf\u00e9 \u05e9\u05dc\u05d5\u05dd \U0001f469\u200d\U0001f4bb\u00a0ok"
+    m = parse_manifest('name: x\nversion: "1"\ndescription: ' + __import__("json").dumps(text, ensure_ascii=False) + "\n")
+    assert m.description == text
+
+
 def test_multiple_documents_are_refused() -> None:
     err = invalid('name: x\nversion: "1"\n---\nname: y\n')
     assert err.detail.startswith("bundle.yaml line 3")

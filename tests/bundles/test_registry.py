@@ -128,6 +128,26 @@ async def test_get_checks_the_files_are_on_this_node(registry: BundleRegistry, t
     assert ei.value.code == "bundle.not_found"
 
 
+@pytest.mark.parametrize("name", ["a\nb.py", "x\x1b[31m.py", "\u202egnp.py", "sub\x07", "a\u2028b.txt"])
+async def test_a_folder_with_control_or_format_characters_in_a_name_is_refused(
+        registry: BundleRegistry, store: MemoryBundleStore, tmp_path: Path, name: str) -> None:
+    """As archive members (found by an outside-in walkthrough): a folder pushed from disk (the CLI, the platform
+    bundles folder) with ``a\\nb.py`` or a bidi override in a name was stored with it."""
+    src = write_bundle(tmp_path / "src")
+    if name == "sub\x07":
+        (src / name).mkdir()
+        (src / name / "x.py").write_text("x = 1\n")
+    else:
+        (src / name).write_text("x = 1\n")
+    with pytest.raises(StockadeError, match="control or format character") as ei:
+        await registry.register_dir(src, "t1")
+    assert ei.value.code == "bundle.invalid"
+    assert await store.list("t1") == [] and version_dirs(registry) == []
+    (src / name).rename(src / "plain") if name == "sub\x07" else (src / name).unlink()
+    (src / "caf\u00e9 \U0001f469\u200d\U0001f4bb.py").write_text("x = 1\n")  # other scripts, emoji: fine
+    assert (await registry.register_dir(src, "t1")).name == "demo"
+
+
 async def test_invalid_bundles_change_nothing(registry: BundleRegistry, store: MemoryBundleStore, tmp_path: Path) -> None:
     bad = write_bundle(tmp_path / "bad")
     (bad / "bundle.yaml").write_text("name: demo\nversion: 1\n")
