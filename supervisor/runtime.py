@@ -58,13 +58,17 @@ class Runtime:
     sandbox_problems: list[str] = field(default_factory=list)
 
     async def start(self, *, workers: bool, watch: bool) -> None:
-        from supervisor.bundles.watcher import load_bundles_dir, watch_bundles_dir
+        from supervisor.bundles.watcher import bundles_dir_problem, load_bundles_dir, watch_bundles_dir
 
-        if self.settings.bundles_dir.is_dir():
+        problem = bundles_dir_problem(self.settings.bundles_dir)
+        if problem is None:
             await load_bundles_dir(self.registry, self.settings.bundles_dir)
             if watch and self.settings.watch_bundles:
                 self.tasks.append(asyncio.create_task(
                     watch_bundles_dir(self.registry, self.settings.bundles_dir, stop=self.stop_event)))
+        else:  # a typo or a missing mount started a node with no platform bundles and not a word said
+            log.warning("platform bundles folder %s (STOCKADE_BUNDLES_DIR) %s: no platform bundles are loaded",
+                        self.settings.bundles_dir, problem)
         if workers:
             self._claim_uids()  # before anything reaps "orphans" of the range: they may be another worker's
             warm_up = getattr(self.services.tools, "warm_up", None)

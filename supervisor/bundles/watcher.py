@@ -46,7 +46,7 @@ from supervisor.bundles.manifest import MANIFEST_FILE
 from supervisor.bundles.registry import BundleRegistry, BundleVersion
 from supervisor.errors import StockadeError
 
-__all__ = ["OnChange", "load_bundles_dir", "watch_bundles_dir"]
+__all__ = ["OnChange", "bundles_dir_problem", "load_bundles_dir", "watch_bundles_dir"]
 
 log = logging.getLogger("stockade.bundles")
 
@@ -84,6 +84,17 @@ def _is_bundle_folder(p: Path) -> bool:
         return p.is_dir() and (manifest.is_file() or manifest.is_symlink() or manifest.exists())
     except OSError:  # e.g. EACCES: is_dir/is_file only swallow "does not exist"
         return True
+
+
+def bundles_dir_problem(bundles_dir: Path) -> str | None:
+    """Why ``bundles_dir`` cannot be the platform bundles folder ("does not exist", ...), or None if it can."""
+    try:
+        st = os.stat(bundles_dir)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be looked at: {exc.strerror or exc}"
+    return None if stat.S_ISDIR(st.st_mode) else "is not a folder"
 
 
 def _bundle_folders(bundles_dir: Path) -> list[Path]:

@@ -234,3 +234,35 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "folder"])
+async def test_an_unusable_bundles_dir_is_one_warning_at_start_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture, kind: str) -> None:
+    """Found by an outside-in walkthrough: STOCKADE_BUNDLES_DIR=/nonexistent (or a regular file) started a node
+    with no platform bundles and not a line in its log. Now one WARNING names the folder and why."""
+    from supervisor.runtime import open_runtime
+    from supervisor.settings import load_settings
+
+    for k in list(os.environ):
+        if k.startswith("STOCKADE_"):
+            monkeypatch.delenv(k)
+    bundles = tmp_path / "bundles"
+    if kind == "file":
+        bundles.write_text("not a folder")
+    elif kind == "folder":
+        write_bundle(bundles / "ok", name="ok")
+    rt = await open_runtime(load_settings(data_dir=tmp_path / "data", bundles_dir=bundles, watch_bundles=False))
+    try:
+        with caplog.at_level(logging.WARNING):
+            await rt.start(workers=False, watch=False)
+        said = [r.getMessage() for r in caplog.records if str(bundles) in r.getMessage()]
+        if kind == "folder":
+            assert said == [] and [b.name for b in await rt.registry.list("t1")] == ["ok"]
+        else:
+            why = "does not exist" if kind == "missing" else "is not a folder"
+            assert said == [f"platform bundles folder {bundles} (STOCKADE_BUNDLES_DIR) {why}: no platform bundles "
+                            "are loaded"], caplog.text
+            assert [r.levelno for r in caplog.records if str(bundles) in r.getMessage()] == [logging.WARNING]
+    finally:
+        await rt.stop()
