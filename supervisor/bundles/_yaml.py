@@ -4,6 +4,7 @@
 and expand aliases (a "billion laughs" document stays small on disk but
 explodes once serialised to JSON for the store). We compose the node tree
 ourselves so errors found later (pydantic) can still be pinned to a line.
+Plain scalars are read as YAML 1.2, as in policies (``supervisor/yaml12.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from supervisor.yaml12 import CoreLoader
 
 __all__ = ["YamlProblem", "line_of", "load_document"]
 
@@ -24,7 +27,7 @@ class YamlProblem(Exception):
         self.message = message
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(CoreLoader):
     def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()

@@ -40,6 +40,15 @@ inf never compare true, a missing path never matches. Tool names must be
 ASCII ``[a-z0-9_.-]{1,128}``; look-alikes (``Echo``, full-width, zero-width
 joiners, NUL, trailing space) are refused, never normalised.
 
+YAML is read as YAML 1.2 (core schema), the same for policies, ``bundle.yaml`` and the
+LLM pricing file (``supervisor/yaml12.py``): booleans are ``true``/``false`` (``True``,
+``TRUE``), integers decimal, ``0o17`` or ``0x1F``, floats ``1.5``, ``1e3``, ``1e-3``.
+A plain value YAML 1.1 reads otherwise - ``yes no on off y n`` in any case, base-60
+``12:30``/``1:30:00``, leading-zero ``010``, ``1_000``, ``0b101``, a date - is refused
+with its line (``policy.invalid``), never guessed: quote it (``in: ["NO", "SE"]``) for
+a string. A policy stored before this rule is read as it was stored (YAML 1.1) until
+it is stored again.
+
 Names: a call may have aliases besides its name (``PolicyRequest.aliases``):
 every MCP call is ``mcp.<server>.<tool>`` and ``mcp.call``, whichever the
 bundle spelled (the chain turns ``mcp.call`` into the call it stands for), so a

@@ -4,7 +4,10 @@ Policies are untrusted input. The text is only *parsed* into YAML events
 (``yaml.parse``: no constructor ever runs on a tag) and the value is built
 here, event by event, accepting nothing but the JSON types:
 mappings with string keys, sequences, strings, integers, finite-or-not floats
-(range checks happen later), booleans and null. Everything else is refused
+(range checks happen later), booleans and null. Plain scalars are read as
+YAML 1.2 (core schema, ``supervisor/yaml12.py``): ``1e3`` is a number, and a
+spelling YAML 1.1 reads otherwise (``NO``, ``on``, ``12:30``, ``010``) is
+refused, never guessed. Everything else is refused
 with its line: ``!!python/*`` and any other explicit tag, timestamps, binary,
 sets, merge keys (``<<``), duplicate keys, anchors/aliases (a document that
 re-uses a node could expand exponentially when walked, "billion laughs"),
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from supervisor import yaml12
 
 __all__ = ["MAX_DEPTH", "MAX_POLICY_BYTES", "LoadedYaml", "YamlProblem", "load_yaml"]
 
@@ -68,8 +73,12 @@ class LoadedYaml:
             p = p[:-1]
 
 
-def load_yaml(text: str) -> LoadedYaml:
-    """Parse ``text``; raise ``YamlProblem`` with the line of the first problem."""
+def load_yaml(text: str, *, yaml11: bool = False) -> LoadedYaml:
+    """Parse ``text``; raise ``YamlProblem`` with the line of the first problem.
+
+    ``yaml11``: read plain scalars as YAML 1.1, as versions before YAML 1.2 reading did: only for a
+    document already stored, whose meaning (and version hash) must not change under its tenant.
+    """
     if not isinstance(text, str):
         raise YamlProblem(1, "policy must be YAML text")
     # Cheap check before encoding: a str never has fewer UTF-8 bytes than characters.
@@ -79,7 +88,7 @@ def load_yaml(text: str) -> LoadedYaml:
         raise YamlProblem(text[: text.index("\x00")].count("\n") + 1, "NUL character in policy text")
     out = LoadedYaml(data=None)
     try:
-        _Builder(out).run(yaml.parse(text, Loader=_Loader))
+        _Builder(out, yaml11=yaml11).run(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -107,8 +116,9 @@ class _Builder:
     ``MAX_DEPTH``.
     """
 
-    def __init__(self, out: LoadedYaml) -> None:
+    def __init__(self, out: LoadedYaml, *, yaml11: bool = False) -> None:
         self.out = out
+        self.yaml11 = yaml11
         self.stack: list[_Frame] = []
         self.resolver = yaml.resolver.Resolver()
         self.constructor = yaml.SafeLoader("")  # decodes plain scalars of the JSON tags only
@@ -171,12 +181,22 @@ class _Builder:
 
     def _scalar(self, ev: Any, line: int) -> None:
         tag = ev.tag
+        top = self.stack[-1] if self.stack else None
+        is_key = isinstance(top, _Frame) and isinstance(top.container, dict) and top.key is None
         if tag is None or tag == "!":
-            tag = self.resolver.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+            if is_key and ev.implicit[0] and ev.value == "<<":
+                raise YamlProblem(line, "merge keys (<<) are not allowed in a policy")
+            if ev.implicit[0] and not self.yaml11:
+                try:
+                    tag = yaml12.plain_tag(ev.value)
+                except yaml12.AmbiguousScalar as exc:
+                    raise YamlProblem(line, str(exc)) from None
+            else:
+                tag = self.resolver.resolve(yaml.ScalarNode, ev.value, ev.implicit)
         if "\x00" in ev.value:  # a double-quoted "\0" escape: stored text takes no NUL (supervisor/storable.py)
             raise YamlProblem(line, "NUL characters (U+0000) are not accepted")
-        top = self.stack[-1] if self.stack else None
-        if isinstance(top, _Frame) and isinstance(top.container, dict) and top.key is None:
+        if is_key:
+            assert isinstance(top, _Frame) and isinstance(top.container, dict)
             if tag == "tag:yaml.org,2002:merge":
                 raise YamlProblem(line, "merge keys (<<) are not allowed in a policy")
             if tag != _STR:
@@ -191,7 +211,7 @@ class _Builder:
             raise YamlProblem(line, f"tag {_short(tag)} is not allowed (quote the value to make it a string)")
         node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)
         try:
-            value = build(self.constructor, node)
+            value = build(self.constructor, node) if self.yaml11 else yaml12.construct(tag, ev.value)
         except (ValueError, yaml.YAMLError) as exc:  # e.g. an integer with more digits than Python converts
             raise YamlProblem(line, f"bad value: {str(exc).splitlines()[0][:100]}") from None
         self._slot(line, "scalar")

@@ -43,10 +43,12 @@ def load_policy(yaml_text: str, *, source: str = "policy", layer: str = "tenant"
     ``stored``: a document already stored, which an older version accepted: ``version: 1.0`` or ``true``
     (refused since a104fb1, as any new document still is) reads as 1 - else every call of its tenant was
     refused ``policy.unavailable`` after an upgrade until an admin stored it again. Its version (the hash
-    of the document as written) is unchanged.
+    of the document as written) is unchanged. Its plain scalars are read as YAML 1.1, as when it was
+    stored: a stored ``in: [NO, SE]`` keeps its meaning (and its tenant's calls keep working) until an
+    admin stores the document again, which reads YAML 1.2 and refuses the ambiguous ``NO``.
     """
     try:
-        loaded = load_yaml(yaml_text)
+        loaded = load_yaml(yaml_text, yaml11=stored)
     except YamlProblem as exc:
         raise PolicyError([str(exc)], source=source) from None
     if not isinstance(loaded.data, dict):

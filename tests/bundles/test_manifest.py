@@ -112,7 +112,7 @@ def test_bad_tools_and_policy_shapes() -> None:
 def test_yaml_errors_carry_line_numbers() -> None:
     err = invalid('name: x\nversion: "1"\ntools: [echo\n')
     assert err.detail.startswith("bundle.yaml line ")
-    err = invalid('name: x\nversion: "1"\nname: y\n')
+    err = invalid('name: x\nversion: "1"\nname: z\n')
     assert err.detail == "bundle.yaml line 3: duplicate key 'name'"
     err = invalid('name: &n x\nversion: "1"\ndescription: *n\n')
     assert "line 3: YAML aliases" in err.detail
@@ -146,7 +146,7 @@ def test_a_description_may_have_lines_tabs_and_any_script() -> None:
 
 
 def test_multiple_documents_are_refused() -> None:
-    err = invalid('name: x\nversion: "1"\n---\nname: y\n')
+    err = invalid('name: x\nversion: "1"\n---\nname: z\n')
     assert err.detail.startswith("bundle.yaml line 3")
 
 
@@ -212,3 +212,13 @@ def test_validate_bundle_files() -> None:
         validate_bundle_files({"bundle.yaml": b'name: x\nversion: "1"\n'})
     with pytest.raises(StockadeError, match="app/run.py line 1: main must be"):
         validate_bundle_files({**files, "app/run.py": b"def main(ctx): ..."})
+
+
+def test_yaml_1_1_spellings_are_refused_as_in_policies() -> None:
+    # bundle.yaml is read with the policy's YAML 1.2 rules: NO, on, 12:30, 010 are refused, never guessed
+    err = invalid('name: x\nversion: "1"\npolicy:\n  rules:\n    - {id: r, tool: echo, when: {args.c: {in: [NO]}}, verdict: deny}\n')
+    assert err.detail.startswith("bundle.yaml line 5: ") and "quote it" in err.detail, err.detail
+    assert "line 3: " in invalid('name: x\nversion: "1"\ndescription: on\n').detail
+    assert "line 3: " in invalid('name: x\nversion: "1"\nlimits: {timeout_s: 010}\n').detail
+    m = parse_manifest('name: x\nversion: "1"\nlimits: {timeout_s: 1e2}\ndescription: "NO"\n')
+    assert m.limits.timeout_s == 100 and m.description == "NO"

@@ -123,7 +123,7 @@ def test_every_error_is_collected_with_its_own_line():
     ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    delay_s: 1\n", 3, "delay_s"),
     ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: downgrade\n", 3, "downgrade"),
     ("version: 1\nrules:\n  - id: a\n    tool: llm.chat\n    verdict: downgrade\n    downgrade: {model: x}\n", 6, "not a valid name"),
-    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when: {n: {gt: 1}}\n", 6, "not a valid name"),
+    ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when: {size: {gt: 1}}\n", 6, "not a valid name"),  # not args.size (a bare `n` is now refused as a YAML 1.1 boolean first)
     ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {bigger: 1}\n", 7, "unknown key 'bigger'"),
     ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {}\n", 7, "at least one operator"),
     ("version: 1\nrules:\n  - id: a\n    tool: echo\n    verdict: allow\n    when:\n      args.n: {gt: '2000'}\n", 7, "finite number"),
@@ -319,3 +319,54 @@ def test_a_stored_policy_an_older_version_accepted_still_loads(written):
 def test_a_stored_policy_with_another_version_is_still_refused(written):
     with pytest.raises(PolicyError):
         load_policy(f"version: {written}\nrules: []\n", stored=True)
+
+
+# YAML 1.1 spellings that PyYAML read as something else than they look: `in: [NO, SE]` became
+# [false, "SE"] and the deny rule never fired; 12:30 was 750, 010 was 8. Refused, with a hint to quote.
+@pytest.mark.parametrize("value, fragment", [
+    ("NO", "boolean in YAML 1.1"), ("no", "boolean"), ("Yes", "boolean"), ("on", "boolean"), ("OFF", "boolean"),
+    ("y", "boolean"), ("n", "boolean"), ("12:30", "base-60"), ("1:30:00", "base-60"), ("010", "leading zero"),
+    ("1_000", "quote"), ("0b101", "quote"),
+])
+def test_yaml_1_1_only_spellings_are_refused_with_their_line(value, fragment):
+    text = f"version: 1\nrules:\n  - id: r\n    tool: echo\n    when:\n      args.x: {{in: [SE, {value}]}}\n    verdict: deny\n"
+    errs = validate_policy_text(text)
+    assert errs and errs[0].startswith("line 6: "), errs
+    assert fragment in errs[0] and "quote" in errs[0], errs
+    # quoted, it is the string it looks like
+    p = load_policy(text.replace(f", {value}]", f", '{value}']"))
+    assert p.rules[0].conditions[0].operand == ("SE", value)
+
+
+def test_yaml_1_2_numbers_and_booleans_are_read_as_written():
+    p = load_policy(dedent("""\
+        version: 1
+        rules:
+          - id: r
+            tool: echo
+            when:
+              args.n: {gt: 1e3, lt: 2.5E+4}
+              args.m: {in: [0o17, 0x1F, 10, TRUE, False, Null]}
+            verdict: deny
+        prices: {echo: 1e-3, "kb.*": 2e-3}
+        """))
+    assert p.prices == {"echo": 0.001, "kb.*": 0.002}
+    ops = {(c.path, c.op): c.operand for c in p.rules[0].conditions}
+    assert ops[(("n",), "gt")] == 1000.0 and ops[(("n",), "lt")] == 25000.0
+    assert ops[(("m",), "in")] == (15, 31, 10, True, False, None)
+    assert [type(v) for v in ops[(("m",), "in")]][:4] == [int, int, int, bool]
+
+
+def test_explicit_tags_are_read_as_yaml_1_2_too():
+    assert load_policy("version: 1\nrules: []\nprices: {echo: !!float 1e-3}\n").prices == {"echo": 0.001}
+    errs = validate_policy_text("version: 1\nrules: []\nprices: {echo: !!int 010}\n")
+    assert errs and errs[0].startswith("line 3: ") and "!!int" in errs[0], errs
+
+
+def test_a_stored_policy_keeps_the_meaning_it_was_stored_with():
+    # A document an older version stored is read as then (YAML 1.1): its tenant's calls keep working and its
+    # version hash is unchanged, until an admin stores it again (which refuses the ambiguous NO).
+    text = "version: 1\nrules:\n  - {id: r, tool: echo, when: {args.x: {in: [NO, SE]}}, verdict: deny}\n"
+    assert validate_policy_text(text)
+    p = load_policy(text, stored=True)
+    assert p.rules[0].conditions[0].operand == (False, "SE")

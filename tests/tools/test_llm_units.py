@@ -169,6 +169,16 @@ def test_bad_pricing_file_is_one_clear_settings_error(tmp_path: Path, text: str)
     assert "\n" not in str(ei.value)
 
 
+def test_pricing_file_reads_yaml_1_2(tmp_path: Path) -> None:
+    # 1e-3 was a string under YAML 1.1 ("prices must be numbers"); an ambiguous `on` is refused with its line
+    f = tmp_path / "prices.yaml"
+    f.write_text("models:\n  openai/x: {input: 1e-1, output: 2e0}\n")
+    assert LlmPricing.load(f).price_for("openai/x") == Price(Decimal("0.1"), Decimal("2.0"))
+    f.write_text("models:\n  openai/x: {input: 1, output: 1}\n  on: {input: 1, output: 1}\n")
+    with pytest.raises(SettingsError, match="line 3: 'on' is a boolean in YAML 1.1"):
+        LlmPricing.load(f)
+
+
 def test_missing_pricing_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="STOCKADE_LLM_PRICING_FILE"):
         LlmPricing.load(tmp_path / "nope.yaml")

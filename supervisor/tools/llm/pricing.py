@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from supervisor import yaml12
 from supervisor.settings import SettingsError
 
 __all__ = ["LlmPricing", "Price", "PriceOverrides"]
@@ -102,11 +103,14 @@ def _read(path: Path) -> Any:
         raise SettingsError(f"invalid setting STOCKADE_LLM_PRICING_FILE: {path} is not UTF-8 text (byte "
                             f"{exc.start})") from None
     try:
-        return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return json.loads(text) if str(path).endswith(".json") else yaml12.safe_load(text)
     except RecursionError:
         raise SettingsError(f"invalid setting STOCKADE_LLM_PRICING_FILE: {path} is nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        mark = getattr(exc, "problem_mark", None)
+        if isinstance(exc, yaml.MarkedYAMLError) and mark is not None and exc.problem:
+            first = f"line {mark.line + 1}: {exc.problem.splitlines()[0]}"
         raise SettingsError(
             f"invalid setting STOCKADE_LLM_PRICING_FILE: {path} is not valid JSON/YAML: {first}"
         ) from None
