@@ -12,7 +12,8 @@ A tenant's policy is one YAML document (``PUT /v1/policy``)::
         resource: "/ws/**"         # optional glob over the RESOLVED resource: ** crosses /, * does not
         role: [admin, member]      # optional principal matchers, a value or a list:
         user: u_123                #   role, user, project (a call without a user/project
-        project: p_1               #   never matches a user/project matcher)
+        project: p_1               #   never matches a user/project matcher); roles are exactly
+        #   admin, member, approver, viewer (a key's roles): any other name (Admin, admn) is refused
         when:                      # optional; every condition must hold
           args.n: {gt: 100}        # eq ne in not_in gt gte lt lte contains matches
         content: "(?i)password"    # optional RE2 pattern(s) searched in every argument string and key

@@ -56,7 +56,7 @@ def load_policy(yaml_text: str, *, source: str = "policy", layer: str = "tenant"
                           source=source)
     legacy = stored and loaded.data.get("version") in (1.0, True) and type(loaded.data.get("version")) is not int
     return _build(PolicyDoc, loaded, source=source, layer=layer,
-                  data={**loaded.data, "version": 1} if legacy else None)
+                  data={**loaded.data, "version": 1} if legacy else None, stored=stored)
 
 
 def validate_policy_text(yaml_text: str) -> list[str]:
@@ -68,16 +68,17 @@ def validate_policy_text(yaml_text: str) -> list[str]:
     return []
 
 
-def load_bundle_policy(obj: dict[str, Any] | None, *, source: str = "bundle") -> Policy | None:
+def load_bundle_policy(obj: dict[str, Any] | None, *, source: str = "bundle", stored: bool = False) -> Policy | None:
     """A bundle's narrowing layer from the already-parsed ``policy:`` of bundle.yaml (``rules:`` only).
 
-    ``None`` or an empty mapping means the bundle adds no rules.
+    ``None`` or an empty mapping means the bundle adds no rules. ``stored``: the manifest of a version
+    already registered, which checks added since (an unknown role) must not refuse (see ``load_policy``).
     """
     if obj is None or obj == {}:
         return None
     if not isinstance(obj, dict):
         raise PolicyError(["policy: must be a mapping with rules: [...]"], source=source)
-    return _build(BundlePolicyDoc, LoadedYaml(data=obj), source=source, layer="bundle", lines=False)
+    return _build(BundlePolicyDoc, LoadedYaml(data=obj), source=source, layer="bundle", lines=False, stored=stored)
 
 
 @functools.cache
@@ -88,9 +89,9 @@ def default_policy() -> Policy:
 
 
 def _build(model: Any, loaded: LoadedYaml, *, source: str, layer: str, lines: bool = True,
-           data: Any = None) -> Policy:
+           data: Any = None, stored: bool = False) -> Policy:
     try:
-        doc = model.model_validate(loaded.data if data is None else data)
+        doc = model.model_validate(loaded.data if data is None else data, context={"stored": stored})
     except ValidationError as exc:
         raise PolicyError(_format(exc, loaded, lines), source=source) from None
     problems = _semantic(doc)

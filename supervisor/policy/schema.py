@@ -11,12 +11,13 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from supervisor.policy import _regex
 from supervisor.policy._glob import GlobProblem, resource_glob, tool_glob
 from supervisor.policy.conditions import OPS
 from supervisor.policy.model import Condition
+from supervisor.stores.records import ROLES
 
 __all__ = [
     "LIMIT_NAMES", "MAX_DELAY_S", "MAX_LIST", "MAX_RULES", "MAX_VELOCITY", "MAX_WINDOW_S",
@@ -53,6 +54,20 @@ def _str_list(v: Any) -> tuple[str, ...]:
     if len(items) > MAX_LIST:
         raise ValueError(f"at most {MAX_LIST} entries")
     return tuple(items)
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """A document an older version stored (``load_policy(stored=True)``): checks added since then do not refuse it,
+    or an upgrade would refuse every call of its tenant (``policy.unavailable``) until an admin stored it again."""
+    return bool(info.context and info.context.get("stored"))
+
+
+def _roles(v: Any, info: ValidationInfo) -> frozenset[str]:
+    names = _str_list(v)
+    unknown = [n for n in names if n not in ROLES]
+    if unknown and not _stored(info):  # `Admin` or `admn` validated, then never matched a key
+        raise ValueError(f"unknown role {unknown[0]!r:.60}: a role is one of {', '.join(ROLES)}")
+    return frozenset(names)
 
 
 def _globs(make: Any) -> Any:
@@ -148,6 +163,7 @@ ToolGlobs = Annotated[Any, BeforeValidator(_globs(tool_glob))]
 ResourceGlobs = Annotated[Any, BeforeValidator(_globs(resource_glob))]
 ToolGlob = Annotated[Any, BeforeValidator(_one_tool_glob)]
 Names = Annotated[Any, BeforeValidator(lambda v: frozenset(_str_list(v)))]
+Roles = Annotated[Any, BeforeValidator(_roles)]
 Patterns = Annotated[Any, BeforeValidator(_patterns)]
 WhenPath = Annotated[str, AfterValidator(_regexp(_WHEN_PATH.pattern))]
 ArgName = Annotated[str, AfterValidator(_regexp(_ARG_NAME.pattern))]
@@ -230,7 +246,7 @@ class RuleDoc(_Strict):
     reason: str | None = Field(None, max_length=MAX_REASON)
     resource: ResourceGlobs = None
     when: dict[WhenPath, ConditionDoc] | None = Field(None, max_length=64)
-    role: Names = None
+    role: Roles = None
     user: Names = None
     project: Names = None
     content: Patterns = None

@@ -510,7 +510,8 @@ class Worker:
         raw = getattr(version.manifest, "policy", None)
         if not raw or self.bundle_policy_loader is None:
             return None
-        return self.bundle_policy_loader(_dump(raw), source=f"bundle {version.name}")
+        # stored: a version registered before a newer check (an unknown role, a price bound) still runs as it did
+        return self.bundle_policy_loader(_dump(raw), source=f"bundle {version.name}", stored=True)
 
 
 def _dump(obj: Any) -> Any:

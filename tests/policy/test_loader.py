@@ -370,3 +370,17 @@ def test_a_stored_policy_keeps_the_meaning_it_was_stored_with():
     assert validate_policy_text(text)
     p = load_policy(text, stored=True)
     assert p.rules[0].conditions[0].operand == (False, "SE")
+
+
+@pytest.mark.parametrize("role, bad", [("Admin", "Admin"), ("[admn]", "admn"), ("[admin, owner]", "owner")])
+def test_a_role_outside_the_closed_set_is_refused_with_its_line(role, bad):
+    # before: `role: Admin` validated, and the rule then never matched any key
+    text = f"version: 1\nrules:\n  - id: a\n    tool: echo\n    role: {role}\n    verdict: deny\n  - {{id: b, tool: echo, verdict: allow}}\n"
+    errs = validate_policy_text(text)
+    assert errs == [f"line 5: rules[0].role: unknown role {bad!r}: a role is one of admin, member, approver, viewer"]
+    with pytest.raises(PolicyError):
+        load_bundle_policy({"rules": [{"id": "a", "tool": "echo", "role": bad, "verdict": "deny"}]})
+    # every real role is fine; a stored document (or bundle version) keeps loading as it did
+    assert validate_policy_text(text.replace(f"role: {role}", "role: [admin, member, approver, viewer]")) == []
+    assert bad in load_policy(text, stored=True).rules[0].roles
+    assert load_bundle_policy({"rules": [{"id": "a", "tool": "echo", "role": bad, "verdict": "deny"}]}, stored=True)
