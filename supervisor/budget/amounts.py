@@ -7,12 +7,15 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from supervisor.errors import StockadeError
 
-__all__ = ["MAX_MICRO", "MICRO_PER_USD", "micro_to_usd", "usd_to_micro"]
+__all__ = ["MAX_LLM_PRICE_PER_MTOK", "MAX_MICRO", "MICRO_PER_USD", "micro_to_usd", "usd_to_micro"]
 
 MICRO_PER_USD = 1_000_000
 # A bigint column holds 9.2e18 micro-USD; a single amount is kept far below so that sums of
 # spent + reserved + amount can never overflow in SQL.
 MAX_MICRO = 10**15  # 1e9 USD
+# An LLM price (USD per million tokens) above this is a typo: checked where a policy is written and
+# where a price is used (supervisor/tools/llm/pricing.py).
+MAX_LLM_PRICE_PER_MTOK = 100_000
 
 
 def usd_to_micro(usd: float | int | str | Decimal) -> int:
@@ -30,7 +33,10 @@ def usd_to_micro(usd: float | int | str | Decimal) -> int:
         raise StockadeError("input.invalid", f"{usd!r} is not an amount in USD") from None
     if not d.is_finite():
         raise StockadeError("input.invalid", "an amount must be a finite number")
-    micro = int((d * MICRO_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    if abs(d) > MAX_MICRO:  # 1e300 would overflow the quantize below (decimal.InvalidOperation, a traceback)
+        micro = -1 if d < 0 else MAX_MICRO + 1
+    else:
+        micro = int((d * MICRO_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     if micro < 0:
         raise StockadeError("input.invalid", "an amount cannot be negative")
     if micro > MAX_MICRO:

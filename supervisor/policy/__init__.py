@@ -30,8 +30,9 @@ A tenant's policy is one YAML document (``PUT /v1/policy``)::
         #   default 1) distinct keys - and distinct users, for keys bound to one - must approve; one reject
         #   rejects. separate: the key that started the run, any key bound to the run's user and any key made
         #   after the request may not decide
-    prices: {echo: 0.001, "mcp.*": 0.01}   # USD per call; exact name first, else first matching glob
-    llm_prices: {openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}}
+    prices: {echo: 0.001, "mcp.*": 0.01}   # USD per call; exact name first, else first matching glob;
+    #   0, or 0.000001 (one micro-USD) to 1000000000: a smaller positive price would round to 0 (free)
+    llm_prices: {openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}}  # USD, 0 to 100000
     limits: {tenant_per_s: 20, tenant_burst: 40}   # rate-limit overrides (supervisor.limits names)
     egress: {}                     # reserved; no keys yet
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
+from supervisor.budget.amounts import MAX_LLM_PRICE_PER_MTOK, MAX_MICRO, MICRO_PER_USD, usd_to_micro
+from supervisor.errors import StockadeError
 from supervisor.policy import _regex
 from supervisor.policy._glob import GlobProblem, resource_glob, tool_glob
 from supervisor.policy.conditions import OPS
@@ -169,7 +171,33 @@ WhenPath = Annotated[str, AfterValidator(_regexp(_WHEN_PATH.pattern))]
 ArgName = Annotated[str, AfterValidator(_regexp(_ARG_NAME.pattern))]
 ModelId = Annotated[str, AfterValidator(_regexp(_MODEL_ID.pattern))]
 PriceKey = Annotated[str, AfterValidator(_price_key)]
-Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+MAX_CALL_PRICE_USD = MAX_MICRO // MICRO_PER_USD
+
+
+def _call_price(v: float, info: ValidationInfo) -> float:
+    """Checked as the budget step will convert it (``usd_to_micro``), so a written price is one a call can use."""
+    if _stored(info):
+        return v
+    if v > MAX_CALL_PRICE_USD:  # 1e300 failed every call with a traceback, 1e12 with input.invalid
+        raise ValueError(f"a price is at most {MAX_CALL_PRICE_USD} USD per call (got {v!r:.40})")
+    try:
+        micro = usd_to_micro(v)
+    except StockadeError as exc:
+        raise ValueError(exc.detail) from None
+    if v > 0 and micro == 0:  # it would round to 0: a free tool
+        raise ValueError("a positive price is at least 0.000001 USD (one micro-USD): this one would round to 0,"
+                         " a free call")
+    return v
+
+
+def _llm_price(v: float, info: ValidationInfo) -> float:
+    if v > MAX_LLM_PRICE_PER_MTOK and not _stored(info):  # else every llm.chat call was refused at call time
+        raise ValueError(f"an LLM price is at most {MAX_LLM_PRICE_PER_MTOK} USD per million tokens (got {v!r:.40})")
+    return v
+
+
+CallPrice = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_call_price)]
+LlmPrice = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_llm_price)]
 
 
 class ConditionDoc(_Strict):
@@ -270,8 +298,8 @@ class RuleDoc(_Strict):
 
 
 class LlmPriceDoc(_Strict):
-    input_per_mtok: Usd
-    output_per_mtok: Usd
+    input_per_mtok: LlmPrice
+    output_per_mtok: LlmPrice
 
 
 class LimitsDoc(_Strict):
@@ -298,7 +326,7 @@ def _version(v: Any) -> Any:
 class PolicyDoc(_Strict):
     version: Annotated[Literal[1], BeforeValidator(_version)]
     rules: list[RuleDoc] = Field(max_length=MAX_RULES)
-    prices: dict[PriceKey, Usd] = Field(default_factory=dict, max_length=MAX_RULES)
+    prices: dict[PriceKey, CallPrice] = Field(default_factory=dict, max_length=MAX_RULES)
     llm_prices: dict[ModelId, LlmPriceDoc] = Field(default_factory=dict, max_length=MAX_RULES)
     limits: LimitsDoc | None = None
     egress: EgressDoc | None = None

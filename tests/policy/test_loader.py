@@ -384,3 +384,26 @@ def test_a_role_outside_the_closed_set_is_refused_with_its_line(role, bad):
     assert validate_policy_text(text.replace(f"role: {role}", "role: [admin, member, approver, viewer]")) == []
     assert bad in load_policy(text, stored=True).rules[0].roles
     assert load_bundle_policy({"rules": [{"id": "a", "tool": "echo", "role": bad, "verdict": "deny"}]}, stored=True)
+
+
+@pytest.mark.parametrize("prices, fragment", [
+    ("prices: {echo: 1.0e+300}", "prices.echo: a price is at most 1000000000 USD per call"),  # was: every call a traceback
+    ("prices: {echo: 1000000000000}", "prices.echo: a price is at most 1000000000 USD per call"),  # was: input.invalid per call
+    ("prices: {echo: 0.0000001}", "prices.echo: a positive price is at least 0.000001 USD"),  # was: a free tool
+    ("llm_prices: {openai/gpt-x: {input_per_mtok: 1.0e+300, output_per_mtok: 1}}",
+     "llm_prices.openai/gpt-x.input_per_mtok: an LLM price is at most 100000 USD per million tokens"),
+    ("llm_prices: {openai/gpt-x: {input_per_mtok: 1, output_per_mtok: 100001}}",
+     "llm_prices.openai/gpt-x.output_per_mtok: an LLM price is at most"),
+])
+def test_prices_out_of_the_range_calls_accept_are_refused_when_written(prices, fragment):
+    # before: accepted by `policy validate` and PUT /v1/policy, then every priced call failed
+    errs = validate_policy_text(f"version: 1\nrules: []\n{prices}\n")
+    assert len(errs) == 1 and errs[0].startswith(f"line 3: {fragment}"), errs
+    # a document stored before is still loaded (its calls fail as they did, with a clear error)
+    assert load_policy(f"version: 1\nrules: []\n{prices}\n", stored=True)
+
+
+def test_prices_at_the_bounds_are_accepted():
+    p = load_policy("version: 1\nrules: []\nprices: {echo: 1000000000, kb.add: 0.000001, kb.search: 0.0000005, code.run: 0}\n"
+                    "llm_prices: {openai/gpt-x: {input_per_mtok: 100000, output_per_mtok: 0}}\n")
+    assert p.prices["echo"] == 1e9 and p.llm_prices["openai/gpt-x"]["input_per_mtok"] == 100000

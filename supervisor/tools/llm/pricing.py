@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from supervisor import yaml12
+from supervisor.budget.amounts import MAX_LLM_PRICE_PER_MTOK
 from supervisor.settings import SettingsError
 
 __all__ = ["LlmPricing", "Price", "PriceOverrides"]
@@ -28,7 +29,7 @@ PriceOverrides = Mapping[str, Mapping[str, float]]  # "provider/name" (or glob, 
 
 SHIPPED = Path(__file__).with_name("prices.yaml")
 _SNAPSHOT = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
-_MAX_PRICE = Decimal(100_000)  # USD per million tokens; anything above is a typo
+_MAX_PRICE = Decimal(MAX_LLM_PRICE_PER_MTOK)  # USD per million tokens; anything above is a typo
 
 
 @dataclass(frozen=True)
