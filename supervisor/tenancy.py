@@ -7,6 +7,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.budget.amounts import cap_to_micro
 from supervisor.errors import StockadeError
 from supervisor.ids import new_id
 from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
@@ -83,9 +84,10 @@ async def create_tenant(services: Any, name: str, *, budget_usd: float | None = 
     # every check before the first write: a refused request leaves no tenant behind
     if budget_usd is not None and not 0 <= budget_usd <= 1e9:  # NaN fails both comparisons
         raise StockadeError("input.invalid", "--budget-usd must be a number from 0 to 1,000,000,000")
+    cap_micro = cap_to_micro(budget_usd, "--budget-usd") if budget_usd is not None else 0
     tenant = await services.tenants.create_tenant(name)
     if budget_usd is not None:
-        await services.ledger.set_cap(tenant.id, "tenant", tenant.id, int(round(budget_usd * 1_000_000)), "month")
+        await services.ledger.set_cap(tenant.id, "tenant", tenant.id, cap_micro, "month")
     key = await create_key(services, tenant.id, "admin")
     return tenant, key
 

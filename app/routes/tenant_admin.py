@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import MAX_ID, READ_ROLES, require_role, require_tenant_wide, runtime
 from app.strict_json import StrictJSONRoute
-from supervisor.budget import usd_to_micro
+from supervisor.budget import cap_to_micro
 from supervisor.errors import StockadeError
 from supervisor.policy import MAX_POLICY_BYTES  # one limit: what `stockade policy validate` accepts, PUT accepts
 from supervisor.storable import Text
@@ -83,12 +83,12 @@ async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal
             raise StockadeError("not_found", f"no project {sid}")
         if cap.scope == "user" and await s.tenants.get_user(p.tenant_id, sid) is None:
             raise StockadeError("not_found", f"no user {sid}")
-        if any((cap.scope, sid) == (seen.scope, seen_id) for seen, seen_id in resolved):
+        if any((cap.scope, sid) == (seen.scope, seen_id) for seen, seen_id, _ in resolved):
             # an account has one cap: two entries for it contradict each other (the last one won, silently)
             raise StockadeError("input.invalid", f"the {cap.scope} budget {sid} is named twice")
-        resolved.append((cap, sid))
+        resolved.append((cap, sid, cap_to_micro(cap.cap_usd, f"{cap.scope} budget cap")))
     # one transaction: a failure part-way (the database going away) leaves every cap as it was
-    await s.ledger.set_caps(p.tenant_id, [(cap.scope, sid, usd_to_micro(cap.cap_usd), cap.period) for cap, sid in resolved])
+    await s.ledger.set_caps(p.tenant_id, [(cap.scope, sid, micro, cap.period) for cap, sid, micro in resolved])
     return await get_budgets(rt, p)
 
 

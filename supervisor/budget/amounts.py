@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from supervisor.errors import StockadeError
 
-__all__ = ["MAX_LLM_PRICE_PER_MTOK", "MAX_MICRO", "MICRO_PER_USD", "micro_to_usd", "usd_to_micro"]
+__all__ = ["MAX_LLM_PRICE_PER_MTOK", "MAX_MICRO", "MICRO_PER_USD", "cap_to_micro", "micro_to_usd", "usd_to_micro"]
 
 MICRO_PER_USD = 1_000_000
 # A bigint column holds 9.2e18 micro-USD; a single amount is kept far below so that sums of
@@ -41,6 +41,16 @@ def usd_to_micro(usd: float | int | str | Decimal) -> int:
         raise StockadeError("input.invalid", "an amount cannot be negative")
     if micro > MAX_MICRO:
         raise StockadeError("input.invalid", f"an amount cannot exceed {MAX_MICRO // MICRO_PER_USD} USD")
+    return micro
+
+
+def cap_to_micro(usd: float | int | str | Decimal, what: str = "budget cap") -> int:
+    """A cap (or price) in USD -> micro-USD; a positive one that would round to 0 is ``input.invalid``:
+    a cap of 0 blocks every priced call, which 0.0000001 never meant."""
+    micro = usd_to_micro(usd)
+    if micro == 0 and Decimal(str(usd).strip()) > 0:
+        raise StockadeError("input.invalid", f"a positive {what} is at least 0.000001 USD (one micro-USD):"
+                                             " this one would round to 0")
     return micro
 
 

@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 
+from supervisor.errors import StockadeError
+
 pytestmark = [pytest.mark.timeout(60)]
 
 YAML = {"Content-Type": "application/yaml"}
@@ -35,3 +37,24 @@ async def test_a_policy_price_no_call_could_use_is_refused_when_put(node, prices
         assert body["errors"][0].startswith("line 3: "), body
         after = await c.get("/v1/policy")
         assert (after.status_code, after.text) == (before.status_code, before.text)
+
+
+@pytest.mark.parametrize("cap", [0.0000001, 0.0000004])
+async def test_a_positive_budget_cap_that_rounds_to_zero_is_refused(node, cap):
+    # was: 200 with cap_usd 0.0, a cap that blocks every priced call
+    _tid, key = await node.tenant()
+    c = node.client(key)
+    async with asyncio.timeout(20):
+        before = (await c.get("/v1/budgets")).json()["data"]
+        r = await c.put("/v1/budgets", json={"budgets": [{"scope": "tenant", "cap_usd": cap}]})
+        body = _problem(r, 422, "input.invalid")
+        assert "at least 0.000001 USD" in body["detail"], body
+        assert (await c.get("/v1/budgets")).json()["data"] == before
+        # 0 is a cap (nothing may be spent) and half a micro-USD rounds up to one
+        for ok, micro in ((0, 0), (0.0000005, 1)):
+            r = await c.put("/v1/budgets", json={"budgets": [{"scope": "tenant", "cap_usd": ok}]})
+            assert r.status_code == 200 and r.json()["data"][0]["cap_usd"] == micro / 1e6, r.text
+        # the same for a tenant made with `stockade tenant create --budget-usd` (was: a tenant cap of 0)
+        with pytest.raises(StockadeError) as err:
+            await node.tenant(budget_usd=0.0000001)
+        assert err.value.code == "input.invalid" and "at least 0.000001 USD" in err.value.detail
