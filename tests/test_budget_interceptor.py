@@ -136,6 +136,17 @@ def test_domain_amounts_periods_scopes():
     assert scopes_for(b) == [("tenant", "t"), ("user", "u")]
 
 
+def test_budget_refusals_write_usd_without_an_exponent():
+    # was: "The user budget (0.00015 USD) has 5e-05 USD left; ..." (and 1.23457e+06 for a large cap)
+    from supervisor.budget import exceeded_error, format_usd
+
+    err = exceeded_error("user", "u", 150, 50, 100)
+    assert err.detail == "The user budget (0.00015 USD) has 0.00005 USD left; this call may cost up to 0.0001 USD."
+    assert err.to_dict()["remaining_usd"] == 0.00005  # the JSON fields stay numbers
+    assert [format_usd(m) for m in (0, 1, 10, 1_000_000, 1_234_567_500_000, 10**15, -5)] == [
+        "0", "0.000001", "0.00001", "1", "1234567.5", "1000000000", "-0.000005"]
+
+
 async def test_over_cap_call_never_reaches_next(env: Env):
     await env.ledger.set_cap(env.tenant_id, "tenant", env.tenant_id, 1_000)
     nxt = Next()

@@ -12,7 +12,7 @@ on its month row and its lifetime row (``periods``), so a cap that switches peri
 what was spent.
 """
 
-from supervisor.budget.amounts import MAX_MICRO, MICRO_PER_USD, cap_to_micro, micro_to_usd, usd_to_micro
+from supervisor.budget.amounts import MAX_MICRO, MICRO_PER_USD, cap_to_micro, format_usd, micro_to_usd, usd_to_micro
 from supervisor.budget.estimate import CostEstimate, estimate_cost, worst_case_micro
 from supervisor.budget.exceeded import exceeded_error
 from supervisor.budget.periods import LIFETIME, PERIODS, period_key
@@ -21,6 +21,6 @@ from supervisor.budget.settle import WARN_PCT, AccountState, Settled, settle
 
 __all__ = [
     "LIFETIME", "MAX_MICRO", "MICRO_PER_USD", "PERIODS", "TIERS", "WARN_PCT", "AccountState", "CostEstimate", "Settled", "cap_to_micro", "check_amount", "check_cap",
-    "check_scopes", "estimate_cost", "exceeded_error", "micro_to_usd", "period_key", "scopes_for", "settle", "tier_order",
+    "check_scopes", "estimate_cost", "exceeded_error", "format_usd", "micro_to_usd", "period_key", "scopes_for", "settle", "tier_order",
     "usd_to_micro", "worst_case_micro",
 ]

@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from supervisor.errors import StockadeError
 
-__all__ = ["MAX_LLM_PRICE_PER_MTOK", "MAX_MICRO", "MICRO_PER_USD", "cap_to_micro", "micro_to_usd", "usd_to_micro"]
+__all__ = ["MAX_LLM_PRICE_PER_MTOK", "MAX_MICRO", "MICRO_PER_USD", "cap_to_micro", "format_usd", "micro_to_usd", "usd_to_micro"]
 
 MICRO_PER_USD = 1_000_000
 # A bigint column holds 9.2e18 micro-USD; a single amount is kept far below so that sums of
@@ -57,3 +57,9 @@ def cap_to_micro(usd: float | int | str | Decimal, what: str = "budget cap") -> 
 def micro_to_usd(micro: int) -> float:
     """For display and JSON (``cost_usd``); never fed back into arithmetic."""
     return micro / MICRO_PER_USD
+
+
+def format_usd(micro: int) -> str:
+    """Micro-USD as a human reads USD: exact, never an exponent (``50`` -> ``0.00005``, not ``5e-05``)."""
+    whole, frac = divmod(abs(int(micro)), MICRO_PER_USD)
+    return ("-" if micro < 0 else "") + str(whole) + (f".{frac:06d}".rstrip("0") if frac else "")
