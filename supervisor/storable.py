@@ -15,9 +15,9 @@ import json
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
-__all__ = ["Text", "has_nul", "is_utf8_name", "reject_nul", "scrub_nul"]
+__all__ = ["Text", "has_nul", "is_utf8_name", "reject_nul", "scrub_nul", "text"]
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not an escaped backslash + "u0000"
@@ -90,6 +90,13 @@ def reject_nul(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(reject_nul)]  # a free-text API field that will be stored
+
+
+def text(*, min_length: int | None = None, max_length: int | None = None) -> Any:
+    """``Text`` of a bounded length, its limits said in characters. ``Field(max_length=...)`` on an
+    optional ``Text | None`` lands on the union, not the string, and pydantic then words the error for
+    a list: "body.reason: Value should have at most 2000 items after validation, not 100000"."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(reject_nul)]
 
 
 def is_utf8_name(name: str) -> bool:

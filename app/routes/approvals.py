@@ -22,9 +22,11 @@ from app.deps import READ_ROLES, require_role, runtime
 from app.strict_json import StrictJSONRoute
 from supervisor.chain.approval import RUN_ENDED, withdraw
 from supervisor.errors import StockadeError
-from supervisor.storable import Text
+from supervisor.storable import text
 from supervisor.stores.records import TERMINAL_STATUSES, Approval
 from supervisor.tenancy import Principal
+
+_Reason = text(max_length=2000)
 
 __all__ = ["router"]
 
@@ -34,7 +36,7 @@ router = APIRouter(prefix="/v1/approvals", tags=["approvals"], route_class=Stric
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     decision: Literal["approve", "reject"]
-    reason: Text | None = Field(default=None, max_length=2000)
+    reason: _Reason | None = None
     args_hash: str | None = Field(default=None, max_length=128)  # optional: bind to what the approver saw
 
 

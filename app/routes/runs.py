@@ -20,9 +20,11 @@ from supervisor.chain.approval import withdraw_run
 from supervisor.errors import StockadeError
 from supervisor.events import finish_run_anywhere
 from supervisor.ids import new_id
-from supervisor.storable import Text
+from supervisor.storable import Text, text
 from supervisor.stores.records import TERMINAL_STATUSES, Run
 from supervisor.tenancy import Principal, check_membership
+
+_Id = text(min_length=1, max_length=64)  # a user or project id; its limits said in characters
 
 __all__ = ["router", "run_json"]
 
@@ -56,8 +58,8 @@ class CreateRun(BaseModel):
     bundle: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     input: Text = Field(max_length=256 * 1024)
     conversation_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    user_id: Text | None = Field(default=None, min_length=1, max_length=64)
-    project_id: Text | None = Field(default=None, min_length=1, max_length=64)
+    user_id: _Id | None = None
+    project_id: _Id | None = None
 
 
 def run_json(run: Run) -> dict[str, Any]:

@@ -15,8 +15,11 @@ from app.strict_json import StrictJSONRoute
 from supervisor.budget import cap_to_micro
 from supervisor.errors import StockadeError
 from supervisor.policy import MAX_POLICY_BYTES  # one limit: what `stockade policy validate` accepts, PUT accepts
-from supervisor.storable import Text
+from supervisor.storable import Text, text
 from supervisor.tenancy import Principal, create_key
+
+_Id = text(min_length=1, max_length=64)  # a user or project id; its limits said in characters
+_ScopeId = text(max_length=64)
 
 __all__ = ["router"]
 
@@ -34,7 +37,7 @@ _YAML_BODY = {"requestBody": {"required": True, "content": {"application/yaml": 
 class Cap(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     scope: Literal["tenant", "project", "user"]
-    scope_id: Text | None = Field(default=None, max_length=64)
+    scope_id: _ScopeId | None = None
     cap_usd: float = Field(ge=0, le=1e9, allow_inf_nan=False)
     period: Literal["month", "lifetime"] = "month"
 
@@ -165,8 +168,8 @@ async def get_audit(rt: Any = Depends(runtime), p: Principal = Depends(require_r
 class NewKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["admin", "member", "approver", "viewer"] = "member"
-    user_id: Text | None = Field(default=None, min_length=1, max_length=64)
-    project_id: Text | None = Field(default=None, min_length=1, max_length=64)
+    user_id: _Id | None = None
+    project_id: _Id | None = None
 
 
 @router.post("/keys", status_code=201)

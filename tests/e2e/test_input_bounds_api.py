@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from supervisor.errors import StockadeError
+from supervisor.stores.records import Approval
+from tests.e2e.harness import idle_runs
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -58,3 +61,29 @@ async def test_a_positive_budget_cap_that_rounds_to_zero_is_refused(node, cap):
         with pytest.raises(StockadeError) as err:
             await node.tenant(budget_usd=0.0000001)
         assert err.value.code == "input.invalid" and "at least 0.000001 USD" in err.value.detail
+
+
+async def test_string_length_errors_say_characters(node):
+    # was: "body.reason: Value should have at most 2000 items after validation, not 100000" (and "at most 64
+    # items" / "at least 1 item" for user_id, project_id): Field limits on `Text | None` read as a list's
+    tid, key = await node.tenant()
+    [run] = await idle_runs(node, tid, 1)
+    now = time.time()
+    await node.rt.services.approvals.create(Approval(
+        id="apr_len", tenant_id=tid, run_id=run, tool="echo", args={"n": 1}, args_hash="0" * 64,
+        rule_id="r", reason=None, status="pending", created_at=now, expires_at=now + 600))
+    c = node.client(key)
+    async with asyncio.timeout(20):
+        r = await c.post("/v1/approvals/apr_len/decision", json={"decision": "approve", "reason": "x" * 100_000})
+        assert _problem(r, 422, "input.invalid")["detail"] == "body.reason: String should have at most 2000 characters"
+        assert (await c.get("/v1/approvals/apr_len")).json()["status"] == "pending"
+        for path, body, detail in [
+            ("/v1/runs", {"bundle": "echo", "input": "a", "user_id": "u" * 65}, "body.user_id: String should have at most 64 characters"),
+            ("/v1/runs", {"bundle": "echo", "input": "a", "project_id": ""}, "body.project_id: String should have at least 1 character"),
+            ("/v1/keys", {"role": "member", "user_id": ""}, "body.user_id: String should have at least 1 character"),
+            ("/v1/keys", {"role": "member", "project_id": "p" * 65}, "body.project_id: String should have at most 64 characters"),
+        ]:
+            r = await c.post(path, json=body)
+            assert _problem(r, 422, "input.invalid")["detail"] == detail, (path, r.text)
+        r = await c.put("/v1/budgets", json={"budgets": [{"scope": "user", "scope_id": "u" * 65, "cap_usd": 1}]})
+        assert _problem(r, 422, "input.invalid")["detail"] == "body.budgets.0.scope_id: String should have at most 64 characters"

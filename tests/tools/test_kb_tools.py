@@ -263,7 +263,8 @@ async def test_kb_add_of_text_over_the_limit_is_input_too_large_before_the_polic
             await svc.kb.add(tenant, "x" * (MAX_TEXT_CHARS + 1))
         assert ei.value.code == "input.too_large"
         # other bad arguments stay input.invalid, as the store has them, even beside a large text
-        assert (await call(text="ok", title="t" * 501)).code == "input.invalid"
+        out = await call(text="ok", title="t" * 501)
+        assert out.code == "input.invalid" and "at most 500 characters" in out.detail, out.detail  # was: "500 items"
         assert (await call(text="ok", doc_id="a b")).code == "input.invalid"
         assert (await call(text="")).code == "input.invalid"
         assert (await call(text="x" * (MAX_TEXT_CHARS + 1), title="t" * 501)).code == "input.too_large"

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, Field
 
 from supervisor.errors import StockadeError
-from supervisor.storable import Text, reject_nul
+from supervisor.storable import Text, reject_nul, text
 from supervisor.stores.kb_port import (
     DOC_ID,
     MAX_LIMIT,
@@ -37,6 +37,9 @@ def _doc_id(value: str) -> str:
     return value
 
 
+_Title = text(max_length=MAX_TITLE_CHARS)
+_Source = text(max_length=MAX_SOURCE_CHARS)
+
 # refused before the policy sees kb://<doc_id> (the stores refuse it too: kb_port.check_doc_id)
 DocId = Annotated[Text, AfterValidator(_doc_id)]
 
@@ -44,8 +47,8 @@ DocId = Annotated[Text, AfterValidator(_doc_id)]
 class KbAddArgs(ToolArgs):  # Text: no NUL, which PostgreSQL cannot store (supervisor/storable.py)
     # the size first and as input.too_large, as the store checks it (kb_port.check_doc); then Text's check
     text: Annotated[str, max_chars(MAX_TEXT_CHARS), AfterValidator(reject_nul)] = Field(min_length=1)
-    title: Text | None = Field(None, max_length=MAX_TITLE_CHARS)
-    source: Text | None = Field(None, max_length=MAX_SOURCE_CHARS)
+    title: _Title | None = None
+    source: _Source | None = None
     doc_id: DocId | None = Field(None, min_length=1, max_length=200)
 
 
