@@ -80,6 +80,8 @@ async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_con
             assert await b.rt.services.queue.depth() == 0  # acked by the node that got it; nothing comes back
         else:
             assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost", events[-1]
+            # the operator hears of it too (a walkthrough found no log line of a run ended as lost)
+            assert f"run {run_id} (tenant {tid}) ended run.worker_lost" in caplog.text, caplog.text
         assert [e.event for e in events].count("run.started") == 1
     finally:
         if b is not None:
