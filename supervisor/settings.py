@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _EnvDecodeError
 
@@ -279,6 +279,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{c!r} is not a CIDR network (e.g. [\"10.1.0.0/16\"])") from None
         return v
 
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        # each value fine alone, the two together not: these started and then gave wrong results
+        for low, high in (("db_pool_min", "db_pool_max"), ("run_timeout_default_s", "run_timeout_max_s")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{_env(low)} ({getattr(self, low)}) is above {_env(high)} ({getattr(self, high)})")
+        # a worker's runs and warm slots each hold a uid of the pool (supervisor/tools/code/_admission.py):
+        # past it, runs the worker claimed failed with "all N sandbox uids are in use"
+        if self.worker_concurrency + self.sandbox_warm_pool > self.sandbox_uid_count:
+            raise ValueError(f"{_env('worker_concurrency')} ({self.worker_concurrency}) + {_env('sandbox_warm_pool')} "
+                             f"({self.sandbox_warm_pool}) is above {_env('sandbox_uid_count')} "
+                             f"({self.sandbox_uid_count}): a run the worker claims would find no sandbox uid")
+        return self
+
     @property
     def uses_postgres(self) -> bool:
         return self.database_url is not None and not self.database_url.startswith("sqlite:///")
@@ -288,6 +302,10 @@ class Settings(BaseSettings):
         if self.database_url and self.database_url.startswith("sqlite:///"):
             return Path(self.database_url[len("sqlite:///") :])
         return self.data_dir / "stockade.db"
+
+
+def _env(field: str) -> str:
+    return "STOCKADE_" + field.upper()
 
 
 def _retired_list(v: object) -> list[object]:
@@ -357,6 +375,9 @@ def load_settings(*, flags: dict[str, str] | None = None, **overrides: object) -
         raise SettingsError(f'invalid setting {_nested_too_deep()}: must be a JSON list, e.g. ["a", "b"]') from None
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if not loc:  # a check of several settings together (_pairs): its message names them
+            msg = str(err.get("msg", "invalid values")).removeprefix("Value error, ")
+            raise SettingsError(f"invalid settings: {msg}") from None
         name = (flags or {}).get(loc) or "setting STOCKADE_" + loc.upper()
         raise SettingsError(f"invalid {name}: {err.get('msg', 'invalid value')}") from None

@@ -102,3 +102,40 @@ def test_repr_of_the_settings_shows_no_url_password():
     s = Settings(database_url="postgresql://app:pg-pass-123@db:5432/stockade", redis_url="redis://:rd-pass-456@redis:6379/0")
     assert "pg-pass-123" not in repr(s) and "rd-pass-456" not in repr(s)
     assert s.database_url.endswith("@db:5432/stockade")  # the value itself is untouched
+
+
+# --- settings fine alone, wrong together (found by an outside-in walkthrough of the production topology)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for k in list(os.environ):
+        if k.upper().startswith("STOCKADE_"):
+            monkeypatch.delenv(k)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("env,names", [
+    # 6 runs and 2 warm slots on a pool of 3 uids: the runs past it failed ("all 3 sandbox uids are in use")
+    ({"STOCKADE_SANDBOX_UID_COUNT": "3", "STOCKADE_WORKER_CONCURRENCY": "6"},
+     ("STOCKADE_WORKER_CONCURRENCY", "STOCKADE_SANDBOX_WARM_POOL", "STOCKADE_SANDBOX_UID_COUNT")),
+    ({"STOCKADE_SANDBOX_UID_COUNT": "4", "STOCKADE_WORKER_CONCURRENCY": "3", "STOCKADE_SANDBOX_WARM_POOL": "2"},
+     ("STOCKADE_WORKER_CONCURRENCY", "STOCKADE_SANDBOX_UID_COUNT")),
+    ({"STOCKADE_DB_POOL_MIN": "20", "STOCKADE_DB_POOL_MAX": "5"}, ("STOCKADE_DB_POOL_MIN", "STOCKADE_DB_POOL_MAX")),
+    ({"STOCKADE_RUN_TIMEOUT_DEFAULT_S": "5000", "STOCKADE_RUN_TIMEOUT_MAX_S": "60"},
+     ("STOCKADE_RUN_TIMEOUT_DEFAULT_S", "STOCKADE_RUN_TIMEOUT_MAX_S")),
+])
+def test_settings_that_contradict_each_other_are_refused(clean_env, env, names):
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    msg = str(exc.value)
+    assert msg.startswith("invalid settings: ") and "\n" not in msg
+    assert all(n in msg for n in names), msg
+
+
+def test_the_uid_pool_may_be_exactly_the_runs_and_warm_slots(clean_env):
+    s = load_settings(sandbox_uid_count=8, worker_concurrency=6, sandbox_warm_pool=2)  # code.run gets none: allowed
+    assert s.sandbox_uid_count == 8
+    assert load_settings(db_pool_min=5, db_pool_max=5, run_timeout_default_s=60, run_timeout_max_s=60).db_pool_max == 5
