@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -243,6 +243,7 @@ class Settings(BaseSettings):
         if not (v.startswith("redis://") or v.startswith("rediss://") or v.startswith("unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         _check_port(v)
+        _check_redis_db(v)
         return v
 
     @field_validator("openai_base_url", "anthropic_base_url")
@@ -341,6 +342,27 @@ def _check_port(url: str) -> None:
             urlsplit(f"//{host}").port  # noqa: B018 - parsing it is the check
         except ValueError:
             raise ValueError("the port is not a number from 0 to 65535") from None
+
+
+def _check_redis_db(url: str) -> None:
+    """redis-py reads the database from the path (``/7``) unless the query names one (``?db=3``), and uses 0 when
+    the path is no number (``/abc``): each of those started on a database the operator did not name."""
+    parts = urlsplit(url)
+    dbs = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+    for d in dbs:
+        if not (d.isascii() and d.isdigit()):
+            raise ValueError(f"db={d!r} is not a database number")
+    if len(set(map(int, dbs))) > 1:
+        raise ValueError("names the database twice (db=...&db=...), differently")
+    if parts.scheme == "unix":
+        return  # the path is the socket's
+    path = unquote(parts.path)
+    if path in ("", "/"):
+        return
+    if not re.fullmatch(r"/[0-9]+", path):
+        raise ValueError(f"the path {path!r} is not a database number (e.g. redis://host:6379/0)")
+    if dbs and int(dbs[0]) != int(path[1:]):
+        raise ValueError(f"the path names database {int(path[1:])} and db= names {int(dbs[0])}: name it once")
 
 
 _FIELD = re.compile(r'field "([a-z0-9_]+)"')

@@ -139,3 +139,23 @@ def test_the_uid_pool_may_be_exactly_the_runs_and_warm_slots(clean_env):
     s = load_settings(sandbox_uid_count=8, worker_concurrency=6, sandbox_warm_pool=2)  # code.run gets none: allowed
     assert s.sandbox_uid_count == 8
     assert load_settings(db_pool_min=5, db_pool_max=5, run_timeout_default_s=60, run_timeout_max_s=60).db_pool_max == 5
+
+
+@pytest.mark.parametrize("url,needle", [
+    ("redis://127.0.0.1:6379/abc", "'/abc' is not a database number"),  # redis-py used database 0
+    ("redis://127.0.0.1:6379/7?db=3", "names database 7 and db= names 3"),  # redis-py used 3
+    ("redis://127.0.0.1:6379/-1", "not a database number"),
+    ("redis://127.0.0.1:6379/0?db=x", "db='x' is not a database number"),
+    ("redis://127.0.0.1:6379?db=1&db=2", "names the database twice"),
+    ("unix:///run/redis.sock?db=two", "not a database number"),
+])
+def test_a_redis_url_naming_no_clear_database_is_refused(clean_env, url, needle):
+    with pytest.raises(SettingsError) as exc:
+        load_settings(redis_url=url)
+    assert str(exc.value).startswith("invalid setting STOCKADE_REDIS_URL: ") and needle in str(exc.value)
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "redis://h:6379", "redis://h/", "redis://h/7?db=7",
+                                 "rediss://u:p@h:6380/15", "redis://h?db=2", "unix:///run/redis.sock?db=3"])
+def test_redis_urls_naming_one_database_are_accepted(clean_env, url):
+    assert load_settings(redis_url=url).redis_url == url
