@@ -6,8 +6,10 @@ object is passed down.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +23,8 @@ from pydantic_settings import SettingsError as _EnvDecodeError
 from supervisor.fspath import resolve
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
+
+log = logging.getLogger("stockade.settings")
 
 
 class SettingsError(Exception):
@@ -246,6 +250,15 @@ class Settings(BaseSettings):
         _check_redis_db(v)
         return v
 
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        # every key of the deployment starts with it: a blank one shares the keyspace with whatever else uses
+        # the Redis database (another deployment's "" and "stockade:" keys among them)
+        if not v.strip():
+            raise ValueError("must not be empty or blank (it starts every Redis key of this deployment)")
+        return v
+
     @field_validator("openai_base_url", "anthropic_base_url")
     @classmethod
     def _base_url(cls, v: str | None) -> str | None:
@@ -382,11 +395,36 @@ def _nested_too_deep() -> str:
     return "STOCKADE_SETTINGS"
 
 
+# Set explicitly empty, these are refused, not taken as unset (env_ignore_empty drops "" before any validator sees it)
+_NEVER_EMPTY = ("redis_prefix",)
+# STOCKADE_ variables that are no setting but are read by the deployment scripts and the test suite: no warning
+_NOT_SETTINGS = frozenset({"STOCKADE_STACK", "STOCKADE_WORKERS", "STOCKADE_UP_TIMEOUT"})
+
+
+def _environment_checks(overrides: dict[str, object]) -> None:
+    """What pydantic-settings cannot tell (it reads the environment here too, at the one parse): a setting set
+    to "" on purpose, and a misspelt name, which it ignores (STOCKADE_DATABASE_URI: the server started on a
+    private SQLite file)."""
+    known = {_env(n): n for n in Settings.model_fields}
+    for name, value in os.environ.items():
+        upper = name.upper()
+        field = known.get(upper)
+        if field in _NEVER_EMPTY and field not in overrides and not value.strip():
+            raise SettingsError(f"invalid setting {upper}: is set but empty (unset it for the default)")
+        if field is None and upper.startswith("STOCKADE_") and upper not in _NOT_SETTINGS \
+                and not upper.startswith("STOCKADE_TEST_"):
+            # only a near miss: the scripts' and tests' own STOCKADE_ variables are no typo
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+            if close:
+                log.warning("%s is not a setting and is ignored: did you mean %s?", name, close[0])
+
+
 def load_settings(*, flags: dict[str, str] | None = None, **overrides: object) -> Settings:
     """Parse the environment once. Raises SettingsError with one line.
 
     ``flags``: the command-line flag each override came from (``{"port": "--port"}``), named in the error
     instead of its variable: ``--port 99999`` was reported as STOCKADE_PORT, which the user had not set."""
+    _environment_checks(overrides)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except _EnvDecodeError as exc:  # a list/dict setting whose value is not JSON: pydantic-settings names the field

@@ -159,3 +159,28 @@ def test_a_redis_url_naming_no_clear_database_is_refused(clean_env, url, needle)
                                  "rediss://u:p@h:6380/15", "redis://h?db=2", "unix:///run/redis.sock?db=3"])
 def test_redis_urls_naming_one_database_are_accepted(clean_env, url):
     assert load_settings(redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_redis_prefix_set_on_purpose_is_refused(clean_env, value):
+    """``STOCKADE_REDIS_PREFIX=`` became the default ``stockade:`` (env_ignore_empty): the deployment shared
+    its keys with any other on the Redis database that kept the default."""
+    clean_env.setenv("STOCKADE_REDIS_PREFIX", value)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    assert str(exc.value).startswith("invalid setting STOCKADE_REDIS_PREFIX: ")
+    with pytest.raises(SettingsError, match="STOCKADE_REDIS_PREFIX"):
+        load_settings(redis_prefix=value)
+    clean_env.delenv("STOCKADE_REDIS_PREFIX")
+    assert load_settings().redis_prefix == "stockade:"  # unset: the default
+
+
+def test_a_misspelt_setting_is_named_in_a_warning(clean_env, caplog):
+    clean_env.setenv("STOCKADE_DATABASE_URI", "postgresql://u@h/db")  # pydantic-settings ignores it
+    clean_env.setenv("STOCKADE_TEST_DATABASE_URL", "postgresql://u@h/db")  # the test suite's own: no typo
+    clean_env.setenv("STOCKADE_IMAGE", "localhost/stockade:latest")  # the deployment scripts' own
+    with caplog.at_level("WARNING", logger="stockade.settings"):
+        s = load_settings()
+    assert s.database_url is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "stockade.settings"]
+    assert warnings == ["STOCKADE_DATABASE_URI is not a setting and is ignored: did you mean STOCKADE_DATABASE_URL?"]
