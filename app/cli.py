@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from supervisor.errors import StockadeError
-from supervisor.settings import Settings, SettingsError, load_settings
+from supervisor.settings import Settings, SettingsError, check_role, load_settings
 from supervisor.stores.migrations.runner import MigrationError
 
 __all__ = ["main"]
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             raise StockadeError("bundle.invalid", "no bundle folder given (an empty path)")
         settings = load_settings(flags={k: "--" + k.replace("_", "-") for k in overrides}, **overrides)
         if args.cmd in ("serve", "api", "worker"):
+            check_role(settings, args.cmd)
             from app.server import run, run_server
 
             try:

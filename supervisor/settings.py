@@ -22,7 +22,7 @@ from pydantic_settings import SettingsError as _EnvDecodeError
 
 from supervisor.fspath import resolve
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "check_role", "load_settings"]
 
 log = logging.getLogger("stockade.settings")
 
@@ -316,6 +316,23 @@ class Settings(BaseSettings):
         if self.database_url and self.database_url.startswith("sqlite:///"):
             return Path(self.database_url[len("sqlite:///") :])
         return self.data_dir / "stockade.db"
+
+
+def check_role(settings: Settings, role: str) -> None:
+    """``stockade api`` and ``stockade worker`` are halves of one deployment and meet only in PostgreSQL and
+    Redis: without them each half ran on its own SQLite file and in-memory queue (an API whose runs stayed
+    queued for ever while /readyz said ready; a worker no API reached). Raises SettingsError naming what is
+    missing."""
+    if role not in ("api", "worker"):
+        return
+    missing = []
+    if not settings.uses_postgres:
+        missing.append("STOCKADE_DATABASE_URL (postgresql://...)")
+    if settings.redis_url is None:
+        missing.append("STOCKADE_REDIS_URL (redis://...)")
+    if missing:
+        raise SettingsError(f"invalid settings: `stockade {role}` needs {' and '.join(missing)}, shared with the "
+                            "other api and worker processes; for a single process use `stockade serve`")
 
 
 def _env(field: str) -> str:

@@ -90,6 +90,37 @@ def test_empty_variables_mean_unset(env, capsys, monkeypatch, tmp_path):
     assert load_settings().data_dir == tmp_path / ".stockade"  # the default, not the working directory
 
 
+@pytest.mark.parametrize("role", ["api", "worker"])
+@pytest.mark.parametrize("stores,missing", [
+    ({}, ("STOCKADE_DATABASE_URL", "STOCKADE_REDIS_URL")),
+    # misspelt: pydantic-settings ignores it, and the process ran on a private SQLite file
+    ({"STOCKADE_DATABASE_URI": "postgresql://u@127.0.0.1:5432/db", "STOCKADE_REDIS_URL": "redis://127.0.0.1:6379/0"},
+     ("STOCKADE_DATABASE_URL",)),
+    ({"STOCKADE_DATABASE_URL": "postgresql://u@127.0.0.1:5432/db"}, ("STOCKADE_REDIS_URL",)),
+    ({"STOCKADE_DATABASE_URL": "sqlite:///tmp/x.db", "STOCKADE_REDIS_URL": "redis://127.0.0.1:6379/0"},
+     ("STOCKADE_DATABASE_URL",)),
+])
+def test_the_production_roles_refuse_to_start_without_the_shared_stores(env, capsys, monkeypatch, role, stores, missing):
+    """`stockade api` without PostgreSQL and Redis served runs that stayed queued for ever (/readyz said ready);
+    `stockade worker` without them ran on its own SQLite file that no API reached."""
+    for k, v in stores.items():
+        monkeypatch.setenv(k, v)
+    started = []
+
+    async def server(settings, **kw):  # (the old code started serving here)
+        started.append(kw)
+
+    monkeypatch.setattr("app.server.run_server", server)
+    rc, _, err = _run(capsys, role)
+    assert not started
+    line = _one_line_error(rc, err.replace(  # the misspelt name's warning comes first, on its own line
+        "STOCKADE_DATABASE_URI is not a setting and is ignored: did you mean STOCKADE_DATABASE_URL?\n", ""))
+    assert line.startswith(f"stockade: settings.invalid: invalid settings: `stockade {role}` needs ")
+    assert all(m in line for m in missing) and "stockade serve" in line
+    assert (("STOCKADE_REDIS_URL" in line) == ("STOCKADE_REDIS_URL" in missing))
+    assert not env.exists()  # refused before anything was opened
+
+
 # --- tenant names
 
 
