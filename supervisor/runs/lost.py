@@ -53,10 +53,10 @@ async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | 
     else:
         ended = await finish_run_anywhere(services.runs, services.events, run.tenant_id, run.id, "failed", data,
                                           **fields)
-    await _remove_run_dir(services, run.id)
     if ended is not None:  # the operator's one line of it (the run's stream says it to the tenant)
         log.warning("run %s (tenant %s) ended run.worker_lost: %s (worker %s)", run.id, run.tenant_id, message,
                     run.worker_id or "none")
+    await _remove_run_dir(services, run.id)
     return ended
 
 

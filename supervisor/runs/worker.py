@@ -181,8 +181,9 @@ class Worker:
             # mid-run -> ended. Side effects may have happened: never re-run. A run this worker started and
             # no longer carries (its end could not be stored) has no sandbox any more: ended at once.
             if run.id in self._unended:  # started here, its end never stored: no sandbox left anywhere
+                await self._end_lapsed(run, job, emitter)  # (the store still down: raises, and it stays here)
                 self._unended.discard(run.id)
-                return await self._end_lapsed(run, job, emitter)
+                return
             # Any other run is watched first, also one stored under this worker's id: a worker restarted under
             # the same STOCKADE_WORKER_ID, or a second worker given the same id (a scaled compose service),
             # whose run is alive (that one was ended at once as a lost worker's, live as it was)
