@@ -28,7 +28,7 @@ from supervisor.chain.build import build_chain
 from supervisor.errors import StockadeError, log_failure
 from supervisor.factory import open_services
 from supervisor.services import Services
-from supervisor.settings import Settings
+from supervisor.settings import Settings, SettingsError
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -247,7 +247,20 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     from supervisor.bundles.registry import BundleRegistry
 
     services = await open_services(settings, migrate=migrate)
+    generated = settings.data_dir / "keys" / "audit.key"
+    # (a key made while retired keys are listed is a rotation: README, "move audit.key out ... list it as retired")
+    fresh_key = settings.audit_key is None and not settings.audit_keys_retired and not generated.exists()
     current, retired = load_audit_keys(settings)
+    if fresh_key and await services.audit.tenants():
+        # A node with a data dir of its own (no shared volume, no STOCKADE_AUDIT_KEY) made a key of its own
+        # and sealed records the other nodes' key does not verify: `audit verify` reported them as forged.
+        # The key just made is not kept, so the next start is refused too, until the node gets the real one.
+        generated.unlink(missing_ok=True)
+        await services.close()
+        raise SettingsError(
+            f"invalid setting STOCKADE_AUDIT_KEY: unset, and no key in {generated.parent}, but the database "
+            "already holds audit records sealed with another key: give every node the same STOCKADE_AUDIT_KEY "
+            "(or one shared STOCKADE_DATA_DIR); a key of this node's own would break every tenant's chain")
     # seals under the current key (the next one once another node does); verifies under the others too
     sealer = Sealer(current, retired, load_audit_next_key(settings, current, retired))
     recorder = AuditRecorder(services.audit, sealer)

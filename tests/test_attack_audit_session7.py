@@ -322,8 +322,9 @@ async def test_anchors_of_a_tenant_not_verified_are_not_reported_as_checked(sql_
     b, _ = await seeded(sql_db, 2)
     (b2,) = await audit.list(b, after_seq=1)
     anchors = [Anchor(b, 2, b2.hash, "b.json")]
-    rc, out = await verify(sql_db, audit, capsys, a, anchors)
-    assert rc == 0 and out["anchors"] == 0, out
+    # asked to check tenant a against anchors of b only: it checked nothing, and once said "verified" (exit 0)
+    rc, err = await verify(sql_db, audit, capsys, a, anchors)
+    assert rc == 1 and f"no anchor in b.json is of tenant {a}" in err, err
     rc, out = await verify(sql_db, audit, capsys, b, anchors)
     assert rc == 0 and out["anchors"] == 1, out
     # two anchor files pinning one record, one of them not this chain's: both are checked, whatever the order
@@ -470,7 +471,7 @@ def test_two_processes_append_to_one_chain_while_it_is_verified(env, capsys, req
     import sys
 
     if stack == "postgres":
-        monkeypatch.setenv("STOCKADE_DATABASE_URL", request.getfixturevalue("pg_url"))
+        monkeypatch.setenv("STOCKADE_DATABASE_URL", request.getfixturevalue("fresh_pg_url"))
     rc, out, _ = _cli(capsys, "tenant", "create", f"race-{os.getpid()}-{stack}")
     assert rc == 0
     tid = json.loads(out)["tenant_id"]

@@ -432,3 +432,31 @@ def test_a_worker_takes_no_address(env, capsys):
         assert rc == 0 and "--port" in out and "--host" in out
     rc, out, _ = _run(capsys, "worker", "--help")
     assert rc == 0 and "--data-dir" in out and "--port" not in out
+
+
+@pytest.mark.pg
+def test_a_node_that_would_make_its_own_audit_key_for_a_database_with_records_is_refused(env, capsys, monkeypatch,
+                                                                                         fresh_pg_url, tmp_path):
+    """Found by a walkthrough of the production roles: a node with a data dir of its own and no STOCKADE_AUDIT_KEY
+    generated a key of its own and sealed records with it; `audit verify` then reported them as forged. It now
+    stops at once (and keeps no key, so the next start stops too) until it gets the deployment's key."""
+    monkeypatch.setenv("STOCKADE_DATABASE_URL", fresh_pg_url)
+    tid = _seed_audit(2)  # the first node (data dir `env`) made the key and sealed records with it
+    shared_key = (env / "keys" / "audit.key").read_text().strip()
+    other = tmp_path / "other-node"
+    monkeypatch.setenv("STOCKADE_DATA_DIR", str(other))
+    for _ in range(2):
+        line = _one_line_error(*_run(capsys, "tenant", "list")[::2])
+        assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_AUDIT_KEY: unset, and no key in"), line
+        assert "already holds audit records" in line
+        assert not (other / "keys" / "audit.key").exists()
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", shared_key)  # the deployment's key: fine, and its chain verifies
+    rc, out, _ = _run(capsys, "audit", "verify", "--tenant", tid)
+    assert rc == 0 and json.loads(out)["records"] == 2, out
+    # a rotation of a generated key (README: move audit.key out, list it as retired): a new key is made, rightly
+    monkeypatch.delenv("STOCKADE_AUDIT_KEY")
+    monkeypatch.setenv("STOCKADE_DATA_DIR", str(env))
+    (env / "keys" / "audit.key").rename(tmp_path / "old-audit.key")
+    monkeypatch.setenv("STOCKADE_AUDIT_KEYS_RETIRED", shared_key)
+    rc, out, _ = _run(capsys, "audit", "verify", "--tenant", tid)
+    assert rc == 0 and json.loads(out)["records"] == 2 and (env / "keys" / "audit.key").exists(), out
