@@ -64,6 +64,7 @@ BUS_RETRY_S = 1.0
 MAX_LOOKUPS = 2 * MAX_SUBSCRIPTIONS  # subscribes of one connection looking their run up at once
 SEND_TIMEOUT_S = 60.0  # a WebSocket send its client takes nothing of for this long drops the connection
 CONNECT_TIMEOUT_S = 10.0  # an Engine.IO session with no namespace connected (no key) for this long is closed
+MAX_JSON_DEPTH = 32  # lists/objects a packet's JSON may nest (a subscribe is ["subscribe", {...}]: 2)
 MAX_ATTACHMENTS = 1  # binary attachments a client's packet may announce (each up to Engine.IO's max payload)
 
 
@@ -105,9 +106,24 @@ class _StrictJSON:
     @staticmethod
     def loads(s: Any, **kwargs: Any) -> Any:
         try:
-            return engineio.json.loads(s, object_pairs_hook=unique_object, **kwargs)
+            value = engineio.json.loads(s, object_pairs_hook=unique_object, **kwargs)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
+        if _deeper_than(value, MAX_JSON_DEPTH):
+            raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep")
+        return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` deep (iteratively: no recursion to exhaust).
+
+    The bound is ours, not the interpreter's: python-socketio puts binary attachments back into a payload
+    recursively, and a payload ~900 deep exhausted the recursion limit on Python 3.11 but not on 3.13 (the
+    same packet dropped the connection on one and was read on the other)."""
+    level = [value] if isinstance(value, (list, dict)) else []
+    for _ in range(limit):
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (list, dict))]
+    return bool(level)
 
 
 class _Packet(socketio.packet.Packet):
