@@ -221,7 +221,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         if not settings.sqlite_path.exists():  # noqa: ASYNC240 - one stat in a CLI command
             raise StockadeError("store.misconfigured", f"no database at {settings.sqlite_path}: check STOCKADE_DATA_DIR "
                                 "(or run `stockade migrate` to create one)")
-    rt = await open_runtime(settings)
+    rt = await open_runtime(settings, check_audit_key=args.cmd != "audit")
     s = rt.services
     try:
         if args.cmd == "migrate":

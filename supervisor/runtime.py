@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.audit.chain import Sealer
+from supervisor.audit.key_check import foreign_heads
 from supervisor.audit.keys import (
     load_audit_keys,
     load_audit_next_key,
@@ -243,7 +244,9 @@ class Runtime:
             self.uid_claim = None
 
 
-async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_key: bool = True) -> Runtime:
+    """``check_audit_key``: refuse keys that verify none of the audit records already stored
+    (supervisor/audit/key_check.py); off for ``stockade audit verify``, which reports what they verify."""
     from supervisor.bundles.registry import BundleRegistry
 
     services = await open_services(settings, migrate=migrate)
@@ -263,6 +266,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
             "(or one shared STOCKADE_DATA_DIR); a key of this node's own would break every tenant's chain")
     # seals under the current key (the next one once another node does); verifies under the others too
     sealer = Sealer(current, retired, load_audit_next_key(settings, current, retired))
+    if check_audit_key and (foreign := await foreign_heads(services.audit, sealer)):
+        await services.close()
+        raise SettingsError(
+            f"invalid setting STOCKADE_AUDIT_KEY: it verifies the newest audit record of none of the {foreign} "
+            "tenants looked at (nor does any key of STOCKADE_AUDIT_KEYS_RETIRED or STOCKADE_AUDIT_KEY_NEXT): "
+            "another key sealed them, and records this node sealed would read as forged. Give every node the "
+            "same STOCKADE_AUDIT_KEY (`stockade audit verify` shows what a key verifies)")
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)

@@ -460,3 +460,30 @@ def test_a_node_that_would_make_its_own_audit_key_for_a_database_with_records_is
     monkeypatch.setenv("STOCKADE_AUDIT_KEYS_RETIRED", shared_key)
     rc, out, _ = _run(capsys, "audit", "verify", "--tenant", tid)
     assert rc == 0 and json.loads(out)["records"] == 2 and (env / "keys" / "audit.key").exists(), out
+
+
+@pytest.mark.parametrize("stack", ["embedded", pytest.param("pg", marks=pytest.mark.pg)])
+def test_a_node_given_an_audit_key_that_verifies_no_stored_record_is_refused(env, capsys, monkeypatch, stack, request):
+    """Found by a walkthrough of the production roles: a node given the wrong STOCKADE_AUDIT_KEY (a typo, another
+    deployment's secret) started and sealed records no other node's key verifies; only a later `audit verify`
+    told, reporting them as forged, each tenant's chain broken for good. It is now settings.invalid at start;
+    the right key, a rotation (old key retired) and `audit verify` itself (which reports what a key verifies)
+    still start, and nothing was written by the refused node."""
+    if stack == "pg":
+        monkeypatch.setenv("STOCKADE_DATABASE_URL", request.getfixturevalue("fresh_pg_url"))
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", "the-deployment-audit-key-0123456789")
+    tid = _seed_audit(3)
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", "a-mistyped-audit-key-0123456789xx")
+    for cmd in (["tenant", "list"], ["tenant", "create", "other"]):
+        line = _one_line_error(*_run(capsys, *cmd)[::2])
+        assert line.startswith("stockade: settings.invalid: invalid setting STOCKADE_AUDIT_KEY: it verifies the newest "
+                               "audit record of none of the 1 tenants looked at"), line
+    rc, out, err = _run(capsys, "audit", "verify", "--tenant", tid)  # runs, and says what the key verifies
+    assert rc != 0 and "MAC invalid" in err, (out, err)
+    monkeypatch.setenv("STOCKADE_AUDIT_KEYS_RETIRED", "the-deployment-audit-key-0123456789")  # a rotation
+    rc, out, _ = _run(capsys, "tenant", "list")
+    assert rc == 0 and len(out.splitlines()) == 1, out
+    monkeypatch.delenv("STOCKADE_AUDIT_KEYS_RETIRED")
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", "the-deployment-audit-key-0123456789")
+    rc, out, _ = _run(capsys, "audit", "verify", "--tenant", tid)
+    assert rc == 0 and json.loads(out)["records"] == 3, out  # the refused starts sealed nothing

@@ -39,10 +39,11 @@ from typing import Any
 from supervisor.audit.canonical import canonical, sha256_hex
 from supervisor.stores.records import AuditRecord
 
-__all__ = ["GENESIS", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "record_key", "record_problem",
+__all__ = ["GENESIS", "MAC_INVALID", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "record_key", "record_problem",
            "verify_chain"]
 
 GENESIS = "0" * 64
+MAC_INVALID = "MAC invalid (record forged without the supervisor's key)"
 log = logging.getLogger("stockade.audit")
 
 FIELDS = ("ts", "kind", "run_id", "tool", "args_hash", "rule_id", "policy_version", "code", "cost_micro", "detail")
@@ -170,7 +171,7 @@ def record_key(tenant_id: str, rec: AuditRecord, sealer: Sealer, floor: int = 0)
     mac = rec.mac  # compare_digest raises on a non-ASCII str
     index = sealer.key_index(digest, mac) if isinstance(mac, str) and mac.isascii() else None
     if index is None:
-        return "MAC invalid (record forged without the supervisor's key)", floor
+        return MAC_INVALID, floor
     if index < floor:
         return ("MAC made with a retired key after rotation (forged with an old key after a record of a newer "
                 "one; or STOCKADE_AUDIT_KEYS_RETIRED is not oldest first)"), floor

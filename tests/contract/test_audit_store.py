@@ -60,6 +60,18 @@ async def test_append_builds_a_verifiable_chain(ctx):
     assert t in await audit.tenants()
 
 
+async def test_a_sample_of_tenants_is_the_first_in_id_order_with_a_record(ctx):
+    sql_db, audit, t = ctx
+    others = [await sql_db.new_tenant() for _ in range(3)]
+    for tid in [t, *others]:
+        await audit.append(tid, {"kind": "tool.allowed"}, seal)
+    everyone = await audit.tenants()
+    assert set(everyone) >= {t, *others} and everyone == sorted(everyone)
+    sample = await audit.tenants(limit=2)  # (PostgreSQL: from the head rows, which other tests' attacks may cut)
+    assert len(sample) == 2 and sample == sorted(sample) and set(sample) <= set(everyone)
+    assert await audit.tenants(limit=0) == []
+
+
 async def test_chains_are_per_tenant(ctx):
     sql_db, audit, t = ctx
     other = await sql_db.new_tenant()

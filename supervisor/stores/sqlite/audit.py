@@ -123,6 +123,9 @@ class SqliteAuditLog:
         rows = self._records("WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1", [tenant_id])
         return rows[0] if rows else None
 
-    async def tenants(self) -> list[str]:
+    async def tenants(self, limit: int | None = None) -> list[str]:
         with _audit_errors():
+            if limit is not None:
+                return [r[0] for r in self._db.query(
+                    "SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id LIMIT ?", [_limit(limit)])]
             return [r[0] for r in self._db.query("SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id")]
