@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag_named(message: str, flags: dict[str, str]) -> str:
+    """``message`` naming ``--port`` where it named STOCKADE_PORT, when the value came from that flag."""
+    for field, flag in flags.items():
+        message = message.replace(f"setting STOCKADE_{field.upper()}", flag)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -114,15 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         # Path("") is ".": an empty argument (an unset shell variable) pushed the current folder
         if args.cmd == "bundle" and args.sub == "push" and not args.dir:
             raise StockadeError("bundle.invalid", "no bundle folder given (an empty path)")
-        settings = load_settings(flags={k: "--" + k.replace("_", "-") for k in overrides}, **overrides)
+        flags = {k: "--" + k.replace("_", "-") for k in overrides}
+        settings = load_settings(flags=flags, **overrides)
         if args.cmd in ("serve", "api", "worker"):
-            check_role(settings, args.cmd)
             from app.server import run, run_server
 
             try:
+                check_role(settings, args.cmd)
                 run(run_server(settings, api=args.cmd != "worker", workers=args.cmd != "api"))
             except KeyboardInterrupt:
                 pass
+            except SettingsError as exc:  # e.g. a port in use: name the flag the value came from, as above
+                raise SettingsError(_flag_named(str(exc), flags)) from None
             return 0
         return asyncio.run(_admin(_waiting_at_most(settings), args))
     except KeyboardInterrupt:  # Ctrl-C: what was committed stays, nothing half-done is published

@@ -391,9 +391,9 @@ def test_the_embedded_database_is_readable_by_its_owner_only(env, capsys):
     assert files and all(p.stat().st_mode & 0o077 == 0 for p in files), {p.name: oct(p.stat().st_mode) for p in files}
 
 
-def _serve(env: Path, tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:
+def _serve(env: Path, tmp_path: Path, *flags: str, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve"], cwd=Path(__file__).resolve().parents[1],
+        [sys.executable, "-m", "app.cli", "serve", *flags], cwd=Path(__file__).resolve().parents[1],
         env={**{k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
              "STOCKADE_DATA_DIR": str(env), "STOCKADE_BUNDLES_DIR": str(tmp_path / "no-bundles"),
              "STOCKADE_SANDBOX_WARM_POOL": "0", **extra},
@@ -416,9 +416,14 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_variable(env, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         proc = _serve(env, tmp_path, STOCKADE_HOST="127.0.0.1", STOCKADE_PORT=str(port))
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("stockade: settings.invalid: invalid setting STOCKADE_PORT: ") and str(port) in lines[0]
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("stockade: settings.invalid: invalid setting STOCKADE_PORT: ") and str(port) in lines[0]
+        # from a flag: the flag is named (it named STOCKADE_PORT, a variable the user had not set)
+        proc = _serve(env, tmp_path, "--host", "127.0.0.1", "--port", str(port))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("stockade: settings.invalid: invalid --port: cannot listen on 127.0.0.1:"), lines
 
 
 @pytest.mark.parametrize("name,setting", [
