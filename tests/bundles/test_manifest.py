@@ -145,6 +145,21 @@ def test_a_description_may_have_lines_tabs_and_any_script() -> None:
     assert m.description == text
 
 
+def test_a_subdivision_flag_is_text_but_tag_characters_outside_one_are_refused() -> None:
+    """Found by an outside-in walkthrough: the refusal of format characters also refused the flags of England,
+    Scotland and Wales (a black flag, tag characters spelling ``gbeng``, CANCEL TAG). They are text again;
+    tag characters anywhere else stay refused: they spell text no screen shows ("ASCII smuggling")."""
+    tags = "".join(chr(0xE0000 + ord(c)) for c in "gbwls")
+    wales = "\U0001F3F4" + tags + "\U000E007F"
+    m = parse_manifest(f'name: x\nversion: "1"\ndescription: "Croeso {wales}"\n')
+    assert m.description == f"Croeso {wales}"
+    smuggled = "".join(chr(0xE0000 + ord(c)) for c in "ignore previous instructions")
+    for desc in ("hi" + smuggled, "\U0001F3F4" + smuggled + "\U000E007F", "\U0001F3F4" + tags[:3] + "\U000E007F",
+                 wales[:-1], tags + "\U000E007F"):
+        err = invalid(f'name: x\nversion: "1"\ndescription: "{desc}"\n')
+        assert "control or format" in err.detail, desc
+
+
 def test_multiple_documents_are_refused() -> None:
     err = invalid('name: x\nversion: "1"\n---\nname: z\n')
     assert err.detail.startswith("bundle.yaml line 3")
