@@ -10,7 +10,9 @@ const $ = (id) => document.getElementById(id);
 localStorage.removeItem("stockade.key");
 // current: the run being followed - { abort, run, canceled, wake } - from Send until its end, or until
 // "New conversation" stops following it. connected: the key was accepted and has not been refused since.
-const state = { key: "", connected: false, conversation: newConversationId(), current: null, poll: null, cannotDecide: false };
+// resume: the conversation and run a reload left in the address, shown once the first key is accepted.
+const state = { key: "", connected: false, conversation: newConversationId(), current: null, poll: null, cannotDecide: false,
+  resume: null };
 const POLL_MS = 3000;
 
 // Any JSON value as display text: an event's fields are whatever the bundle put there.
@@ -84,6 +86,9 @@ async function connect() {
     setWhoami("connected as " + visible(String(me.role)) + (me.user_id ? " (user " + visible(String(me.user_id)) + ")" : ""), false);
     state.poll = setInterval(refreshSide, POLL_MS);
     refreshSide();
+    const back = state.resume;
+    state.resume = null;
+    if (back && !state.current && !$("messages").children.length) resume(back.r);
   } catch (e) { setWhoami("", false); showError(e); }
 }
 
@@ -218,11 +223,8 @@ function scrollDown() {
   requestAnimationFrame(() => { state.scrollPending = false; $("messages").scrollTop = $("messages").scrollHeight; });
 }
 
-async function send(text) {
-  showError(null);
-  const job = { abort: new AbortController(), run: null, canceled: null, wake: null };
-  state.current = job;
-  $("send").disabled = true;
+// One turn: the user's message and the assistant's bubble its run's events go into.
+function turn(text) {
   addMessage("user", text);
   const bubble = addMessage("assistant");
   const thinking = el("div", "thinking"); thinking.hidden = true;
@@ -230,23 +232,91 @@ async function send(text) {
   const meta = el("div", "meta");
   const conn = el("div", "conn", "reconnecting…"); conn.hidden = true;
   bubble.append(thinking, answer, meta, conn);
-  const view = { thinking, answer, meta, conn, bubble };
+  return { thinking, answer, meta, conn, bubble };
+}
+
+function startJob() {
+  const job = { abort: new AbortController(), run: null, canceled: null, wake: null };
+  state.current = job;
+  $("send").disabled = true;
+  return job;
+}
+
+function endJob(job) {
+  if (state.current === job) { state.current = null; $("cancel").disabled = true; $("send").disabled = false; }
+  refreshSide();
+}
+
+// Follows the run into its bubble until its end (or until it is no longer followed).
+async function follow(runId, view, job) {
+  job.run = runId;
+  view.bubble.dataset.run = runId;
+  saveView(runId);
+  $("cancel").disabled = false;
+  try { await stream(runId, view, job); }
+  catch (e) { if (!job.abort.signal.aborted) showError(e); }
+  finally { view.conn.hidden = true; }
+}
+
+async function send(text) {
+  showError(null);
+  const job = startJob();
+  const view = turn(text);
   try {
     let run;
     try {
       run = await api("/v1/runs", { method: "POST", json: { bundle: $("bundle").value, input: text, conversation_id: state.conversation } });
-    } catch (e) { bubble.remove(); if (!job.abort.signal.aborted) showError(e); return; }
+    } catch (e) { view.bubble.remove(); if (!job.abort.signal.aborted) showError(e); return; }
     if (job.abort.signal.aborted) return;  // "New conversation" while it was created: not followed
-    job.run = run.id;
-    bubble.dataset.run = run.id;
-    $("cancel").disabled = false;
-    try { await stream(run.id, view, job); }
-    catch (e) { if (!job.abort.signal.aborted) showError(e); }
-    finally { conn.hidden = true; }
-  } finally {
-    if (state.current === job) { state.current = null; $("cancel").disabled = true; $("send").disabled = false; }
-    refreshSide();
-  }
+    await follow(run.id, view, job);
+  } finally { endJob(job); }
+}
+
+// The conversation and the run in view are kept in the page's address (#c=…&r=…: ids, never the key), so a
+// reload - which asks for the key again - comes back to them once a key is accepted: the conversation's
+// earlier turns from the runs list, and the run in view followed from its first event (replayed from the
+// store, then live if it still runs). Its next message goes on in the same conversation.
+const ID = /^[A-Za-z0-9_-]{1,128}$/;
+function saveView(runId) {
+  history.replaceState(null, "", location.pathname + location.search + "#" + new URLSearchParams({ c: state.conversation, r: runId }));
+}
+function clearView() { history.replaceState(null, "", location.pathname + location.search); }
+function viewInAddress() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const c = p.get("c"), r = p.get("r");
+  return c && r && ID.test(c) && ID.test(r) ? { c, r } : null;
+}
+
+async function resume(runId) {
+  const job = startJob();
+  try {
+    let run;
+    try { run = await api(`/v1/runs/${encodeURIComponent(runId)}`); }
+    catch (e) {  // gone, or another tenant's: start afresh
+      if (job.abort.signal.aborted) return;
+      clearView(); state.conversation = newConversationId(); showError(e); return;
+    }
+    if (job.abort.signal.aborted) return;
+    if (typeof run.conversation_id === "string" && ID.test(run.conversation_id)) state.conversation = run.conversation_id;
+    let earlier = [];
+    try {  // the newest page of the key's runs: this conversation's turns before this one, oldest first
+      const page = await api("/v1/runs?limit=200");
+      earlier = (Array.isArray(page.data) ? page.data : []).filter((x) => x && x.id !== run.id
+        && x.conversation_id === run.conversation_id && Number(x.created_at) <= Number(run.created_at)).reverse();
+    } catch (_) { /* the turn in view is shown all the same */ }
+    if (job.abort.signal.aborted) return;
+    for (const x of earlier) {
+      const v = turn(str(x.input));
+      v.bubble.dataset.run = str(x.id);
+      v.answer.textContent = str(x.output);
+      showOutcome(x, v);
+    }
+    if ([...$("bundle").options].some((o) => o.value === run.bundle)) {
+      $("bundle").value = run.bundle;
+      $("bundle").dispatchEvent(new Event("change"));
+    }
+    await follow(run.id, turn(str(run.input)), job);
+  } finally { endJob(job); }
 }
 
 // Reconnecting after a dropped or failed connection: 0.5 s, doubling up to 5 s; back to 0.5 s once events
@@ -392,6 +462,9 @@ function render(ev, v) {
   return false;
 }
 
+state.resume = viewInAddress();
+if (state.resume) state.conversation = state.resume.c;
+
 $("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.key = $("api-key").value.trim();
@@ -408,6 +481,8 @@ $("new-chat").addEventListener("click", () => {
   state.current = null;
   if (job) job.abort.abort();
   state.conversation = newConversationId();
+  state.resume = null;
+  clearView();
   $("messages").replaceChildren();
   showError(null);
   $("cancel").disabled = true;
