@@ -46,7 +46,17 @@ def load_policy(yaml_text: str, *, source: str = "policy", layer: str = "tenant"
     of the document as written) is unchanged. Its plain scalars are read as YAML 1.1, as when it was
     stored: a stored ``in: [NO, SE]`` keeps its meaning (and its tenant's calls keep working) until an
     admin stores the document again, which reads YAML 1.2 and refuses the ambiguous ``NO``.
+
+    A stored document that a new one would pass as it is (it has no such double meaning) is read exactly as a
+    new one: as ``PUT /v1/policy`` checked it. Read as YAML 1.1 instead, ``eq: 1e3`` was the string "1e3" (a
+    deny rule that never fired), ``prices: {echo: 1e-3}`` refused every call of the tenant, and the records
+    named a version no stored policy had.
     """
+    if stored:
+        try:
+            return load_policy(yaml_text, source=source, layer=layer)
+        except PolicyError:
+            pass  # stored by an older version, which read it as YAML 1.1: read as then
     try:
         loaded = load_yaml(yaml_text, yaml11=stored)
     except YamlProblem as exc:

@@ -407,3 +407,17 @@ def test_prices_at_the_bounds_are_accepted():
     p = load_policy("version: 1\nrules: []\nprices: {echo: 1000000000, kb.add: 0.000001, kb.search: 0.0000005, code.run: 0}\n"
                     "llm_prices: {openai/gpt-x: {input_per_mtok: 100000, output_per_mtok: 0}}\n")
     assert p.prices["echo"] == 1e9 and p.llm_prices["openai/gpt-x"]["input_per_mtok"] == 100000
+
+
+def test_a_stored_policy_a_new_one_would_pass_is_read_as_it_was_checked():
+    """Found by a walkthrough: a policy stored through PUT /v1/policy (checked as YAML 1.2) was enforced as
+    YAML 1.1, the reading kept for documents older versions stored: ``eq: 1e3`` became the string "1e3" (the
+    deny rule never fired for n=1000), ``prices: {echo: 1e-3}`` made every call of the tenant
+    policy.unavailable, and audit records named a version no stored policy had."""
+    text = ("version: 1\nrules:\n  - {id: no-1000, tool: echo, when: {args.n: {eq: 1e3}}, verdict: deny}\n"
+            "  - {id: allow, tool: '*', verdict: allow}\nprices: {echo: 1e-3}\n")
+    assert validate_policy_text(text) == []
+    checked, stored = load_policy(text), load_policy(text, stored=True)
+    assert stored.version == checked.version
+    assert stored.rules[0].conditions[0].operand == 1000.0 == checked.rules[0].conditions[0].operand
+    assert stored.prices == checked.prices
