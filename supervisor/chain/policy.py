@@ -68,6 +68,7 @@ from supervisor.policy import (
     load_policy,
 )
 from supervisor.policy.conditions import strict_eq
+from supervisor.policy.evaluate import stricter_terms
 from supervisor.policy.schema import MAX_VELOCITY
 
 __all__ = ["NO_MATCH_RULE", "PolicyInterceptor"]
@@ -387,8 +388,11 @@ class PolicyInterceptor:
         if tokens is not None and new_args is not None:  # the token-rate limit charges the call that will run
             call.extra["llm_tokens"] = int(tokens(new_args))
         strict = again if RESTRICTIVENESS[again.verdict] > RESTRICTIVENESS[v.verdict] else v
+        if v.verdict == again.verdict == "require_approval" and stricter_terms(again.approval, v.approval):
+            strict = again  # the downgraded call asks for more people (or for separation): its rule decides how
+        # the terms go with the verdict: a require_approval without them was refused policy.unavailable
         return Verdict(strict.verdict, strict.rule_id, strict.reason, strict.layer,
-                       delay_s=max(v.delay_s, again.delay_s), replacements=v.replacements)
+                       delay_s=max(v.delay_s, again.delay_s), replacements=v.replacements, approval=strict.approval)
 
     @staticmethod
     def _deny(call: CallState, reason: str, v: Verdict) -> StockadeError:

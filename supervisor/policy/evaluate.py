@@ -25,7 +25,7 @@ from supervisor.policy.conditions import MAX_SCAN_CHARS, Budget, Undecidable, lo
 from supervisor.policy.model import NO_MATCH, RESTRICTIVENESS, ApprovalSpec, Policy, PolicyRequest, Rule, Verdict
 from supervisor.policy.names import is_resolved_tool_name, is_valid_tool_name
 
-__all__ = ["MAX_SCAN_NODES", "evaluate", "evaluate_layers"]
+__all__ = ["MAX_SCAN_NODES", "evaluate", "evaluate_layers", "stricter_terms"]
 
 MAX_SCAN_NODES = 10_000
 _MAX_DEPTH = 32
@@ -60,7 +60,7 @@ def evaluate_layers(tenant: Policy, bundle: Policy | None, req: PolicyRequest) -
     if b.verdict == "deny":
         return b
     strict = b if RESTRICTIVENESS[b.verdict] > RESTRICTIVENESS[t.verdict] else t
-    if b.verdict == t.verdict == "require_approval" and _stricter_terms(b.approval, t.approval):
+    if b.verdict == t.verdict == "require_approval" and stricter_terms(b.approval, t.approval):
         strict = b  # the bundle asks for more people (or for separation): its rule decides how
     return Verdict(
         strict.verdict, strict.rule_id, strict.reason, strict.layer,
@@ -70,8 +70,8 @@ def evaluate_layers(tenant: Policy, bundle: Policy | None, req: PolicyRequest) -
     )
 
 
-def _stricter_terms(b: ApprovalSpec | None, t: ApprovalSpec | None) -> bool:
-    """Whether the bundle's approval terms ask for at least as much as the tenant's, and more.
+def stricter_terms(b: ApprovalSpec | None, t: ApprovalSpec | None) -> bool:
+    """Whether the bundle's approval terms (``b``) ask for at least as much as the tenant's (``t``), and more.
 
     The approval step applies the terms of one rule (the one the verdict names), so when both layers
     ask for a human the rule with the dominating terms is named; terms neither dominates (3 approvers
