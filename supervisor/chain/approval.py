@@ -58,6 +58,7 @@ class ApprovalInterceptor:
         run_key = (b.tenant_id, b.run_id)
         self._waiting[run_key] = self._waiting.get(run_key, 0) + 1
         failure: Exception | None = None
+        let_go = False
         try:
             if self._waiting[run_key] == 1:
                 await s.runs.set_status(b.tenant_id, b.run_id, "waiting_approval")
@@ -70,6 +71,7 @@ class ApprovalInterceptor:
             decided = await self._wait(call, approval)
         except asyncio.CancelledError:  # the run ended (canceled, timed out), or the bundle let go of the call
             await asyncio.shield(self._withdraw(call, approval))
+            let_go = call.extra.get("canceled_by") == "bundle"
             raise
         except Exception as exc:  # the wait broke (a store blip): the call fails, its run goes on
             failure = exc
@@ -78,6 +80,8 @@ class ApprovalInterceptor:
             last = self._waiting[run_key] == 0
             if last:
                 del self._waiting[run_key]
+            if let_go:  # the run goes on: no longer waiting (unless for another call), the outcome on its stream
+                await asyncio.shield(_let_go(call, approval, last))
         if failure is not None:
             # nobody waits for this request any more: off the approvers' list, the run no longer waiting
             await asyncio.shield(withdraw(s.approvals, approval.tenant_id, approval.id, CALL_FAILED))
@@ -125,6 +129,11 @@ class ApprovalInterceptor:
             down_since = None
             if current is None:  # the durable request is gone (removed behind the store's back): fail closed
                 raise StockadeError("approval.rejected", "the approval request no longer exists", approval_id=approval.id)
+            if current.status == "expired" and current.decision_reason == RUN_ENDED:
+                # the run ended (the API's cancel withdraws its requests before this worker hears of it): the call
+                # ends as every call of an ended run does (tool.canceled, run.ended), not as an approval that
+                # expired without a decision
+                raise asyncio.CancelledError(RUN_ENDED)
             told = await _tell_votes(call, current, told)
             if current.status != "pending":
                 return current
@@ -145,6 +154,23 @@ class ApprovalInterceptor:
     async def _withdraw(call: CallState, approval: Approval) -> None:
         reason = CALL_CANCELED if call.extra.get("canceled_by") == "bundle" else RUN_ENDED
         await withdraw(call.services.approvals, approval.tenant_id, approval.id, reason)
+
+
+async def _let_go(call: CallState, approval: Approval, last: bool) -> None:
+    """The bundle let go of a call that waited for a decision: the run is ``running`` again (unless it waits for
+    another call) and its stream says how the request ended (withdrawn: expired; or the decision that crossed
+    the cancel). Found by a walkthrough: the run stayed ``waiting_approval`` with nothing pending, and the
+    request's end never reached the stream."""
+    s = call.services
+    with contextlib.suppress(StockadeError):  # best effort: the store may be away
+        if last:
+            await s.runs.set_status(approval.tenant_id, approval.run_id, "running")
+        current = await s.approvals.get(approval.tenant_id, approval.id)
+        if current is not None and current.status != "pending":
+            await emit_while_running(call, "approval.resolved", {
+                "approval_id": current.id, "decision": current.status, "decided_by": current.decided_by,
+                "reason": current.decision_reason,
+            })
 
 
 async def _tell_votes(call: CallState, current: Approval, told: int) -> int:
