@@ -282,7 +282,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             _out(json.dumps({"name": v.name, "version": v.version, "digest": v.digest, "tenant_id": tid}))
             return 0
         if args.cmd == "audit":
-            return await _audit_verify(rt, args.tenant, anchors)
+            return await _audit_verify(rt, args.tenant, anchors, anchored=bool(args.anchor))
         if args.cmd == "secrets":
             return await _secrets_reseal(rt, args.tenant)
     finally:
@@ -333,12 +333,25 @@ async def _demo(rt: Any, settings: Settings) -> int:
     return 0
 
 
-async def _audit_verify(rt: Any, tenant_ref: str | None, anchors: list[Any]) -> int:
+async def _audit_verify(rt: Any, tenant_ref: str | None, anchors: list[Any], *, anchored: bool = False) -> int:
+    """``anchored``: --anchor was given (its files may still name no head)."""
     from supervisor.audit.chain import ChainVerifier
+    from supervisor.audit.keys import public_key_pem
+    from supervisor.audit.receipts import verify_receipt
 
     s = rt.services
-    tenants = [await _tenant_id(s, tenant_ref)] if tenant_ref else await s.audit.tenants()
-    if not tenant_ref:  # an anchored tenant whose records are all gone is not among those with records
+    if anchored and not anchors:
+        return _fail("input.invalid: the anchor files name no chain head (an empty \"heads\", a receipt from before "
+                     "its tenant's first record): there is nothing to check the chains against")
+    receipts = [a for a in anchors if a.receipt is not None]
+    signers = [public_key_pem(k) for k in (rt.signing_key, *rt.retired_signing_keys, rt.next_signing_key)
+               if k is not None] if receipts else []
+    for a in receipts:  # a receipt is trusted as an anchor only as signed: an edited one is no evidence against the log
+        if not verify_receipt(a.receipt, signers):
+            return _fail(f"input.invalid: {a.source}: a receipt whose signature this deployment's signing keys do not "
+                         "verify (changed after it was signed?): not an anchor to check the log against")
+    tenants = [await _tenant_id(s, tenant_ref)] if tenant_ref is not None else await s.audit.tenants()
+    if tenant_ref is None:  # an anchored tenant whose records are all gone is not among those with records
         tenants += sorted({a.tenant_id for a in anchors} - set(tenants))
     elif anchors and not any(a.tenant_id == tenants[0] for a in anchors):
         # asked to check one tenant against anchors of others only: it checked nothing, and said "verified"
@@ -458,7 +471,7 @@ def _public_keys(data: bytes, key_path: str) -> list[bytes]:
 
 
 def _receipt_verify(path: str, key_paths: list[str]) -> int:
-    from supervisor.audit.receipts import load_receipt, verify_receipt
+    from supervisor.audit.receipts import key_ids, load_receipt, verify_receipt
 
     data = _read_capped(path, _MAX_RECEIPT_BYTES, "receipt")
     pems = [p for kp in key_paths for p in _public_keys(_read_capped(kp, _MAX_KEY_BYTES, "public key"), kp)]
@@ -466,6 +479,12 @@ def _receipt_verify(path: str, key_paths: list[str]) -> int:
         receipt = load_receipt(data)  # a member written twice: refused (other readers keep the other one)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         return _fail(f"input.invalid: the receipt is not JSON: {str(exc).splitlines()[0] if str(exc) else 'nested too deeply'}")
+    kid = receipt.get("key_id") if isinstance(receipt, dict) else None
+    given = key_ids(pems)
+    if isinstance(kid, str) and kid not in given:  # nothing to check it with: not the same as a forged signature
+        return _fail(f"receipt.invalid: the receipt names signing key {kid[:64]!r}, which is none of the keys given "
+                     f"({', '.join(sorted(given)) or 'none'}): verify it with the deployment's current key list "
+                     "(GET /v1/receipts/public-keys); an edited key_id also ends here")
     if not verify_receipt(receipt, pems):  # several keys: the one the receipt's key_id names
         return _fail("receipt.invalid: receipt signature is INVALID")
     _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", [])),

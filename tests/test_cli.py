@@ -341,13 +341,22 @@ def test_audit_verify_with_an_anchor_detects_a_cut_off_tail(env, capsys, tmp_pat
                     "(records deleted from the end)")
 
 
+def _signed(body: dict) -> dict:
+    """``body`` signed with the receipt signing key of the data dir in use, as GET /v1/runs/{id}/receipt signs."""
+    from supervisor.audit.keys import load_signing_key
+    from supervisor.audit.receipts import sign_receipt
+    from supervisor.settings import load_settings
+
+    return sign_receipt(body, load_signing_key(load_settings()))
+
+
 def test_audit_verify_with_a_receipt_as_anchor_detects_a_vanished_or_replaced_chain(env, capsys, tmp_path):
     tid = _seed_audit(3)
     with sqlite3.connect(env / "stockade.db") as c:
         head = c.execute("SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1", (tid,)).fetchone()
     receipt = tmp_path / "receipt.json"  # a tenant's run receipt names the chain head it was issued at
-    receipt.write_text(json.dumps({"receipt_version": 1, "run_id": "run_x", "tenant_id": tid,
-                                   "chain_head": {"seq": head[0], "hash": head[1]}, "spans": []}))
+    receipt.write_text(json.dumps(_signed({"receipt_version": 1, "run_id": "run_x", "tenant_id": tid,
+                                           "chain_head": {"seq": head[0], "hash": head[1]}, "spans": []})))
     rc, out, _ = _run(capsys, "audit", "verify", "--anchor", str(receipt), "--tenant", tid)
     assert rc == 0 and json.loads(out)["anchors"] == 1
     # another tenant checked against this tenant's anchor only: it said "verified" having checked nothing
@@ -487,3 +496,69 @@ def test_a_node_given_an_audit_key_that_verifies_no_stored_record_is_refused(env
     monkeypatch.setenv("STOCKADE_AUDIT_KEY", "the-deployment-audit-key-0123456789")
     rc, out, _ = _run(capsys, "audit", "verify", "--tenant", tid)
     assert rc == 0 and json.loads(out)["records"] == 3, out  # the refused starts sealed nothing
+
+
+def test_an_anchor_is_trusted_only_as_signed_and_must_name_a_head(env, capsys, tmp_path):
+    """Found by a walkthrough (session 18): a receipt edited to anchor record 99 was taken as it was, and the
+    intact database was reported as cut ("records deleted from the end"); a receipt with a member written twice
+    (which `receipt verify` refuses) was an anchor; and anchor files naming no head checked nothing and said
+    rc 0. Now an anchor receipt must verify with the deployment's keys, a duplicate member is refused, and
+    anchors that name no head are input.invalid."""
+    tid = _seed_audit(3)
+    with sqlite3.connect(env / "stockade.db") as c:
+        seq, digest = c.execute("SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
+                                (tid,)).fetchone()
+    genuine = _signed({"receipt_version": 1, "run_id": "run_x", "tenant_id": tid, "chain_head": {"seq": seq, "hash": digest}})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(genuine))
+    rc, out, _ = _run(capsys, "audit", "verify", "--anchor", str(path))
+    assert rc == 0 and json.loads(out)["anchors"] == 1, out
+    path.write_text(json.dumps({**genuine, "chain_head": {"seq": 99, "hash": digest}}))
+    line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(path))[::2])
+    assert line.startswith(f"stockade: input.invalid: {path}: a receipt whose signature this deployment's signing keys "
+                           "do not verify"), line
+    path.write_text(json.dumps(genuine)[:-1] + ', "run_id": "run_y"}')
+    assert "duplicate member 'run_id'" in _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(path))[::2])
+    for empty in ({"heads": {}}, {**genuine, "chain_head": None}):
+        path.write_text(json.dumps(empty))
+        line = _one_line_error(*_run(capsys, "audit", "verify", "--anchor", str(path))[::2])
+        assert line.startswith("stockade: input.invalid: the anchor files name no chain head"), line
+
+
+def test_audit_verify_of_an_empty_tenant_name_is_refused(env, capsys):
+    """`audit verify --tenant ''` (an unset shell variable) verified every tenant and said so, rc 0."""
+    _seed_audit(1)
+    assert _one_line_error(*_run(capsys, "audit", "verify", "--tenant", "")[::2]).startswith("stockade: not_found: no tenant")
+
+
+def test_receipt_verify_says_when_no_key_given_is_the_receipts(env, capsys, tmp_path):
+    """A receipt checked against a key list from before a rotation said "signature is INVALID", as for a forgery;
+    it now names the key the receipt was signed with and that none of those given is it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from supervisor.audit.keys import key_id, public_key_pem
+
+    tid = _seed_audit(1)
+    receipt = _signed({"receipt_version": 1, "run_id": "run_x", "tenant_id": tid, "chain_head": None})
+    (tmp_path / "r.json").write_text(json.dumps(receipt))
+    other = Ed25519PrivateKey.generate()
+    (tmp_path / "old.pem").write_text(public_key_pem(other))
+    line = _one_line_error(*_run(capsys, "receipt", "verify", str(tmp_path / "r.json"), "--public-key",
+                                 str(tmp_path / "old.pem"))[::2])
+    assert line.startswith(f"stockade: receipt.invalid: the receipt names signing key '{receipt['key_id']}', which is "
+                           f"none of the keys given ({key_id(other)})"), line
+    forged = {**receipt, "run_id": "run_y"}  # the right key, a changed member: a forgery, said as before
+    (tmp_path / "f.json").write_text(json.dumps(forged))
+    from supervisor.audit.keys import load_signing_key
+    from supervisor.settings import load_settings
+    (tmp_path / "cur.pem").write_text(public_key_pem(load_signing_key(load_settings())))
+    line = _one_line_error(*_run(capsys, "receipt", "verify", str(tmp_path / "f.json"), "--public-key",
+                                 str(tmp_path / "cur.pem"))[::2])
+    assert line == "stockade: receipt.invalid: receipt signature is INVALID"
+
+
+@pytest.mark.parametrize("name", ["\u202eevil", "a\u200bb", "x\u2028y"])
+def test_a_tenant_name_with_a_format_character_is_refused(env, capsys, name):
+    """Tenant names refused control characters but took U+202E (shows "live" reversed) and invisible ones."""
+    line = _one_line_error(*_run(capsys, "tenant", "create", name)[::2])
+    assert line.startswith("stockade: input.invalid: tenant name must be 1 to 100 characters, without control or format")

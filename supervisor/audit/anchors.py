@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from supervisor.audit.receipts import load_receipt
 
 __all__ = ["Anchor", "anchors_in", "parse_anchors"]
 
@@ -30,6 +32,8 @@ class Anchor:
     seq: int
     hash: str
     source: str  # the file it came from (named when it does not hold)
+    # a receipt's anchor: the receipt, whose signature the verifier checks before trusting the head it names
+    receipt: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 def _head(tenant_id: Any, head: Any, source: str) -> Anchor:
@@ -48,14 +52,17 @@ def parse_anchors(doc: Any, source: str) -> list[Anchor]:
     if isinstance(doc, dict) and "chain_head" in doc:
         if doc["chain_head"] is None:
             return []  # a receipt from before the tenant's first record: nothing to hold on to
-        return [_head(doc.get("tenant_id"), doc["chain_head"], source)]
+        head = _head(doc.get("tenant_id"), doc["chain_head"], source)
+        return [Anchor(head.tenant_id, head.seq, head.hash, source, receipt=doc)]
     raise ValueError(f"{source}: not an anchor file (the output of `stockade audit verify`, or a run receipt)")
 
 
 def anchors_in(data: bytes, source: str) -> list[Anchor]:
     """The chain heads in one anchor file's bytes (read by the caller); ValueError with one line if bad."""
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = load_receipt(data)  # a member written twice is refused, as `stockade receipt verify` refuses it
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ValueError(f"{source}: not JSON") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
     return parse_anchors(doc, source)

@@ -28,7 +28,7 @@ from supervisor.audit.keys import key_id
 from supervisor.errors import StockadeError
 from supervisor.stores.records import AuditRecord, Run
 
-__all__ = ["build_receipt", "check_before_signing", "load_receipt", "sign_receipt", "verify_receipt"]
+__all__ = ["build_receipt", "check_before_signing", "key_ids", "load_receipt", "sign_receipt", "verify_receipt"]
 
 _PAGE = 1000
 
@@ -137,6 +137,12 @@ def load_receipt(data: bytes | str) -> Any:
     readers the first: a genuine receipt with a forged member put in front verified here and showed the
     forgery there. RecursionError if nested deeper than the parser goes."""
     return json.loads(data, object_pairs_hook=_one_of_each)
+
+
+def key_ids(pems: Sequence[str | bytes]) -> set[str]:
+    """The ``key_id`` of each Ed25519 public key among ``pems`` (PEM public keys; others are no signer)."""
+    keys = [serialization.load_pem_public_key(p.encode() if isinstance(p, str) else p) for p in pems]
+    return {key_id(k) for k in keys if isinstance(k, Ed25519PublicKey)}
 
 
 def verify_receipt(receipt: dict[str, Any], public_key_pem: str | bytes | Sequence[str | bytes]) -> bool:
