@@ -1,4 +1,4 @@
-"""Characters a bundle's file names and description may not hold.
+"""Characters a name may not hold: bundle file names and descriptions, tenant, user and project names.
 
 Controls (a newline, a terminal escape), format characters (U+202E, the right-to-left override, makes
 ``\u202egnp.py`` read as ``ypg.png``), lone surrogates and line/paragraph separators: a name or a text

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, StringConstraints
 
-__all__ = ["Text", "has_nul", "is_utf8_name", "reject_nul", "scrub_nul", "text"]
+from supervisor.hidden_chars import hidden_char
+
+__all__ = ["Name", "Text", "has_nul", "is_utf8_name", "reject_hidden", "reject_nul", "scrub_nul", "text"]
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a \u0000 escape, not an escaped backslash + "u0000"
@@ -90,6 +92,18 @@ def reject_nul(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(reject_nul)]  # a free-text API field that will be stored
+
+
+def reject_hidden(value: str) -> str:
+    """A name shown in listings, logs and the UI: no control, format or separator character (U+202E shows
+    ``gnp.exe`` as ``exe.png``, a terminal escape recolours a log, U+200B alone is an invisible name)."""
+    bad = hidden_char(value)
+    if bad is not None:
+        raise ValueError(f"a name may not hold control or format characters (U+{ord(bad):04X})")
+    return value
+
+
+Name = Annotated[str, AfterValidator(reject_nul), AfterValidator(reject_hidden)]  # a stored display name
 
 
 def text(*, min_length: int | None = None, max_length: int | None = None) -> Any:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.budget.amounts import cap_to_micro
 from supervisor.errors import StockadeError
+from supervisor.hidden_chars import hidden_char
 from supervisor.ids import new_id
 from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
 from supervisor.stores.records import ROLES, ApiKey, Tenant
@@ -77,8 +77,9 @@ async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user
 
 async def create_tenant(services: Any, name: str, *, budget_usd: float | None = None) -> tuple[Tenant, NewKey]:
     name = (name or "").strip()
-    if not name or len(name) > 100 or any(unicodedata.category(c) == "Cc" for c in name):
-        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters, without NUL or control characters")
+    if not name or len(name) > 100 or hidden_char(name) is not None:
+        raise StockadeError("input.invalid", "tenant name must be 1 to 100 characters, without control or format "
+                            "characters (a newline, U+202E)")
     if _TENANT_ID.fullmatch(name):  # `--tenant REF` looks ids up first: such a name could never be found by name
         raise StockadeError("input.invalid", "a tenant name cannot look like a tenant id (ten_...)")
     # every check before the first write: a refused request leaves no tenant behind

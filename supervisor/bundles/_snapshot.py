@@ -21,9 +21,9 @@ import os
 import stat
 from pathlib import Path
 
-from supervisor.bundles._chars import hidden_char
 from supervisor.bundles._ignore import is_ignored
 from supervisor.errors import StockadeError
+from supervisor.hidden_chars import hidden_char
 
 __all__ = ["snapshot_dir"]
 

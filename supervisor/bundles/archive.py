@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from supervisor.bundles._chars import hidden_char
 from supervisor.bundles._snapshot import _MAX_DEPTH
 from supervisor.errors import StockadeError
+from supervisor.hidden_chars import hidden_char
 
 __all__ = ["extract_archive", "sniff_archive"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from supervisor.bundles._chars import hidden_char
 from supervisor.bundles._yaml import YamlProblem, line_of, load_document
 from supervisor.errors import StockadeError
+from supervisor.hidden_chars import hidden_char
 from supervisor.storable import has_nul
 
 __all__ = [

@@ -144,3 +144,28 @@ async def test_a_call_whose_run_ended_while_it_waited_is_audited_as_canceled(nod
     await c.post(f"/v1/runs/{run['id']}/cancel")
     await collect(c, run["id"])
     assert await outcome() == [("tool.canceled", "run.ended")]
+
+
+async def test_revoking_a_revoked_key_again_succeeds_as_the_cli_does(node):
+    """DELETE /v1/keys/{id} of a key already revoked was a 404 for a key GET /v1/keys still lists (the CLI's
+    `key revoke` succeeds: a retried request holds). An unknown id is still a 404."""
+    _, key, c = await _tenant(node)
+    made = (await c.post("/v1/keys", json={"role": "viewer"})).json()
+    for _ in range(2):
+        r = await c.delete(f"/v1/keys/{made['id']}")
+        assert r.status_code == 200 and r.json() == {"id": made["id"], "revoked": True}, r.text
+    assert (await c.delete("/v1/keys/key_doesnotexist")).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["a\nb", "\u202egnp.exe", "\u200b", "\x1b[31mred\x1b[0m", "x\u2028y", "hi\U000E0041"])
+async def test_user_and_project_names_hold_no_control_or_format_characters(node, name):
+    """Users and projects took names that show as something else in every listing (a bidi override, a
+    terminal escape, an invisible name), where tenant and bundle names refuse them."""
+    _, key, c = await _tenant(node)
+    for path in ("/v1/users", "/v1/projects"):
+        r = await c.post(path, json={"name": name})
+        assert r.status_code == 422 and r.json()["code"] == "input.invalid", r.text
+        assert "control or format" in r.text
+    assert (await c.get("/v1/users")).json()["data"] == [] and (await c.get("/v1/projects")).json()["data"] == []
+    for ok in ("Zoë Ångström", "שלום", "\U0001f469\u200d\U0001f4bb dev"):
+        assert (await c.post("/v1/users", json={"name": ok})).status_code == 201
