@@ -102,6 +102,21 @@ def check_listen(host: str, port: int) -> None:
         sock.close()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its last act on a signal: once it has shut down after a SIGTERM or SIGINT it
+    raised the signal again with the handler it had found - for SIGTERM the default, which ends the process
+    on the spot. ``stockade serve`` / ``api`` then never stopped the runtime (``Runtime.stop``): calls in
+    flight were not settled, the warm sandboxes' folders were left behind (found by a walkthrough: the next
+    start swept them as "left by a worker that died"). Here the signal has done its work when serve
+    returns: the caller stops the runtime, and the process ends normally."""
+
+    async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await super()._serve(sockets)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
 async def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
     """``server`` on ``sockets`` (from ``listen_sockets``), saying where, as uvicorn says it for a host."""
     for sock in sockets:
@@ -132,7 +147,7 @@ async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, w
             app = build_asgi(rt, role_worker=workers)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                                     lifespan="off", timeout_graceful_shutdown=3, proxy_headers=True)
-            await serve(uvicorn.Server(config), sockets)
+            await serve(_Server(config), sockets)
         else:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -117,6 +117,10 @@ class WarmPool:
             if slot is not None:
                 slot.discard()
             await asyncio.sleep(1.0)  # do not spin on a broken backend; the next take() refills
+        except asyncio.CancelledError:  # the pool is closing while this slot starts: it goes too
+            if slot is not None and slot not in self._ready:
+                slot.discard()
+            raise
         finally:
             self._filling -= 1
 
@@ -155,13 +159,15 @@ class WarmPool:
                 return
             conn.set_result((reader, writer, peer))
 
-        server = await listen_run_socket(on_connect, dirs, s, uid, gid)
+        server = None
         limits = _with_wall(self.default_limits, s.run_timeout_max_s + IDLE_MAX_S + 5.0)
-        try:
+        try:  # a cancel (the node stopping) anywhere from here leaves no folder behind either
+            server = await listen_run_socket(on_connect, dirs, s, uid, gid)
             spec = build_spec(s, dirs, bundle_dir, {}, limits, uid, gid)
             proc = await launch(spec, bwrap=s.sandbox_bwrap)
         except BaseException:
-            server.close()
+            if server is not None:
+                server.close()
             dirs.remove()
             if uid is not None and self.uid_pool is not None:
                 self.uid_pool.release(uid)
