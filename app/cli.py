@@ -256,16 +256,19 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "key" and args.sub == "revoke":
             tid = await _tenant_id(s, args.tenant)
-            if not await s.tenants.revoke_key(tid, args.key_id):
-                key = next((k for k in await s.tenants.list_keys(tid) if k.id == args.key_id), None)
-                if key is None:
-                    raise StockadeError("not_found", f"no key {args.key_id!r} in tenant {tid}")
-                # already revoked: what was asked holds (a retried command succeeds)
+            if await s.tenants.revoke_key(tid, args.key_id):
+                await rt.recorder.record(tid, "key.revoked", detail={"key_id": None, "id": args.key_id})
+            elif not any(k.id == args.key_id for k in await s.tenants.list_keys(tid)):
+                raise StockadeError("not_found", f"no key {args.key_id!r} in tenant {tid}")
+            # (already revoked: what was asked holds, a retried command succeeds)
             _out(json.dumps({"tenant_id": tid, "key_id": args.key_id, "revoked": True}))
             return 0
         if args.cmd == "key":
             tid = await _tenant_id(s, args.tenant)
             nk = await create_key(s, tid, args.role, user_id=args.user, project_id=args.project)
+            await rt.recorder.record(tid, "key.created", detail={  # key_id None: by the operator, not a key
+                "key_id": None, "id": nk.key.id, "role": nk.key.role, "user_id": nk.key.user_id,
+                "project_id": nk.key.project_id})
             _out(json.dumps({"tenant_id": tid, "key_id": nk.key.id, "role": nk.key.role, "api_key": nk.secret}),
                  unseen=_unseen_key(tid, nk.key.id))
             return 0

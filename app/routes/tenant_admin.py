@@ -181,6 +181,8 @@ async def post_key(body: NewKeyBody, rt: Any = Depends(runtime), p: Principal = 
         raise StockadeError("auth.forbidden", "this key is bound to another project")
     nk = await create_key(rt.services, p.tenant_id, body.role, user_id=p.user_id or body.user_id,
                           project_id=p.project_id or body.project_id)
+    await _record(rt, p, "key.created", id=nk.key.id, role=nk.key.role, user_id=nk.key.user_id,
+                  project_id=nk.key.project_id)
     return {"id": nk.key.id, "api_key": nk.secret, "role": nk.key.role, "user_id": nk.key.user_id,
             "project_id": nk.key.project_id}
 
@@ -197,10 +199,18 @@ async def revoke_key(key_id: str, rt: Any = Depends(runtime), p: Principal = Dep
     if p.bound and not any(k.id == key_id and p.sees(k.user_id, k.project_id)
                            for k in await rt.services.tenants.list_keys(p.tenant_id)):
         raise StockadeError("not_found", f"no key {key_id}")  # outside its binding: as if it did not exist
-    if not await rt.services.tenants.revoke_key(p.tenant_id, key_id) and not any(
-            k.id == key_id for k in await rt.services.tenants.list_keys(p.tenant_id)):
+    if await rt.services.tenants.revoke_key(p.tenant_id, key_id):
+        await _record(rt, p, "key.revoked", id=key_id)
+    elif not any(k.id == key_id for k in await rt.services.tenants.list_keys(p.tenant_id)):
         raise StockadeError("not_found", f"no key {key_id}")
     return {"id": key_id, "revoked": True}  # revoked already: what was asked holds (a retried DELETE succeeds)
+
+
+async def _record(rt: Any, p: Principal, kind: str, **detail: Any) -> None:
+    """Who may do what in the tenant changed: one audit record, naming the key that changed it (as
+    ``policy.updated`` and ``bundle.registered`` do). Keys minted and revoked, users, projects and memberships
+    went unrecorded (found by a walkthrough)."""
+    await rt.recorder.record(p.tenant_id, kind, detail={"key_id": p.key_id, **detail})
 
 
 class NameBody(BaseModel):
@@ -211,12 +221,14 @@ class NameBody(BaseModel):
 @router.post("/projects", status_code=201)
 async def post_project(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     pr = await rt.services.tenants.create_project(p.tenant_id, body.name)
+    await _record(rt, p, "project.created", id=pr.id, name=pr.name)
     return {"id": pr.id, "name": pr.name}
 
 
 @router.post("/users", status_code=201)
 async def post_user(body: NameBody, rt: Any = Depends(runtime), p: Principal = Depends(require_tenant_wide("admin"))) -> dict[str, Any]:
     u = await rt.services.tenants.create_user(p.tenant_id, body.name)
+    await _record(rt, p, "user.created", id=u.id, name=u.name)
     return {"id": u.id, "name": u.name}
 
 
@@ -251,6 +263,8 @@ async def put_member(project_id: str, user_id: str, rt: Any = Depends(runtime),
     if await rt.services.tenants.get_user(p.tenant_id, user_id) is None:
         raise StockadeError("not_found", f"no user {user_id}")
     added = await rt.services.tenants.add_member(p.tenant_id, project_id, user_id)
+    if added:
+        await _record(rt, p, "member.added", project_id=project_id, user_id=user_id)
     return {"project_id": project_id, "user_id": user_id, "added": added}
 
 
@@ -262,4 +276,5 @@ async def delete_member(project_id: str, user_id: str, rt: Any = Depends(runtime
     await _project(rt, p, project_id)
     if not await rt.services.tenants.remove_member(p.tenant_id, project_id, user_id):
         raise StockadeError("not_found", f"user {user_id} is not a member of project {project_id}")
+    await _record(rt, p, "member.removed", project_id=project_id, user_id=user_id)
     return {"project_id": project_id, "user_id": user_id, "removed": True}

@@ -169,3 +169,25 @@ async def test_user_and_project_names_hold_no_control_or_format_characters(node,
     assert (await c.get("/v1/users")).json()["data"] == [] and (await c.get("/v1/projects")).json()["data"] == []
     for ok in ("Zoë Ångström", "שלום", "\U0001f469\u200d\U0001f4bb dev"):
         assert (await c.post("/v1/users", json={"name": ok})).status_code == 201
+
+
+async def test_who_may_do_what_changes_are_audited(node):
+    """Keys minted and revoked, users, projects and memberships left no audit record (found by a walkthrough):
+    each is now one record naming the key that made the change; a repeated no-op (revoking a revoked key,
+    adding a member again) records nothing."""
+    _, key, c = await _tenant(node)
+    me = (await c.get("/v1/me")).json()["key_id"]
+    made = (await c.post("/v1/keys", json={"role": "viewer"})).json()
+    for _ in range(2):
+        assert (await c.delete(f"/v1/keys/{made['id']}")).status_code == 200
+    user = (await c.post("/v1/users", json={"name": "ann"})).json()
+    project = (await c.post("/v1/projects", json={"name": "apollo"})).json()
+    for _ in range(2):
+        assert (await c.put(f"/v1/projects/{project['id']}/members/{user['id']}")).status_code == 200
+    assert (await c.delete(f"/v1/projects/{project['id']}/members/{user['id']}")).status_code == 200
+    audit = (await c.get("/v1/audit")).json()["data"]
+    assert [(a["kind"], a["detail"]["key_id"]) for a in audit] == [
+        ("key.created", me), ("key.revoked", me), ("user.created", me), ("project.created", me),
+        ("member.added", me), ("member.removed", me)], audit
+    assert audit[0]["detail"] | {"id": made["id"], "role": "viewer"} == audit[0]["detail"]
+    assert audit[4]["detail"]["user_id"] == user["id"] and audit[4]["detail"]["project_id"] == project["id"]
