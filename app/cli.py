@@ -208,7 +208,8 @@ def _waiting_at_most(settings: Settings) -> Settings:
 async def _tenant_id(services: Any, ref: str) -> str:
     t = await services.tenants.get_tenant(ref) or await services.tenants.get_tenant_by_name(ref)
     if t is None:
-        raise StockadeError("not_found", f"no tenant {ref!r}")
+        shown = ref if len(ref) <= 200 else ref[:200] + "…"  # a pasted blob is not echoed whole
+        raise StockadeError("not_found", f"no tenant {shown!r}" + (f" ({len(ref)} characters)" if len(ref) > 200 else ""))
     return t.id
 
 

@@ -562,3 +562,9 @@ def test_a_tenant_name_with_a_format_character_is_refused(env, capsys, name):
     """Tenant names refused control characters but took U+202E (shows "live" reversed) and invisible ones."""
     line = _one_line_error(*_run(capsys, "tenant", "create", name)[::2])
     assert line.startswith("stockade: input.invalid: tenant name must be 1 to 100 characters, without control or format")
+
+
+def test_a_huge_tenant_argument_is_not_echoed_whole(env, capsys):
+    _seed_audit(1)
+    line = _one_line_error(*_run(capsys, "key", "create", "--tenant", "x" * 100_000)[::2])
+    assert len(line) < 400 and line.endswith("(100000 characters)"), line[:500]
