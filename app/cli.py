@@ -215,7 +215,7 @@ async def _tenant_id(services: Any, ref: str) -> str:
 
 async def _admin(settings: Settings, args: argparse.Namespace) -> int:
     from supervisor.runtime import open_runtime
-    from supervisor.tenancy import create_key, create_tenant
+    from supervisor.tenancy import create_key, create_tenant, revoke_key
 
     anchors: list[Any] = []
     if args.cmd == "audit":  # bad anchor files are refused before anything is opened
@@ -257,11 +257,11 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "key" and args.sub == "revoke":
             tid = await _tenant_id(s, args.tenant)
-            if await s.tenants.revoke_key(tid, args.key_id):
-                await rt.recorder.record(tid, "key.revoked", detail={"key_id": None, "id": args.key_id})
-            elif not any(k.id == args.key_id for k in await s.tenants.list_keys(tid)):
+            revoked = await revoke_key(s, tid, args.key_id)  # False: revoked already, a retried command succeeds
+            if revoked is None:
                 raise StockadeError("not_found", f"no key {args.key_id!r} in tenant {tid}")
-            # (already revoked: what was asked holds, a retried command succeeds)
+            if revoked:
+                await rt.recorder.record(tid, "key.revoked", detail={"key_id": None, "id": args.key_id})
             _out(json.dumps({"tenant_id": tid, "key_id": args.key_id, "revoked": True}))
             return 0
         if args.cmd == "key":

@@ -13,7 +13,7 @@ from supervisor.ids import new_id
 from supervisor.keys import generate_key, hash_key, key_display_prefix, well_formed
 from supervisor.stores.records import ROLES, ApiKey, Tenant
 
-__all__ = ["NewKey", "Principal", "authenticate", "check_membership", "create_key", "create_tenant", "key_failure",
+__all__ = ["NewKey", "Principal", "authenticate", "check_membership", "create_key", "create_tenant", "revoke_key", "key_failure",
            "key_is_live"]
 
 _TENANT_ID = re.compile(r"ten_[0-9a-z]{20}")
@@ -73,6 +73,14 @@ async def create_key(services: Any, tenant_id: str, role: str = "admin", *, user
         user_id=user_id, project_id=project_id,
     )
     return NewKey(key=key, secret=secret)
+
+
+async def revoke_key(services: Any, tenant_id: str, key_id: str) -> bool | None:
+    """Revoke the tenant's key: True if this call revoked it, False if it was revoked already (what was asked
+    holds: a retried request succeeds), None if the tenant has no such key."""
+    if await services.tenants.revoke_key(tenant_id, key_id):
+        return True
+    return False if any(k.id == key_id for k in await services.tenants.list_keys(tenant_id)) else None
 
 
 async def create_tenant(services: Any, name: str, *, budget_usd: float | None = None) -> tuple[Tenant, NewKey]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import MAX_ID, READ_ROLES, require_role, require_tenant_wide, runtime
 from app.strict_json import StrictJSONRoute
+from supervisor import tenancy
 from supervisor.budget import cap_to_micro
 from supervisor.errors import StockadeError
 from supervisor.policy import MAX_POLICY_BYTES  # one limit: what `stockade policy validate` accepts, PUT accepts
@@ -199,11 +200,12 @@ async def revoke_key(key_id: str, rt: Any = Depends(runtime), p: Principal = Dep
     if p.bound and not any(k.id == key_id and p.sees(k.user_id, k.project_id)
                            for k in await rt.services.tenants.list_keys(p.tenant_id)):
         raise StockadeError("not_found", f"no key {key_id}")  # outside its binding: as if it did not exist
-    if await rt.services.tenants.revoke_key(p.tenant_id, key_id):
-        await _record(rt, p, "key.revoked", id=key_id)
-    elif not any(k.id == key_id for k in await rt.services.tenants.list_keys(p.tenant_id)):
+    revoked = await tenancy.revoke_key(rt.services, p.tenant_id, key_id)  # False: revoked already, a retry holds
+    if revoked is None:
         raise StockadeError("not_found", f"no key {key_id}")
-    return {"id": key_id, "revoked": True}  # revoked already: what was asked holds (a retried DELETE succeeds)
+    if revoked:
+        await _record(rt, p, "key.revoked", id=key_id)
+    return {"id": key_id, "revoked": True}
 
 
 async def _record(rt: Any, p: Principal, kind: str, **detail: Any) -> None:

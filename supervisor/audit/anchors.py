@@ -14,6 +14,7 @@ the anchored record, unchanged. Anchor files are what Stockade already hands out
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -52,8 +53,7 @@ def parse_anchors(doc: Any, source: str) -> list[Anchor]:
     if isinstance(doc, dict) and "chain_head" in doc:
         if doc["chain_head"] is None:
             return []  # a receipt from before the tenant's first record: nothing to hold on to
-        head = _head(doc.get("tenant_id"), doc["chain_head"], source)
-        return [Anchor(head.tenant_id, head.seq, head.hash, source, receipt=doc)]
+        return [dataclasses.replace(_head(doc.get("tenant_id"), doc["chain_head"], source), receipt=doc)]
     raise ValueError(f"{source}: not an anchor file (the output of `stockade audit verify`, or a run receipt)")
 
 
