@@ -1,4 +1,5 @@
-"""JSON request bodies are read one way only: UTF-8, no duplicate key at any depth (else ``input.invalid``).
+"""JSON request bodies are read one way only: UTF-8, no duplicate key at any depth (else ``input.invalid``);
+and a query names only parameters its route takes (else ``input.invalid``, naming them).
 
 ``json.loads`` keeps the last of two equal keys, other parsers the first (or refuse): a body such as
 ``{"role": "viewer", "role": "admin"}`` meant one thing to whatever read it before Stockade (a gateway, a
@@ -6,6 +7,10 @@ log, a request audit) and another to Stockade itself. RFC 8259 says the names "S
 where they are not has no one meaning, so it is bad input and changes nothing. Likewise ``json.loads``
 given bytes guesses UTF-16 or UTF-32 from their look, where RFC 8259 has JSON between systems in UTF-8:
 a body anything else reads as UTF-8 (NUL bytes and all) is refused, not guessed at.
+
+A query parameter the route does not take was ignored: ``GET /v1/audit?kind=tool.denied`` answered every
+record as if filtered, ``?limt=5`` a page of 100. As with a body's unknown field (``extra="forbid"``), the
+request is refused and names what it did not understand.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
@@ -53,13 +59,28 @@ class _StrictJSONRequest(Request):
         return self._json
 
 
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes: its own and those of the dependencies it has (at any depth)."""
+    names = {f.alias for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
 class StrictJSONRoute(APIRoute):
-    """An ``APIRoute`` whose JSON body must be UTF-8 without a duplicate key."""
+    """An ``APIRoute`` whose JSON body must be UTF-8 without a duplicate key, and whose query names only
+    the parameters the route takes."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        takes = _query_names(self.dependant)
 
         async def strict(request: Request) -> Response:
+            unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in takes]
+            if unknown:
+                names = ", ".join(repr(k[:64]) for k in unknown[:5])
+                said = f"takes the query parameters {', '.join(sorted(takes))}" if takes else "takes no query parameters"
+                raise HTTPException(status_code=422, detail=f"unknown query parameter {names}: this request {said}")
             return await handler(_StrictJSONRequest(request.scope, request.receive))
 
         return strict

@@ -15,12 +15,13 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from app.deps import READ_ROLES, require_role, require_tenant_wide, runtime
+from app.strict_json import StrictJSONRoute
 from supervisor.errors import StockadeError
 from supervisor.tenancy import Principal
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/bundles", tags=["bundles"])
+router = APIRouter(prefix="/v1/bundles", tags=["bundles"], route_class=StrictJSONRoute)
 
 _ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
 _FORM = {"schema": {"type": "object", "required": ["bundle"], "properties": {

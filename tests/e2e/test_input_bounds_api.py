@@ -87,3 +87,26 @@ async def test_string_length_errors_say_characters(node):
             assert _problem(r, 422, "input.invalid")["detail"] == detail, (path, r.text)
         r = await c.put("/v1/budgets", json={"budgets": [{"scope": "user", "scope_id": "u" * 65, "cap_usd": 1}]})
         assert _problem(r, 422, "input.invalid")["detail"] == "body.budgets.0.scope_id: String should have at most 64 characters"
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/audit?kind=tool.denied",  # was: 200 with every record, as if filtered
+    "/v1/audit?limt=5",  # was: a page of 100
+    "/v1/runs?status=failed",  # was: every run
+    "/v1/approvals?state=pending",  # was: every approval, decided ones too
+    "/v1/bundles?name=echo",  # was: every bundle
+    "/v1/ledger?after=0&after_id=9",
+    "/v1/me?x=1",
+])
+async def test_a_query_parameter_the_request_does_not_take_is_refused(node, path):
+    _tid, key = await node.tenant()
+    c = node.client(key)
+    async with asyncio.timeout(20):
+        body = _problem(await c.get(path), 422, "input.invalid")
+        unknown = path.rsplit("&", 1)[-1].split("?")[-1].split("=")[0]
+        assert f"unknown query parameter {unknown!r}" in body["detail"], body
+        # what it takes still works, and is named
+        ok = await c.get(path.split("?")[0])
+        assert ok.status_code == 200, ok.text
+        if path.startswith("/v1/audit"):
+            assert "after, limit, run_id" in body["detail"], body
