@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -29,6 +30,7 @@ _Id = text(min_length=1, max_length=64)  # a user or project id; its limits said
 __all__ = ["router", "run_json"]
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=StrictJSONRoute)
+RECEIPT_SETTLE_S = 5.0  # the longest a receipt waits for a run's worker to record what the run's end interrupted
 PAGE_BYTES = 16 * 1024 * 1024  # of inputs and answers in one page of GET /v1/runs (at least one run)
 
 
@@ -232,9 +234,29 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
     )
 
 
+async def _settled(rt: Any, run: Run) -> None:
+    """Wait (at most RECEIPT_SETTLE_S) until the worker that carried an ended run has recorded all of it.
+
+    A run canceled through the API ends at once (its terminal event, written here), while its worker hears
+    of the cancel within a poll and only then stops the call in flight and audits it ``tool.canceled``: a
+    receipt asked for on ``run.canceled`` lacked that call. The worker lets go of the run (``let_go``) once
+    it is all recorded; a worker that stopped beating (lost: more than two visibility timeouts quiet) is
+    not waited for, nor a run no worker carried."""
+    runs = rt.services.runs
+    quiet_s = 2 * rt.settings.queue_visibility_s
+    deadline = time.monotonic() + RECEIPT_SETTLE_S
+    with contextlib.suppress(StockadeError):  # the store away: the receipt itself says so next
+        while (age := await runs.held(run.tenant_id, run.id)) is not None and age < quiet_s:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+
+
 @router.get("/{run_id}/receipt")
 async def run_receipt(run_id: str, rt: Any = Depends(runtime), p: Principal = Depends(require_role(*READ_ROLES))) -> dict[str, Any]:
     run = await _load(rt, p, run_id)
+    if run.status in TERMINAL_STATUSES:
+        await _settled(rt, run)
     audit = rt.services.audit
     records, after = [], 0
     while True:

@@ -228,6 +228,8 @@ class Worker:
             job = self._leases.pop(run.id, job)  # the delivery held now (one that came back is adopted)
             await self._release(run)
             if ended:  # else the job stays: a run whose end could not be stored is ended by a later delivery
+                with contextlib.suppress(Exception):  # all of it recorded: its receipt need wait no longer
+                    await s.runs.let_go(run.tenant_id, run.id)
                 await s.queue.ack(job)
             elif state.get("started"):
                 self._unended.add(run.id)
@@ -399,6 +401,8 @@ class Worker:
                 launched.set()
             status, data = await self._supervise(run, proc, timeout, sessions, killer)
             proc.kill()  # nothing of the run may still be calling tools once its reservations are released
+            for sess in sessions:  # a call in flight (the run canceled, timed out, crashed) settles and is
+                await sess.abort_calls(SHUTDOWN_END_S)  # recorded before the run's end is told (audit, receipt)
             await self._release(run)
             fields: dict[str, Any] = {"ended_at": time.time()}
             if status != "succeeded":

@@ -105,6 +105,14 @@ class RunStore(Protocol):
         """This run's ``seen_at`` (any tenant) while it is running / waiting_approval; None once it has
         ended, or if it was never seen."""
         ...
+    async def let_go(self, tenant_id: str, run_id: str) -> None:  # workers: done with an ended run
+        """The worker that carried this ended run has recorded all of it (the calls its end interrupted
+        included): ``seen_at`` is cleared. No-op for a run not ended."""
+        ...
+    async def held(self, tenant_id: str, run_id: str) -> float | None:  # receipts: is the run all recorded?
+        """Seconds (the store's clock) since a worker last marked this ended run, if that worker has not let
+        go of it yet; None once it has, for a run not ended, or one no worker carried."""
+        ...
     async def append_event(self, tenant_id: str, run_id: str, type: str, data: dict[str, Any]) -> Event:
         """Append with the next gap-free per-run seq (1, 2, ...). Refuses after the terminal event."""
         ...

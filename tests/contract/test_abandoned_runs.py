@@ -109,3 +109,27 @@ async def test_a_failed_sweep_starts_every_watch_over(sql_db):
     assert [r.id for r in await sweep.confirmed() if r.id == lost] == []  # seen again, watched anew
     now[0] += 30.0
     assert [r.id for r in await sweep.confirmed() if r.id == lost] == [lost]
+
+
+async def test_an_ended_run_is_held_until_its_worker_lets_go(sql_db):
+    """``held``/``let_go``: what a receipt waits on (app/routes/runs.py ``_settled``)."""
+    runs = store(sql_db, "RunStore")
+    t, other = await sql_db.new_tenant(), await sql_db.new_tenant()
+    (run_id,) = await _running(runs, t, 1)
+    queued_then_canceled = make_run(t, status="queued").id
+    await runs.create_run(make_run(t, status="queued", id=queued_then_canceled))
+    assert await runs.held(t, run_id) is None  # running: not an ended run
+    await runs.let_go(t, run_id)  # a run not ended keeps its mark (the sweepers need it)
+    assert await _seen(runs, run_id) is not None
+    await runs.finish_run(t, run_id, "canceled", "run.canceled", {"code": "run.canceled"})
+    age = await runs.held(t, run_id)
+    assert age is not None and 0 <= age < 60
+    assert await runs.held(other, run_id) is None  # another tenant's: nothing
+    await runs.let_go(other, run_id)
+    assert await runs.held(t, run_id) is not None
+    await runs.let_go(t, run_id)
+    assert await runs.held(t, run_id) is None
+    await runs.let_go(t, run_id)  # again: nothing to do
+    # a run no worker carried (canceled while queued) is not held
+    await runs.finish_run(t, queued_then_canceled, "canceled", "run.canceled", {"code": "run.canceled"})
+    assert await runs.held(t, queued_then_canceled) is None

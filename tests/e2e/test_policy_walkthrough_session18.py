@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from supervisor.audit.receipts import verify_receipt
 from supervisor.chain.approval import RUN_ENDED
 from tests.e2e.harness import collect
 from tests.e2e.test_run_pipeline import TEST_BUNDLES, start
@@ -191,3 +192,31 @@ async def test_who_may_do_what_changes_are_audited(node):
         ("member.added", me), ("member.removed", me)], audit
     assert audit[0]["detail"] | {"id": made["id"], "role": "viewer"} == audit[0]["detail"]
     assert audit[4]["detail"]["user_id"] == user["id"] and audit[4]["detail"]["project_id"] == project["id"]
+
+
+@pytest.mark.parametrize("ending", ["cancel", "timeout"])
+async def test_a_receipt_asked_for_on_a_run_s_end_has_the_call_the_end_interrupted(node, ending, tmp_path):
+    """Was: a run canceled through the API ends at once, and its worker audited the call in flight
+    (tool.canceled) a poll later: a receipt asked for on run.canceled lacked that call. A receipt now waits
+    (bounded) for the worker to let go of the run, which it does once all of it is recorded."""
+    tid, key = await node.tenant()
+    c = node.client(key)
+    await _put(c, "version: 1\nrules:\n  - {id: human, tool: echo, verdict: require_approval}\n")
+    bundle = tmp_path / "waits"
+    bundle.mkdir()
+    limits = "limits: {timeout_s: 2}\n" if ending == "timeout" else ""
+    (bundle / "bundle.yaml").write_text(f'name: waits\nversion: "1"\ntools: [echo]\n{limits}')
+    (bundle / "main.py").write_text("async def main(ctx):\n    await ctx.call('echo', n=1)\n")
+    await node.rt.registry.register_dir(bundle, tid)
+    run = await start(c, "waits", "x")
+    await _pending(c, run["id"])
+    if ending == "cancel":
+        assert (await c.post(f"/v1/runs/{run['id']}/cancel")).status_code == 200
+    events = await collect(c, run["id"])
+    assert events[-1].event == ("run.canceled" if ending == "cancel" else "run.timed_out"), events[-1]
+    pem = (await c.get("/v1/receipts/public-key")).text
+    receipt = (await c.get(f"/v1/runs/{run['id']}/receipt")).json()  # at once, as a client would
+    assert verify_receipt(receipt, pem)
+    assert [(s["kind"], s["code"]) for s in receipt["spans"]] == [("tool.canceled", "run.ended")], receipt
+    # and the worker has let go of it: the next receipt does not wait
+    assert await node.rt.services.runs.held(tid, run["id"]) is None

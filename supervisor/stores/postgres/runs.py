@@ -165,6 +165,17 @@ class PgRunStore:
         async with self._db.system_tx() as c:
             return await c.fetchval(f"SELECT seen_at FROM runs WHERE id = $1 AND status IN {_CARRIED_SQL}", run_id)
 
+    async def let_go(self, tenant_id: str, run_id: str) -> None:
+        async with self._db.tenant_tx(tenant_id) as c:
+            await c.execute(f"UPDATE runs SET seen_at = NULL WHERE tenant_id = $1 AND id = $2 AND status IN {_TERMINAL_SQL}"
+                            " AND seen_at IS NOT NULL", tenant_id, run_id)
+
+    async def held(self, tenant_id: str, run_id: str) -> float | None:
+        async with self._db.tenant_tx(tenant_id) as c:
+            age = await c.fetchval(f"SELECT greatest(0, {_NOW} - seen_at) FROM runs WHERE tenant_id = $1 AND id = $2"
+                                   f" AND status IN {_TERMINAL_SQL} AND seen_at IS NOT NULL", tenant_id, run_id)
+        return None if age is None else float(age)
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")

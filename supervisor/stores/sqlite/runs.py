@@ -149,6 +149,16 @@ class SqliteRunStore:
         rows = self._db.query(f"SELECT seen_at FROM runs WHERE id = ? AND status IN {_CARRIED_SQL}", (run_id,))
         return rows[0][0] if rows else None
 
+    async def let_go(self, tenant_id: str, run_id: str) -> None:
+        await self._db.write(lambda c: c.execute(
+            f"UPDATE runs SET seen_at = NULL WHERE tenant_id = ? AND id = ? AND status IN {_TERMINAL_SQL}"
+            " AND seen_at IS NOT NULL", (tenant_id, run_id)), one_statement=True)
+
+    async def held(self, tenant_id: str, run_id: str) -> float | None:
+        row = self._db.query_one(f"SELECT seen_at FROM runs WHERE tenant_id = ? AND id = ? AND status IN {_TERMINAL_SQL}"
+                                 " AND seen_at IS NOT NULL", (tenant_id, run_id))
+        return None if row is None else max(0.0, time.time() - row[0])
+
     async def set_status(self, tenant_id: str, run_id: str, status: str, **fields: Any) -> Run | None:
         if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"set_status takes a non-terminal status, not {status!r}; use finish_run")
