@@ -69,12 +69,15 @@ def fts_query(text: str) -> str | None:
                     groups.append(([], []))
                 continue
             negative = word.startswith("-")
-            terms = [t for t in _WORD.findall(word.lower()) if t not in _STOP]
+            text_ = word
         else:
             negative = bool(neg_phrase)
-            terms = _WORD.findall(phrase.lower())
-            if all(t in _STOP for t in terms):
-                terms = []
+            text_ = phrase
+        # a word of several (state-of-the-art, mother-in-law) is a phrase of all of them, stop words included:
+        # the index keeps them, so dropping them asked for "state art" side by side, which no text has
+        terms = _WORD.findall(text_.lower())
+        if all(t in _STOP for t in terms):
+            terms = []
         if terms:
             (groups[-1][1] if negative else groups[-1][0]).append(_phrase(terms))
     exprs: list[str] = []
