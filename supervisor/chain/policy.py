@@ -278,8 +278,10 @@ class PolicyInterceptor:
         )
         v = evaluate_layers(tenant, bundle, req)
         if v.verdict not in ("allow", "delay"):
-            raise StockadeError("policy.denied", f"redirect to {resource} is not allowed by policy ({v.reason or v.verdict})",
-                                rule_id=v.rule_id)
+            # the call's outcome is this hop's refusal: its record, event and receipt name the rule that refused
+            # it (policy.no_match when none matched), not the first hop's allow, and the resource refused
+            call.resource = resource
+            raise self._deny(call, f"redirect to {resource} is not allowed by policy ({v.reason or v.verdict})", v)
         if v.delay_s > 0:  # a delay rule of the hop's resource holds the hop like it holds a first request
             await self._sleep(v.delay_s)
 

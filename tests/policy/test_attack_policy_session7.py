@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.audit.canonical import args_hash
 from supervisor.chain.base import Binding, CallState
-from supervisor.chain.policy import PolicyInterceptor
+from supervisor.chain.policy import NO_MATCH_RULE, PolicyInterceptor
 from supervisor.errors import StockadeError
 from supervisor.policy import PolicyRequest, evaluate, evaluate_layers, load_bundle_policy, load_policy
 from supervisor.settings import Settings
@@ -204,7 +204,23 @@ async def test_a_redirect_hop_sees_the_runs_history(step, store):
     with pytest.raises(StockadeError) as exc:
         await step.recheck_resource(call, "https://internal.example/x")
     assert exc.value.code == "policy.denied" and exc.value.extra["rule_id"] == "no-exfil"
+    # what the call's record says (was: the first hop's allow - verdict allow, rule any, the public URL)
+    assert (call.verdict, call.rule_id, call.resource) == ("deny", "no-exfil", "https://internal.example/x")
+    assert call.outcome == "tool.denied"
+    call = make_call(store, "http.request", resource="https://public.example/")
+    await step(call, Next())
     await step.recheck_resource(call, "https://public.example/y")  # other hops still pass
+
+
+async def test_a_redirect_hop_no_rule_matches_names_no_match(step, store):
+    await store.set("t1", "version: 1\nrules:\n  - {id: public, tool: http.request, resource: 'https://public.example/**',"
+                          " verdict: allow}\n")
+    call = make_call(store, "http.request", resource="https://public.example/")
+    await step(call, Next())
+    with pytest.raises(StockadeError) as exc:
+        await step.recheck_resource(call, "https://elsewhere.example/x")
+    assert exc.value.extra["rule_id"] == NO_MATCH_RULE  # was: None
+    assert (call.verdict, call.rule_id) == ("deny", NO_MATCH_RULE)
 
 
 async def test_a_redirect_hop_does_not_count_its_own_call(step, store):
