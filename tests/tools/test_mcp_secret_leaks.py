@@ -201,3 +201,47 @@ async def test_a_listing_echoing_the_stored_credentials_is_pinned_redacted(chain
         assert [(c.tool.name, c.change) for c in report.tools] == [("add", "unchanged")], report
         assert await call("mcp.h.add", a=1, b=2) == {"content": [{"type": "text", "text": "3"}], "is_error": False,
                                                       "structured": None}
+
+
+LONG = "Bearer LONGTOKEN_0123456789abcdefghijklmnopqrstuvwxyz_0123456789ABCDEF"
+
+
+async def test_a_malformed_answer_ending_in_the_credential_leaks_no_part_of_it(chain_env: Any) -> None:
+    """Found by a walkthrough: pydantic's parse error quotes what it read shortened in the middle
+    (``input_value=b'{"jsonrpc":"2.0","id":4...uvwxyz_0123456789ABCDEF'``): the credential cut in two, so the
+    redaction (whole words) missed its last 23 characters, which reached the bundle, the events and the audit."""
+    call, svc, tenant = chain_env
+    ok = mcp_handler()
+
+    async def handler(req: RawRequest, w: asyncio.StreamWriter) -> None:
+        msg = req.json() or {}
+        if msg.get("method") == "tools/call":
+            head = '{"jsonrpc":"2.0","id":' + json.dumps(msg.get("id")) + ',"result":{"content":[{"type":"text","text":"'
+            body = head + "x" * 200 + " token=" + req.headers.get("authorization", "")  # cut off: no closing
+            await respond(w, 200, body.encode())
+        else:
+            await ok(req, w)
+
+    with HostileServer(handler) as srv:
+        await svc.extras["mcp"].register(tenant, "h", srv.url + "/mcp", {"Authorization": LONG}, key_id="k")
+        out = await call("mcp.h.add", a=1, b=2)
+    assert code(out) is not None, out
+    token = LONG.split()[1]
+    shown = json.dumps(out.to_dict()) + json.dumps([r.detail for r in await svc.audit.list(tenant, after_seq=0,
+                                                                                           limit=100)], default=str)
+    fragments = [token[i:i + 8] for i in range(len(token) - 7)]
+    assert not [f for f in fragments if f in shown], shown
+
+
+def test_redaction_catches_a_credential_in_any_case_and_in_part_next_to_a_shortening() -> None:
+    from supervisor.tools.mcp._redact import redact_fragments, redact_words, secret_words
+
+    words = secret_words(["Bearer HdrSecret_abcdef123456", "XKEYSECRET987654321"])
+    # was: an upper- or lower-cased copy passed (a case-insensitive key is the key itself)
+    assert redact_words("BEARER HDRSECRET_ABCDEF123456 / xkeysecret987654321", words) == "[redacted] / [redacted]"
+    assert redact_words("nothing here", words) == "nothing here"
+    # a quote shortened in the middle keeps an end of the word, or its start
+    assert redact_fragments("read b'{...ecret_abcdef123456'", words) == "read b'{...[redacted]'"
+    assert redact_fragments("read b'HdrSecret_ab...}'", words) == "read b'[redacted]...}'"
+    assert redact_fragments("cut at the end: XKEYSECR", words) == "cut at the end: [redacted]"
+    assert redact_fragments("a...b and Bearer", words) == "a...b and [redacted]"  # 6 or more of a start: gone too

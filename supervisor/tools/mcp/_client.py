@@ -36,7 +36,7 @@ from supervisor.tools._capped import ResponseTooLarge, cap_responses, too_large_
 from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
 from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets
-from supervisor.tools.mcp._redact import redact_words, scrub_json, secret_words
+from supervisor.tools.mcp._redact import redact_fragments, redact_words, scrub_json, secret_words
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
 __all__ = [
@@ -181,7 +181,9 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
     words = secret_words(secrets)
 
     def said(text: object, limit: int) -> str:
-        return redact_words(str(text), words)[:limit]
+        # pydantic's parse errors quote what they read (input_value=...): the server's bytes, shortened in the
+        # middle, which may cut an echoed credential where redaction no longer finds it whole
+        return redact_fragments(_INPUT_VALUE.sub("input_value=[not shown], input_type=", str(text)), words)[:limit]
 
     leaves = list(_leaves(exc))
     for e in leaves:
@@ -222,6 +224,7 @@ _SDK_LOST = frozenset({
     "Connection closed", "SSE stream ended without a response", "SSE stream ended and reconnection attempts were exhausted",
 })
 # The SDK's request deadline (read_timeout_seconds: an ``initialize`` that never answers), code REQUEST_TIMEOUT.
+_INPUT_VALUE = re.compile(r"input_value=.*?, input_type=", re.DOTALL)  # pydantic's quote of what it read
 _SDK_TIMEOUT = re.compile(r"Request '[^']{1,100}' timed out")
 # The SDK's own cap on one SSE event (httpx2's SSEError), reported as "SSE stream failed: ...".
 _SDK_EVENT_TOO_LARGE = re.compile(r"^SSE stream failed: Server-sent event exceeded the \d+ byte limit")

@@ -10,7 +10,9 @@ from supervisor.errors import StockadeError
 __all__ = ["check_headers"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-_BAD_VALUE = re.compile(r"[^\x09\x20-\x7e]")  # HTTP sends header values as ASCII: anything else cannot be sent
+# HTTP sends header values as ASCII: anything else cannot be sent; a tab or space is legal inside a value, not
+# around it (RFC 9110 5.5: the client refuses to send one, and registering failed as tool.unavailable, retryable)
+_BAD_VALUE = re.compile(r"[^\x09\x20-\x7e]|^[\x09\x20]|[\x09\x20]$")
 # Set by the transport or the MCP protocol itself; a stored value would corrupt the exchange or smuggle a request.
 _RESERVED = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
@@ -37,6 +39,7 @@ def check_headers(raw: Any) -> dict[str, str]:
         if name.lower() in (n.lower() for n in out):
             raise StockadeError("input.invalid", f"header {name!r} is given twice")
         if not isinstance(value, str) or len(value) > MAX_VALUE or _BAD_VALUE.search(value):
-            raise StockadeError("input.invalid", f"header {name!r} needs a single-line ASCII string value of at most {MAX_VALUE} characters")
+            raise StockadeError("input.invalid", f"header {name!r} needs a single-line ASCII string value of at most {MAX_VALUE} characters, "
+                                                 "without spaces or tabs around it")
         out[name] = value
     return out

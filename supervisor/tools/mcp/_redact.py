@@ -11,14 +11,16 @@ rest, never shown by the API). The same words are kept out of the logs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from supervisor.tools.mcp._egress import query_secrets
 
-__all__ = ["REDACTED", "redact_words", "scrub_json", "secret_words", "server_secrets"]
+__all__ = ["REDACTED", "redact_fragments", "redact_words", "scrub_json", "secret_words", "server_secrets"]
 
 REDACTED = "[redacted]"
+FRAGMENT = 6  # the shortest part of a word that redact_fragments cuts out of a shortened quote
 MIN_WORD = 8  # shorter values are left alone: cutting "prod" out of every text says nothing secret and garbles it
 
 
@@ -38,9 +40,36 @@ def server_secrets(headers: dict[str, str], url: str) -> list[str]:
 
 
 def redact_words(text: str, words: Iterable[str]) -> str:
+    """``text`` with each word cut out, in any case: an upper- or lower-cased copy of a hex or
+    case-insensitive key is the key itself. One substring search per word (a text holds none, mostly)."""
+    low = None
     for w in words:
         if w in text:
-            text = text.replace(w, REDACTED)
+            text, low = text.replace(w, REDACTED), None
+        if low is None:
+            low = text.lower()
+        if w.lower() in low:
+            text, low = re.sub(re.escape(w), REDACTED, text, flags=re.IGNORECASE), None
+    return text
+
+
+def redact_fragments(text: str, words: Iterable[str]) -> str:
+    """``redact_words``, and also the part of a word that a shortened quote kept: pydantic's ``input_value``
+    shows the first and last characters of what it read with ``...`` between, which can cut a credential
+    in two (``...uvwxyz_0123456789ABCDEF``). Any ``FRAGMENT`` or more of a word's end after ``...`` (or of
+    its start before it), and any at the very start or end of the text, go too."""
+    words = list(words)
+    text = redact_words(text, words)
+    for w in words:
+        for k in range(len(w) - 1, FRAGMENT - 1, -1):
+            head, tail = w[:k], w[-k:]
+            for frag, where in ((tail, "..." + tail), (head, head + "...")):
+                if where in text:
+                    text = text.replace(where, where.replace(frag, REDACTED))
+            if text.endswith(head):
+                text = text[: len(text) - k] + REDACTED
+            if text.startswith(tail):
+                text = REDACTED + text[k:]
     return text
 
 
