@@ -96,3 +96,20 @@ async def test_list_runs_pages_by_created_at_and_id_and_by_size(ctx):
     assert [r.id for r in await runs.list_runs(t, limit=10, max_bytes=20)] == order[:2]  # 10 + 10 reaches 20
     assert [r.id for r in await runs.list_runs(t, limit=10, max_bytes=21)] == order[:3]
     assert [r.id for r in await runs.list_runs(t, limit=3, max_bytes=None)] == order[:3]
+
+
+async def test_a_long_conversation_of_short_turns_keeps_what_llm_chat_takes(ctx):
+    """Was: bounded by bytes only, 520 short turns gave 1,040 messages; llm.chat takes 1,000, so the shipped
+    chat bundle (which passes the history on whole) failed every turn from then on, each failure one more turn."""
+    from supervisor.runs.history import MAX_MESSAGES
+    from supervisor.tools.llm.args import LlmChatArgs
+
+    _, runs, t = ctx
+    made = await _conversation(runs, t, [(f"q{i}", f"a{i}") for i in range(520)] + [("now", None)])
+    got = await conversation_history(runs, t, "c", made[-1].id, max_frame_bytes=1024 * 1024, input_text="now")
+    assert len(got) == MAX_MESSAGES and got[0] == {"role": "user", "content": "q270"}, got[:2]
+    assert got[-1] == {"role": "assistant", "content": "a519"}
+    cap = next(m.max_length for m in LlmChatArgs.model_fields["messages"].metadata if hasattr(m, "max_length"))
+    assert MAX_MESSAGES <= cap // 2  # the history and the new message, with room to spare for tool turns
+    # an odd bound never starts with an answer
+    assert _trim(got, 10**9, max_messages=3)[0]["role"] == "user"
