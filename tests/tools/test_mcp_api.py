@@ -123,7 +123,10 @@ async def test_roles_tenants_and_bad_input(node, server):
              ({"name": "x", "url": "http://127.0.0.1:1/mcp"}, "tool.unavailable"),
              # found by fuzzing: HTTP sends header values as ASCII; this one failed every connection
              # (tool.unavailable, "retryable") instead of being refused as the bad input it is
-             ({"name": "x", "url": server.url, "headers": {"X-Key": "caf\u00e9"}}, "input.invalid")]
+             ({"name": "x", "url": server.url, "headers": {"X-Key": "caf\u00e9"}}, "input.invalid"),
+             # found by a walkthrough: a space or tab around a value cannot be sent either (was: the same 503)
+             ({"name": "x", "url": server.url, "headers": {"X-Key": "  padded-secret-value  "}}, "input.invalid"),
+             ({"name": "x", "url": server.url, "headers": {"X-Key": "secret-value\t"}}, "input.invalid")]
     for body, code in cases:
         r = await admin.post("/v1/mcp/servers", json=body)
         assert r.json()["code"] == code, (body, r.text)
