@@ -27,6 +27,10 @@ __all__ = ["MAX_GLOB_CHARS", "Glob", "GlobProblem", "resource_glob", "tool_glob"
 
 MAX_GLOB_CHARS = 1024
 _TOOL_GLOB = re.compile(r"[a-z0-9_.*-]{1,128}")
+# An MCP tool's own name may have upper case (``getUser``): a call of it is judged as ``mcp.<server>.getUser``,
+# so a rule must be able to name it so. Only there: ``Echo`` or ``HTTP.request`` would match no call at all, and
+# a deny written that way would deny nothing.
+_MCP_TOOL_GLOB = re.compile(r"mcp\.[a-z0-9_*-]{1,64}\.[A-Za-z0-9_.*-]{1,120}")
 
 
 class GlobProblem(ValueError):
@@ -55,6 +59,11 @@ class Glob:
 def tool_glob(pattern: Any) -> Glob:
     if not isinstance(pattern, str):
         raise GlobProblem("a tool pattern must be a string")
+    if len(pattern) <= 128 and pattern != pattern.lower() and _MCP_TOOL_GLOB.fullmatch(pattern) is not None:
+        return _compile(pattern, star=".*", double=".*")
+    if pattern.isascii() and pattern != pattern.lower() and _TOOL_GLOB.fullmatch(pattern.lower()) is not None:
+        raise GlobProblem(f"tool pattern {pattern[:80]!r} has upper case: it may contain only a-z 0-9 _ . - and *, but "
+                          "for an MCP tool's own name (mcp.<server>.getUser)")
     if _TOOL_GLOB.fullmatch(pattern) is None:
         raise GlobProblem(
             f"tool pattern {pattern[:80]!r} may contain only a-z 0-9 _ . - and * (at most 128 characters)"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from supervisor.errors import StockadeError
 from supervisor.policy import NO_MATCH, PolicyRequest, evaluate, is_valid_tool_name, load_policy
 
 
@@ -94,6 +95,18 @@ def test_names_of_a_resolved_call_are_checked():
 def test_tool_globs(pattern, tool, hit):
     p = policy(f"- id: r\n  tool: '{pattern}'\n  verdict: allow\n")
     assert (evaluate(p, req(tool)).rule_id == "r") is hit
+
+
+@pytest.mark.parametrize("pattern, tool, hit", [
+    # an MCP tool's own name keeps its case (was: refused at PUT, and the lower-case spelling matched nothing)
+    ("mcp.fake.getUser", "mcp.fake.getUser", True), ("mcp.fake.getUser", "mcp.fake.getuser", False),
+    ("mcp.*.get*", "mcp.fake.getUser", True), ("mcp.fake.getuser", "mcp.fake.getUser", False),
+    ("mcp.fake.*", "mcp.fake.getUser", True),
+])
+def test_a_rule_names_an_mcp_tool_with_upper_case_as_it_is_called(pattern, tool, hit):
+    p = policy(f"- id: r\n  tool: '{pattern}'\n  verdict: deny\n- id: any\n  tool: 'mcp.*'\n  verdict: allow\n")
+    v = evaluate(p, req(tool, called_as="mcp.call"))
+    assert v.rule_id == ("r" if hit else "any"), v
 
 
 # --- resources -------------------------------------------------------------------------------------
@@ -319,3 +332,11 @@ def test_surrogates_in_resources_cannot_dodge_a_deny_glob():
         """)
     assert evaluate(p, req("storage.read", resource="/ws/\udcff/secret")).rule_id == "no-secret"
     assert evaluate(p, req("storage.read", resource="/ws/\udcff/other")).rule_id == "ws"
+
+
+@pytest.mark.parametrize("pattern", ["Echo", "HTTP.request", "mcp.Fake.getUser", "MCP.fake.getUser", "kb.Search"])
+def test_a_tool_pattern_with_upper_case_outside_an_mcp_tool_name_is_refused(pattern):
+    with pytest.raises(StockadeError) as exc:
+        policy(f"- id: r\n  tool: '{pattern}'\n  verdict: deny\n")
+    assert exc.value.code == "policy.invalid"
+    assert "upper case" in exc.value.errors[0] or "may contain only" in exc.value.errors[0], exc.value.errors
