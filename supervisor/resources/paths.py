@@ -37,7 +37,9 @@ __all__ = [
 
 MAX_KEY_CHARS = 1024
 MAX_COMPONENT_BYTES = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls (U+0085 NEL is a newline to many readers) and the line / paragraph separators: a name
+# that breaks the log line, listing or terminal it is shown in
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 PATH_MAX = 4096  # Linux: longer paths fail with ENAMETOOLONG in the middle of an operation
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")

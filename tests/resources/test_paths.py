@@ -29,6 +29,8 @@ def test_split(raw, parts):
     ("/etc/passwd", "storage.escape"), ("//etc/passwd", "storage.escape"), ("a\\b", "storage.escape"),
     ("..\\x", "storage.escape"), ("", "input.invalid"), (".", "input.invalid"), ("/", "storage.escape"),
     ("a\x00b", "input.invalid"), ("a\x1fb", "input.invalid"), ("a\x7f", "input.invalid"),
+    # C1 controls and line separators (were stored: a name that breaks the line it is shown on)
+    ("a\x85b", "input.invalid"), ("a\x9f", "input.invalid"), ("a\u2028b", "input.invalid"), ("a\u2029", "input.invalid"),
     ("x" * 1025, "input.invalid"), ("é" * 128, "input.invalid"), (5, "input.invalid"),
     # lone surrogates reach the file system as raw bytes: "caf\udcc3\udca9" *is* the file "café", under a
     # name no rule written for "café" matches
