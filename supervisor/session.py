@@ -225,7 +225,7 @@ class RunSession:
         call = CallState(
             binding=self.binding, tool_name=frame.get("tool"), raw_args=frame.get("args", {}), request_id=rid,
             idempotency_key=key, services=self.services,  # checked by the validate step, like the args
-            emit=self.emitter.emit, stream=frame.get("stream", False),  # a non-bool: refused by the validate step
+            emit=self._tool_emit, stream=frame.get("stream", False),  # a non-bool: refused by the validate step
             run_marks=self._marks,
         )
         # the events name the tool as the bundle spelt it, up to a point: they do not count against its output
@@ -300,23 +300,69 @@ class RunSession:
             await self._audit_frame("frame.invalid", "message.delta needs channel answer|thinking and text")
             await self.send({"type": "error", "id": None, "code": "input.invalid", "message": "message.delta needs channel answer|thinking and text"})
             return
-        size = len(encode({"d": data}, 1 << 30))
-        self.emitter.bytes_emitted += size
-        if self.emitter.bytes_emitted > self.max_output:
-            return await self._limit("limit.output", f"emitted more than {self.max_output} bytes")
+        if not await self._output(data):
+            return
         data = {k: v for k, v in data.items() if k not in ("run_id", "seq", "type")}
         await self.emitter.emit(etype, data)
 
+    async def _tool_emit(self, etype: str, data: dict[str, Any]) -> None:
+        """``ctx.emit`` of this run's calls. The chain's own events (``usage``, ``budget.warning``,
+        ``approval.*``) pass as they are; what a tool puts on the stream as the run's content (the deltas
+        of a streamed ``llm.chat`` answer) is the bundle's output by another door, metered as its emits:
+
+        - it counts against the run's output limit, in the same count; past it the run ends
+          ``limit.output`` as an over-limit ``ctx.answer`` ends it, and the tool gets that error, so it
+          stops (an LLM stops generating; what it generated is charged);
+        - it takes its tokens from the same events-per-second bucket, but waits for one instead of ending
+          the run: how fast, and in how many pieces, a provider streams is not the bundle's doing. It
+          takes one only while half the bucket is left, so the bundle's own emits keep their rate
+          and never find the bucket emptied by a model (a bundle that lowers ``max_events_per_s`` gets
+          its streamed answers that much slower).
+        """
+        if etype not in BUNDLE_EVENT_TYPES:
+            await self.emitter.emit(etype, data)
+            return
+        reserve = min(self.events_per_s / 2, self.events_per_s - 1.0)
+        while True:
+            self._refused()
+            wait = self._take(reserve)
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)  # a rate, not a race: the bucket fills by the clock
+        if not await self._output(data):
+            raise StockadeError("limit.output", f"the run's output passed its limit of {self.max_output} bytes")
+        await self.emitter.emit(etype, data)
+
+    def _refused(self) -> None:
+        """A run ending over a limit (or a bad frame) takes no more output from its tools either."""
+        if self.outcome.limit is not None:
+            raise StockadeError(self.outcome.limit, f"the run is ending ({self.outcome.limit}): "
+                                "its calls' output is no longer taken")
+
+    async def _output(self, data: dict[str, Any]) -> bool:
+        """Count ``data`` against the run's output limit; past it the run ends ``limit.output`` (False)."""
+        self.emitter.bytes_emitted += len(encode({"d": data}, 1 << 30))
+        if self.emitter.bytes_emitted > self.max_output:
+            await self._limit("limit.output", f"emitted more than {self.max_output} bytes")
+            return False
+        return True
+
     async def _token(self) -> bool:
         """One token of the events-per-second bucket; past the limit the run ends ``limit.events`` (False)."""
+        if self._take() > 0:
+            await self._limit("limit.events", f"more than {self.events_per_s} events per second")
+            return False
+        return True
+
+    def _take(self, reserve: float = 0.0) -> float:
+        """Take one token of the bucket if ``reserve`` tokens would still be left: 0. Else the seconds until then."""
         now = time.monotonic()
         self._bucket = min(float(self.events_per_s), self._bucket + (now - self._bucket_t) * self.events_per_s)
         self._bucket_t = now
-        if self._bucket < 1.0:
-            await self._limit("limit.events", f"more than {self.events_per_s} events per second")
-            return False
+        if self._bucket < 1.0 + reserve:
+            return (1.0 + reserve - self._bucket) / self.events_per_s
         self._bucket -= 1.0
-        return True
+        return 0.0
 
     def _done(self, frame: dict[str, Any]) -> None:
         o = self.outcome

@@ -2,7 +2,11 @@
 
 Streaming deltas go out immediately: to the run's stream (``message.delta`` on
 the ``answer`` / ``thinking`` channel) and, when the lead wired one, to the
-bundle's async iterator (``ctx.stream_chunk``). ``started`` turns true with the
+bundle's async iterator (``ctx.stream_chunk``) - all but a first half of a
+surrogate pair ending a delta, which waits for its second half (``flush`` ends
+the wait when the answer is complete). The run session meters what goes to the
+run's stream against the run's limits: past its output limit ``ctx.emit`` raises
+``limit.output``, which ends the call. ``started`` turns true with the
 first content from the provider; from then on a failure is never retried
 (a retry would repeat the answer) and is charged for what was generated.
 ``finished`` turns true with the event that closes an answer (a stop reason,
@@ -35,13 +39,19 @@ ARGS_MAX_DEPTH = MAX_DEPTH - 8
 
 
 def clean_text(text: str) -> str:
-    """``text`` with lone surrogates (JSON ``"\\ud800"``) replaced by U+FFFD: they cannot be encoded as
-    UTF-8, so no store, stream or socket frame could carry them."""
+    """``text`` with each lone surrogate (JSON ``"\\ud800"``) replaced by one U+FFFD, and each pair of them
+    (``"\\ud83d\\ude00"``, which JSON decodes to two code points when a provider escapes them in two strings)
+    joined into its character: a surrogate cannot be encoded as UTF-8, so no store, stream or socket frame
+    could carry it. (A UTF-8 round trip made three U+FFFD of each, and of a pair six.)"""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
+
+
+def _opens_pair(c: str) -> bool:
+    return "\ud800" <= c <= "\udbff"  # a high surrogate: the first half of a pair
 
 
 @dataclass
@@ -66,6 +76,8 @@ class Collector:
     finished: bool = False  # the provider closed the answer (see the module docstring)
     max_tokens: int | None = None  # the request's max_tokens: far more output than this aborts the call
     generated: int = 0  # estimated tokens received so far (text, thinking, tool calls)
+    # per channel, the first half of a surrogate pair that ended a delta: its second half opens the next one
+    held: dict[str, str] = field(default_factory=dict)
 
     def _count(self, text: str) -> None:
         self.generated += estimate_tokens(text)
@@ -80,7 +92,19 @@ class Collector:
         if not text or not isinstance(text, str):
             return
         self.started = True
-        text = clean_text(text)
+        text = self.held.pop(channel, "") + text
+        if _opens_pair(text[-1]):  # a character split between two deltas (an emoji as "\ud83d", "\ude00")
+            text, self.held[channel] = text[:-1], text[-1]
+        if text:
+            await self._add(channel, clean_text(text))
+
+    async def flush(self) -> None:
+        """The answer is complete: a first half of a pair still held had no second half (one U+FFFD)."""
+        while self.held:
+            channel, half = self.held.popitem()
+            await self._add(channel, clean_text(half))
+
+    async def _add(self, channel: str, text: str) -> None:
         self._count(text)
         (self.text if channel == "answer" else self.thinking).append(text)
         if not self.stream:
@@ -112,9 +136,8 @@ class Collector:
         if name and isinstance(name, str):
             self._count(name)
             acc.name = clean_text(name)
-        if isinstance(arguments, str):
+        if isinstance(arguments, str):  # cleaned once whole (tool_calls): a pair may be split between fragments
             self._count(arguments)
-            arguments = clean_text(arguments)
             acc.arguments = arguments if replace else acc.arguments + arguments
 
     def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *, final: bool) -> None:
@@ -128,7 +151,7 @@ class Collector:
     def tool_calls(self) -> list[dict[str, Any]]:
         out = []
         for acc in self.calls.values():
-            text = acc.arguments
+            text = clean_text(acc.arguments)
             try:
                 args: Any = json.loads(text) if text.strip() else {}
             except (ValueError, RecursionError):  # nested past the decoder's limit: RecursionError, no ValueError

@@ -4,8 +4,13 @@ Failure policy, in one place (the SDKs' own retries are off):
 - a retryable failure (429, 5xx, connection, timeout) before any output is
   retried with exponential backoff and jitter, ``settings.llm_max_retries`` times;
 - once output has started, nothing is retried (the answer would repeat): the
-  call fails with ``llm.provider_error`` carrying ``partial_usage`` and
-  ``cost_micro``, so the budget step commits what was really spent;
+  call fails with ``llm.provider_error`` (``retryable: false``, for the same
+  reason) carrying ``partial_usage`` and ``cost_micro``, so the budget step
+  commits what was really spent;
+- the run's own limits hold for what is streamed to its answer (the run
+  session's ``ctx.emit``): past its output limit the emit fails
+  ``limit.output``, the stream is closed (the model stops) and what was
+  generated is charged, as above;
 - a 200 that is no answer (an HTML page, a JSON error body, a stream that ends
   without its final event) is ``llm.provider_error``, not retried (the same
   page comes back; a cut stream would be repeated), charged like any failure:
@@ -104,7 +109,7 @@ class LlmChatTool:
     def estimate_micro(self, args: ToolArgs, ctx: ToolContext) -> int | None:
         """Worst case: the whole prompt at one token per byte plus ``max_tokens`` of output."""
         a = _as_args(args)
-        return self._price(a.model, ctx).cost_micro(input_ceiling(a), a.max_tokens)
+        return _worst_case(a, self._price(a.model, ctx))
 
     async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolResult:
         a = _as_args(args)
@@ -122,6 +127,7 @@ class LlmChatTool:
             try:
                 async with cut:
                     await call(client, a, ep, col)
+                    await col.flush()
             except TimeoutError:
                 if not cut.expired():
                     raise  # pragma: no cover - only our own deadline raises a bare TimeoutError here
@@ -145,7 +151,7 @@ class LlmChatTool:
                 if not failure.retryable or attempt >= self.max_retries:
                     err = self._final_error(a, failure, attempt + 1)
                     if failure.unread:  # the provider may have generated (and billed) all of it: the worst case
-                        err.extra["cost_micro"] = price.cost_micro(input_ceiling(a), a.max_tokens)
+                        err.extra["cost_micro"] = _worst_case(a, price)
                     raise err from exc
                 delay = backoff_s(attempt, self.backoff_base_s, self.backoff_cap_s, failure.retry_after)
                 delay = min(delay, max(0.0, deadline - asyncio.get_running_loop().time()))
@@ -222,6 +228,9 @@ class LlmChatTool:
             provider=a.provider,
             partial_usage=usage,
             cost_micro=cost,
+            # whatever the failure's own kind (a dropped stream is retryable before output): a retry would repeat
+            # the part already streamed to the run's answer (and to the bundle)
+            retryable=False,
         )
 
     def _final_error(self, a: LlmChatArgs, failure: Failure, attempts: int) -> StockadeError:
@@ -244,13 +253,20 @@ class LlmChatTool:
     def _result(self, a: LlmChatArgs, col: Collector, price: Price, attempts: int) -> ToolResult:
         inp, out, estimated = col.settled_usage(input_estimate(a))
         cost = price.cost_micro(inp, out)
+        # Settlement charges at most what was reserved (estimate_micro, the worst case) and records the rest as
+        # overage: the bundle is told what is charged, as the usage event, receipt and ledger say. The price of
+        # what a provider reported past the worst case (100M input tokens) is shown apart. (Settlement charges
+        # less still only if a cap was lowered under the call or its reservation lapsed: the ledger says so.)
+        charged = min(cost, _worst_case(a, price))
         result: dict[str, Any] = {
             "text": "".join(col.text),
             "model": a.model,
             "usage": {"input_tokens": inp, "output_tokens": out},
-            "cost_usd": cost / 1_000_000,
+            "cost_usd": charged / 1_000_000,
             "stop_reason": col.stop_reason,
         }
+        if cost > charged:
+            result["cost_uncapped_usd"] = cost / 1_000_000
         if col.calls:
             result["tool_calls"] = col.tool_calls()
         if col.thinking:
@@ -264,6 +280,11 @@ class LlmChatTool:
             "estimated": estimated,
         }
         return ToolResult(result=result, cost_micro=cost, usage=usage)
+
+
+def _worst_case(a: LlmChatArgs, price: Price) -> int:
+    """What a call is reserved, and so at most charged: the whole prompt at one token per byte plus ``max_tokens``."""
+    return price.cost_micro(input_ceiling(a), a.max_tokens)
 
 
 def _too_deep(exc: BaseException) -> bool:
