@@ -43,7 +43,7 @@ from typing import Any
 import engineio.json
 import socketio
 
-from app import deps
+from app import deps, engineio_poll
 from app._pages import stored
 from app.deps import MAX_ID
 from app.stream_slots import StreamSlots
@@ -211,6 +211,7 @@ def _deadlined(send: Any) -> Any:
 
 
 def mount_socketio(app: Any, rt: Any) -> Any:
+    engineio_poll.install()  # a poll answers at most 16 packets (what an Engine.IO client takes)
     sio = _Server(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [], serializer=_Packet,
                   json=_StrictJSON)
     subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it

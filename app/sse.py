@@ -12,7 +12,9 @@ The key is checked again on a clock (however busy the stream; ``deps.key_recheck
 is cut off within ``deps.KEY_RECHECK_S``: once revoked, or if the lookup fails, the stream closes after
 a comment naming the code (events already sent stay sent). The store away (PostgreSQL restarting) does not
 end a stream its live tail still serves: its checks are skipped until it is back; a gap only the store could
-fill closes the stream the same way (the client resumes with Last-Event-ID).
+fill, or a replay it cannot serve (away, or its pool exhausted), closes the stream the same way (the client
+resumes with Last-Event-ID; an empty Last-Event-ID is no id, as HTML's EventSource sends none then). A live
+event is encoded once per process for every stream of its run (``_shared_frame``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,6 +58,22 @@ def encode_event(e: Event) -> bytes:
     return f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
 
 
+_SHARED: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+SHARED_FRAMES = 4096  # the newest live events' frames, encoded once for every stream of their run
+
+
+def _shared_frame(e: Event) -> bytes:
+    """``encode_event`` of a live event, once per process: 200 streams of one run encoded each event 200
+    times on the loop that also runs the run (an event's seq names it for good: it never changes)."""
+    key = (e.run_id, e.seq)
+    frame = _SHARED.get(key)
+    if frame is None:
+        frame = _SHARED[key] = encode_event(e)
+        if len(_SHARED) > SHARED_FRAMES:
+            _SHARED.popitem(last=False)
+    return frame
+
+
 async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, cursor: int, *,
                        principal: Principal) -> AsyncIterator[bytes]:
     runs, bus = rt.services.runs, rt.services.events
@@ -69,16 +88,24 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
         yield b": stream of run " + run_id.encode() + b"\nretry: 1000\n\n"
         # 1. replay what the store has
         out, ended = _Writes(), False
-        async with contextlib.aclosing(stored(runs, tenant_id, run_id, cursor, encode_event, len)) as replay:
-            async for e, frame in replay:
-                cursor, ended = e.seq, e.type in TERMINAL
-                if (chunk := out.add(frame)) is not None:
-                    if (closing := await key.closing()) is not None:
-                        yield closing
-                        return
-                    yield chunk
-                if ended:
-                    break
+        try:
+            async with contextlib.aclosing(stored(runs, tenant_id, run_id, cursor, encode_event, len)) as replay:
+                async for e, frame in replay:
+                    cursor, ended = e.seq, e.type in TERMINAL
+                    if (chunk := out.add(frame)) is not None:
+                        if (closing := await key.closing()) is not None:
+                            yield closing
+                            return
+                        yield chunk
+                    if ended:
+                        break
+        except StockadeError as exc:
+            if not exc.code.endswith(".unavailable"):
+                raise
+            # the store is away (or its pool exhausted) mid-replay: what was read goes out, then the stream
+            # closes naming the code, as in the live tail (was: the response cut mid-chunk, an ERROR traceback)
+            yield (out.flush() or b"") + b": " + exc.code.encode() + b": stream closed\n\n"
+            return
         if (chunk := out.flush()) is not None:
             yield chunk
         if ended:
@@ -93,7 +120,17 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                     yield closing
                     return
                 try:
-                    batch = await asyncio.wait_for(queue.get(), max(0.001, min(quiet_until, key.due) - loop.time()))
+                    if queue.empty():  # (a timer only when there is nothing to send yet)
+                        async with asyncio.timeout_at(max(loop.time() + 0.001, min(quiet_until, key.due))):
+                            batch = await queue.get()
+                    else:
+                        batch = queue.get_nowait()
+                    while not isinstance(batch, BaseException) and not queue.empty():  # all that is waiting, in one go
+                        more = queue.get_nowait()
+                        if isinstance(more, BaseException):
+                            queue.put_nowait(more)  # (room: just taken) handled on the next turn
+                            break
+                        batch.extend(more)
                 except TimeoutError:
                     if loop.time() < quiet_until:
                         continue  # woken for the key check only
@@ -146,7 +183,7 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                             # the client resumes with Last-Event-ID
                             yield (out.flush() or b"") + b": " + exc.code.encode() + b": stream closed\n\n"
                             return
-                    if (chunk := out.add(encode_event(e))) is not None:
+                    if (chunk := out.add(_shared_frame(e))) is not None:
                         yield chunk
                         quiet_until = loop.time() + KEEPALIVE_S
                     cursor, ended = e.seq, e.type in TERMINAL

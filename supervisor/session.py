@@ -9,6 +9,7 @@ frame, an audit record and a closed connection, never a crashed supervisor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from supervisor.chain.base import Binding, CallState, through_cancel
 from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
+from supervisor.tool_output import ToolOutput
 from supervisor.wire import HEADER, MAX_REPLY, FrameError, decode_frame, encode
 
 __all__ = ["BUNDLE_EVENT_TYPES", "RunSession", "SessionOutcome"]
@@ -225,7 +227,8 @@ class RunSession:
         call = CallState(
             binding=self.binding, tool_name=frame.get("tool"), raw_args=frame.get("args", {}), request_id=rid,
             idempotency_key=key, services=self.services,  # checked by the validate step, like the args
-            emit=self._tool_emit, stream=frame.get("stream", False),  # a non-bool: refused by the validate step
+            emit=(out := ToolOutput(self, BUNDLE_EVENT_TYPES)),  # metered as the bundle's emits (tool_output.py)
+            stream=frame.get("stream", False),  # a non-bool: refused by the validate step
             run_marks=self._marks,
         )
         # the events name the tool as the bundle spelt it, up to a point: they do not count against its output
@@ -247,6 +250,9 @@ class RunSession:
                 result = await self.chain(call)
             finally:
                 del self._calls[rid]
+                if self.outcome.limit is None:  # what its tool streamed is on the run's stream before its result
+                    with contextlib.suppress(Exception):  # (a run already ended takes no more events)
+                        await through_cancel(out.flush())
         except asyncio.CancelledError:
             if call.extra.get("canceled_by") != "bundle":
                 raise  # the run is ending (or the node stopping): the caller's cancel
@@ -303,34 +309,6 @@ class RunSession:
         if not await self._output(data):
             return
         data = {k: v for k, v in data.items() if k not in ("run_id", "seq", "type")}
-        await self.emitter.emit(etype, data)
-
-    async def _tool_emit(self, etype: str, data: dict[str, Any]) -> None:
-        """``ctx.emit`` of this run's calls. The chain's own events (``usage``, ``budget.warning``,
-        ``approval.*``) pass as they are; what a tool puts on the stream as the run's content (the deltas
-        of a streamed ``llm.chat`` answer) is the bundle's output by another door, metered as its emits:
-
-        - it counts against the run's output limit, in the same count; past it the run ends
-          ``limit.output`` as an over-limit ``ctx.answer`` ends it, and the tool gets that error, so it
-          stops (an LLM stops generating; what it generated is charged);
-        - it takes its tokens from the same events-per-second bucket, but waits for one instead of ending
-          the run: how fast, and in how many pieces, a provider streams is not the bundle's doing. It
-          takes one only while half the bucket is left, so the bundle's own emits keep their rate
-          and never find the bucket emptied by a model (a bundle that lowers ``max_events_per_s`` gets
-          its streamed answers that much slower).
-        """
-        if etype not in BUNDLE_EVENT_TYPES:
-            await self.emitter.emit(etype, data)
-            return
-        reserve = min(self.events_per_s / 2, self.events_per_s - 1.0)
-        while True:
-            self._refused()
-            wait = self._take(reserve)
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)  # a rate, not a race: the bucket fills by the clock
-        if not await self._output(data):
-            raise StockadeError("limit.output", f"the run's output passed its limit of {self.max_output} bytes")
         await self.emitter.emit(etype, data)
 
     def _refused(self) -> None:

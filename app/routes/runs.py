@@ -215,7 +215,7 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      last_event_id: str | None = Header(default=None)) -> Response:
     run = await _load(rt, p, run_id)
     cursor = after or 0
-    if last_event_id is not None:
+    if last_event_id is not None and last_event_id.strip():  # empty: no id (HTML's EventSource sends none then)
         raw = last_event_id.strip()
         # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
         # the length first: int() of more than 4300 digits raises (a 500), and is slow well before

@@ -176,3 +176,37 @@ async def test_socketio_resubscribing_mid_run_delivers_each_event_once(node):
         assert (await client.call("unsubscribe", {"run_id": "run_never"}, timeout=10)) == {"ok": True}
     finally:
         await client.disconnect()
+
+
+@pytest.mark.parametrize("live", [False, True])
+async def test_a_polling_client_gets_every_event_of_a_long_run(node, live):
+    """Found by a walkthrough: a poll answered every packet queued (up to QUEUE_MAX, 64), and python-socketio's
+    client refuses a payload of more than 16 ("Unexpected packet from server"): it dropped the transport and
+    reconnected without its subscription - 0 events of a replayed run. A poll now answers at most 16."""
+    tid, key = await node.tenant()
+    [run_id] = await idle_runs(node, tid, 1)
+    emitter = RunEmitter(node.rt.services.runs, node.rt.services.events, tid, run_id)
+    await emitter.emit("run.started", {})
+    for i in range(150):
+        await emitter.emit("message.delta", {"channel": "answer", "text": f"{i} "})
+    client = socketio.AsyncClient(reconnection=False)
+    events: list[dict] = []
+    dropped: list[str] = []
+    done = asyncio.Event()
+    client.on("run_event", events.append)
+    client.on("run_end", lambda data: done.set())
+    client.on("disconnect", lambda *reason: dropped.append(str(reason)))
+    await client.connect(node.base_url, auth={"token": key}, transports=["polling"], wait_timeout=10)
+    try:
+        assert (await client.call("subscribe", {"run_id": run_id}, timeout=10))["ok"] is True
+        if live:
+            for i in range(150, 300):
+                await emitter.emit("message.delta", {"channel": "answer", "text": f"{i} "})
+        await emitter.finish("succeeded", {})
+        await asyncio.wait_for(done.wait(), 30)
+        n = 1 + (300 if live else 150) + 1
+        assert [e["seq"] for e in events] == list(range(1, n + 1)), (len(events), dropped)
+        assert dropped == [] and client.transport() == "polling"
+    finally:
+        # was: 30 s and more - the server left the client's pending long-poll open after its CLOSE
+        await asyncio.wait_for(client.disconnect(), 5)

@@ -28,8 +28,9 @@ import pytest
 
 from supervisor.chain.base import CallState
 from supervisor.errors import StockadeError
-from supervisor.session import RunSession
+from supervisor.session import BUNDLE_EVENT_TYPES, RunSession
 from supervisor.settings import Settings
+from supervisor.tool_output import ToolOutput
 from supervisor.tools.llm import LlmChatArgs, LlmChatTool
 from supervisor.tools.llm._collector import clean_text
 from supervisor.wire import encode
@@ -160,9 +161,11 @@ class _Emitter:
     def __init__(self) -> None:
         self.bytes_emitted = 0
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.emitted = asyncio.Event()  # set at each emit (a barrier for what a timer sends)
 
     async def emit(self, type: str, data: dict[str, Any]) -> None:
         self.events.append((type, dict(data)))
+        self.emitted.set()
 
     def emit_nowait(self, type: str, data: dict[str, Any]) -> asyncio.Future:
         self.events.append((type, dict(data)))
@@ -232,30 +235,58 @@ async def test_what_a_tool_streams_counts_against_the_runs_output_limit() -> Non
     assert [d.get("code") for t, d in emitter.events if t == "tool.result"] == ["limit.output"]
     assert [t for t, _ in emitter.events].count("usage") == 1
     # the run takes no more output from any door, and no event of its calls is metered as output
+    late = ToolOutput(sess, BUNDLE_EVENT_TYPES)
     with pytest.raises(StockadeError) as ei:
-        await sess._tool_emit("message.delta", {"channel": "answer", "text": "late"})
+        await late("message.delta", {"channel": "answer", "text": "late"})
     assert ei.value.code == "limit.output"
-    await sess._tool_emit("usage", {"tool": "llm.chat"})
+    await late("usage", {"tool": "llm.chat"})
     assert emitter.deltas()[-1] != "late" and emitter.events[-1][0] == "usage"
 
 
-async def test_what_a_tool_streams_waits_for_the_event_rate_and_leaves_the_bundle_its_share() -> None:
-    """The bucket is the run's (10 events/s here). A model streaming faster is not the bundle's doing, so its
-    deltas wait for tokens instead of ending the run - and take one only while half the bucket is left, so
+async def test_what_a_tool_streams_keeps_to_the_event_rate_by_merging_and_leaves_the_bundle_its_share() -> None:
+    """The bucket is the run's (10 events/s here). A model streaming faster is not the bundle's doing: its
+    deltas neither end the run nor wait (a fast server sends thousands a second) - text that finds no token
+    is held and merged with what follows, and a delta takes a token only while half the bucket is left, so
     the bundle's own burst that follows still passes."""
     outcome: dict[str, Any] = {}
-    deltas = [f"w{i} " for i in range(12)]
+    deltas = [f"w{i} " for i in range(200)]
     sess, emitter, _, limits = _session(_streaming_tool(deltas, outcome), events_per_s=10)
     t0 = time.monotonic()
     await sess._call({"type": "call", "id": 1, "tool": "llm.chat", "args": {}})
     took = time.monotonic() - t0
-    assert outcome == {"sent": 12} and emitter.deltas() == deltas
+    assert outcome == {"sent": 200} and "".join(emitter.deltas()) == "".join(deltas)  # all of it, in order
+    assert took < 0.5, took  # the model's pace, not the bucket's
+    # 5 of the 10 tokens were the model's: 5 deltas on time, the rest merged into one at the call's end
+    assert 2 <= len(emitter.deltas()) <= 7, emitter.deltas()
+    kinds = [t for t, _ in emitter.events]
+    assert kinds.index("tool.result") > max(i for i, k in enumerate(kinds) if k == "message.delta")
     assert sess.outcome.limit is None and limits == []
-    # 10 tokens at first, 5 of them the bundle's: the other 7 deltas came at 10 a second
-    assert took >= 0.6, took
     for i in range(4):  # the bundle's own emits right after: its share is there
         await sess._emit({"type": "emit", "event": "custom", "data": {"i": i}})
     assert sess.outcome.limit is None, sess.outcome.limit
+
+
+async def test_text_held_for_a_token_goes_out_when_one_is_due() -> None:
+    """A model that pauses: what it sent before the pause is not held until the call ends."""
+    sess, emitter, _, _ = _session(None, events_per_s=10)
+    out = ToolOutput(sess, BUNDLE_EVENT_TYPES)
+    for i in range(8):  # 5 on their tokens, the rest held
+        await out("message.delta", {"channel": "answer", "text": f"{i} "})
+    on_time = len(emitter.deltas())
+    assert on_time < 8 and "".join(emitter.deltas()) != "".join(f"{i} " for i in range(8))
+    emitter.emitted.clear()
+    async with asyncio.timeout(5):  # a token is due within 0.1 s (10 a second)
+        await emitter.emitted.wait()
+    assert "".join(emitter.deltas()) == "".join(f"{i} " for i in range(8))
+    assert len(emitter.deltas()) == on_time + 1  # the held text as one delta
+    # another channel, or another event, first sends what is held: the stream keeps its order
+    await out("message.delta", {"channel": "answer", "text": "a"})
+    await out("message.delta", {"channel": "thinking", "text": "t"})
+    await out("usage", {"tool": "llm.chat"})
+    await out.flush()
+    texts = [(d["channel"], d["text"]) for t, d in emitter.events if t == "message.delta"][on_time + 1:]
+    assert texts == [("answer", "a"), ("thinking", "t")], texts
+    assert emitter.events[-1][0] == "usage"
 
 
 # --- finding 2, end to end: a real node, sandbox, SDK and fake provider ------------------------------
@@ -342,7 +373,7 @@ async def test_a_streamed_answer_past_the_runs_output_limit_ends_the_run_and_sto
     assert [a["kind"] for a in audit].count("limit.output") == 1
 
 
-async def test_a_streamed_answer_keeps_to_the_runs_event_rate_without_ending_it(
+async def test_a_streamed_answer_keeps_to_the_runs_event_rate_without_ending_it_or_slowing(
     node: Any, server: FakeLLMServer
 ) -> None:
     words = tuple(f"w{i} " for i in range(40))
@@ -354,10 +385,12 @@ async def test_a_streamed_answer_keeps_to_the_runs_event_rate_without_ending_it(
                 await ctx.emit("status", text=f"step {i}")
     """, limits="  max_events_per_s: 20\n")
     assert events[-1].event == "run.completed", events[-1].data
-    assert _answer(events) == "".join(words)  # all of it, in pieces as they came
+    assert _answer(events) == "".join(words)  # all of it, in order
     (result,) = [e.data for e in events if e.event == "tool.result"]
-    # 10 of the bucket's 20 tokens at once, the bundle's 10 kept: the other 30 deltas at 20 a second
-    assert result["duration_ms"] >= 1000, result
+    deltas = [e for e in events if e.event == "message.delta"]
+    # 10 of the bucket's 20 tokens for the model, 20 more a second: the 40 deltas merged into fewer
+    assert len(deltas) <= 10 + 20 * result["duration_ms"] / 1000 + 1, (len(deltas), result)
+    assert len(deltas) < len(words)
 
 
 async def test_the_result_cost_is_what_the_usage_event_says_was_charged(node: Any, server: FakeLLMServer) -> None:

@@ -5,8 +5,8 @@ the ``answer`` / ``thinking`` channel) and, when the lead wired one, to the
 bundle's async iterator (``ctx.stream_chunk``) - all but a first half of a
 surrogate pair ending a delta, which waits for its second half (``flush`` ends
 the wait when the answer is complete). The run session meters what goes to the
-run's stream against the run's limits: past its output limit ``ctx.emit`` raises
-``limit.output``, which ends the call. ``started`` turns true with the
+run's stream against the run's limits (``supervisor/tool_output.py``): past its
+output limit ``ctx.emit`` raises ``limit.output``, which ends the call. ``started`` turns true with the
 first content from the provider; from then on a failure is never retried
 (a retry would repeat the answer) and is charged for what was generated.
 ``finished`` turns true with the event that closes an answer (a stop reason,
