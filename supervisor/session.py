@@ -253,6 +253,8 @@ class RunSession:
                 if self.outcome.limit is None:  # what its tool streamed is on the run's stream before its result
                     with contextlib.suppress(Exception):  # (a run already ended takes no more events)
                         await through_cancel(out.flush())
+                else:
+                    out.drop()
         except asyncio.CancelledError:
             if call.extra.get("canceled_by") != "bundle":
                 raise  # the run is ending (or the node stopping): the caller's cancel

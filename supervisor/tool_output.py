@@ -46,7 +46,7 @@ class ToolOutput:
             return
         s._refused()
         if not await s._output(data):
-            self._drop()
+            self.drop()
             raise StockadeError("limit.output", f"the run's output passed its limit of {s.max_output} bytes")
         held = self._held
         if (etype == MERGED and held is not None and held.get("channel") == data.get("channel")
@@ -85,7 +85,7 @@ class ToolOutput:
 
     async def _send(self) -> None:
         held, self._held = self._held, None  # taken before the await: what comes meanwhile is held anew, after it
-        if held is not None:
+        if held is not None and self._s.outcome.limit is None:  # a run ending over a limit takes nothing more
             await self._s.emitter.emit(MERGED, held)
 
     async def flush(self) -> None:
@@ -98,8 +98,8 @@ class ToolOutput:
             await asyncio.shield(due)  # sending what it took: in order, before the rest
         await self._send()
 
-    def _drop(self) -> None:
-        """The run is over its output limit: what is held goes nowhere (nothing past the limit is stored)."""
+    def drop(self) -> None:
+        """The run is over a limit: what is held goes nowhere (nothing past the limit is stored)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -406,3 +406,19 @@ async def test_the_result_cost_is_what_the_usage_event_says_was_charged(node: An
     (result,) = [e.data for e in events if e.event == "tool.result"]
     assert cost["cost_usd"] == usage["cost_usd"] == result["cost_usd"] == usage["reserved_usd"], (cost, usage)
     assert cost["uncapped"] > 40
+
+
+async def test_text_held_for_a_token_is_not_sent_once_the_run_is_over_a_limit() -> None:
+    """Held text whose token comes due after the bundle's own emit took the run past its output limit is
+    dropped: nothing past the limit is stored."""
+    sess, emitter, _, limits = _session(None, events_per_s=10, max_output=4096)
+    out = ToolOutput(sess, BUNDLE_EVENT_TYPES)
+    for i in range(8):
+        await out("message.delta", {"channel": "answer", "text": f"{i} "})
+    sent = emitter.deltas()
+    assert len(sent) < 8  # some held, a token due soon
+    await sess._emit({"type": "emit", "event": "custom", "data": {"blob": "y" * 5000}})  # the bundle's own
+    assert sess.outcome.limit == "limit.output" and limits == ["limit.output"]
+    await out._when_due()  # what the timer runs
+    await out.flush()
+    assert emitter.deltas() == sent
