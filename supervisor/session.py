@@ -250,7 +250,9 @@ class RunSession:
                 result = await self.chain(call)
             finally:
                 del self._calls[rid]
-                if self.outcome.limit is None:  # what its tool streamed is on the run's stream before its result
+                if out.idle:  # (most calls: nothing held, nothing to wait for)
+                    pass
+                elif self.outcome.limit is None:  # what its tool streamed is on the run's stream before its result
                     with contextlib.suppress(Exception):  # (a run already ended takes no more events)
                         await through_cancel(out.flush())
                 else:

@@ -65,6 +65,11 @@ class ToolOutput:
         elif self._timer is None and self._due is None:
             self._timer = asyncio.get_running_loop().call_later(wait, self._on_time)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing held and no token awaited: ``flush`` would do nothing."""
+        return self._held is None and self._timer is None and self._due is None
+
     def _reserve(self) -> float:
         rate = float(self._s.events_per_s)
         return min(rate / 2, rate - 1.0)  # what the bundle's own emits keep
