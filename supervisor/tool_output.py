@@ -80,6 +80,8 @@ class ToolOutput:
 
     async def _when_due(self) -> None:
         try:
+            if self._held is None:  # sent meanwhile, on a token a later delta found: none is taken for nothing
+                return
             wait = self._s._take(self._reserve())
             if wait > 0:  # the bundle's emits took the tokens meanwhile: later
                 self._timer = asyncio.get_running_loop().call_later(wait, self._on_time)
