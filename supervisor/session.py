@@ -250,13 +250,13 @@ class RunSession:
                 result = await self.chain(call)
             finally:
                 del self._calls[rid]
-                if out.idle:  # (most calls: nothing held, nothing to wait for)
+                if out.idle:  # most calls: their tool streamed nothing, so nothing is held
                     pass
-                elif self.outcome.limit is None:  # what its tool streamed is on the run's stream before its result
+                elif self.outcome.limit is not None:  # the run ended on a limit: what is held goes nowhere
+                    out.drop()
+                else:  # what its tool streamed is on the run's stream before its result
                     with contextlib.suppress(Exception):  # (a run already ended takes no more events)
                         await through_cancel(out.flush())
-                else:
-                    out.drop()
         except asyncio.CancelledError:
             if call.extra.get("canceled_by") != "bundle":
                 raise  # the run is ending (or the node stopping): the caller's cancel

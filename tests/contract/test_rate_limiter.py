@@ -146,7 +146,10 @@ async def test_a_relaxed_limit_applies_at_once(limiter):
     # the old debt counts as the new rule's burst, just spent: one interval of the new rule, not ~300 s
     assert not d.allowed and d.retry_after_s == pytest.approx(0.001, abs=2e-6)
     assert await allowed_count(limiter, [relaxed], 10, T0 + 0.501) == 1
-    assert await allowed_count(limiter, [relaxed], 2000, T0 + 1.001) in (499, 500)  # then it refills at 1000/s
+    # then it refills at 1000/s. Only a few calls past the 500: on Redis a bucket key expires (PX) on the real
+    # clock when it would be full again, here ~1 s after the last allowed call, and CI once spent over a second
+    # on 1,500 refused calls - the key expired and a fresh burst let 60 more through (560).
+    assert await allowed_count(limiter, [relaxed], 520, T0 + 1.001) in (499, 500)
     # tightened again: the ~1 s the relaxed rule's calls left owing is well within the strict rule's bound, and
     # counts in its terms: of its burst of 3 (one per 100 s), 2 calls fit, the third waits that 1 s
     assert await allowed_count(limiter, [strict], 5, T0 + 1.001) == 2
