@@ -110,6 +110,11 @@ class RunEmitter:
                 forget = getattr(self._bus, "forget", None)
                 if forget is not None:
                     forget(self.run_id)
+                if fields["output"]:  # but what it answered until then is its output (the API never knew it)
+                    try:
+                        await self._runs.keep_output(self.tenant_id, self.run_id, scrub_nul(fields["output"]))
+                    except Exception:  # the run has ended all the same
+                        log_failure(log, "could not keep the output of %s", self.run_id)
             return event
 
         return await self._in_turn(before, mine, op)

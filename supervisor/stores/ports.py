@@ -109,6 +109,10 @@ class RunStore(Protocol):
         """The worker that carried this ended run has recorded all of it (the calls its end interrupted
         included): ``seen_at`` is cleared. No-op for a run not ended."""
         ...
+    async def keep_output(self, tenant_id: str, run_id: str, output: str) -> bool:  # workers: a run ended elsewhere
+        """The answer an ended run streamed before it was ended elsewhere (an API cancel: the API knows
+        nothing of it) becomes its output, if it has none yet. True if it was stored."""
+        ...
     async def held(self, tenant_id: str, run_id: str) -> float | None:  # receipts: is the run all recorded?
         """Seconds (the store's clock) since a worker last marked this ended run, if that worker has not let
         go of it yet; None once it has, for a run not ended, or one no worker carried."""

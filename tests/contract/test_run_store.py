@@ -185,6 +185,28 @@ async def test_finish_run_appends_exactly_one_terminal_event(ctx):
     assert err.value.code == "not_found"
 
 
+async def test_keep_output_fills_only_an_ended_runs_missing_output(ctx):
+    """Session 20: a run canceled through the API ends there, with no output (the API never saw its
+    answer); its worker, told of the end, keeps what it streamed until then - and nothing else."""
+    _, runs, t = ctx
+    other = await ctx[0].new_tenant()
+    run = make_run(t)
+    await runs.create_run(run)
+    assert not await runs.keep_output(t, run.id, "too soon")  # not ended: the end itself stores the output
+    assert (await runs.get_run(t, run.id)).output is None
+    assert await runs.finish_run(t, run.id, "canceled", "run.canceled", {}) is not None
+    assert not await runs.keep_output(other, run.id, "another tenant's")
+    assert await runs.keep_output(t, run.id, "streamed before the cancel")
+    assert (await runs.get_run(t, run.id)).output == "streamed before the cancel"
+    assert not await runs.keep_output(t, run.id, "a second word")  # an output is never replaced
+    assert (await runs.get_run(t, run.id)).output == "streamed before the cancel"
+    done = make_run(t)
+    await runs.create_run(done)
+    await runs.finish_run(t, done.id, "succeeded", "run.completed", {}, output="")
+    assert not await runs.keep_output(t, done.id, "late")  # ended with its (empty) output stored
+    assert not await runs.keep_output(t, "run_missing", "x")
+
+
 async def test_concurrent_appends_are_gap_free(ctx):
     _, runs, t = ctx
     run = make_run(t)

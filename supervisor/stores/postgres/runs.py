@@ -170,6 +170,12 @@ class PgRunStore:
             await c.execute(f"UPDATE runs SET seen_at = NULL WHERE tenant_id = $1 AND id = $2 AND status IN {_TERMINAL_SQL}"
                             " AND seen_at IS NOT NULL", tenant_id, run_id)
 
+    async def keep_output(self, tenant_id: str, run_id: str, output: str) -> bool:
+        async with self._db.tenant_tx(tenant_id) as c:
+            status = await c.execute(f"UPDATE runs SET output = $3 WHERE tenant_id = $1 AND id = $2"
+                                     f" AND status IN {_TERMINAL_SQL} AND output IS NULL", tenant_id, run_id, output)
+        return status == "UPDATE 1"
+
     async def held(self, tenant_id: str, run_id: str) -> float | None:
         async with self._db.tenant_tx(tenant_id) as c:
             age = await c.fetchval(f"SELECT greatest(0, {_NOW} - seen_at) FROM runs WHERE tenant_id = $1 AND id = $2"

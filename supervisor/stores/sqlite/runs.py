@@ -154,6 +154,13 @@ class SqliteRunStore:
             f"UPDATE runs SET seen_at = NULL WHERE tenant_id = ? AND id = ? AND status IN {_TERMINAL_SQL}"
             " AND seen_at IS NOT NULL", (tenant_id, run_id)), one_statement=True)
 
+    async def keep_output(self, tenant_id: str, run_id: str, output: str) -> bool:
+        def keep(c: sqlite3.Connection) -> int:
+            return c.execute(f"UPDATE runs SET output = ? WHERE tenant_id = ? AND id = ? AND status IN {_TERMINAL_SQL}"
+                             " AND output IS NULL", (output, tenant_id, run_id)).rowcount
+
+        return await self._db.write(keep, one_statement=True) == 1
+
     async def held(self, tenant_id: str, run_id: str) -> float | None:
         row = self._db.query_one(f"SELECT seen_at FROM runs WHERE tenant_id = ? AND id = ? AND status IN {_TERMINAL_SQL}"
                                  " AND seen_at IS NOT NULL", (tenant_id, run_id))
