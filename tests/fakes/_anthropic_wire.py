@@ -5,13 +5,15 @@ Shapes follow the ``anthropic`` SDK's ``types/raw_*_event.py`` so the real SDK p
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
 
 from tests.fakes._script import Item, Script, split_deltas, split_json, sse, text_of
 
-__all__ = ["anthropic_error", "messages_json", "messages_last_user", "messages_stream"]
+__all__ = ["anthropic_error", "messages_json", "messages_last_user", "messages_problem", "messages_stream",
+           "signature_of"]
 
 _ids = itertools.count(1)
 
@@ -57,12 +59,41 @@ def _message(
     }
 
 
+def signature_of(thinking: str) -> str:
+    """The fake's signature of a thinking text (the real API's is opaque): the request check recomputes it."""
+    return "sig-fake-" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
+
+
+def messages_problem(body: dict[str, Any]) -> str | None:
+    """What the real Messages API refuses (400 invalid_request_error) of a tool loop with thinking on: a
+    final assistant turn with tool_use that does not start with a thinking block, or a thinking block
+    whose signature does not match its text."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    for i, m in enumerate(messages):
+        for j, block in enumerate(m.get("content") if isinstance(m.get("content"), list) else []):
+            if isinstance(block, dict) and block.get("type") == "thinking" and \
+                    block.get("signature") != signature_of(str(block.get("thinking"))):
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+    if not isinstance(body.get("thinking"), dict) or body["thinking"].get("type") != "enabled":
+        return None
+    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"), None)
+    if last is None or not isinstance(messages[last].get("content"), list):
+        return None
+    content = messages[last]["content"]
+    if any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content) and (
+            not content or content[0].get("type") not in ("thinking", "redacted_thinking")):
+        found = content[0].get("type") if content else "nothing"
+        return (f"messages.{last}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{found}`."
+                " When `thinking` is enabled, a final `assistant` message must start with a thinking block")
+    return None
+
+
 def _blocks(script: Script, user: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
+    if script.redacted_thinking:
+        blocks.append({"type": "redacted_thinking", "data": script.redacted_thinking})
     if script.thinking:
-        blocks.append(
-            {"type": "thinking", "thinking": script.thinking, "signature": "sig-fake-" + str(len(script.thinking))}
-        )
+        blocks.append({"type": "thinking", "thinking": script.thinking, "signature": signature_of(script.thinking)})
     text = script.answer_text(user)
     if text or not script.tool_calls:
         blocks.append({"type": "text", "text": text})
@@ -103,6 +134,8 @@ def messages_stream(script: Script, body: dict[str, Any]) -> Iterator[Item]:
                 )
             sig = {"type": "signature_delta", "signature": block["signature"]}
             yield Item(ev("content_block_delta", index=index, delta=sig))
+        elif kind == "redacted_thinking":
+            yield Item(ev("content_block_start", index=index, content_block=block))
         elif kind == "text":
             yield Item(ev("content_block_start", index=index, content_block={"type": "text", "text": ""}))
             for piece in script.answer_deltas(user):

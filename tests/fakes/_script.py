@@ -24,6 +24,7 @@ class Script:
 
     text: str | None = None  # None: a short echo of the last user message
     thinking: str = ""  # streamed before the answer: thinking block / reasoning summary / reasoning_content
+    redacted_thinking: str = ""  # Anthropic: a redacted_thinking block with this data, before the thinking block
     deltas: tuple[str, ...] | None = None  # explicit answer deltas; default: ``text`` split after each word
     tool_calls: tuple[ToolCallSpec, ...] = ()
     input_tokens: int | None = None  # None: about chars/4 of the request body

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fakes._anthropic_wire import anthropic_error, messages_json, messages_stream
+from tests.fakes._anthropic_wire import anthropic_error, messages_json, messages_problem, messages_stream
 from tests.fakes._openai_wire import (
     chat_json,
     chat_stream,
@@ -228,6 +228,10 @@ class FakeLLMServer:
             await _send_body(writer, 200, script.body, script.content_type)
             return True
         if kind == "messages":
+            if (problem := messages_problem(body)) is not None:
+                await _send_json(writer, 400, {**anthropic_error(400), "error": {"type": "invalid_request_error",
+                                                                                 "message": problem}})
+                return True
             body.setdefault("model", "fake")
         if body.get("stream"):
             stream = {"chat": chat_stream, "responses": responses_stream, "messages": messages_stream}[kind]

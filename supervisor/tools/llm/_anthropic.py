@@ -19,8 +19,11 @@ def anthropic_messages(args: LlmChatArgs) -> tuple[str | None, list[dict[str, An
 
     Anthropic wants user/assistant turns to alternate and all results of one
     assistant turn's tool calls in the next user turn, so neighbours of the same
-    role are merged into one turn with several content blocks.
+    role are merged into one turn with several content blocks. With thinking on,
+    an assistant turn's thinking blocks go first in it: Anthropic refuses a tool
+    loop whose last assistant turn does not start with its thinking block.
     """
+    thinking = args.thinking_budget() is not None
     system = [args.system] if args.system else []
     out: list[dict[str, Any]] = []
     for m in args.messages:
@@ -32,7 +35,8 @@ def anthropic_messages(args: LlmChatArgs) -> tuple[str | None, list[dict[str, An
             role, blocks = "user", [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
         else:
             role = m.role
-            blocks = [{"type": "text", "text": m.content}] if m.content else []
+            blocks = [b.wire() for b in m.thinking_blocks or []] if thinking else []
+            blocks += [{"type": "text", "text": m.content}] if m.content else []
             blocks += [
                 {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in m.tool_calls or []
             ]
@@ -78,6 +82,10 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
         if not isinstance(getattr(msg, "content", None), list) or getattr(msg, "usage", None) is None:
             raise not_an_answer(msg, "a message")
         for i, block in enumerate(msg.content):
+            if block.type in ("thinking", "redacted_thinking"):
+                col.thinking_block(i, block.type)
+                for part in ("thinking", "signature", "data"):
+                    col.block_part(i, part, getattr(block, part, None))
             if block.type == "thinking":
                 await col.delta("thinking", block.thinking)
             elif block.type == "text":
@@ -99,11 +107,19 @@ async def call_anthropic(client: Any, args: LlmChatArgs, ep: Endpoint, col: Coll
                 if d.type == "text_delta":
                     await col.delta("answer", d.text)
                 elif d.type == "thinking_delta":
+                    col.block_part(ev.index, "thinking", d.thinking)
                     await col.delta("thinking", d.thinking)
+                elif d.type == "signature_delta":
+                    col.block_part(ev.index, "signature", d.signature)
                 elif d.type == "input_json_delta":
                     col.tool_call(ev.index, arguments=d.partial_json)
             elif kind == "content_block_start" and ev.content_block.type == "tool_use":
                 col.tool_call(ev.index, ev.content_block.id, ev.content_block.name)
+            elif kind == "content_block_start" and ev.content_block.type in ("thinking", "redacted_thinking"):
+                block = ev.content_block
+                col.thinking_block(ev.index, block.type)
+                for part in ("thinking", "signature", "data"):  # (a start block's thinking/signature are "")
+                    col.block_part(ev.index, part, getattr(block, part, None))
             elif kind == "message_start":
                 col.usage(_input_of(ev.message.usage), ev.message.usage.output_tokens, final=False)
             elif kind == "message_delta":

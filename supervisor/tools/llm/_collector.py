@@ -22,7 +22,7 @@ from typing import Any
 from supervisor.tools.base import ToolContext
 from supervisor.tools.llm._failures import AnswerTooBig
 from supervisor.tools.llm._tokens import as_count, estimate_tokens
-from supervisor.tools.llm.args import MAX_TOOL_CALLS
+from supervisor.tools.llm.args import MAX_THINKING_BLOCKS, MAX_TOOL_CALLS
 from supervisor.wire import MAX_DEPTH, nested_past
 
 __all__ = ["Collector", "clean_text"]
@@ -78,6 +78,8 @@ class Collector:
     generated: int = 0  # estimated tokens received so far (text, thinking, tool calls)
     # per channel, the first half of a surrogate pair that ended a delta: its second half opens the next one
     held: dict[str, str] = field(default_factory=dict)
+    # Anthropic's thinking blocks by index, part by part (thinking, signature / data), to be sent back
+    blocks: dict[Any, dict[str, list[str]]] = field(default_factory=dict)
 
     def _count(self, text: str) -> None:
         self.generated += estimate_tokens(text)
@@ -139,6 +141,34 @@ class Collector:
         if isinstance(arguments, str):  # cleaned once whole (tool_calls): a pair may be split between fragments
             self._count(arguments)
             acc.arguments = arguments if replace else acc.arguments + arguments
+
+    def thinking_block(self, key: Any, kind: str) -> None:
+        """A thinking (or redacted_thinking) block opens at ``key``; its parts come with ``block_part``."""
+        if kind not in ("thinking", "redacted_thinking") or key in self.blocks:
+            return
+        self.started = True
+        if len(self.blocks) >= MAX_THINKING_BLOCKS:
+            raise AnswerTooBig(f"sent more than {MAX_THINKING_BLOCKS} thinking blocks in one answer")
+        parts = ("thinking", "signature") if kind == "thinking" else ("data",)
+        self.blocks[key] = {"type": [kind], **{p: [] for p in parts}}
+
+    def block_part(self, key: Any, part: str, text: Any) -> None:
+        block = self.blocks.get(key)
+        if block is None or part not in block or part == "type" or not isinstance(text, str) or not text:
+            return
+        if part != "thinking":  # (its text is counted as it streams on the thinking channel)
+            self._count(text)
+        block[part].append(text)
+
+    def thinking_blocks(self) -> list[dict[str, str]]:
+        """The blocks as the next request of a tool loop must carry them: a thinking block without its
+        signature (the stream ended short of it) could not be, and is left out."""
+        out = []
+        for block in self.blocks.values():
+            joined = {part: clean_text("".join(pieces)) for part, pieces in block.items()}
+            if joined.get("signature", "x") and joined.get("data", "x"):
+                out.append(joined)
+        return out
 
     def usage(self, input_tokens: int | None = None, output_tokens: int | None = None, *, final: bool) -> None:
         inp, out = as_count(input_tokens), as_count(output_tokens)  # providers are untrusted: NaN, -5, 1e30

@@ -14,7 +14,8 @@ from pydantic import Field, field_validator, model_validator
 
 from supervisor.tools.base import ToolArgs
 
-__all__ = ["MAX_TOOL_CALLS", "PROVIDERS", "ChatMessage", "LlmChatArgs", "ToolCall", "ToolSpec", "split_model"]
+__all__ = ["MAX_THINKING_BLOCKS", "MAX_TOOL_CALLS", "PROVIDERS", "ChatMessage", "LlmChatArgs", "ThinkingBlock",
+           "ToolCall", "ToolSpec", "split_model"]
 
 PROVIDERS = ("openai", "anthropic")
 # provider/name; names may carry a namespace ("openai/meta-llama/Llama-3.1-8B-Instruct" on vLLM) or a tag ("llama3.2:3b")
@@ -23,6 +24,7 @@ _FN_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # what both providers accept as a function/
 MAX_CONTENT = 1_000_000
 MAX_OUTPUT_TOKENS = 128_000
 MAX_TOOL_CALLS = 128  # per assistant turn, both ways: a model's answer must fit the next request
+MAX_THINKING_BLOCKS = 128  # per assistant turn, both ways, as tool calls
 # Anthropic thinking budgets per reasoning level (tokens, inside max_tokens)
 THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
 
@@ -53,16 +55,43 @@ class ToolSpec(ToolArgs):
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
 
 
+class ThinkingBlock(ToolArgs):
+    """An Anthropic thinking block as returned in ``thinking_blocks`` and sent back in the assistant message
+    that called tools: with thinking on, Anthropic refuses a tool loop's next request without it (its
+    signature proves the text is the model's own). Other providers never get it."""
+
+    type: Literal["thinking", "redacted_thinking"]
+    thinking: str | None = Field(None, max_length=MAX_CONTENT)
+    signature: str | None = Field(None, min_length=1, max_length=MAX_CONTENT)
+    data: str | None = Field(None, min_length=1, max_length=MAX_CONTENT)  # redacted_thinking: encrypted
+
+    @model_validator(mode="after")
+    def _shape(self) -> ThinkingBlock:
+        if self.type == "thinking" and (self.thinking is None or self.signature is None or self.data is not None):
+            raise ValueError("a thinking block has thinking and signature (and no data)")
+        if self.type == "redacted_thinking" and (self.data is None or self.thinking is not None
+                                                 or self.signature is not None):
+            raise ValueError("a redacted_thinking block has data only")
+        return self
+
+    def wire(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+
 class ChatMessage(ToolArgs):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = Field("", max_length=MAX_CONTENT)
     tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_TOOL_CALLS)  # assistant turns that called tools
     tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # role "tool": which call this answers
+    # assistant turns of an Anthropic model thinking: its blocks, as the result gave them (sent back first)
+    thinking_blocks: list[ThinkingBlock] | None = Field(None, max_length=MAX_THINKING_BLOCKS)
 
     @model_validator(mode="after")
     def _shape(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
+        if self.thinking_blocks and self.role != "assistant":
+            raise ValueError("only assistant messages carry thinking_blocks")
         if (self.role == "tool") != (self.tool_call_id is not None):
             raise ValueError("role 'tool' needs tool_call_id, and only it may have one")
         if self.role in ("user", "system") and not self.content:

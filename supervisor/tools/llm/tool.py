@@ -271,6 +271,8 @@ class LlmChatTool:
             result["tool_calls"] = col.tool_calls()
         if col.thinking:
             result["thinking"] = "".join(col.thinking)
+        if blocks := col.thinking_blocks():
+            result["thinking_blocks"] = blocks
         usage = {
             "provider": a.provider,
             "model": a.model,
