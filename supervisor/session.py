@@ -159,6 +159,8 @@ class RunSession:
                                  "message": "frames may not name a tenant, run, user or project", "retryable": False})
                 return True
         if kind == "call":
+            if self.outcome.limit is not None:  # the run is ending over a limit: no call starts any more
+                return False
             rid = frame.get("id")
             if type(rid) is not int and not await self._token():  # refused and audited by _call: metered
                 return False
@@ -266,7 +268,8 @@ class RunSession:
                              "message": "the bundle canceled the call"})
             return
         except StockadeError as exc:
-            self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label, code=exc.code))
+            self.emitter.emit_nowait("tool.result", ended := self._result_event(call, tool_label, code=exc.code))
+            await self._meter_unrun(call, tool_label, ended)
             await self.send({"type": "error", "id": rid, **exc.to_dict()})
             return
         except Exception:
@@ -274,7 +277,8 @@ class RunSession:
             self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label, code="internal"))
             await self.send({"type": "error", "id": rid, "code": "internal", "message": "internal error", "retryable": True})
             return
-        self.emitter.emit_nowait("tool.result", self._result_event(call, tool_label))
+        self.emitter.emit_nowait("tool.result", ended := self._result_event(call, tool_label))
+        await self._meter_unrun(call, tool_label, ended)
         try:
             await self.send({"type": "result", "id": rid, "result": result, "deduped": call.deduped})
         except FrameError as exc:  # a tool's result too large for a frame: the call did run, the bundle learns why
@@ -282,6 +286,28 @@ class RunSession:
         finally:  # the outcome record is written even if no reply could be (sandbox gone, run ending)
             for job in call.after_reply:  # a cancel (run ended, node stopping) waits for it too
                 await through_cancel(job())
+
+    async def _meter_unrun(self, call: CallState, tool_label: str, ended: dict[str, Any]) -> None:
+        """A call that ran no tool - refused (validate, policy, the rate limiter itself, the budget) or a
+        replayed idempotent call - is bounded by no rate limit, yet writes an audit record and two events.
+        Its reply waits for a token of the events-per-second bucket (leaving the bundle's own emits their
+        half, as streamed deltas do), so a loop of them slows to that rate; and its events' bytes count
+        against the output limit, past which the run ends. Not ended at the rate: being refused is no
+        misuse (a gather of 1,000 calls meets the rate limiter). A call that ran its tool passed the rate
+        limits and the budget. Was: a loop of unknown-tool calls wrote ~1,300 audit records and 2,600
+        events a second, for as long as the run lasted."""
+        if call.extra.get("tool_started"):
+            return
+        # a token bucket refills with time, not on an event: the wait is the time until the next token
+        while (wait := self._take(self.shared_reserve())) > 0 and self.outcome.limit is None:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
+        await self._output({"call": {"request_id": call.request_id, "tool": tool_label}, "result": ended})
+
+    def shared_reserve(self) -> float:
+        """Tokens of the events bucket that what the supervisor sends on the bundle's behalf (a tool's streamed
+        deltas, refused calls) leaves to the bundle's own emits: half of it."""
+        rate = float(self.events_per_s)
+        return min(rate / 2, rate - 1.0)
 
     @staticmethod
     def _result_event(call: CallState, tool: str, code: str | None = None) -> dict[str, Any]:

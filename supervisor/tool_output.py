@@ -71,8 +71,7 @@ class ToolOutput:
         return self._held is None and self._timer is None and self._due is None
 
     def _reserve(self) -> float:
-        rate = float(self._s.events_per_s)
-        return min(rate / 2, rate - 1.0)  # what the bundle's own emits keep
+        return self._s.shared_reserve()  # what the bundle's own emits keep
 
     def _on_time(self) -> None:
         self._timer = None
