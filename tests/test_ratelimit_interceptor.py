@@ -169,3 +169,17 @@ def test_override_names_and_values():
         with pytest.raises(StockadeError) as exc:
             validate_overrides(bad)
         assert exc.value.code == "policy.invalid"
+
+
+def test_a_policy_tightens_the_operators_limits_and_never_lifts_them():
+    """Session 20 (a helper's finding): a tenant admin's policy ``limits: {tenant_per_s: 1000000,
+    tenant_per_hour: 1000000000}`` replaced the operator's STOCKADE_RATE_* settings, so one tenant decided how
+    hard it loads the shared node and its providers (60 calls at once: all allowed, where the operator's
+    limits allowed 5). The lower of the two applies, as for a bundle's own limits."""
+    s = settings(rate_tenant_per_s=0.5, rate_tenant_burst=5, rate_tenant_per_hour=10, rate_llm_tokens_per_min=600)
+    lifted = {"tenant_per_s": 1e6, "tenant_burst": 10**6, "tenant_per_hour": 10**9, "user_per_s": 1e6,
+              "user_burst": 10**6, "tool_per_s": 1e6, "tool_burst": 10**6, "llm_tokens_per_min": 10**9}
+    assert ([(r.rate_per_s, r.burst) for r in rules_for_call(s, binding(), "llm.chat", lifted, tokens=5)]
+            == [(r.rate_per_s, r.burst) for r in rules_for_call(s, binding(), "llm.chat", None, tokens=5)])
+    tight = rules_for_call(s, binding(), "echo", {"tenant_per_s": 0.1, "tenant_burst": 2, "tenant_per_hour": 4})
+    assert [(r.rate_per_s, r.burst) for r in tight[:2]] == [(0.1, 2), (4 / 3600, 4)]

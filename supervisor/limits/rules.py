@@ -106,7 +106,9 @@ def rules_for_call(
     o = validate_overrides(overrides)
 
     def get(name: str) -> Any:
-        return o.get(name, getattr(settings, "rate_" + name))
+        # a tenant's policy tightens the operator's limits, never lifts them (they guard the shared node)
+        ceiling = getattr(settings, "rate_" + name)
+        return min(o[name], ceiling) if name in o else ceiling
 
     tenant = _part(binding.tenant_id)
     principal = _part(_principal(binding))

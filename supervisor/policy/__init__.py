@@ -33,7 +33,8 @@ A tenant's policy is one YAML document (``PUT /v1/policy``)::
     prices: {echo: 0.001, "mcp.*": 0.01}   # USD per call; exact name first, else first matching glob;
     #   0, or 0.000001 (one micro-USD) to 1000000000: a smaller positive price would round to 0 (free)
     llm_prices: {openai/gpt-4.1-mini: {input_per_mtok: 0.4, output_per_mtok: 1.6}}  # USD, 0 to 100000
-    limits: {tenant_per_s: 20, tenant_burst: 40}   # rate-limit overrides (supervisor.limits names)
+    limits: {tenant_per_s: 20, tenant_burst: 40}   # rate limits (supervisor.limits names): tighten the settings
+    #   (STOCKADE_RATE_*), never lift them - the lower applies
     egress: {}                     # reserved; no keys yet
 
 Unknown keys anywhere are errors. Matching and its types are strict (see
