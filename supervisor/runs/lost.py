@@ -50,7 +50,10 @@ async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | 
     fields = {"ended_at": time.time(), "error_code": "run.worker_lost", "error_message": message}
     if emitter is not None:
         ended = await emitter.finish("failed", data, **fields)
-    else:
+    else:  # what it answered until then is its output, as its worker would have stored it
+        with contextlib.suppress(Exception):
+            fields["output"] = await services.runs.stored_answer(run.tenant_id, run.id,
+                                                                 services.settings.sandbox_max_output_bytes)
         ended = await finish_run_anywhere(services.runs, services.events, run.tenant_id, run.id, "failed", data,
                                           **fields)
     if ended is not None:  # the operator's one line of it (the run's stream says it to the tenant)

@@ -113,6 +113,10 @@ class RunStore(Protocol):
         """The answer an ended run streamed before it was ended elsewhere (an API cancel: the API knows
         nothing of it) becomes its output, if it has none yet. True if it was stored."""
         ...
+    async def stored_answer(self, tenant_id: str, run_id: str, max_bytes: int) -> str:  # a lost run's output
+        """The run's stored ``message.delta`` texts on the ``answer`` channel, in order, joined: what its
+        worker would have stored as its output. Only the first deltas whose texts add up to ``max_bytes``."""
+        ...
     async def held(self, tenant_id: str, run_id: str) -> float | None:  # receipts: is the run all recorded?
         """Seconds (the store's clock) since a worker last marked this ended run, if that worker has not let
         go of it yet; None once it has, for a run not ended, or one no worker carried."""

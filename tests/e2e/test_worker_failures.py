@@ -346,6 +346,37 @@ async def test_a_run_no_worker_carries_any_more_is_ended_on_both_stacks(node):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.node_settings(queue_visibility_s=1.0)
+async def test_a_lost_runs_output_is_the_answer_it_streamed(node):
+    """Session 20 (a UI walkthrough's finding): a run whose worker was killed showed its answer live, then
+    ``output`` null (embedded) or empty (production): the run page after a reload and the conversation's
+    next turn lost it. The ender rebuilds it from the stored answer deltas, as a failed run keeps its own."""
+    tid, key = await node.tenant(budget_usd=1.0)
+    c = node.client(key)
+    run_id = await _carried_by_a_dead_worker(node, tid)
+    runs = node.rt.services.runs
+    for kind, data in [("message.delta", {"channel": "answer", "text": "w0 "}),
+                       ("message.delta", {"channel": "thinking", "text": "not the answer"}),
+                       ("status", {"text": "working"}),
+                       ("message.delta", {"channel": "answer", "text": "w1 é"}),
+                       ("message.delta", {"channel": "answer", "text": " w2"})]:
+        await runs.append_event(tid, run_id, kind, data)
+    await _ended_as_lost_once(c, run_id)
+    assert (await c.get(f"/v1/runs/{run_id}")).json()["output"] == "w0 w1 é w2"
+
+
+async def test_a_stored_answer_is_cut_at_its_byte_bound(node):
+    tid, _ = await node.tenant()
+    run_id = await _carried_by_a_dead_worker(node, tid)
+    runs = node.rt.services.runs
+    for text in ("ab", "é", "cd"):
+        await runs.append_event(tid, run_id, "message.delta", {"channel": "answer", "text": text})
+    assert [await runs.stored_answer(tid, run_id, n) for n in (1, 2, 3, 4, 6, 100)] == [
+        "", "ab", "ab", "abé", "abécd", "abécd"]
+    assert await runs.stored_answer(tid, "run_nothing", 100) == ""
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("stack_kind", ["production"])
 async def test_two_sweepers_racing_end_an_abandoned_run_once(node_config, stack_kind):
     """Both nodes' sweepers find the run abandoned before either ends it (a barrier holds the first):

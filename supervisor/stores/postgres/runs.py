@@ -176,6 +176,15 @@ class PgRunStore:
                                      f" AND status IN {_TERMINAL_SQL} AND output IS NULL", tenant_id, run_id, output)
         return status == "UPDATE 1"
 
+    async def stored_answer(self, tenant_id: str, run_id: str, max_bytes: int) -> str:
+        async with self._db.tenant_tx(tenant_id) as c:
+            text = await c.fetchval(
+                "SELECT string_agg(t, '' ORDER BY seq) FROM (SELECT seq, data->>'text' AS t,"
+                " sum(octet_length(data->>'text')) OVER (ORDER BY seq) AS total FROM run_events"
+                " WHERE tenant_id = $1 AND run_id = $2 AND type = 'message.delta' AND data->>'channel' = 'answer'"
+                " AND jsonb_typeof(data->'text') = 'string') x WHERE total <= $3", tenant_id, run_id, int(max_bytes))
+        return text or ""
+
     async def held(self, tenant_id: str, run_id: str) -> float | None:
         async with self._db.tenant_tx(tenant_id) as c:
             age = await c.fetchval(f"SELECT greatest(0, {_NOW} - seen_at) FROM runs WHERE tenant_id = $1 AND id = $2"

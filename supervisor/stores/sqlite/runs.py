@@ -161,6 +161,15 @@ class SqliteRunStore:
 
         return await self._db.write(keep, one_statement=True) == 1
 
+    async def stored_answer(self, tenant_id: str, run_id: str, max_bytes: int) -> str:
+        rows = self._db.query(
+            "SELECT t FROM (SELECT seq, json_extract(data, '$.text') AS t, SUM(length(CAST(json_extract(data, '$.text')"
+            " AS BLOB))) OVER (ORDER BY seq) AS total FROM run_events WHERE tenant_id = ? AND run_id = ?"
+            " AND type = 'message.delta' AND json_extract(data, '$.channel') = 'answer'"
+            " AND json_type(data, '$.text') = 'text') WHERE total <= ? ORDER BY seq",
+            (tenant_id, run_id, int(max_bytes)))
+        return "".join(r[0] for r in rows)
+
     async def held(self, tenant_id: str, run_id: str) -> float | None:
         row = self._db.query_one(f"SELECT seen_at FROM runs WHERE tenant_id = ? AND id = ? AND status IN {_TERMINAL_SQL}"
                                  " AND seen_at IS NOT NULL", (tenant_id, run_id))
