@@ -48,12 +48,13 @@ async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | 
     await withdraw_run(services.approvals, run.tenant_id, run.id)
     data = {"code": "run.worker_lost", "message": message}
     fields = {"ended_at": time.time(), "error_code": "run.worker_lost", "error_message": message}
-    if emitter is not None:
-        ended = await emitter.finish("failed", data, **fields)
-    else:  # what it answered until then is its output, as its worker would have stored it
-        with contextlib.suppress(Exception):
+    if emitter is None or not emitter.answer_parts:  # not ended by the worker that streamed its answer:
+        with contextlib.suppress(Exception):  # what it answered is its output, as that worker would have stored it
             fields["output"] = await services.runs.stored_answer(run.tenant_id, run.id,
                                                                  services.settings.sandbox_max_output_bytes)
+    if emitter is not None:
+        ended = await emitter.finish("failed", data, **fields)
+    else:
         ended = await finish_run_anywhere(services.runs, services.events, run.tenant_id, run.id, "failed", data,
                                           **fields)
     if ended is not None:  # the operator's one line of it (the run's stream says it to the tenant)

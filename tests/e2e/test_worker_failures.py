@@ -345,6 +345,36 @@ async def test_a_run_no_worker_carries_any_more_is_ended_on_both_stacks(node):
     await _ended_as_lost_once(c, run_id)
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stack_kind", ["production"])
+async def test_a_killed_workers_run_ended_by_the_next_worker_keeps_its_answer(node_config, stack_kind):
+    """The job comes back to another worker, which ends the run through an emitter of its own (it never
+    saw the answer): the output was ``''``. It is the answer the killed worker streamed."""
+    settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
+    api = await start_node(settings, workers=False)
+    worker = worker_process(settings)
+    second = None
+    try:
+        tid, key = await api.tenant()
+        await push(api, tid, "sleeper")
+        c = api.client(key)
+        run = await start(c, "sleeper", "60")
+        async for e in read_sse(c, f"/v1/runs/{run['id']}/events"):
+            if e.event == "message.delta":
+                break
+        os.killpg(worker.pid, signal.SIGKILL)
+        await asyncio.to_thread(worker.wait, 10)
+        second = await start_node(settings, api=False, workers=True)  # picks the job up again, ends the run
+        events = await asyncio.wait_for(collect(c, run["id"]), 30)
+        assert events[-1].data["code"] == "run.worker_lost", events[-1].data
+        assert (await c.get(f"/v1/runs/{run['id']}")).json()["output"] == "started"
+    finally:
+        _reap(worker)
+        if second is not None:
+            await second.stop()
+        await api.stop()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.node_settings(queue_visibility_s=1.0)
 async def test_a_lost_runs_output_is_the_answer_it_streamed(node):
