@@ -141,7 +141,11 @@ async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
 
 async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, workers: bool) -> None:
     rt = await open_runtime(settings)
-    await rt.start(workers=workers, watch=workers)
+    try:
+        await rt.start(workers=workers, watch=workers, require_sandbox=workers and not api)
+    except BaseException:
+        await rt.stop()
+        raise
     try:
         if api:
             app = build_asgi(rt, role_worker=workers)

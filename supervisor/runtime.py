@@ -58,7 +58,9 @@ class Runtime:
     tasks: list[asyncio.Task] = field(default_factory=list)
     sandbox_problems: list[str] = field(default_factory=list)
 
-    async def start(self, *, workers: bool, watch: bool) -> None:
+    async def start(self, *, workers: bool, watch: bool, require_sandbox: bool = False) -> None:
+        """``require_sandbox``: a worker-only node whose sandbox backend is not ready refuses to start
+        (``sandbox.unavailable``) instead of taking its share of the fleet's runs and failing each."""
         from supervisor.bundles.watcher import bundles_dir_problem, load_bundles_dir, watch_bundles_dir
 
         problem = bundles_dir_problem(self.settings.bundles_dir)
@@ -71,15 +73,18 @@ class Runtime:
             log.warning("platform bundles folder %s (STOCKADE_BUNDLES_DIR) %s: no platform bundles are loaded",
                         self.settings.bundles_dir, problem)
         if workers:
+            from sandbox.checks import check_backend
+
+            self.sandbox_problems = check_backend(self.settings.sandbox_bwrap)
+            if self.sandbox_problems and require_sandbox:
+                raise StockadeError("sandbox.unavailable", "the sandbox backend is not ready, so this worker would "
+                                    "fail every run it took: " + "; ".join(self.sandbox_problems))
+            if self.sandbox_problems:  # a node that also serves the API: its readiness says so, runs fail clearly
+                log.error("sandbox backend not ready, no bundle will run: %s", "; ".join(self.sandbox_problems))
             self._claim_uids()  # before anything reaps "orphans" of the range: they may be another worker's
             warm_up = getattr(self.services.tools, "warm_up", None)
             if warm_up is not None:
                 warm_up()  # the LLM SDKs (seconds to import), in threads, before the first call
-            from sandbox.checks import check_backend
-
-            self.sandbox_problems = check_backend(self.settings.sandbox_bwrap)
-            if self.sandbox_problems:
-                log.error("sandbox backend not ready, no bundle will run: %s", "; ".join(self.sandbox_problems))
             await self._recover()
             await self._reap_orphans()
             if self.settings.sandbox_warm_pool > 0 and not self.sandbox_problems:

@@ -395,7 +395,11 @@ class Worker:
                     proc = await launch(spec, bwrap=self.settings.sandbox_bwrap)
                 except (StockadeError, SandboxError) as exc:
                     log.error("run %s: sandbox could not start: %s", run.id, exc.detail)
-                    await self._fail(emitter, exc.code, exc.public_detail)
+                    # a SandboxError's detail names host paths (the tenant's message does not): was an
+                    # AttributeError here, and every run failed `internal`
+                    public = (exc.public_detail if isinstance(exc, StockadeError)
+                              else "the sandbox could not start (the server log says why)")
+                    await self._fail(emitter, exc.code, public)
                     return
                 box["proc"] = proc
                 launched.set()
