@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
@@ -257,6 +258,7 @@ class Worker:
     async def _end_on_shutdown(self, run: Run, emitter: RunEmitter) -> bool:
         """End a run whose worker stops under it, at once (as a lost run: it is never re-run). False if
         that could not be stored: its job then stays, and another worker ends it after the visibility timeout."""
+        run = dataclasses.replace(run, worker_id=self.worker_id)  # (read before start_run named this worker)
         try:
             await asyncio.wait_for(end_lost(self.s, run, "the run was interrupted: its worker shut down", emitter),
                                    3 * SHUTDOWN_END_S)

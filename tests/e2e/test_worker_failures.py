@@ -57,6 +57,7 @@ async def test_sigterm_ends_the_workers_runs_at_once_and_settles_their_calls(nod
         assert await asyncio.to_thread(worker.wait, 20) == 0
         err = _reap(worker)
         assert "Task was destroyed" not in err and "could not be written" not in err, err
+        assert "ended run.worker_lost" in err and "(worker none)" not in err, err  # the operator's line names it
         events = await asyncio.wait_for(collect(c, run["id"]), 10)  # no worker is left to end it later
         check_stream(events)
         assert events[-1].event == "run.failed" and events[-1].data["code"] == "run.worker_lost"
