@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 from collections.abc import Coroutine
+from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
@@ -111,10 +112,19 @@ class _Server(uvicorn.Server):
     returns: the caller stops the runtime, and the process ends normally."""
 
     async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super()._serve(sockets)
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+
+    on_exit: Any = None  # called on the loop when a signal starts the shutdown (open streams close cleanly)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        loop = getattr(self, "_loop", None)
+        if self.on_exit is not None and loop is not None:  # (in a signal handler: only a thread-safe call)
+            loop.call_soon_threadsafe(self.on_exit)
 
 
 async def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
@@ -151,7 +161,11 @@ async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, w
             app = build_asgi(rt, role_worker=workers)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                                     lifespan="off", timeout_graceful_shutdown=3, proxy_headers=True)
-            await serve(_Server(config), sockets)
+            server = _Server(config)
+            # open SSE streams end cleanly on SIGTERM (was: cancelled after the graceful 3 s, an ERROR traceback
+            # each, the response cut mid-chunk); their clients resume with Last-Event-ID
+            server.on_exit = rt.stream_slots.drain
+            await serve(server, sockets)
         else:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

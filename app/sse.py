@@ -40,6 +40,8 @@ __all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
 # CONTRACT: "at least every 15 s". The timer is the floor of a gap, not its length: the wake-up, the disconnect
 # check and a slow write come on top (15.0 here gave gaps of 15.1 s), hence the margin.
 KEEPALIVE_S = 10.0
+# the process is stopping: the stream ends cleanly, and the client resumes with Last-Event-ID (``retry``)
+STOPPING = b": server stopping: stream closed\n\n"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled", "run.timed_out"})
 CHUNK = 64 * 1024  # one write, about (it ends with the frame that reaches it)
 
@@ -80,7 +82,8 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
     metrics = rt.metrics
     loop = asyncio.get_running_loop()
     key = _KeyCheck(rt.services, principal, loop)
-    if not rt.stream_slots.take(tenant_id):  # the route checked: only streams started since then took it
+    slots = rt.stream_slots
+    if not slots.take(tenant_id):  # the route checked: only streams started since then took it
         yield b": rate.limited: stream closed\n\n"
         return
     metrics.sse_subscribers.inc()
@@ -97,6 +100,9 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                             yield closing
                             return
                         yield chunk
+                        if slots.draining:
+                            yield STOPPING
+                            return
                     if ended:
                         break
         except StockadeError as exc:
@@ -114,10 +120,15 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
         queue: asyncio.Queue = asyncio.Queue(maxsize=64)
         pump = asyncio.create_task(_pump(bus, run_id, cursor, queue))
         quiet_until = loop.time() + KEEPALIVE_S
+        # (a full queue is read before the next wait, and the flag checked then)
+        unwatch = slots.on_drain(lambda: None if queue.full() else queue.put_nowait(_Draining()))
         try:
             while True:
                 if (closing := await key.closing()) is not None:
                     yield closing
+                    return
+                if slots.draining:
+                    yield (out.flush() or b"") + STOPPING
                     return
                 try:
                     if queue.empty():  # (a timer only when there is nothing to send yet)
@@ -152,6 +163,8 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                         if over:
                             return
                         continue
+                if isinstance(batch, _Draining):
+                    continue  # (closed at the top of the loop)
                 if isinstance(batch, BaseException):
                     pump = asyncio.create_task(_pump(bus, run_id, cursor, queue, delay=1.0))
                     try:
@@ -197,10 +210,15 @@ async def event_stream(rt: Any, request: Request, tenant_id: str, run_id: str, c
                 if ended:
                     return
         finally:
+            unwatch()
             await cancel_and_wait(pump)
     finally:
         metrics.sse_subscribers.dec()
-        rt.stream_slots.give_back(tenant_id)
+        slots.give_back(tenant_id)
+
+
+class _Draining(Exception):
+    """Put on a stream's queue when the process starts stopping (``StreamSlots.drain``)."""
 
 
 class _Writes:
