@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -79,64 +81,97 @@ def namespace_pids(init_pid: int) -> list[int]:
     return sorted(seen)
 
 
+# No run needs more: past these the scan would cost the node seconds (a run can map one page 65,530 times
+# in each of its processes), so a run holding more is ended as one the scan cannot see through.
+MAX_DELETED_MAPPINGS = 100_000  # lines of deleted work-dir files in the sandbox's mappings, all processes
+MAX_DELETED_FILES = 4_096  # distinct such files
+_IN_WORK = re.compile(rb"^(\S+) \S+ \S+ \S+ (\d+) +/work/.* \(deleted\)$", re.M)
+
+
 def held_deleted(pids: list[int], dev: int, unknown_size: int) -> tuple[int, str | None]:
     """Bytes of files on ``dev`` with no link left that ``pids`` hold open or mapped; and a reason if blind.
 
-    A mapped deleted file whose size cannot be read (``map_files`` needs root) counts as
-    ``unknown_size`` (the largest file the run may write).
+    Every thread of each process is looked at: a thread cloned without CLONE_FILES has a descriptor table
+    of its own, and a process whose main thread has exited (a zombie leader, its /proc/<pid>/fd unreadable
+    and its maps empty) lives on in its other threads. A mapped deleted file whose size cannot be read
+    (``map_files`` needs root) counts as ``unknown_size`` (the largest file the run may write).
     """
     sizes: dict[int, int] = {}
+    mapped: dict[int, str] = {}  # inode -> a /proc map_files path of one of its mappings
+    lines = 0
+    dev_field = f"{os.major(dev):02x}:{os.minor(dev):02x}".encode()
+    on_dev = re.compile(rb"^(\S+) \S+ \S+ " + re.escape(dev_field) + rb" (\d+) .* \(deleted\)$", re.M)
     for pid in pids:
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except PermissionError:
-            if _exited(pid):
-                continue  # a zombie's /proc belongs to root; it holds no file any more
-            return 0, f"the descriptors of sandbox process {pid} cannot be read"
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue  # exited meanwhile
-        for fd in fds:
+        maps_read = False
+        for tid in tids:
+            task = f"/proc/{pid}/task/{tid}"
             try:
-                st = os.stat(f"/proc/{pid}/fd/{fd}")  # the file itself, not opened
+                fds = os.listdir(f"{task}/fd")
+            except PermissionError:
+                if _exited(task):
+                    continue  # a zombie's /proc belongs to root; it holds no file any more
+                return 0, f"the descriptors of sandbox process {pid} (thread {tid}) cannot be read"
+            except OSError:
+                continue  # exited meanwhile
+            for fd in fds:
+                try:
+                    st = os.stat(f"{task}/fd/{fd}")  # the file itself, not opened
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev == dev:
+                    sizes[st.st_ino] = st.st_blocks * 512
+            if maps_read:  # the threads of a process share its mappings: one live thread's list is all of them
+                continue
+            try:
+                with open(f"{task}/maps", "rb") as f:
+                    maps = f.read()  # up to vm.max_map_count lines: searched in C, never split
+            except PermissionError:
+                if _exited(task):
+                    continue
+                return 0, f"the mappings of sandbox process {pid} cannot be read"
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev == dev:
-                sizes[st.st_ino] = st.st_blocks * 512
-        try:
-            with open(f"/proc/{pid}/maps", "rb") as f:
-                maps = f.read()  # up to vm.max_map_count lines: scanned in C, split only when one matches
-        except PermissionError:
-            if _exited(pid):
+            if not maps:
+                continue  # a zombie leader's: its live threads' list has them
+            maps_read = True
+            if b" (deleted)\n" not in maps:
                 continue
-            return 0, f"the mappings of sandbox process {pid} cannot be read"
+            found = [on_dev.finditer(maps)] if dev_field in maps else []  # (memfd, shared memory: on no disk)
+            if b" /work/" in maps:  # by the path the sandbox sees (the line's device may be a lower layer's)
+                found.append(_IN_WORK.finditer(maps))
+            for m in itertools.chain(*found):
+                lines += 1
+                if lines > MAX_DELETED_MAPPINGS:
+                    return 0, f"more than {MAX_DELETED_MAPPINGS} mappings of deleted work-dir files"
+                ino = int(m.group(2))
+                if ino and ino not in mapped:
+                    # (by the thread's own id: a zombie leader's map_files are empty, as its maps)
+                    mapped[ino] = f"/proc/{tid}/map_files/{m.group(1).decode()}"
+                    if len(mapped) > MAX_DELETED_FILES:
+                        return 0, f"more than {MAX_DELETED_FILES} deleted work-dir files mapped"
+    for ino, path in mapped.items():
+        if ino in sizes:
+            continue  # also held open: sized from its descriptor
+        try:
+            st = os.stat(path)
+        except PermissionError:  # only root may stat map_files: the line's device (or path) says it is ours
+            sizes[ino] = unknown_size
+            continue
         except OSError:
             continue
-        if b" (deleted)\n" not in maps:
-            continue
-        deleted = [line.decode(errors="replace").split() for line in maps.splitlines() if line.endswith(b" (deleted)")]
-        for fields in deleted:
-            if len(fields) < 6 or fields[4] == "0":
-                continue  # anonymous shared memory: memory, not disk
-            try:
-                st = os.stat(f"/proc/{pid}/map_files/{fields[0]}")
-            except PermissionError:
-                # only root may stat map_files: judge by the maps line (device, or the path inside)
-                major, _, minor = fields[3].partition(":")
-                with contextlib.suppress(ValueError):
-                    if os.makedev(int(major, 16), int(minor, 16)) == dev or fields[5].startswith("/work/"):
-                        sizes.setdefault(int(fields[4]), unknown_size)
-                continue
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev == dev:
-                sizes[st.st_ino] = st.st_blocks * 512
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev == dev:
+            sizes[st.st_ino] = st.st_blocks * 512
     return sum(sizes.values()), None
 
 
-def _exited(pid: int) -> bool:
-    """A zombie (or gone): its descriptors and mappings are already released."""
+def _exited(task: str) -> bool:
+    """The task (``/proc/<pid>/task/<tid>``) is a zombie (or gone): its descriptors and mappings are released."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"{task}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except (OSError, IndexError):
         return True
