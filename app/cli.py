@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import json
+import logging
 import os
 import stat
 import sys
@@ -47,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--port", type=int, help="port to listen on (STOCKADE_PORT)")
         sp.add_argument("--data-dir", help="where keys, bundles, run dirs (and SQLite) live (STOCKADE_DATA_DIR)")
     sub.add_parser("migrate", help="apply database migrations")
-    sub.add_parser("demo", help="create the demo tenant if none exists and print its key")
+    demo = ("make a new admin key for the tenant `demo` (created the first time, with a 10 USD monthly budget) and "
+            "print it with the URL `stockade serve` will listen on; every call makes another key, earlier ones stay "
+            "valid (`stockade key list --tenant demo`). Refused, making no key, if that address cannot be listened on")
+    sub.add_parser("demo", help=demo, description=demo)
     t = sub.add_parser("tenant", help="tenants").add_subparsers(dest="sub", required=True)
     tc = t.add_parser("create")
     tc.add_argument("name", type=_text)
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, attr, None)
         if v is not None:
             overrides[attr] = v
+    warnings = _WarningLines()
+    if args.cmd not in ("serve", "api", "worker"):  # a server logs through its own handler (app/server.py)
+        logging.getLogger().addHandler(warnings)
     try:
         if args.cmd == "policy":
             return _policy_validate(args.file)
@@ -140,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SettingsError as exc:
         return _fail(f"settings.invalid: {exc}")
-    except MigrationError as exc:  # e.g. a database migrated by a newer Stockade, or an applied file edited since
+    # a migration set that cannot be applied safely, e.g. an applied file edited since. (A database migrated by a
+    # newer Stockade is no MigrationError: it is used, and the runner's warning is a `stockade: warning:` line.)
+    except MigrationError as exc:
         return _fail(f"store.misconfigured: {exc}")
     except StockadeError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
@@ -148,6 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"internal: {type(exc).__name__}: {exc}")
     except Exception as exc:  # the contract: one line, no traceback -- even for what we did not foresee
         return _fail(f"internal: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected error'}")
+    finally:
+        logging.getLogger().removeHandler(warnings)
+
+
+class _WarningLines(logging.Handler):
+    """What an operator command logs at WARNING or above (a database migrated by a newer Stockade, a misspelt
+    setting): one line each on stderr, ``stockade: warning: ...`` like the command's own lines (without a
+    handler, Python printed the bare message)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"stockade: {record.levelname.lower()}: {_printable(record.getMessage())}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def _printable(text: str) -> str:
@@ -230,8 +256,17 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         # these read or change what exists: a mistyped STOCKADE_DATA_DIR must not get a fresh empty store (and an
         # audit "verified" over no records), nor leave a data dir behind
         if not settings.sqlite_path.exists():  # noqa: ASYNC240 - one stat in a CLI command
-            raise StockadeError("store.misconfigured", f"no database at {settings.sqlite_path}: check STOCKADE_DATA_DIR "
+            where = "STOCKADE_DATABASE_URL" if settings.database_url is not None else "STOCKADE_DATA_DIR"
+            raise StockadeError("store.misconfigured", f"no database at {settings.sqlite_path}: check {where} "
                                 "(or run `stockade migrate` to create one)")
+    elif args.cmd not in ("migrate", "demo") and (args.cmd, args.sub) != ("tenant", "create"):
+        # the same on PostgreSQL: a mistyped database name must not get the whole schema (and the data dir fresh
+        # keys) from a command that only reads, which then reported an empty deployment ("verified", no tenants)
+        await _pg_deployed(settings)
+    if args.cmd == "demo":  # the key it prints is for `stockade serve` (make run): none if serve cannot listen
+        from app.server import check_listen
+
+        check_listen(settings.host, settings.port)
     rt = await open_runtime(settings, check_audit_key=args.cmd != "audit")
     s = rt.services
     try:
@@ -246,6 +281,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "tenant":
             tenant, key = await create_tenant(s, args.name, budget_usd=args.budget_usd)
+            await _key_created(rt, tenant.id, key)
             _out(json.dumps({"tenant_id": tenant.id, "name": tenant.name, "api_key": key.secret}),
                  unseen=_unseen_key(tenant.id, key.key.id))
             return 0
@@ -267,9 +303,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         if args.cmd == "key":
             tid = await _tenant_id(s, args.tenant)
             nk = await create_key(s, tid, args.role, user_id=args.user, project_id=args.project)
-            await rt.recorder.record(tid, "key.created", detail={  # key_id None: by the operator, not a key
-                "key_id": None, "id": nk.key.id, "role": nk.key.role, "user_id": nk.key.user_id,
-                "project_id": nk.key.project_id})
+            await _key_created(rt, tid, nk)
             _out(json.dumps({"tenant_id": tid, "key_id": nk.key.id, "role": nk.key.role, "api_key": nk.secret}),
                  unseen=_unseen_key(tid, nk.key.id))
             return 0
@@ -294,9 +328,43 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
     return 2
 
 
+async def _key_created(rt: Any, tenant_id: str, nk: Any) -> None:
+    """The audit record of a key the operator made (``key create``, ``tenant create``, ``demo``), as the API
+    records one: ``key_id`` None, made by the operator, not by a key."""
+    await rt.recorder.record(tenant_id, "key.created", detail={
+        "key_id": None, "id": nk.key.id, "role": nk.key.role, "user_id": nk.key.user_id,
+        "project_id": nk.key.project_id})
+
+
+async def _pg_deployed(settings: Settings) -> None:
+    """store.misconfigured unless the PostgreSQL database holds Stockade's schema (the migrator's bookkeeping
+    table): looked up on a connection of its own, before anything is migrated or generated."""
+    from supervisor.stores.postgres.db import open_postgres
+
+    db = await open_postgres(settings.database_url or "", min_size=1, max_size=1, migrate=False)
+    try:
+        async with db.acquire() as conn:
+            row = await conn.fetchrow("SELECT to_regclass('schema_migrations') IS NOT NULL AS deployed, "
+                                      "current_database() AS name")
+    finally:
+        await db.close()
+    if not row["deployed"]:
+        raise StockadeError("store.misconfigured", f"no Stockade schema in PostgreSQL database {row['name']!r} (no "
+                            "schema_migrations table): check STOCKADE_DATABASE_URL (or run `stockade migrate` to "
+                            "create one)")
+
+
 async def _bundle_delete(rt: Any, s: Any, args: argparse.Namespace) -> int:
     tid = None if args.platform else await _tenant_id(s, args.tenant)
-    out = await rt.registry.delete(tid, args.name)
+    try:
+        out = await rt.registry.delete(tid, args.name)
+    except StockadeError as exc:
+        if tid is None or exc.code != "auth.forbidden":
+            raise
+        # the registry's answer is a tenant's (an API key's): the operator can, with --platform
+        raise StockadeError("input.invalid", f"{args.name!r} is a platform bundle, not one of tenant {tid}'s: to "
+                            f"retire it, remove its folder from STOCKADE_BUNDLES_DIR, then run `stockade bundle "
+                            f"delete {args.name} --platform`") from None
     if tid is not None:
         await rt.recorder.record(tid, "bundle.deleted", detail={"key_id": None, "bundle": args.name,
                                                                 "versions": out["versions"], "by": "cli"})
@@ -327,6 +395,7 @@ async def _demo(rt: Any, settings: Settings) -> int:
         tenant, nk = await create_tenant(s, "demo", budget_usd=10.0)
     else:
         nk = await create_key(s, tenant.id, "admin")
+    await _key_created(rt, tenant.id, nk)
     url = f"http://{settings.host}:{settings.port}"
     _out(f"\nStockade is starting on {url}  (web UI: {url}/ui/)\n"
          f"demo tenant {tenant.id}; API key (shown once): {nk.secret}\n\n"

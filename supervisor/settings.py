@@ -131,9 +131,10 @@ class Settings(BaseSettings):
     sandbox_bwrap: str = "bwrap"
     sandbox_python: str | None = None  # interpreter inside the jail; default: the running one
     # uids the run sandboxes get (sandbox/identity.py): unprivileged, below the kernel's (uid_t)-1, never
-    # its overflow uid; the pool is a list built at start-up, hence a count bound
-    sandbox_uid_base: int = Field(200_000, ge=1000)
+    # its overflow uid; the pool is a list built at start-up, hence a count bound. The count comes first: the
+    # range check is the base's (_uid_range), which is what places the range, and so what a refusal names
     sandbox_uid_count: int = Field(1024, ge=1, le=1_000_000)
+    sandbox_uid_base: int = Field(200_000, ge=1000)
     # rlimits set in the forked child (sandbox/_limits.py): a value the kernel cannot take (past a C long,
     # RLIMIT_NOFILE past fs.nr_open) started fine and then failed every run; hence the ceilings
     sandbox_memory_mb: int = Field(512, ge=16, le=_MAX_MB)
@@ -271,16 +272,19 @@ class Settings(BaseSettings):
         _check_port(v)
         return v
 
-    @field_validator("sandbox_uid_count")
+    @field_validator("sandbox_uid_base")
     @classmethod
     def _uid_range(cls, v: int, info: ValidationInfo) -> int:
-        base = info.data.get("sandbox_uid_base")
-        if base is None:  # already refused
+        # reported as STOCKADE_SANDBOX_UID_BASE (a base of 65000 was reported as a STOCKADE_SANDBOX_UID_COUNT
+        # problem, a setting left at its default), the count named too: either may be the one to change
+        count = info.data.get("sandbox_uid_count")
+        if count is None:  # already refused
             return v
-        if base + v > _MAX_UID:
-            raise ValueError(f"STOCKADE_SANDBOX_UID_BASE + STOCKADE_SANDBOX_UID_COUNT must stay at most {_MAX_UID}")
-        if base <= _OVERFLOW_UID < base + v:
-            raise ValueError(f"the uids {base}..{base + v - 1} contain the kernel's overflow uid {_OVERFLOW_UID}")
+        if v + count > _MAX_UID:
+            raise ValueError(f"{v} + STOCKADE_SANDBOX_UID_COUNT ({count}) must stay at most {_MAX_UID}")
+        if v <= _OVERFLOW_UID < v + count:
+            raise ValueError(f"with STOCKADE_SANDBOX_UID_COUNT={count}, the uids {v}..{v + count - 1} contain the "
+                             f"kernel's overflow uid {_OVERFLOW_UID}")
         return v
 
     @field_validator("egress_allow_private")
@@ -453,8 +457,9 @@ def load_settings(*, flags: dict[str, str] | None = None, **overrides: object) -
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
+        # pydantic's "Value error, " before the message of a check of ours: not for the operator's eyes
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         if not loc:  # a check of several settings together (_pairs): its message names them
-            msg = str(err.get("msg", "invalid values")).removeprefix("Value error, ")
             raise SettingsError(f"invalid settings: {msg}") from None
         name = (flags or {}).get(loc) or "setting STOCKADE_" + loc.upper()
-        raise SettingsError(f"invalid {name}: {err.get('msg', 'invalid value')}") from None
+        raise SettingsError(f"invalid {name}: {msg}") from None

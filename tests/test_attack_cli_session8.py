@@ -73,7 +73,7 @@ def test_a_data_dir_that_is_not_utf8_is_a_setting_error(env, capsys, monkeypatch
                 m.setenv("STOCKADE_DATA_DIR", bad)
             line = _one_line_error(*_run(capsys, *argv)[::2])
         named = "setting STOCKADE_DATA_DIR" if argv == ["migrate"] else "--data-dir"  # where the value came from
-        assert line == f"stockade: settings.invalid: invalid {named}: Value error, '{tmp_path}/data\\udcff' is not a UTF-8 path"
+        assert line == f"stockade: settings.invalid: invalid {named}: '{tmp_path}/data\\udcff' is not a UTF-8 path"
     assert not (tmp_path / os.fsdecode(b"data\xff")).exists()
 
 
@@ -423,7 +423,7 @@ def test_a_file_setting_that_is_a_fifo_or_device_is_refused(env, capsys, monkeyp
     target = str(fifo) if kind == "fifo" else os.devnull  # (not /dev/zero: without the fix it eats the memory)
     monkeypatch.setenv(name, target)
     line = _one_line_error(*_run(capsys, "tenant", "list")[::2])
-    assert line == f"stockade: settings.invalid: invalid setting {name}: Value error, {target} is not a regular file"
+    assert line == f"stockade: settings.invalid: invalid setting {name}: {target} is not a regular file"
     assert not env.exists()
 
 

@@ -409,7 +409,7 @@ def test_bad_retired_signing_key_files_are_one_line_naming_the_variable(env, tmp
 def test_a_retired_signing_key_path_that_is_a_directory_is_refused_at_settings(env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("STOCKADE_SIGNING_KEY_FILES_RETIRED", str(tmp_path))
     line = _cli_tests._one_line_error(*_run(capsys, "migrate")[::2])
-    assert line == (f"stockade: settings.invalid: invalid setting STOCKADE_SIGNING_KEY_FILES_RETIRED: Value error, "
+    assert line == (f"stockade: settings.invalid: invalid setting STOCKADE_SIGNING_KEY_FILES_RETIRED: "
                     f"{tmp_path} is not a regular file")
     assert not env.exists()
 
@@ -473,7 +473,7 @@ def test_retired_secrets_keys_settings(env, capsys, monkeypatch):
 
     monkeypatch.setenv("STOCKADE_SECRETS_KEYS_RETIRED", "a-long-enough-retired-key-1,short")
     line = _cli_tests._one_line_error(*_run(capsys, "migrate")[::2])
-    assert line == ("stockade: settings.invalid: invalid setting STOCKADE_SECRETS_KEYS_RETIRED: Value error, key 2 of "
+    assert line == ("stockade: settings.invalid: invalid setting STOCKADE_SECRETS_KEYS_RETIRED: key 2 of "
                     "2 must be at least 16 characters (it is a key)")
     monkeypatch.delenv("STOCKADE_SECRETS_KEYS_RETIRED")
     assert _run(capsys, "migrate")[0] == 0

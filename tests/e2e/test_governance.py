@@ -428,7 +428,7 @@ def test_cli_audit_verify_detects_tampering(tmp_path):
     asyncio.run(write_records())
     ok = subprocess.run(cli + ["audit", "verify", "--tenant", tid], env=env, cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["records"] == 2500
+    assert json.loads(ok.stdout)["records"] == 2501  # and tenant create's key.created
     db = sqlite3.connect(tmp_path / "stockade.db")
     # an attacker with write access to the file drops the guard triggers and rewrites a record
     for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'").fetchall():
