@@ -20,6 +20,7 @@ import pytest
 from app import cli
 from supervisor.audit import AuditRecorder, Sealer
 from supervisor.audit.chain import GENESIS, verify_chain
+from supervisor.errors import StockadeError
 from supervisor.secretbox import SecretBox
 from supervisor.stores.records import AuditRecord
 from tests import test_cli as _cli_tests
@@ -72,12 +73,15 @@ def test_a_node_with_a_next_key_seals_with_the_current_one_until_another_node_us
         assert verify_chain("ten_a", recs, verifier) is None
 
 
-def test_without_a_next_key_the_old_node_breaks_the_chain_as_before():
-    """What the rollout without STOCKADE_AUDIT_KEY_NEXT did (why every node had to be stopped)."""
+def test_without_a_next_key_the_old_node_appends_nothing_after_the_new_keys_head():
+    """What the rollout without STOCKADE_AUDIT_KEY_NEXT did (why every node had to be stopped): the old node
+    sealed a record with the retired key after the new key's, a forgery in ``audit verify``. Since session 20
+    a node refuses to append after a head it cannot verify (``audit.corrupt``): the chain stays whole."""
     recs = append(append([], Sealer(K0)), step2())
-    recs = append(recs, Sealer(K0))
-    brk = verify_chain("ten_a", recs, step2())
-    assert brk is not None and brk.seq == 3 and "retired key after rotation" in brk.problem
+    with pytest.raises(StockadeError) as err:
+        append(recs, Sealer(K0))
+    assert err.value.code == "audit.corrupt"
+    assert verify_chain("ten_a", recs, step2()) is None
 
 
 def test_a_head_not_made_by_the_next_key_does_not_promote():
@@ -99,10 +103,14 @@ def test_the_next_key_is_numbered_after_the_current_one():
     assert a.for_tenant("t").wants_head_mac() is True
     a.promote()
     assert a.key_index(digest, mac_cur) == 0 and a.key_index(digest, mac_next) == 1 and a.sealing_index == 1
+    a.for_tenant("t")(digest, 2, FIELDS, mac_next)  # (a head another process wrote, verified once)
     assert a.for_tenant("t").wants_head_mac() is False
-    assert Sealer(K0).for_tenant("t").wants_head_mac() is False
+    k0 = Sealer(K0)
+    assert k0.for_tenant("t").wants_head_mac() is True  # until one head of the tenant is verified (session 20)
+    k0.for_tenant("t")(digest, 2, FIELDS, mac_cur)
+    assert k0.for_tenant("t").wants_head_mac() is False
     # a current-key record after a next-key one is a step back, as any older key's would be
-    recs = append(append([], step2()), Sealer(K0))
+    recs = append(append([], step2()), Sealer(K0), read_head=False)  # (a writer that did not look at the head)
     assert verify_chain("ten_a", recs, step1()) is not None
 
 
@@ -176,17 +184,20 @@ async def test_store_postgres_appends_queued_on_the_head_lock_follow_the_key_too
         await db_b.close()
 
 
-async def test_store_a_node_without_the_next_key_still_breaks_the_chain(sql_db):
+async def test_store_a_node_without_the_next_key_appends_nothing_after_the_new_key(sql_db):
     """The contrast (the documented precondition): a node not yet given the next key must not run beside a
-    node on the new key; its record after the new key's is reported."""
+    node on the new key. Its record after the new key's was reported as a forgery; since session 20 it
+    refuses to append (its calls fail closed, its log says why) and the chain stays whole."""
     tid = await sql_db.new_tenant()
     db_a, a = await _node(sql_db, Sealer(K0))
     db_b, b = await _node(sql_db, step2())
     try:
-        for rec in (a, b, a):
+        for rec in (a, b):
             await rec.record(tid, "tool.allowed", run_id="run_1", tool="echo")
-        brk = verify_chain(tid, await store(sql_db, "AuditLog").list(tid, limit=10), step2())
-        assert brk is not None and brk.seq == 3 and "retired key after rotation" in brk.problem
+        with pytest.raises(StockadeError):
+            await a.record(tid, "tool.allowed", run_id="run_1", tool="echo")
+        records = await store(sql_db, "AuditLog").list(tid, limit=10)
+        assert len(records) == 2 and verify_chain(tid, records, step2()) is None
     finally:
         await db_a.close()
         await db_b.close()

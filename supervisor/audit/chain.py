@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.audit.canonical import canonical, sha256_hex
+from supervisor.errors import StockadeError
 from supervisor.stores.records import AuditRecord
 
 __all__ = ["GENESIS", "MAC_INVALID", "ChainBreak", "ChainVerifier", "Sealer", "record_hash", "record_key", "record_problem",
@@ -72,6 +73,10 @@ class Sealer:
         self.current_index = len(self._older)  # keys are numbered oldest first: retired 0..n-1, current n
         self._next = next_key  # STOCKADE_AUDIT_KEY_NEXT: numbered n + 1 (module docstring: rolling rotation)
         self.promoted = False  # this node seals with the next key (another node already did, in some chain)
+        # tenants whose chain head, written by another process, this node has verified once: a node with a key
+        # of its own (its own data dir, no STOCKADE_AUDIT_KEY) would otherwise append after heads it cannot
+        # verify, each node's records forged in the eyes of the other's key, and the chain broken for good
+        self._checked: set[str] = set()
 
     @property
     def sealing_index(self) -> int:
@@ -111,15 +116,29 @@ class Sealer:
                 and self.key_index(head_hash, head_mac) == self.current_index + 1):
             self.promote()
 
+    def _check(self, tenant_id: str, head_hash: str, head_mac: str) -> None:
+        """The first head of ``tenant_id`` another process wrote: this node must hold the key that sealed it."""
+        if isinstance(head_mac, str) and head_mac.isascii() and self.key_index(head_hash, head_mac) is not None:
+            self._checked.add(tenant_id)
+            return
+        log.error("the audit chain of tenant %s ends in a record sealed with a key this node does not have: nodes "
+                  "writing one database need the same STOCKADE_AUDIT_KEY (or the same data dir); this node appends "
+                  "nothing to that chain", tenant_id)
+        raise StockadeError("audit.corrupt", "the audit chain's newest record was sealed with another node's key")
+
     def for_tenant(self, tenant_id: str):
         def seal(prev_hash: str, seq: int, fields: dict[str, Any], prev_mac: str | None = None) -> tuple[str, str]:
             """``prev_mac``: the head's MAC, when the store read the head (it was not this node's last write)."""
             if prev_mac is not None:
                 self._saw(prev_hash, prev_mac)
+                if tenant_id not in self._checked:
+                    self._check(tenant_id, prev_hash, prev_mac)
             digest = record_hash(tenant_id, seq, prev_hash, fields)
             return digest, self.mac(digest)
 
-        seal.wants_head_mac = lambda: self._next is not None and not self.promoted  # type: ignore[attr-defined]
+        # the head's MAC costs the store a read: wanted during a rotation, and until one head is verified
+        seal.wants_head_mac = lambda: (  # type: ignore[attr-defined]
+            tenant_id not in self._checked or (self._next is not None and not self.promoted))
         return seal
 
 
