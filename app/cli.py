@@ -267,7 +267,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         from app.server import check_listen
 
         check_listen(settings.host, settings.port)
-    rt = await open_runtime(settings, check_audit_key=args.cmd != "audit")
+    rt = await open_runtime(settings, check_audit_key=args.cmd != "audit", check_secrets_key=args.cmd != "secrets")
     s = rt.services
     try:
         if args.cmd == "migrate":

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from supervisor.audit.chain import Sealer
 from supervisor.audit.key_check import foreign_heads
@@ -30,6 +30,7 @@ from supervisor.errors import StockadeError, log_failure
 from supervisor.factory import open_services
 from supervisor.services import Services
 from supervisor.settings import Settings, SettingsError
+from supervisor.tools.mcp.sealed import foreign_secrets
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -249,10 +250,24 @@ class Runtime:
             self.uid_claim = None
 
 
-async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_key: bool = True) -> Runtime:
+async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_key: bool = True,
+                       check_secrets_key: bool = True) -> Runtime:
     """``check_audit_key``: refuse keys that verify none of the audit records already stored
-    (supervisor/audit/key_check.py); off for ``stockade audit verify``, which reports what they verify."""
+    (supervisor/audit/key_check.py); off for ``stockade audit verify``, which reports what they verify.
+    ``check_secrets_key``: the same for the secrets key and the stored MCP secrets; off for ``stockade secrets
+    reseal``, which reports what it cannot open. A refused start keeps none of the keys it generated."""
     from supervisor.bundles.registry import BundleRegistry
+
+    keys_dir = settings.data_dir / "keys"
+    had_keys = set(os.listdir(keys_dir)) if keys_dir.is_dir() else set()
+
+    async def refuse(message: str) -> NoReturn:
+        # the keys this start generated go too: a node fixed only as the message says (its audit key) started
+        # with a secrets key of its own, made by the refused start, that opened none of the stored secrets
+        for name in (set(os.listdir(keys_dir)) if keys_dir.is_dir() else set()) - had_keys:
+            (keys_dir / name).unlink(missing_ok=True)
+        await services.close()
+        raise SettingsError(message)
 
     services = await open_services(settings, migrate=migrate)
     generated = settings.data_dir / "keys" / "audit.key"
@@ -263,21 +278,26 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
         # A node with a data dir of its own (no shared volume, no STOCKADE_AUDIT_KEY) made a key of its own
         # and sealed records the other nodes' key does not verify: `audit verify` reported them as forged.
         # The key just made is not kept, so the next start is refused too, until the node gets the real one.
-        generated.unlink(missing_ok=True)
-        await services.close()
-        raise SettingsError(
+        await refuse(
             f"invalid setting STOCKADE_AUDIT_KEY: unset, and no key in {generated.parent}, but the database "
             "already holds audit records sealed with another key: give every node the same STOCKADE_AUDIT_KEY "
             "(or one shared STOCKADE_DATA_DIR); a key of this node's own would break every tenant's chain")
     # seals under the current key (the next one once another node does); verifies under the others too
     sealer = Sealer(current, retired, load_audit_next_key(settings, current, retired))
     if check_audit_key and (foreign := await foreign_heads(services.audit, sealer)):
-        await services.close()
-        raise SettingsError(
+        await refuse(
             f"invalid setting STOCKADE_AUDIT_KEY: it verifies the newest audit record of none of the {foreign} "
             "tenants looked at (nor does any key of STOCKADE_AUDIT_KEYS_RETIRED or STOCKADE_AUDIT_KEY_NEXT): "
             "another key sealed them, and records this node sealed would read as forged. Give every node the "
             "same STOCKADE_AUDIT_KEY (`stockade audit verify` shows what a key verifies)")
+    mcp = services.extras.get("mcp")
+    if check_secrets_key and mcp is not None and (
+            tenant := await foreign_secrets(mcp.store, [t.id for t in await services.tenants.list_tenants()])):
+        await refuse(
+            f"invalid setting STOCKADE_SECRETS_KEY: it opens none of the stored MCP secrets looked at (tenant "
+            f"{tenant}'s first), nor does any key of STOCKADE_SECRETS_KEYS_RETIRED or STOCKADE_SECRETS_KEY_NEXT: "
+            "another key sealed them, and every MCP call on this node would fail. Give every node the same "
+            "STOCKADE_SECRETS_KEY (or one shared STOCKADE_DATA_DIR)")
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)

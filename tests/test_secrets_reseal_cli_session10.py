@@ -81,3 +81,47 @@ def test_cli_secrets_reseal_without_the_old_key_fails_with_a_code_and_changes_no
     monkeypatch.setenv("STOCKADE_SECRETS_KEY", "the-old-secrets-key-0123456789")
     rc, out, err = _run(capsys, "secrets", "reseal")  # the old key still opens all: nothing was changed
     assert rc == 0 and '"resealed": 0' in out, (out, err)
+
+
+@pytest.mark.pg
+def test_a_node_whose_secrets_key_opens_no_stored_secret_is_refused_and_keeps_no_key(env, capsys, monkeypatch, tmp_path,
+                                                                                       fresh_pg_url):
+    """Session 20 (an ops walkthrough): a start refused for its audit key still left a generated secrets.key; an
+    operator who then gave the node only the deployment's audit key started it with a secrets key of its own,
+    and every MCP call on that node failed ``secret.unreadable`` (nothing checked the secrets key). Now a start
+    keeps none of the keys it generated when it is refused, and one whose secrets key opens none of the stored
+    MCP secrets is refused, naming STOCKADE_SECRETS_KEY."""
+    import json
+
+    from supervisor.runtime import open_runtime
+    from supervisor.settings import load_settings
+    from supervisor.tenancy import create_tenant
+    from supervisor.tools.mcp import McpServer
+
+    async def register():
+        rt = await open_runtime(load_settings())
+        try:
+            t, _ = await create_tenant(rt.services, "acme")
+            await rt.services.extras["mcp"].store.create_server(
+                McpServer(t.id, "srv", "https://mcp.example/", {"A": "b"}, 1.0), [], approved_by=None)
+            await rt.recorder.record(t.id, "mcp.registered", detail={"server": "srv"})
+        finally:
+            await rt.stop()
+
+    monkeypatch.setenv("STOCKADE_DATABASE_URL", fresh_pg_url)  # nodes with data dirs of their own share a database
+    asyncio.run(register())  # the first node: keys generated into its data dir
+    first = env / "keys"
+    audit_key = (first / "audit.key").read_text().strip()
+    other = tmp_path / "other-node"
+    monkeypatch.setenv("STOCKADE_DATA_DIR", str(other))
+    rc, _, err = _run(capsys, "key", "list", "--tenant", "acme")
+    assert rc != 0 and "STOCKADE_AUDIT_KEY" in err, err
+    assert not (other / "keys").exists() or list((other / "keys").iterdir()) == []  # none of its keys kept
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", audit_key)  # fixed only as that message says
+    rc, _, err = _run(capsys, "key", "list", "--tenant", "acme")
+    assert rc != 0 and err.startswith("stockade: settings.invalid: invalid setting STOCKADE_SECRETS_KEY: "), err
+    assert not (other / "keys" / "secrets.key").exists()
+    monkeypatch.setenv("STOCKADE_SECRETS_KEY", (first / "secrets.key").read_text().strip())
+    rc, out, err = _run(capsys, "key", "list", "--tenant", "acme")
+    assert rc == 0, err
+    assert json.loads(out.splitlines()[0])["role"] == "admin"

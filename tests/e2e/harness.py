@@ -125,7 +125,9 @@ def settings_for(kind: str, data_dir: Path, *, pg_url: str | None = None, redis_
     base: dict[str, Any] = dict(data_dir=data_dir, bundles_dir=BUNDLES, watch_bundles=False, sweep_interval_s=0.5,
                                 sandbox_uid_base=NODE_UID_BASE,
                                 sandbox_warm_pool=0,  # cold starts unless a test asks for the warm pool
-                                audit_key="test-audit-key-0123456789abcdef")
+                                # one deployment's keys: nodes on the session's shared database must share them
+                                audit_key="test-audit-key-0123456789abcdef",
+                                secrets_key="test-secrets-key-0123456789abcdef")
     if kind == "production":
         base.update(database_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix)
     base.update(extra)
@@ -186,6 +188,7 @@ def worker_process(settings: Settings, warm_pool: int = 0, uid_env: dict[str, st
         "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
         "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
         "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else "",
+        "STOCKADE_SECRETS_KEY": settings.secrets_key.get_secret_value() if settings.secrets_key else "",
         "STOCKADE_QUEUE_VISIBILITY_S": str(settings.queue_visibility_s),
         "STOCKADE_RESERVATION_TTL_S": str(settings.reservation_ttl_s), "STOCKADE_SANDBOX_WARM_POOL": str(warm_pool),
         "STOCKADE_LOG_LEVEL": "warning", **(uid_env or worker_uid_env()),

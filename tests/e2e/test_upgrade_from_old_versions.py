@@ -110,7 +110,7 @@ def upgraded(request: pytest.FixtureRequest) -> Any:
     exp = json.loads((FIXTURES / rev / f"{stack}.json").read_text(encoding="utf-8"))
     outer, data_dir = _unpack(rev, stack)
     extra: dict[str, Any] = dict(egress_allow_private=["127.0.0.0/8"], approval_ttl_s=31_536_000.0,
-                                 queue_visibility_s=1.0)
+                                 queue_visibility_s=1.0, secrets_key=None)  # the fixture's generated keys/secrets.key
     if stack == "production":
         pg_url = request.getfixturevalue("fresh_pg_url")
         asyncio.run(_restore(pg_url, rev))
@@ -302,7 +302,7 @@ async def test_mcp_credentials_stored_in_plain_are_sealed_after_the_upgrade(rev:
     exp = json.loads((FIXTURES / rev / "embedded.json").read_text(encoding="utf-8"))
     outer, data_dir = _unpack(rev, "embedded")
     try:
-        node = await start_node(settings_for("embedded", data_dir, audit_key=None))
+        node = await start_node(settings_for("embedded", data_dir, audit_key=None, secrets_key=None))
         server = await node.rt.services.extras["mcp"].server(exp["tenant_id"], exp["mcp"]["name"])
         assert server.url == exp["mcp"]["url"]
         await node.rt.stop()  # (not node.stop(): that removes the data dir, which is looked at below)

@@ -49,7 +49,8 @@ prices:
 @pytest.fixture(params=["embedded", "production"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     extra: dict[str, Any] = {"data_dir": tmp_path / "data", "egress_allow_private": ["127.0.0.0/8"],
-                             "audit_key": "test-audit-key-0123456789abcdef"}
+                             "audit_key": "test-audit-key-0123456789abcdef",
+                             "secrets_key": "test-secrets-key-0123456789abcdef"}  # as every node of the shared db
     if request.param == "production":
         extra.update(database_url=request.getfixturevalue("pg_url"), redis_url=request.getfixturevalue("redis_url"),
                      redis_prefix=request.getfixturevalue("redis_prefix"))

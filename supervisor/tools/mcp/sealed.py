@@ -19,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from supervisor.errors import StockadeError
 from supervisor.secretbox import SecretBox
 from supervisor.tools.mcp.store import McpServer, McpStore, PinnedTool, ToolDef
 
-__all__ = ["SealedMcpStore"]
+__all__ = ["SealedMcpStore", "foreign_secrets"]
 
 
 def _bound_to(tenant_id: str, server: str, header: str) -> str:
@@ -92,3 +93,30 @@ class SealedMcpStore:
     async def get_pinned(self, tenant_id: str, server: str, tool: str) -> tuple[McpServer, PinnedTool] | None:
         got = await self.inner.get_pinned(tenant_id, server, tool)
         return None if got is None else (self._open(got[0]), got[1])
+
+
+SAMPLE = 8  # servers looked at by the start-up check: one that opens clears the keys
+
+
+async def foreign_secrets(store: SealedMcpStore, tenant_ids: list[str]) -> str | None:
+    """Start-up check, as for the audit key (``audit/key_check.py``): the tenant of the first sealed MCP secret
+    no key of this node opens, if none of the first ``SAMPLE`` servers with sealed values opens (a node with a
+    secrets key of its own - its own data dir, no STOCKADE_SECRETS_KEY - failed every MCP call with
+    ``secret.unreadable``, on that node only); None as soon as one opens, or when there is none to try."""
+    first, tried = None, 0
+    for tenant_id in tenant_ids:
+        for s in await store.inner.list_servers(tenant_id):
+            if not any(store.box.is_sealed(v) for v in (s.url, *s.headers.values())):
+                continue
+            try:
+                store._open(s)
+            except StockadeError as exc:
+                if exc.code != "secret.unreadable":
+                    raise
+                first = first or tenant_id
+            else:
+                return None
+            tried += 1
+            if tried >= SAMPLE:
+                return first
+    return first
