@@ -10,9 +10,11 @@ const $ = (id) => document.getElementById(id);
 localStorage.removeItem("stockade.key");
 // current: the run being followed - { abort, run, canceled, wake } - from Send until its end, or until
 // "New conversation" stops following it. connected: the key was accepted and has not been refused since.
-// resume: the conversation and run a reload left in the address, shown once the first key is accepted.
+// resume: the conversation and run a reload (or a link opened while not connected) left in the address, shown
+// once a key is accepted. gen: the number of the latest Connect (an earlier one's answers are then ignored).
+// accepted: the last key /v1/me accepted; me: its answer (role, key id, what it may do).
 const state = { key: "", connected: false, conversation: newConversationId(), current: null, poll: null, cannotDecide: false,
-  resume: null };
+  cannotStart: false, resume: null, gen: 0, accepted: "", me: null };
 const POLL_MS = 3000;
 
 // Any JSON value as display text: an event's fields are whatever the bundle put there.
@@ -60,7 +62,10 @@ function el(tag, cls, text) {
   return n;
 }
 
+// Two Connects may be in flight (a double click, another key pasted): only the latest one's answers count, so
+// an earlier key's late /v1/me never labels the page, and only one poll ever runs.
 async function connect() {
+  const gen = ++state.gen;
   showError(null);
   stopPolling();
   state.connected = false;
@@ -68,9 +73,17 @@ async function connect() {
   setCannotDecide(false);  // a new key: its role is found out again
   try {
     const me = await api("/v1/me");
-    // a key that may not decide (viewer, member) is never offered Approve / Reject
+    if (gen !== state.gen) return;
+    state.me = me;
+    // a key that may not decide (viewer, member) is never offered Approve / Reject; one that may not start
+    // runs (viewer, approver) neither Send nor Cancel
     setCannotDecide(me.can_decide === false);
+    setCannotStart(me.can_start_runs === false);
+    // another key (another tenant's, maybe) does not go on with the last one's conversation
+    if (state.accepted && state.accepted !== state.key) { leaveConversation(); clearView(); }
+    state.accepted = state.key;
     const bundles = await api("/v1/bundles");
+    if (gen !== state.gen) return;
     const sel = $("bundle");
     sel.replaceChildren();
     for (const b of bundles.data) {
@@ -88,8 +101,8 @@ async function connect() {
     refreshSide();
     const back = state.resume;
     state.resume = null;
-    if (back && !state.current && !$("messages").children.length) resume(back.r);
-  } catch (e) { setWhoami("", false); showError(e); }
+    if (back && !state.current && !$("messages").children.length) { state.conversation = back.c; resume(back.r); }
+  } catch (e) { if (gen === state.gen) { setWhoami("", false); showError(e); } }
 }
 
 function stopPolling() { clearInterval(state.poll); state.poll = null; }
@@ -109,8 +122,8 @@ async function refreshSide() {
   const key = state.key;
   try {
     const seq = state.sideSeq = (state.sideSeq || 0) + 1;
-    const a = await api("/v1/approvals?status=pending");
-    if (seq === state.sideSeq) renderApprovals(Array.isArray(a.data) ? a.data : []);  // a later answer wins
+    const a = await pendingApprovals();
+    if (seq === state.sideSeq) renderApprovals(a.items, a.more);  // a later answer wins
   } catch (_) { /* shown in the header if the key was refused; else the next poll tries again */ }
   if (!state.connected || key !== state.key) return;
   try {
@@ -122,9 +135,34 @@ async function refreshSide() {
   } catch (_) { /* as above */ }
 }
 
+// Every pending approval, a page at a time (newest first; next_before names the next page), up to
+// APPROVAL_PAGES pages: more: there were more than that.
+const APPROVAL_PAGES = 20, APPROVAL_PAGE = 500;
+async function pendingApprovals() {
+  const byId = new Map();
+  let before = null;
+  for (let n = 0; n < APPROVAL_PAGES; n++) {
+    const q = new URLSearchParams({ status: "pending", limit: String(APPROVAL_PAGE) });
+    if (before) q.set("before", before);
+    const page = await api("/v1/approvals?" + q);
+    for (const ap of Array.isArray(page && page.data) ? page.data : []) if (ap && typeof ap.id === "string") byId.set(ap.id, ap);
+    before = page && typeof page.next_before === "string" && page.next_before ? page.next_before : null;
+    if (!before) return { items: [...byId.values()], more: false };
+  }
+  return { items: [...byId.values()], more: true };
+}
+
+// An amount in dollars with at least `digits` decimals, and more if fewer would show a non-zero amount as
+// zero (a cap of $0.00001 is not "$0.00").
+function money(v, digits) {
+  const n = Number(v) || 0;
+  let d = digits;
+  while (n !== 0 && Number(n.toFixed(d)) === 0 && d < 12) d++;
+  return "$" + n.toFixed(d);
+}
+
 // "user usr_…: $0.0012 of $1.00": which account, what it has spent, its cap (lifetime caps say so).
 function accountText(x) {
-  const money = (v, digits) => "$" + (Number(v) || 0).toFixed(digits);
   return `${visible(x.scope)} ${visible(x.scope_id)}: ${money(x.spent_usd, 4)} of ${money(x.cap_usd, 2)}`
     + (x.period === "lifetime" ? " (lifetime)" : "");
 }
@@ -134,7 +172,7 @@ function accountText(x) {
 // buttons wait ARM_MS before they take a click, so a click (or the second click of a double
 // click) aimed at one approval cannot land on another that just moved under the pointer.
 const ARM_MS = 600;
-function renderApprovals(items) {
+function renderApprovals(items, more) {
   const list = $("approvals");
   const pending = items.filter((ap) => ap && typeof ap.id === "string")
     .sort((x, y) => (Number(x.created_at) || 0) - (Number(y.created_at) || 0));
@@ -149,8 +187,9 @@ function renderApprovals(items) {
     if (!li) { list.appendChild(approvalItem(ap)); changed = true; continue; }
     const count = li.querySelector(".votes");  // kept in place: only its count of votes moves on
     if (count) count.textContent = votesText(ap);
+    if (setVoted(li, votedByMe(ap))) changed = true;
   }
-  $("approval-count").textContent = String(pending.length);
+  $("approval-count").textContent = String(pending.length) + (more ? "+" : "");
   if (changed) arm(list);
 }
 
@@ -159,7 +198,9 @@ function arm(list) {
   clearTimeout(state.armTimer);
   state.armTimer = setTimeout(() => {
     if (state.cannotDecide) return;
-    for (const li of list.children) if (!li.dataset.busy) for (const b of li.querySelectorAll("button")) b.disabled = false;
+    for (const li of list.children) {
+      if (!li.dataset.busy && !li.dataset.voted) for (const b of li.querySelectorAll("button")) b.disabled = false;
+    }
   }, ARM_MS);
 }
 
@@ -170,6 +211,43 @@ function setCannotDecide(on) {
   $("approval-note").hidden = !on;
   if (on) for (const b of $("approvals").querySelectorAll("button")) b.disabled = true;
   else arm($("approvals"));
+}
+
+// A key that may not start runs (GET /v1/me at connect; or the first run refused for it: auth.forbidden) is
+// offered neither Send nor Cancel, with a note.
+function setCannotStart(on) {
+  state.cannotStart = on;
+  $("send-note").hidden = !on;
+  controls();
+}
+
+// Send while no run is followed, Cancel while one is; neither for a key that cannot start runs.
+function controls() {
+  $("send").disabled = Boolean(state.current) || state.cannotStart;
+  $("cancel").disabled = !(state.current && state.current.run) || state.cannotStart;
+}
+
+// Whether this key (or, for a key bound to a user, that user) has voted on the request: the server refuses
+// a second vote (approval.already_decided), so its buttons stay disabled, with a note.
+function votedByMe(ap) {
+  const me = state.me || {};
+  return (Array.isArray(ap.votes) ? ap.votes : []).some((v) => v
+    && ((typeof me.key_id === "string" && v.key_id === me.key_id) || (typeof me.user_id === "string" && v.user_id === me.user_id)));
+}
+
+// Marks an approval item as voted on by this key (or not); true when that changed.
+function setVoted(li, on) {
+  if (on === Boolean(li.dataset.voted)) return false;
+  const note = li.querySelector(".voted");
+  if (on) {
+    li.dataset.voted = "1";
+    for (const b of li.querySelectorAll("button")) b.disabled = true;
+    if (!note) li.appendChild(el("div", "muted voted", "you voted"));
+  } else {
+    delete li.dataset.voted;
+    if (note) note.remove();
+  }
+  return true;
 }
 
 function votesText(ap) {  // how many of the people needed have approved
@@ -193,6 +271,8 @@ function approvalItem(ap) {
       try {
         await api(`/v1/approvals/${encodeURIComponent(ap.id)}/decision`,
           { method: "POST", json: { decision, args_hash: ap.args_hash } });
+        setVoted(li, true);
+        delete li.dataset.busy;
       } catch (e) {
         showError(e);
         delete li.dataset.busy;
@@ -204,6 +284,7 @@ function approvalItem(ap) {
     row.appendChild(b);
   }
   li.appendChild(row);
+  setVoted(li, votedByMe(ap));
   return li;
 }
 
@@ -211,39 +292,47 @@ function addMessage(role, text) {
   const m = el("div", "msg " + role);
   if (text !== undefined) m.appendChild(el("div", "text", text));
   $("messages").appendChild(m);
-  scrollDown();
+  scrollDown(true);  // a new turn is shown from wherever the view was
   return m;
 }
 
 // Reading scrollHeight lays the page out at once: done per event, a run of a few MB in a thousand
 // deltas froze the page for minutes (each layout takes longer as the answer grows). Once a frame.
-function scrollDown() {
+// The view follows the answer only from the bottom (where the last frame left it, give or take
+// FOLLOW_PX): a user who scrolled up to read stays where they are; force: go to the bottom all the same.
+const FOLLOW_PX = 48;
+function scrollDown(force) {
+  if (force) state.scrollForce = true;
   if (state.scrollPending) return;
   state.scrollPending = true;
-  requestAnimationFrame(() => { state.scrollPending = false; $("messages").scrollTop = $("messages").scrollHeight; });
+  requestAnimationFrame(() => {
+    const m = $("messages");
+    if (state.scrollForce || m.scrollTop + m.clientHeight >= (state.scrollEnd || 0) - FOLLOW_PX) m.scrollTop = m.scrollHeight;
+    state.scrollPending = false; state.scrollForce = false; state.scrollEnd = m.scrollHeight;
+  });
 }
 
 // One turn: the user's message and the assistant's bubble its run's events go into.
 function turn(text) {
-  addMessage("user", text);
+  const user = addMessage("user", text);
   const bubble = addMessage("assistant");
   const thinking = el("div", "thinking"); thinking.hidden = true;
   const answer = el("div", "text answer");
   const meta = el("div", "meta");
   const conn = el("div", "conn", "reconnecting…"); conn.hidden = true;
   bubble.append(thinking, answer, meta, conn);
-  return { thinking, answer, meta, conn, bubble };
+  return { user, thinking, answer, meta, conn, bubble };
 }
 
 function startJob() {
   const job = { abort: new AbortController(), run: null, canceled: null, wake: null };
   state.current = job;
-  $("send").disabled = true;
+  controls();
   return job;
 }
 
 function endJob(job) {
-  if (state.current === job) { state.current = null; $("cancel").disabled = true; $("send").disabled = false; }
+  if (state.current === job) { state.current = null; controls(); }
   refreshSide();
 }
 
@@ -252,12 +341,14 @@ async function follow(runId, view, job) {
   job.run = runId;
   view.bubble.dataset.run = runId;
   saveView(runId);
-  $("cancel").disabled = false;
+  controls();
   try { await stream(runId, view, job); }
   catch (e) { if (!job.abort.signal.aborted) showError(e); }
   finally { view.conn.hidden = true; }
 }
 
+// The text stays in the box until its run is created: a refused (422, 403) or lost send takes its bubbles
+// back and leaves the text to send again.
 async function send(text) {
   showError(null);
   const job = startJob();
@@ -266,7 +357,14 @@ async function send(text) {
     let run;
     try {
       run = await api("/v1/runs", { method: "POST", json: { bundle: $("bundle").value, input: text, conversation_id: state.conversation } });
-    } catch (e) { view.bubble.remove(); if (!job.abort.signal.aborted) showError(e); return; }
+    } catch (e) {
+      view.user.remove(); view.bubble.remove();
+      if (job.abort.signal.aborted) return;
+      showError(e);
+      if (e.status === 403 && e.code === "auth.forbidden") setCannotStart(true);
+      return;
+    }
+    if ($("input").value.trim() === text) $("input").value = "";  // sent (unless typed over since)
     if (job.abort.signal.aborted) return;  // "New conversation" while it was created: not followed
     await follow(run.id, view, job);
   } finally { endJob(job); }
@@ -276,7 +374,8 @@ async function send(text) {
 // reload - which asks for the key again - comes back to them once a key is accepted: the conversation's
 // earlier turns from the runs list, and the run in view followed from its first event (replayed from the
 // store, then live if it still runs). Its next message goes on in the same conversation.
-const ID = /^[A-Za-z0-9_-]{1,128}$/;
+// c=: what POST /v1/runs takes as a conversation_id (app/routes/runs.py): any longer and every send fails.
+const ID = /^[A-Za-z0-9_-]{1,128}$/, CONVERSATION = /^[A-Za-z0-9_-]{1,64}$/;
 function saveView(runId) {
   history.replaceState(null, "", location.pathname + location.search + "#" + new URLSearchParams({ c: state.conversation, r: runId }));
 }
@@ -284,7 +383,7 @@ function clearView() { history.replaceState(null, "", location.pathname + locati
 function viewInAddress() {
   const p = new URLSearchParams(location.hash.slice(1));
   const c = p.get("c"), r = p.get("r");
-  return c && r && ID.test(c) && ID.test(r) ? { c, r } : null;
+  return c && r && CONVERSATION.test(c) && ID.test(r) ? { c, r } : null;
 }
 
 async function resume(runId) {
@@ -297,12 +396,14 @@ async function resume(runId) {
       clearView(); state.conversation = newConversationId(); showError(e); return;
     }
     if (job.abort.signal.aborted) return;
-    if (typeof run.conversation_id === "string" && ID.test(run.conversation_id)) state.conversation = run.conversation_id;
+    const conversation = typeof run.conversation_id === "string" && CONVERSATION.test(run.conversation_id) ? run.conversation_id : null;
+    if (conversation) state.conversation = conversation;
     let earlier = [];
     try {  // the newest page of the key's runs: this conversation's turns before this one, oldest first
-      const page = await api("/v1/runs?limit=200");
+      // (a run started without a conversation has none: the other such runs are not its turns)
+      const page = conversation ? await api("/v1/runs?limit=200") : { data: [] };
       earlier = (Array.isArray(page.data) ? page.data : []).filter((x) => x && x.id !== run.id
-        && x.conversation_id === run.conversation_id && Number(x.created_at) <= Number(run.created_at)).reverse();
+        && x.conversation_id === conversation && Number(x.created_at) <= Number(run.created_at)).reverse();
     } catch (_) { /* the turn in view is shown all the same */ }
     if (job.abort.signal.aborted) return;
     for (const x of earlier) {
@@ -452,10 +553,11 @@ function render(ev, v) {
       break;
     }
     case "status": v.meta.textContent = str(ev.text); break;
-    case "run.completed": v.meta.textContent = "done"; return true;
+    case "run.completed": v.meta.textContent = "done"; scrollDown(); return true;
     case "run.failed": case "run.timed_out": case "run.canceled":
       v.meta.className = "meta status-" + ev.type.slice(4);
       v.meta.textContent = ev.type.replace("run.", "") + (ev.message ? ": " + str(ev.message) : "");
+      scrollDown();
       return true;
   }
   scrollDown();
@@ -465,9 +567,17 @@ function render(ev, v) {
 state.resume = viewInAddress();
 if (state.resume) state.conversation = state.resume.c;
 
+// An API key is printable ASCII: smart quotes, a no-break or zero-width space picked up with a paste made
+// fetch() throw a browser error about ISO-8859-1 code points.
+const KEY_CHARS = /^[\x21-\x7E]*$/;
 $("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  state.key = $("api-key").value.trim();
+  const key = $("api-key").value.trim();
+  if (!KEY_CHARS.test(key)) {
+    showError({ message: "This key has characters an API key cannot have (quotes, spaces or invisible characters?): paste it again." });
+    return;
+  }
+  state.key = key;
   connect();
 });
 $("bundle").addEventListener("change", () => {
@@ -476,26 +586,37 @@ $("bundle").addEventListener("change", () => {
 });
 // A new conversation stops following the current run; the run itself goes on on the server (as when the
 // tab is closed; its approvals stay in the side bar). Cancel first to stop it.
-$("new-chat").addEventListener("click", () => {
+function leaveConversation() {
   const job = state.current;
   state.current = null;
   if (job) job.abort.abort();
   state.conversation = newConversationId();
-  state.resume = null;
-  clearView();
   $("messages").replaceChildren();
   showError(null);
-  $("cancel").disabled = true;
-  $("send").disabled = false;
+  controls();
+}
+$("new-chat").addEventListener("click", () => {
+  leaveConversation();
+  state.resume = null;
+  clearView();
+});
+// A link to a conversation (#c=…&r=…) opened in this tab: its run is shown (once a key is accepted, if none is
+// yet). saveView and clearView replace the address without this event.
+window.addEventListener("hashchange", () => {
+  const back = viewInAddress();
+  if (!back) return;  // emptied or mangled by hand: the view stays
+  leaveConversation();
+  state.conversation = back.c;
+  if (state.connected) { state.resume = null; resume(back.r); } else state.resume = back;
 });
 $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value.trim();
-  if (!text || state.current) return;
-  $("input").value = "";
+  if (!text || state.current || state.cannotStart) return;
   send(text);
 });
 $("input").addEventListener("keydown", (e) => {
+  if (e.isComposing || e.keyCode === 229) return;  // the Enter that confirms an IME composition: not a send
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
 });
 $("cancel").addEventListener("click", async () => {
