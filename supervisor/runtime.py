@@ -290,14 +290,16 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
             "tenants looked at (nor does any key of STOCKADE_AUDIT_KEYS_RETIRED or STOCKADE_AUDIT_KEY_NEXT): "
             "another key sealed them, and records this node sealed would read as forged. Give every node the "
             "same STOCKADE_AUDIT_KEY (`stockade audit verify` shows what a key verifies)")
+    # A secrets key this start generated, while the database holds MCP secrets sealed already: a node with a
+    # data dir of its own, whose every MCP call would fail secret.unreadable (as for the audit key above).
     mcp = services.extras.get("mcp")
-    if check_secrets_key and mcp is not None and (
+    fresh_secrets = settings.secrets_key is None and not settings.secrets_keys_retired and "secrets.key" not in had_keys
+    if check_secrets_key and fresh_secrets and mcp is not None and (
             tenant := await foreign_secrets(mcp.store, [t.id for t in await services.tenants.list_tenants()])):
         await refuse(
-            f"invalid setting STOCKADE_SECRETS_KEY: it opens none of the stored MCP secrets looked at (tenant "
-            f"{tenant}'s first), nor does any key of STOCKADE_SECRETS_KEYS_RETIRED or STOCKADE_SECRETS_KEY_NEXT: "
-            "another key sealed them, and every MCP call on this node would fail. Give every node the same "
-            "STOCKADE_SECRETS_KEY (or one shared STOCKADE_DATA_DIR)")
+            f"invalid setting STOCKADE_SECRETS_KEY: unset, and no key in {keys_dir}, but the database already holds "
+            f"MCP secrets sealed with another key (tenant {tenant}'s, first): every MCP call on this node would fail. "
+            "Give every node the same STOCKADE_SECRETS_KEY (or one shared STOCKADE_DATA_DIR)")
     recorder = AuditRecorder(services.audit, sealer)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)

@@ -89,8 +89,8 @@ def test_a_node_whose_secrets_key_opens_no_stored_secret_is_refused_and_keeps_no
     """Session 20 (an ops walkthrough): a start refused for its audit key still left a generated secrets.key; an
     operator who then gave the node only the deployment's audit key started it with a secrets key of its own,
     and every MCP call on that node failed ``secret.unreadable`` (nothing checked the secrets key). Now a start
-    keeps none of the keys it generated when it is refused, and one whose secrets key opens none of the stored
-    MCP secrets is refused, naming STOCKADE_SECRETS_KEY."""
+    keeps none of the keys it generated when it is refused, and one that would generate a secrets key of its own
+    while the database holds sealed MCP secrets is refused, naming STOCKADE_SECRETS_KEY."""
     import json
 
     from supervisor.runtime import open_runtime
@@ -119,7 +119,7 @@ def test_a_node_whose_secrets_key_opens_no_stored_secret_is_refused_and_keeps_no
     assert not (other / "keys").exists() or list((other / "keys").iterdir()) == []  # none of its keys kept
     monkeypatch.setenv("STOCKADE_AUDIT_KEY", audit_key)  # fixed only as that message says
     rc, _, err = _run(capsys, "key", "list", "--tenant", "acme")
-    assert rc != 0 and err.startswith("stockade: settings.invalid: invalid setting STOCKADE_SECRETS_KEY: "), err
+    assert rc != 0 and err.startswith("stockade: settings.invalid: invalid setting STOCKADE_SECRETS_KEY: unset"), err
     assert not (other / "keys" / "secrets.key").exists()
     monkeypatch.setenv("STOCKADE_SECRETS_KEY", (first / "secrets.key").read_text().strip())
     rc, out, err = _run(capsys, "key", "list", "--tenant", "acme")

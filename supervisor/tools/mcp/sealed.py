@@ -99,10 +99,10 @@ SAMPLE = 8  # servers looked at by the start-up check: one that opens clears the
 
 
 async def foreign_secrets(store: SealedMcpStore, tenant_ids: list[str]) -> str | None:
-    """Start-up check, as for the audit key (``audit/key_check.py``): the tenant of the first sealed MCP secret
-    no key of this node opens, if none of the first ``SAMPLE`` servers with sealed values opens (a node with a
-    secrets key of its own - its own data dir, no STOCKADE_SECRETS_KEY - failed every MCP call with
-    ``secret.unreadable``, on that node only); None as soon as one opens, or when there is none to try."""
+    """Start-up check of a node that generated its secrets key (supervisor/runtime.py): the tenant of the first
+    sealed MCP secret no key of this node opens, if none of the first ``SAMPLE`` servers with sealed values
+    opens (a node with a key of its own - its own data dir, no STOCKADE_SECRETS_KEY - failed every MCP call
+    with ``secret.unreadable``, on that node only); None as soon as one opens, or when there is none to try."""
     first, tried = None, 0
     for tenant_id in tenant_ids:
         for s in await store.inner.list_servers(tenant_id):
