@@ -136,6 +136,19 @@ for _tag in (NULL, BOOL, INT, FLOAT):
     CoreLoader.add_constructor(_tag, CoreLoader.construct_core)
 
 
+def _not_core(loader: CoreLoader, node: Any) -> Any:
+    """An explicit tag of YAML 1.1 beyond the core schema (``!!binary``, ``!!timestamp``, ``!!set``, ``!!omap``,
+    ``!!pairs``): refused. ``!!binary`` made bytes, which passed every check written for strings (a bundle
+    version ``!!binary MhtbMG0=`` is "2\x1b[0m") and became a string only after them."""
+    raise yaml.constructor.ConstructorError(None, None, f"the tag {_short(node.tag)} is not accepted (YAML 1.2 core "
+                                            "schema: strings, numbers, booleans, null, lists and mappings)",
+                                            node.start_mark)
+
+
+for _tag in ("binary", "timestamp", "set", "omap", "pairs"):
+    CoreLoader.add_constructor("tag:yaml.org,2002:" + _tag, _not_core)
+
+
 def safe_load(text: str) -> Any:
     """``yaml.safe_load`` with YAML 1.2 core-schema scalars."""
     return yaml.load(text, Loader=CoreLoader)  # noqa: S506 - CoreLoader is a SafeLoader

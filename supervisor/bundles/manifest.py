@@ -33,8 +33,9 @@ __all__ = [
 ]
 
 MANIFEST_FILE = "bundle.yaml"
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_.*?-]{1,128}$")
+# \Z, not $: with .match, "$" also takes a final newline ("echo\n" was a bundle no API route could name)
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_.*?-]{1,128}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_MANIFEST_BYTES = 64 * 1024
 _MAX_ERRORS = 10
@@ -93,6 +94,8 @@ class BundleManifest(BaseModel):
     def _version(cls, v: Any) -> Any:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             raise ValueError(f'must be a string; quote it, e.g. version: "{v}"')
+        if not isinstance(v, str):  # checked as the string it is: never a value made a string after the check
+            raise ValueError("must be a string")
         # isprintable: also C1 controls, line/paragraph separators, bidi overrides, lone surrogates (logs, UI)
         if isinstance(v, str) and (not v.strip() or len(v) > 64 or not v.isprintable()):
             raise ValueError("must be 1-64 printable characters")
@@ -103,6 +106,8 @@ class BundleManifest(BaseModel):
     def _description(cls, v: Any) -> Any:
         # lines and tabs are fine in a description; a bidi override (U+202E) or an escape sequence shows it
         # as something else than it is, in the UI and any listing (the version already refused them)
+        if v is not None and not isinstance(v, str):
+            raise ValueError("must be a string")
         bad = hidden_char(v, "\n\t") if isinstance(v, str) else None
         if bad is not None:
             raise ValueError(f"must not hold control or format characters (U+{ord(bad):04X})")

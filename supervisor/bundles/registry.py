@@ -39,7 +39,7 @@ __all__ = ["PLATFORM_SCOPE", "BundleRegistry", "BundleVersion"]
 log = logging.getLogger("stockade.bundles")
 
 PLATFORM_SCOPE = "_platform"
-_TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # never "_platform" nor ".staging"
+_TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")  # never "_platform" nor ".staging"
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,7 @@ class _Watch:
             return None
         self.digests[folder_name] = version.digest
         self.names[folder_name] = version.name
-        log.info("bundle %s %s registered (%s)", version.name, version.version, version.digest[:19])
+        log.info("bundle %s %s registered (%s)", _shown(version.name), _shown(version.version), version.digest[:19])
         others = sorted(
             f for f, n in list(self.names.items())
             if n == version.name and f != folder_name and self._still_there(f)
