@@ -25,6 +25,15 @@ KEY_A = b"a" * 32
 KEY_B = b"b" * 32
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_target(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, Any]:
+    """A database of its own (on PostgreSQL too): the chains written here end in heads no node of the test
+    deployment can verify, and a node's start-up check samples the heads of the database it is given."""
+    if request.param == "sqlite":
+        return "sqlite", tmp_path / "stockade.db"
+    return "postgres", request.getfixturevalue("fresh_pg_url")
+
+
 @pytest.fixture
 async def two(sql_db):
     """Two handles on one database, as an API process and a worker process have."""
