@@ -214,6 +214,33 @@ async def test_late_tailer_from_zero_joins_a_live_shared_feed(bus):
     assert [e.seq for e in r2] == list(range(1, 9))
 
 
+async def test_a_first_tailer_past_the_end_does_not_hold_back_the_others(bus):
+    """Session 20 (a streams walkthrough): the first tailer of a run in a process set the shared feed's floor
+    to its own cursor. A cursor past the run's last event (a client's ``after=12`` while 2 events exist, a
+    viewer's ``after=10**12``) made every event up to it invisible to the process: a later tailer from 0 got
+    1..2, then nothing live until past that cursor - on Socket.IO until the run ended (an approval request
+    unseen), on SSE until the keep-alive read the store."""
+    run = rid()
+    for s in (1, 2):
+        await bus.publish(ev(run, s))
+    ahead = asyncio.create_task(collect(bus, run, 12))
+    got: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def behind():
+        async for e in bus.tail(run, 0):
+            await got.put(e)
+
+    t2 = asyncio.create_task(behind())
+    assert [(await asyncio.wait_for(got.get(), 5)).seq for _ in range(2)] == [1, 2]
+    for s in range(3, 15):  # each as it is published (a hand-off), the first ones below the other's cursor
+        await bus.publish(ev(run, s))
+        assert (await asyncio.wait_for(got.get(), 5)).seq == s
+    await bus.publish(ev(run, 15, "run.completed"))
+    assert (await asyncio.wait_for(got.get(), 5)).seq == 15
+    await asyncio.wait_for(t2, 5)
+    assert [e.seq for e in await asyncio.wait_for(ahead, 5)] == [13, 14, 15]
+
+
 async def test_new_runs_join_a_blocked_reader_without_waiting_for_its_timeout(bus):
     """A second run tailed while the reader is already blocked on the first gets its events at once."""
     first, second = rid(), rid()

@@ -173,8 +173,18 @@ class RedisEventBus:
         feed = self._feeds.get(run_id)
         new = feed is None
         if feed is None:
-            feed = _Feed(run_id, self._prefix + run_id, RunLog(self._local_max, floor=after), f"{after}-0")
-            self._feeds[run_id] = feed
+            # The feed is shared by every tailer of the run in this process: its floor is the first one's cursor,
+            # but never past the run's stream, or the events up to that cursor would be read for no one (a
+            # later tailer from 0 got nothing live until the run passed the first one's odd ``after``).
+            key = self._prefix + run_id
+            with unavailable("store.unavailable", _WHAT):
+                last = await self._client.xrevrange(key, count=1)
+            floor = min(after, _seq_of(last[0][0]) if last else 0)
+            feed = self._feeds.get(run_id)  # (another tailer of the run may have made it meanwhile)
+            new = feed is None
+            if feed is None:
+                feed = _Feed(run_id, key, RunLog(self._local_max, floor=floor), f"{floor}-0")
+                self._feeds[run_id] = feed
         feed.log.subscribers += 1
         try:
             if new:
