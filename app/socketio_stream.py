@@ -50,7 +50,7 @@ from app.stream_slots import StreamSlots
 from app.strict_json import unique_object
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
-from supervisor.tenancy import Principal, authenticate, key_failure, key_is_live
+from supervisor.tenancy import Principal, authenticate, key_is_live
 
 __all__ = ["mount_socketio"]
 
@@ -357,14 +357,15 @@ def mount_socketio(app: Any, rt: Any) -> Any:
 
 async def _watch_key(sio: Any, rt: Any, sid: str, p: Principal, subs: dict[str, dict[str, asyncio.Task]],
                      watchers: dict[str, asyncio.Task]) -> None:
-    """Check the connection's key on a clock (deps.key_recheck); once it fails, stop everything and disconnect."""
+    """Check the connection's key on a clock (deps.key_recheck, deps.KeyWatch); once it fails, stop everything
+    and disconnect."""
+    watch = deps.KeyWatch(rt.services, p)
     while True:
-        every, max_age = deps.key_recheck()
-        await asyncio.sleep(every)
+        await asyncio.sleep(deps.key_recheck()[0])
         if sid not in subs:  # disconnected (the handler cancels this task too; belt and braces)
             return
         try:
-            err = await key_failure(rt.services, p, max_age=max_age)
+            err = await watch.failure()
         except Exception:
             log.exception("re-checking the key of %s failed", sid)
             err = StockadeError("internal", "internal error")

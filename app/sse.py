@@ -9,9 +9,10 @@ event. The stream ends after the terminal event; a comment keep-alive goes out a
 without a write (CONTRACT: at least every 15 s). A cursor at or past the end of a run that has ended
 gets 204 (routes/runs.py: an EventSource then stops reconnecting); if the run ends behind the cursor while the stream is open, the next keep-alive check closes it.
 The key is checked again on a clock (however busy the stream; ``deps.key_recheck``), so a revoked key
-is cut off within ``deps.KEY_RECHECK_S``: once revoked, or if the lookup fails, the stream closes after
-a comment naming the code (events already sent stay sent). The store away (PostgreSQL restarting) does not
-end a stream its live tail still serves: its checks are skipped until it is back; a gap only the store could
+is cut off within ``deps.KEY_RECHECK_S``: once revoked, or if the lookup fails otherwise than with the store
+away, the stream closes after a comment naming the code (events already sent stay sent). The store away
+(PostgreSQL restarting) does not end a stream its live tail still serves: its checks are skipped until it is
+back, the key check too for up to ``deps.STORE_AWAY_GRACE_S`` (then it fails closed); a gap only the store could
 fill, or a replay it cannot serve (away, or its pool exhausted), closes the stream the same way (the client
 resumes with Last-Event-ID; an empty Last-Event-ID is no id, as HTML's EventSource sends none then). A live
 event is encoded once per process for every stream of its run (``_shared_frame``).
@@ -33,7 +34,7 @@ from app._pages import PAGE, stored
 from supervisor.aio import cancel_and_wait
 from supervisor.errors import StockadeError
 from supervisor.stores.records import TERMINAL_STATUSES, Event
-from supervisor.tenancy import Principal, key_failure
+from supervisor.tenancy import Principal
 
 __all__ = ["KEEPALIVE_S", "encode_event", "event_stream"]
 
@@ -241,10 +242,10 @@ class _Writes:
 
 
 class _KeyCheck:
-    """The stream's key, looked up again by the clock, not per event (deps.key_recheck)."""
+    """The stream's key, looked up again by the clock, not per event (deps.key_recheck, deps.KeyWatch)."""
 
     def __init__(self, services: Any, principal: Principal, loop: asyncio.AbstractEventLoop) -> None:
-        self.services, self.principal, self.loop = services, principal, loop
+        self.watch, self.loop = deps.KeyWatch(services, principal), loop
         self.due = loop.time() + deps.key_recheck()[0]  # the request was authenticated just now
 
     async def closing(self) -> bytes | None:
@@ -252,10 +253,9 @@ class _KeyCheck:
         reconnects to resume, and is refused if the key was revoked)."""
         if self.loop.time() < self.due:
             return None
-        every, max_age = deps.key_recheck()
-        if (err := await key_failure(self.services, self.principal, max_age=max_age)) is not None:
+        if (err := await self.watch.failure()) is not None:
             return b": " + err.code.encode() + b": stream closed\n\n"
-        self.due = self.loop.time() + every
+        self.due = self.loop.time() + deps.key_recheck()[0]
         return None
 
 
