@@ -381,7 +381,8 @@ async def test_cli_next_to_a_running_server_on_the_same_sqlite(tmp_path):
     settings = settings_for("embedded", data, bundles_dir=tmp_path / "no-bundles")
     node = await start_node(settings, workers=False)
     environ = {"PATH": "/usr/bin:/bin", "STOCKADE_DATA_DIR": str(data), "STOCKADE_BUNDLES_DIR": str(tmp_path / "no-bundles"),
-           "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else ""}
+           "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value() if settings.audit_key else "",
+           "STOCKADE_SECRETS_KEY": settings.secrets_key.get_secret_value() if settings.secrets_key else ""}
     try:
         tid, admin = await node.tenant("acme")
         c = node.client(admin)

@@ -135,7 +135,8 @@ async def audit_verify(settings) -> None:
     env.update({"STOCKADE_DATABASE_URL": settings.database_url, "STOCKADE_REDIS_URL": settings.redis_url,
                 "STOCKADE_REDIS_PREFIX": settings.redis_prefix, "STOCKADE_DATA_DIR": str(settings.data_dir),
                 "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_WATCH_BUNDLES": "false",
-                "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value()})
+                "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value(),
+                "STOCKADE_SECRETS_KEY": settings.secrets_key.get_secret_value() if settings.secrets_key else ""})
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "audit", "verify", cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -28,6 +28,8 @@ K1 = "rotated-audit-key-0123456789abcdef"
 async def _cli(settings: Any, *argv: str, audit_key: str, retired: str | None) -> tuple[int, str, str]:
     environ = {"PATH": "/usr/bin:/bin", "STOCKADE_DATA_DIR": str(settings.data_dir),
                "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir), "STOCKADE_AUDIT_KEY": audit_key}
+    if settings.secrets_key is not None:  # the node's (harness.settings_for): a CLI of its deployment has it too
+        environ["STOCKADE_SECRETS_KEY"] = settings.secrets_key.get_secret_value()
     if settings.uses_postgres:
         environ["STOCKADE_DATABASE_URL"] = settings.database_url
     if retired is not None:
