@@ -16,22 +16,15 @@ import pytest
 
 import app.deps
 from supervisor.events import finish_run_anywhere
-from tests.e2e.harness import idle_runs, make_data_dir, settings_for, start_node
-from tests.e2e.outages import PrivateRedis, pg_outage
-from tests.e2e.test_attack_outages_session9 import _read_lines
+from tests.e2e import test_attack_outages_session9 as _outages
+from tests.e2e.harness import idle_runs, start_node
+from tests.e2e.outages import pg_outage
+
+# a production node on its own database and its own Redis: the outage suite's fixtures
+outage_settings, redis_server = _outages.outage_settings, _outages.redis_server
+_read_lines = _outages._read_lines
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def outage_settings(fresh_pg_url):
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield settings_for("production", make_data_dir(), pg_url=fresh_pg_url, redis_url=server.url,
-                           redis_prefix="stockade-test:", queue_visibility_s=2.0)
-    finally:
-        server.stop()
 
 
 async def _open_stream(node):
