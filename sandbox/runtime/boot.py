@@ -84,9 +84,12 @@ def _failure(exc: BaseException) -> dict:
 
 
 def _load_main(entrypoint: str):
-    if BUNDLE not in sys.path:
-        sys.path.insert(0, BUNDLE)
     path = os.path.join(BUNDLE, entrypoint)
+    # as `python app/run.py` would: the entrypoint's own folder first (its sibling modules import by
+    # name), then the bundle's root (packages at the top of the bundle)
+    for folder in (BUNDLE, os.path.dirname(path)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location("__bundle_main__", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load entrypoint {entrypoint}")

@@ -317,3 +317,20 @@ def test_cli_commands_and_errors(tmp_path):
     env["STOCKADE_PORT"] = "not-a-port"
     bad = cli("migrate")
     assert bad.returncode != 0 and "STOCKADE_PORT" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_an_entrypoint_in_a_folder_imports_its_siblings_and_the_bundles_packages(node):
+    """``entrypoint: app/run.py`` was accepted, but only /bundle was on sys.path: ``import helpers`` next to
+    app/run.py failed the run with ModuleNotFoundError (``python app/run.py`` puts app/ first). Both import
+    styles work now: a sibling module by name, and a package at the bundle's top by its dotted name."""
+    _, key = await node.tenant()
+    c = node.client(key)
+    manifest = b"name: nested\nversion: '1'\nentrypoint: app/run.py\ntools: []\n"
+    main = (b"import helpers\nfrom lib.words import shout\n"
+            b"async def main(ctx):\n    await ctx.answer(helpers.greet(shout(ctx.input)))\n")
+    await upload(c, targz([("nested/bundle.yaml", manifest, {}), ("nested/app/run.py", main, {}),
+                           ("nested/app/helpers.py", b"def greet(s):\n    return 'hello ' + s\n", {}),
+                           ("nested/lib/__init__.py", b"", {}),
+                           ("nested/lib/words.py", b"def shout(s):\n    return s.upper()\n", {})]))
+    assert await answer(c, "nested", "world") == "hello WORLD"
