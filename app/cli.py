@@ -27,6 +27,22 @@ class _Parser(argparse.ArgumentParser):
         _fail(f"input.invalid: {message} (see: {self.prog} --help)")
         raise SystemExit(2)
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        # argparse reports arguments no parser took from the top parser, whose help lists only the subcommands
+        # (`receipt verify r.json --public-key a.pem b.pem` said "see: stockade --help"): name the subcommand's
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._innermost(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _innermost(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(ns, action.dest, None) or "")
+                if isinstance(chosen, _Parser):
+                    return chosen._innermost(ns)
+        return self
+
 
 def _text(value: str) -> str:
     """A name or id given on the command line: UTF-8 text (bytes that are not arrive as lone surrogates, which no
