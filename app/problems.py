@@ -54,6 +54,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
                   for e in exc.errors()[:20]]
         first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        not_json = _not_json(request)
+        if not_json is not None and any(e["loc"] == ["body"] and e["type"] in _NOT_AN_OBJECT for e in errors):
+            # FastAPI reads a body as JSON only under a JSON media type; otherwise the model got the raw bytes, and
+            # "body: Input should be a valid dictionary" did not say what was wrong (curl -d sends a form type)
+            return problem("input.unsupported_media", f"this endpoint takes a JSON body: send it with Content-Type: "
+                           f"application/json (got {not_json[:100]})", request.url.path)
         return problem("input.invalid", f"{'.'.join(first['loc'])}: {first['msg']}", request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
@@ -68,6 +74,20 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return problem("internal", "internal error", request.url.path)
+
+
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type"})
+
+
+def _not_json(request: Request) -> str | None:
+    """The request's media type when it is not JSON (``application/json`` or ``application/*+json``: what FastAPI
+    parses as JSON), else None."""
+    value = request.headers.get("content-type")
+    if not value:
+        return "no Content-Type"
+    media = value.split(";", 1)[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return None if main == "application" and (sub == "json" or sub.endswith("+json")) else media
 
 
 def _allowed_methods(request: Request) -> str:

@@ -10,14 +10,19 @@ a body anything else reads as UTF-8 (NUL bytes and all) is refused, not guessed 
 
 A query parameter the route does not take was ignored: ``GET /v1/audit?kind=tool.denied`` answered every
 record as if filtered, ``?limt=5`` a page of 100. As with a body's unknown field (``extra="forbid"``), the
-request is refused and names what it did not understand.
+request is refused and names what it did not understand. So is a parameter named twice (no route takes a
+list: one value was taken silently, where a proxy or a log may have read the other), and a whole-number
+parameter (``limit``, ``after``) spelled other than in ASCII digits: pydantic's lax mode read ``1.0``,
+``+3``, `` 3``, ``3_000`` and Arabic-Indic digits as numbers.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
@@ -59,12 +64,23 @@ class _StrictJSONRequest(Request):
         return self._json
 
 
-def _query_names(dependant: Dependant) -> frozenset[str]:
-    """The query parameters a route takes: its own and those of the dependencies it has (at any depth)."""
-    names = {f.alias for f in dependant.query_params}
+def _query_fields(dependant: Dependant) -> dict[str, Any]:
+    """The query parameters a route takes, by name: its own and those of its dependencies (at any depth)."""
+    fields = {f.alias: f for f in dependant.query_params}
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return frozenset(names)
+        fields.update(_query_fields(sub))
+    return fields
+
+
+def _is_int(field: Any) -> bool:
+    """``int`` or ``int | None``: a whole number, which pydantic's lax mode also reads from "1.0", "+3", " 3",
+    "3_000" or Arabic-Indic digits."""
+    annotation = getattr(field.field_info, "annotation", None)
+    return annotation is int or (get_origin(annotation) in (Union, UnionType)
+                                 and set(get_args(annotation)) == {int, type(None)})
+
+
+_WHOLE = re.compile(r"-?[0-9]+\Z")  # ASCII: \d is any Unicode digit
 
 
 class StrictJSONRoute(APIRoute):
@@ -73,7 +89,9 @@ class StrictJSONRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        takes = _query_names(self.dependant)
+        fields = _query_fields(self.dependant)
+        takes = frozenset(fields)
+        whole = frozenset(name for name, f in fields.items() if _is_int(f))
 
         async def strict(request: Request) -> Response:
             unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in takes]
@@ -81,6 +99,16 @@ class StrictJSONRoute(APIRoute):
                 names = ", ".join(repr(k[:64]) for k in unknown[:5])
                 said = f"takes the query parameters {', '.join(sorted(takes))}" if takes else "takes no query parameters"
                 raise HTTPException(status_code=422, detail=f"unknown query parameter {names}: this request {said}")
+            items = request.query_params.multi_items()
+            if len(items) != len(request.query_params):
+                # no route takes a list: of ?limit=1&limit=500 one was taken silently, where a proxy or a log
+                # in front may have read the other
+                twice = next(k for k in request.query_params if len(request.query_params.getlist(k)) > 1)
+                raise HTTPException(status_code=422, detail=f"the query parameter {twice[:64]!r} is named twice: send it once")
+            for name, value in items:
+                if name in whole and not _WHOLE.match(value):
+                    raise HTTPException(status_code=422,
+                                        detail=f"the query parameter {name!r} must be a whole number in ASCII digits")
             return await handler(_StrictJSONRequest(request.scope, request.receive))
 
         return strict

@@ -206,22 +206,42 @@ async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Dep
     return run_json(await _load(rt, p, run_id))
 
 
+_CURSOR_PATTERN = "^[0-9]+$"  # a sequence number as a client sends it back: ASCII digits only, at most MAX_ID
+_AFTER_DOC = (f"Replay the events after this sequence number (ASCII digits, at most {MAX_ID}), then tail live. "
+              "A non-empty Last-Event-ID header wins over it.")
+_LAST_EVENT_ID_DOC = (f"The last sequence number the client got (ASCII digits, at most {MAX_ID}); empty: none. "
+                      "Wins over ?after= (an EventSource reconnects to the same URL with it).")
+
+
+def _cursor(raw: str, name: str) -> int:
+    """A stream cursor, read one way whether it came as ?after= or Last-Event-ID: ASCII digits (leading zeros
+    allowed) up to MAX_ID, nothing else. ?after= was a pydantic int, which took "1.0", "+3", " 3", "3_000" and
+    "-0": spellings another reader of the request (a proxy, a log) need not take for the same number, if any."""
+    # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
+    # the length first: int() of more than 4300 digits raises (a 500), and is slow well before
+    if not (raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_ID)) and int(raw) <= MAX_ID):
+        raise StockadeError("input.invalid", f"{name} must be a sequence number: ASCII digits, at most {MAX_ID}")
+    return int(raw)
+
+
 @router.get("/{run_id}/events", response_class=_EventStream, responses={
     200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}}},  # before OpenAPI 3.2: one event's schema
     204: {"description": "The run has ended and every event was sent: nothing to stream"}})
 async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      p: Principal = Depends(require_role(*READ_ROLES)),
-                     after: int | None = Query(None, ge=0, le=MAX_ID),
-                     last_event_id: str | None = Header(default=None)) -> Response:
+                     after: str | None = Query(None, description=_AFTER_DOC,
+                                               json_schema_extra={"pattern": _CURSOR_PATTERN}),
+                     last_event_id: str | None = Header(default=None, description=_LAST_EVENT_ID_DOC)) -> Response:
     run = await _load(rt, p, run_id)
-    cursor = after or 0
-    if last_event_id is not None and last_event_id.strip():  # empty: no id (HTML's EventSource sends none then)
-        raw = last_event_id.strip()
-        # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
-        # the length first: int() of more than 4300 digits raises (a 500), and is slow well before
-        if not (raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_ID)) and int(raw) <= MAX_ID):
-            raise StockadeError("input.invalid", "Last-Event-ID must be a sequence number")
-        cursor = int(raw)
+    # one value each (a second one meant something to whatever read the request before us: a proxy, a log;
+    # a repeated ?after= is refused for every route: app/strict_json.py);
+    # the header wins over ?after=: an EventSource opened on ...?after=5 reconnects to that same URL with
+    # Last-Event-ID set to the last event it got, the newer position
+    if len(request.headers.getlist("last-event-id")) > 1:
+        raise StockadeError("input.invalid", "send one Last-Event-ID header")
+    cursor = 0 if after is None else _cursor(after, "after")
+    if last_event_id is not None and last_event_id.strip(" \t"):  # empty: no id (HTML's EventSource sends none then)
+        cursor = _cursor(last_event_id.strip(" \t"), "Last-Event-ID")
     if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
         # nothing left to send, ever: an EventSource reconnects after every close (with Last-Event-ID =
         # the terminal event's id) but stops on 204 (HTML, server-sent events); a stream would stay open
