@@ -27,7 +27,7 @@ import httpx2
 from mcp import Client, Implementation
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
 from pydantic import ValidationError
 
 from supervisor.errors import StockadeError
@@ -37,6 +37,7 @@ from supervisor.tools._guard import TooManyItems, guard_messages
 from supervisor.tools.mcp._egress import Target
 from supervisor.tools.mcp._logs import protect_sdk_loggers, remember_secrets
 from supervisor.tools.mcp._redact import redact_fragments, redact_words, scrub_json, secret_words
+from supervisor.tools.mcp._status import HttpRefusal, describe, note_http_refusal
 from supervisor.tools.mcp.store import MAX_TOOLS_PER_SERVER, TOOL_NAME, McpServer, ToolDef
 
 __all__ = [
@@ -143,7 +144,7 @@ async def open_client(server: McpServer, target: Target, *, timeout_s: float,
     async with httpx2.AsyncClient(transport=PinnedTransport(target), headers=server.headers, timeout=timeout,
                                   trust_env=False, follow_redirects=False,
                                   event_hooks={"response": [cap_responses(max_bytes), _cap_listings,
-                                                            _guard_messages]}) as http:
+                                                            _guard_messages, note_http_refusal]}) as http:
         # An answer as an SSE event may be as large as one as a JSON body (the SDK's default is 1 MiB): the same
         # byte cap (cap_responses) and item count (_guard_messages) hold for both.
         transport = streamable_http_client(target.url.text, http_client=http, max_sse_event_size=max_bytes)
@@ -171,13 +172,16 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.failed",
-              secrets: Iterable[str] = (), refused: Iterable[ResponseTooLarge] = ()) -> StockadeError:
+              secrets: Iterable[str] = (), refused: Iterable[ResponseTooLarge] = (),
+              http_refused: Iterable[HttpRefusal] = ()) -> StockadeError:
     """A stable error for anything the SDK or the network raised. ``protocol_code`` is used for
     errors the server reported over MCP (``tool.failed`` for calls; ``tool.unavailable`` while
     registering, where it means "not a working MCP endpoint"). ``secrets`` (the stored header values)
     are cut out of what the server or the network said: a server that echoes the Authorization header
     in an error must not carry it to the bundle. ``refused``: answers to this call our caps refused
-    (``supervisor.tools._capped.refusals``), the reason whatever the SDK raised in their place."""
+    (``supervisor.tools._capped.refusals``), the reason whatever the SDK raised in their place.
+    ``http_refused``: the non-2xx answers to this call (``_status.http_refusals``), named where the SDK
+    says only "Server returned an error response"."""
     words = secret_words(secrets)
 
     def said(text: object, limit: int) -> str:
@@ -206,6 +210,9 @@ def map_error(exc: BaseException, what: str, *, protocol_code: str = "tool.faile
                 return StockadeError("egress.too_large", f"{what}: the MCP server sent an event larger than the "
                                                          f"limit ({said(e.message, 200)})")
             code = "tool.unavailable" if connection_lost(e) else protocol_code
+            statuses = list(http_refused)
+            if e.code == INTERNAL_ERROR and e.message == _SDK_HTTP_ERROR and statuses:
+                return StockadeError(code, f"{what}: {describe(statuses[-1])}", http_status=statuses[-1].status)
             return StockadeError(code, f"{what}: MCP error {e.code}: {said(e.message, 300)}")
     for e in leaves:
         if isinstance(e, httpx2.HTTPError | OSError):
@@ -226,6 +233,8 @@ _SDK_LOST = frozenset({
 # The SDK's request deadline (read_timeout_seconds: an ``initialize`` that never answers), code REQUEST_TIMEOUT.
 _INPUT_VALUE = re.compile(r"input_value=.*?, input_type=", re.DOTALL)  # pydantic's quote of what it read
 _SDK_TIMEOUT = re.compile(r"Request '[^']{1,100}' timed out")
+# What the SDK puts in place of a non-2xx answer without a JSON-RPC error in its body (its status is dropped).
+_SDK_HTTP_ERROR = "Server returned an error response"
 # The SDK's own cap on one SSE event (httpx2's SSEError), reported as "SSE stream failed: ...".
 _SDK_EVENT_TOO_LARGE = re.compile(r"^SSE stream failed: Server-sent event exceeded the \d+ byte limit")
 

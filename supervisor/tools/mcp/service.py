@@ -26,6 +26,7 @@ from supervisor.tools.mcp._headers import check_headers
 from supervisor.tools.mcp._pool import ClientPool
 from supervisor.tools.mcp._redact import scrub_json, server_secrets
 from supervisor.tools.mcp._schema import check_arguments
+from supervisor.tools.mcp._status import HttpRefusal, http_refusals
 from supervisor.tools.mcp.store import APPROVED, McpServer, McpStore, PinnedTool, ToolDef, check_server_name
 
 __all__ = ["McpService", "RefreshReport", "ToolChange"]
@@ -139,6 +140,8 @@ class McpService:
         # task crashed on the cap) or "SSE stream ended without a response" in their place (_capped.refusals).
         refused: list[ResponseTooLarge] = []
         noted = refusals.set(refused)
+        http_refused: list[HttpRefusal] = []  # statuses the SDK drops (a 401 of a revoked credential)
+        noted_http = http_refusals.set(http_refused)
         try:
             async with self._pool.lease(key, lambda: self._opener(server)) as client:
                 live = await self._live(server, client, tool_name, pin.def_hash)
@@ -161,12 +164,13 @@ class McpService:
             from supervisor.tools.mcp._client import map_error
 
             err = map_error(exc, pin.full_name, secrets=[*server.headers.values(), *query_secrets(server.url)],
-                            refused=refused)
+                            refused=refused, http_refused=http_refused)
             if err.code in ("tool.unavailable", "egress.too_large"):  # a refused answer may have left it mid-stream
                 self._pool.discard(key)
             raise err from None
         finally:
             refusals.reset(noted)
+            http_refusals.reset(noted_http)
         return self._result(server, pin, res)
 
     # ------------------------------------------------------------------ internals
@@ -182,6 +186,8 @@ class McpService:
         from supervisor.tools.mcp._client import list_defs, map_error, open_client
 
         target = await resolve_target(check_url(server.url), self._allow)
+        http_refused: list[HttpRefusal] = []  # a 401 at registration: the headers it needs are missing or wrong
+        noted = http_refusals.set(http_refused)
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with open_client(server, target, timeout_s=self._timeout_s, max_bytes=self._max_response) as client:
@@ -190,9 +196,11 @@ class McpService:
             raise
         except Exception as exc:
             err = map_error(exc, f"MCP server {server.name}", protocol_code="tool.unavailable",
-                            secrets=[*server.headers.values(), *query_secrets(server.url)])
+                            secrets=[*server.headers.values(), *query_secrets(server.url)], http_refused=http_refused)
             code = err.code if err.code == "egress.blocked" else "tool.unavailable"
             raise StockadeError(code, err.detail, **err.extra) from None
+        finally:
+            http_refusals.reset(noted)
 
     async def _live(self, server: McpServer, client: Any, tool: str, pinned_hash: str) -> ToolDef | None:
         from supervisor.tools.mcp._client import list_defs
