@@ -10,6 +10,11 @@ in web-search syntax: words are AND-ed, ``"quoted phrases"``, ``or``,
 rather than every document without those words. Scores rank results *within*
 one search; they are not comparable across adapters.
 
+Text is Unicode NFC on both adapters (``normalize_doc``, ``nfc_query``): ``café`` typed as ``e`` +
+U+0301 (NFD, as macOS input methods send it) is the same word as the precomposed ``é``. SQLite's
+tokenizer happened to fold the two (it drops diacritics); PostgreSQL's parser kept them apart, so
+the same document was found by one spelling of the query on one stack and by both on the other.
+
 ``add`` with an existing ``doc_id`` replaces that document (so a repeated add
 with the same id is idempotent); without one a fresh id is generated.
 
@@ -29,6 +34,7 @@ measure, so a tenant over a lowered quota can still shrink; ``delete`` frees.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,7 +44,7 @@ from supervisor.ids import new_id
 __all__ = [
     "DEFAULT_QUOTA_BYTES", "DEFAULT_QUOTA_DOCS", "DOC_ID", "KbHit", "KbQuota", "KbStore", "KbUsage", "MAX_LIMIT",
     "MAX_QUERY_CHARS", "MAX_SOURCE_CHARS", "MAX_TEXT_CHARS", "MAX_TITLE_CHARS", "SNIPPET_MARK", "check_doc",
-    "check_doc_id", "check_search", "doc_bytes",
+    "check_doc_id", "check_search", "doc_bytes", "nfc_query", "normalize_doc",
 ]
 
 MAX_TEXT_CHARS = 200_000  # PostgreSQL caps one tsvector at 1 MB; this stays well below for any text
@@ -92,8 +98,9 @@ class KbQuota:
 
 
 def doc_bytes(text: str, title: str | None, source: str | None) -> int:
-    """What a document counts against ``max_bytes``: the same sum the ``kb_usage`` triggers take in SQL."""
-    return sum(len(v.encode("utf-8", "surrogatepass")) for v in (text, title, source) if v is not None)
+    """What a document counts against ``max_bytes``: the same sum the ``kb_usage`` triggers take in SQL, of
+    the text as it is stored (NFC, ``normalize_doc``)."""
+    return sum(len(v.encode("utf-8", "surrogatepass")) for v in normalize_doc(text, title, source) if v is not None)
 
 
 class KbStore(Protocol):
@@ -145,6 +152,24 @@ def check_doc(text: str, title: str | None, source: str | None, doc_id: str | No
     if doc_id is None:
         return new_id("doc_")
     return check_doc_id(doc_id)
+
+
+def _nfc(value: str | None) -> str | None:
+    # only text that can be normalised: anything else is left for check_doc / check_search to refuse
+    if isinstance(value, str) and _utf8(value) and not unicodedata.is_normalized("NFC", value):
+        return unicodedata.normalize("NFC", value)
+    return value
+
+
+def normalize_doc(text: str, title: str | None, source: str | None) -> tuple[str, str | None, str | None]:
+    """The document as it is stored and indexed: NFC, so that each spelling of a word is one word on both
+    adapters. Before ``check_doc``: the limits apply to what is stored."""
+    return _nfc(text), _nfc(title), _nfc(source)  # type: ignore[return-value]
+
+
+def nfc_query(query: str) -> str:
+    """The query as the documents are stored (``normalize_doc``)."""
+    return _nfc(query)  # type: ignore[return-value]
 
 
 def check_doc_id(doc_id: str) -> str:

@@ -37,12 +37,17 @@ from supervisor.stores.kb_port import (
     check_doc_id,
     check_search,
     doc_bytes,
+    nfc_query,
+    normalize_doc,
 )
 from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error
 from supervisor.stores.postgres.db import PgDB
 
 __all__ = ["PgKbStore"]
 
+# Ties are ordered by doc_id byte by byte (COLLATE "C"), as SQLite orders them: under the database's
+# collation (en_US.utf8 in the postgres image) ``a_3`` came before ``B-1``, so the two stacks listed
+# equal scores differently and kept different documents at the ``limit``.
 _HEADLINE_OPTS = (
     f'StartSel="{SNIPPET_MARK}", StopSel="{SNIPPET_MARK}", MaxWords=35, MinWords=15, '
     'MaxFragments=2, FragmentDelimiter=" … "'
@@ -56,13 +61,13 @@ top AS (
     SELECT d.doc_id, d.title, d.source, d.body, ts_rank(d.tsv, q.query) AS score
     FROM kb_docs d, q
     WHERE d.tenant_id = $1 AND d.tsv @@ q.query
-    ORDER BY score DESC, d.doc_id
+    ORDER BY score DESC, d.doc_id COLLATE "C"
     LIMIT $3
 )
 SELECT top.doc_id, top.title, top.source, top.score,
        ts_headline('english'::regconfig, top.body, q.query, '{_HEADLINE_OPTS}') AS snippet
 FROM top, q
-ORDER BY top.score DESC, top.doc_id
+ORDER BY top.score DESC, top.doc_id COLLATE "C"
 """
 
 
@@ -142,6 +147,7 @@ class PgKbStore:
         self, tenant_id: str, text: str, *, title: str | None = None, source: str | None = None,
         doc_id: str | None = None,
     ) -> str:
+        text, title, source = normalize_doc(text, title, source)
         doc_id = check_doc(text, title, source, doc_id)
         size = doc_bytes(text, title, source)
         now = time.time()
@@ -165,7 +171,8 @@ class PgKbStore:
         if not query.strip():
             return []
         async with self._db.tenant_tx(tenant_id) as c:
-            wanted = _looked_for(await c.fetchval(_PARSE, _fold_negations(query)))
+            # NFC, as the documents are stored (normalize_doc): PostgreSQL's parser keeps the spellings apart
+            wanted = _looked_for(await c.fetchval(_PARSE, _fold_negations(nfc_query(query))))
             if wanted is None:
                 return []
             rows = await c.fetch(_SEARCH, tenant_id, wanted, limit)

@@ -34,6 +34,8 @@ from supervisor.stores.kb_port import (
     check_doc_id,
     check_search,
     doc_bytes,
+    nfc_query,
+    normalize_doc,
 )
 from supervisor.stores.sqlite._rows import integrity_error
 from supervisor.stores.sqlite.db import SqliteDB
@@ -49,7 +51,8 @@ about against between into through during before after above below to from up do
 further then once here there when where why how all any both each few more most other some such no nor not only own
 same so than too very s t can will just don should now
 """.split())
-_TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+_TOKEN = re.compile(r'(-*)"([^"]*)"?|(\S+)')
+_NOT_CHARS = "-!&|()<"  # what websearch_to_tsquery reads as a NOT ("-") or skips before an operand
 _WORD = re.compile(r"\w+")
 _TOKENIZER = "porter unicode61 remove_diacritics 2"
 
@@ -59,30 +62,48 @@ def _phrase(terms: list[str]) -> str:
 
 
 def fts_query(text: str) -> str | None:
-    """Web-search syntax -> a safe FTS5 expression; None if nothing searchable remains."""
-    groups: list[tuple[list[str], list[str]]] = [([], [])]  # OR-separated (positives, negatives)
+    """Web-search syntax -> a safe FTS5 expression; None if nothing searchable remains.
+
+    Each ``-`` where an operand may start is a NOT, as ``websearch_to_tsquery`` reads it, standing alone
+    too (``apple - banana`` is apple without banana; it was apple *and* banana here, the opposite of
+    PostgreSQL) and in runs (``--banana`` is NOT NOT banana: banana, which alone does not count as a word
+    looked for - PgKbStore's ``_looked_for`` drops an alternative that starts with a NOT).
+    """
+    # OR-separated [positives, negatives, looks]: ``looks`` once a positive is not a double negation
+    groups: list[tuple[list[str], list[str], list[bool]]] = [([], [], [False])]
+    pending = 0  # NOTs read before this operand (lone "-" tokens; "!", "(" ... are skipped, as PostgreSQL does)
     for m in _TOKEN.finditer(text):
-        neg_phrase, phrase, word = m.group(1), m.group(2), m.group(3)
+        dashes, phrase, word = m.group(1), m.group(2), m.group(3)
         if word is not None:
             if word.lower() == "or":
                 if groups[-1][0] or groups[-1][1]:
-                    groups.append(([], []))
+                    groups.append(([], [], [False]))
+                pending = 0  # PostgreSQL: "- or fox" is fox
                 continue
-            negative = word.startswith("-")
-            text_ = word
+            lead = len(word) - len(word.lstrip(_NOT_CHARS))
+            dashes, text_ = word[:lead].count("-"), word
         else:
-            negative = bool(neg_phrase)
-            text_ = phrase
+            lead, dashes, text_ = 0, len(dashes), phrase
         # a word of several (state-of-the-art, mother-in-law) is a phrase of all of them, stop words included:
         # the index keeps them, so dropping them asked for "state art" side by side, which no text has
         terms = _WORD.findall(text_.lower())
+        if not terms and word is not None:
+            # operators only: they apply to the next operand; punctuation is an operand without a word,
+            # which takes the NOTs before it with it (PostgreSQL: "fox <-> dog" is fox and dog)
+            pending = pending + dashes if lead == len(word) else 0
+            continue
+        nots, pending = pending + dashes, 0
         if all(t in _STOP for t in terms):
-            terms = []
-        if terms:
-            (groups[-1][1] if negative else groups[-1][0]).append(_phrase(terms))
+            continue  # a stop word takes the NOTs before it with it ("apple - the" is apple)
+        positives, negatives, looks = groups[-1]
+        if nots % 2:
+            negatives.append(_phrase(terms))
+        else:
+            positives.append(_phrase(terms))
+            looks[0] = looks[0] or nots == 0
     exprs: list[str] = []
-    for positives, negatives in groups:
-        if not positives:
+    for positives, negatives, looks in groups:
+        if not looks[0]:
             continue  # exclusions only: looks for nothing (kb_port), as PgKbStore's _looked_for drops it
         expr = " AND ".join(positives)
         if negatives:
@@ -131,6 +152,7 @@ class SqliteKbStore:
         self, tenant_id: str, text: str, *, title: str | None = None, source: str | None = None,
         doc_id: str | None = None,
     ) -> str:
+        text, title, source = normalize_doc(text, title, source)
         doc_id = check_doc(text, title, source, doc_id)
         size = doc_bytes(text, title, source)
         table = _fts_table(tenant_id)
@@ -168,7 +190,7 @@ class SqliteKbStore:
 
     async def search(self, tenant_id: str, query: str, *, limit: int = 5) -> list[KbHit]:
         check_search(query, limit)
-        expr = fts_query(query)
+        expr = fts_query(nfc_query(query))
         table = _fts_table(tenant_id)
         if expr is None or not self._index_exists(table):
             return []
