@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import collect, make_data_dir, settings_for, start_node
+from tests.e2e.harness import collect, start_node
 from tests.fakes.hostile_http import HostileServer, RawRequest, jsonrpc_result, mcp_handler, respond
 from tests.fakes.mcp_server import McpTestServer
 from tests.tools import _mcp_attack_env as _env
@@ -38,16 +38,6 @@ rules:
     tool: "mcp.calc.*"
     verdict: allow
 """
-
-
-@pytest.fixture(params=["embedded", "production"])
-def node_settings(request: pytest.FixtureRequest) -> Any:
-    extra = {"egress_allow_private": ["127.0.0.0/8"]}
-    if request.param == "production":
-        return settings_for("production", make_data_dir(), pg_url=request.getfixturevalue("pg_url"),
-                            redis_url=request.getfixturevalue("redis_url"),
-                            redis_prefix=request.getfixturevalue("redis_prefix"), **extra)
-    return settings_for("embedded", make_data_dir(), **extra)
 
 
 @pytest.fixture
