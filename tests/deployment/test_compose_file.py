@@ -100,3 +100,13 @@ def test_api_port_and_health(compose: dict) -> None:
     dockerfile = (ROOT / "deployment" / "Dockerfile").read_text()
     assert "ARG BASE=python:3.11-slim-bookworm" in dockerfile and "FROM ${BASE}" in dockerfile
     assert "/readyz" in dockerfile and 'ENTRYPOINT ["stockade"]' in dockerfile
+
+
+def test_every_service_names_its_stop_timeout(compose: dict) -> None:
+    """Podman's Docker API creates a container without stop_grace_period with a stop timeout of 0:
+    `docker compose stop` / `down` on Podman SIGKILLed the api (exit 137, streams cut) and PostgreSQL
+    (crash recovery at the next start) at once. Measured by test_containers.py's compose test."""
+    for name, svc in compose["services"].items():
+        grace = str(svc.get("stop_grace_period", ""))
+        m = re.fullmatch(r"(\d+)s", grace)
+        assert m and int(m.group(1)) >= 10, f"{name}: stop_grace_period {grace!r} (10s or more, in seconds)"

@@ -14,7 +14,8 @@ claimed by a worker container (its worker_id is in PostgreSQL), runs in a bubble
 that container, and streams its words back over SSE; either worker alone can run bundles; each
 of the two worker security options is needed (without it the sandbox self-check fails); and the
 real compose.yaml, with Docker Compose v2 (deployment/podman/get-compose.sh) talking to Podman's
-Docker-compatible API, starts migrate -> api + workers in order and serves a run the same way.
+Docker-compatible API, starts migrate -> api + workers in order, serves a run the same way, and
+stops (each container on its own signal, not SIGKILL) and starts again with the data kept.
 
 With ``STOCKADE_DOCKER_TESTS=1`` too, the same on Docker's own engine (a running dockerd): each of
 compose.yaml's three worker security options is needed there, and Compose v2 builds the image from
@@ -62,6 +63,14 @@ def _must(proc: subprocess.CompletedProcess, what: str) -> str:
     if proc.returncode != 0:
         pytest.fail(f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", pytrace=False)
     return proc.stdout
+
+
+def _must_compose_up(proc: subprocess.CompletedProcess, engine: str, project: str) -> None:
+    """`compose up -d` succeeded, or fail with what migrate said (Compose reports only its exit code)."""
+    if proc.returncode != 0:
+        logs = _run([engine, "logs", "--tail", "30", f"{project}-migrate-1"], timeout=30)
+        pytest.fail(f"docker compose up failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+                    f"--- {project}-migrate-1\n{logs.stdout}{logs.stderr}", pytrace=False)
 
 
 def _common_podman_args() -> list[str]:
@@ -300,7 +309,10 @@ class _HealthTicker(threading.Thread):
                 _run(["podman", "healthcheck", "run", n], timeout=30)
 
 
-def test_docker_compose_up_on_podman(image: dict[str, float], pg_url: str, redis_url: str, tmp_path: Path) -> None:
+def test_docker_compose_up_on_podman(image: dict[str, float], fresh_pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    # A database of its own: migrate generates this project's audit key into its fresh data volume, and
+    # refuses a database that already holds records sealed with another key (the up.sh stack's).
+    pg_url = fresh_pg_url
     compose_bin = _must(_run([str(PODMAN_DIR / "get-compose.sh")], timeout=300), "get-compose.sh").strip()
     files = ["-f", str(ROOT / "compose.yaml")]
     _must(_run([compose_bin, *files, "config", "-q"], timeout=60), "docker compose config")  # valid for Compose
@@ -335,7 +347,7 @@ def test_docker_compose_up_on_podman(image: dict[str, float], pg_url: str, redis
         t0 = time.monotonic()
         # up -d itself waits for the depends_on conditions (postgres/redis healthy, migrate exited 0).
         # Not --wait: Podman's API reports health "" for containers without a healthcheck (workers).
-        _must(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), "docker compose up")
+        _must_compose_up(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), "podman", project)
         r = _wait_ready(port)
         took_up = time.monotonic() - t0
         ps = _run(["podman", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
@@ -349,6 +361,21 @@ def test_docker_compose_up_on_podman(image: dict[str, float], pg_url: str, redis
         assert events[-1]["event"] == "run.completed", events
         assert "".join(e["text"] for e in events if e["event"] == "message.delta") == "compose up works on podman "
         assert _worker_of(pg_url, run_id) in {"worker-1", "worker-2"}
+
+        # stop and start again, as a user would: each container stops on its own signal within its
+        # grace period (Podman's API gave services without stop_grace_period 0 s: SIGKILL, exit 137),
+        # and the tenant, its key, its runs and the generated keys (stockade-data) are all kept
+        _must(_run([*compose, "stop"], env=env, timeout=120), "docker compose stop")
+        for svc in ("api", "worker-1", "worker-2"):
+            code = _run(["podman", "inspect", "-f", "{{.State.ExitCode}}", f"{project}-{svc}-1"]).stdout.strip()
+            assert code == "0", f"{svc} exited {code} on docker compose stop (137: killed, not stopped)"
+        _must(_run([*compose, "start"], env=env, timeout=300), "docker compose start")
+        _wait_ready(port)
+        key = json.loads(out)["api_key"]
+        old = httpx.get(f"{st.url}/v1/runs/{run_id}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert old.status_code == 200 and old.json()["output"] == "compose up works on podman ", old.text
+        _, events, _ = _run_echo(st, key, "and after a restart")
+        assert events[-1]["event"] == "run.completed", events
     finally:
         ticker.stop.set()
         _run([*compose, "down", "-v", "-t", "15"], env=env, timeout=120)
@@ -418,10 +445,11 @@ def test_compose_worker_security_options_on_docker(docker_base: str, leave_out: 
 
 
 @_DOCKER_SKIP
-def test_docker_compose_up_on_docker_engine(docker_base: str, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+def test_docker_compose_up_on_docker_engine(docker_base: str, fresh_pg_url: str, redis_url: str, tmp_path: Path) -> None:
     """`docker compose up` as users run it: Compose v2 builds the image from deployment/Dockerfile on
     Docker's engine, starts migrate -> api + two workers with compose.yaml's options, and a run of echo
     goes api -> worker container -> bubblewrap sandbox -> SSE."""
+    pg_url = fresh_pg_url  # its own database: migrate refuses one sealed under another project's audit key
     compose_bin = _must(_run([str(PODMAN_DIR / "get-compose.sh")], timeout=300), "get-compose.sh").strip()
     project = f"stockade-dtest-{secrets.token_hex(3)}"
     port = _free_port()
@@ -440,7 +468,7 @@ def test_docker_compose_up_on_docker_engine(docker_base: str, pg_url: str, redis
         _must(_run([*compose, "build"], env=env, timeout=900), "docker compose build")
         took_build = time.monotonic() - t0
         t0 = time.monotonic()
-        _must(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), "docker compose up")
+        _must_compose_up(_run([*compose, "up", "-d", "--no-build", "--pull", "never"], env=env, timeout=300), DOCKER, project)
         assert _wait_ready(port).json()["status"] == "ready"
         took_up = time.monotonic() - t0
         ps = _docker("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
