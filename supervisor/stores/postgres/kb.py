@@ -13,6 +13,11 @@ matches every document without fox; the port says such a query looks for
 nothing (SQLite's FTS5 cannot even express it), so ``search`` parses the query
 first and drops the ``|`` alternatives that are negations only (``_looked_for``).
 
+Accents fold as FTS5's ``remove_diacritics`` folds them (migration 0046): ``tsv`` is
+built on ``stockade_kb_fold(text)``, the query on ``_unmarked(query)``, both the
+text less its words' combining marks; ``ts_headline`` parses with
+``stockade_kb_headline`` (``unaccent`` where the extension could be created).
+
 Quota: ``add`` locks the tenant's ``kb_usage`` row (migration 0034; a trigger on
 ``kb_docs`` keeps it), then reads the replaced document's size, checks, and
 writes, all in one transaction: a concurrent add of the same tenant waits on the
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 
 import asyncpg
 
@@ -53,10 +59,14 @@ _HEADLINE_OPTS = (
     'MaxFragments=2, FragmentDelimiter=" … "'
 )
 
-_PARSE = "SELECT websearch_to_tsquery('english'::regconfig, $1)::text"
-# $2: what _looked_for kept of the parsed query, in tsquery's own text form (read back as it was written)
+# The query as kb_docs.tsv is built (migration 0046: 'english' on the text less its diacritics, as FTS5 folds
+# them; the query is _unmarked first), and again for ts_headline, which re-parses the accented body with
+# stockade_kb_headline (english + unaccent) and so marks "café" only for a query that reads the same way.
+_PARSE = ("SELECT websearch_to_tsquery('english'::regconfig, $1)::text AS query,"
+          " websearch_to_tsquery('stockade_kb_headline'::regconfig, $1)::text AS headline")
+# $2, $4: what _looked_for kept of the parsed queries, in tsquery's own text form (read back as written)
 _SEARCH = f"""
-WITH q AS (SELECT $2::tsquery AS query),
+WITH q AS (SELECT $2::tsquery AS query, $4::tsquery AS headline),
 top AS (
     SELECT d.doc_id, d.title, d.source, d.body, ts_rank(d.tsv, q.query) AS score
     FROM kb_docs d, q
@@ -65,7 +75,7 @@ top AS (
     LIMIT $3
 )
 SELECT top.doc_id, top.title, top.source, top.score,
-       ts_headline('english'::regconfig, top.body, q.query, '{_HEADLINE_OPTS}') AS snippet
+       ts_headline('stockade_kb_headline'::regconfig, top.body, q.headline, '{_HEADLINE_OPTS}') AS snippet
 FROM top, q
 ORDER BY top.score DESC, top.doc_id COLLATE "C"
 """
@@ -82,6 +92,18 @@ _NOT_RUN = re.compile(f'(?<![^{_SKIP}"])-(?:[{_SKIP}]*-)+')
 
 def _fold_negations(query: str) -> str:
     return _NOT_RUN.sub(lambda m: "-" * (2 - m.group().count("-") % 2), query)
+
+
+# the combining diacritical marks stockade_kb_fold (migration 0046) strips from documents, here those of a word
+_MARKS = re.compile("(?<=\\w)[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+
+
+def _unmarked(query: str) -> str:
+    """The query's words less their diacritics, as ``stockade_kb_fold`` leaves the documents' (``cafe`` for
+    ``café``, also where no ``unaccent`` dictionary folds it). A mark on no word stays: it is an operand
+    without a word to the parser, as it was, so no ``-``, U+0301, ``-`` becomes a run of NOTs for it."""
+    nfd = unicodedata.normalize("NFD", query)
+    return unicodedata.normalize("NFC", _MARKS.sub("", nfd)) if _MARKS.search(nfd) else query
 
 
 # a token of tsquery's text form: a quoted lexeme (quote and backslash doubled inside) with its
@@ -172,10 +194,11 @@ class PgKbStore:
             return []
         async with self._db.tenant_tx(tenant_id) as c:
             # NFC, as the documents are stored (normalize_doc): PostgreSQL's parser keeps the spellings apart
-            wanted = _looked_for(await c.fetchval(_PARSE, _fold_negations(nfc_query(query))))
+            parsed = await c.fetchrow(_PARSE, _fold_negations(_unmarked(nfc_query(query))))
+            wanted = _looked_for(parsed["query"])
             if wanted is None:
                 return []
-            rows = await c.fetch(_SEARCH, tenant_id, wanted, limit)
+            rows = await c.fetch(_SEARCH, tenant_id, wanted, limit, _looked_for(parsed["headline"]) or wanted)
         return [KbHit(r["doc_id"], r["title"], r["source"], r["snippet"], float(r["score"])) for r in rows]
 
     async def delete(self, tenant_id: str, doc_id: str) -> bool:
