@@ -34,6 +34,7 @@ class RawRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    raw_headers: tuple[tuple[str, str], ...] = ()  # every header line as sent (repeats and case kept)
 
     def json(self) -> Any:
         try:
@@ -99,8 +100,9 @@ def mcp_handler(*, tools: list[dict[str, Any]] | None = None,
 
 
 class HostileServer:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
         self.handler = handler
+        self.host = host  # another loopback address (127.0.0.2) lets a test allow it and still refuse 127.0.0.1
         self.requests: list[RawRequest] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -111,7 +113,7 @@ class HostileServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> HostileServer:
         self._thread = threading.Thread(target=self._run, name="hostile-http", daemon=True)
@@ -136,7 +138,7 @@ class HostileServer:
 
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
-        self._server = loop.run_until_complete(asyncio.start_server(self._conn, "127.0.0.1", 0))
+        self._server = loop.run_until_complete(asyncio.start_server(self._conn, self.host, 0))
         self.port = self._server.sockets[0].getsockname()[1]
         self._started.set()
         try:
@@ -155,9 +157,11 @@ class HostileServer:
                     return
                 method, path, _ = line.decode("latin-1").split(" ", 2)
                 headers: dict[str, str] = {}
+                raw_headers: list[tuple[str, str]] = []
                 while (h := await r.readline()) not in (b"\r\n", b"\n", b""):
                     k, _, v = h.decode("latin-1").partition(":")
                     headers[k.strip().lower()] = v.strip()
+                    raw_headers.append((k.strip(), v.strip()))
                 body = b""
                 if "content-length" in headers:
                     body = await r.readexactly(int(headers["content-length"]))
@@ -168,7 +172,7 @@ class HostileServer:
                         if size == 0:
                             break
                         body += chunk[:-2]
-                req = RawRequest(method, path, headers, body)
+                req = RawRequest(method, path, headers, body, tuple(raw_headers))
                 self.requests.append(req)
                 await self.handler(req, w)
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError, ValueError):

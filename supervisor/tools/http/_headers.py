@@ -44,12 +44,13 @@ def clean_request_headers(headers: dict[str, str] | None) -> dict[str, str]:
     return {n: v for n, v in headers.items() if n.lower() not in HOP_BY_HOP and n.lower() not in listed}
 
 
-def clean_response_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Lower-case names, repeated headers joined with ", "; framing headers dropped (the body is decoded)."""
+def clean_response_headers(items: Iterable[tuple[str, str]], *, decoded: bool = True) -> dict[str, str]:
+    """Lower-case names, repeated headers joined with ", "; framing headers dropped, and ``Content-Encoding``
+    when the body was decoded (kept for a coding ``_decode`` leaves alone, so the body is never mislabelled)."""
     out: dict[str, str] = {}
     for name, value in items:
         n = name.lower()
-        if n in HOP_BY_HOP or n == "content-encoding":
+        if n in HOP_BY_HOP or (n == "content-encoding" and decoded):
             continue
         out[n] = f"{out[n]}, {value}" if n in out else value
     return out

@@ -37,6 +37,8 @@ __all__ = ["HttpRequestArgs", "HttpRequestTool", "RedirectGuard"]
 RedirectGuard = Callable[[str, ToolContext], Awaitable[None]]
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The Fetch standard's request-body-header names: they describe the body a 301/302/303 turning into GET drops.
+_BODY_HEADERS = frozenset({"content-type", "content-encoding", "content-language", "content-location"})
 _LOCATION_BAD = re.compile(r"[\x00-\x20\x7f-\x9f\\]")  # as ``normalize_url`` refuses them in a tool URL
 
 
@@ -96,7 +98,8 @@ class HttpRequestTool:
         if body is not None and len(body) > settings.egress_max_bytes:
             raise StockadeError("input.too_large", f"request body exceeds {settings.egress_max_bytes} bytes")
         headers = clean_request_headers(args.headers)
-        headers.setdefault("User-Agent", "stockade-http/0.1")
+        if not any(n.lower() == "user-agent" for n in headers):  # case-blind: never two User-Agent lines
+            headers["User-Agent"] = "stockade-http/0.1"
         try:
             async with asyncio.timeout(deadline_s):
                 return await self._follow(normalize_url(args.url), args.method, headers, body, deadline_s, ctx)
@@ -122,10 +125,10 @@ class HttpRequestTool:
             )
             location = _location(resp.headers) if resp.status in _REDIRECTS else None
             if location is None:
-                text = "" if method == "HEAD" else resp.body.decode(_codec(resp.encoding), errors="replace")
+                text = "" if method == "HEAD" else _text(resp.body, resp.encoding)
                 return ToolResult(
-                    result={"status": resp.status, "headers": clean_response_headers(resp.headers), "body": text,
-                            "url": url.text},
+                    result={"status": resp.status, "headers": clean_response_headers(resp.headers, decoded=resp.decoded),
+                            "body": text, "url": url.text},
                     usage={"bytes_in": len(resp.body), "redirects": hop},
                 )
             if hop >= settings.egress_max_redirects:
@@ -137,7 +140,7 @@ class HttpRequestTool:
                 headers = {n: v for n, v in headers.items() if n.lower() not in CROSS_ORIGIN_DROP}
             if (resp.status == 303 and method != "HEAD") or (resp.status in (301, 302) and method == "POST"):
                 method, body = "GET", None  # what every browser does; 307/308 keep method and body
-                headers = {n: v for n, v in headers.items() if n.lower() not in ("content-type",)}
+                headers = {n: v for n, v in headers.items() if n.lower() not in _BODY_HEADERS}
             url = nxt
             hop += 1
 
@@ -162,11 +165,28 @@ def _redirect_target(current: NormalizedUrl, location: str) -> NormalizedUrl:
         ) from None
 
 
+# Codecs a server must not pick through ``charset=``: not character sets, and some unsafe on large input
+# (punycode decodes in quadratic time, synchronously: 250 kB held the event loop for 9 s; ``idna`` and
+# ``undefined`` refuse ``errors="replace"``: the call failed with an unexpected exception).
+_NOT_CHARSETS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
+
+
 def _codec(name: str) -> str:
+    """The text codec a response's ``charset`` names, else UTF-8 (unknown names and ``rot13``, ``base64``,
+    ``zlib`` ... which are bytes or str transforms rather than text encodings)."""
     try:
-        return codecs.lookup(name).name
-    except LookupError:
+        codec = codecs.lookup(name).name
+        b"a".decode(codec, "replace")  # LookupError for a codec that is not a text encoding (b"" is not checked)
+    except (LookupError, UnicodeError, ValueError):
         return "utf-8"
+    return "utf-8" if codec in _NOT_CHARSETS else codec
+
+
+def _text(body: bytes, encoding: str) -> str:
+    try:
+        return body.decode(_codec(encoding), errors="replace")
+    except (LookupError, UnicodeError, ValueError):  # a text codec that still refuses: never an internal error
+        return body.decode("utf-8", errors="replace")
 
 
 def _extras_guard(ctx: ToolContext) -> RedirectGuard | None:
