@@ -368,6 +368,9 @@ async def test_kb_a_dash_apart_from_its_word_excludes_on_both_stacks(node):
         'apple - "apple banana"': ["ac"], 'apple --"apple banana"': ["ab"], "apple - . banana": ["ab"],
         "apple -> banana": ["ab"], "- or banana": ["ab"], "apple - the": ["ab", "ac"],
         "--banana": [], "- banana": [], "cherry or - banana": ["ac"],
+        # after a NOT, "or" is a (stop) word, not an alternative (review finding: SQLite read it as OR)
+        "apple - or banana": ["ab"], "apple - OR cherry": ["ac"], "cherry -- or apple": ["ac"],
+        "apple or - or banana": ["ab", "ac"],
     }
     results, _, _ = await _run(c, _add("apple banana", doc_id="ab"), _add("apple cherry", doc_id="ac"),
                                *(_search(q, limit=10) for q in queries))

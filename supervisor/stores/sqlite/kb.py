@@ -76,9 +76,14 @@ def fts_query(text: str) -> str | None:
         dashes, phrase, word = m.group(1), m.group(2), m.group(3)
         if word is not None:
             if word.lower() == "or":
+                if pending:
+                    # after a NOT, websearch_to_tsquery reads "or" as a word (an operator only follows an
+                    # operand): a stop word, which takes the NOTs with it and starts no alternative
+                    # ("apple - or banana" is apple and banana; "- or fox" is fox)
+                    pending = 0
+                    continue
                 if groups[-1][0] or groups[-1][1]:
                     groups.append(([], [], [False]))
-                pending = 0  # PostgreSQL: "- or fox" is fox
                 continue
             lead = len(word) - len(word.lstrip(_NOT_CHARS))
             dashes, text_ = word[:lead].count("-"), word
