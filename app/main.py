@@ -48,7 +48,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
     if rt.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=rt.settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Idempotent-Replayed"])
-    for r in (health.router, runs.router, approvals.router, bundles.router, tenant_admin.router, mcp.router):
+    for r in (health.router, health.receipts_router, runs.router, approvals.router, bundles.router, tenant_admin.router, mcp.router):
         app.include_router(r)
     app.add_middleware(HeadAsGet)  # HEAD of a GET resource: that GET without its body
     app.add_middleware(Guard, max_body=max_body, metrics=rt.metrics)  # before CORS and routing

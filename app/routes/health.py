@@ -9,11 +9,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import runtime
+from app.strict_json import StrictJSONRoute
 from supervisor.audit.keys import key_id, public_key_pem
 
-__all__ = ["router"]
+__all__ = ["receipts_router", "router"]
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"])  # probes and scrapers: whatever query they add is theirs
+# /v1 reads its query one way, as every other /v1 route (app/strict_json.py)
+receipts_router = APIRouter(prefix="/v1/receipts", tags=["health"], route_class=StrictJSONRoute)
 
 
 class _PemResponse(PlainTextResponse):
@@ -58,12 +61,12 @@ async def metrics(rt: Any = Depends(runtime)) -> Response:
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/receipts/public-key", response_class=_PemResponse)
+@receipts_router.get("/public-key", response_class=_PemResponse)
 async def receipt_public_key(rt: Any = Depends(runtime)) -> PlainTextResponse:
     return _PemResponse(public_key_pem(rt.signing_key))
 
 
-@router.get("/v1/receipts/public-keys")
+@receipts_router.get("/public-keys")
 async def receipt_public_keys(rt: Any = Depends(runtime)) -> dict[str, Any]:
     """Every key a receipt of this deployment may be signed with: the current one (what
     ``/v1/receipts/public-key`` serves), the retired ones (``STOCKADE_SIGNING_KEY_FILES_RETIRED``), so a

@@ -59,3 +59,14 @@ async def test_a_float_cursor_stays_a_float(node):
     _, key = await node.tenant()
     c = node.client(key)
     assert (await c.get("/v1/runs", params={"before": "1700000000.5"})).status_code == 200
+
+
+async def test_the_receipt_key_routes_read_their_query_as_every_v1_route(node):
+    """``/v1/receipts/public-key(s)`` sat on the health router, outside app/strict_json.py: an unknown or repeated
+    query parameter was ignored there alone among /v1 routes (review finding). Probes keep theirs."""
+    for path in ("/v1/receipts/public-key", "/v1/receipts/public-keys"):
+        assert (await node.client(None).get(path)).status_code == 200
+        for query in ("?kid=x", "?a=1&a=2"):
+            await _problem(await node.client(None).get(path + query))
+    for path in ("/healthz", "/readyz"):
+        assert (await node.client(None).get(path + "?probe=1")).status_code == 200
