@@ -80,7 +80,7 @@ def _is_int(field: Any) -> bool:
                                  and set(get_args(annotation)) == {int, type(None)})
 
 
-_WHOLE = re.compile(r"-?[0-9]+\Z")  # ASCII: \d is any Unicode digit
+_WHOLE = re.compile(r"-?[0-9]{1,19}\Z")  # ASCII (\d is any Unicode digit); 64 bits: int() of 4,300+ digits raises
 
 
 class StrictJSONRoute(APIRoute):

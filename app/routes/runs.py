@@ -206,7 +206,6 @@ async def cancel_run(run_id: str, rt: Any = Depends(runtime), p: Principal = Dep
     return run_json(await _load(rt, p, run_id))
 
 
-_CURSOR_PATTERN = "^[0-9]+$"  # a sequence number as a client sends it back: ASCII digits only, at most MAX_ID
 _AFTER_DOC = (f"Replay the events after this sequence number (ASCII digits, at most {MAX_ID}), then tail live. "
               "A non-empty Last-Event-ID header wins over it.")
 _LAST_EVENT_ID_DOC = (f"The last sequence number the client got (ASCII digits, at most {MAX_ID}); empty: none. "
@@ -214,9 +213,8 @@ _LAST_EVENT_ID_DOC = (f"The last sequence number the client got (ASCII digits, a
 
 
 def _cursor(raw: str, name: str) -> int:
-    """A stream cursor, read one way whether it came as ?after= or Last-Event-ID: ASCII digits (leading zeros
-    allowed) up to MAX_ID, nothing else. ?after= was a pydantic int, which took "1.0", "+3", " 3", "3_000" and
-    "-0": spellings another reader of the request (a proxy, a log) need not take for the same number, if any."""
+    """The Last-Event-ID cursor: ASCII digits (leading zeros allowed) up to MAX_ID, nothing else - as ?after= is
+    read (a whole-number query parameter: app/strict_json.py)."""
     # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
     # the length first: int() of more than 4300 digits raises (a 500), and is slow well before
     if not (raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_ID)) and int(raw) <= MAX_ID):
@@ -229,8 +227,7 @@ def _cursor(raw: str, name: str) -> int:
     204: {"description": "The run has ended and every event was sent: nothing to stream"}})
 async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      p: Principal = Depends(require_role(*READ_ROLES)),
-                     after: str | None = Query(None, description=_AFTER_DOC,
-                                               json_schema_extra={"pattern": _CURSOR_PATTERN}),
+                     after: int | None = Query(None, ge=0, le=MAX_ID, description=_AFTER_DOC),
                      last_event_id: str | None = Header(default=None, description=_LAST_EVENT_ID_DOC)) -> Response:
     run = await _load(rt, p, run_id)
     # one value each (a second one meant something to whatever read the request before us: a proxy, a log;
@@ -239,7 +236,7 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
     # Last-Event-ID set to the last event it got, the newer position
     if len(request.headers.getlist("last-event-id")) > 1:
         raise StockadeError("input.invalid", "send one Last-Event-ID header")
-    cursor = 0 if after is None else _cursor(after, "after")
+    cursor = after or 0  # ASCII digits only, once: app/strict_json.py reads every /v1 whole number so
     if last_event_id is not None and last_event_id.strip(" \t"):  # empty: no id (HTML's EventSource sends none then)
         cursor = _cursor(last_event_id.strip(" \t"), "Last-Event-ID")
     if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
