@@ -54,6 +54,9 @@ def _text(value: str) -> str:
     return value
 
 
+_DATA_DIR = "where keys, bundles, run dirs (and SQLite) live (STOCKADE_DATA_DIR)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stockade", description="Self-hosted runtime for AI agents.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -62,12 +65,16 @@ def _parser() -> argparse.ArgumentParser:
         if name != "worker":  # a worker serves no HTTP: it listens on nothing
             sp.add_argument("--host", type=_text, help="address to listen on (STOCKADE_HOST)")
             sp.add_argument("--port", type=int, help="port to listen on (STOCKADE_PORT)")
-        sp.add_argument("--data-dir", help="where keys, bundles, run dirs (and SQLite) live (STOCKADE_DATA_DIR)")
-    sub.add_parser("migrate", help="apply database migrations")
+        sp.add_argument("--data-dir", help=_DATA_DIR)
+    sub.add_parser("migrate", help="apply database migrations").add_argument("--data-dir", help=_DATA_DIR)
     demo = ("make a new admin key for the tenant `demo` (created the first time, with a 10 USD monthly budget) and "
-            "print it with the URL `stockade serve` will listen on; every call makes another key, earlier ones stay "
-            "valid (`stockade key list --tenant demo`). Refused, making no key, if that address cannot be listened on")
-    sub.add_parser("demo", help=demo, description=demo)
+            "print it with the URL `stockade serve` will listen on (given the same --host/--port/--data-dir); every "
+            "call makes another key, earlier ones stay valid (`stockade key list --tenant demo`). Refused, making no "
+            "key, if that address cannot be listened on")
+    dm = sub.add_parser("demo", help=demo, description=demo)
+    dm.add_argument("--host", type=_text, help="the address `stockade serve` will listen on (STOCKADE_HOST)")
+    dm.add_argument("--port", type=int, help="the port `stockade serve` will listen on (STOCKADE_PORT)")
+    dm.add_argument("--data-dir", help=_DATA_DIR)
     t = sub.add_parser("tenant", help="tenants").add_subparsers(dest="sub", required=True)
     tc = t.add_parser("create")
     tc.add_argument("name", type=_text)

@@ -224,3 +224,25 @@ def test_the_newer_database_warning_is_a_stockade_line(env, capsys):
     assert err == ("stockade: warning: the database has migration 9999_future.sql applied, which this version of "
                    "Stockade does not have (it was migrated by a newer version): running on it; upgrade Stockade "
                    "to match\n")
+
+
+@pytest.mark.timeout(120)
+def test_demo_and_migrate_take_the_flags_serve_takes(env, capsys, tmp_path):
+    """``stockade demo; stockade serve --port P`` printed (and checked) the default address, not P: demo took no
+    --host/--port/--data-dir and migrate no --data-dir, so only the environment kept the three in step (session 21
+    docs walkthrough). With the same flags as serve, demo prints and checks that address, on that data dir."""
+    port = _free_port()
+    data = tmp_path / "elsewhere"
+    assert _run(capsys, "migrate", "--data-dir", str(data))[0] == 0
+    rc, out, err = _run(capsys, "demo", "--port", str(port), "--data-dir", str(data))
+    assert rc == 0, err
+    assert f"http://127.0.0.1:{port}" in out and "API key (shown once): stk_" in out
+    assert (data / "stockade.db").exists() or any(data.iterdir())
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        rc, _, err = _run(capsys, "demo", "--port", str(port), "--data-dir", str(data))
+        assert rc == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    finally:
+        holder.close()
