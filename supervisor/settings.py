@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     egress_timeout_s: float = Field(20.0, gt=0, le=_MAX_S)
     egress_max_redirects: int = Field(5, ge=0, le=20)
 
-    # --- rate limits (defaults; tenants may override)
+    # --- rate limits (the ceiling: a policy's `limits:` may only tighten them, supervisor/limits/rules.py)
     rate_tenant_per_s: float = Field(200.0, gt=0)
     rate_tenant_burst: int = Field(400, ge=1)
     rate_user_per_s: float = Field(50.0, gt=0)
