@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.runtime.stockade_sdk.context import EVENT_TYPES
-from supervisor.audit.recorder import AuditRecorder
+from supervisor.audit.recorder import MAX_TOOL_CHARS, AuditRecorder
 from supervisor.chain.base import Binding, CallState, through_cancel
 from supervisor.chain.build import Chain
 from supervisor.errors import StockadeError
@@ -235,7 +235,7 @@ class RunSession:
         )
         # the events name the tool as the bundle spelt it, up to a point: they do not count against its output
         # limit, and a 60 KB name per call wrote MBs of events past it (an unknown tool is refused anyway)
-        tool_label = call.tool_name[:1024] if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
+        tool_label = call.tool_name[:MAX_TOOL_CHARS] if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]
         if call.stream is True:
             async def chunk(data: dict[str, Any]) -> None:
                 await self.send({"type": "chunk", "id": rid, "data": data})

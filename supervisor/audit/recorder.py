@@ -11,7 +11,12 @@ from supervisor.storable import scrub_nul
 from supervisor.stores.ports import AuditLog
 from supervisor.stores.records import AuditRecord
 
-__all__ = ["AuditRecorder"]
+__all__ = ["MAX_TOOL_CHARS", "AuditRecorder"]
+
+# A tool name that is valid is at most 128 characters; a bundle may send any string up to a frame (1 MB) as
+# one, refused as tool.invalid. Its record keeps as much of it as the run's events do (session.py), not all:
+# found by a walkthrough, a 40,000-character name made a 40 KB record per refused call.
+MAX_TOOL_CHARS = 1024
 
 
 class AuditRecorder:
@@ -24,6 +29,8 @@ class AuditRecorder:
         args_hash: str | None = None, rule_id: str | None = None, policy_version: str | None = None,
         code: str | None = None, cost_micro: int = 0, detail: dict[str, Any] | None = None,
     ) -> AuditRecord:
+        if isinstance(tool, str) and len(tool) > MAX_TOOL_CHARS:
+            tool = tool[:MAX_TOOL_CHARS]
         fields = {
             "ts": round(time.time(), 6), "kind": kind, "run_id": run_id, "tool": tool, "args_hash": args_hash,
             "rule_id": rule_id, "policy_version": policy_version, "code": code, "cost_micro": int(cost_micro),
