@@ -29,6 +29,7 @@ __all__ = ["ExitInfo", "SandboxProcess", "launch"]
 TAIL_BYTES = 64 * 1024
 DISK_CHECK_S = 0.5
 MAX_WORK_ENTRIES = 100_000  # inodes under /work; past this the run ends with limit.disk
+BWRAP_GRACE_S = 1.0  # after pid 1 is killed, how long bwrap has to reap it and exit before it is killed too
 
 
 class SandboxProcess:
@@ -50,6 +51,7 @@ class SandboxProcess:
         self._info = bytearray()
         self._info_fd: int | None = info_fd
         self._imposed: str | None = None
+        self._bwrap_kill: asyncio.TimerHandle | None = None
         self._ns_gone = False
         self._status: int | None = None
         self._done = self._loop.create_future()
@@ -85,19 +87,29 @@ class SandboxProcess:
         return await asyncio.shield(self._done)
 
     def kill(self) -> None:
-        """SIGKILL bwrap and the sandbox's pid 1; the kernel then kills every process in the pid namespace."""
+        """SIGKILL the sandbox's pid 1 (the kernel then kills every process in the pid namespace) and let bwrap
+        reap it; bwrap too if it has not told us its child yet, or is not gone ``BWRAP_GRACE_S`` later."""
         if self._status is not None:
             return
         self._read_info()
-        _pidfd_kill(self._pidfd)
         if self._init_pidfd is not None:
+            # pid 1 alone: bwrap reaps it and exits with its status. Killing both at once left pid 1 an
+            # orphan zombie of the host's init, still counted against the pool uid's RLIMIT_NPROC (the next
+            # run given the uid) until that init reaps it - never, under an init that does not reap
             _pidfd_kill(self._init_pidfd)
-        else:
-            for child in _children(self.pid):  # bwrap has not told us its child yet
-                fd = _child_pidfd(child, self.pid)
-                if fd is not None:
-                    _pidfd_kill(fd)
-                    os.close(fd)
+            if self._bwrap_kill is None:  # bwrap not gone soon after all: SIGKILL it too
+                self._bwrap_kill = self._loop.call_later(BWRAP_GRACE_S, self._kill_bwrap)
+            return
+        _pidfd_kill(self._pidfd)
+        for child in _children(self.pid):  # bwrap has not told us its child yet
+            fd = _child_pidfd(child, self.pid)
+            if fd is not None:
+                _pidfd_kill(fd)
+                os.close(fd)
+
+    def _kill_bwrap(self) -> None:
+        if self._status is None:
+            _pidfd_kill(self._pidfd)
 
     # ------------------------------------------------------------------ watchers
     def _impose(self, reason: str) -> None:
@@ -184,6 +196,8 @@ class SandboxProcess:
         self._status = status
         self._popen.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not try again
         self._timer.cancel()
+        if self._bwrap_kill is not None:
+            self._bwrap_kill.cancel()
         self._disk_task.cancel()
         self._read_info()
         if self._init_pidfd is not None:

@@ -34,6 +34,11 @@ MAX_OUTPUT = 64 * 1024
 MAX_FILES = 20
 MAX_FILE_BYTES = 256 * 1024
 MAX_DEPTH = 64  # directories below the work dir a produced file may be in to be returned
+# the files' share of the reply frame (MAX_REPLY, 16 MiB): the rest holds stdout and stderr (64 KiB each,
+# at most six bytes of JSON per byte) and the other members
+MAX_FILES_JSON = 12 * 1024 * 1024
+_SHORT_ESCAPES = b'"\\\n\r\t\b\f'  # two bytes each in JSON; every other control character six (\u0001)
+_LONG_ESCAPES = bytes(c for c in range(32) if c not in _SHORT_ESCAPES)
 _MAX_ENTRIES = 100_000  # what the launcher lets /work hold (sandbox.launcher.MAX_WORK_ENTRIES)
 
 
@@ -100,18 +105,14 @@ class CodeRunTool:
             info = await proc.wait()
             produced = await asyncio.to_thread(_produced, work, before)
         finally:
-            try:
-                if proc is not None and not proc.exited:
-                    # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
-                    proc.kill()
-                    await proc.wait()
-                if work is not None:
-                    # any depth (shutil.rmtree raised RecursionError on a deep tree, and the uid was never
-                    # given back); up to the launcher's 100,000 entries: not on the event loop
-                    await asyncio.to_thread(remove_tree, work)
-            finally:
-                if uid is not None and pool is not None and (proc is None or proc.exited):
-                    pool.release(uid)  # (a sandbox that may still live keeps its uid: never two on one)
+            # Shielded, in a task of its own: a second cancel (the run ending while the call's own deadline
+            # already canceled it) interrupted ``await proc.wait()`` here, and the uid - kept while its
+            # sandbox might live - was never given back, nor the work dir removed: one uid of the node's
+            # pool gone per such call until a restart. Now the cleanup finishes whatever the caller does.
+            cleanup = asyncio.ensure_future(_clean_up(proc, work, pool, uid))
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
+            await asyncio.shield(cleanup)
         result: dict[str, Any] = {
             "exit_code": info.returncode,
             "signal": info.signal,
@@ -122,6 +123,25 @@ class CodeRunTool:
         if info.reason:
             result["limit"] = info.reason
         return ToolResult(result=result)
+
+
+_CLEANUPS: set[asyncio.Future[None]] = set()  # cleanups left running by a canceled caller (a task needs a reference)
+
+
+async def _clean_up(proc: Any, work: Path | None, pool: Any, uid: int | None) -> None:
+    """End the sandbox, remove its work dir, give its uid back: the uid only once the sandbox is gone."""
+    try:
+        if proc is not None and not proc.exited:
+            # canceled (the run ended, the call timed out): the sandbox must be gone before its uid is reused
+            proc.kill()
+            await proc.wait()
+        if work is not None:
+            # any depth (shutil.rmtree raised RecursionError on a deep tree, and the uid was never
+            # given back); up to the launcher's 100,000 entries: not on the event loop
+            await asyncio.to_thread(remove_tree, work)
+    finally:
+        if uid is not None and pool is not None and (proc is None or proc.exited):
+            pool.release(uid)  # (a sandbox that may still live keeps its uid: never two on one)
 
 
 def _acquire_uid(pool: Any) -> int | None:
@@ -217,6 +237,7 @@ def _produced(work: Path, before: dict[str, tuple[int, float]]) -> dict[str, Any
     ``files_truncated`` (True: some were in neither list, or too deep to be looked at)."""
     files: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    budget = MAX_FILES_JSON
     now, truncated = _walk(work)
     for rel, sig in sorted(now.items()):
         if before.get(rel) == sig or rel == "main.py":
@@ -250,9 +271,24 @@ def _produced(work: Path, before: dict[str, tuple[int, float]]) -> dict[str, Any
             entry["text"] = data.decode("utf-8")
         except UnicodeDecodeError:
             entry["base64"] = base64.b64encode(data).decode()
+        # what the entry costs in the reply frame: text of control characters is six times its size in
+        # JSON (20 files of 256 KiB of "\x01" were 30 MiB, past MAX_REPLY: the bundle got frame.too_large
+        # instead of its stdout and every file, for a call that ran and was charged)
+        cost = 6 * len(rel.encode()) + 100 + (_json_len(data) if "text" in entry else len(entry["base64"]))
+        if cost > budget:
+            if len(skipped) < MAX_FILES:
+                skipped.append({"name": rel, "reason": "too large for the reply"})
+            truncated = True
+            continue
+        budget -= cost
         files.append(entry)
     return {"files": files, "files_skipped": skipped, "files_truncated": truncated}
 
+
+
+def _json_len(data: bytes) -> int:
+    """Bytes of the JSON string of UTF-8 ``data`` (ensure_ascii off), without building it: C counts only."""
+    return 2 + len(data) + sum(data.count(c) for c in _SHORT_ESCAPES) + 5 * sum(data.count(c) for c in _LONG_ESCAPES)
 
 
 def _text(data: bytes | None) -> str:
