@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import signal
 import socket
 from collections.abc import Coroutine
@@ -21,7 +22,7 @@ from supervisor.tools.mcp import protect_logs
 
 T = TypeVar("T")
 
-__all__ = ["STALL_S", "check_listen", "listen_sockets", "run", "run_server", "serve"]
+__all__ = ["STALL_S", "check_listen", "configure_logging", "listen_sockets", "run", "run_server", "serve"]
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -136,11 +137,70 @@ async def serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
     await server.serve(sockets=sockets)
 
 
-async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# C0 and C1 controls (ESC, CSI, CR, NEL ...), DEL and the Unicode line separators: in a message, none
+# survives as itself. A tenant's text reaches messages through what others quote back (a provider's error
+# repeating the prompt, an MCP server's message, an exception's text): raw, an ESC sequence ran in the
+# terminal tailing the log (cleared it, recoloured it), a CR or newline forged a line of its own.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# Query values of these names are cut out of the access log: no route takes a credential in the query,
+# but a client that puts its key there (``?api_key=``) must not have it written down; Socket.IO's ``sid``
+# names an authenticated long-poll session.
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:key|token|secret|pass|pwd|auth|credential|sig|session|sid)"
+                           r"[^=&#]*=)[^&#]*")
+
+
+def _escape(text: str, pattern: re.Pattern[str] = _CONTROL) -> str:
+    return pattern.sub(lambda m: repr(m.group(0))[1:-1], text)  # "\x1b", "\r", "\n", "\u2028"
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record one line (``LOG_FORMAT``), its message with control characters escaped; a traceback
+    keeps its lines, its other control characters escaped too."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _escape(super().formatException(ei), _CONTROL_BUT_NEWLINE)
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape(super().formatStack(stack_info), _CONTROL_BUT_NEWLINE)
+
+
+class _AccessQueryFilter(logging.Filter):
+    """uvicorn's access line (``client - "METHOD path?query HTTP/v" status``) minus credential-like query values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (args[0], args[1], _SECRET_QUERY.sub(r"\1[redacted]", args[2]), *args[3:])
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """One format, one stream (stderr), one set of filters for every logger of the process - uvicorn's too.
+
+    uvicorn's own logging config gave its loggers handlers of their own, past the root's: access lines
+    went to stdout (block-buffered in a container: they came late, or were lost with the process) as
+    "INFO:     ..." without time or logger name, and past the credential filter below. ``uvicorn.Config``
+    is given ``log_config=None``: its records propagate here.
+    """
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _AccessQueryFilter) for f in access.filters):
+        access.addFilter(_AccessQueryFilter())
     # No MCP server credential (a URL's ?api_key=, a stored header) in any line: the HTTP client logs each
     # request's URL at INFO. Query values and those credentials are cut out, the lines kept.
     protect_logs()
+
+
+async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
+    configure_logging(settings.log_level)
     sockets = listen_sockets(settings.host, settings.port) if api else []
     try:
         await _run(settings, sockets, api=api, workers=workers)
@@ -160,7 +220,8 @@ async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, w
         if api:
             app = build_asgi(rt, role_worker=workers)
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                    lifespan="off", timeout_graceful_shutdown=3, proxy_headers=True)
+                                    lifespan="off", timeout_graceful_shutdown=3, proxy_headers=True,
+                                    log_config=None)  # its records go to the root's handler (configure_logging)
             server = _Server(config)
             # open SSE streams end cleanly on SIGTERM (was: cancelled after the graceful 3 s, an ERROR traceback
             # each, the response cut mid-chunk); their clients resume with Last-Event-ID

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -28,21 +30,60 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# A probe's client gives up after 1-3 s (the image's HEALTHCHECK: 2 s): each check answers within this, or
+# reports the backend "not answering". A store that takes nothing and answers nothing (a partition, a stalled
+# server) made /readyz wait on the pool's 10 s acquire, then on a query with no timeout: the probe saw no
+# answer at all, never the 503 that says which backend is away.
+PROBE_TIMEOUT_S = 1.0
+STALE_CHECK_S = 30.0  # a check still waiting after this long is given up (cancelled) and started afresh
+
+
+async def _bounded(rt: Any, name: str, make: Callable[[], Awaitable[Any]]) -> Any:
+    """``make()``'s result within PROBE_TIMEOUT_S, else TimeoutError. At most one check of each kind is in
+    flight per node: the probes of a stalled backend wait on the same one instead of piling up."""
+    checks: dict[str, tuple[asyncio.Task[Any], float]] | None = getattr(rt, "_probe_checks", None)
+    if checks is None:
+        checks = rt._probe_checks = {}
+    loop = asyncio.get_running_loop()
+    entry = checks.get(name)
+    if entry is not None and loop.time() - entry[1] > STALE_CHECK_S:
+        entry[0].cancel()
+        entry = None
+    if entry is None:
+        task = asyncio.ensure_future(make())
+        entry = checks[name] = (task, loop.time())
+
+        def forget(t: asyncio.Task[Any], checks: dict[str, Any] = checks) -> None:
+            if name in checks and checks[name][0] is t:
+                del checks[name]
+            if not t.cancelled():
+                t.exception()  # retrieved: an outage is what the probe reports, not an asyncio warning
+
+        task.add_done_callback(forget)
+    done, _ = await asyncio.wait({entry[0]}, timeout=PROBE_TIMEOUT_S)
+    if not done:
+        raise TimeoutError
+    return entry[0].result()
+
+
+async def _ping(rt: Any) -> None:
+    ping = rt.services.extras["db"].ping()
+    if hasattr(ping, "__await__"):
+        await ping
+
+
+def _unavailable(exc: BaseException) -> str:
+    return "unavailable: not answering" if isinstance(exc, TimeoutError) else f"unavailable: {type(exc).__name__}"
+
+
 @router.get("/readyz")
 async def readyz(rt: Any = Depends(runtime)) -> JSONResponse:
     checks: dict[str, Any] = {}
-    ok = True
-    try:
-        ping = rt.services.extras["db"].ping()
-        if hasattr(ping, "__await__"):
-            await ping
-        checks["store"] = "ok"
-    except Exception as exc:
-        ok, checks["store"] = False, f"unavailable: {type(exc).__name__}"
-    try:
-        checks["queue"] = {"status": "ok", "depth": await rt.services.queue.depth()}
-    except Exception as exc:
-        ok, checks["queue"] = False, f"unavailable: {type(exc).__name__}"
+    store, depth = await asyncio.gather(_bounded(rt, "store", lambda: _ping(rt)),
+                                        _bounded(rt, "queue", rt.services.queue.depth), return_exceptions=True)
+    ok = not isinstance(store, BaseException) and not isinstance(depth, BaseException)
+    checks["store"] = _unavailable(store) if isinstance(store, BaseException) else "ok"
+    checks["queue"] = _unavailable(depth) if isinstance(depth, BaseException) else {"status": "ok", "depth": depth}
     if rt.role_worker:
         if rt.sandbox_problems:
             ok = False
@@ -55,8 +96,8 @@ async def readyz(rt: Any = Depends(runtime)) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(rt: Any = Depends(runtime)) -> Response:
     try:
-        rt.metrics.queue_depth.set(await rt.services.queue.depth())
-    except Exception:
+        rt.metrics.queue_depth.set(await _bounded(rt, "queue", rt.services.queue.depth))
+    except Exception:  # the queue away or slow: the scrape answers with the last depth known
         pass
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
