@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +169,34 @@ def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
         logger.warning(message + ": %s", *args, exc)
     else:
         logger.warning(message, *args, exc_info=True)
+
+
+class Outage:
+    """What a background loop (a sweep step, the queue claim) says of an outage it meets every iteration: the
+    first failure (``log_failure``), a reminder every ``REMIND_S`` while it lasts, the recovery once; the
+    repeats in between at DEBUG. (A 10 s outage wrote 86 WARNING lines: each sweep step every sweep, the
+    claim loop every second.)"""
+
+    REMIND_S = 60.0
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._log, self._what = logger, what
+        self._since: float | None = None
+        self._told = 0.0
+
+    def failed(self, message: str, *args: Any) -> None:
+        """Call in an ``except`` block, as ``log_failure``."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = self._told = now
+            log_failure(self._log, message, *args)
+        elif now - self._told >= self.REMIND_S:
+            self._told = now
+            log_failure(self._log, message + " (failing for %d s)", *args, int(now - self._since))
+        else:
+            self._log.debug(message + ": %s", *args, sys.exc_info()[1])
+
+    def ok(self) -> None:
+        if self._since is not None:
+            self._log.info("%s works again (after %.0f s)", self._what, time.monotonic() - self._since)
+            self._since = None

@@ -26,7 +26,7 @@ from supervisor.audit.keys import (
 )
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.build import build_chain
-from supervisor.errors import StockadeError, log_failure
+from supervisor.errors import Outage, StockadeError
 from supervisor.factory import open_services
 from supervisor.services import Services
 from supervisor.settings import Settings, SettingsError
@@ -144,6 +144,8 @@ class Runtime:
 
     async def _sweeper(self) -> None:
         s = self.services
+        outages: dict[str, Outage] = {}  # per step: an outage is logged when it starts and ends, not every sweep
+        runs_outage = Outage(log, "sweep of queued and abandoned runs")
         while not self.stop_event.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.settings.sweep_interval_s)
@@ -155,16 +157,21 @@ class Runtime:
                      ("orphaned sandboxes", self._reap_orphans, ()),
                      ("dead workers' warm slots", self._sweep_dead_slots, ()))
             for name, step, args in steps:
+                outage = outages.setdefault(name, Outage(log, f"sweep of {name}"))
                 try:
                     await step(*args)
                 except Exception:
-                    log_failure(log, "sweep of %s failed", name)
+                    outage.failed("sweep of %s failed", name)
+                else:
+                    outage.ok()
             try:  # together: a run counts as abandoned only after consecutive sweeps that saw the whole queue
                 await self.requeue_orphans(now)
                 await self.end_abandoned_runs()
             except Exception:
                 self.abandoned.forget()  # its watch needs consecutive successful sweeps
-                log_failure(log, "sweep of queued and abandoned runs failed")
+                runs_outage.failed("sweep of queued and abandoned runs failed")
+            else:
+                runs_outage.ok()
 
     async def prune_idempotency_keys(self, now: float) -> int:
         """Drop tool-call idempotency keys past ``idempotency_ttl_s`` (each holds its result, replayed to

@@ -18,7 +18,7 @@ from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.approval import withdraw_run
 from supervisor.chain.base import Binding
 from supervisor.chain.build import Chain
-from supervisor.errors import ERRORS, StockadeError
+from supervisor.errors import ERRORS, Outage, StockadeError
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
@@ -74,13 +74,15 @@ class Worker:
             await self.drain()
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
+        outage = Outage(log, "the queue")  # said when it starts and ends, not every retry
         while not stop.is_set():
             await self._slots.acquire()
             try:
                 job = await self.s.queue.claim(self.worker_id, timeout_s=1.0)
+                outage.ok()
             except StockadeError:
                 self._slots.release()
-                log.warning("queue unavailable; retrying")
+                outage.failed("queue unavailable; retrying")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
                 continue
