@@ -210,6 +210,19 @@ async def test_an_output_flood_is_cut_bounded_and_named_by_its_limit(env, stream
     await _settled(env)
 
 
+async def test_output_past_the_tails_is_marked_not_cut_silently(env):
+    """Below the output limit, stdout and stderr past 64 KiB each were cut to their last 64 KiB with nothing to
+    say so; ``output_bytes`` and ``output_truncated`` say it now."""
+    code = "import sys\nsys.stdout.write('x' * 100_000)\nsys.stderr.write('short')\n"
+    out, _, _, recs = await _timed(env, {"code": code, "timeout_s": 20})
+    assert (out["output_bytes"], out["output_truncated"], len(out["stdout"]), out["stderr"]) == \
+        (100_005, True, 64 * 1024, "short"), {k: v for k, v in out.items() if k not in ("stdout",)}
+    out, _, _, _ = await _timed(env, {"code": "print('hi')", "timeout_s": 20})
+    assert (out["output_bytes"], out["output_truncated"], out["stdout"]) == (3, False, "hi\n"), out
+    _completed(recs)
+    await _settled(env)
+
+
 async def test_hostile_bytes_in_output_and_files_reach_the_bundle_intact(env):
     code = (
         "import sys\n"

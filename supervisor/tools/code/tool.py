@@ -118,6 +118,9 @@ class CodeRunTool:
             "signal": info.signal,
             "stdout": _text(info.stdout_tail),
             "stderr": _text(info.stderr_tail),
+            # the tails are the last 64 KiB each: say when the program wrote more (it was cut silently)
+            "output_bytes": info.output_bytes,
+            "output_truncated": info.output_bytes > len(info.stdout_tail[-MAX_OUTPUT:]) + len(info.stderr_tail[-MAX_OUTPUT:]),
             **produced,
         }
         if info.reason:
