@@ -1,5 +1,5 @@
 """Fixtures shared by the tool tests: one fake LLM server per module, reset per test; the settings of a node
-(both stacks) whose tools may reach this host's test servers (the MCP tests)."""
+(both stacks) whose tools may reach this host's test servers (the MCP tests); the http tests' two servers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.harness import make_data_dir, settings_for
 from tests.fakes.llm_servers import FakeLLMServer
+from tests.tools.test_http_helpers import A_HOST, C_HOST, start_server
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +33,18 @@ def node_settings(request: pytest.FixtureRequest) -> Any:
                             redis_url=request.getfixturevalue("redis_url"),
                             redis_prefix=request.getfixturevalue("redis_prefix"), **extra)
     return settings_for("embedded", make_data_dir(), **extra)
+
+
+@pytest.fixture
+async def server_a():
+    """An http test server on A_HOST (the http tool tests)."""
+    srv = await start_server(A_HOST, name="A")
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def server_c():
+    srv = await start_server(C_HOST, name="C")
+    yield srv
+    await srv.close()

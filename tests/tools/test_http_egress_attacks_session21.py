@@ -28,11 +28,10 @@ from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 from supervisor.tools.http import HttpRequestArgs, HttpRequestTool, _egress
 from tests.fakes.hostile_http import HostileServer, RawRequest, respond
-from tests.tools.test_http_helpers import make_ctx, start_server
+from tests.tools.test_http_helpers import A_HOST, C_HOST, make_ctx, start_server
 
 pytestmark = pytest.mark.timeout(60)
 
-A_HOST, C_HOST = "127.0.0.2", "127.0.0.3"
 STABLE = {"tool.failed", "tool.timeout", "egress.too_large"}
 
 
@@ -49,20 +48,6 @@ async def _refused(settings: Settings, **args: Any) -> StockadeError:
     with pytest.raises(StockadeError) as ei:
         await _call(settings, **args)
     return ei.value
-
-
-@pytest.fixture
-async def server_a():
-    srv = await start_server(A_HOST, name="A")
-    yield srv
-    await srv.close()
-
-
-@pytest.fixture
-async def server_c():
-    srv = await start_server(C_HOST, name="C")
-    yield srv
-    await srv.close()
 
 
 @pytest.fixture

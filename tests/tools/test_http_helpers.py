@@ -19,7 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 from supervisor.settings import Settings
 from supervisor.tools.base import ToolContext
 
-__all__ = ["TestServer", "make_ctx", "make_tls", "start_server"]
+__all__ = ["A_HOST", "C_HOST", "TestServer", "make_ctx", "make_tls", "start_server"]
+
+# loopback addresses the http tests' servers listen on (allowed by their settings; 127.0.0.1 stays forbidden)
+A_HOST, C_HOST = "127.0.0.2", "127.0.0.3"
 
 
 def make_ctx(settings: Settings, *, extras: dict[str, Any] | None = None, tenant: str = "ten_a",

@@ -12,11 +12,10 @@ from pydantic import ValidationError
 from supervisor.errors import StockadeError
 from supervisor.settings import Settings
 from supervisor.tools.http import HttpRequestArgs, HttpRequestTool, _egress, tools
-from tests.tools.test_http_helpers import make_ctx, make_tls, start_server
+from tests.tools.test_http_helpers import A_HOST, C_HOST, make_ctx, make_tls, start_server
 
 pytestmark = pytest.mark.timeout(30)
 
-A_HOST, C_HOST = "127.0.0.2", "127.0.0.3"
 
 
 def _settings(tmp_path: Path, **kw: Any) -> Settings:
@@ -29,20 +28,6 @@ async def _call(settings: Settings, tool: HttpRequestTool | None = None, ctx: An
     parsed = HttpRequestArgs.model_validate(args)
     res = await tool.run(parsed, ctx or make_ctx(settings))
     return res.result
-
-
-@pytest.fixture
-async def server_a():
-    srv = await start_server(A_HOST, name="A")
-    yield srv
-    await srv.close()
-
-
-@pytest.fixture
-async def server_c():
-    srv = await start_server(C_HOST, name="C")
-    yield srv
-    await srv.close()
 
 
 async def test_get_success_sends_host_and_returns_status_headers_body(tmp_path, server_a):
