@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import secrets
 import unicodedata
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from supervisor.stores.kb_port import KbUsage
-from supervisor.stores.migrations.runner import HERE, migrate_postgres
+from supervisor.stores.migrations.runner import migrate_postgres
+from tests._migrations import as_user, migration_set
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,27 +48,6 @@ def _nbytes(*values: str | None) -> int:
 
 def _nfc(value: str | None) -> str | None:
     return None if value is None else unicodedata.normalize("NFC", value)
-
-
-def _migrations(tmp_path: Path, *, before_0046: bool, roles_made: bool) -> Path:
-    """The PostgreSQL migrations as the version before 0046 shipped them, or all. ``roles_made``: 0001
-    without its role-making block (a DBA makes roles; the service's own user migrates the rest)."""
-    d = tmp_path / ("old" if before_0046 else "new")
-    d.mkdir()
-    for f in (HERE / "postgres").glob("*.sql"):
-        if before_0046 and int(f.name[:4]) >= 46:
-            continue
-        text = f.read_text(encoding="utf-8")
-        if roles_made and f.name == "0001_roles.sql":
-            start = text.index("DO $$")
-            text = text[:start] + text[text.index("$$;", start + 5) + 3:]
-        (d / f.name).write_text(text, encoding="utf-8")
-    return d
-
-
-def _as(url: str, user: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, f"{user}@{p.hostname}:{p.port or 5432}", p.path, p.query, p.fragment))
 
 
 async def _old_rows(admin: asyncpg.Connection) -> tuple[str, str]:
@@ -131,11 +110,11 @@ async def _check_snippet(url: str, *, marks: bool) -> None:
 
 @pytest.mark.pg
 async def test_postgres_0046_folds_accents_and_normalises_old_documents(fresh_pg_url, tmp_path):
-    await migrate_postgres(fresh_pg_url, _migrations(tmp_path, before_0046=True, roles_made=False))
+    await migrate_postgres(fresh_pg_url, migration_set("postgres", tmp_path, below=46, roles_made=False))
     admin = await asyncpg.connect(fresh_pg_url)
     try:
         await _old_rows(admin)
-        applied = await migrate_postgres(fresh_pg_url, _migrations(tmp_path, before_0046=False, roles_made=False))
+        applied = await migrate_postgres(fresh_pg_url, migration_set("postgres", tmp_path, below=None, roles_made=False))
         assert applied == ["0046_kb_unaccent.sql"]
         assert await admin.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'unaccent'") == 1
         await _check_after(admin, fresh_pg_url, marks=True)
@@ -157,10 +136,10 @@ async def test_postgres_0046_as_a_migrator_that_is_no_superuser(fresh_pg_url, tm
         await admin.execute(f"ALTER SCHEMA public OWNER TO {role}")
         if may_create:
             await admin.execute(f'GRANT CREATE ON DATABASE "{urlsplit(fresh_pg_url).path[1:]}" TO {role}')
-        mine = _as(fresh_pg_url, role)
-        await migrate_postgres(mine, _migrations(tmp_path, before_0046=True, roles_made=True))
+        mine = as_user(fresh_pg_url, role)
+        await migrate_postgres(mine, migration_set("postgres", tmp_path, below=46, roles_made=True))
         await _old_rows(admin)
-        assert await migrate_postgres(mine, _migrations(tmp_path, before_0046=False, roles_made=True)) == [
+        assert await migrate_postgres(mine, migration_set("postgres", tmp_path, below=None, roles_made=True)) == [
             "0046_kb_unaccent.sql"]
         assert await admin.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'unaccent'") == int(may_create)
         await _check_after(admin, mine, marks=may_create)

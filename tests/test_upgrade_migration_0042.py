@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from supervisor.stores.migrations.runner import HERE, migrate_postgres, migrate_sqlite
+from supervisor.stores.migrations.runner import migrate_postgres, migrate_sqlite
 from supervisor.stores.sqlite.db import open_sqlite
+from tests._migrations import as_user, migration_set
 
 # status -> seen_at the old code left (None: it had no such column yet, or the run had ended)
 ROWS = {"run_a": ("running", None), "run_b": ("waiting_approval", None), "run_c": ("succeeded", None),
@@ -26,23 +25,6 @@ _ROLES = """DO $$ BEGIN
     BEGIN CREATE ROLE stockade_app NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
     BEGIN CREATE ROLE stockade_system NOLOGIN BYPASSRLS; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
 END $$;"""
-
-
-def _migrations(dialect: str, tmp_path: Path, *, before_0042: bool, roles_made: bool = False) -> Path:
-    """The dialect's migrations as a version before 0042 shipped them, or all of them. ``roles_made``:
-    0001 without its role-making block (only a superuser makes a BYPASSRLS role, even one that exists:
-    a DBA makes them, the service's own user migrates the rest)."""
-    d = tmp_path / f"{dialect}-{'old' if before_0042 else 'new'}"
-    d.mkdir()
-    for f in (HERE / dialect).glob("*.sql"):
-        if before_0042 and int(f.name[:4]) >= 42:
-            continue
-        text = f.read_text(encoding="utf-8")
-        if roles_made and f.name == "0001_roles.sql":
-            start = text.index("DO $$")
-            text = text[:start] + text[text.index("$$;", start + 5) + 3:]
-        (d / f.name).write_text(text, encoding="utf-8")
-    return d
 
 
 def _check(seen: dict[str, float | None], t0: float) -> None:
@@ -55,7 +37,7 @@ def _check(seen: dict[str, float | None], t0: float) -> None:
 async def test_sqlite_0042_marks_carried_runs(tmp_path):
     db = await open_sqlite(tmp_path / "s.db", migrate=False)
     try:
-        await migrate_sqlite(db, _migrations("sqlite", tmp_path, before_0042=True))
+        await migrate_sqlite(db, migration_set("sqlite", tmp_path, below=42))
         with db.tx() as conn:
             conn.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_1', 'acme', 0)")
             for rid, (status, seen_at) in ROWS.items():
@@ -68,11 +50,6 @@ async def test_sqlite_0042_marks_carried_runs(tmp_path):
         await db.close()
 
 
-def _as(url: str, user: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, f"{user}@{p.hostname}:{p.port or 5432}", p.path, p.query, p.fragment))
-
-
 async def test_postgres_0042_marks_carried_runs_as_a_migrator_that_is_no_superuser(fresh_pg_url, tmp_path):
     role = f"upmig_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(fresh_pg_url)
@@ -81,15 +58,15 @@ async def test_postgres_0042_marks_carried_runs_as_a_migrator_that_is_no_superus
         await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
         await admin.execute(f"GRANT stockade_app, stockade_system TO {role} WITH ADMIN OPTION")
         await admin.execute(f"ALTER SCHEMA public OWNER TO {role}")
-        mine = _as(fresh_pg_url, role)
-        await migrate_postgres(mine, _migrations("postgres", tmp_path, before_0042=True, roles_made=True))
+        mine = as_user(fresh_pg_url, role)
+        await migrate_postgres(mine, migration_set("postgres", tmp_path, below=42, roles_made=True))
         # rows as the old code wrote them (the superuser passes row-level security)
         await admin.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_1', 'acme', 0)")
         for rid, (status, seen_at) in ROWS.items():
             await admin.execute("INSERT INTO runs (id, tenant_id, bundle, bundle_version, input, status, created_at, "
                                 "seen_at) VALUES ($1, 'ten_1', 'echo', 'v', '', $2, 0, $3)", rid, status, seen_at)
         t0 = time.time()
-        applied = await migrate_postgres(mine, _migrations("postgres", tmp_path, before_0042=False, roles_made=True))
+        applied = await migrate_postgres(mine, migration_set("postgres", tmp_path, below=None, roles_made=True))
         assert "0042_upgrade_carried_runs.sql" in applied
         _check({r["id"]: r["seen_at"] for r in await admin.fetch("SELECT id, seen_at FROM runs")}, t0)
     finally:

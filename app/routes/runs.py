@@ -212,13 +212,13 @@ _LAST_EVENT_ID_DOC = (f"The last sequence number the client got (ASCII digits, a
                       "Wins over ?after= (an EventSource reconnects to the same URL with it).")
 
 
-def _cursor(raw: str, name: str) -> int:
+def _last_event_id(raw: str) -> int:
     """The Last-Event-ID cursor: ASCII digits (leading zeros allowed) up to MAX_ID, nothing else - as ?after= is
     read (a whole-number query parameter: app/strict_json.py)."""
     # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
     # the length first: int() of more than 4300 digits raises (a 500), and is slow well before
     if not (raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_ID)) and int(raw) <= MAX_ID):
-        raise StockadeError("input.invalid", f"{name} must be a sequence number: ASCII digits, at most {MAX_ID}")
+        raise StockadeError("input.invalid", f"Last-Event-ID must be a sequence number: ASCII digits, at most {MAX_ID}")
     return int(raw)
 
 
@@ -238,7 +238,7 @@ async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
         raise StockadeError("input.invalid", "send one Last-Event-ID header")
     cursor = after or 0  # ASCII digits only, once: app/strict_json.py reads every /v1 whole number so
     if last_event_id is not None and last_event_id.strip(" \t"):  # empty: no id (HTML's EventSource sends none then)
-        cursor = _cursor(last_event_id.strip(" \t"), "Last-Event-ID")
+        cursor = _last_event_id(last_event_id.strip(" \t"))
     if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
         # nothing left to send, ever: an EventSource reconnects after every close (with Last-Event-ID =
         # the terminal event's id) but stops on 204 (HTML, server-sent events); a stream would stay open
