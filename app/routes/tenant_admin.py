@@ -92,12 +92,17 @@ async def put_budgets(body: PutBudgets, rt: Any = Depends(runtime), p: Principal
             raise StockadeError("input.invalid", f"the {cap.scope} budget {sid} is named twice")
         resolved.append((cap, sid, cap_to_micro(cap.cap_usd, f"{cap.scope} budget cap")))
     # one transaction: a failure part-way (the database going away) leaves every cap as it was
-    await s.ledger.set_caps(p.tenant_id, [(cap.scope, sid, micro, cap.period) for cap, sid, micro in resolved])
+    written = await s.ledger.set_caps(p.tenant_id, [(cap.scope, sid, micro, cap.period) for cap, sid, micro in resolved])
     # Recorded once the caps are written, as put_policy and the other admin changes are: a record states a change
     # that happened. If it cannot be written the client gets audit.unavailable (retryable), not 200, and its
     # retry (a PUT: the same caps again) writes the record then - so a PUT that changes nothing is recorded too.
+    # Each entry says what the cap was just before (``previous``: null for an account that had no cap), read in
+    # the same transaction that changed it.
     await _record(rt, p, "budget.updated", budgets=[
-        {"scope": cap.scope, "scope_id": sid, "period": cap.period, "cap_usd": micro / 1e6} for cap, sid, micro in resolved])
+        {"scope": a.scope, "scope_id": a.scope_id, "period": a.period, "cap_usd": a.cap_micro / 1e6,
+         "previous": None if a.previous_cap_micro is None else {
+             "period": a.previous_period, "cap_usd": a.previous_cap_micro / 1e6}}
+        for a in written])
     return await get_budgets(rt, p)
 
 

@@ -206,6 +206,9 @@ class BudgetAccount:
     period_key: str  # e.g. "2026-11" or "lifetime"
     spent_micro: int = 0
     reserved_micro: int = 0
+    # Set by ``Ledger.set_caps`` only: the account's cap and period just before that change (None: it had none).
+    previous_cap_micro: int | None = None
+    previous_period: str | None = None
 
 
 @dataclass(frozen=True)

@@ -174,16 +174,28 @@ async def test_a_budget_change_writes_one_budget_updated_record(node):
         assert rec["kind"] == "budget.updated" and rec["run_id"] is None, rec
         tid = (await c.get("/v1/me")).json()["tenant_id"]
         assert rec["detail"] == {"key_id": me, "budgets": [
-            {"scope": "tenant", "scope_id": tid, "period": "month", "cap_usd": 50.0},
-            {"scope": "project", "scope_id": project, "period": "month", "cap_usd": 12.5},
-            {"scope": "user", "scope_id": user, "period": "lifetime", "cap_usd": 0.000001}]}, rec
+            {"scope": "tenant", "scope_id": tid, "period": "month", "cap_usd": 50.0, "previous": None},
+            {"scope": "project", "scope_id": project, "period": "month", "cap_usd": 12.5, "previous": None},
+            {"scope": "user", "scope_id": user, "period": "lifetime", "cap_usd": 0.000001, "previous": None}]}, rec
         # a second PUT (the same caps: a retry) is a second record - the chain says each time caps were set
         r = await c.put("/v1/budgets", json={"budgets": caps[:1]})
         assert r.status_code == 200, r.text
         again = await _audit(c)
         assert [a["kind"] for a in again[len(after):]] == ["budget.updated"]
-        assert again[-1]["detail"]["budgets"] == [rec["detail"]["budgets"][0]]
+        assert again[-1]["detail"]["budgets"] == [
+            {"scope": "tenant", "scope_id": tid, "period": "month", "cap_usd": 50.0,
+             "previous": {"period": "month", "cap_usd": 50.0}}]
         assert again[-1]["prev_hash"] == rec["hash"]
+        # a change records the cap it replaced (was: only the new caps, so the chain could not say what changed)
+        r = await c.put("/v1/budgets", json={"budgets": [
+            {"scope": "tenant", "cap_usd": 7, "period": "lifetime"},
+            {"scope": "user", "scope_id": user, "cap_usd": 2}]})
+        assert r.status_code == 200, r.text
+        assert (await _audit(c))[-1]["detail"]["budgets"] == [
+            {"scope": "tenant", "scope_id": tid, "period": "lifetime", "cap_usd": 7.0,
+             "previous": {"period": "month", "cap_usd": 50.0}},
+            {"scope": "user", "scope_id": user, "period": "month", "cap_usd": 2.0,
+             "previous": {"period": "lifetime", "cap_usd": 0.000001}}]
 
 
 @pytest.mark.parametrize("case", ["named_twice", "unknown_project", "unknown_user", "other_tenant_id",

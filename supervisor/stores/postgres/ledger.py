@@ -315,6 +315,12 @@ class PgLedger:
         out: list[BudgetAccount] = []
         async with _ledger_errors(), self.db.tenant_tx(tenant_id) as conn:
             for scope, scope_id, cap_micro, period in caps:
+                # FOR UPDATE: a concurrent change of an existing cap waits, so "previous" is the value this one replaced
+                was = await conn.fetchrow(
+                    "SELECT cap_micro, period FROM budget_caps WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3"
+                    " FOR UPDATE",
+                    tenant_id, scope, scope_id,
+                )
                 await conn.execute(
                     """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
                        VALUES ($1, $2, $3, $4, $5, $6)
@@ -330,6 +336,7 @@ class PgLedger:
                 out.append(BudgetAccount(
                     tenant_id, scope, scope_id, cap_micro, period, period_key(now, period),
                     int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0,
+                    int(was["cap_micro"]) if was else None, was["period"] if was else None,
                 ))
         return out
 

@@ -87,6 +87,10 @@ class SqliteLedger:
         with _ledger_errors(), self.db.tx() as conn:
             for scope, scope_id, cap_micro, period in caps:
                 pk = period_key(now, period)
+                was = conn.execute(
+                    "SELECT cap_micro, period FROM budget_caps WHERE tenant_id = ? AND scope = ? AND scope_id = ?",
+                    (tenant_id, scope, scope_id),
+                ).fetchone()
                 conn.execute(
                     """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?)
@@ -100,7 +104,8 @@ class SqliteLedger:
                     (tenant_id, scope, scope_id, pk),
                 ).fetchone()
                 out.append(BudgetAccount(tenant_id, scope, scope_id, cap_micro, period, pk,
-                                         int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0))
+                                         int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0,
+                                         int(was["cap_micro"]) if was else None, was["period"] if was else None))
         return out
 
     async def accounts(self, tenant_id: str, now: float) -> list[BudgetAccount]:
