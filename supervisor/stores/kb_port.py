@@ -4,7 +4,9 @@ Adapters: ``supervisor.stores.sqlite.kb.SqliteKbStore`` (FTS5, bm25) and
 ``supervisor.stores.postgres.kb.PgKbStore`` (tsvector + GIN,
 ``websearch_to_tsquery``, ``ts_rank``, ``ts_headline``). Both take the query
 in web-search syntax: words are AND-ed, ``"quoted phrases"``, ``or``,
-``-excluded``; English stemming and stop words. An exclusion only narrows: an
+``-excluded``; English stemming and stop words. SQLite reads a query as
+``websearch_to_tsquery`` does, operator characters inside words included (its
+docstring lists where the word parsers still differ). An exclusion only narrows: an
 ``or`` alternative with no word to look for (``-fox``, ``the -fox``,
 ``-"lazy dog"``) is dropped, so a query made only of such finds nothing (``[]``)
 rather than every document without those words. Scores rank results *within*

@@ -7,10 +7,22 @@ tenants' documents, so a tenant could learn from score changes whether some
 word appears in another tenant's knowledge base. Separate indexes make scores
 depend on the tenant's own documents only.
 
-User queries are never passed to FTS5 as syntax: they are translated from the
-web-search dialect PostgreSQL's ``websearch_to_tsquery`` accepts (words AND-ed,
-``"phrases"``, ``or``, ``-word``) into FTS5 with every term double-quoted, so no
-user text can produce an FTS5 syntax error or reach a column filter.
+User queries are never passed to FTS5 as syntax: they are read as PostgreSQL's
+``websearch_to_tsquery`` reads them (``_lex`` follows its lexer: words AND-ed,
+``"phrases"``, ``or``, ``-word``; ``!&|()<`` between words are skipped and end a word,
+``apple(-banana)`` is apple without banana, ``x&y`` is x and y, ``fox:A`` is fox) and
+written as FTS5 with every term double-quoted, so no user text can produce an FTS5
+syntax error or reach FTS5's ``NEAR``, ``AND``/``OR``/``NOT``, ``col:``, ``^`` or ``*``
+(tests/contract/test_kb_query_parity_session22.py checks both stores answer alike).
+
+Deliberate divergences, where FTS5's words cannot say what PostgreSQL's lexemes say
+(kept out of that test's tables): a stop word inside a phrase is that very word here
+and any one word on PostgreSQL (``"capital of germany"``); PostgreSQL's parser keeps
+some tokens whole besides their parts (``e-mail``, ``foo.com``, ``/a/b``, ``1.5``,
+``..``) and then finds only documents with that very compound, where here they are
+the phrase of their words; an XML tag (``<b>``) is skipped by PostgreSQL's parser, in
+documents and quoted queries, and is words here; the two stemmers (porter, snowball
+english) differ on some words. Spaces are those of glibc (the postgres:15 image).
 
 Quota: ``add`` reads the tenant's ``kb_usage`` row (migration 0034; triggers on
 ``kb_docs`` keep it), checks and writes inside one ``BEGIN IMMEDIATE``
@@ -24,6 +36,8 @@ import hashlib
 import re
 import sqlite3
 import time
+import unicodedata
+from collections.abc import Iterator
 
 from supervisor.stores.kb_port import (
     SNIPPET_MARK,
@@ -51,55 +65,85 @@ about against between into through during before after above below to from up do
 further then once here there when where why how all any both each few more most other some such no nor not only own
 same so than too very s t can will just don should now
 """.split())
-_TOKEN = re.compile(r'(-*)"([^"]*)"?|(\S+)')
-_NOT_CHARS = "-!&|()<"  # what websearch_to_tsquery reads as a NOT ("-") or skips before an operand
-_WORD = re.compile(r"\w+")
+# websearch_to_tsquery's lexer (PostgreSQL 15, tsquery.c), which this one follows character by character:
+# spaces are what glibc's iswspace is in PostgreSQL's C.UTF-8 locale (U+00A0, U+2007, U+202F, U+0085, U+001C-U+001F
+# are none: they are inside a word, which the word parser then splits into a phrase)
+_SPACE = "\t\n\v\f\r \u1680\u2000-\u2006\u2008-\u200a\u2028\u2029\u205f\u3000"
+_OPS = "!&|()<"  # skipped between operands; they end a word, as ":" does after its first character
+_SKIP = re.compile(f"[{_SPACE}{_OPS}]+")
+_VALUE = re.compile(f'.[^{_SPACE}{_OPS}":]*', re.S)
+# "or" after an operand is an OR when what follows is no letter, digit, "-" or "_" and some operand follows
+_OR = re.compile(f"[oO][rR](?=.[{_SPACE}]*[^{_SPACE}])", re.S)
+_WORD = re.compile(r"[^\W_]+")  # what the word parsers keep of a word ("_" separates, as in both)
+# a word's combining marks, dropped as PgKbStore._unmarked drops them (FTS5 folds them in the index)
+_MARKS = re.compile("(?<=\\w)[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
 _TOKENIZER = "porter unicode61 remove_diacritics 2"
 
 
 def _phrase(terms: list[str]) -> str:
-    return '"' + " ".join(terms) + '"'  # \w+ terms hold no quote characters
+    return '"' + " ".join(terms) + '"'  # [^\W_]+ terms hold no quote characters
+
+
+def _lex(text: str) -> Iterator[tuple[str, str]]:  # ("not", "-"), ("or", "or"), ("val", a word or phrase)
+    """websearch_to_tsquery's tokens: between operands spaces and ``!&|()<`` are skipped and ``or`` may be an
+    OR; where an operand may start they are skipped too, ``-`` is a NOT, ``"`` opens a phrase (to the next
+    ``"`` or the end), anything else is a word up to a space, ``!&|()<``, ``"`` or ``:`` (``fox:A`` is fox
+    and ``:A``, ``fox:-dog`` fox and ``:-dog``: the tsvector reader stops at a weight's ``:``)."""
+    i, n, operand = 0, len(text), True
+    while i < n:
+        skip = _SKIP.match(text, i)
+        if skip:
+            i = skip.end()
+        elif not operand and _OR.match(text, i) and not (text[i + 2] in "-_0123456789" or text[i + 2].isalpha()):
+            yield "or", "or"
+            i, operand = i + 2, True
+        elif text[i] == "-" and operand:
+            yield "not", "-"
+            i += 1
+        elif text[i] == '"':
+            end = text.find('"', i + 1)
+            end = n if end < 0 else end
+            yield "val", text[i + 1:end]
+            i, operand = end + 1, False
+        else:
+            operand = True  # after an operand: an implicit AND, then this character starts the next one
+            if text[i] != "-":
+                m = _VALUE.match(text, i)
+                yield "val", m.group()
+                i, operand = m.end(), False
 
 
 def fts_query(text: str) -> str | None:
     """Web-search syntax -> a safe FTS5 expression; None if nothing searchable remains.
 
-    Each ``-`` where an operand may start is a NOT, as ``websearch_to_tsquery`` reads it, standing alone
-    too (``apple - banana`` is apple without banana; it was apple *and* banana here, the opposite of
-    PostgreSQL) and in runs (``--banana`` is NOT NOT banana: banana, which alone does not count as a word
-    looked for - PgKbStore's ``_looked_for`` drops an alternative that starts with a NOT).
+    Read as ``websearch_to_tsquery`` reads it (``_lex``): NOT binds tightest, then the implicit AND, then
+    OR. A word or phrase is the phrase of its words less the stop words at either end (``fox:A`` is fox,
+    ``"the fox"`` is fox, ``state-of-the-art`` keeps its "of the"); one of stop words only, or of no word
+    (``<->``'s ``>``), takes the NOTs before it with it. ``--fox`` is NOT NOT fox: fox, which alone does not
+    count as a word looked for (PgKbStore's ``_looked_for`` drops an alternative that starts with a NOT).
     """
+    nfd = unicodedata.normalize("NFD", text)
+    if _MARKS.search(nfd):  # "oŕ" is the word "or" to PgKbStore, which reads the query _unmarked
+        text = unicodedata.normalize("NFC", _MARKS.sub("", nfd))
     # OR-separated [positives, negatives, looks]: ``looks`` once a positive is not a double negation
     groups: list[tuple[list[str], list[str], list[bool]]] = [([], [], [False])]
-    pending = 0  # NOTs read before this operand (lone "-" tokens; "!", "(" ... are skipped, as PostgreSQL does)
-    for m in _TOKEN.finditer(text):
-        dashes, phrase, word = m.group(1), m.group(2), m.group(3)
-        if word is not None:
-            if word.lower() == "or":
-                if pending:
-                    # after a NOT, websearch_to_tsquery reads "or" as a word (an operator only follows an
-                    # operand): a stop word, which takes the NOTs with it and starts no alternative
-                    # ("apple - or banana" is apple and banana; "- or fox" is fox)
-                    pending = 0
-                    continue
-                if groups[-1][0] or groups[-1][1]:
-                    groups.append(([], [], [False]))
-                continue
-            lead = len(word) - len(word.lstrip(_NOT_CHARS))
-            dashes, text_ = word[:lead].count("-"), word
-        else:
-            lead, dashes, text_ = 0, len(dashes), phrase
-        # a word of several (state-of-the-art, mother-in-law) is a phrase of all of them, stop words included:
-        # the index keeps them, so dropping them asked for "state art" side by side, which no text has
-        terms = _WORD.findall(text_.lower())
-        if not terms and word is not None:
-            # operators only: they apply to the next operand; punctuation is an operand without a word,
-            # which takes the NOTs before it with it (PostgreSQL: "fox <-> dog" is fox and dog)
-            pending = pending + dashes if lead == len(word) else 0
+    pending = 0  # NOTs read before this operand
+    for kind, value in _lex(text):
+        if kind == "not":
+            pending += 1
             continue
-        nots, pending = pending + dashes, 0
-        if all(t in _STOP for t in terms):
-            continue  # a stop word takes the NOTs before it with it ("apple - the" is apple)
+        if kind == "or":
+            if groups[-1][0] or groups[-1][1]:
+                groups.append(([], [], [False]))
+            continue
+        terms = _WORD.findall(value.lower())
+        while terms and terms[0] in _STOP:
+            terms.pop(0)
+        while terms and terms[-1] in _STOP:
+            terms.pop()
+        nots, pending = pending, 0
+        if not terms:
+            continue  # a stop word, or no word at all, takes the NOTs before it with it ("apple - the" is apple)
         positives, negatives, looks = groups[-1]
         if nots % 2:
             negatives.append(_phrase(terms))
