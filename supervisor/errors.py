@@ -85,6 +85,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("run.canceled", 409, False, "Run canceled"),
     ErrorSpec("run.failed", 500, False, "Run failed"),
     ErrorSpec("run.worker_lost", 500, True, "The worker running this run was lost"),
+    ErrorSpec("run.ended", 409, False, "The call's run has already ended, or another worker carries it"),
     ErrorSpec("call.canceled", 409, False, "The bundle canceled the call"),
     ErrorSpec("limit.memory", 507, False, "Sandbox memory limit reached"),
     ErrorSpec("limit.cpu", 408, False, "Sandbox CPU limit reached"),

@@ -307,7 +307,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
             f"invalid setting STOCKADE_SECRETS_KEY: unset, and no key in {keys_dir}, but the database already holds "
             f"MCP secrets sealed with another key (tenant {tenant}'s, first): every MCP call on this node would fail. "
             "Give every node the same STOCKADE_SECRETS_KEY (or one shared STOCKADE_DATA_DIR)")
-    recorder = AuditRecorder(services.audit, sealer)
+    recorder = AuditRecorder(services.audit, sealer, services.metrics)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)
     registry = BundleRegistry(services.bundles, settings.data_dir / "bundles",

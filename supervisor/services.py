@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.key_checks import KeyChecks
+from supervisor.metrics import SupervisorMetrics
 from supervisor.settings import Settings
 from supervisor.stores.ports import (
     ApprovalStore,
@@ -50,6 +51,7 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     key_checks: KeyChecks = field(default_factory=KeyChecks)  # open streams' key re-checks, shared per key
     closers: list[Any] = field(default_factory=list)  # async callables run by close()
+    metrics: SupervisorMetrics = field(default_factory=SupervisorMetrics)  # this node's own registry (supervisor/metrics.py)
 
     async def close(self) -> None:
         for close in reversed(self.closers):

@@ -20,6 +20,7 @@ from sandbox.runtime.stockade_sdk.context import EVENT_TYPES
 from supervisor.audit.recorder import MAX_TOOL_CHARS, AuditRecorder
 from supervisor.chain.base import Binding, CallState, through_cancel
 from supervisor.chain.build import Chain
+from supervisor.chain.lease import LEASE
 from supervisor.errors import StockadeError
 from supervisor.events import RunEmitter
 from supervisor.tool_output import ToolOutput
@@ -49,10 +50,11 @@ class RunSession:
     def __init__(
         self, *, services: Any, chain: Chain, recorder: AuditRecorder, binding: Binding,
         emitter: RunEmitter, welcome: dict[str, Any], on_limit: Any = None,
-        max_output: int | None = None, events_per_s: int | None = None,
+        max_output: int | None = None, events_per_s: int | None = None, lease: Any = None,
     ) -> None:
         """``max_output`` / ``events_per_s``: this run's caps (a bundle's own limits may be lower than the
-        settings'); never above the settings."""
+        settings'); never above the settings. ``lease``: the worker's ``RunLease`` on the run, checked by the
+        chain's fence before each call's side effects (supervisor/chain/lease.py); None: no fence."""
         self.services = services
         self.chain = chain
         self.recorder = recorder
@@ -60,6 +62,7 @@ class RunSession:
         self.emitter = emitter
         self.welcome = welcome
         self.on_limit = on_limit  # callable(code) -> None: the worker kills the sandbox
+        self.lease = lease
         s = services.settings
         self.max_frame = s.sandbox_max_frame_bytes
         self.max_output = min(s.sandbox_max_output_bytes, max_output or s.sandbox_max_output_bytes)
@@ -233,6 +236,8 @@ class RunSession:
             stream=frame.get("stream", False),  # a non-bool: refused by the validate step
             run_marks=self._marks,
         )
+        if self.lease is not None:
+            call.extra[LEASE] = self.lease
         # the events name the tool as the bundle spelt it, up to a point: they do not count against its output
         # limit, and a 60 KB name per call wrote MBs of events past it (an unknown tool is refused anyway)
         tool_label = call.tool_name[:MAX_TOOL_CHARS] if isinstance(call.tool_name, str) else repr(call.tool_name)[:64]

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # how long a tool call's idempotency key (and the result replayed to its repeats) is kept; older ones
     # are pruned by the sweeper, so a repeat after that runs again (as Stripe's keys expire after 24 h)
     idempotency_ttl_s: float = Field(86_400.0, ge=3600, le=_MAX_S)
+    # host:port a `stockade worker` serves GET /metrics on (supervisor/metrics.py); unset: no listener
+    worker_metrics_addr: str | None = None
 
     # --- secrets (never enter a sandbox)
     openai_api_key: SecretStr | None = None
@@ -287,6 +289,14 @@ class Settings(BaseSettings):
                              f"kernel's overflow uid {_OVERFLOW_UID}")
         return v
 
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _listen_addr(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        _split_addr(v)
+        return v
+
     @field_validator("egress_allow_private")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
@@ -314,6 +324,11 @@ class Settings(BaseSettings):
     @property
     def uses_postgres(self) -> bool:
         return self.database_url is not None and not self.database_url.startswith("sqlite:///")
+
+    @property
+    def worker_metrics_listen(self) -> tuple[str, int] | None:
+        """``worker_metrics_addr`` as (host, port), or None."""
+        return None if self.worker_metrics_addr is None else _split_addr(self.worker_metrics_addr)
 
     @property
     def sqlite_path(self) -> Path:
@@ -376,6 +391,23 @@ def _check_port(url: str) -> None:
             urlsplit(f"//{host}").port  # noqa: B018 - parsing it is the check
         except ValueError:
             raise ValueError("the port is not a number from 0 to 65535") from None
+
+
+def _split_addr(v: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9100`` for an IPv6 address) as (host, port), or ValueError saying what is wrong."""
+    example = "must be host:port, e.g. 127.0.0.1:9100 (or [::1]:9100)"
+    host, sep, port = v.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{v!r} {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address without brackets: its last group read as the port
+        raise ValueError(f"{v!r} {example}: put an IPv6 address in brackets")
+    if not host or any(c.isspace() or c in "[]/@" for c in host):
+        raise ValueError(f"{v!r} {example}")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{v!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
 
 
 def _check_redis_db(url: str) -> None:

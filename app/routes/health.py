@@ -8,11 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import runtime
 from app.strict_json import StrictJSONRoute
 from supervisor.audit.keys import key_id, public_key_pem
+from supervisor.metrics import exposition
 
 __all__ = ["receipts_router", "router"]
 
@@ -99,7 +100,9 @@ async def metrics(rt: Any = Depends(runtime)) -> Response:
         rt.metrics.queue_depth.set(await _bounded(rt, "queue", rt.services.queue.depth))
     except Exception:  # the queue away or slow: the scrape answers with the last depth known
         pass
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # a node with workers (serve) shows theirs too: decisions, runs ended (supervisor/metrics.py)
+    registries = (rt.metrics.registry, rt.services.metrics.registry) if rt.role_worker else (rt.metrics.registry,)
+    return Response(exposition(*registries), media_type=CONTENT_TYPE_LATEST)
 
 
 @receipts_router.get("/public-key", response_class=_PemResponse)

@@ -7,6 +7,7 @@ from typing import Any
 
 from supervisor.audit.chain import Sealer
 from supervisor.errors import StockadeError
+from supervisor.metrics import SupervisorMetrics
 from supervisor.storable import scrub_nul
 from supervisor.stores.ports import AuditLog
 from supervisor.stores.records import AuditRecord
@@ -20,9 +21,10 @@ MAX_TOOL_CHARS = 1024
 
 
 class AuditRecorder:
-    def __init__(self, log: AuditLog, sealer: Sealer) -> None:
+    def __init__(self, log: AuditLog, sealer: Sealer, metrics: SupervisorMetrics | None = None) -> None:
         self.log = log
         self.sealer = sealer
+        self.metrics = metrics  # counts each record written, by kind (stockade_governance_decisions_total)
 
     async def record(
         self, tenant_id: str, kind: str, *, run_id: str | None = None, tool: str | None = None,
@@ -38,10 +40,13 @@ class AuditRecorder:
         }
         fields = scrub_nul(fields)  # a bundle's tool name or key may carry one; every store must take the record
         try:
-            return await self.log.append(tenant_id, fields, self.sealer.for_tenant(tenant_id))
+            written = await self.log.append(tenant_id, fields, self.sealer.for_tenant(tenant_id))
         except StockadeError as exc:
             if exc.code == "audit.unavailable":
                 raise
             raise StockadeError("audit.unavailable", f"audit record could not be written ({exc.code})") from exc
         except Exception as exc:
             raise StockadeError("audit.unavailable", "audit record could not be written") from exc
+        if self.metrics is not None:
+            self.metrics.decision(kind)
+        return written

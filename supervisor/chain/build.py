@@ -13,6 +13,7 @@ from supervisor.chain.base import CallState, Interceptor
 from supervisor.chain.budget import BudgetInterceptor
 from supervisor.chain.execute import execute
 from supervisor.chain.idempotency import IdempotencyInterceptor
+from supervisor.chain.lease import LeaseFence
 from supervisor.chain.policy import PolicyInterceptor
 from supervisor.chain.ratelimit import RateLimitInterceptor
 from supervisor.chain.validate import ValidateInterceptor
@@ -23,7 +24,11 @@ Chain = Callable[[CallState], Awaitable[dict[str, Any]]]
 
 
 def build_chain(recorder: AuditRecorder) -> tuple[Chain, list[Interceptor]]:
-    """audit → validate → policy → idempotency → rate limit → budget (reserve … settle) → approval → audit gate → execute."""
+    """audit → validate → policy → idempotency → rate limit → budget (reserve … settle) → approval → fence → audit
+    gate → fence → execute. The lease fence (supervisor/chain/lease.py) stands right before each of the call's side
+    effects a worker that lost its run must not make: its ``tool.allowed`` record, and the tool's run (the gate's
+    write is an await a freeze may fall in). The steps before undo what they did when it refuses (a reservation
+    released, an idempotency key freed)."""
     interceptors: list[Interceptor] = [
         AuditInterceptor(recorder),
         ValidateInterceptor(),
@@ -32,7 +37,9 @@ def build_chain(recorder: AuditRecorder) -> tuple[Chain, list[Interceptor]]:
         RateLimitInterceptor(),
         BudgetInterceptor(),
         ApprovalInterceptor(),
+        LeaseFence(),
         AuditGate(recorder),
+        LeaseFence(),
     ]
     handler: Chain = execute
     for icpt in reversed(interceptors):

@@ -18,8 +18,10 @@ from supervisor.audit.recorder import AuditRecorder
 from supervisor.chain.approval import withdraw_run
 from supervisor.chain.base import Binding
 from supervisor.chain.build import Chain
+from supervisor.chain.lease import RunLease
 from supervisor.errors import ERRORS, Outage, StockadeError
 from supervisor.events import RunEmitter, finish_run_anywhere
+from supervisor.metrics import CountedEmitter, SupervisorMetrics
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
@@ -53,6 +55,7 @@ class Worker:
         self.on_run_end = on_run_end or []  # per-run state holders (policy velocity/order history)
         self.warm = warm  # supervisor.runs.warm.WarmPool, or None
         self.settings = services.settings
+        self.metrics: SupervisorMetrics = getattr(services, "metrics", None) or SupervisorMetrics()
         self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
         self._tasks: set[asyncio.Task] = set()
         self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
@@ -63,6 +66,9 @@ class Worker:
         # here is adopted: ``execute``)
         self._leases: dict[str, Job] = {}
         self._watches: set[asyncio.Task] = set()  # redelivered jobs of other workers' runs, being judged
+        # run_id -> this worker's lease on a run it carries (supervisor/chain/lease.py), kept by ``_heartbeat``
+        # and checked by the chain's fence before a call's side effects
+        self._fences: dict[str, RunLease] = {}
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -147,9 +153,10 @@ class Worker:
             if run is not None and run.status not in TERMINAL_STATUSES:
                 await self._release(run)
                 await withdraw_run(self.s.approvals, run.tenant_id, run.id)
-                await finish_run_anywhere(self.s.runs, self.s.events, run.tenant_id, run.id, "failed",
-                                          {"code": "internal", "message": "the run could not be carried out"},
-                                          ended_at=time.time(), error_code="internal")
+                if await finish_run_anywhere(self.s.runs, self.s.events, run.tenant_id, run.id, "failed",
+                                             {"code": "internal", "message": "the run could not be carried out"},
+                                             ended_at=time.time(), error_code="internal") is not None:
+                    self.metrics.run_finished("failed", None)
             await self.s.queue.fail(job)
 
     # ------------------------------------------------------------------ one run
@@ -171,7 +178,7 @@ class Worker:
             else:  # a second job for it (Runtime.requeue_orphans): dropped
                 await s.queue.ack(job)
             return
-        emitter = RunEmitter(s.runs, s.events, run.tenant_id, run.id)
+        emitter = CountedEmitter(self.metrics, s.runs, s.events, run.tenant_id, run.id)
         if run.status != "queued" and job.attempts <= 1:
             # A job delivered for the first time, for a run already started: not a redelivery (a worker's
             # job comes back with attempts > 1) but a second job for the same run, queued again because
@@ -198,7 +205,10 @@ class Worker:
             watch.add_done_callback(self._watches.discard)
             return
         self._leases[run.id] = job
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(run.id))
+        # the lease exists before the run's session does (it is handed this lease), whenever the heartbeat runs
+        lease = self._fences[run.id] = RunLease(self.s.runs, run.id, self.worker_id, self.settings.queue_visibility_s,
+                                                functools.partial(self._extend, run.id))
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(lease))
         self.beats.carry(run.id)
         ended = False
         state: dict[str, bool] = {}  # how far _execute got: "starting" (start_run sent), "started"
@@ -227,6 +237,10 @@ class Worker:
             raise
         finally:
             heartbeat.cancel()
+            if self._fences.get(run.id) is lease:
+                del self._fences[run.id]
+            if state.get("started"):
+                self.metrics.runs_active.dec()
             self.beats.drop(run.id)
             job = self._leases.pop(run.id, job)  # the delivery held now (one that came back is adopted)
             await self._release(run)
@@ -269,14 +283,17 @@ class Worker:
             return False
         return True
 
-    async def _heartbeat(self, run_id: str) -> None:
+    async def _extend(self, run_id: str) -> None:
+        job = self._leases.get(run_id)  # the delivery held now (one that came back is adopted)
+        if job is not None:
+            await self.s.queue.extend(job)
+
+    async def _heartbeat(self, lease: RunLease) -> None:
         every = max(0.05, self.settings.queue_visibility_s / 3)
         while True:
             await asyncio.sleep(every)
-            job = self._leases.get(run_id)
-            if job is not None:
-                with contextlib.suppress(Exception):
-                    await self.s.queue.extend(job)
+            with contextlib.suppress(Exception):  # a lease the store says is lost stays so: its calls are refused
+                await lease.renew()
 
     async def _release(self, run: Run) -> None:
         with contextlib.suppress(Exception):
@@ -286,7 +303,7 @@ class Worker:
         await emitter.finish("failed", {"code": code, "message": message, **extra}, ended_at=time.time(),
                              error_code=code, error_message=message)
 
-    async def _execute(self, run: Run, emitter: RunEmitter, state: dict[str, bool]) -> None:
+    async def _execute(self, run: Run, emitter: CountedEmitter, state: dict[str, bool]) -> None:
         s = self.s
         try:  # the tenant's version, else the platform's (get looks in both)
             version = await self.registry.get(run.tenant_id, run.bundle, run.bundle_version)
@@ -297,6 +314,8 @@ class Worker:
         if await s.runs.start_run(run.tenant_id, run.id, worker_id=self.worker_id, started_at=time.time()) is None:
             return  # canceled while queued, or another worker took it (a second job for the same run)
         state["started"] = True
+        emitter.started_mono = time.monotonic()
+        self.metrics.runs_active.inc()
         await emitter.emit("run.started", {"bundle": run.bundle, "bundle_version": run.bundle_version})
         manifest = version.manifest
         manifest_limits = _dump(getattr(manifest, "limits", None))
@@ -361,8 +380,10 @@ class Worker:
                 if server is not None:
                     server.close()
                 self.started[run.id] = time.monotonic()
+                emitter.sandbox_started("cold")
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
-                                  emitter=emitter, welcome=welcome, on_limit=on_limit, **session_caps)
+                                  emitter=emitter, welcome=welcome, on_limit=on_limit,
+                                  lease=self._fences.get(run.id), **session_caps)
                 sessions.append(sess)
                 box["serving"] = asyncio.current_task()  # canceled once the run has ended
                 try:
@@ -380,8 +401,10 @@ class Worker:
                 await asyncio.to_thread(copy_bundle, version.path, slot.bundle_dir)
                 reader, writer, peer = slot.conn.result()
                 self.started[run.id] = time.monotonic()
+                emitter.sandbox_started("warm")
                 sess = RunSession(services=s, chain=self.chain, recorder=self.recorder, binding=binding,
-                                  emitter=emitter, welcome=welcome, on_limit=on_limit, **session_caps)
+                                  emitter=emitter, welcome=welcome, on_limit=on_limit,
+                                  lease=self._fences.get(run.id), **session_caps)
                 sessions.append(sess)
 
                 async def serve_warm() -> None:
