@@ -209,7 +209,7 @@ async def run_server(settings: Settings, *, api: bool, workers: bool) -> None:
             sock.close()
 
 
-async def _metrics_listener(settings: Settings, registry: Any) -> asyncio.AbstractServer | None:
+async def _metrics_listener(settings: Settings, metrics: Any) -> asyncio.AbstractServer | None:
     """A worker's ``GET /metrics`` listener on ``STOCKADE_WORKER_METRICS_ADDR`` (it serves no other HTTP), or
     None when unset. (``serve`` and ``api`` show their metrics on their own ``/metrics``.)"""
     listen = settings.worker_metrics_listen
@@ -218,7 +218,7 @@ async def _metrics_listener(settings: Settings, registry: Any) -> asyncio.Abstra
     from supervisor.metrics import serve_metrics
 
     try:
-        return await serve_metrics(*listen, registry)
+        return await serve_metrics(*listen, *metrics.registries(worker=True))
     except OSError as exc:  # a port in use, an address not of this host, a name that does not resolve
         raise SettingsError(f"invalid setting STOCKADE_WORKER_METRICS_ADDR: cannot listen on "
                             f"{settings.worker_metrics_addr}: {exc.strerror or exc}") from None
@@ -228,7 +228,7 @@ async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, w
     rt = await open_runtime(settings)
     metrics_server = None
     try:  # listening first: a worker that cannot serve its metrics claims no run
-        metrics_server = None if api else await _metrics_listener(settings, rt.services.metrics.registry)
+        metrics_server = None if api else await _metrics_listener(settings, rt.services.metrics)
         await rt.start(workers=workers, watch=workers, require_sandbox=workers and not api)
     except BaseException:
         if metrics_server is not None:

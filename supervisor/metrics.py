@@ -2,8 +2,9 @@
 
 Labels are closed sets owned by supervisor code - never a tenant, tool, bundle or run: a tenant's names would
 add a series each (unbounded memory and scrape size) and show one tenant's activity to whoever scrapes.
-``stockade serve`` shows these on its ``/metrics`` (app/routes/health.py); ``stockade worker`` on a listener of
-its own (``serve_metrics``) when ``STOCKADE_WORKER_METRICS_ADDR`` is set.
+``stockade serve`` shows these on its ``/metrics`` (app/routes/health.py), ``stockade api`` the governance
+decisions it records (approval votes, admin changes); ``stockade worker`` on a listener of its own
+(``serve_metrics``) when ``STOCKADE_WORKER_METRICS_ADDR`` is set.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 
 
 class SupervisorMetrics:
+    """Two registries: ``governance`` (audit records written: every node writes some - an API node its approval
+    votes and admin changes) and ``worker`` (runs and sandboxes: only a node that runs them has any)."""
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.governance = CollectorRegistry()
+        self.worker = CollectorRegistry()
         self.decisions = Counter("stockade_governance_decisions_total",
                                  "Audit records written, by kind (tool.allowed, tool.denied, approval.rejected...)",
-                                 ["kind"], registry=r)
+                                 ["kind"], registry=self.governance)
+        r = self.worker
         self.runs_finished = Counter("stockade_runs_finished_total", "Runs this worker ended, by terminal status",
                                      ["status"], registry=r)
         self.runs_active = Gauge("stockade_runs_active", "Runs running on this worker", registry=r)
@@ -55,6 +60,10 @@ class SupervisorMetrics:
                                        ["pool"], buckets=_BUCKETS, registry=r)
         self.run_duration = Histogram("stockade_run_duration_seconds", "From a run's start to its end on this worker",
                                       buckets=_BUCKETS, registry=r)
+
+    def registries(self, *, worker: bool) -> tuple[CollectorRegistry, ...]:
+        """What a node shows: the governance series, and the worker ones where it runs runs."""
+        return (self.governance, self.worker) if worker else (self.governance,)
 
     def decision(self, kind: str) -> None:
         self.decisions.labels(kind if kind in DECISION_KINDS else "other").inc()
@@ -105,8 +114,8 @@ def exposition(*registries: CollectorRegistry) -> bytes:
     return generate_latest(_WithoutCreated(registries))  # type: ignore[arg-type]
 
 
-async def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> asyncio.AbstractServer:
-    """A listener that answers ``GET /metrics`` (and HEAD) with ``registry``'s text, and 404 to any other
+async def serve_metrics(host: str, port: int, *registries: CollectorRegistry) -> asyncio.AbstractServer:
+    """A listener that answers ``GET /metrics`` (and HEAD) with ``registries``' text, and 404 to any other
     path, 405 to any other method. HTTP/1.0-style: one request per connection, read with bounds and a
     deadline, so a scraper that stalls holds nothing. Raises OSError when it cannot listen."""
 
@@ -119,7 +128,7 @@ async def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> as
             extra = ""
             if path == "/metrics":
                 if method in ("GET", "HEAD"):
-                    body, status, ctype = exposition(registry), "200 OK", CONTENT_TYPE_LATEST
+                    body, status, ctype = exposition(*registries), "200 OK", CONTENT_TYPE_LATEST
                 else:
                     body, status, extra = b"method not allowed\n", "405 Method Not Allowed", "Allow: GET, HEAD\r\n"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}"

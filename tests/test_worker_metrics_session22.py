@@ -31,7 +31,7 @@ KEY = Sealer(b"test-audit-key-0123456789abcdef")  # the e2e nodes' key: they may
 
 
 def _decisions(m: SupervisorMetrics) -> dict[str, float]:
-    fams = {f.name: f for f in text_string_to_metric_families(exposition(m.registry).decode())}
+    fams = {f.name: f for f in text_string_to_metric_families(exposition(*m.registries(worker=True)).decode())}
     return {s.labels["kind"]: s.value for s in fams["stockade_governance_decisions"].samples}
 
 
@@ -47,7 +47,7 @@ async def test_each_record_written_counts_once_by_kind_and_a_kind_not_ours_count
     await rec.record(tid, "tool.denied", run_id="run_1", tool="x")
     await rec.record(tid, "tenant.chosen_kind_zq7", run_id="run_1")  # never a label of its own
     assert _decisions(m) == {"tool.allowed": 1, "tool.denied": 2, "other": 1}
-    text = exposition(m.registry).decode()
+    text = exposition(*m.registries(worker=True)).decode()
     assert "zq7" not in text and tid not in text and "run_1" not in text
 
 
@@ -92,7 +92,7 @@ def test_runs_finished_labels_are_terminal_statuses_or_other():
     m = SupervisorMetrics()
     for status in ("succeeded", "failed", "failed", "canceled", "timed_out", "running"):
         m.run_finished(status, 1.5)
-    fams = {f.name: f for f in text_string_to_metric_families(exposition(m.registry).decode())}
+    fams = {f.name: f for f in text_string_to_metric_families(exposition(*m.registries(worker=True)).decode())}
     assert {s.labels["status"]: s.value for s in fams["stockade_runs_finished"].samples} == {
         "succeeded": 1, "failed": 2, "canceled": 1, "timed_out": 1, "other": 1}
 
@@ -100,13 +100,13 @@ def test_runs_finished_labels_are_terminal_statuses_or_other():
 def test_created_samples_are_dropped_per_exposition_not_for_the_process():
     m = SupervisorMetrics()
     m.decision("tool.allowed")
-    assert b"_created" not in exposition(m.registry)
+    assert b"_created" not in exposition(*m.registries(worker=True))
     other = SupervisorMetrics()  # another registry, rendered the library's way, keeps them: nothing global changed
     other.decision("tool.allowed")
-    assert b"stockade_governance_decisions_created" in generate_latest(other.registry)
-    c = Counter("unrelated_total", "x", registry=other.registry)
+    assert b"stockade_governance_decisions_created" in generate_latest(other.governance)
+    c = Counter("unrelated_total", "x", registry=other.governance)
     c.inc()
-    assert b"unrelated_created" in generate_latest(other.registry)
+    assert b"unrelated_created" in generate_latest(other.governance)
 
 
 # --------------------------------------------------------------------------- the setting
@@ -152,7 +152,7 @@ async def _ask(port: int, request: bytes) -> bytes:
 async def test_the_listener_serves_metrics_and_nothing_else():
     m = SupervisorMetrics()
     m.decision("tool.denied")
-    server = await serve_metrics("127.0.0.1", 0, m.registry)
+    server = await serve_metrics("127.0.0.1", 0, *m.registries(worker=True))
     port = server.sockets[0].getsockname()[1]
     try:
         async with asyncio.timeout(20):
@@ -173,10 +173,10 @@ async def test_the_listener_serves_metrics_and_nothing_else():
 
 
 async def test_the_listener_refuses_an_address_it_cannot_take():
-    first = await serve_metrics("127.0.0.1", 0, SupervisorMetrics().registry)
+    first = await serve_metrics("127.0.0.1", 0, SupervisorMetrics().governance)
     try:
         with pytest.raises(OSError):
-            await serve_metrics("127.0.0.1", first.sockets[0].getsockname()[1], SupervisorMetrics().registry)
+            await serve_metrics("127.0.0.1", first.sockets[0].getsockname()[1], SupervisorMetrics().governance)
     finally:
         first.close()
         await first.wait_closed()

@@ -100,9 +100,10 @@ async def metrics(rt: Any = Depends(runtime)) -> Response:
         rt.metrics.queue_depth.set(await _bounded(rt, "queue", rt.services.queue.depth))
     except Exception:  # the queue away or slow: the scrape answers with the last depth known
         pass
-    # a node with workers (serve) shows theirs too: decisions, runs ended (supervisor/metrics.py)
-    registries = (rt.metrics.registry, rt.services.metrics.registry) if rt.role_worker else (rt.metrics.registry,)
-    return Response(exposition(*registries), media_type=CONTENT_TYPE_LATEST)
+    # the governance decisions this node recorded (an API node's approval votes and admin changes too), and
+    # where it has workers (serve) theirs: runs ended, running, sandbox starts (supervisor/metrics.py)
+    registries = rt.services.metrics.registries(worker=rt.role_worker)
+    return Response(exposition(rt.metrics.registry, *registries), media_type=CONTENT_TYPE_LATEST)
 
 
 @receipts_router.get("/public-key", response_class=_PemResponse)

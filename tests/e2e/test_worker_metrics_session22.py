@@ -1,8 +1,8 @@
 """Worker-side metrics (session 22): governance decisions by audit kind, runs ended by status, runs running.
 
 Before: /metrics had HTTP series only, and a `stockade worker` served nothing - an operator saw no tool
-call, denial, approval or run outcome. Now `stockade serve`'s /metrics has them too (`stockade api`'s keeps
-to HTTP), and a worker serves them on STOCKADE_WORKER_METRICS_ADDR. No label names a tenant, tool or run.
+call, denial, approval or run outcome. Now `stockade serve`'s /metrics has them too (`stockade api`'s the
+decisions it records itself), and a worker serves them on STOCKADE_WORKER_METRICS_ADDR. No label names a tenant, tool or run.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ PLAN = {"calls": [
     {"tool": "http.request", "args": {"url": "https://example.com/", "method": "GET"}},  # no rule: denied
     {"tool": TENANT_TOOL, "args": {}},
 ]}
-WORKER_SERIES = ("stockade_governance_decisions", "stockade_runs_finished", "stockade_runs_active",
-                 "stockade_sandbox_start_seconds", "stockade_run_duration_seconds")
+WORKER_SERIES = ("stockade_runs_finished", "stockade_runs_active", "stockade_sandbox_start_seconds",
+                 "stockade_run_duration_seconds")  # a node without workers has none of these
 
 
 def _fams(text: str) -> dict[str, Any]:
@@ -128,10 +128,19 @@ async def test_serve_metrics_count_decisions_by_kind_and_runs_by_status(node):
     assert "stockade_http_requests_total" in text  # next to the HTTP ones
 
 
-async def test_an_api_node_shows_only_http_series(node_config):
+async def test_an_api_node_counts_the_decisions_it_records_and_shows_no_worker_series(node_config):
+    """Approval votes and admin changes are recorded by whichever node took the request: on a `stockade api`
+    node they were counted in a registry its /metrics did not show."""
     node = await start_node(node_config, workers=False)
     try:
-        text = (await node.client().get("/metrics")).text
+        anon = node.client()
+        before = _decisions(await _scrape(anon))
+        _, key = await node.tenant()
+        c = node.client(key)
+        for role in ("approver", "viewer"):
+            assert (await c.post("/v1/keys", json={"role": role})).status_code == 201
+        text = (await anon.get("/metrics")).text
+        assert _diff(_decisions(_fams(text)), before) == {"key.created": 2}
         assert "stockade_http_requests_total" in text
         assert not [name for name in WORKER_SERIES if name in text], text
     finally:
@@ -177,8 +186,9 @@ async def test_a_standalone_worker_serves_metrics_on_its_address_and_nothing_els
             assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
             head = await scraper.head("/metrics")
             assert head.status_code == 200 and head.content == b""
-        api_text = (await api.client().get("/metrics")).text  # the API node's own: HTTP only
+        api_text = (await api.client().get("/metrics")).text  # the API node's own: HTTP and its own decisions
         assert not [name for name in WORKER_SERIES if name in api_text]
+        assert 'kind="tool.allowed"' not in api_text  # the worker's decisions are the worker's to show
         worker.send_signal(signal.SIGTERM)  # a graceful stop closes the listener and ends the process
         assert await asyncio.to_thread(worker.wait, 30) == 0
         with pytest.raises(httpx.TransportError):

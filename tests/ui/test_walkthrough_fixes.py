@@ -342,6 +342,9 @@ async def test_a_shadowed_platform_bundle_is_not_offered(ui: UI) -> None:
     await upload(ui, key, "echo", "async def main(ctx):\n    await ctx.answer('mine')\n", description="the tenant's echo")
     await open_bundle(ui, "echo")
     page = ui.page
+    # the platform's "echo" was in the picker before the reconnect, so open_bundle may return before the
+    # list is reloaded: wait until the one "echo" option is the tenant's (auto-retrying, no sleep)
+    await expect(page.locator("#bundle option[value='echo']")).to_have_text(["echo (tenant)"])
     labels = await page.locator("#bundle option").evaluate_all("os => os.map(o => [o.value, o.textContent])")
     assert [x for x in labels if x[0] == "echo"] == [["echo", "echo (tenant)"]], labels
     assert "hello-tools" in [x[0] for x in labels]  # platform bundles nobody shadows are still there
