@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     rv.add_argument("--public-key", required=True, action="append", metavar="PEM",
                     help="file of the published key(s): PEM (one or more), or the JSON of GET "
                          "/v1/receipts/public-keys (retired keys too; the receipt's key_id picks one); repeatable")
+    r.add_parser("adopt-key", help="make this node's signing key (STOCKADE_SIGNING_KEY_FILE, or the one in the data "
+                 "dir) the deployment's, whatever key was: for a key lost for good (`serve`/`api` refuse a key not "
+                 "the deployment's)").add_argument("--data-dir", help=_DATA_DIR)
     return p
 
 
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "policy":
             return _policy_validate(args.file)
-        if args.cmd == "receipt":
+        if args.cmd == "receipt" and args.sub == "verify":
             return _receipt_verify(args.file, args.public_key)
         # Path("") is ".": an empty argument (an unset shell variable) pushed the current folder
         if args.cmd == "bundle" and args.sub == "push" and not args.dir:
@@ -290,7 +293,10 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
         from app.server import check_listen
 
         check_listen(settings.host, settings.port)
-    rt = await open_runtime(settings, check_audit_key=args.cmd != "audit", check_secrets_key=args.cmd != "secrets")
+    # a command signs no receipt, so it neither checks nor records the deployment's signing key (a `migrate` run
+    # with a data dir of its own would have made its generated key the deployment's): `serve` and `api` do
+    rt = await open_runtime(settings, check_audit_key=args.cmd != "audit", check_secrets_key=args.cmd != "secrets",
+                            check_signing_key=False)
     s = rt.services
     try:
         if args.cmd == "migrate":
@@ -346,6 +352,13 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return await _audit_verify(rt, args.tenant, anchors, anchored=bool(args.anchor))
         if args.cmd == "secrets":
             return await _secrets_reseal(rt, args.tenant)
+        if args.cmd == "receipt":  # adopt-key
+            from supervisor.audit.keys import key_id
+            from supervisor.audit.signing_check import adopt_signing_key
+
+            kid = key_id(rt.signing_key)
+            _out(json.dumps({"key_id": kid, "replaced": await adopt_signing_key(s.audit, kid)}))
+            return 0
     finally:
         await rt.stop()
     return 2

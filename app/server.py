@@ -225,7 +225,7 @@ async def _metrics_listener(settings: Settings, metrics: Any) -> asyncio.Abstrac
 
 
 async def _run(settings: Settings, sockets: list[socket.socket], *, api: bool, workers: bool) -> None:
-    rt = await open_runtime(settings)
+    rt = await open_runtime(settings, check_signing_key=api)  # only a node serving HTTP signs receipts
     metrics_server = None
     try:  # listening first: a worker that cannot serve its metrics claims no run
         metrics_server = None if api else await _metrics_listener(settings, rt.services.metrics)

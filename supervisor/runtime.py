@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from supervisor.audit.chain import Sealer
 from supervisor.audit.key_check import foreign_heads
 from supervisor.audit.keys import (
+    key_id,
     load_audit_keys,
     load_audit_next_key,
     load_next_signing_key,
@@ -25,6 +26,7 @@ from supervisor.audit.keys import (
     load_signing_key,
 )
 from supervisor.audit.recorder import AuditRecorder
+from supervisor.audit.signing_check import check_signing_key as check_signing
 from supervisor.chain.build import build_chain
 from supervisor.errors import Outage, StockadeError
 from supervisor.factory import open_services
@@ -258,11 +260,13 @@ class Runtime:
 
 
 async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_key: bool = True,
-                       check_secrets_key: bool = True) -> Runtime:
+                       check_secrets_key: bool = True, check_signing_key: bool = True) -> Runtime:
     """``check_audit_key``: refuse keys that verify none of the audit records already stored
     (supervisor/audit/key_check.py); off for ``stockade audit verify``, which reports what they verify.
     ``check_secrets_key``: the same for the secrets key and the stored MCP secrets; off for ``stockade secrets
-    reseal``, which reports what it cannot open. A refused start keeps none of the keys it generated."""
+    reseal``, which reports what it cannot open. ``check_signing_key``: refuse a receipt signing key that is not
+    the deployment's (supervisor/audit/signing_check.py); off for the commands that sign nothing (``audit``,
+    ``receipt``). A refused start keeps none of the keys it generated."""
     from supervisor.bundles.registry import BundleRegistry
 
     keys_dir = settings.data_dir / "keys"
@@ -307,6 +311,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
             f"invalid setting STOCKADE_SECRETS_KEY: unset, and no key in {keys_dir}, but the database already holds "
             f"MCP secrets sealed with another key (tenant {tenant}'s, first): every MCP call on this node would fail. "
             "Give every node the same STOCKADE_SECRETS_KEY (or one shared STOCKADE_DATA_DIR)")
+    signing_key = load_signing_key(settings)
+    retired_signing = load_retired_signing_keys(settings, signing_key)
+    next_signing = load_next_signing_key(settings, signing_key, retired_signing)
+    if check_signing_key and (problem := await check_signing(
+            services.audit, key_id(signing_key), [key_id(k) for k in retired_signing],
+            None if next_signing is None else key_id(next_signing))):
+        await refuse(problem)
     recorder = AuditRecorder(services.audit, sealer, services.metrics)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)
@@ -318,12 +329,9 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
 
         # one pool per node: bundle sandboxes and code.run sandboxes never share a uid
         services.extras["uid_pool"] = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
-    signing_key = load_signing_key(settings)
-    retired_signing = load_retired_signing_keys(settings, signing_key)
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
                    signing_key=signing_key, registry=registry, chain=chain, interceptors=interceptors,
-                   retired_signing_keys=retired_signing,
-                   next_signing_key=load_next_signing_key(settings, signing_key, retired_signing))
+                   retired_signing_keys=retired_signing, next_signing_key=next_signing)
 
 
 def _install_redirect_guard(services: Services, interceptors: list[Any]) -> None:

@@ -70,14 +70,41 @@ async def _drop_db(name: str) -> None:
         await conn.close()
 
 
+_SESSION_DB: list[str] = []  # the session database's URL, once a test asked for it
+
+
 @pytest.fixture(scope="session")
 def pg_url():
     """A fresh database for this test run, dropped at the end."""
     _need(PG_ADMIN_URL, 5432, "PostgreSQL")
     name = f"stockade_test_{RUN_TAG}"
     asyncio.run(_create_db(name))
-    yield _with_db(PG_ADMIN_URL, name)
+    _SESSION_DB.append(_with_db(PG_ADMIN_URL, name))
+    yield _SESSION_DB[0]
+    _SESSION_DB.clear()
     asyncio.run(_drop_db(name))
+
+
+async def _forget_signing_key(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("DELETE FROM deployment_keys WHERE name = 'receipt.signing'")
+    except asyncpg.UndefinedTableError:  # not migrated yet
+        pass
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _one_deployment_per_test():
+    """The session database is every test's deployment, one after the other: the receipt signing key a test's
+    nodes recorded as the deployment's (supervisor/audit/signing_check.py; a rotation test moves it) is
+    forgotten after it, so the next test's first node records its own (tests/e2e/harness.py gives them one)."""
+    yield
+    if _SESSION_DB:
+        asyncio.run(_forget_signing_key(_SESSION_DB[0]))
 
 
 @pytest.fixture

@@ -183,6 +183,14 @@ class AuditLog(Protocol):
         """Every tenant with a chain, in id order; ``limit``: the first that many with a record (a cheap sample,
         for the start-up check of the audit key: supervisor/audit/key_check.py)."""
         ...
+    async def deployment_key(self, name: str) -> str | None:
+        """The key id the deployment uses for ``name`` (``receipt.signing``), None if none is recorded yet."""
+        ...
+    async def claim_deployment_key(self, name: str, key_id: str, replaces: str | None) -> str | None:
+        """Record ``key_id`` for ``name`` if the recorded one is still ``replaces`` (None: none recorded) -
+        a compare-and-set, so two nodes starting at once cannot both move it; the recorded id afterwards.
+        (supervisor/audit/signing_check.py)"""
+        ...
 
 
 class ApprovalStore(Protocol):

@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.main import build_asgi
 from app.server import STALL_S, listen_sockets, serve
@@ -32,10 +34,29 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ROOT / "bundles"
 
 
+# One receipt signing key for this test process, as for the audit and secrets keys (settings_for): the nodes on
+# the session's shared database are one deployment, and a node whose key is not the deployment's is refused
+# (supervisor/audit/signing_check.py). Written where a node generates its key, so the default path is used.
+_SIGNING_PEM = Ed25519PrivateKey.generate().private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def seed_signing_key(data_dir: Path) -> None:
+    """Give ``data_dir`` this test process's receipt signing key (unless it has one)."""
+    keys = Path(data_dir) / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    path = keys / "receipt_ed25519.pem"
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_SIGNING_PEM)
+
+
 def make_data_dir() -> Path:
-    """A data dir the sandbox uids may traverse (pytest's tmp dirs are 0700)."""
+    """A data dir the sandbox uids may traverse (pytest's tmp dirs are 0700), with the session's signing key."""
     d = Path(tempfile.mkdtemp(prefix="stockade-test-"))
     os.chmod(d, 0o711)
+    seed_signing_key(d)
     return d
 
 

@@ -210,3 +210,17 @@ class PgAuditLog:
                     "SELECT tenant_id FROM audit_heads WHERE seq > 0 ORDER BY tenant_id LIMIT $1", _limit(limit))]
             return [r[0] for r in await c.fetch(
                 "SELECT tenant_id FROM audit_heads UNION SELECT tenant_id FROM audit_log ORDER BY tenant_id")]
+
+    async def deployment_key(self, name: str) -> str | None:
+        async with _audit_errors(), self._db.system_tx() as c:
+            return await c.fetchval("SELECT key_id FROM deployment_keys WHERE name = $1", name)
+
+    async def claim_deployment_key(self, name: str, key_id: str, replaces: str | None) -> str | None:
+        async with _audit_errors(), self._db.system_tx() as c:
+            if replaces is None:
+                await c.execute("INSERT INTO deployment_keys (name, key_id, updated_at) VALUES ($1, $2, $3) "
+                                "ON CONFLICT (name) DO NOTHING", name, key_id, time.time())
+            else:
+                await c.execute("UPDATE deployment_keys SET key_id = $2, updated_at = $3 WHERE name = $1 "
+                                "AND key_id = $4", name, key_id, time.time(), replaces)
+            return await c.fetchval("SELECT key_id FROM deployment_keys WHERE name = $1", name)

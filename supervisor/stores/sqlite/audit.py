@@ -129,3 +129,22 @@ class SqliteAuditLog:
                 return [r[0] for r in self._db.query(
                     "SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id LIMIT ?", [_limit(limit)])]
             return [r[0] for r in self._db.query("SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id")]
+
+    async def deployment_key(self, name: str) -> str | None:
+        with _audit_errors():
+            row = self._db.query_one("SELECT key_id FROM deployment_keys WHERE name = ?", [name])
+        return None if row is None else row[0]
+
+    async def claim_deployment_key(self, name: str, key_id: str, replaces: str | None) -> str | None:
+        def claim(c: sqlite3.Connection) -> str | None:
+            if replaces is None:
+                c.execute("INSERT INTO deployment_keys (name, key_id, updated_at) VALUES (?, ?, ?) "
+                          "ON CONFLICT (name) DO NOTHING", [name, key_id, time.time()])
+            else:
+                c.execute("UPDATE deployment_keys SET key_id = ?, updated_at = ? WHERE name = ? AND key_id = ?",
+                          [key_id, time.time(), name, replaces])
+            row = c.execute("SELECT key_id FROM deployment_keys WHERE name = ?", [name]).fetchone()
+            return None if row is None else row[0]
+
+        with _audit_errors():
+            return await self._db.write(claim)
