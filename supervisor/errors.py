@@ -34,6 +34,7 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("input.too_large", 413, False, "Payload too large"),
     ErrorSpec("input.unsupported_media", 415, False, "Unsupported media type"),
     ErrorSpec("input.method_not_allowed", 405, False, "Method not allowed"),
+    ErrorSpec("input.not_acceptable", 406, False, "Not acceptable: the Accept header admits no type this route serves"),
     ErrorSpec("auth.missing", 401, False, "Authentication required"),
     ErrorSpec("auth.invalid", 401, False, "Invalid API key"),
     ErrorSpec("auth.forbidden", 403, False, "Forbidden for this role"),

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.accept import acceptable
 from app.deps import MAX_ID, READ_ROLES, WRITE_ROLES, require_role, runtime
 from app.sse import event_stream
 from app.strict_json import StrictJSONRoute
@@ -224,12 +225,16 @@ def _last_event_id(raw: str) -> int:
 
 @router.get("/{run_id}/events", response_class=_EventStream, responses={
     200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}}},  # before OpenAPI 3.2: one event's schema
-    204: {"description": "The run has ended and every event was sent: nothing to stream"}})
+    204: {"description": "The run has ended and every event was sent: nothing to stream"},
+    406: {"description": "input.not_acceptable: the Accept header admits no text/event-stream"}})
 async def run_events(run_id: str, request: Request, rt: Any = Depends(runtime),
                      p: Principal = Depends(require_role(*READ_ROLES)),
                      after: int | None = Query(None, ge=0, le=MAX_ID, description=_AFTER_DOC),
                      last_event_id: str | None = Header(default=None, description=_LAST_EVENT_ID_DOC)) -> Response:
     run = await _load(rt, p, run_id)
+    if not acceptable(",".join(request.headers.getlist("accept")), "text/event-stream"):
+        raise StockadeError("input.not_acceptable", "this route serves text/event-stream only, which the Accept "
+                                                    "header does not admit (send text/event-stream, or no Accept)")
     # one value each (a second one meant something to whatever read the request before us: a proxy, a log;
     # a repeated ?after= is refused for every route: app/strict_json.py);
     # the header wins over ?after=: an EventSource opened on ...?after=5 reconnects to that same URL with
