@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from supervisor.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 STOCKADE_SERVICES = ("migrate", "api")
 
@@ -87,6 +89,10 @@ def test_workers_get_the_sandbox_options_and_nothing_more(compose: dict) -> None
         env = _env(svc)
         bases.append(int(env["STOCKADE_SANDBOX_UID_BASE"]))
         assert env["STOCKADE_WORKER_ID"] == name
+        # its metrics listener, valid as the worker reads it, on the compose network only (no published port)
+        assert Settings(worker_metrics_addr=env["STOCKADE_WORKER_METRICS_ADDR"]).worker_metrics_listen == (
+            "0.0.0.0", 9100), name
+        assert "ports" not in svc, name
     bases.sort()
     assert all(b - a >= 1024 for a, b in zip(bases, bases[1:], strict=False)), "worker uid ranges overlap"
     for name in ("api", "migrate"):
