@@ -32,7 +32,7 @@ log = logging.getLogger("stockade.metrics")
 # anything else - a kind added without being listed here - counts as "other", never as itself.
 DECISION_KINDS = frozenset({
     "tool.allowed", "tool.completed", "tool.failed", "tool.canceled", "tool.denied", "tool.invalid",
-    "tool.deduped", "approval.approved", "approval.rejected", "approval.vote", "approval.void",
+    "tool.deduped", "tool.rejected", "approval.approved", "approval.rejected", "approval.vote", "approval.void",
     "peer.rejected", "policy.updated", "budget.updated", "key.created", "key.revoked", "member.added",
     "member.removed", "project.created", "user.created", "bundle.registered", "bundle.deleted",
     "mcp.server.registered", "mcp.server.refreshed", "mcp.server.deleted", "mcp.tool.approved",

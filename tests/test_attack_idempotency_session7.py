@@ -425,7 +425,7 @@ async def test_a_repeat_of_an_approved_call_is_replayed_without_a_new_request_an
 async def test_a_request_removed_behind_the_stores_back_fails_the_call_closed(chain):
     """A hostile database writer deletes the pending request: the waiting call polled for it until its
     expiry (an hour), then spun without pause (expiring a missing row fails, and it tried again at once).
-    It now fails closed at once: approval.rejected, the tool never runs."""
+    It now fails closed at once: approval.rejected (audited tool.rejected), the tool never runs."""
     s = chain.rt.services
     requested = chain.watch_requests()
     run = await chain.run()
@@ -440,7 +440,7 @@ async def test_a_request_removed_behind_the_stores_back_fails_the_call_closed(ch
     async with asyncio.timeout(5):
         res = await call
     assert isinstance(res, StockadeError) and res.code == "approval.rejected", res
-    assert chain.tool.runs == 0 and (await chain.kinds(run))[-1] == "approval.rejected"
+    assert chain.tool.runs == 0 and (await chain.kinds(run))[-1] == "tool.rejected"
 
 
 

@@ -102,7 +102,9 @@ class ApprovalInterceptor:
         if decided.status == "approved" and decided.args_hash == call.args_hash:
             call.verdict = "allow"
             return await next(call)
-        call.outcome = "approval.rejected"
+        # the call's outcome is a tool.* record (tool.rejected, code approval.rejected); the decision itself is
+        # the approver's record (approval.rejected, written by the API), so a rejection is one approval.rejected
+        call.outcome = "tool.rejected"
         if decided.status == "expired":
             raise StockadeError("approval.rejected", "the approval request expired without a decision", approval_id=decided.id)
         raise StockadeError("approval.rejected", decided.decision_reason or "rejected by an approver", approval_id=decided.id)
@@ -128,6 +130,7 @@ class ApprovalInterceptor:
                 continue
             down_since = None
             if current is None:  # the durable request is gone (removed behind the store's back): fail closed
+                call.outcome = "tool.rejected"
                 raise StockadeError("approval.rejected", "the approval request no longer exists", approval_id=approval.id)
             if current.status == "expired" and current.decision_reason == RUN_ENDED:
                 # the run ended (the API's cancel withdraws its requests before this worker hears of it): the call

@@ -1,7 +1,9 @@
 """Audit: the outermost step records every outcome; the gate before execute records the allow.
 
 One record per decision: refusals (denied, invalid, deduped, rate-limited, over
-budget, rejected) get one record from ``AuditInterceptor``. An allowed call gets
+budget, rejected) get one record from ``AuditInterceptor``; a call refused because
+its approval was rejected, expired or vanished is ``tool.rejected`` (code
+``approval.rejected``) - the approver's decision is the API's ``approval.rejected``. An allowed call gets
 its ``tool.allowed`` record from ``AuditGate`` *before* it executes — if that
 record cannot be written the call does not run — and its outcome
 (``tool.completed`` / ``tool.failed`` with the settled cost) afterwards - for a
@@ -33,7 +35,9 @@ _KIND_BY_CODE = {
     "rate.unavailable": "rate.unavailable",
     "budget.exceeded": "budget.exceeded",
     "ledger.unavailable": "ledger.unavailable",
-    "approval.rejected": "approval.rejected",
+    # the call refused for want of an approval (rejected, expired, vanished): its outcome, not the decision
+    # (approval.rejected is the approver's record); chains written before this hold approval.rejected here
+    "approval.rejected": "tool.rejected",
     "policy.unavailable": "policy.unavailable",
     "audit.unavailable": "audit.unavailable",
 }

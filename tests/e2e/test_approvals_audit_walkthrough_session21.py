@@ -122,7 +122,11 @@ async def test_a_request_nobody_decides_expires_and_the_call_is_rejected(node):
     assert r.status_code == 403 and r.json()["code"] == "approval.expired", r.text
     audit = await audit_of(c, run["id"])
     assert approval_records(audit, apr) == []
-    assert [a["kind"] for a in audit if a["kind"].startswith("approval.")] == ["approval.rejected"]
+    # nobody decided: no approval.* record; the call's own outcome is tool.rejected (approval.rejected before
+    # session 23), code approval.rejected
+    assert [a["kind"] for a in audit if a["kind"].startswith("approval.")] == []
+    assert [(a["kind"], a["code"]) for a in audit if a["detail"].get("approval_id") == apr] == [
+        ("tool.rejected", "approval.rejected")]
     assert (await c.get(f"/v1/approvals/{apr}")).json()["status"] == "expired"
 
 

@@ -155,6 +155,7 @@ async def test_approval_flow_approve_and_reject(node):
     audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
     kinds = [a["kind"] for a in audit]
     assert "approval.approved" in kinds and "approval.rejected" in kinds
+    assert kinds.count("approval.rejected") == 1 and kinds.count("tool.rejected") == 1, kinds  # decision, outcome
     approver_rec = next(a for a in audit if a["kind"] == "approval.approved")
     assert approver_rec["detail"]["approver_key_id"].startswith("key_")
 
@@ -184,11 +185,12 @@ async def test_a_run_canceled_while_waiting_for_approval_withdraws_the_request(n
     # expired by that decision first) refused as an unapproved call
     for _ in range(100):
         audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
-        outcomes = [a for a in audit if a["kind"] in ("tool.canceled", "approval.rejected", "tool.failed")]
+        outcomes = [a for a in audit if a["kind"] in ("tool.canceled", "tool.rejected", "approval.rejected",
+                                                      "tool.failed")]
         if outcomes:
             break
         await asyncio.sleep(0.05)
-    assert [a["kind"] for a in outcomes] in (["tool.canceled"], ["approval.rejected"]), audit
+    assert [a["kind"] for a in outcomes] in (["tool.canceled"], ["tool.rejected"]), audit
     events = await collect(c, run["id"])
     check_stream(events)
     assert events[-1].event == "run.canceled"
@@ -242,7 +244,7 @@ async def test_racing_decisions_leave_one_decision_in_the_audit_log(node):
     winner = (r1 if r1.status_code == 200 else r2).json()["status"]
     await collect(c, run["id"])
     audit = (await c.get("/v1/audit", params={"run_id": run["id"]})).json()["data"]
-    # the approvers' records (the call's own outcome, approval.rejected when rejected, names no approver)
+    # the approvers' records (the call's own outcome, tool.rejected when rejected, is not one of them)
     decisions = {a["seq"]: a for a in audit if a["kind"] in ("approval.approved", "approval.rejected")
                  and a["detail"].get("approval_id") == apr and "approver_key_id" in a["detail"]}
     voided = {a["detail"]["voids_seq"] for a in audit if a["kind"] == "approval.void"}
