@@ -139,7 +139,7 @@ def _readme_cli() -> list[tuple[tuple[str, ...], list[str]]]:
             alternatives.append(words[i + 1])
             i += 2
         sub = []
-        while i < len(words) and re.fullmatch(r"[a-z]+", words[i]):
+        while i < len(words) and re.fullmatch(r"[a-z]+(-[a-z]+)*", words[i]):
             sub.append(words[i])
             i += 1
         flags = re.findall(r"--[a-z][a-z-]*", " ".join(words[i:]))
