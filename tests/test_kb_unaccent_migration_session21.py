@@ -114,7 +114,7 @@ async def test_postgres_0046_folds_accents_and_normalises_old_documents(fresh_pg
     admin = await asyncpg.connect(fresh_pg_url)
     try:
         await _old_rows(admin)
-        applied = await migrate_postgres(fresh_pg_url, migration_set("postgres", tmp_path, below=None, roles_made=False))
+        applied = await migrate_postgres(fresh_pg_url, migration_set("postgres", tmp_path, below=47, roles_made=False))
         assert applied == ["0046_kb_unaccent.sql"]
         assert await admin.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'unaccent'") == 1
         await _check_after(admin, fresh_pg_url, marks=True)
@@ -139,7 +139,7 @@ async def test_postgres_0046_as_a_migrator_that_is_no_superuser(fresh_pg_url, tm
         mine = as_user(fresh_pg_url, role)
         await migrate_postgres(mine, migration_set("postgres", tmp_path, below=46, roles_made=True))
         await _old_rows(admin)
-        assert await migrate_postgres(mine, migration_set("postgres", tmp_path, below=None, roles_made=True)) == [
+        assert await migrate_postgres(mine, migration_set("postgres", tmp_path, below=47, roles_made=True)) == [
             "0046_kb_unaccent.sql"]
         assert await admin.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'unaccent'") == int(may_create)
         await _check_after(admin, mine, marks=may_create)
