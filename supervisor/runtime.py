@@ -229,11 +229,17 @@ class Runtime:
     async def end_abandoned_runs(self) -> int:
         """End as lost (``runs.lost.end_lost``) the running runs no worker carries any more: their worker
         died and the queue had lost their job too (Redis restarted empty), so no redelivery would ever end
-        them. Who counts as gone, and why a run on a live worker never does: ``supervisor/runs/lost.py``."""
-        from supervisor.runs.lost import end_lost
+        them. Who counts as gone, and why a run on a live worker never does: ``supervisor/runs/lost.py``.
+        Each is taken over first (with the ``seen_at`` watched unchanged); one whose worker marked it since
+        (it came back) or that another ender took is left alone."""
+        from supervisor.runs.lost import end_lost, take_over
 
+        me = (self.worker.worker_id if self.worker is not None
+              else self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}")
         ended = 0
-        for run in await self.abandoned.confirmed():
+        for run, seen_at in await self.abandoned.confirmed():
+            if not await take_over(self.services, run, seen_at, me):
+                continue
             if await end_lost(self.services, run, "the run was interrupted: its worker was lost") is not None:
                 ended += 1
         if ended:

@@ -99,7 +99,7 @@ async def test_a_normal_close_still_returns() -> None:
 
 async def test_run_beat_close_keeps_the_closers_cancel() -> None:
     slow = _SlowToStop()
-    beat = RunBeat(SimpleNamespace(beat_runs=slow.body), SimpleNamespace(queue_visibility_s=0.15))
+    beat = RunBeat(SimpleNamespace(beat_runs=slow.body), SimpleNamespace(queue_visibility_s=0.15), "w1")
     beat.carry("run_1")
     await slow.started.wait()  # the beat is inside its store write
     closer = await _cancel_the_closer(beat.close, slow)

@@ -6,9 +6,16 @@ On resume, a call of the run that was in flight would go on through the chain an
 ended. ``RunLease`` keeps, per run, the monotonic time of the last queue extend (or claim) that succeeded
 while the lease was still held; CLOCK_MONOTONIC runs on through SIGSTOP, so after a freeze the lease reads
 stale. ``LeaseFence`` checks it right before each side effect of a call (the audit gate's ``tool.allowed``
-record, the tool's run): fresh -> on, with no I/O; stale -> the run is read again: ended, or carried by
-another worker -> ``run.ended`` (nothing recorded as allowed, nothing run); still ours -> on (a late but
-alive worker keeps its run, as ``holder_alive`` decides), and the lease renewed.
+record, the tool's run): fresh -> on, with no I/O; stale -> the run is held again in the store
+(``RunStore.hold``, one statement: ``seen_at`` moved only while the run is still running and this worker's):
+ended, or carried by another worker -> ``run.ended`` (nothing recorded as allowed, nothing run); still ours ->
+on (a late but alive worker keeps its run, as ``holder_alive`` decides), and the lease renewed.
+
+The store orders that hold against another worker's decision to end the run: an ender first takes the run over
+(``RunStore.take_over``: the run passes to it only if its ``seen_at`` is still the value it watched unchanged),
+and ends it only if that succeeded. Hold first -> the takeover fails and the run stays ours; takeover first ->
+the hold fails and the call is refused. Not covered: a freeze longer than the lease between a successful hold
+(or a fresh check) and the side effect, and a freeze inside a running tool.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class RunLease:
 
     def __init__(self, runs: Any, run_id: str, worker_id: str, visibility_s: float,
                  extend: Callable[[], Awaitable[Any]], clock: Callable[[], float] = time.monotonic) -> None:
-        self._runs = runs  # RunStore (get_run_any_tenant)
+        self._runs = runs  # RunStore (hold, get_run_any_tenant)
         self.run_id = run_id
         self.worker_id = worker_id
         self.ttl_s = float(visibility_s) * 2 / 3
@@ -52,12 +59,14 @@ class RunLease:
         return self.lost is None and (self._clock() if now is None else now) - self.last_ok < self.ttl_s
 
     async def confirm(self) -> None:
-        """The run read again: ``run.ended`` if it is over or another worker carries it."""
-        if self.lost is None:
-            run = await self._runs.get_run_any_tenant(self.run_id)
+        """The run held again in the store (``RunStore.hold``: marked seen now, only while it is still running
+        and this worker's): ``run.ended`` if it is over or another worker carries (or took over) it. A hold
+        that succeeds moves ``seen_at``, so no ender that watched it before can take the run over any more."""
+        if self.lost is None and not await self._runs.hold(self.run_id, self.worker_id):
+            run = await self._runs.get_run_any_tenant(self.run_id)  # why not: for the message only
             if run is None or run.status in TERMINAL_STATUSES:
                 self.lost = "the run has already ended"
-            elif run.worker_id != self.worker_id:
+            else:
                 self.lost = "the run is carried by another worker"
         if self.lost is not None:
             raise StockadeError("run.ended", f"{self.lost}: this worker stalled past its lease, and its call "

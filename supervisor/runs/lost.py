@@ -15,6 +15,13 @@ mark anything, and after it comes back every live worker marks its runs within v
 any watch can complete. A run on a live worker is ended only if its worker could not write one beat in
 three visibility timeouts while the store answered - its job would have been redelivered and the run
 ended as lost far sooner. Runs started before ``seen_at`` existed (NULL) are never taken.
+
+Deciding is not ending: the worker the run was lost by may resume (SIGSTOP, a VM pause) between an ender's
+watch and its end, and its fence (supervisor/chain/lease.py) lets a call go on once it holds the run again
+(``RunStore.hold``: ``seen_at`` moved, only while the run is its). So every ender of another worker's run
+first takes it over (``RunStore.take_over``: the run passes to the ender only if it is still the holder's,
+with the very ``seen_at`` that was watched unchanged) and ends it only if that succeeded; else its worker
+came back (or another ender has it), and the run is left alone. The store orders the two statements.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ from supervisor.aio import cancel_and_wait
 from supervisor.chain.approval import withdraw_run
 from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.rmtree import remove_tree
-from supervisor.stores.records import Event, Run
+from supervisor.stores.records import TERMINAL_STATUSES, Event, Run
 
-__all__ = ["AbandonedRuns", "RunBeat", "end_lost", "holder_alive"]
+__all__ = ["AbandonedRuns", "RunBeat", "end_lost", "holder_alive", "take_over"]
 
 log = logging.getLogger("stockade.worker")
 
@@ -64,16 +71,16 @@ async def end_lost(services: Any, run: Run, message: str, emitter: RunEmitter | 
     return ended
 
 
-async def holder_alive(services: Any, run: Run, job: Any) -> bool:
+async def holder_alive(services: Any, run: Run, job: Any) -> tuple[bool, float | None]:
     """A redelivered job of a run another worker started. Its lease lapsed, which does not prove the run's
     worker dead: a stalled event loop or a slow queue makes a heartbeat late while that worker still runs
     the run and still marks it seen (``RunBeat``, every visibility/3 s). So the run's ``seen_at`` is watched
     for one visibility timeout, the delivery kept meanwhile (a third node must not get it): marked again, or
-    ended -> its worker lives (True; should it die later, the sweepers below end the run); unchanged ->
-    that worker is lost (False)."""
+    ended -> its worker lives ((True, None); should it die later, the sweepers below end the run); unchanged
+    -> that worker is lost ((False, the seen_at watched): the value to take the run over with, ``take_over``)."""
     first = await services.runs.last_seen(run.id)
-    if first is None:  # never seen (started before seen_at), or over already
-        return False
+    if first is None:  # never seen (started before seen_at), or over already (the takeover then fails)
+        return False, None
     visibility = services.settings.queue_visibility_s
     loop = asyncio.get_running_loop()
     deadline = loop.time() + visibility
@@ -82,7 +89,26 @@ async def holder_alive(services: Any, run: Run, job: Any) -> bool:
         with contextlib.suppress(Exception):
             await services.queue.extend(job)
         if await services.runs.last_seen(run.id) != first:
-            return True
+            return True, None
+    return False, first
+
+
+async def take_over(services: Any, run: Run, seen_at: float | None, by: str) -> bool:
+    """Before ending another worker's run found lost: the run passes to ``by`` only if its holder has not
+    marked it since ``seen_at`` was watched (``RunStore.take_over``). False: that worker came back (its fence
+    holds the run again) or another ender took it; the run is not to be ended here."""
+    if await services.runs.take_over(run.id, run.worker_id, seen_at, by):
+        return True
+    now = None
+    with contextlib.suppress(Exception):  # for the log line only
+        now = await services.runs.get_run_any_tenant(run.id)
+    if now is None or now.status in TERMINAL_STATUSES:
+        log.info("run %s: found lost, but it has ended meanwhile; nothing left to end", run.id)
+    elif now.worker_id != run.worker_id:
+        log.warning("run %s: found lost, but %s took it over first; it is left to that one", run.id, now.worker_id)
+    else:
+        log.warning("run %s: found lost, but its worker (%s) marked it again before %s could take it over (it "
+                    "came back); the run is left to it", run.id, run.worker_id or "none", by)
     return False
 
 
@@ -98,11 +124,13 @@ async def _remove_run_dir(services: Any, run_id: str) -> None:
 
 
 class RunBeat:
-    """Worker side: one store write every visibility/3 s marks every run this worker carries as seen."""
+    """Worker side: one store write every visibility/3 s marks every run this worker carries as seen (only
+    while it is still this worker's: one taken over by another worker is not marked any more)."""
 
-    def __init__(self, runs: Any, settings: Any) -> None:
+    def __init__(self, runs: Any, settings: Any, worker_id: str) -> None:
         self._runs = runs  # RunStore (beat_runs)
         self._settings = settings
+        self.worker_id = worker_id
         self._carried: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -121,7 +149,7 @@ class RunBeat:
             if not self._carried:
                 break
             try:
-                await self._runs.beat_runs(sorted(self._carried))
+                await self._runs.beat_runs(sorted(self._carried), self.worker_id)
             except Exception as exc:  # the store is away: the sweepers' watch starts over when it is back
                 log.debug("run beat skipped: %s", exc)
 
@@ -145,7 +173,8 @@ class AbandonedRuns:
         """A sweep failed: what was watched may have been marked meanwhile without our seeing it."""
         self._watch.clear()
 
-    async def confirmed(self) -> list[Run]:
+    async def confirmed(self) -> list[tuple[Run, float]]:
+        """The runs found abandoned, each with the ``seen_at`` watched unchanged (to take it over with)."""
         try:
             quiet = await self._runs.quiet_runs(self.quiet_s)
         except Exception:
@@ -153,13 +182,13 @@ class AbandonedRuns:
             raise
         now = self._clock()
         watch: dict[str, tuple[float, float]] = {}
-        gone: list[Run] = []
+        gone: list[tuple[Run, float]] = []
         for run, seen_at in quiet:
             seen = self._watch.get(run.id)
             if seen is None or seen[0] != seen_at:  # newly quiet, or marked since: (re)start its watch
                 seen = (seen_at, now)
             watch[run.id] = seen  # a run marked since (fresh again) or ended drops out of the watch here
             if now - seen[1] >= self.confirm_s:
-                gone.append(run)
+                gone.append((run, seen_at))
         self._watch = watch
         return gone

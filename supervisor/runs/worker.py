@@ -25,7 +25,7 @@ from supervisor.metrics import CountedEmitter, SupervisorMetrics
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
-from supervisor.runs.lost import RunBeat, end_lost, holder_alive
+from supervisor.runs.lost import RunBeat, end_lost, holder_alive, take_over
 from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, listen_run_socket, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
@@ -61,7 +61,7 @@ class Worker:
         self.started: dict[str, float] = {}  # run_id -> monotonic time main() was entered (bench hook)
         self.cancels = CancelWatch(services.runs, CANCEL_POLL_S)  # runs ended elsewhere (API cancel)
         self._unended: set[str] = set()  # runs started here whose end could not be stored (a later delivery ends them)
-        self.beats = RunBeat(services.runs, self.settings)  # the runs carried here, for sweepers (runs/lost.py)
+        self.beats = RunBeat(services.runs, self.settings, worker_id)  # the runs carried here, for sweepers (runs/lost.py)
         # run_id -> the job delivery this worker holds for a run it carries (a lapsed lease that comes back
         # here is adopted: ``execute``)
         self._leases: dict[str, Job] = {}
@@ -255,7 +255,11 @@ class Worker:
                 forget(run.tenant_id, run.id)
 
     async def _judge_lapsed(self, run: Run, job: Job, emitter: RunEmitter) -> None:
-        if await holder_alive(self.s, run, job):
+        alive, seen_at = await holder_alive(self.s, run, job)
+        if not alive and not await take_over(self.s, run, seen_at, self.worker_id):
+            await self.s.queue.ack(job)  # its worker came back (its fence holds the run) or another ender has it
+            return
+        if alive:
             log.warning("run %s: its job came back, but its worker (%s) still carries it (a heartbeat came too "
                         "late); the run goes on there", run.id, run.worker_id)
             if run.worker_id == self.worker_id:

@@ -93,8 +93,19 @@ class RunStore(Protocol):
     async def start_run(self, tenant_id: str, run_id: str, *, worker_id: str, started_at: float) -> Run | None:
         """queued -> running for exactly one claimer: None unless the run was still queued. Its first beat."""
         ...
-    async def beat_runs(self, run_ids: list[str]) -> None:  # workers: the runs they still carry
-        """Mark these running / waiting_approval runs (any tenant) as seen now, by the store's own clock."""
+    async def beat_runs(self, run_ids: list[str], worker_id: str) -> None:  # workers: the runs they still carry
+        """Mark these running / waiting_approval runs (any tenant) that ``worker_id`` carries as seen now, by the
+        store's own clock. A run another worker took over (``take_over``) is not marked any more."""
+        ...
+    async def hold(self, run_id: str, worker_id: str) -> bool:  # workers: the fence (chain/lease.py)
+        """One statement: mark the run (any tenant) seen now (by the store's clock, and always to a value other
+        than the one it had) only if it is running / waiting_approval and carried by ``worker_id``. True if it
+        was: then no ``take_over`` with a ``seen_at`` read before can succeed."""
+        ...
+    async def take_over(self, run_id: str, holder: str | None, seen_at: float | None, by: str) -> bool:  # enders
+        """One statement: the run (any tenant) passes to ``by`` only if it is running / waiting_approval, still
+        carried by ``holder`` and its ``seen_at`` is still exactly ``seen_at`` (the value watched unchanged;
+        None compares equal to a NULL). True if it did: its old holder's ``hold`` fails from then on."""
         ...
     async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:  # sweeps
         """Running / waiting_approval runs (any tenant) last seen ``quiet_s`` or more seconds ago by the

@@ -38,13 +38,13 @@ async def test_the_worker_beat_marks_exactly_the_runs_it_carries(sql_db):
     calls: list[list[str]] = []
     real = runs.beat_runs
 
-    async def beat_runs(run_ids: list[str]) -> None:
-        await real(run_ids)
+    async def beat_runs(run_ids: list[str], worker_id: str) -> None:
+        await real(run_ids, worker_id)
         calls.append(list(run_ids))
         beaten.set()
 
     runs.beat_runs = beat_runs
-    beat = RunBeat(runs, SimpleNamespace(queue_visibility_s=0.15))  # a beat every 0.05 s
+    beat = RunBeat(runs, SimpleNamespace(queue_visibility_s=0.15), "w1")  # a beat every 0.05 s
     try:
         beat.carry(kept)
         beat.carry(let_go)
@@ -68,11 +68,11 @@ async def test_a_run_is_abandoned_only_once_seen_unmarked_over_the_confirm_windo
     sweep.quiet_s = 0.0  # the store-side filter passes at once; the watch is what is tested
 
     async def gone() -> set[str]:
-        return {r.id for r in await sweep.confirmed()} & {lost, alive}
+        return {r.id for r, _ in await sweep.confirmed()} & {lost, alive}
 
     assert await gone() == set()  # first sight: the watch starts
     now[0] += 29.0
-    await runs.beat_runs([alive])  # a live worker marks its run meanwhile
+    await runs.beat_runs([alive], "w1")  # a live worker marks its run meanwhile
     assert await gone() == set()  # seen marked: its watch starts over now (t = 129)
     now[0] += 1.0
     assert await gone() == {lost}  # 30 s unmarked under watch
@@ -95,7 +95,7 @@ async def test_a_failed_sweep_starts_every_watch_over(sql_db):
     now = [0.0]
     sweep = AbandonedRuns(runs, visibility_s=30.0, clock=lambda: now[0])
     sweep.quiet_s = 0.0
-    assert [r.id for r in await sweep.confirmed() if r.id == lost] == []
+    assert [r.id for r, _ in await sweep.confirmed() if r.id == lost] == []
     real = runs.quiet_runs
 
     async def away(*a, **kw):
@@ -106,9 +106,9 @@ async def test_a_failed_sweep_starts_every_watch_over(sql_db):
         await sweep.confirmed()
     runs.quiet_runs = real
     now[0] += 60.0
-    assert [r.id for r in await sweep.confirmed() if r.id == lost] == []  # seen again, watched anew
+    assert [r.id for r, _ in await sweep.confirmed() if r.id == lost] == []  # seen again, watched anew
     now[0] += 30.0
-    assert [r.id for r in await sweep.confirmed() if r.id == lost] == [lost]
+    assert [(r.id, s) for r, s in await sweep.confirmed() if r.id == lost] == [(lost, await _seen(runs, lost))]
 
 
 async def test_an_ended_run_is_held_until_its_worker_lets_go(sql_db):

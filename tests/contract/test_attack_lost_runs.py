@@ -205,14 +205,14 @@ async def test_postgres_a_beat_is_not_held_up_by_one_locked_run(pg_url):
         holder = asyncio.ensure_future(hold())
         try:
             await asyncio.wait_for(locked.wait(), 10)
-            await asyncio.wait_for(runs.beat_runs(ids), 10)
+            await asyncio.wait_for(runs.beat_runs(ids, "w1"), 10)
             after = await seen()
         finally:
             held.set()
             await asyncio.wait_for(holder, 10)
         assert after[ids[0]] > before[ids[0]] and after[ids[2]] > before[ids[2]]
         assert after[ids[1]] == before[ids[1]]  # the locked one waits for the next beat
-        await runs.beat_runs(ids)
+        await runs.beat_runs(ids, "w1")
         assert (await seen())[ids[1]] > before[ids[1]]
     finally:
         await db.close()
@@ -248,7 +248,7 @@ async def test_postgres_a_beat_waits_briefly_for_a_row_held_briefly(pg_url):
         holder = asyncio.ensure_future(hold())
         try:
             await asyncio.wait_for(locked.wait(), 10)
-            beat = asyncio.ensure_future(runs.beat_runs([run.id]))
+            beat = asyncio.ensure_future(runs.beat_runs([run.id], "w1"))
             probe = await asyncpg.connect(pg_url)
             try:  # the beat is waiting on the row: release it then (another server's state: poll, bounded)
                 for _ in range(200):

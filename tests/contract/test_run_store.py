@@ -340,8 +340,8 @@ async def test_runs_carried_are_seen_and_the_rest_go_quiet(ctx):
     first = await quiet(0.0)
     assert set(first) == {carried.id, dropped.id, waiting.id, theirs.id}
     assert await quiet(3600.0) == {}  # all just seen
-    await runs.beat_runs([carried.id, waiting.id, theirs.id, done.id, queued.id, "run_unknown"])
-    await runs.beat_runs([])
+    await runs.beat_runs([carried.id, waiting.id, theirs.id, done.id, queued.id, "run_unknown"], "w1")
+    await runs.beat_runs([], "w1")
     second = await quiet(0.0)
     assert set(second) == set(first)  # an ended or queued run is not made carried by a beat
     assert second[dropped.id] == first[dropped.id]

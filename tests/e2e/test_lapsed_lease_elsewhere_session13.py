@@ -69,7 +69,7 @@ async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_con
             await asyncio.wait_for(dropped.wait(), 20)
             assert "its worker (" in caplog.text and "still carries it" in caplog.text, caplog.text
             if then == "dies":  # node a stops marking its runs (as a dead node would): the sweepers end the run
-                async def no_beat(run_ids):
+                async def no_beat(run_ids, worker_id):
                     return None
 
                 a.rt.services.runs.beat_runs = no_beat
@@ -110,7 +110,7 @@ async def test_judging_a_redelivered_job_holds_no_run_slot(node_config, stack_ki
         async def too_late(job):
             return None
 
-        async def no_beat(run_ids):  # node a is as good as dead: no heartbeat, no mark
+        async def no_beat(run_ids, worker_id):  # node a is as good as dead: no heartbeat, no mark
             return None
 
         a.rt.services.queue.extend = too_late

@@ -429,7 +429,7 @@ async def test_two_sweepers_racing_end_an_abandoned_run_once(node_config, stack_
 
             async def confirmed():
                 got = await find()
-                if not held and any(r.id == run_id for r in got):
+                if not held and any(r.id == run_id for r, _ in got):
                     held.append(True)
                     await asyncio.wait_for(barrier.wait(), 20)  # until the other sweeper found it too
                 return got

@@ -92,9 +92,11 @@ async def _held_call(node, monkeypatch) -> dict[str, Any]:
 
 
 def _freeze(lease: RunLease, visibility_s: float) -> None:
-    """What a SIGSTOP of one visibility timeout does to the lease: its last extend that long ago."""
+    """What a SIGSTOP of one visibility timeout does to the lease: its clock moved on that long. (Moving its
+    last extend back instead raced with a heartbeat's extend in flight, which set it to when that was sent.)"""
     assert lease.fresh()
-    lease.last_ok -= visibility_s
+    clock = lease._clock
+    lease._clock = lambda: clock() + visibility_s
     assert not lease.fresh()
 
 
@@ -136,13 +138,13 @@ async def test_a_late_but_alive_worker_goes_on_with_its_run(node, monkeypatch):
     s = node.rt.services
     run_id = h["run"]["id"]
     reads: list[str] = []
-    real_get = s.runs.get_run_any_tenant
+    real_hold = s.runs.hold
 
-    async def counted(rid: str):
+    async def counted(rid: str, worker_id: str):
         reads.append(rid)
-        return await real_get(rid)
+        return await real_hold(rid, worker_id)
 
-    monkeypatch.setattr(s.runs, "get_run_any_tenant", counted)
+    monkeypatch.setattr(s.runs, "hold", counted)
     try:
         _freeze(h["lease"], s.settings.queue_visibility_s)  # late, but nobody ended the run
         h["release"].set()
@@ -152,7 +154,7 @@ async def test_a_late_but_alive_worker_goes_on_with_its_run(node, monkeypatch):
         h["watch"].set()
     assert h.get("error") is None and h["result"] == {"n": 1}, h.get("error")
     assert h["tool"].runs == 1
-    assert run_id in reads  # the stale lease had the run read again
+    assert run_id in reads  # the stale lease had the run held again in the store
     assert h["lease"].fresh()  # ... and renewed: the next calls take the fast path again
     events = await asyncio.wait_for(collect(h["client"], run_id), 30)
     check_stream(events)
@@ -164,13 +166,17 @@ async def test_a_late_but_alive_worker_goes_on_with_its_run(node, monkeypatch):
 
 
 class _Runs:
-    """The one store read the lease makes (its decisions, not a store, are what is tested here)."""
+    """The store calls the lease makes: its hold, and the read that says why one failed (its decisions, not a
+    store, are what is tested here)."""
 
     def __init__(self, run: Run | None) -> None:
         self.run, self.reads = run, 0
 
-    async def get_run_any_tenant(self, run_id: str) -> Run | None:
+    async def hold(self, run_id: str, worker_id: str) -> bool:
         self.reads += 1
+        return self.run is not None and self.run.status == "running" and self.run.worker_id == worker_id
+
+    async def get_run_any_tenant(self, run_id: str) -> Run | None:
         return self.run
 
 

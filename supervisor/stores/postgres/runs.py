@@ -121,7 +121,7 @@ class PgRunStore:
             )
         return to_run(row) if row else None
 
-    async def beat_runs(self, run_ids: list[str]) -> None:
+    async def beat_runs(self, run_ids: list[str], worker_id: str) -> None:
         if not run_ids:
             return
         async with self._db.system_tx() as c:
@@ -130,7 +130,8 @@ class PgRunStore:
             # would end those healthy runs.
             marked = {r[0] for r in await c.fetch(
                 f"UPDATE runs SET seen_at = {_NOW} WHERE id IN (SELECT id FROM runs WHERE id = ANY($1::text[])"
-                f" AND status IN {_CARRIED_SQL} ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id", sorted(run_ids))}
+                f" AND status IN {_CARRIED_SQL} AND worker_id = $2 ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id",
+                sorted(run_ids), worker_id)}
             rest = sorted(set(run_ids) - marked)
             if rest:
                 # Then the held ones, waiting a little: usually their run's own event write holds the row for a
@@ -139,10 +140,27 @@ class PgRunStore:
                 await c.execute("SAVEPOINT beat_held; SET LOCAL lock_timeout = '1s'")
                 try:
                     await c.execute(f"UPDATE runs SET seen_at = {_NOW} WHERE id = ANY($1::text[])"
-                                    f" AND status IN {_CARRIED_SQL}", rest)
+                                    f" AND status IN {_CARRIED_SQL} AND worker_id = $2", rest, worker_id)
                 except asyncpg.LockNotAvailableError:
                     await c.execute("ROLLBACK TO SAVEPOINT beat_held")
                 await c.execute("RELEASE SAVEPOINT beat_held")
+
+    async def hold(self, run_id: str, worker_id: str) -> bool:
+        async with self._db.system_tx() as c:
+            # now, or just past the value it had (a clock stepped back): a hold always changes seen_at. The row
+            # lock orders it with a take_over: the one that waited re-checks its WHERE on the row the other left
+            status = await c.execute(
+                f"UPDATE runs SET seen_at = greatest({_NOW}, COALESCE(seen_at, 0) + 0.000001) WHERE id = $1"
+                f" AND status IN {_CARRIED_SQL} AND worker_id = $2", run_id, worker_id)
+        return status == "UPDATE 1"
+
+    async def take_over(self, run_id: str, holder: str | None, seen_at: float | None, by: str) -> bool:
+        async with self._db.system_tx() as c:
+            status = await c.execute(
+                f"UPDATE runs SET worker_id = $4 WHERE id = $1 AND status IN {_CARRIED_SQL}"
+                " AND worker_id IS NOT DISTINCT FROM $2::text AND seen_at IS NOT DISTINCT FROM $3::float8",
+                run_id, holder, seen_at, by)
+        return status == "UPDATE 1"
 
     async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:
         async with self._db.system_tx() as c:

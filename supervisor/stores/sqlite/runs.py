@@ -120,17 +120,32 @@ class SqliteRunStore:
             ).fetchone()
         return to_run(row) if row else None
 
-    async def beat_runs(self, run_ids: list[str]) -> None:
+    async def beat_runs(self, run_ids: list[str], worker_id: str) -> None:
         now = time.time()
 
         def beat(c: sqlite3.Connection) -> None:
             for i in range(0, len(run_ids), 500):
                 chunk = run_ids[i:i + 500]
                 c.execute(f"UPDATE runs SET seen_at = ? WHERE id IN ({', '.join('?' * len(chunk))})"
-                          f" AND status IN {_CARRIED_SQL}", (now, *chunk))
+                          f" AND status IN {_CARRIED_SQL} AND worker_id = ?", (now, *chunk, worker_id))
 
         if run_ids:
             await self._db.write(beat)
+
+    async def hold(self, run_id: str, worker_id: str) -> bool:
+        def hold(c: sqlite3.Connection) -> int:
+            # now, or just past the value it had (a clock stepped back): a hold always changes seen_at
+            return c.execute(f"UPDATE runs SET seen_at = MAX(?, COALESCE(seen_at, 0) + 0.000001) WHERE id = ?"
+                             f" AND status IN {_CARRIED_SQL} AND worker_id = ?", (time.time(), run_id, worker_id)).rowcount
+
+        return await self._db.write(hold, one_statement=True) == 1
+
+    async def take_over(self, run_id: str, holder: str | None, seen_at: float | None, by: str) -> bool:
+        def take(c: sqlite3.Connection) -> int:
+            return c.execute(f"UPDATE runs SET worker_id = ? WHERE id = ? AND status IN {_CARRIED_SQL}"
+                             " AND worker_id IS ? AND seen_at IS ?", (by, run_id, holder, seen_at)).rowcount
+
+        return await self._db.write(take, one_statement=True) == 1
 
     async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:
         rows = self._db.query(
