@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app import cli
+from app import cli, cli_verify
 from supervisor.audit.chain import ChainVerifier
 from tests.conftest import PG_ADMIN_URL
 
@@ -241,7 +241,7 @@ def test_receipt_verify_unreadable_inputs(env, tmp_path, capsys, pub_pem, monkey
     line = _one_line_error(*_run(capsys, "receipt", "verify", str(good), "--public-key", str(not_pem))[::2])
     assert line == f"stockade: input.invalid: public key {not_pem} is not a PEM public key"
 
-    monkeypatch.setattr(cli, "_MAX_RECEIPT_BYTES", 16)  # never read a stray huge file whole (nor /dev/zero: not a file)
+    monkeypatch.setattr(cli_verify, "_MAX_RECEIPT_BYTES", 16)  # never read a stray huge file whole (nor /dev/zero: not a file)
     huge = tmp_path / "huge.json"
     huge.write_bytes(b" " * 17)
     line = _one_line_error(*_run(capsys, "receipt", "verify", str(huge), "--public-key", str(pub_pem))[::2])
