@@ -57,6 +57,7 @@ class Runtime:
     warm: Any = None
     abandoned: Any = None  # supervisor.runs.lost.AbandonedRuns, on nodes with workers
     uid_claim: Any = None  # sandbox.uid_claim.UidClaim: this worker's host-wide claim on its uid range
+    id_claim: Any = None  # stores.redis.worker_ids.WorkerIdClaim: this worker's claim on its id, fleet-wide
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     sandbox_problems: list[str] = field(default_factory=list)
@@ -85,6 +86,7 @@ class Runtime:
             if self.sandbox_problems:  # a node that also serves the API: its readiness says so, runs fail clearly
                 log.error("sandbox backend not ready, no bundle will run: %s", "; ".join(self.sandbox_problems))
             self._claim_uids()  # before anything reaps "orphans" of the range: they may be another worker's
+            await self._claim_id()
             warm_up = getattr(self.services.tools, "warm_up", None)
             if warm_up is not None:
                 warm_up()  # the LLM SDKs (seconds to import), in threads, before the first call
@@ -118,6 +120,17 @@ class Runtime:
             log.warning("sandbox uid range not claimed (%s): make sure no other worker on this host uses "
                         "STOCKADE_SANDBOX_UID_BASE..+COUNT %d..%d", exc, pool.base, pool.base + pool.count - 1)
 
+    async def _claim_id(self) -> None:
+        """With a shared queue (Redis), one live worker per ``STOCKADE_WORKER_ID`` (``stores/redis/worker_ids.py``;
+        the default id, hostname:pid, is this process's own)."""
+        client = self.services.extras.get("redis")
+        if client is None or self.id_claim is not None or not self.settings.worker_id:
+            return
+        from supervisor.stores.redis.worker_ids import claim_worker_id
+
+        self.id_claim = await claim_worker_id(client, self.settings.redis_prefix, self.settings.worker_id,
+                                              self.settings.queue_visibility_s)
+
     def _make_worker(self) -> Any:
         from supervisor.runs.worker import Worker
 
@@ -126,7 +139,8 @@ class Runtime:
             from supervisor.policy import load_bundle_policy
         except ImportError:  # pragma: no cover
             load_bundle_policy = None
-        wid = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        wid = (self.id_claim.worker_id if self.id_claim is not None
+               else self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}")
         forget = [i.forget_run for i in self.interceptors if hasattr(i, "forget_run")]
         return Worker(self.services, self.chain, self.recorder, self.registry, worker_id=wid, uid_pool=uid_pool,
                       bundle_policy_loader=load_bundle_policy, on_run_end=forget, warm=self.warm)
@@ -259,6 +273,9 @@ class Runtime:
             if drain is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(drain(), 5.0)
+        if self.id_claim is not None:  # the worker has stopped: its id is free for its successor at once
+            await self.id_claim.release()
+            self.id_claim = None
         await self.services.close()
         if self.uid_claim is not None:
             self.uid_claim.release()

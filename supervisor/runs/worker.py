@@ -195,7 +195,8 @@ class Worker:
                 self._unended.discard(run.id)
                 return
             # Any other run is watched first, also one stored under this worker's id: a worker restarted under
-            # the same STOCKADE_WORKER_ID, or a second worker given the same id (a scaled compose service),
+            # the same STOCKADE_WORKER_ID, or a second worker on the same id (one whose id claim lapsed in a freeze;
+            # a second live worker given it runs as id~2: stores/redis/worker_ids.py),
             # whose run is alive (that one was ended at once as a lost worker's, live as it was)
             # judged beside this worker's runs, not in a run slot: a node that stalls can hand every other
             # node many such jobs at once, each watched for up to one visibility timeout

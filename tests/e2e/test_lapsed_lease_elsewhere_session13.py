@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.timeout(90)]
 async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_config, stack_kind, then, b_id, caplog):
     """same-id (found by a walkthrough): two workers given one STOCKADE_WORKER_ID (a scaled compose service).
     The node that got the job took the run for one it had started itself and lost, and ended it at once as
-    run.worker_lost while the other worker ran it; it now watches the run as for any other worker's."""
+    run.worker_lost while the other worker ran it; it now watches the run as for any other worker's. Since
+    session 24 the second worker claims an id of its own (node-a~2: stores/redis/worker_ids.py)."""
     settings = node_config.model_copy(update={"queue_visibility_s": 1.0})
     # one slot: once it runs the run, this node claims nothing more, so the job's redelivery goes to the other
     a = await start_node(settings.model_copy(update={"worker_concurrency": 1, "worker_id": "node-a"}))
@@ -56,6 +57,7 @@ async def test_a_job_redelivered_to_another_node_while_its_worker_lives(node_con
             await asyncio.sleep(0.01)
         assert run_id in a.rt.worker.beats._carried
         b = await start_node(settings.model_copy(update={"worker_id": b_id}), api=False, workers=True)
+        assert b.rt.worker.worker_id == ("node-b" if b_id == "node-b" else "node-a~2")
         dropped = asyncio.Event()
         ack = b.rt.services.queue.ack
 
