@@ -65,6 +65,13 @@ class Runtime:
     async def start(self, *, workers: bool, watch: bool, require_sandbox: bool = False) -> None:
         """``require_sandbox``: a worker-only node whose sandbox backend is not ready refuses to start
         (``sandbox.unavailable``) instead of taking its share of the fleet's runs and failing each."""
+        try:
+            await self._start(workers=workers, watch=watch, require_sandbox=require_sandbox)
+        except BaseException:  # a refused start keeps no id claim renewed for the rest of the process: its
+            await self._release_id()  # caller may never call stop (the id stayed held, its successor ran as ~2)
+            raise
+
+    async def _start(self, *, workers: bool, watch: bool, require_sandbox: bool) -> None:
         from supervisor.bundles.watcher import bundles_dir_problem, load_bundles_dir, watch_bundles_dir
 
         problem = bundles_dir_problem(self.settings.bundles_dir)
@@ -130,6 +137,11 @@ class Runtime:
 
         self.id_claim = await claim_worker_id(client, self.settings.redis_prefix, self.settings.worker_id,
                                               self.settings.queue_visibility_s)
+
+    async def _release_id(self) -> None:
+        claim, self.id_claim = self.id_claim, None
+        if claim is not None:
+            await claim.release()
 
     def _make_worker(self) -> Any:
         from supervisor.runs.worker import Worker
@@ -273,9 +285,7 @@ class Runtime:
             if drain is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(drain(), 5.0)
-        if self.id_claim is not None:  # the worker has stopped: its id is free for its successor at once
-            await self.id_claim.release()
-            self.id_claim = None
+        await self._release_id()  # the worker has stopped: its id is free for its successor at once
         await self.services.close()
         if self.uid_claim is not None:
             self.uid_claim.release()

@@ -38,6 +38,7 @@ _MAX_S = 1e9  # about 31 years
 _MAX_MB = 2**24  # 16 TiB; times 2**20 it stays far inside a C long
 _MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
 _OVERFLOW_UID = 65534  # the kernel's overflowuid (sandbox/identity.py never hands it out)
+_MAX_WORKER_ID = 253  # a DNS name's (a Kubernetes pod name's) length
 
 
 class Settings(BaseSettings):
@@ -260,6 +261,21 @@ class Settings(BaseSettings):
         # the Redis database (another deployment's "" and "stockade:" keys among them)
         if not v.strip():
             raise ValueError("must not be empty or blank (it starts every Redis key of this deployment)")
+        return v
+
+    @field_validator("worker_id")
+    @classmethod
+    def _worker_id(cls, v: str | None) -> str | None:
+        # it names the worker in the queue, the runs, its Redis claim and log lines: one not UTF-8 (lone
+        # surrogates from a mis-encoded env file) failed the start with a UnicodeEncodeError traceback
+        if v is None:
+            return None
+        if not v.strip():
+            raise ValueError("must not be blank (unset it for the default, hostname:pid)")
+        if len(v) > _MAX_WORKER_ID:
+            raise ValueError(f"must be at most {_MAX_WORKER_ID} characters, not {len(v)}")
+        if not v.isprintable():  # also C1 controls, line separators, bidi overrides, lone surrogates
+            raise ValueError("must be valid UTF-8 without control or format characters")
         return v
 
     @field_validator("openai_base_url", "anthropic_base_url")

@@ -144,27 +144,31 @@ async def claim_worker_id(client: aioredis.Redis, prefix: str, wanted: str, ttl_
     ttl_ms = max(1, int(ttl_s * 1000))
     take_over = client.register_script(_TAKE_OVER)
     first_holder = None
-    with unavailable("store.unavailable", _WHAT):
-        for n in range(1, MAX_SUFFIX + 1):
-            wid = wanted if n == 1 else f"{wanted}~{n}"
-            key = f"{prefix}worker-id:{wid}"
-            if await client.set(key, value, nx=True, px=ttl_ms):
-                break
-            held = await client.get(key)
-            if (held is not None and _holder(held) == me and _text(held) not in _LIVE
-                    and await take_over(keys=[key], args=[held, value, ttl_ms])):
-                break  # held under this host:pid: by this process's dead predecessor
-            if n == 1:
-                first_holder = _holder(held) if held is not None else "a worker"
-        else:
-            raise StockadeError("settings.invalid", f"worker id {wanted!r} and {wanted}~2 .. ~{MAX_SUFFIX} are all "
-                                "held by live workers: give each worker its own STOCKADE_WORKER_ID (or leave it "
-                                "unset: hostname:pid)")
+    _LIVE.add(value)  # before the first SET: a node of this process claiming at the same instant sees it live
+    try:
+        with unavailable("store.unavailable", _WHAT):
+            for n in range(1, MAX_SUFFIX + 1):
+                wid = wanted if n == 1 else f"{wanted}~{n}"
+                key = f"{prefix}worker-id:{wid}"
+                if await client.set(key, value, nx=True, px=ttl_ms):
+                    break
+                held = await client.get(key)
+                if (held is not None and _holder(held) == me and _text(held) not in _LIVE
+                        and await take_over(keys=[key], args=[held, value, ttl_ms])):
+                    break  # held under this host:pid: by this process's dead predecessor
+                if n == 1:
+                    first_holder = _holder(held) if held is not None else "a worker"
+            else:
+                raise StockadeError("settings.invalid", f"worker id {wanted!r} and {wanted}~2 .. ~{MAX_SUFFIX} are all "
+                                    "held by live workers: give each worker its own STOCKADE_WORKER_ID (or leave it "
+                                    "unset: hostname:pid)")
+    except BaseException:
+        _LIVE.discard(value)
+        raise
     if wid != wanted:
         log.warning("worker id %s is held by another worker (%s; a live one, or one gone less than %.0f s ago): this "
                     "worker runs as %s. Give each worker its own STOCKADE_WORKER_ID (or leave it unset)",
                     wanted, first_holder, ttl_s, wid)
     claim = WorkerIdClaim(client, prefix, wid, value, ttl_s)
-    _LIVE.add(value)
     claim.start()
     return claim
