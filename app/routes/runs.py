@@ -217,10 +217,12 @@ def _last_event_id(raw: str) -> int:
     """The Last-Event-ID cursor: ASCII digits (leading zeros allowed) up to MAX_ID, nothing else - as ?after= is
     read (a whole-number query parameter: app/strict_json.py)."""
     # ASCII digits only ("²".isdigit() is true, int("²") fails); past bigint no store can compare it;
-    # the length first: int() of more than 4300 digits raises (a 500), and is slow well before
-    if not (raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(MAX_ID)) and int(raw) <= MAX_ID):
+    # the length first: int() of more than 4300 digits raises (a 500), and is slow well before - leading
+    # zeros included (int() counts them), so only the digits past them are converted
+    digits = raw.lstrip("0") or "0"
+    if not (raw.isascii() and raw.isdigit() and len(digits) <= len(str(MAX_ID)) and int(digits) <= MAX_ID):
         raise StockadeError("input.invalid", f"Last-Event-ID must be a sequence number: ASCII digits, at most {MAX_ID}")
-    return int(raw)
+    return int(digits)
 
 
 @router.get("/{run_id}/events", response_class=_EventStream, responses={
