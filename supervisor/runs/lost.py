@@ -96,8 +96,13 @@ async def holder_alive(services: Any, run: Run, job: Any) -> tuple[bool, float |
 async def take_over(services: Any, run: Run, seen_at: float | None, by: str) -> bool:
     """Before ending another worker's run found lost: the run passes to ``by`` only if its holder has not
     marked it since ``seen_at`` was watched (``RunStore.take_over``). False: that worker came back (its fence
-    holds the run again) or another ender took it; the run is not to be ended here."""
-    if await services.runs.take_over(run.id, run.worker_id, seen_at, by):
+    holds the run again) or another ender took it; the run is not to be ended here.
+
+    An ender whose own id is the holder's (a worker restarted under the same STOCKADE_WORKER_ID, or one that
+    took over the id claim of a worker frozen past it, which then resumes) takes the run under another name:
+    taken under the holder's own id the run would stay "its", and its old holder's fence would hold it again
+    while it is being ended (the store refuses such a takeover)."""
+    if await services.runs.take_over(run.id, run.worker_id, seen_at, _taker(by, run.worker_id)):
         return True
     now = None
     with contextlib.suppress(Exception):  # for the log line only
@@ -110,6 +115,16 @@ async def take_over(services: Any, run: Run, seen_at: float | None, by: str) -> 
         log.warning("run %s: found lost, but its worker (%s) marked it again before %s could take it over (it "
                     "came back); the run is left to it", run.id, run.worker_id or "none", by)
     return False
+
+
+def _taker(by: str, holder: str | None) -> str:
+    """The name ``by`` takes a run over under: its own id, unless that is the holder's, or the holder is one of
+    its own takeover names (an ender of ours that crashed before ending it): the run must not become the frozen
+    worker's again. Never equal to ``holder`` (the store refuses that)."""
+    if by != holder and not (holder or "").startswith(f"{by} (takeover"):
+        return by
+    name = f"{by} (takeover)"
+    return name if name != holder else f"{by} (takeover 2)"
 
 
 async def _remove_run_dir(services: Any, run_id: str) -> None:
@@ -167,7 +182,8 @@ class AbandonedRuns:
         self.quiet_s = 2 * float(visibility_s)
         self.confirm_s = float(visibility_s)
         self._clock = clock
-        self._watch: dict[str, tuple[float, float]] = {}  # run id -> (seen_at found quiet, since when, ours)
+        # run id -> (seen_at found quiet, its carrier then, since when, on our clock)
+        self._watch: dict[str, tuple[float, str | None, float]] = {}
 
     def forget(self) -> None:
         """A sweep failed: what was watched may have been marked meanwhile without our seeing it."""
@@ -181,14 +197,16 @@ class AbandonedRuns:
             self.forget()
             raise
         now = self._clock()
-        watch: dict[str, tuple[float, float]] = {}
+        watch: dict[str, tuple[float, str | None, float]] = {}
         gone: list[tuple[Run, float]] = []
         for run, seen_at in quiet:
             seen = self._watch.get(run.id)
-            if seen is None or seen[0] != seen_at:  # newly quiet, or marked since: (re)start its watch
-                seen = (seen_at, now)
+            # newly quiet, marked since, or taken over since by another ender (a takeover leaves seen_at as it
+            # was): (re)start its watch - a run another ender has just taken over is that ender's to end
+            if seen is None or seen[0] != seen_at or seen[1] != run.worker_id:
+                seen = (seen_at, run.worker_id, now)
             watch[run.id] = seen  # a run marked since (fresh again) or ended drops out of the watch here
-            if now - seen[1] >= self.confirm_s:
+            if now - seen[2] >= self.confirm_s:
                 gone.append((run, seen_at))
         self._watch = watch
         return gone

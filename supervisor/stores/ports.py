@@ -105,7 +105,9 @@ class RunStore(Protocol):
     async def take_over(self, run_id: str, holder: str | None, seen_at: float | None, by: str) -> bool:  # enders
         """One statement: the run (any tenant) passes to ``by`` only if it is running / waiting_approval, still
         carried by ``holder`` and its ``seen_at`` is still exactly ``seen_at`` (the value watched unchanged;
-        None compares equal to a NULL). True if it did: its old holder's ``hold`` fails from then on."""
+        None compares equal to a NULL). True if it did: its old holder's ``hold`` fails from then on. A takeover
+        by the holder's own id (``by == holder``) is refused (False): the run would stay the holder's, and its
+        hold would pass (``runs.lost.take_over`` takes such a run under another name)."""
         ...
     async def quiet_runs(self, quiet_s: float, limit: int = 1000) -> list[tuple[Run, float]]:  # sweeps
         """Running / waiting_approval runs (any tenant) last seen ``quiet_s`` or more seconds ago by the

@@ -155,6 +155,8 @@ class PgRunStore:
         return status == "UPDATE 1"
 
     async def take_over(self, run_id: str, holder: str | None, seen_at: float | None, by: str) -> bool:
+        if by == holder:  # the run would stay "holder"'s: its old holder's hold would still pass (lost.take_over)
+            return False
         async with self._db.system_tx() as c:
             status = await c.execute(
                 f"UPDATE runs SET worker_id = $4 WHERE id = $1 AND status IN {_CARRIED_SQL}"

@@ -141,6 +141,9 @@ class SqliteRunStore:
         return await self._db.write(hold, one_statement=True) == 1
 
     async def take_over(self, run_id: str, holder: str | None, seen_at: float | None, by: str) -> bool:
+        if by == holder:  # the run would stay "holder"'s: its old holder's hold would still pass (lost.take_over)
+            return False
+
         def take(c: sqlite3.Connection) -> int:
             return c.execute(f"UPDATE runs SET worker_id = ? WHERE id = ? AND status IN {_CARRIED_SQL}"
                              " AND worker_id IS ? AND seen_at IS ?", (by, run_id, holder, seen_at)).rowcount
