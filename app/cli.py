@@ -300,10 +300,14 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> int:
             return await _secrets_reseal(rt, args.tenant)
         if args.cmd == "receipt":  # adopt-key
             from supervisor.audit.keys import key_id
-            from supervisor.audit.signing_check import adopt_signing_key
+            from supervisor.audit.signing_check import adopt_signing_key, shown_key_id
 
             kid = key_id(rt.signing_key)
-            _out(json.dumps({"key_id": kid, "replaced": await adopt_signing_key(s.audit, kid)}))
+            before = await adopt_signing_key(s.audit, kid)
+            # "replaced": the key it replaced, none when none was recorded or it was this key already (a retried
+            # command: "changed" false). A value a database writer put there is shown escaped and cut
+            changed = before != kid
+            _out(json.dumps({"key_id": kid, "replaced": shown_key_id(before) if changed else None, "changed": changed}))
             return 0
     finally:
         await rt.stop()

@@ -23,14 +23,26 @@ start compares its keys with it:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from supervisor.stores.ports import AuditLog
 
-__all__ = ["NAME", "adopt_signing_key", "check_signing_key"]
+__all__ = ["NAME", "adopt_signing_key", "check_signing_key", "shown_key_id"]
 
 NAME = "receipt.signing"
 _ROUNDS = 8  # lost compare-and-sets in a row before giving up (each means another node moved the id)
+_KEY_ID = re.compile(r"[0-9a-f]{16}")  # supervisor/audit/keys.py key_id
+_SHOWN = 40  # characters of a recorded value that is no key id, in a message
+
+
+def shown_key_id(recorded: str | None) -> str | None:
+    """``recorded`` as a message or the CLI shows it: a key id as is; anything else (a value a database writer
+    put there: any length, control characters, bytes that are not UTF-8) escaped, cut, and said to be none."""
+    if recorded is None or _KEY_ID.fullmatch(recorded):
+        return recorded
+    cut = ascii(recorded[:_SHOWN])[1:-1] + ("..." if len(recorded) > _SHOWN else "")
+    return f"<not a key id: {cut}>"
 
 
 async def check_signing_key(audit: AuditLog, current: str, retired: Iterable[str], next_id: str | None) -> str | None:
@@ -46,8 +58,8 @@ async def check_signing_key(audit: AuditLog, current: str, retired: Iterable[str
         if after == current:
             return None
         recorded = after  # another node recorded its key first: judged again
-    return (f"invalid setting STOCKADE_SIGNING_KEY_FILE: the deployment signs receipts with key {recorded}, and this "
-            f"node signs with key {current}, with neither STOCKADE_SIGNING_KEY_FILE_NEXT nor "
+    return (f"invalid setting STOCKADE_SIGNING_KEY_FILE: the deployment signs receipts with key "
+            f"{shown_key_id(recorded)}, and this node signs with key {current}, with neither STOCKADE_SIGNING_KEY_FILE_NEXT nor "
             "STOCKADE_SIGNING_KEY_FILES_RETIRED naming the deployment's: receipts this node signed would verify "
             "against no other node's published keys. Give every node the same STOCKADE_SIGNING_KEY_FILE (or one shared STOCKADE_DATA_DIR); "
             "to rotate, list the old key as retired; if the deployment's key is lost for good, "
@@ -55,7 +67,8 @@ async def check_signing_key(audit: AuditLog, current: str, retired: Iterable[str
 
 
 async def adopt_signing_key(audit: AuditLog, current: str) -> str | None:
-    """Record ``current`` as the deployment's signing key whatever is recorded; the id it replaced."""
+    """Record ``current`` as the deployment's signing key whatever is recorded; the id recorded before (``current``
+    itself when it was this key already: nothing changed)."""
     for _ in range(_ROUNDS):
         recorded = await audit.deployment_key(NAME)
         if recorded == current or await audit.claim_deployment_key(NAME, current, replaces=recorded) == current:

@@ -51,6 +51,13 @@ _TEXT_COLS = frozenset({"tenant_id", "kind", "run_id", "tool", "args_hash", "rul
 _RAW_COLS = ", ".join(f"CAST({c} AS BLOB) AS {c}" if c in _TEXT_COLS else c for c in AUDIT_COLS.split(", "))
 
 
+_DEPLOYMENT_KEY = "SELECT CAST(key_id AS BLOB) FROM deployment_keys WHERE name = ?"
+
+
+def _key_text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+
+
 def _decoded(row: sqlite3.Row) -> dict[str, Any]:
     return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in dict(row).items()}
 
@@ -130,10 +137,13 @@ class SqliteAuditLog:
                     "SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id LIMIT ?", [_limit(limit)])]
             return [r[0] for r in self._db.query("SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id")]
 
+    # key_id read (and compared) as bytes: SQLite's TEXT holds whatever a writer put there (not UTF-8, or a
+    # blob), which the driver refused to decode - `serve` and `receipt adopt-key` (the way out) failed
+    # "internal". Decoded with surrogateescape, so the value handed back as ``replaces`` matches the stored one
     async def deployment_key(self, name: str) -> str | None:
         with _audit_errors():
-            row = self._db.query_one("SELECT key_id FROM deployment_keys WHERE name = ?", [name])
-        return None if row is None else row[0]
+            row = self._db.query_one(_DEPLOYMENT_KEY, [name])
+        return None if row is None else _key_text(row[0])
 
     async def claim_deployment_key(self, name: str, key_id: str, replaces: str | None) -> str | None:
         def claim(c: sqlite3.Connection) -> str | None:
@@ -141,10 +151,11 @@ class SqliteAuditLog:
                 c.execute("INSERT INTO deployment_keys (name, key_id, updated_at) VALUES (?, ?, ?) "
                           "ON CONFLICT (name) DO NOTHING", [name, key_id, time.time()])
             else:
-                c.execute("UPDATE deployment_keys SET key_id = ?, updated_at = ? WHERE name = ? AND key_id = ?",
-                          [key_id, time.time(), name, replaces])
-            row = c.execute("SELECT key_id FROM deployment_keys WHERE name = ?", [name]).fetchone()
-            return None if row is None else row[0]
+                c.execute("UPDATE deployment_keys SET key_id = ?, updated_at = ? WHERE name = ? "
+                          "AND CAST(key_id AS BLOB) = ?",
+                          [key_id, time.time(), name, replaces.encode("utf-8", "surrogateescape")])
+            row = c.execute(_DEPLOYMENT_KEY, [name]).fetchone()
+            return None if row is None else _key_text(row[0])
 
         with _audit_errors():
             return await self._db.write(claim)
