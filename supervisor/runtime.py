@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from supervisor.audit.chain import Sealer
 from supervisor.audit.key_check import foreign_heads
 from supervisor.audit.keys import (
+    generated_here,
     key_id,
     load_audit_keys,
     load_audit_next_key,
@@ -300,6 +301,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
     reseal``, which reports what it cannot open. ``check_signing_key``: refuse a receipt signing key that is not
     the deployment's (supervisor/audit/signing_check.py); off for the commands that sign nothing (``audit``,
     ``receipt``). A refused start keeps none of the keys it generated."""
+    with generated_here() as made:
+        return await _open_runtime(settings, made, migrate=migrate, check_audit_key=check_audit_key,
+                                   check_secrets_key=check_secrets_key, check_signing_key=check_signing_key)
+
+
+async def _open_runtime(settings: Settings, made: list[Any], *, migrate: bool, check_audit_key: bool,
+                        check_secrets_key: bool, check_signing_key: bool) -> Runtime:
     from supervisor.bundles.registry import BundleRegistry
 
     keys_dir = settings.data_dir / "keys"
@@ -307,9 +315,11 @@ async def open_runtime(settings: Settings, *, migrate: bool = True, check_audit_
 
     async def refuse(message: str) -> NoReturn:
         # the keys this start generated go too: a node fixed only as the message says (its audit key) started
-        # with a secrets key of its own, made by the refused start, that opened none of the stored secrets
-        for name in (set(os.listdir(keys_dir)) if keys_dir.is_dir() else set()) - had_keys:
-            (keys_dir / name).unlink(missing_ok=True)
+        # with a secrets key of its own, made by the refused start, that opened none of the stored secrets.
+        # Only those this start made (``made``): not the ones a node starting on the same data dir at the same
+        # moment made, and runs with (a listing of the dir took them too: that node lost its audit key)
+        for path in made:
+            path.unlink(missing_ok=True)
         await services.close()
         raise SettingsError(message)
 

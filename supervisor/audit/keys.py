@@ -15,6 +15,9 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -23,8 +26,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from supervisor.settings import Settings, SettingsError
 
-__all__ = ["generated_secret", "key_id", "load_audit_key", "load_audit_keys", "load_audit_next_key",
+__all__ = ["generated_here", "generated_secret", "key_id", "load_audit_key", "load_audit_keys", "load_audit_next_key",
            "load_next_signing_key", "load_retired_signing_keys", "load_signing_key", "public_key_pem"]
+
+
+# the key files this start made (``generated_here``): a refused start removes those and no other - not the ones
+# another process starting on the same data dir at the same moment made, and is running with
+_made: ContextVar[list[Path] | None] = ContextVar("stockade_keys_made", default=None)
+
+
+@contextmanager
+def generated_here() -> Iterator[list[Path]]:
+    """The key files generated inside this block (by this task: a concurrent start's are not in it)."""
+    made: list[Path] = []
+    token = _made.set(made)
+    try:
+        yield made
+    finally:
+        _made.reset(token)
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -42,6 +61,8 @@ def _write_secret(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.link(tmp, path)  # fails with FileExistsError if another process won
+        if (made := _made.get()) is not None:
+            made.append(path)
     finally:
         os.unlink(tmp)
 
