@@ -56,7 +56,17 @@ from tests import test_cli as _cli_tests
 from tests.contract import conftest as _contract
 from tests.contract._helpers import store
 
-sql_target = _contract.sql_target  # the contract suite's fixtures: SQLite and PostgreSQL
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_target(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, Any]:
+    """The contract suite's targets, with a PostgreSQL database of this test's own: the chains written here
+    are sealed with KEY, and a production node of a later test on the session's shared database refused to
+    start (its audit key check samples the stored heads, and none verified)."""
+    if request.param == "sqlite":
+        return "sqlite", tmp_path / "stockade.db"
+    return "postgres", request.getfixturevalue("fresh_pg_url")
+
+
 sql_db = _contract.sql_db
 env = _cli_tests.env  # the CLI tests' clean STOCKADE_ environment on a throwaway data dir
 
