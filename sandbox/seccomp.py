@@ -5,7 +5,7 @@ and version-dependent set of syscalls; the namespaces, the empty capability
 set and the read-only filesystem are the primary walls. This filter removes
 the kernel surfaces those walls do not cover (networks other than AF_UNIX,
 io_uring, ptrace-like access, keyrings, BPF, perf, userfaultfd, namespace and
-mount manipulation, terminal injection, disk reserved past RLIMIT_FSIZE,
+mount manipulation, terminal injection, dnotify, disk reserved past RLIMIT_FSIZE,
 set-user/group-ID files, descriptors passed in SCM_RIGHTS messages) and kills
 on foreign ABIs.
 """
@@ -48,6 +48,7 @@ DENIED: dict[str, tuple[str, ...]] = {
     # inotify/fanotify marks sit on inodes, not mounts: a watch on a shared read-only file (/usr, the
     # Python installation, /runtime) reports every open and read of it by other runs and the host, a side
     # channel into other tenants' activity and a covert channel between sandboxes.
+    # (dnotify, fcntl F_NOTIFY, is the same channel: refused by its command in _rules.)
     "filesystem watches": ("inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark"),
     # A descriptor in flight in an SCM_RIGHTS message belongs to no process: a file unlinked after being
     # sent that way is in no /proc, so the work dir's disk scan cannot count it (tests/sandbox/
@@ -70,6 +71,7 @@ _NS_CLONE_FLAGS = (
     0x00000080,  # CLONE_NEWTIME
 )
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+_F_NOTIFY = 1026  # F_LINUX_SPECIFIC_BASE + 2
 # RLIMIT_CORE as the launcher sets it (hard and soft): the one value at which the kernel drops a piped
 # core dump (see _limits). Lowering it to 0 would hand the next crash to the host's core helper again.
 CORE_LIMIT = 1
@@ -112,6 +114,10 @@ def _rules() -> list[tuple[str, int, tuple[Arg, ...]]]:
     # ioctl's request is an unsigned int: mask the upper half so TIOCSTI | 1<<32 is still caught.
     for request in (_TIOCSTI, _TIOCLINUX):
         rules.append(("ioctl", _EPERM, (Arg(1, CMP_MASKED_EQ, 0xFFFFFFFF, request),)))
+    # dnotify, the old face of the inotify/fanotify watches refused above: fcntl(dir, F_NOTIFY, DN_ACCESS) on a
+    # shared read-only directory (/runtime, /usr/lib, the Python installation) signalled every read of a file
+    # in it by another run or the host. The command is an unsigned int: low 32 bits only.
+    rules.append(("fcntl", _EPERM, (Arg(1, CMP_MASKED_EQ, _LOW32, _F_NOTIFY),)))
     return rules
 
 
