@@ -312,33 +312,46 @@ class PgLedger:
         for scope, scope_id, cap_micro, period in caps:  # every cap checked before any is written
             check_cap(tenant_id, scope, scope_id, cap_micro, period)
         now = time.time()
-        out: list[BudgetAccount] = []
+        out: dict[int, BudgetAccount] = {}
+        # Cap rows are locked in one order (scope, scope_id), whatever the request's: two PUTs naming the same
+        # accounts in opposite orders (two API nodes) deadlocked, and one failed as ledger.unavailable.
+        order = sorted(range(len(caps)), key=lambda k: (caps[k][0], caps[k][1]))
         async with _ledger_errors(), self.db.tenant_tx(tenant_id) as conn:
-            for scope, scope_id, cap_micro, period in caps:
-                # FOR UPDATE: a concurrent change of an existing cap waits, so "previous" is the value this one replaced
-                was = await conn.fetchrow(
-                    "SELECT cap_micro, period FROM budget_caps WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3"
-                    " FOR UPDATE",
-                    tenant_id, scope, scope_id,
-                )
-                await conn.execute(
+            for k in order:
+                scope, scope_id, cap_micro, period = caps[k]
+                # Insert first: a concurrent first cap of this account (another node, not committed yet) is
+                # invisible to a SELECT, which read "no cap" and the audit said previous: null though this
+                # write replaced that one. The insert waits for it, and then the row is read FOR UPDATE.
+                was = None
+                inserted = await conn.fetchval(
                     """INSERT INTO budget_caps (tenant_id, scope, scope_id, cap_micro, period, updated_at)
                        VALUES ($1, $2, $3, $4, $5, $6)
-                       ON CONFLICT (tenant_id, scope, scope_id)
-                       DO UPDATE SET cap_micro = excluded.cap_micro, period = excluded.period, updated_at = excluded.updated_at""",
+                       ON CONFLICT (tenant_id, scope, scope_id) DO NOTHING RETURNING true""",
                     tenant_id, scope, scope_id, cap_micro, period, now,
                 )
+                if not inserted:
+                    # FOR UPDATE: a concurrent change of the cap waits, so "previous" is the value this one replaced
+                    was = await conn.fetchrow(
+                        "SELECT cap_micro, period FROM budget_caps WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3"
+                        " FOR UPDATE",
+                        tenant_id, scope, scope_id,
+                    )
+                    await conn.execute(
+                        "UPDATE budget_caps SET cap_micro = $4, period = $5, updated_at = $6"
+                        " WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3",
+                        tenant_id, scope, scope_id, cap_micro, period, now,
+                    )
                 row = await conn.fetchrow(
                     "SELECT spent_micro, reserved_micro FROM budget_accounts"
                     " WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3 AND period_key = $4",
                     tenant_id, scope, scope_id, period_key(now, period),
                 )
-                out.append(BudgetAccount(
+                out[k] = BudgetAccount(
                     tenant_id, scope, scope_id, cap_micro, period, period_key(now, period),
                     int(row["spent_micro"]) if row else 0, int(row["reserved_micro"]) if row else 0,
                     int(was["cap_micro"]) if was else None, was["period"] if was else None,
-                ))
-        return out
+                )
+        return [out[k] for k in range(len(caps))]
 
     async def accounts(self, tenant_id: str, now: float) -> list[BudgetAccount]:
         month = period_key(now, "month")
