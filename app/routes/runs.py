@@ -98,10 +98,6 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
         raise StockadeError("auth.forbidden", "this key is bound to another user")
     if p.project_id and body.project_id and body.project_id != p.project_id:
         raise StockadeError("auth.forbidden", "this key is bound to another project")
-    if body.user_id and not p.user_id and await s.tenants.get_user(p.tenant_id, body.user_id) is None:
-        raise StockadeError("not_found", f"no user {body.user_id}")
-    if body.project_id and not p.project_id and await s.tenants.get_project(p.tenant_id, body.project_id) is None:
-        raise StockadeError("not_found", f"no project {body.project_id}")
     # the run as it will be stored (a bound key's user / project included): a key naming another user's run
     # of the same body is a mismatch, never a replay of that run
     request_hash = sha256_hex(canonical({**body.model_dump(), "user_id": user_id, "project_id": project_id}))
@@ -115,6 +111,18 @@ async def create_run(body: CreateRun, request: Request, rt: Any = Depends(runtim
         legacy = await s.runs.get_run_by_idempotency_key(p.tenant_id, idempotency_key)
         if legacy is not None and p.sees(legacy.user_id, legacy.project_id):
             return _replay(legacy, hashes, p)
+    if stored_key is not None:
+        # a retry is answered with its run before anything that may have changed since the run was created
+        # is checked again: its bundle deleted, its user or project gone, a membership ended - a client
+        # whose first answer was lost got 404/403 for a run that exists (and runs), and posted it anew
+        # (_replay still checks the body and that the caller sees the run)
+        earlier = await s.runs.get_run_by_idempotency_key(p.tenant_id, stored_key)
+        if earlier is not None:
+            return _replay(earlier, hashes, p)
+    if body.user_id and not p.user_id and await s.tenants.get_user(p.tenant_id, body.user_id) is None:
+        raise StockadeError("not_found", f"no user {body.user_id}")
+    if body.project_id and not p.project_id and await s.tenants.get_project(p.tenant_id, body.project_id) is None:
+        raise StockadeError("not_found", f"no project {body.project_id}")
     # a run for a user in a project: the user must be a member (a project-bound key is not every user)
     await check_membership(s, p.tenant_id, user_id, project_id)
     version = await rt.registry.resolve(p.tenant_id, body.bundle)
