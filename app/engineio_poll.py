@@ -13,13 +13,15 @@ cap costs it one more loop turn per 16 packets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from engineio import async_socket, exceptions, payload
 
-__all__ = ["MAX_POLL_PACKETS", "install"]
+__all__ = ["CLOSE_WAIT_S", "MAX_POLL_PACKETS", "install"]
 
 MAX_POLL_PACKETS = payload.Payload.max_decode_packets  # 16
+CLOSE_WAIT_S = 5.0  # a session closed waiting for its client to take the CLOSE packet waits no longer
 
 
 async def _poll(self: Any) -> list[Any]:
@@ -50,10 +52,20 @@ _close = async_socket.AsyncSocket.close
 async def _close_and_answer(self: Any, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
     """``AsyncSocket.close``, and a poll still waiting is answered (empty) at once: a client's CLOSE (``abort``:
     no CLOSE packet back) left its pending long-poll GET open until the ping timeout, and python-socketio's
-    ``disconnect()`` over polling waits for that request - 30 s and more."""
-    await _close(self, wait=wait, abort=abort, reason=reason)
+    ``disconnect()`` over polling waits for that request - 30 s and more.
+
+    ``wait`` (for the client to take the CLOSE packet) waits at most ``CLOSE_WAIT_S``: Engine.IO closes a
+    session so, with ``wait``, when a POST carries a packet it cannot take (too long, an unknown or a NOOP
+    packet type: one byte, ``6``, before any key), and a polling client that never polls again took it
+    never - the POST was never answered, and its task outlived the client, one more with each such POST."""
+    closing = not self.closed and not self.closing
+    await _close(self, wait=False, abort=abort, reason=reason)
     if abort:
         self.queue.put_nowait(None)
+    if wait and closing:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.queue.join()
 
 
 def install() -> None:

@@ -23,7 +23,9 @@ event ``{"code", "message", "retryable", "run_id"}`` (no disconnect) instead of 
 A client that reads slowly (or never) is not sent more than ``QUEUE_MAX`` events ahead: python-socketio
 queues every emit for its connection without bound (FACTS.md: no backpressure), so a subscription
 waits until the client has taken what was queued; replay reads the store in fitted pages (app/_pages.py).
-A WebSocket send the client takes nothing of for ``SEND_TIMEOUT_S`` drops the connection. At most
+A WebSocket send the client takes nothing of for ``SEND_TIMEOUT_S`` drops the connection. Nor are a
+client's packets read while ``UNREAD_MAX`` packets (its answers, events) wait for it to take them: one that
+sent events and read nothing had every answer queued; taking none for ``SEND_TIMEOUT_S`` drops it. At most
 ``MAX_LOOKUPS`` subscribes of a connection look their run up at once (the rest: ``rate.limited``). A
 packet announcing more than ``MAX_ATTACHMENTS`` binary attachments, or that is no Socket.IO packet, drops
 the connection (python-socketio kept every attachment announced, up to 10**10, in memory); so does a
@@ -65,6 +67,8 @@ MAX_LOOKUPS = 2 * MAX_SUBSCRIPTIONS  # subscribes of one connection looking thei
 SEND_TIMEOUT_S = 60.0  # a WebSocket send its client takes nothing of for this long drops the connection
 CONNECT_TIMEOUT_S = 10.0  # an Engine.IO session with no namespace connected (no key) for this long is closed
 MAX_JSON_DEPTH = 32  # lists/objects a packet's JSON may nest (a subscribe is ["subscribe", {...}]: 2)
+UNREAD_MAX = 4 * QUEUE_MAX  # packets waiting for a client (answers, events) before its next packet is read
+_PROGRESS_S = 0.25  # how often a client held back so is looked at again (has it taken any?)
 MAX_ATTACHMENTS = 1  # binary attachments a client's packet may announce (each up to Engine.IO's max payload)
 
 
@@ -170,6 +174,8 @@ class _Server(socketio.AsyncServer):
             self.eio.sockets.pop(eio_sid, None)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if not await self._room_for_answers(eio_sid):
+            return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:  # not a Socket.IO packet
@@ -180,20 +186,52 @@ class _Server(socketio.AsyncServer):
             await self.drop(eio_sid)
 
 
+    async def _room_for_answers(self, eio_sid: str) -> bool:
+        """Wait, before reading a client's next packet, while ``UNREAD_MAX`` packets or more wait for it to take
+        them; ``False`` (the connection dropped) when it takes none of them for ``SEND_TIMEOUT_S``.
+
+        Every event is answered (its ack) and python-socketio queues every packet without bound: a client that
+        sent events and read nothing had their answers piled up for it, ~16,000 for 50,000 six-byte events
+        within seconds, without number. Engine.IO reads a connection's packets one by one in this call (its
+        handlers are not run as tasks): a client that does not read is, in turn, not read."""
+        queue = getattr(self.eio.sockets.get(eio_sid), "queue", None)
+        if queue is None or queue.qsize() < UNREAD_MAX:
+            return True
+        # read on as soon as fewer than UNREAD_MAX wait (its pongs are not read meanwhile either); dropped only
+        # when it took none for SEND_TIMEOUT_S - a client that reads, slowly, many streams' events is not
+        loop = asyncio.get_running_loop()
+        low, since = queue.qsize(), loop.time()
+        while queue.qsize() >= UNREAD_MAX:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(_PROGRESS_S, SEND_TIMEOUT_S)):
+                    await queue.join()  # Engine.IO's writer (or a poll) marks each packet done as it takes it
+            if queue.qsize() < low:
+                low, since = queue.qsize(), loop.time()
+            elif loop.time() - since >= SEND_TIMEOUT_S:
+                log.info("dropping %s: its client took none of %d packets for %ss", eio_sid, queue.qsize(),
+                         SEND_TIMEOUT_S)
+                self._binary_packet.pop(eio_sid, None)
+                await self.drop(eio_sid)
+                return False
+        return True
+
+
 class _ASGIApp(socketio.ASGIApp):
     """Engine.IO's WebSocket writer waits in each send until the transport drains, without a deadline: a
     client that reads nothing held it (and the batch of packets it had taken, and the TCP connection) for
     ever, even once dropped by the ping timeout, its tenant's connection place given back. Here a send the
     client takes nothing of for SEND_TIMEOUT_S fails, and so does every one after it: the writer ends, the
-    Engine.IO handler closes the connection, and everything it held is let go."""
+    Engine.IO handler closes the connection, and everything it held is let go. The handler's reader ends
+    too: once a send has failed so, the connection reads as closed (Engine.IO read on, answering into a
+    queue no writer took from, for as long as the client sent and then until its ping timeout)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
-            send = _deadlined(send)
+            receive, send = _deadlined(receive, send)
         await super().__call__(scope, receive, send)
 
 
-def _deadlined(send: Any) -> Any:
+def _deadlined(receive: Any, send: Any) -> tuple[Any, Any]:
     stuck = False
 
     async def deadlined(message: Any) -> None:
@@ -207,7 +245,12 @@ def _deadlined(send: Any) -> Any:
             stuck = True
             raise OSError("the client took nothing for SEND_TIMEOUT_S") from None
 
-    return deadlined
+    async def received() -> Any:
+        if stuck:
+            return {"type": "websocket.disconnect", "code": 1006}
+        return await receive()
+
+    return received, deadlined
 
 
 def mount_socketio(app: Any, rt: Any) -> Any:
