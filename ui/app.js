@@ -6,7 +6,7 @@
 import { api } from "./api.js";
 import { clearView, leaveConversation, resume, send, viewInAddress } from "./chat.js";
 import { connect } from "./connect.js";
-import { state } from "./state.js";
+import { controls, state } from "./state.js";
 import { $, showError } from "./util.js";
 
 // The API key lives in this page's memory only: any page of the origin reads localStorage and
@@ -51,6 +51,7 @@ $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value.trim();
   if (!text || state.current || state.cannotStart) return;
+  $("input").focus();  // Send clicked: the button is disabled while the run goes on, which left the focus nowhere
   send(text);
 });
 $("input").addEventListener("keydown", (e) => {
@@ -59,9 +60,16 @@ $("input").addEventListener("keydown", (e) => {
 });
 $("cancel").addEventListener("click", async () => {
   const job = state.current;
-  if (!job || !job.run) return;
+  // one cancel per run: a double click asked twice, and the second got run.not_cancelable as an error
+  if (!job || !job.run || job.canceling) return;
+  job.canceling = true;
+  $("cancel").disabled = true;
   try {
     job.canceled = await api(`/v1/runs/${encodeURIComponent(job.run)}/cancel`, { method: "POST" });
     if (job.wake) job.wake();  // cut off and waiting to reconnect: fetch run.canceled now, or show it if still cut off
-  } catch (e) { showError(e); }
+  } catch (e) {
+    job.canceling = false;
+    if (state.current === job) controls();  // refused: Cancel can be pressed again
+    showError(e);
+  }
 });
