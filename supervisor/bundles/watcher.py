@@ -12,6 +12,12 @@ may pass (the store is down, the data folder is full) is tried again by
 itself, backing off from a second to a minute; one folder failing never stops
 the others. Every file of a bundle is watched (watchfiles' default filter
 would skip ``notes~`` or ``node_modules/``, which are part of the bundle).
+Each folder gets its own watch, found without following a link (a bundle folder
+that is itself a link is entered, as operators link bundles in): a link to ``/``
+must not have the watch walk the whole host. A folder added re-arms the watch.
+A folder registers once nothing in it was modified for ``_SETTLE_S`` (a file
+written in bursts does not register its first part); write elsewhere and rename
+into place for edits that must land whole.
 Deleting a folder does not unregister anything. If the bundles folder itself
 is deleted and created again, the watch is re-armed on the new one (and it is
 scanned in full); so is a watch that broke (watchfiles gives up for good on a
@@ -56,6 +62,8 @@ _MAX_BACKOFF_S = 60.0
 _RETRY_FIRST_S = 1.0  # a folder that failed for a reason that may pass: first retry after this, then doubling
 _SWEEP_S = 30.0  # the backstop for lost events (module docstring)
 _STAMP_MAX = 200_000  # entries a stamp looks at; past it the stamp says so (the scan refuses such a folder anyway)
+_SETTLE_S = 1.0  # a folder registers once nothing in it changed for this long (a write paused for less is one)
+_DIRS_MAX = 10_000  # folders of one bundle folder given an inotify watch each
 
 
 def _describe(exc: BaseException) -> str:
@@ -162,6 +170,12 @@ class _Watch:
         """Register the folder if its content changed. Whatever goes wrong is this folder's alone: it is
         logged (once per distinct reason) and, if it may pass, retried later without waiting for an edit."""
         backoff = self.retry.pop(folder_name, (0.0, 0.0))[1]
+        # a file written in several bursts: its first part is not a version (a bundle.yaml cut before its
+        # `policy:` would register a bundle without its narrowing rules); wait until the folder is quiet
+        wait = await asyncio.to_thread(_unsettled_for, self.dir / folder_name)
+        if wait > 0:
+            self.retry[folder_name] = (time.monotonic() + wait, backoff)
+            return
         # before the scan reads anything: an edit landing during the scan differs from it at the next sweep
         self.stamps[folder_name] = await asyncio.to_thread(_stamp, self.dir / folder_name)
         try:
@@ -281,7 +295,7 @@ async def watch_bundles_dir(
         armed = time.monotonic()
         try:
             watch.dir = await asyncio.to_thread(Path(bundles_dir).resolve)
-            await _watch_until_replaced(watch, Path(bundles_dir), identity, stop, ready, debounce_ms, step_ms)
+            rearm = await _watch_until_replaced(watch, Path(bundles_dir), identity, stop, ready, debounce_ms, step_ms)
         except Exception as exc:
             # the folder vanished while arming, the host's inotify limits are reached, or watchfiles gave up
             # (for good: it cannot decode a file name that is not UTF-8): re-armed, the folder scanned in full
@@ -296,8 +310,26 @@ async def watch_bundles_dir(
             continue
         failure, backoff = "", _REAPPEAR_POLL_S
         ready = None  # set once, after the first full scan
-        if not stop.is_set():
+        if not stop.is_set() and not rearm:
             log.warning("bundles folder %s was removed or replaced; watching it again once it is back", bundles_dir)
+
+
+def _unsettled_for(folder: Path) -> float:
+    """Seconds until the folder's newest file or folder is ``_SETTLE_S`` old (0: quiet long enough). A
+    time in the future (a skewed clock, ``touch -d``) does not count: it would hold the folder back for good."""
+    now, newest, seen = time.time_ns(), 0, 0
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not is_ignored(d, is_dir=True)]
+        names = [f for f in files if not is_ignored(f, is_dir=False)]  # an editor's swap file is not the bundle
+        for name in [*names, *dirs, "."]:  # a folder's own time: a file copied in with an old time (cp -p)
+            seen += 1
+            if seen > _STAMP_MAX:
+                return 0.0
+            with contextlib.suppress(OSError):
+                mtime = os.lstat(os.path.join(root, name)).st_mtime_ns
+                if mtime <= now:
+                    newest = max(newest, mtime)
+    return max(0.0, _SETTLE_S - (now - newest) / 1e9)
 
 
 def _stamp(folder: Path) -> str:
@@ -343,6 +375,50 @@ class _Relevant:
         )
 
 
+def _watch_paths(root: Path) -> list[str]:
+    """Every folder the watch arms one (non-recursive) inotify watch on: the bundles folder, and each of its
+    subfolders found without following a link. A direct entry that is a link is entered only if it is a
+    bundle folder (operators link bundles in), and links inside it are not followed either. watchfiles'
+    recursive mode follows every link it meets: one link to ``/`` in the bundles folder (or in a bundle)
+    had it walk the whole host, never arming, so no edit was ever hot-loaded again, and not a word said."""
+    out = [str(root)]
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if entry.is_symlink() and not _is_bundle_folder(Path(entry.path)):
+                continue
+        except OSError:
+            continue
+        walked = 0
+        for folder, dirs, _ in os.walk(entry.path, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not is_ignored(d, is_dir=True))
+            out.append(folder)
+            walked += 1
+            if walked >= _DIRS_MAX:  # far more than a bundle may hold: its registration refuses it anyway
+                break
+        if len(out) > _STAMP_MAX:
+            break
+    return out
+
+
+def _new_folder(root: Path, changes: set[tuple[Change, str]]) -> bool:
+    """Whether a change added a (real) folder the watch does not cover yet: the watch must be armed again."""
+    for change, path in changes:
+        if change == Change.added and path != str(root):
+            # a link is followed only right in the bundles folder (a linked-in bundle: ``_watch_paths``)
+            look = os.stat if os.path.dirname(path) == str(root) else os.lstat
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(look(path).st_mode):
+                    return True
+    return False
+
+
 def _identity(directory: Path) -> tuple[int, int] | None:
     try:
         st = directory.stat()
@@ -354,20 +430,23 @@ def _identity(directory: Path) -> tuple[int, int] | None:
 async def _watch_until_replaced(
     watch: _Watch, bundles_dir: Path, identity: tuple[int, int], stop: asyncio.Event, ready: asyncio.Event | None,
     debounce_ms: int, step_ms: int,
-) -> None:
+) -> bool:
     """One inotify watch of the folder, from a full scan until ``stop`` or until the folder is replaced.
 
     The watch is bound to the folder's inode: once that folder is deleted (even if one of the same
     name is created right after) no change would ever be reported again, so this returns instead.
+    It also returns (True: arm again, quietly) once a folder was added, which its watch does not cover
+    (``_watch_paths``: one watch per folder, none following a link).
     """
     first = True
     # step: wait for this much quiet before reacting, so a multi-file copy lands as one version;
     # rust_timeout + yield_on_timeout: the first tick comes quickly even when nothing changes, and
     # later ones come at least every half second, to notice a replaced folder and retry failed folders.
     # our own filter: watchfiles' default one skips names (`notes~`, `node_modules/`) that are part of a bundle.
+    paths = await asyncio.to_thread(_watch_paths, watch.dir)
     ticks = awatch(
-        watch.dir, stop_event=stop, debounce=debounce_ms, step=step_ms, rust_timeout=500, yield_on_timeout=True,
-        watch_filter=_Relevant(str(watch.dir)),
+        *paths, stop_event=stop, debounce=debounce_ms, step=step_ms, rust_timeout=500, yield_on_timeout=True,
+        watch_filter=_Relevant(str(watch.dir)), recursive=False,
     )
     async with contextlib.aclosing(ticks):  # returning early must release the inotify watch now
         async for changes in ticks:
@@ -384,12 +463,15 @@ async def _watch_until_replaced(
                 if any(c == Change.deleted and p == root for c, p in changes) or (
                     await asyncio.to_thread(_identity, bundles_dir) != identity
                 ):  # (the inode alone is not enough: a new folder may get the number just freed)
-                    return
+                    return False
                 folders = {f for _, path in changes if (f := watch.folder_of(path)) is not None}
                 for name in sorted(folders):
                     await watch.scan_one(name)
                 await watch.retry_due()
                 if time.monotonic() >= watch.next_sweep:
                     await watch.sweep()
+                if await asyncio.to_thread(_new_folder, watch.dir, changes):
+                    return True  # armed again at once; its first tick scans every folder (what changed registers)
             except Exception:  # the watcher must outlive a hiccup (scan_one keeps each folder's to itself)
                 log.exception("bundle hot-load failed")
+    return False

@@ -230,7 +230,9 @@ async def test_a_watch_that_cannot_be_armed_is_retried(
         assert (await w.next_change()).name == "first"
         write_bundle(d / "later", name="later")
         assert (await w.next_change()).name == "later"
-        assert "cannot watch bundles folder" in caplog.text and len(calls) == 2
+        # once refused, once armed, and (maybe by now) once more for the folder added: a new folder re-arms the
+        # watch (one watch per folder, none following a link: watcher._watch_paths) - not a retry loop
+        assert "cannot watch bundles folder" in caplog.text and 2 <= len(calls) <= 3, calls
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
