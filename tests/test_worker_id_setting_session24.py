@@ -13,16 +13,11 @@ import os
 import pytest
 
 from supervisor.settings import SettingsError, load_settings
+from tests import test_settings as _settings_tests
+
+clean_env = _settings_tests.clean_env  # the fixture: no STOCKADE_ variable from outside
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for k in list(os.environ):
-        if k.upper().startswith("STOCKADE_"):
-            monkeypatch.delenv(k)
-    return monkeypatch
 
 
 @pytest.mark.parametrize("value", [

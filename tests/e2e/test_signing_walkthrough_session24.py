@@ -9,10 +9,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sqlite3
-import sys
 from typing import Any
 
 import asyncpg
@@ -21,25 +18,10 @@ import pytest
 from supervisor.audit.keys import key_id
 from supervisor.audit.signing_check import NAME
 from supervisor.settings import SettingsError
-from tests.e2e.harness import ROOT, start_node
+from tests.e2e.harness import start_node
+from tests.e2e.test_signing_key_check_session23 import _cli
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def _cli(settings: Any, *argv: str) -> tuple[int, dict[str, Any] | None, str]:
-    env = {"PATH": "/usr/bin:/bin", "STOCKADE_DATA_DIR": str(settings.data_dir),
-           "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir),
-           "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value(),
-           "STOCKADE_SECRETS_KEY": settings.secrets_key.get_secret_value()}
-    if settings.uses_postgres:
-        env.update({"STOCKADE_DATABASE_URL": settings.database_url, "STOCKADE_REDIS_URL": settings.redis_url,
-                    "STOCKADE_REDIS_PREFIX": settings.redis_prefix})
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", *argv, env=env, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    lines = out.decode().strip().splitlines()
-    assert len(lines) <= 1, lines  # one JSON line, as every command
-    return proc.returncode or 0, json.loads(lines[-1]) if lines else None, err.decode()
 
 
 def _sqlite_set(settings: Any, sql_value: str) -> None:
