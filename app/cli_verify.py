@@ -141,6 +141,8 @@ def _receipt_verify(path: str, key_paths: list[str]) -> int:
                      "(GET /v1/receipts/public-keys); an edited key_id also ends here")
     if not verify_receipt(receipt, pems):  # several keys: the one the receipt's key_id names
         return _fail("receipt.invalid: receipt signature is INVALID")
-    _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "spans": len(receipt.get("spans", [])),
+    # status and ended_at as signed: a valid receipt of a run not ended yet (ended_at null) lists its spans so far
+    _out(json.dumps({"valid": True, "run_id": receipt.get("run_id"), "status": receipt.get("status"),
+                     "ended_at": receipt.get("ended_at"), "spans": len(receipt.get("spans", [])),
                      "key_id": receipt.get("key_id")}))
     return 0
