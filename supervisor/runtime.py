@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -144,6 +143,16 @@ class Runtime:
         if claim is not None:
             await claim.release()
 
+    @property
+    def worker_id(self) -> str:
+        """This process's worker id: the one claimed (``id~2`` when another live worker holds the configured
+        one), else ``STOCKADE_WORKER_ID``, else hostname:pid."""
+        from supervisor.stores.redis.worker_ids import process_worker_id
+
+        if self.id_claim is not None:
+            return self.id_claim.worker_id
+        return self.settings.worker_id or process_worker_id()
+
     def _make_worker(self) -> Any:
         from supervisor.runs.worker import Worker
 
@@ -152,11 +161,9 @@ class Runtime:
             from supervisor.policy import load_bundle_policy
         except ImportError:  # pragma: no cover
             load_bundle_policy = None
-        wid = (self.id_claim.worker_id if self.id_claim is not None
-               else self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}")
         forget = [i.forget_run for i in self.interceptors if hasattr(i, "forget_run")]
-        return Worker(self.services, self.chain, self.recorder, self.registry, worker_id=wid, uid_pool=uid_pool,
-                      bundle_policy_loader=load_bundle_policy, on_run_end=forget, warm=self.warm)
+        return Worker(self.services, self.chain, self.recorder, self.registry, worker_id=self.worker_id,
+                      uid_pool=uid_pool, bundle_policy_loader=load_bundle_policy, on_run_end=forget, warm=self.warm)
 
     async def _recover(self) -> None:
         """Embedded queue lives in memory: after a restart, queue what was queued again; runs that were
@@ -261,8 +268,7 @@ class Runtime:
         (it came back) or that another ender took is left alone."""
         from supervisor.runs.lost import end_lost, take_over
 
-        me = (self.worker.worker_id if self.worker is not None
-              else self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}")
+        me = self.worker.worker_id if self.worker is not None else self.worker_id
         ended = 0
         for run, seen_at in await self.abandoned.confirmed():
             if not await take_over(self.services, run, seen_at, me):
@@ -311,7 +317,6 @@ async def _open_runtime(settings: Settings, made: list[Any], *, migrate: bool, c
     from supervisor.bundles.registry import BundleRegistry
 
     keys_dir = settings.data_dir / "keys"
-    had_keys = set(os.listdir(keys_dir)) if keys_dir.is_dir() else set()
 
     async def refuse(message: str) -> NoReturn:
         # the keys this start generated go too: a node fixed only as the message says (its audit key) started
@@ -347,7 +352,8 @@ async def _open_runtime(settings: Settings, made: list[Any], *, migrate: bool, c
     # A secrets key this start generated, while the database holds MCP secrets sealed already: a node with a
     # data dir of its own, whose every MCP call would fail secret.unreadable (as for the audit key above).
     mcp = services.extras.get("mcp")
-    fresh_secrets = settings.secrets_key is None and not settings.secrets_keys_retired and "secrets.key" not in had_keys
+    fresh_secrets = (settings.secrets_key is None and not settings.secrets_keys_retired
+                     and keys_dir / "secrets.key" in made)
     if check_secrets_key and fresh_secrets and mcp is not None and (
             tenant := await foreign_secrets(mcp.store, [t.id for t in await services.tenants.list_tenants()])):
         await refuse(

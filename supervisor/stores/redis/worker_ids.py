@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from supervisor.errors import StockadeError
 from supervisor.stores.redis._errors import UNAVAILABLE_ERRORS, unavailable
 
-__all__ = ["MAX_SUFFIX", "WorkerIdClaim", "claim_worker_id"]
+__all__ = ["MAX_SUFFIX", "WorkerIdClaim", "claim_worker_id", "process_worker_id"]
 
 log = logging.getLogger("stockade.worker")
 
@@ -134,12 +134,17 @@ class WorkerIdClaim:
             await self._release(keys=[self._key], args=[self._value])
 
 
+def process_worker_id() -> str:
+    """The id of a worker given none (``STOCKADE_WORKER_ID`` unset): this process, as ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 async def claim_worker_id(client: aioredis.Redis, prefix: str, wanted: str, ttl_s: float, *,
                           me: str | None = None) -> WorkerIdClaim:
     """Claim ``wanted`` (or the first free ``wanted~n``) and keep it renewed. ``me``: this process as
     ``host:pid`` (tests name another). Raises ``settings.invalid`` when ``MAX_SUFFIX`` ids are all held,
     ``store.unavailable`` when Redis does not answer."""
-    me = me or f"{socket.gethostname()}:{os.getpid()}"
+    me = me or process_worker_id()
     value = f"{secrets.token_hex(8)} {me}"
     ttl_ms = max(1, int(ttl_s * 1000))
     take_over = client.register_script(_TAKE_OVER)
