@@ -255,8 +255,10 @@ def _deadlined(receive: Any, send: Any) -> tuple[Any, Any]:
 
 def mount_socketio(app: Any, rt: Any) -> Any:
     engineio_poll.install()  # a poll answers at most 16 packets (what an Engine.IO client takes)
-    sio = _Server(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [], serializer=_Packet,
-                  json=_StrictJSON)
+    # cors_credentials off, as on the REST API (app/main.py): the key travels in the ``auth`` payload, never in
+    # a cookie a browser would send on its own for a page of another origin
+    sio = _Server(async_mode="asgi", cors_allowed_origins=rt.settings.cors_origins or [], cors_credentials=False,
+                  serializer=_Packet, json=_StrictJSON)
     subs: dict[str, dict[str, asyncio.Task]] = {}  # sid -> run id -> the task forwarding it
     watchers: dict[str, asyncio.Task] = {}  # sid -> the task re-checking its key
     # sid -> run id -> the newest subscribe of it still looking the run up; a later subscribe or unsubscribe
