@@ -120,10 +120,11 @@ async def test_sqlite_appenders_in_two_processes_never_fork_the_chain(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("optimistic", [3, 0], ids=["one-round-trip", "queued-on-the-head-lock"])
-async def test_postgres_appenders_in_two_processes_never_fork_the_chain(pg_url, optimistic, monkeypatch):
+async def test_postgres_appenders_in_two_processes_never_fork_the_chain(fresh_pg_url, optimistic, monkeypatch):
     """Two pools (as two supervisor processes have), each with its own cached head, appending
     concurrently and alternately: the head is advanced only from the head a record was sealed
-    against, so the loser re-seals; one gap-free chain results, and it verifies."""
+    against, so the loser re-seals; one gap-free chain results, and it verifies. (In a database of its own: its
+    chain is sealed with a key of this file's, which a production node on the shared one would refuse.)"""
     import asyncio
     import secrets
 
@@ -132,7 +133,7 @@ async def test_postgres_appenders_in_two_processes_never_fork_the_chain(pg_url, 
     from supervisor.stores.postgres.db import open_postgres
 
     monkeypatch.setattr("supervisor.stores.postgres.audit._OPTIMISTIC", optimistic)
-    db_a, db_b = await open_postgres(pg_url), await open_postgres(pg_url)
+    db_a, db_b = await open_postgres(fresh_pg_url), await open_postgres(fresh_pg_url)
     tenant = f"ten_{secrets.token_hex(4)}"
     try:
         async with db_a.acquire() as c:

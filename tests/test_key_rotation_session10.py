@@ -28,7 +28,8 @@ from tests import test_cli as _cli_tests
 from tests.contract import conftest as _contract
 from tests.contract._helpers import store
 
-sql_target = _contract.sql_target  # the contract suite's fixtures: SQLite and PostgreSQL
+# the contract suite's fixtures: SQLite and PostgreSQL (a database of their own: chains under keys of their own)
+sql_target = _contract.sql_target_own_db
 sql_db = _contract.sql_db
 env = _cli_tests.env  # a clean STOCKADE_ environment on a throwaway embedded data dir
 

@@ -27,7 +27,8 @@ from tests import test_cli as _cli_tests
 from tests.contract import conftest as _contract
 from tests.contract._helpers import store
 
-sql_target = _contract.sql_target  # the contract suite's fixtures: SQLite and PostgreSQL
+# the contract suite's fixtures: SQLite and PostgreSQL (a database of their own: chains under keys of their own)
+sql_target = _contract.sql_target_own_db
 sql_db = _contract.sql_db
 env = _cli_tests.env
 
@@ -155,10 +156,10 @@ async def test_store_old_and_new_nodes_append_side_by_side_and_the_chain_verifie
 
 
 @pytest.fixture
-async def pg_db(pg_url):
-    db = await _contract.open_postgres(pg_url, min_size=1, max_size=10)
+async def pg_db(fresh_pg_url):
+    db = await _contract.open_postgres(fresh_pg_url, min_size=1, max_size=10)
     try:
-        yield _contract.SqlDB("postgres", db, url=pg_url)
+        yield _contract.SqlDB("postgres", db, url=fresh_pg_url)
     finally:
         await db.close()
 

@@ -53,12 +53,26 @@ class SqlDB:
         return await open_postgres(self.url, min_size=1, max_size=4, migrate=False)
 
 
+def _sql_target_in(request: pytest.FixtureRequest, tmp_path: Path, pg_fixture: str = "pg_url") -> tuple[str, Any]:
+    """("sqlite", path) or ("postgres", the url of ``pg_fixture``: ``fresh_pg_url`` for a database of the test's
+    own)."""
+    if request.param == "sqlite":
+        return "sqlite", tmp_path / "stockade.db"
+    return "postgres", request.getfixturevalue(pg_fixture)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def sql_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
     """("sqlite", path) or ("postgres", url). Sync on purpose: ``pg_url`` runs its own event loop."""
-    if request.param == "sqlite":
-        return "sqlite", tmp_path / "stockade.db"
-    return "postgres", request.getfixturevalue("pg_url")
+    return _sql_target_in(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_target_own_db(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
+    """``sql_target``, on PostgreSQL in a database of the test's own: for chains sealed with keys other than the
+    test deployment's. The session's shared database is checked by every production node at start-up against
+    its audit key, and a node refused to start when such chains were all it saw."""
+    return _sql_target_in(request, tmp_path, "fresh_pg_url")
 
 
 @pytest.fixture
