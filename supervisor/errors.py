@@ -104,6 +104,9 @@ ERRORS: dict[str, ErrorSpec] = _t(
     ErrorSpec("secret.unreadable", 500, False, "A stored secret cannot be opened"),
     ErrorSpec("settings.invalid", 500, False, "Invalid settings"),  # the CLI's, at start-up: never served
     ErrorSpec("receipt.invalid", 422, False, "Receipt signature does not verify"),  # `stockade receipt verify`
+    # this node's signing key stopped being the deployment's while it ran (supervisor/audit/signing_watch.py):
+    # retryable - another node signs, and so does this one once restarted with the deployment's key
+    ErrorSpec("receipt.foreign_key", 503, True, "This node's receipt signing key is not the deployment's"),
     ErrorSpec("internal", 500, True, "Internal error"),
 )
 
@@ -158,6 +161,9 @@ _OPERATOR_DETAIL = {
     "store.unavailable": "The store cannot be reached right now; try again later.",
     "store.misconfigured": "The store is misconfigured; the operator can see why in the server log.",
     "audit.unavailable": "The audit log cannot be reached right now; try again later.",  # wraps store.unavailable
+    # names this node's key settings (logged once, in full, by supervisor/audit/signing_watch.py)
+    "receipt.foreign_key": "This node cannot sign receipts: its signing key is not the deployment's. Try again "
+                           "(another node may answer); the operator can see why in the server log.",
 }
 
 

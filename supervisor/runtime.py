@@ -27,6 +27,7 @@ from supervisor.audit.keys import (
 )
 from supervisor.audit.recorder import AuditRecorder
 from supervisor.audit.signing_check import check_signing_key as check_signing
+from supervisor.audit.signing_watch import SigningWatch
 from supervisor.chain.build import build_chain
 from supervisor.errors import Outage, StockadeError
 from supervisor.factory import open_services
@@ -53,6 +54,9 @@ class Runtime:
     interceptors: list[Any] = field(default_factory=list)
     retired_signing_keys: list[Any] = field(default_factory=list)  # public keys: old receipts verify
     next_signing_key: Any = None  # public key (rolling rotation): published, signs nothing here
+    # supervisor.audit.signing_watch.SigningWatch on nodes that sign receipts (serve, api): the recorded
+    # deployment key read again while the node runs; None where the start-up check did not run either
+    signing_watch: Any = None
     worker: Any = None
     warm: Any = None
     abandoned: Any = None  # supervisor.runs.lost.AbandonedRuns, on nodes with workers
@@ -363,10 +367,11 @@ async def _open_runtime(settings: Settings, made: list[Any], *, migrate: bool, c
     signing_key = load_signing_key(settings)
     retired_signing = load_retired_signing_keys(settings, signing_key)
     next_signing = load_next_signing_key(settings, signing_key, retired_signing)
-    if check_signing_key and (problem := await check_signing(
-            services.audit, key_id(signing_key), [key_id(k) for k in retired_signing],
-            None if next_signing is None else key_id(next_signing))):
+    signing_ids = (key_id(signing_key), [key_id(k) for k in retired_signing],
+                   None if next_signing is None else key_id(next_signing))
+    if check_signing_key and (problem := await check_signing(services.audit, *signing_ids)):
         await refuse(problem)
+    signing_watch = SigningWatch(services.audit, *signing_ids) if check_signing_key else None
     recorder = AuditRecorder(services.audit, sealer, services.metrics)
     chain, interceptors = build_chain(recorder)
     _install_redirect_guard(services, interceptors)
@@ -380,7 +385,7 @@ async def _open_runtime(settings: Settings, made: list[Any], *, migrate: bool, c
         services.extras["uid_pool"] = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
     return Runtime(settings=settings, services=services, recorder=recorder, sealer=sealer,
                    signing_key=signing_key, registry=registry, chain=chain, interceptors=interceptors,
-                   retired_signing_keys=retired_signing, next_signing_key=next_signing)
+                   retired_signing_keys=retired_signing, next_signing_key=next_signing, signing_watch=signing_watch)
 
 
 def _install_redirect_guard(services: Services, interceptors: list[Any]) -> None:

@@ -106,8 +106,17 @@ async def metrics(rt: Any = Depends(runtime)) -> Response:
     return Response(exposition(rt.metrics.registry, *registries), media_type=CONTENT_TYPE_LATEST)
 
 
+async def _may_publish(rt: Any) -> None:
+    """A node whose key stopped being the deployment's while it ran publishes no key as the deployment's
+    (``receipt.foreign_key``, supervisor/audit/signing_watch.py): a client would trust keys no other node signs
+    with, and distrust the receipts they sign."""
+    if rt.signing_watch is not None:
+        await rt.signing_watch.may_publish()
+
+
 @receipts_router.get("/public-key", response_class=_PemResponse)
 async def receipt_public_key(rt: Any = Depends(runtime)) -> PlainTextResponse:
+    await _may_publish(rt)
     return _PemResponse(public_key_pem(rt.signing_key))
 
 
@@ -119,6 +128,7 @@ async def receipt_public_keys(rt: Any = Depends(runtime)) -> dict[str, Any]:
     (``STOCKADE_SIGNING_KEY_FILE_NEXT``, first, ``"next": true``; every other key ``false``), which nodes already
     rotated sign with.
     A receipt's ``key_id`` names its key."""
+    await _may_publish(rt)
     keys = [(rt.signing_key, True), *((k, False) for k in reversed(rt.retired_signing_keys))]  # newest first
     data = [{"key_id": key_id(k), "pem": public_key_pem(k), "current": cur, "next": False} for k, cur in keys]
     if rt.next_signing_key is not None:

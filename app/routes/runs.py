@@ -299,4 +299,6 @@ async def run_receipt(run_id: str, rt: Any = Depends(runtime), p: Principal = De
         after = page[-1].seq
     head = await audit.head(p.tenant_id)
     await check_before_signing(audit, p.tenant_id, records, head, rt.sealer)  # else audit.corrupt, nothing signed
+    if rt.signing_watch is not None:  # its key still the deployment's, else receipt.foreign_key (signing_watch.py)
+        await rt.signing_watch.may_sign()
     return sign_receipt(build_receipt(run, records, head), rt.signing_key)

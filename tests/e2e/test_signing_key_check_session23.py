@@ -45,11 +45,15 @@ def _key_file(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-async def _cli(settings: Any, *argv: str) -> tuple[int, dict[str, Any] | None, str]:
+async def _cli(settings: Any, *argv: str, key_file: bool = False) -> tuple[int, dict[str, Any] | None, str]:
+    """``stockade *argv`` on ``settings``' stores and keys; ``key_file``: with its STOCKADE_SIGNING_KEY_FILE too
+    (else the CLI signs with the data dir's key)."""
     env = {"PATH": "/usr/bin:/bin", "STOCKADE_DATA_DIR": str(settings.data_dir),
            "STOCKADE_BUNDLES_DIR": str(settings.bundles_dir),
            "STOCKADE_AUDIT_KEY": settings.audit_key.get_secret_value(),
            "STOCKADE_SECRETS_KEY": settings.secrets_key.get_secret_value()}
+    if key_file:
+        env["STOCKADE_SIGNING_KEY_FILE"] = str(settings.signing_key_file)
     if settings.uses_postgres:
         env.update({"STOCKADE_DATABASE_URL": settings.database_url, "STOCKADE_REDIS_URL": settings.redis_url,
                     "STOCKADE_REDIS_PREFIX": settings.redis_prefix})
