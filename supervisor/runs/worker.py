@@ -25,7 +25,7 @@ from supervisor.metrics import CountedEmitter, SupervisorMetrics
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
-from supervisor.runs.lost import RunBeat, end_lost, holder_alive, take_over
+from supervisor.runs.lost import RunBeat, carried_elsewhere, end_lost, holder_alive, take_over
 from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, listen_run_socket, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
@@ -148,9 +148,18 @@ class Worker:
             if job.attempts < 3:
                 return await self.s.queue.requeue(job)
             # a run nothing will pick up again must still end, or its clients wait forever: the job is
-            # dropped only once the run has ended (else it stays, and comes back after the visibility timeout)
+            # dropped only once the run has ended or is left to its holder (else it stays, and comes back
+            # after the visibility timeout)
             run = await self.s.runs.get_run_any_tenant(job.run_id)
-            if run is not None and run.status not in TERMINAL_STATUSES:
+            if run is not None and (carried_elsewhere(run, self.worker_id) or run.id in self._leases):
+                # another (live, maybe) worker's run, or one this worker runs now: ended here, its reservations
+                # and approvals would go under a call in flight. Left to its holder (or, lost, to the sweepers'
+                # takeover): runs/lost.py carried_elsewhere
+                if getattr(self._leases.get(run.id), "receipt", None) == job.receipt:
+                    return None  # the very delivery this worker runs the run on: acked when the run ends
+                log.warning("run %s: its job failed %d times here, but worker %s carries the run; left to it",
+                            run.id, job.attempts, run.worker_id)
+            elif run is not None and run.status not in TERMINAL_STATUSES:
                 await self._release(run)
                 await withdraw_run(self.s.approvals, run.tenant_id, run.id)
                 if await finish_run_anywhere(self.s.runs, self.s.events, run.tenant_id, run.id, "failed",
