@@ -18,6 +18,7 @@ from app.metrics import Metrics
 from app.openapi import install_openapi
 from app.problems import install_problem_handlers, problem
 from app.routes import approvals, bundles, health, mcp, runs, tenant_admin
+from app.routes._receipts import ReceiptSlots
 from app.stream_slots import StreamSlots
 
 __all__ = ["build_asgi", "create_app"]
@@ -38,6 +39,7 @@ def create_app(rt: Any, *, role_worker: bool = True) -> FastAPI:
                   description="Self-hosted, multi-tenant runtime for AI agents. Errors are RFC 9457 problem+json with a stable `code`.")
     rt.metrics = getattr(rt, "metrics", None) or Metrics()
     rt.stream_slots = getattr(rt, "stream_slots", None) or StreamSlots(rt.settings.max_streams_per_tenant)
+    rt.receipt_slots = getattr(rt, "receipt_slots", None) or ReceiptSlots()  # big receipts built at once
     rt.role_worker = role_worker
     app.state.runtime = rt
     install_problem_handlers(app)

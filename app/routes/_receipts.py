@@ -29,7 +29,7 @@ from supervisor.audit.receipts import ReceiptSpans, check_window, next_page
 from supervisor.errors import StockadeError
 from supervisor.stores.records import Run
 
-__all__ = ["BUILDS", "PER_TENANT", "SLOT_FROM", "WAIT_S", "ReceiptSlots", "signed_receipt_bytes", "slots"]
+__all__ = ["BUILDS", "PER_TENANT", "SLOT_FROM", "WAIT_S", "ReceiptSlots", "signed_receipt_bytes"]
 
 BUILDS = 2  # receipts built at once per process: their threads share its cores with everything else
 PER_TENANT = 2  # receipts of one tenant in progress (building or waiting) per process
@@ -75,20 +75,12 @@ class ReceiptSlots:
                 del self._tenants[tenant_id]
 
 
-def slots(rt: Any) -> ReceiptSlots:
-    """The process's receipt slots, kept on the runtime (made at the first receipt)."""
-    s = getattr(rt, "receipt_slots", None)
-    if s is None:
-        s = rt.receipt_slots = ReceiptSlots()
-    return s
-
-
 async def signed_receipt_bytes(rt: Any, tenant_id: str, run: Run) -> bytes:
     """Read the run's records a page at a time, check the chain, sign: the receipt's JSON bytes."""
     page = await rt.services.audit.list(tenant_id, limit=PAGE, run_id=run.id)
     async with contextlib.AsyncExitStack() as stack:
         if len(page) >= SLOT_FROM:  # a big run: one of a few built at once (ReceiptSlots)
-            await stack.enter_async_context(slots(rt).slot(tenant_id))
+            await stack.enter_async_context(rt.receipt_slots.slot(tenant_id))
         return await _build(rt, tenant_id, run, page)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from typing import Any
 
@@ -30,8 +29,8 @@ from supervisor.stores.records import Approval, Job, Run
 from supervisor.tools.base import ToolResult
 from supervisor.tools.echo import EchoTool
 from tests.e2e.harness import collect
-from tests.e2e.test_run_pipeline import check_stream, push, start
-from tests.e2e.test_zombie_worker_fence_session22 import PRICED_ECHO
+from tests.e2e.test_run_pipeline import check_stream
+from tests.e2e.test_zombie_worker_fence_session22 import start_priced_echo_run
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.node_settings(queue_visibility_s=1.0, sweep_interval_s=600.0)]
 W2 = "w2-session25"
@@ -110,12 +109,7 @@ async def test_a_run_in_a_live_workers_tool_call_is_not_ended_by_another_giving_
     s = node.rt.services
     tool = HeldEcho()
     monkeypatch.setitem(s.tools._tools, "echo", tool)
-    tid, key = await node.tenant(budget_usd=1.0)
-    await push(node, tid, "caller")
-    c = node.client(key)
-    r = await c.put("/v1/policy", content=PRICED_ECHO, headers={"Content-Type": "application/yaml"})
-    assert r.status_code == 200, r.text
-    run = await start(c, "caller", json.dumps({"calls": [{"tool": "echo", "args": {"n": 1}}]}))
+    tid, c, run = await start_priced_echo_run(node)
     run_id = run["id"]
     try:
         await asyncio.wait_for(tool.entered.wait(), 30)  # W1 is in the tool: the call's $0.01 reserved
@@ -196,36 +190,32 @@ async def test_a_holder_whose_run_was_taken_over_ends_it_once_and_the_ender_then
     end then finds the run ended: it writes nothing (one terminal event), and nothing was reserved or spent.
     (W2 ending first, W1's end after it: session 23's takeover-first test.)"""
     import supervisor.runs.worker as worker_mod
-    from supervisor.errors import StockadeError
-    from tests.e2e.test_fence_takeover_session23 import _frozen_call, _judge
+    from tests.e2e.test_fence_takeover_session23 import (
+        _frozen_call,
+        _judge,
+        _let_go,
+        _refused_as_ended,
+        _takeover_held_until,
+        _until_taken,
+    )
     from tests.e2e.test_zombie_worker_fence_session22 import _freeze
 
     s = node.rt.services
     h = await _frozen_call(node, monkeypatch)
     run_id = h["run"]["id"]
-    taken, go = asyncio.Event(), asyncio.Event()
-    took: list[bool] = []
+    go = asyncio.Event()
+    taken, took = _takeover_held_until(s, monkeypatch, go)  # W2 takes the run over; it ends it only on ``go``
     ends: list[Any] = []
-    real_take, real_end = s.runs.take_over, worker_mod.end_lost
-
-    async def taking(*a):  # W2 has taken the run over; it ends it only on ``go``
-        took.append(await real_take(*a))
-        taken.set()
-        await go.wait()
-        return took[-1]
+    real_end = worker_mod.end_lost
 
     async def ending(*a, **kw):
         ends.append(await real_end(*a, **kw))
         return ends[-1]
 
-    monkeypatch.setattr(s.runs, "take_over", taking)
     monkeypatch.setattr(worker_mod, "end_lost", ending)
     w2, judged = _judge(node, h)
     try:
-        waiting = asyncio.ensure_future(taken.wait())
-        await asyncio.wait({waiting, judged}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        assert taken.is_set() and took == [True], (took, judged.done() and judged.exception())
+        await _until_taken(taken, took, judged)
         _freeze(h["lease"], s.settings.queue_visibility_s)  # W1 resumes: its lease reads stale
         h["release"].set()
         await asyncio.wait_for(h["done"].wait(), 30)  # its call refused
@@ -240,12 +230,8 @@ async def test_a_holder_whose_run_was_taken_over_ends_it_once_and_the_ender_then
         go.set()
         await asyncio.wait_for(judged, 30)  # W2 goes on to end it: finds it ended
     finally:
-        for gate in ("release", "after", "watch"):
-            h[gate].set()
-        go.set()
-        await w2.drain()
-    err = h.get("error")
-    assert isinstance(err, StockadeError) and err.code == "run.ended", (err, h.get("result"))
+        await _let_go(h, w2, go)
+    _refused_as_ended(h)
     assert h["tool"].runs == 0
     assert ends == [None]  # W2's end wrote nothing
     check_stream(events)

@@ -18,7 +18,6 @@ stopped as a frozen worker's are), W2 a second worker on the same stores judging
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -30,8 +29,8 @@ from supervisor.metrics import CountedEmitter
 from supervisor.runs.worker import Worker
 from supervisor.stores.records import Job
 from tests.e2e.harness import collect
-from tests.e2e.test_run_pipeline import check_stream, push, start
-from tests.e2e.test_zombie_worker_fence_session22 import PRICED_ECHO, CountingEcho, LateCancelWatch, _freeze
+from tests.e2e.test_run_pipeline import check_stream
+from tests.e2e.test_zombie_worker_fence_session22 import CountingEcho, LateCancelWatch, _freeze, start_priced_echo_run
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.node_settings(queue_visibility_s=1.0, sweep_interval_s=600.0)]
 
@@ -74,12 +73,7 @@ async def _frozen_call(node, monkeypatch) -> dict[str, Any]:
             await h["after"].wait()
 
     monkeypatch.setattr(worker, "chain", held)
-    tid, key = await node.tenant(budget_usd=1.0)
-    await push(node, tid, "caller")
-    c = node.client(key)
-    r = await c.put("/v1/policy", content=PRICED_ECHO, headers={"Content-Type": "application/yaml"})
-    assert r.status_code == 200, r.text
-    run = await start(c, "caller", json.dumps({"calls": [{"tool": "echo", "args": {"n": 1}}]}))
+    tid, c, run = await start_priced_echo_run(node)
     await asyncio.wait_for(h["entered"].wait(), 30)
     marks = _NoMarks()
     monkeypatch.setattr(worker.beats, "_runs", marks)
@@ -100,6 +94,44 @@ def _judge(node, h: dict[str, Any]) -> tuple[Worker, asyncio.Future]:
         await w2._judge_lapsed(run, job, CountedEmitter(w2.metrics, s.runs, s.events, run.tenant_id, run.id))
 
     return w2, asyncio.ensure_future(judge())
+
+
+def _takeover_held_until(s: Any, monkeypatch: Any, go: asyncio.Event) -> tuple[asyncio.Event, list[bool]]:
+    """W2's takeover goes through, then W2 waits for ``go`` before it ends the run: (set once taken, the results)."""
+    taken, took, real_take = asyncio.Event(), [], s.runs.take_over
+
+    async def taking(*a):
+        took.append(await real_take(*a))
+        taken.set()
+        await go.wait()
+        return took[-1]
+
+    monkeypatch.setattr(s.runs, "take_over", taking)
+    return taken, took
+
+
+async def _until_taken(taken: asyncio.Event, took: list[bool], judged: asyncio.Future) -> None:
+    """Until W2 has taken the run over (asserted), or given up judging."""
+    waiting = asyncio.ensure_future(taken.wait())
+    await asyncio.wait({waiting, judged}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    assert taken.is_set() and took == [True], (took, judged.done() and judged.exception())
+
+
+async def _let_go(h: dict[str, Any], w2: Worker, *more: asyncio.Event) -> None:
+    """Open every gate of ``_frozen_call`` (and ``more``), and let W2 finish what it is doing."""
+    for gate in ("release", "after", "watch"):
+        h[gate].set()
+    for e in more:
+        e.set()
+    await w2.drain()
+
+
+def _refused_as_ended(h: dict[str, Any]) -> StockadeError:
+    """W1's held call was refused ``run.ended``; its error."""
+    err = h.get("error")
+    assert isinstance(err, StockadeError) and err.code == "run.ended", (err, h.get("result"))
+    return err
 
 
 async def test_a_hold_first_makes_the_enders_takeover_fail_and_the_call_runs(node, monkeypatch, caplog):
@@ -142,11 +174,7 @@ async def test_a_hold_first_makes_the_enders_takeover_fail_and_the_call_runs(nod
         h["after"].set()
         await asyncio.wait_for(h["done"].wait(), 30)
     finally:
-        for gate in ("release", "after", "watch"):
-            h[gate].set()
-        thaw.set()
-        go.set()
-        await w2.drain()
+        await _let_go(h, w2, thaw, go)
     assert h.get("error") is None and h["result"] == {"n": 1}, h.get("error")
     assert h["tool"].runs == 1
     events = await asyncio.wait_for(collect(h["client"], run_id), 30)
@@ -161,23 +189,11 @@ async def test_a_takeover_first_has_the_resumed_workers_call_refused(node, monke
     s = node.rt.services
     h = await _frozen_call(node, monkeypatch)
     run_id = h["run"]["id"]
-    taken, go = asyncio.Event(), asyncio.Event()
-    took: list[bool] = []
-    real_take = s.runs.take_over
-
-    async def taking(*a):  # W2 has taken the run over; it ends it only on ``go``
-        took.append(await real_take(*a))
-        taken.set()
-        await go.wait()
-        return took[-1]
-
-    monkeypatch.setattr(s.runs, "take_over", taking)
+    go = asyncio.Event()
+    taken, took = _takeover_held_until(s, monkeypatch, go)
     w2, judged = _judge(node, h)
     try:
-        waiting = asyncio.ensure_future(taken.wait())
-        await asyncio.wait({waiting, judged}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        assert taken.is_set() and took == [True], (took, judged.done() and judged.exception())
+        await _until_taken(taken, took, judged)
         run = await s.runs.get_run_any_tenant(run_id)
         assert run.status == "running" and run.worker_id == "w2-session23", run  # taken, not ended yet
         _freeze(h["lease"], s.settings.queue_visibility_s)  # W1 resumes: its lease reads stale
@@ -187,12 +203,8 @@ async def test_a_takeover_first_has_the_resumed_workers_call_refused(node, monke
         await asyncio.wait_for(judged, 30)  # W2 ends the run
         h["after"].set()
     finally:
-        for gate in ("release", "after", "watch"):
-            h[gate].set()
-        go.set()
-        await w2.drain()
-    err = h.get("error")
-    assert isinstance(err, StockadeError) and err.code == "run.ended", (err, h.get("result"))
+        await _let_go(h, w2, go)
+    err = _refused_as_ended(h)
     assert "carried by another worker" in err.detail
     assert h["tool"].runs == 0  # the tool never ran
     audit = await s.audit.list(h["tid"], run_id=run_id)

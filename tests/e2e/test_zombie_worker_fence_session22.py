@@ -80,15 +80,21 @@ async def _held_call(node, monkeypatch) -> dict[str, Any]:
             h["done"].set()
 
     monkeypatch.setattr(worker, "chain", held)
+    tid, c, run = await start_priced_echo_run(node)
+    await asyncio.wait_for(h["entered"].wait(), 30)
+    h.update(tid=tid, client=c, run=run, lease=worker._fences[run["id"]])
+    return h
+
+
+async def start_priced_echo_run(node) -> tuple[str, Any, dict[str, Any]]:
+    """A tenant ($1 budget, echo priced at $0.01) running the ``caller`` bundle with one echo call: (its id, its
+    client, the run)."""
     tid, key = await node.tenant(budget_usd=1.0)
     await push(node, tid, "caller")
     c = node.client(key)
     r = await c.put("/v1/policy", content=PRICED_ECHO, headers={"Content-Type": "application/yaml"})
     assert r.status_code == 200, r.text
-    run = await start(c, "caller", json.dumps({"calls": [{"tool": "echo", "args": {"n": 1}}]}))
-    await asyncio.wait_for(h["entered"].wait(), 30)
-    h.update(tid=tid, client=c, run=run, lease=worker._fences[run["id"]])
-    return h
+    return tid, c, await start(c, "caller", json.dumps({"calls": [{"tool": "echo", "args": {"n": 1}}]}))
 
 
 def _freeze(lease: RunLease, visibility_s: float) -> None:
