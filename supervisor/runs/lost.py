@@ -40,7 +40,7 @@ from supervisor.events import RunEmitter, finish_run_anywhere
 from supervisor.rmtree import remove_tree
 from supervisor.stores.records import TERMINAL_STATUSES, Event, Run
 
-__all__ = ["AbandonedRuns", "RunBeat", "carried_elsewhere", "end_lost", "holder_alive", "take_over"]
+__all__ = ["AbandonedRuns", "RunBeat", "end_lost", "holder_alive", "take_over"]
 
 log = logging.getLogger("stockade.worker")
 
@@ -115,21 +115,6 @@ async def take_over(services: Any, run: Run, seen_at: float | None, by: str) -> 
         log.warning("run %s: found lost, but its worker (%s) marked it again before %s could take it over (it "
                     "came back); the run is left to it", run.id, run.worker_id or "none", by)
     return False
-
-
-def carried_elsewhere(run: Run, worker_id: str) -> bool:
-    """A run another worker carries (running or waiting for an approval under another worker's id): not to be
-    ended by ``worker_id`` without a takeover. A queued run, one with no worker, one under ``worker_id``'s own
-    id or one of its takeover names (an ender of ours that failed before ending it) is carried by nobody else.
-
-    ``Worker._give_up_or_retry`` (a job failed three times) leaves such a run to its holder instead of taking
-    it over: a takeover is safe only with a ``seen_at`` watched unchanged for a visibility timeout
-    (``holder_alive``) - that watch is what failed there - and one with the ``seen_at`` of the moment would
-    succeed against a live holder between two of its beats. Nor does the run need the job: a live holder ends
-    it itself; a lost one marks it no more, and the sweepers (``AbandonedRuns``) take it over and end it."""
-    if run.status in TERMINAL_STATUSES or run.status == "queued" or not run.worker_id:
-        return False
-    return run.worker_id != worker_id and not run.worker_id.startswith(f"{worker_id} (takeover")
 
 
 def _taker(by: str, holder: str | None) -> str:

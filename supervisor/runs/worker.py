@@ -15,7 +15,6 @@ from typing import Any
 from sandbox.errors import SandboxError
 from sandbox.launcher import launch
 from supervisor.audit.recorder import AuditRecorder
-from supervisor.chain.approval import withdraw_run
 from supervisor.chain.base import Binding
 from supervisor.chain.build import Chain
 from supervisor.chain.lease import RunLease
@@ -25,7 +24,7 @@ from supervisor.metrics import CountedEmitter, SupervisorMetrics
 from supervisor.peer import verify_peer
 from supervisor.runs.cancel_watch import CancelWatch
 from supervisor.runs.history import conversation_history
-from supervisor.runs.lost import RunBeat, carried_elsewhere, end_lost, holder_alive, take_over
+from supervisor.runs.lost import RunBeat, end_lost, holder_alive, take_over
 from supervisor.runs.sandboxing import build_spec, events_per_s_for, limits_for, listen_run_socket, make_run_dirs
 from supervisor.runs.warm import copy_bundle
 from supervisor.session import RunSession
@@ -151,20 +150,26 @@ class Worker:
             # dropped only once the run has ended or is left to its holder (else it stays, and comes back
             # after the visibility timeout)
             run = await self.s.runs.get_run_any_tenant(job.run_id)
-            if run is not None and (carried_elsewhere(run, self.worker_id) or run.id in self._leases):
-                # another (live, maybe) worker's run, or one this worker runs now: ended here, its reservations
-                # and approvals would go under a call in flight. Left to its holder (or, lost, to the sweepers'
-                # takeover): runs/lost.py carried_elsewhere
+            if run is not None and run.status not in TERMINAL_STATUSES and run.status != "queued":
+                # A started run: ended here, the reservations and approvals of its holder's call in flight would
+                # go - another live worker's, this worker's own (run now), or those of an earlier process under
+                # this worker's id, which may yet resume. It is left to its holder. Taking it over first is not
+                # safe here: only a seen_at watched unchanged for a visibility timeout (holder_alive, the very
+                # step that failed) proves its holder lost; the seen_at of the moment would let the takeover
+                # succeed between two beats of a live holder. Nor does the run need this job: a live holder ends
+                # it; a lost one marks it no more, and the sweepers (runs/lost.py AbandonedRuns) take it over and
+                # end it.
                 if getattr(self._leases.get(run.id), "receipt", None) == job.receipt:
                     return None  # the very delivery this worker runs the run on: acked when the run ends
-                log.warning("run %s: its job failed %d times here, but worker %s carries the run; left to it",
-                            run.id, job.attempts, run.worker_id)
-            elif run is not None and run.status not in TERMINAL_STATUSES:
-                await self._release(run)
-                await withdraw_run(self.s.approvals, run.tenant_id, run.id)
+                log.warning("run %s: its job failed %d times here, but it was started (worker %s); left to it",
+                            run.id, job.attempts, run.worker_id or "none")
+            elif run is not None and run.status == "queued":
+                # only while still queued: a worker starting it meanwhile (a second job, requeue_orphans) keeps it
+                # (nothing ran: nothing reserved, no approval asked)
                 if await finish_run_anywhere(self.s.runs, self.s.events, run.tenant_id, run.id, "failed",
                                              {"code": "internal", "message": "the run could not be carried out"},
-                                             ended_at=time.time(), error_code="internal") is not None:
+                                             when_status="queued", ended_at=time.time(),
+                                             error_code="internal") is not None:
                     self.metrics.run_finished("failed", None)
             await self.s.queue.fail(job)
 

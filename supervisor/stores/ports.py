@@ -138,11 +138,13 @@ class RunStore(Protocol):
         """Append with the next gap-free per-run seq (1, 2, ...). Refuses after the terminal event."""
         ...
     async def finish_run(
-        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], **fields: Any
+        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], *,
+        when_status: str | None = None, **fields: Any
     ) -> Event | None:
         """Atomically: set a terminal status and append the one terminal event.
 
-        Returns None (and changes nothing) if the run already ended.
+        Returns None (and changes nothing) if the run already ended, or, with ``when_status``, if its status
+        is not that one (a queued run ended only while no worker has started it).
         """
         ...
     async def events_after(self, tenant_id: str, run_id: str, after: int, limit: int = 1000) -> list[Event]: ...

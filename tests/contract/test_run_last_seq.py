@@ -75,3 +75,28 @@ async def test_interleaved_runs_in_one_batch_keep_their_own_seqs(ctx):
     ends = await asyncio.gather(*(runs.finish_run(t, rid, "canceled", "run.canceled", {}) for rid in ids))
     assert [e.seq for e in ends] == [9] * len(ids)
     assert [(await runs.get_run(t, rid)).last_seq for rid in ids] == [9] * len(ids)
+
+
+async def test_finish_when_status_ends_only_a_run_still_in_that_status(ctx):
+    """``when_status``: a worker giving up a queued run's job ends it only while no worker has started it
+    (session 26: a second job's worker starting it between the read and the end kept a run ended under it)."""
+    _, runs, t = ctx
+    queued, _ = await runs.create_run(make_run(t, status="queued"))
+    started, _ = await runs.create_run(make_run(t, status="queued"))
+    assert await runs.start_run(t, started.id, worker_id="w1", started_at=1.0) is not None
+    await runs.append_event(t, started.id, "custom", {})
+    data = {"code": "internal"}
+    assert await runs.finish_run(t, started.id, "failed", "run.failed", data, when_status="queued",
+                                 error_code="internal") is None
+    kept = await runs.get_run(t, started.id)
+    assert (kept.status, kept.worker_id, kept.error_code, kept.last_seq) == ("running", "w1", None, 1)
+    assert [e.type for e in await runs.events_after(t, started.id, 0)] == ["custom"]
+    end = await runs.finish_run(t, queued.id, "failed", "run.failed", data, when_status="queued", error_code="internal")
+    assert end is not None and end.seq == 1
+    ended = await runs.get_run(t, queued.id)
+    assert (ended.status, ended.error_code, ended.last_seq) == ("failed", "internal", 1)
+    # ended: no status matches any more
+    assert await runs.finish_run(t, queued.id, "failed", "run.failed", data, when_status="failed") is None
+    with pytest.raises(StockadeError) as e:
+        await runs.finish_run(t, "run_missing", "failed", "run.failed", data, when_status="queued")
+    assert e.value.code == "not_found"

@@ -5,9 +5,9 @@ reservations released, its approvals withdrawn, the run marked failed ``internal
 as every other ender of another worker's run does (supervisor/runs/lost.py). A run whose job came back to
 this worker while another still carried it (that one's heartbeat came late; or the run had passed to another
 worker by a takeover) was ended under its live holder: the reservation of its tool call in flight released,
-its approval requests gone, the run failed while its sandbox still acted. Now such a run is left to its holder
-(``runs.lost.carried_elsewhere``; a holder that is lost marks it no more, and the sweepers take it over and end
-it); a run nobody else carries (queued; running under this worker's own id) is ended as before.
+its approval requests gone, the run failed while its sandbox still acted. Now a started run is left to its
+holder (a holder that is lost marks it no more, and the sweepers take it over and end it) - since session 26
+also one under this worker's own id - and a queued run is ended only while it is still queued.
 
 Both stacks, in one node: W1 is the node's worker (its call held inside the tool: its reservation taken) or a
 worker stored as the run's holder; W2 a second worker on the same stores, giving up the run's job
@@ -135,13 +135,17 @@ async def test_a_run_in_a_live_workers_tool_call_is_not_ended_by_another_giving_
     assert [(b["reserved_usd"], b["spent_usd"]) for b in await _budgets(c)] == [(0, 0.01)]
 
 
-@pytest.mark.parametrize("moved", [False, True], ids=["its-holder", "taken-over-by-another"])
-async def test_a_run_another_worker_carries_is_left_to_it_and_a_lost_one_to_the_sweepers(node, moved):
+@pytest.mark.parametrize("holder", ["w1-session25", "moved", W2, f"{W2} (takeover)"],
+                         ids=["its-holder", "taken-over-by-another", "own-id", "own-takeover"])
+async def test_a_started_run_is_left_to_its_holder_and_a_lost_one_to_the_sweepers(node, holder):
+    """Under the giving-up worker's own id too (session 26): an earlier process under that id (restarted, or
+    one whose id claim lapsed while it was frozen) may resume and hold it again - ended without a takeover, its
+    call in flight would lose its reservation. The sweepers' takeover names the run another's first."""
     s = node.rt.services
     tid, key = await node.tenant(budget_usd=1.0)
     c = node.client(key)
-    run = await _stored_run(node, tid, "w1-session25")
-    if moved:  # another ender took it over (after its own watch), and carries it now
+    run = await _stored_run(node, tid, "w1-session25" if holder == "moved" else holder)
+    if holder == "moved":  # another ender took it over (after its own watch), and carries it now
         assert await s.runs.take_over(run.id, "w1-session25", await s.runs.last_seen(run.id), "w3-session25")
         run = await s.runs.get_run_any_tenant(run.id)
     holder = run.worker_id
@@ -165,22 +169,49 @@ async def test_a_run_another_worker_carries_is_left_to_it_and_a_lost_one_to_the_
     assert await _approvals(c, run.id) == ["expired"]
 
 
-@pytest.mark.parametrize("holder", [None, W2, f"{W2} (takeover)"], ids=["queued", "own-id", "own-takeover"])
-async def test_a_run_nobody_else_carries_is_still_ended(node, holder):
+async def test_a_queued_run_is_still_ended(node):
     s = node.rt.services
     tid, key = await node.tenant(budget_usd=1.0)
     c = node.client(key)
-    run = await _stored_run(node, tid, holder, reserve=holder is not None)
+    run = await _stored_run(node, tid, None, reserve=False)
     await _give_up(node, run)
     now = await s.runs.get_run_any_tenant(run.id)
     assert now.status == "failed" and now.error_code == "internal", now
     events = await asyncio.wait_for(collect(c, run.id), 30)
     check_stream(events)  # one terminal event
     assert events[-1].event == "run.failed" and events[-1].data["code"] == "internal", events[-1]
-    assert all(b["reserved_usd"] == 0 for b in await _budgets(c))
-    assert await _approvals(c, run.id) == (["expired"] if holder is not None else [])
+    assert await _approvals(c, run.id) == []
     await _give_up(node, now)  # given up again (another delivery): nothing more is written
     assert len(await asyncio.wait_for(collect(c, run.id), 30)) == len(events)
+
+
+async def test_a_queued_run_started_by_another_worker_while_given_up_is_left_to_it(node, monkeypatch):
+    """The race (session 26): W2 reads the run queued; before it ends it, W1 starts it (its second job, queued
+    again by ``requeue_orphans``), reserves for a call and asks for an approval. The end is the store's
+    compare-and-set "still queued": W1's run goes on, its reservation and approval untouched."""
+    s = node.rt.services
+    tid, key = await node.tenant(budget_usd=1.0)
+    c = node.client(key)
+    run = await _stored_run(node, tid, None, reserve=False)
+    real_get = s.runs.get_run_any_tenant
+
+    async def read_then_started(run_id: str):
+        read = await real_get(run_id)  # what W2 decides on: queued
+        if run_id == run.id and read is not None and read.status == "queued":
+            assert await s.runs.start_run(tid, run_id, worker_id="w1-session26", started_at=time.time()) is not None
+            await s.ledger.reserve(tid, [("tenant", tid)], 10_000, reservation_id=new_id("rsv_"), run_id=run_id,
+                                   expires_at=time.time() + 3600, now=time.time())
+            await _pending_approval(s, tid, run_id)
+        return read
+
+    monkeypatch.setattr(s.runs, "get_run_any_tenant", read_then_started)
+    await _give_up(node, run)
+    monkeypatch.undo()
+    now = await s.runs.get_run_any_tenant(run.id)
+    assert now.status == "running" and now.worker_id == "w1-session26" and now.error_code is None, now
+    assert (await s.runs.events_after(tid, run.id, 0)) == []  # no terminal event under W1
+    assert [b["reserved_usd"] for b in await _budgets(c)] == [0.01]
+    assert await _approvals(c, run.id) == ["pending"]
 
 
 async def test_a_holder_whose_run_was_taken_over_ends_it_once_and_the_ender_then_writes_nothing(node, monkeypatch):

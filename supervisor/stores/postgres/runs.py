@@ -246,7 +246,8 @@ class PgRunStore:
         return Event(run_id, int(row["r_seq"]), type, json.loads(payload), ts)
 
     async def finish_run(
-        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], **fields: Any
+        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], *,
+        when_status: str | None = None, **fields: Any
     ) -> Event | None:
         if status not in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"finish_run takes a terminal status, not {status!r}")
@@ -254,13 +255,15 @@ class PgRunStore:
         ts = time.time()
         fields.setdefault("ended_at", ts)
         sets, params = _sets(fields, 7)
+        only = f" AND status = ${7 + len(params)}" if when_status is not None else ""
         async with self._db.tenant_tx(tenant_id) as c:
             seq = await c.fetchval(
                 f"WITH r AS (UPDATE runs SET status = $3, last_seq = last_seq + 1{sets}"
-                f"   WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL} RETURNING tenant_id, id, last_seq)"
+                f"   WHERE tenant_id = $1 AND id = $2 AND status NOT IN {_TERMINAL_SQL}{only}"
+                "   RETURNING tenant_id, id, last_seq)"
                 " INSERT INTO run_events (tenant_id, run_id, seq, type, data, ts)"
                 " SELECT tenant_id, id, last_seq, $4, $5::text::jsonb, $6 FROM r RETURNING seq",
-                tenant_id, run_id, status, event_type, payload, ts, *params,
+                tenant_id, run_id, status, event_type, payload, ts, *params, *([when_status] if only else []),
             )
             if seq is None:
                 if await self._exists(c, tenant_id, run_id):

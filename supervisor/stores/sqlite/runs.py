@@ -232,7 +232,8 @@ class SqliteRunStore:
         return Event(run_id, seq, type, json.loads(payload), ts)
 
     async def finish_run(
-        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], **fields: Any
+        self, tenant_id: str, run_id: str, status: str, event_type: str, data: dict[str, Any], *,
+        when_status: str | None = None, **fields: Any
     ) -> Event | None:
         if status not in TERMINAL_STATUSES:
             raise StockadeError("input.invalid", f"finish_run takes a terminal status, not {status!r}")
@@ -240,11 +241,12 @@ class SqliteRunStore:
         ts = time.time()
         fields.setdefault("ended_at", ts)
         sets, params = _assignments(fields)
+        only = " AND status = ?" if when_status is not None else ""
         with self._db.tx() as c:
             row = c.execute(
                 f"UPDATE runs SET status = ?, last_seq = last_seq + 1{sets}"
-                f" WHERE tenant_id = ? AND id = ? AND status NOT IN {_TERMINAL_SQL} RETURNING last_seq",
-                (status, *params, tenant_id, run_id),
+                f" WHERE tenant_id = ? AND id = ? AND status NOT IN {_TERMINAL_SQL}{only} RETURNING last_seq",
+                (status, *params, tenant_id, run_id, *([when_status] if only else [])),
             ).fetchone()
             if row is None:
                 if self._exists(c, tenant_id, run_id):
