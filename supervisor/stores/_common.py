@@ -6,6 +6,7 @@ way (the contract suite runs against both).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -29,6 +30,7 @@ __all__ = [
     "HISTORY_RUN_BYTES",
     "IDEM_COLS", "RUN_COLS", "UPDATABLE_RUN_FIELDS", "audit_record", "check_limit", "check_name", "check_new_run_status",
     "check_run_fields", "decision_outcome", "dump_audit_detail", "dumps", "load_audit_detail", "normalize_audit_fields",
+    "after_last_turn",
 ]
 
 
@@ -146,6 +148,17 @@ def check_name(name: str, what: str) -> str:
 def check_new_run_status(status: str) -> None:
     if status not in RUN_STATUSES or status in TERMINAL_STATUSES:
         raise StockadeError("input.invalid", f"a new run cannot have status {status!r}")
+
+
+def after_last_turn(run: Run, last: float | None) -> Run:
+    """A new turn of a conversation is created after every turn already stored in it, whatever the clock of
+    the node that made it says: the history of a turn is the turns created before it (ordered by
+    ``created_at``), so a node whose clock runs behind the one that made the previous turn - two API replicas,
+    or a clock stepped back - would otherwise give the new turn a history without the previous one (or put
+    it first). ``last``: the newest ``created_at`` in the conversation, read in the creating transaction."""
+    if last is None or run.created_at > last:
+        return run
+    return dataclasses.replace(run, created_at=max(math.nextafter(last, math.inf), last + 1e-6))
 
 
 def check_run_fields(fields: dict[str, Any]) -> list[str]:

@@ -354,3 +354,37 @@ async def test_runs_carried_are_seen_and_the_rest_go_quiet(ctx):
     for r in (done, queued, unseen):
         assert await runs.last_seen(r.id) is None
     assert await runs.last_seen("run_unknown") is None
+
+
+async def test_a_turn_made_by_a_clock_behind_is_still_after_the_turns_before_it(ctx):
+    """Session 26: a turn's history is the turns created before it, by ``created_at`` - the clock of the node that
+    made each. A turn made by a node whose clock runs behind the previous turn's (another API replica, a clock
+    stepped back) got a history without the previous turn. The store now creates a turn after every turn already
+    in its conversation; other conversations and runs without one keep their own times."""
+    _, runs, t = ctx
+    first = make_run(t, conversation_id="skew", input="hi", created_at=1000.0)
+    await runs.create_run(first)
+    await runs.finish_run(t, first.id, "succeeded", "run.completed", {}, output="hello!")
+    behind = make_run(t, conversation_id="skew", input="and then?", created_at=998.5)  # 1.5 s behind
+    stored, new = await runs.create_run(behind)
+    assert new and stored.id == behind.id and 1000.0 < stored.created_at < 1000.001, stored.created_at
+    assert (await runs.get_run(t, behind.id)).created_at == stored.created_at
+    assert await runs.conversation_history(t, "skew", behind.id) == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}]
+    third = make_run(t, conversation_id="skew", input="third", created_at=999.0)
+    stored3, _ = await runs.create_run(third)
+    assert stored3.created_at > stored.created_at
+    assert [m["content"] for m in await runs.conversation_history(t, "skew", third.id)] == [
+        "hi", "hello!", "and then?"]
+    # the first turn's history stays empty: the later turns were created after it, in the store's order
+    assert await runs.conversation_history(t, "skew", first.id) == []
+    # a clock ahead is kept as it is; other conversations and runs with none are not moved
+    ahead, _ = await runs.create_run(make_run(t, conversation_id="skew", input="ahead", created_at=5000.0))
+    assert ahead.created_at == 5000.0
+    other, _ = await runs.create_run(make_run(t, conversation_id="other", created_at=10.0))
+    alone, _ = await runs.create_run(make_run(t, created_at=10.0))
+    assert (other.created_at, alone.created_at) == (10.0, 10.0)
+    # a replay of an idempotent create hands back the first run as stored
+    keyed, _ = await runs.create_run(make_run(t, conversation_id="skew", idempotency_key="k", created_at=1.0))
+    again, new = await runs.create_run(make_run(t, conversation_id="skew", idempotency_key="k", created_at=2.0))
+    assert not new and again == keyed and keyed.created_at > 5000.0

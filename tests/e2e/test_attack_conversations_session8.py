@@ -78,10 +78,13 @@ async def test_a_huge_conversation_still_runs_with_its_newest_turns(node):
     assert len(kept) >= 3 and kept == questions[-len(kept):], "the newest turns, in order, none skipped"
 
 
-async def test_history_is_the_owners_earlier_turns_only(node):
+async def test_history_is_the_owners_earlier_turns_only(node, monkeypatch):
     """What a turn sees: earlier turns of its own conversation, owner and tenant, oldest first - a failed
     turn's question without an answer, an unfinished earlier turn's question only; never a later turn
-    (queued after it), another conversation's, another user's, or another tenant's with the same id."""
+    (stored after it, before its history is read - even one made by a clock an hour ahead: since session 26
+    a turn is ordered after every turn stored before it), another conversation's, another user's, or another
+    tenant's with the same id."""
+    import supervisor.runs.worker as worker_mod
     tid, key = await node.tenant()
     other_tid, other_key = await node.tenant()
     await node.rt.registry.register_dir(TEST_BUNDLES / "historian", tid)
@@ -94,8 +97,16 @@ async def test_history_is_the_owners_earlier_turns_only(node):
     await _turn(node, tid, "elsewhere", "q-other-conv", "nope", created_at=base + 3)
     await _turn(node, other_tid, "conv", "q-other-tenant", "nope", created_at=base + 4)
     await _turn(node, tid, "conv", "q-other-user", "nope", created_at=base + 5, user_id=user)
-    await _turn(node, tid, "conv", "q-later", "nope", created_at=time.time() + 3600)
+    real_history = worker_mod.conversation_history
+
+    async def later_turn_first(runs, tenant_id, conversation_id, *a, **kw):  # stored once the historian's run is
+        if tenant_id == tid and conversation_id == "conv":
+            await _turn(node, tid, "conv", "q-later", "nope", created_at=time.time() + 3600)
+        return await real_history(runs, tenant_id, conversation_id, *a, **kw)
+
+    monkeypatch.setattr(worker_mod, "conversation_history", later_turn_first)
     turns, _ = await _history_seen(node, c, "conv")
+    monkeypatch.undo()
     assert [t[:2] for t in turns] == [["user", "q-ok"], ["assistant", "a-ok"], ["user", "q-failed"],
                                       ["user", "q-running"]]
     # tenant B naming the same conversation id runs with none of it

@@ -16,7 +16,14 @@ from typing import Any
 import asyncpg
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import HISTORY_RUN_BYTES, RUN_COLS, check_new_run_status, check_run_fields, dumps
+from supervisor.stores._common import (
+    HISTORY_RUN_BYTES,
+    RUN_COLS,
+    after_last_turn,
+    check_new_run_status,
+    check_run_fields,
+    dumps,
+)
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.postgres._rows import CONSTRAINT_ERRORS, constraint_error, to_run
 from supervisor.stores.postgres.db import PgDB
@@ -32,6 +39,7 @@ _INSERT_RUN = (
     f"INSERT INTO runs ({RUN_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(_RUN_FIELDS)))})"
     f" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id"
 )
+_LAST_TURN = "SELECT MAX(created_at) FROM runs WHERE tenant_id = $1 AND conversation_id = $2"  # runs_conversation
 
 
 def _sets(fields: dict[str, Any], first: int) -> tuple[str, list[Any]]:
@@ -47,6 +55,8 @@ class PgRunStore:
         check_new_run_status(run.status)
         run = dataclasses.replace(run, last_seq=0)
         async with self._db.tenant_tx(run.tenant_id) as c:
+            if run.conversation_id is not None:
+                run = after_last_turn(run, await c.fetchval(_LAST_TURN, run.tenant_id, run.conversation_id))
             try:
                 inserted = await c.fetchval(_INSERT_RUN, *dataclasses.astuple(run))
             except CONSTRAINT_ERRORS as exc:

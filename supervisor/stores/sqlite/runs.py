@@ -14,7 +14,14 @@ import time
 from typing import Any
 
 from supervisor.errors import StockadeError
-from supervisor.stores._common import HISTORY_RUN_BYTES, RUN_COLS, check_new_run_status, check_run_fields, dumps
+from supervisor.stores._common import (
+    HISTORY_RUN_BYTES,
+    RUN_COLS,
+    after_last_turn,
+    check_new_run_status,
+    check_run_fields,
+    dumps,
+)
 from supervisor.stores._common import check_limit as _limit
 from supervisor.stores.records import RUN_STATUSES, TERMINAL_STATUSES, Event, Run
 from supervisor.stores.sqlite._rows import integrity_error, to_run
@@ -31,6 +38,8 @@ def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
     return "".join(f", {n} = ?" for n in names), [fields[n] for n in names]
 
 
+_LAST_TURN = "SELECT MAX(created_at) FROM runs WHERE tenant_id = ? AND conversation_id = ?"  # runs_conversation
+
 class SqliteRunStore:
     def __init__(self, db: SqliteDB) -> None:
         self._db = db
@@ -41,7 +50,6 @@ class SqliteRunStore:
     async def create_run(self, run: Run) -> tuple[Run, bool]:
         check_new_run_status(run.status)
         run = dataclasses.replace(run, last_seq=0)
-        values = dataclasses.astuple(run)
         with self._db.tx() as c:
             if run.idempotency_key is not None:
                 row = c.execute(
@@ -50,6 +58,9 @@ class SqliteRunStore:
                 ).fetchone()
                 if row is not None:
                     return to_run(row), False
+            if run.conversation_id is not None:
+                run = after_last_turn(run, c.execute(_LAST_TURN, (run.tenant_id, run.conversation_id)).fetchone()[0])
+            values = dataclasses.astuple(run)
             try:
                 c.execute(f"INSERT INTO runs ({RUN_COLS}) VALUES ({', '.join('?' * len(values))})", values)
             except sqlite3.IntegrityError as exc:
