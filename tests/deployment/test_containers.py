@@ -290,7 +290,10 @@ def _test_override(url_db: str, url_redis: str, prefix: str, port: int, ulimits:
     services = {"postgres": stand_in(5432), "redis": stand_in(6379),
                 "migrate": {**host, "environment": env}, "api": {**host, "environment": env}}
     for w in ("worker-1", "worker-2"):
-        services[w] = {**host, "environment": env}
+        # on the host network the two workers' metrics listeners (compose.yaml: 0.0.0.0:9100 in each container's
+        # own network) would share one port: the second failed to start and restarted until the first's port was
+        # free, and a `compose stop` landing in such a start-up found no signal handler yet (session 26)
+        services[w] = {**host, "environment": {**env, "STOCKADE_WORKER_METRICS_ADDR": f"127.0.0.1:{_free_port()}"}}
     return {"services": services}
 
 
