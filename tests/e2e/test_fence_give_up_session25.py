@@ -69,6 +69,14 @@ async def _pending_approval(s: Any, tid: str, run_id: str) -> str:
     return approval.id
 
 
+async def _reserve_and_ask(s: Any, tid: str, run_id: str) -> None:
+    """What a holder's call in flight leaves: $0.01 reserved for the run, an approval request pending."""
+    now = time.time()
+    await s.ledger.reserve(tid, [("tenant", tid)], 10_000, reservation_id=new_id("rsv_"), run_id=run_id,
+                           expires_at=now + 3600, now=now)
+    await _pending_approval(s, tid, run_id)
+
+
 async def _stored_run(node, tid: str, holder: str | None, *, reserve: bool = True) -> Run:
     """A run as its holder left it: started by ``holder`` (None: still queued), waiting for an approval, its
     reservation taken; no job on the queue (W2 is handed one)."""
@@ -81,9 +89,7 @@ async def _stored_run(node, tid: str, holder: str | None, *, reserve: bool = Tru
         assert await s.runs.start_run(tid, run.id, worker_id=holder, started_at=now) is not None
         await s.runs.set_status(tid, run.id, "waiting_approval")
     if reserve:
-        await s.ledger.reserve(tid, [("tenant", tid)], 10_000, reservation_id=new_id("rsv_"), run_id=run.id,
-                               expires_at=now + 3600, now=now)
-        await _pending_approval(s, tid, run.id)
+        await _reserve_and_ask(s, tid, run.id)
     return await s.runs.get_run_any_tenant(run.id)
 
 
@@ -199,9 +205,7 @@ async def test_a_queued_run_started_by_another_worker_while_given_up_is_left_to_
         read = await real_get(run_id)  # what W2 decides on: queued
         if run_id == run.id and read is not None and read.status == "queued":
             assert await s.runs.start_run(tid, run_id, worker_id="w1-session26", started_at=time.time()) is not None
-            await s.ledger.reserve(tid, [("tenant", tid)], 10_000, reservation_id=new_id("rsv_"), run_id=run_id,
-                                   expires_at=time.time() + 3600, now=time.time())
-            await _pending_approval(s, tid, run_id)
+            await _reserve_and_ask(s, tid, run_id)
         return read
 
     monkeypatch.setattr(s.runs, "get_run_any_tenant", read_then_started)

@@ -40,6 +40,7 @@ def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
 
 _LAST_TURN = "SELECT MAX(created_at) FROM runs WHERE tenant_id = ? AND conversation_id = ?"  # runs_conversation
 
+
 class SqliteRunStore:
     def __init__(self, db: SqliteDB) -> None:
         self._db = db
